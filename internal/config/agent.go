@@ -1,0 +1,176 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Agent is the agent's configuration (agent.yaml).
+type Agent struct {
+	Name    string        `mapstructure:"name"`
+	Relay   AgentRelay    `mapstructure:"relay"`
+	Servers []AgentServer `mapstructure:"servers"`
+	// IdleTimeout ends a stdio MCP session (and its child) after this long
+	// without a request.
+	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
+	Log         Log           `mapstructure:"log"`
+	Debug       Debug         `mapstructure:"debug"`
+}
+
+// AgentRelay says how to reach and trust the relay.
+type AgentRelay struct {
+	Address string `mapstructure:"address"`
+	// Token is the agent's credential. It may come only from the
+	// environment (MCPTUN_RELAY_TOKEN); in a file use token_file.
+	Token     string `mapstructure:"token"`
+	TokenFile string `mapstructure:"token_file"`
+	// CAFile adds a CA to verify the relay; PinSHA256 instead pins the
+	// hex SHA-256 of the relay certificate's public key. Neither: system roots.
+	CAFile     string `mapstructure:"ca_file"`
+	PinSHA256  string `mapstructure:"pin_sha256"`
+	ServerName string `mapstructure:"server_name"` // TLS name to verify; default: the address host
+	Transport  string `mapstructure:"transport"`   // auto (default), quic, tcp
+	Mux        string `mapstructure:"mux"`         // native (default) or yamux
+}
+
+// AgentServer is one internal MCP server the agent offers.
+type AgentServer struct {
+	Name    string            `mapstructure:"name"`
+	Command []string          `mapstructure:"command"`
+	Env     map[string]string `mapstructure:"env"`
+	Dir     string            `mapstructure:"dir"`
+	URL     string            `mapstructure:"url"`
+	Headers map[string]string `mapstructure:"headers"`
+}
+
+// LoadAgent reads and validates an agent configuration file, including
+// reading the token from token_file.
+func LoadAgent(path string) (*Agent, error) {
+	var c Agent
+	if err := load(path, &c, "relay.token"); err != nil {
+		return nil, err
+	}
+	if err := restoreEnvCase(path, &c); err != nil {
+		return nil, err
+	}
+	p := &problems{file: path}
+	c.validate(p, path)
+	if err := p.err(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Agent) validate(p *problems, path string) {
+	checkName(p, "name", c.Name)
+	checkHostPort(p, "relay.address", c.Relay.Address)
+	switch {
+	case c.Relay.Token != "" && c.Relay.TokenFile != "":
+		p.add("relay.token_file", "set either token_file or %s, not both", envName("relay.token"))
+	case c.Relay.TokenFile != "":
+		c.Relay.TokenFile = resolve(path, c.Relay.TokenFile)
+		c.Relay.Token = readSecret(p, "relay.token_file", c.Relay.TokenFile)
+	case c.Relay.Token == "":
+		p.add("relay.token_file", "required: the agent's credential (or set %s)", envName("relay.token"))
+	}
+	c.Relay.CAFile = resolve(path, c.Relay.CAFile)
+	if c.Relay.CAFile != "" {
+		if _, err := os.Stat(c.Relay.CAFile); err != nil {
+			p.add("relay.ca_file", "%v", err)
+		}
+	}
+	if c.Relay.PinSHA256 != "" {
+		c.Relay.PinSHA256 = strings.ToLower(strings.ReplaceAll(c.Relay.PinSHA256, ":", ""))
+		checkSHA256(p, "relay.pin_sha256", c.Relay.PinSHA256)
+	}
+	if c.Relay.Transport == "" {
+		c.Relay.Transport = "auto"
+	}
+	oneOf(p, "relay.transport", c.Relay.Transport, "auto", "quic", "tcp")
+	if c.Relay.Mux == "" {
+		c.Relay.Mux = "native"
+	}
+	oneOf(p, "relay.mux", c.Relay.Mux, "native", "yamux")
+	if c.Relay.Mux == "yamux" && c.Relay.Transport == "tcp" {
+		// TCP always uses yamux; nothing to complain about.
+		c.Relay.Mux = "native"
+	}
+
+	if len(c.Servers) == 0 {
+		p.add("servers", "at least one server is required")
+	}
+	seen := map[string]bool{}
+	for i := range c.Servers {
+		s := &c.Servers[i]
+		key := fmt.Sprintf("servers[%d]", i)
+		checkName(p, key+".name", s.Name)
+		if seen[s.Name] {
+			p.add(key+".name", "duplicate server name %q", s.Name)
+		}
+		seen[s.Name] = true
+		switch {
+		case len(s.Command) > 0 && s.URL != "":
+			p.add(key, "set command (stdio server) or url (HTTP server), not both")
+		case len(s.Command) > 0:
+			if s.Command[0] == "" {
+				p.add(key+".command[0]", "empty program name")
+			}
+			// "./server" means next to the config file, like every other path.
+			if strings.HasPrefix(s.Command[0], "./") || strings.HasPrefix(s.Command[0], "../") {
+				s.Command[0] = resolve(path, s.Command[0])
+			}
+			s.Dir = resolve(path, s.Dir)
+			if len(s.Headers) > 0 {
+				p.add(key+".headers", "headers apply to url servers only")
+			}
+		case s.URL != "":
+			checkURL(p, key+".url", s.URL)
+			if len(s.Env) > 0 || s.Dir != "" {
+				p.add(key, "env and dir apply to command servers only")
+			}
+		default:
+			p.add(key, "set command (stdio server) or url (HTTP server)")
+		}
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 10 * time.Minute
+	}
+	if c.IdleTimeout < time.Second {
+		p.add("idle_timeout", "must be at least 1s, not %s", c.IdleTimeout)
+	}
+	c.Log.validate(p)
+	if c.Debug.PprofListen != "" {
+		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
+	}
+}
+
+// restoreEnvCase puts back the case of environment variable names in
+// servers[].env: viper lower-cases every map key, which is harmless for
+// HTTP headers but wrong for environment variables.
+func restoreEnvCase(path string, c *Agent) error {
+	if path == "" || os.Getenv(envName("servers")) != "" {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return &Error{File: path, Reason: err.Error()}
+	}
+	var raw struct {
+		Servers []struct {
+			Env map[string]string `yaml:"env"`
+		} `yaml:"servers"`
+	}
+	if err := yaml.Unmarshal(b, &raw); err != nil {
+		return &Error{File: path, Key: "servers", Reason: "invalid YAML: " + err.Error()}
+	}
+	for i := range c.Servers {
+		if i < len(raw.Servers) && raw.Servers[i].Env != nil {
+			c.Servers[i].Env = raw.Servers[i].Env
+		}
+	}
+	return nil
+}

@@ -1,0 +1,192 @@
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+var hashA = hex.EncodeToString(func() []byte { h := sha256.Sum256([]byte("a")); return h[:] }())
+
+func writeFile(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
+	return p
+}
+
+const validRelay = `
+tunnel: {listen: "127.0.0.1:7443", cert_file: relay.crt, key_file: relay.key}
+http: {listen: "127.0.0.1:8080"}
+agents: [{name: dc1, token_sha256: "HASH"}]
+clients: [{name: ci, token_sha256: "HASH", allow: ["dc1/*", "*/wiki"]}]
+`
+
+func TestLoadRelay(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "relay.yaml", strings.ReplaceAll(validRelay, "HASH", hashA))
+	c, err := LoadRelay(p)
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:7443", c.Tunnel.Listen)
+	require.Equal(t, filepath.Join(dir, "relay.crt"), c.Tunnel.CertFile, "relative paths resolve next to the file")
+	require.Equal(t, []string{"dc1/*", "*/wiki"}, c.Clients[0].Allow)
+	require.Equal(t, "info", c.Log.Level)
+}
+
+func TestLoadRelayEnvOverride(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "relay.yaml", strings.ReplaceAll(validRelay, "HASH", hashA))
+	t.Setenv("MCPTUN_HTTP_LISTEN", "127.0.0.1:9999")
+	t.Setenv("MCPTUN_LOG_LEVEL", "debug")
+	t.Setenv("MCPTUN_CLIENTS", `[{name: other, token_sha256: "`+hashA+`", allow: ["*/*"]}]`)
+	c, err := LoadRelay(p)
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:9999", c.HTTP.Listen)
+	require.Equal(t, "debug", c.Log.Level)
+	require.Len(t, c.Clients, 1)
+	require.Equal(t, "other", c.Clients[0].Name)
+	require.Equal(t, []string{"*/*"}, c.Clients[0].Allow)
+}
+
+func TestLoadRelayErrors(t *testing.T) {
+	tests := []struct {
+		name, body, key, reason string
+	}{
+		{"bad hash", strings.Replace(validRelay, "HASH", "abc", 1), "agents[0].token_sha256", "64 hex"},
+		{"bad pattern", strings.Replace(validRelay, `"*/wiki"`, `"wiki"`, 1), "clients[0].allow[1]", "agent/server"},
+		{"missing listen", strings.Replace(validRelay, `listen: "127.0.0.1:8080"`, `listen: ""`, 1), "http.listen", "required"},
+		{"bad port", strings.Replace(validRelay, `127.0.0.1:8080`, `127.0.0.1:99999`, 1), "http.listen", "invalid port"},
+		{"unknown key", validRelay + "\nbogus: 1\n", "", "bogus"},
+		{"bad yaml", "tunnel: [", "", "invalid YAML"},
+		{"bad name", strings.Replace(validRelay, "name: dc1", "name: ../x", 1), "agents[0].name", "invalid name"},
+		{"dup client", strings.Replace(validRelay, `clients: [{name: ci, token_sha256: "HASH", allow: ["dc1/*", "*/wiki"]}]`,
+			`clients: [{name: ci, token_sha256: "HASH", allow: ["dc1/*"]}, {name: ci, token_sha256: "HASH", allow: ["dc1/*"]}]`, 1), "clients[1].name", "duplicate"},
+		{"half https", strings.Replace(validRelay, `http: {listen: "127.0.0.1:8080"}`, `http: {listen: "127.0.0.1:8080", cert_file: x.crt}`, 1), "http.cert_file", "together"},
+		{"bad log", validRelay + "\nlog: {level: loud}\n", "log.level", "must be one of"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			body := strings.ReplaceAll(tt.body, "HASH", hashA)
+			p := writeFile(t, dir, "relay.yaml", body)
+			_, err := LoadRelay(p)
+			require.Error(t, err)
+			var ce *Error
+			require.True(t, errors.As(err, &ce), "error %v is not a *config.Error", err)
+			require.Contains(t, err.Error(), p, "error names the file")
+			if tt.key != "" {
+				require.Contains(t, err.Error(), tt.key+":", "error names the key")
+			}
+			require.Contains(t, err.Error(), tt.reason)
+		})
+	}
+}
+
+func TestLoadRelayMissingFile(t *testing.T) {
+	_, err := LoadRelay(filepath.Join(t.TempDir(), "nope.yaml"))
+	require.ErrorContains(t, err, "nope.yaml")
+}
+
+const validAgent = `
+name: dc1
+relay: {address: "127.0.0.1:7443", token_file: agent.token, transport: auto}
+servers:
+  - {name: notes, command: ["./notes-server", "--stdio"], env: {NOTES_DIR: /srv/notes}}
+  - {name: wiki, url: "http://127.0.0.1:9000/mcp", headers: {Authorization: "Bearer internal"}}
+`
+
+func TestLoadAgent(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "agent.token", "s3cret\n")
+	p := writeFile(t, dir, "agent.yaml", validAgent)
+	c, err := LoadAgent(p)
+	require.NoError(t, err)
+	require.Equal(t, "s3cret", c.Relay.Token)
+	require.Equal(t, filepath.Join(dir, "notes-server"), c.Servers[0].Command[0])
+	require.Equal(t, map[string]string{"NOTES_DIR": "/srv/notes"}, c.Servers[0].Env, "env names keep their case")
+	require.Equal(t, "Bearer internal", c.Servers[1].Headers["authorization"])
+	require.Equal(t, 10*time.Minute, c.IdleTimeout)
+	require.Equal(t, "native", c.Relay.Mux)
+}
+
+func TestLoadAgentTokenFromEnv(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "agent.yaml", strings.Replace(validAgent, "token_file: agent.token, ", "", 1))
+	t.Setenv("MCPTUN_RELAY_TOKEN", "fromenv")
+	t.Setenv("MCPTUN_RELAY_TRANSPORT", "tcp")
+	c, err := LoadAgent(p)
+	require.NoError(t, err)
+	require.Equal(t, "fromenv", c.Relay.Token)
+	require.Equal(t, "tcp", c.Relay.Transport)
+}
+
+func TestLoadAgentErrors(t *testing.T) {
+	tests := []struct {
+		name, body, key, reason string
+	}{
+		{"inline token", strings.Replace(validAgent, "token_file: agent.token", "token: abc", 1), "relay.token", "inline"},
+		{"no token", strings.Replace(validAgent, "token_file: agent.token, ", "", 1), "relay.token_file", "required"},
+		{"missing token file", strings.Replace(validAgent, "agent.token", "missing.token", 1), "relay.token_file", "cannot read"},
+		{"bad transport", strings.Replace(validAgent, "transport: auto", "transport: udp", 1), "relay.transport", "must be one of"},
+		{"both kinds", strings.Replace(validAgent, `url: "http://127.0.0.1:9000/mcp"`, `url: "http://x/mcp", command: [x]`, 1), "servers[1]", "not both"},
+		{"neither kind", strings.Replace(validAgent, `url: "http://127.0.0.1:9000/mcp", headers: {Authorization: "Bearer internal"}`, `dir: /tmp`, 1), "servers[1]", "set command"},
+		{"bad url", strings.Replace(validAgent, `http://127.0.0.1:9000/mcp`, `ftp://x/mcp`, 1), "servers[1].url", "scheme"},
+		{"dup server", strings.Replace(validAgent, "name: wiki", "name: notes", 1), "servers[1].name", "duplicate"},
+		{"bad pin", strings.Replace(validAgent, "transport: auto", "pin_sha256: zz", 1), "relay.pin_sha256", "64 hex"},
+		{"no servers", "name: dc1\nrelay: {address: \"127.0.0.1:1\", token_file: agent.token}\n", "servers", "at least one"},
+		{"wrong type", strings.Replace(validAgent, `command: ["./notes-server", "--stdio"]`, `command: {a: b}`, 1), "", "command"},
+		{"bad idle", validAgent + "idle_timeout: 1ms\n", "idle_timeout", "at least 1s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeFile(t, dir, "agent.token", "s3cret")
+			p := writeFile(t, dir, "agent.yaml", tt.body)
+			_, err := LoadAgent(p)
+			require.Error(t, err)
+			var ce *Error
+			require.True(t, errors.As(err, &ce), "error %v is not a *config.Error", err)
+			require.Contains(t, err.Error(), p)
+			if tt.key != "" {
+				require.Contains(t, err.Error(), tt.key+":")
+			}
+			require.Contains(t, err.Error(), tt.reason)
+			require.NotContains(t, err.Error(), "s3cret", "secrets never appear in errors")
+		})
+	}
+}
+
+// FuzzLoad feeds arbitrary bytes as a config file: loading must return a
+// config or an error, never panic.
+func FuzzLoad(f *testing.F) {
+	f.Add([]byte(strings.ReplaceAll(validRelay, "HASH", hashA)))
+	f.Add([]byte(validAgent))
+	f.Add([]byte("servers: [{name: a, command: 5}]"))
+	f.Add([]byte("agents: {x: 1}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "c.yaml")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadRelay(p); err != nil {
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("relay: untyped error %v", err)
+			}
+		}
+		if _, err := LoadAgent(p); err != nil {
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("agent: untyped error %v", err)
+			}
+		}
+	})
+}

@@ -1,0 +1,159 @@
+package config
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Relay is the relay's configuration (relay.yaml).
+type Relay struct {
+	Tunnel  RelayTunnel   `mapstructure:"tunnel"`
+	HTTP    RelayHTTP     `mapstructure:"http"`
+	Agents  []RelayAgent  `mapstructure:"agents"`
+	Clients []RelayClient `mapstructure:"clients"`
+	Log     Log           `mapstructure:"log"`
+	Debug   Debug         `mapstructure:"debug"`
+}
+
+// RelayTunnel is where agents connect: QUIC on UDP and TLS on TCP, same port.
+type RelayTunnel struct {
+	Listen   string `mapstructure:"listen"`
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+	// DisableQUIC serves only TLS over TCP, for edges without UDP.
+	DisableQUIC bool `mapstructure:"disable_quic"`
+}
+
+// RelayHTTP is where MCP clients connect.
+type RelayHTTP struct {
+	Listen   string `mapstructure:"listen"`
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+	// AllowedOrigins lists browser origins allowed besides same-host and
+	// loopback ones; a request with any other Origin is refused (403).
+	AllowedOrigins []string `mapstructure:"allowed_origins"`
+}
+
+// RelayAgent is an agent allowed to connect.
+type RelayAgent struct {
+	Name        string `mapstructure:"name"`
+	TokenSHA256 string `mapstructure:"token_sha256"`
+}
+
+// RelayClient is an MCP client allowed to call through the relay.
+type RelayClient struct {
+	Name        string   `mapstructure:"name"`
+	TokenSHA256 string   `mapstructure:"token_sha256"`
+	Allow       []string `mapstructure:"allow"` // "agent/server" patterns; "*" matches a whole segment
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `mapstructure:"level"`  // debug, info (default), warn, error
+	Format string `mapstructure:"format"` // text (default) or json
+}
+
+// Debug holds opt-in diagnostics.
+type Debug struct {
+	// PprofListen serves net/http/pprof on this address (loopback only).
+	PprofListen string `mapstructure:"pprof_listen"`
+}
+
+// LoadRelay reads and validates a relay configuration file.
+func LoadRelay(path string) (*Relay, error) {
+	var c Relay
+	if err := load(path, &c); err != nil {
+		return nil, err
+	}
+	p := &problems{file: path}
+	c.validate(p, path)
+	if err := p.err(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Relay) validate(p *problems, path string) {
+	checkHostPort(p, "tunnel.listen", c.Tunnel.Listen)
+	if c.Tunnel.CertFile == "" {
+		p.add("tunnel.cert_file", "required: agents verify the relay with TLS")
+	}
+	if c.Tunnel.KeyFile == "" {
+		p.add("tunnel.key_file", "required: agents verify the relay with TLS")
+	}
+	c.Tunnel.CertFile = resolve(path, c.Tunnel.CertFile)
+	c.Tunnel.KeyFile = resolve(path, c.Tunnel.KeyFile)
+
+	checkHostPort(p, "http.listen", c.HTTP.Listen)
+	if (c.HTTP.CertFile == "") != (c.HTTP.KeyFile == "") {
+		p.add("http.cert_file", "cert_file and key_file must be set together (HTTPS) or both left out (plain HTTP)")
+	}
+	c.HTTP.CertFile = resolve(path, c.HTTP.CertFile)
+	c.HTTP.KeyFile = resolve(path, c.HTTP.KeyFile)
+	for i, o := range c.HTTP.AllowedOrigins {
+		if o != "*" && !strings.Contains(o, "://") {
+			p.add(fmt.Sprintf("http.allowed_origins[%d]", i), "origin %q must look like https://host[:port]", o)
+		}
+	}
+
+	if len(c.Agents) == 0 {
+		p.add("agents", "at least one agent is required")
+	}
+	seen := map[string]bool{}
+	for i, a := range c.Agents {
+		key := fmt.Sprintf("agents[%d]", i)
+		checkName(p, key+".name", a.Name)
+		if seen[a.Name] {
+			p.add(key+".name", "duplicate agent name %q", a.Name)
+		}
+		seen[a.Name] = true
+		checkSHA256(p, key+".token_sha256", a.TokenSHA256)
+	}
+	seen = map[string]bool{}
+	for i, cl := range c.Clients {
+		key := fmt.Sprintf("clients[%d]", i)
+		checkName(p, key+".name", cl.Name)
+		if seen[cl.Name] {
+			p.add(key+".name", "duplicate client name %q", cl.Name)
+		}
+		seen[cl.Name] = true
+		checkSHA256(p, key+".token_sha256", cl.TokenSHA256)
+		if len(cl.Allow) == 0 {
+			p.add(key+".allow", "empty: the client could reach nothing; list agent/server patterns such as \"dc1/*\"")
+		}
+		for j, pat := range cl.Allow {
+			if err := CheckPattern(pat); err != nil {
+				p.add(fmt.Sprintf("%s.allow[%d]", key, j), "%v", err)
+			}
+		}
+	}
+	c.Log.validate(p)
+	if c.Debug.PprofListen != "" {
+		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
+	}
+}
+
+// CheckPattern validates an "agent/server" allow pattern.
+func CheckPattern(pat string) error {
+	agent, server, ok := strings.Cut(pat, "/")
+	if !ok {
+		return fmt.Errorf("pattern %q must be agent/server, e.g. \"dc1/*\" or \"*/wiki\"", pat)
+	}
+	for _, part := range []string{agent, server} {
+		if part != "*" && !namePattern.MatchString(part) {
+			return fmt.Errorf("pattern %q: segment %q must be a name or *", pat, part)
+		}
+	}
+	return nil
+}
+
+func (l *Log) validate(p *problems) {
+	if l.Level == "" {
+		l.Level = "info"
+	}
+	if l.Format == "" {
+		l.Format = "text"
+	}
+	oneOf(p, "log.level", l.Level, "debug", "info", "warn", "error")
+	oneOf(p, "log.format", l.Format, "text", "json")
+}

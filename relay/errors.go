@@ -1,0 +1,35 @@
+package relay
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+type errorBody struct {
+	JSONRPC string      `json:"jsonrpc"`
+	ID      any         `json:"id"`
+	Error   errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code    int        `json:"code"`
+	Message string     `json:"message"`
+	Data    errorExtra `json:"data"`
+}
+
+type errorExtra struct {
+	Reason string `json:"reason"` // stable machine code, e.g. "agent_offline"
+}
+
+// writeError answers with a JSON-RPC shaped error body so that MCP clients,
+// which expect JSON-RPC, show the message.
+func writeError(w http.ResponseWriter, status int, reason, message string) {
+	body, _ := json.Marshal(errorBody{
+		JSONRPC: "2.0",
+		Error:   errorDetail{Code: -32000, Message: message, Data: errorExtra{Reason: reason}},
+	})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+}

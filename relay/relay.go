@@ -1,0 +1,255 @@
+// Package relay is the edge of mcptun: it accepts MCP clients over HTTP(S),
+// authenticates them with bearer tokens, checks their scopes and forwards
+// each exchange to the right agent through its tunnel.
+//
+// A client calls /{agent}/{server}/mcp. The relay answers by itself only when
+// it must refuse:
+//
+//	401  no or unknown bearer token (with WWW-Authenticate: Bearer)
+//	403  token valid but agent/server outside the client's allow patterns,
+//	     or a browser Origin that is not allowed (DNS rebinding)
+//	404  unknown agent, or a server the connected agent does not offer
+//	503  the agent is known but not connected
+//
+// Every refusal carries a JSON-RPC shaped body whose message says why, so an
+// MCP client shows the reason. Everything else is forwarded as HTTP/1.1 on a
+// tunnel stream: the path becomes /{server}/mcp, the client's Authorization
+// and cookies are removed (client credentials never reach internal servers)
+// and X-Mcptun-Client names the client for the agent's audit log. Streams are
+// reused for later exchanges with the same agent, and answers stream back as
+// they come (SSE events are flushed one by one).
+//
+// The relay never spawns processes or reaches internal hosts: all it can do is
+// open a stream to an agent that dialed in, and the agent decides what a
+// stream may reach.
+package relay
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+)
+
+// ClientHeader tells the agent which authenticated client sent an exchange.
+const ClientHeader = "X-Mcptun-Client"
+
+// Agents is what the relay needs from the tunnel layer.
+type Agents interface {
+	// Servers reports whether agent is connected and, if so, the names of
+	// the servers it offers.
+	Servers(agent string) (servers []string, online bool)
+	// Dial opens a stream to a connected agent.
+	Dial(ctx context.Context, agent string) (net.Conn, error)
+}
+
+// Client is an MCP client allowed to use the relay.
+type Client struct {
+	Name        string
+	TokenSHA256 [32]byte
+	Allow       []string // "agent/server" patterns, "*" matches a segment
+}
+
+// Config configures a Handler.
+type Config struct {
+	Agents Agents
+	// KnownAgents lists every configured agent name, connected or not, so an
+	// offline agent gets 503 and an unknown one 404.
+	KnownAgents []string
+	Clients     []Client
+	// AllowedOrigins lists browser origins (scheme://host[:port]) allowed
+	// besides same-origin requests; "*" allows any.
+	AllowedOrigins []string
+	Logger         *slog.Logger
+}
+
+// Handler is the relay's HTTP front. It is safe for concurrent use.
+type Handler struct {
+	agents  Agents
+	known   map[string]bool
+	clients []Client
+	origins map[string]bool
+	anyOrig bool
+	log     *slog.Logger
+	mux     *http.ServeMux
+	proxy   *httputil.ReverseProxy
+
+	mu         sync.Mutex
+	transports map[string]*http.Transport // per agent, so one agent's reconnect drops only its streams
+}
+
+// NewHandler returns the relay's HTTP handler.
+func NewHandler(cfg Config) (*Handler, error) {
+	if cfg.Agents == nil {
+		return nil, errors.New("relay: Config.Agents is nil")
+	}
+	h := &Handler{
+		agents:     cfg.Agents,
+		known:      make(map[string]bool),
+		clients:    cfg.Clients,
+		origins:    make(map[string]bool),
+		log:        cfg.Logger,
+		transports: make(map[string]*http.Transport),
+	}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	for _, a := range cfg.KnownAgents {
+		h.known[a] = true
+	}
+	for _, o := range cfg.AllowedOrigins {
+		if o == "*" {
+			h.anyOrig = true
+		}
+		h.origins[strings.ToLower(strings.TrimSuffix(o, "/"))] = true
+	}
+	h.proxy = h.newProxy()
+	h.mux = http.NewServeMux()
+	h.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	h.mux.HandleFunc("/{agent}/{server}/mcp", h.serveMCP)
+	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found",
+			fmt.Sprintf("no MCP endpoint at %s; endpoints look like /{agent}/{server}/mcp", r.URL.Path))
+	})
+	return h, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mux.ServeHTTP(w, r)
+}
+
+// AgentDown drops the pooled streams of an agent whose session ended.
+func (h *Handler) AgentDown(agent string) {
+	h.mu.Lock()
+	t := h.transports[agent]
+	delete(h.transports, agent)
+	h.mu.Unlock()
+	if t != nil {
+		t.CloseIdleConnections()
+	}
+}
+
+// Close releases pooled streams.
+func (h *Handler) Close() error {
+	h.mu.Lock()
+	ts := h.transports
+	h.transports = make(map[string]*http.Transport)
+	h.mu.Unlock()
+	for _, t := range ts {
+		t.CloseIdleConnections()
+	}
+	return nil
+}
+
+func (h *Handler) serveMCP(w http.ResponseWriter, r *http.Request) {
+	agent, server := r.PathValue("agent"), r.PathValue("server")
+	if !h.originAllowed(r) {
+		h.log.Warn("refused foreign origin", "origin", r.Header.Get("Origin"), "host", r.Host, "path", r.URL.Path)
+		writeError(w, http.StatusForbidden, "origin_not_allowed",
+			fmt.Sprintf("origin %q is not allowed (add it to http.allowed_origins)", r.Header.Get("Origin")))
+		return
+	}
+	client, status := h.authenticate(r)
+	if client == nil {
+		w.Header().Set("WWW-Authenticate", status)
+		msg := "missing bearer token: send Authorization: Bearer <token>"
+		if strings.Contains(status, "invalid_token") {
+			msg = "invalid bearer token"
+		}
+		writeError(w, http.StatusUnauthorized, "unauthorized", msg)
+		return
+	}
+	if !client.allowed(agent, server) {
+		h.log.Info("client not allowed", "client", client.Name, "agent", agent, "server", server)
+		writeError(w, http.StatusForbidden, "forbidden",
+			fmt.Sprintf("client %q may not use %s/%s", client.Name, agent, server))
+		return
+	}
+	if !h.known[agent] {
+		writeError(w, http.StatusNotFound, "unknown_agent", fmt.Sprintf("no agent named %q", agent))
+		return
+	}
+	servers, online := h.agents.Servers(agent)
+	if !online {
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, "agent_offline",
+			fmt.Sprintf("agent %q is not connected; try again when it reconnects", agent))
+		return
+	}
+	if !contains(servers, server) {
+		writeError(w, http.StatusNotFound, "unknown_server",
+			fmt.Sprintf("agent %q offers no server named %q", agent, server))
+		return
+	}
+	h.forward(w, r, client.Name, agent, server)
+}
+
+// authenticate returns the client whose token the request carries, or nil and
+// the WWW-Authenticate challenge to send.
+func (h *Handler) authenticate(r *http.Request) (*Client, string) {
+	auth := r.Header.Get("Authorization")
+	scheme, token, ok := strings.Cut(auth, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		return nil, `Bearer realm="mcptun"`
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	var found *Client
+	// Compare against every client so the time taken does not tell which
+	// (or whether any) client matched.
+	for i := range h.clients {
+		if subtle.ConstantTimeCompare(sum[:], h.clients[i].TokenSHA256[:]) == 1 {
+			found = &h.clients[i]
+		}
+	}
+	if found == nil {
+		return nil, `Bearer realm="mcptun", error="invalid_token"`
+	}
+	return found, ""
+}
+
+func (c *Client) allowed(agent, server string) bool {
+	for _, p := range c.Allow {
+		pa, ps, _ := strings.Cut(p, "/")
+		if (pa == "*" || pa == agent) && (ps == "*" || ps == server) {
+			return true
+		}
+	}
+	return false
+}
+
+// originAllowed guards against DNS rebinding: a browser always sends Origin,
+// and a page on a foreign origin must not reach the relay. Requests without
+// Origin (non-browser clients) pass.
+func (h *Handler) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" || h.anyOrig {
+		return true
+	}
+	o := strings.ToLower(origin)
+	if h.origins[o] {
+		return true
+	}
+	// Same origin: the page was served by this very host.
+	_, hostPart, ok := strings.Cut(o, "://")
+	return ok && strings.EqualFold(hostPart, r.Host)
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,216 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// pipeAgents serves each "agent" with a real http.Server over in-memory
+// connections, standing in for the tunnel (which has its own tests and the
+// end-to-end tests in cmd/mcptun).
+type pipeAgents struct {
+	mu      sync.Mutex
+	servers map[string][]string
+	ln      *pipeListener
+}
+
+func (p *pipeAgents) Servers(agent string) ([]string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s, ok := p.servers[agent]
+	return s, ok
+}
+
+func (p *pipeAgents) Dial(ctx context.Context, agent string) (net.Conn, error) {
+	if _, ok := p.Servers(agent); !ok {
+		return nil, errors.New("offline")
+	}
+	c1, c2 := net.Pipe()
+	select {
+	case p.ln.ch <- c2:
+		return c1, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+type pipeListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+func (l *pipeListener) Close() error   { l.once.Do(func() { close(l.done) }); return nil }
+func (l *pipeListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+func hash(s string) [32]byte { return sha256.Sum256([]byte(s)) }
+
+type fixture struct {
+	url    string
+	agents *pipeAgents
+	seen   chan *http.Request
+}
+
+func newFixture(t *testing.T, agentHandler http.Handler) *fixture {
+	t.Helper()
+	ln := &pipeListener{ch: make(chan net.Conn), done: make(chan struct{})}
+	agents := &pipeAgents{servers: map[string][]string{"dc1": {"notes", "wiki"}}, ln: ln}
+	agentSrv := &http.Server{Handler: agentHandler}
+	go func() { _ = agentSrv.Serve(ln) }()
+
+	h, err := NewHandler(Config{
+		Agents:      agents,
+		KnownAgents: []string{"dc1", "dc2"},
+		Clients: []Client{
+			{Name: "ci", TokenSHA256: hash("ci-token"), Allow: []string{"dc1/*", "dc2/*"}},
+			{Name: "wikionly", TokenSHA256: hash("wiki-token"), Allow: []string{"*/wiki"}},
+		},
+		AllowedOrigins: []string{"https://app.example.com"},
+	})
+	require.NoError(t, err)
+	front := httptest.NewServer(h)
+	t.Cleanup(func() {
+		front.Close()
+		h.Close()
+		_ = agentSrv.Close()
+	})
+	return &fixture{url: front.URL, agents: agents}
+}
+
+func do(t *testing.T, method, url, token string, hdr map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"ping"}`))
+	require.NoError(t, err)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp, body
+}
+
+func TestRefusals(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"path":%q,"client":%q,"auth":%q,"cookie":%q}`,
+			r.URL.Path, r.Header.Get(ClientHeader), r.Header.Get("Authorization"), r.Header.Get("Cookie"))
+	}))
+	tests := []struct {
+		name, path, token string
+		hdr               map[string]string
+		status            int
+		reason            string
+	}{
+		{"missing token", "/dc1/notes/mcp", "", nil, 401, "unauthorized"},
+		{"wrong token", "/dc1/notes/mcp", "nope", nil, 401, "unauthorized"},
+		{"out of scope", "/dc1/notes/mcp", "wiki-token", nil, 403, "forbidden"},
+		{"foreign origin", "/dc1/notes/mcp", "ci-token", map[string]string{"Origin": "http://evil.example.com"}, 403, "origin_not_allowed"},
+		{"unknown agent", "/nope/notes/mcp", "wiki-token", nil, 403, "forbidden"},
+		{"unknown agent in scope", "/nope/wiki/mcp", "wiki-token", nil, 404, "unknown_agent"},
+		{"unknown server", "/dc1/files/mcp", "ci-token", nil, 404, "unknown_server"},
+		{"offline agent", "/dc2/notes/mcp", "ci-token", nil, 503, "agent_offline"},
+		{"no endpoint", "/dc1/notes", "ci-token", nil, 404, "not_found"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := do(t, http.MethodPost, f.url+tt.path, tt.token, tt.hdr)
+			require.Equal(t, tt.status, resp.StatusCode, "body: %s", body)
+			var eb errorBody
+			require.NoError(t, json.Unmarshal(body, &eb), "body is JSON: %s", body)
+			require.Equal(t, tt.reason, eb.Error.Data.Reason)
+			require.NotEmpty(t, eb.Error.Message)
+			if tt.status == 401 {
+				require.Contains(t, resp.Header.Get("WWW-Authenticate"), "Bearer")
+			}
+		})
+	}
+}
+
+func TestForward(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"path":%q,"client":%q,"auth":%q,"cookie":%q}`,
+			r.URL.Path, r.Header.Get(ClientHeader), r.Header.Get("Authorization"), r.Header.Get("Cookie"))
+	}))
+	for _, tc := range []struct {
+		token, path, client string
+		hdr                 map[string]string
+	}{
+		{"ci-token", "/dc1/notes/mcp", "ci", map[string]string{"Cookie": "a=b", ClientHeader: "forged"}},
+		{"wiki-token", "/dc1/wiki/mcp", "wikionly", map[string]string{"Origin": "https://app.example.com"}},
+	} {
+		resp, body := do(t, http.MethodPost, f.url+tc.path, tc.token, tc.hdr)
+		require.Equal(t, 200, resp.StatusCode, "body: %s", body)
+		var got map[string]string
+		require.NoError(t, json.Unmarshal(body, &got))
+		require.Equal(t, strings.TrimPrefix(tc.path, "/dc1"), got["path"])
+		require.Equal(t, tc.client, got["client"], "client header is set by the relay, not the client")
+		require.Empty(t, got["auth"], "client credentials never reach the agent")
+		require.Empty(t, got["cookie"])
+	}
+}
+
+// TestSSEStreamsEventByEvent checks that each event reaches the client
+// before the agent writes the next one.
+func TestSSEStreamsEventByEvent(t *testing.T) {
+	next := make(chan struct{})
+	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := 0; i < 3; i++ {
+			fmt.Fprintf(w, "id: %d\ndata: {\"n\":%d}\n\n", i, i)
+			w.(http.Flusher).Flush()
+			select {
+			case <-next:
+			case <-r.Context().Done():
+				return
+			}
+		}
+	}))
+	req, _ := http.NewRequest(http.MethodPost, f.url+"/dc1/notes/mcp", strings.NewReader("{}"))
+	req.Header.Set("Authorization", "Bearer ci-token")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for i := 0; i < 3; i++ {
+		for {
+			line, err := br.ReadString('\n')
+			require.NoError(t, err)
+			if strings.HasPrefix(line, "data:") {
+				require.Equal(t, fmt.Sprintf("data: {\"n\":%d}\n", i), line)
+				break
+			}
+		}
+		next <- struct{}{} // the agent writes the next event only now
+	}
+}
