@@ -1,16 +1,20 @@
 // Command mcptun lets AI agents reach MCP servers inside a private network
 // through an outbound-only tunnel. One binary, several roles: relay, agent,
-// demo, bench, check, version.
+// demo, bench, check, token, version.
 package main
 
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/mcptun/mcptun/internal/config"
+	"github.com/mcptun/mcptun/internal/logging"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -32,10 +36,28 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.PersistentFlags().String("log-level", "", "override log.level (debug, info, warn, error)")
 	root.AddCommand(
+		newRelayCmd(),
+		newAgentCmd(),
+		newDemoCmd(),
+		// BENCH newBenchCmd(),
+		newCheckCmd(),
+		newTokenCmd(),
+		newExampleServerCmd(),
 		newVersionCmd(),
 	)
 	return root
+}
+
+// newLogger builds the role's logger on stderr from its config, honouring
+// --log-level.
+func newLogger(cmd *cobra.Command, lc config.Log) (*slog.Logger, error) {
+	level := lc.Level
+	if l, _ := cmd.Flags().GetString("log-level"); l != "" {
+		level = l
+	}
+	return logging.New(cmd.ErrOrStderr(), level, lc.Format)
 }
 
 func newVersionCmd() *cobra.Command {
@@ -48,4 +70,34 @@ func newVersionCmd() *cobra.Command {
 			return err
 		},
 	}
+}
+
+func newCheckCmd() *cobra.Command {
+	var relayPath, agentPath string
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Validate configuration files and report every problem",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if relayPath == "" && agentPath == "" {
+				return fmt.Errorf("check: give --relay FILE and/or --agent FILE")
+			}
+			if relayPath != "" {
+				if _, err := config.LoadRelay(relayPath); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", relayPath)
+			}
+			if agentPath != "" {
+				if _, err := config.LoadAgent(agentPath); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", agentPath)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&relayPath, "relay", "", "relay configuration file")
+	cmd.Flags().StringVar(&agentPath, "agent", "", "agent configuration file")
+	return cmd
 }

@@ -49,7 +49,7 @@ func DecodeSHA256Hex(s string) ([32]byte, bool) {
 
 func checkSHA256(p *problems, key, s string) {
 	if _, ok := DecodeSHA256Hex(s); !ok {
-		p.add(key, "must be the 64 hex characters of a SHA-256 digest (try: mcptun hash-token)")
+		p.add(key, "must be the 64 hex characters of a SHA-256 digest (make one with: mcptun token new)")
 	}
 }
 

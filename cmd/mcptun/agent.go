@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mcptun/mcptun/internal/config"
+	"github.com/mcptun/mcptun/mcpproxy"
+	"github.com/mcptun/mcptun/tunnel"
+)
+
+func newAgentCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the agent: dial out to the relay and serve the configured MCP servers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.LoadAgent(path)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(cmd, cfg.Log)
+			if err != nil {
+				return err
+			}
+			ra, err := startAgent(cmd.Context(), cfg, log)
+			if err != nil {
+				return err
+			}
+			<-cmd.Context().Done()
+			log.Info("agent stopping")
+			return ra.Close()
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "agent.yaml", "agent configuration file")
+	return cmd
+}
+
+// runningAgent is a started agent: tunnel client and the MCP endpoint
+// served on the streams the relay opens.
+type runningAgent struct {
+	Client  *tunnel.Client
+	handler *mcpproxy.Handler
+	http    *http.Server
+	debug   *debugServer
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runningAgent, error) {
+	serverName := cfg.Relay.ServerName
+	if serverName == "" {
+		host, _, _ := net.SplitHostPort(cfg.Relay.Address)
+		serverName = host
+	}
+	tlsConf, err := tunnel.ClientTLS(serverName, cfg.Relay.CAFile, cfg.Relay.PinSHA256)
+	if err != nil {
+		return nil, err
+	}
+	servers := make([]mcpproxy.ServerConfig, len(cfg.Servers))
+	offered := make([]tunnel.OfferedServer, len(cfg.Servers))
+	for i, s := range cfg.Servers {
+		servers[i] = mcpproxy.ServerConfig{Name: s.Name, Command: s.Command, Env: s.Env, Dir: s.Dir, URL: s.URL, Headers: s.Headers}
+		kind := "http"
+		if len(s.Command) > 0 {
+			kind = "stdio"
+		}
+		offered[i] = tunnel.OfferedServer{Name: s.Name, Kind: kind}
+	}
+	handler, err := mcpproxy.NewHandler(servers, mcpproxy.Options{
+		Logger:      log.With("component", "mcp"),
+		IdleTimeout: cfg.IdleTimeout,
+	})
+	if err != nil {
+		return nil, err
+	}
+	client, err := tunnel.NewClient(tunnel.ClientConfig{
+		Name:      cfg.Name,
+		Address:   cfg.Relay.Address,
+		Token:     cfg.Relay.Token,
+		TLSConfig: tlsConf,
+		Transport: cfg.Relay.Transport,
+		Mux:       cfg.Relay.Mux,
+		Servers:   offered,
+		Logger:    log.With("component", "tunnel"),
+	})
+	if err != nil {
+		_ = handler.Close()
+		return nil, err
+	}
+	ra := &runningAgent{Client: client, handler: handler}
+	runCtx, cancel := context.WithCancel(ctx)
+	ra.cancel = cancel
+	ra.http = &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	ra.wg.Add(2)
+	go func() {
+		defer ra.wg.Done()
+		if err := client.Run(runCtx); err != nil {
+			log.Error("tunnel stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer ra.wg.Done()
+		if err := ra.http.Serve(client.Listener()); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			log.Error("agent http server stopped", "err", err)
+		}
+	}()
+	if cfg.Debug.PprofListen != "" {
+		ra.debug, err = startDebug(cfg.Debug.PprofListen, log)
+		if err != nil {
+			_ = ra.Close()
+			return nil, err
+		}
+	}
+	log.Info("agent started", "name", cfg.Name, "relay", cfg.Relay.Address, "servers", len(servers))
+	return ra, nil
+}
+
+// Close disconnects from the relay, ends all MCP sessions (killing their
+// children) and waits.
+func (ra *runningAgent) Close() error {
+	ra.cancel()
+	_ = ra.http.Close()
+	_ = ra.Client.Listener().Close()
+	err := ra.handler.Close()
+	ra.debug.Close()
+	ra.wg.Wait()
+	return err
+}

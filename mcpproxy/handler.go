@@ -1,0 +1,306 @@
+package mcpproxy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ServerConfig describes one MCP server the handler serves at /{Name}/mcp.
+// Exactly one of Command and URL is set.
+type ServerConfig struct {
+	Name string
+	// Command runs a stdio server: one child process per MCP session.
+	Command []string
+	// Env is added to the child's environment. The child does not inherit
+	// the agent's environment (which may hold the agent's own secrets): it
+	// gets only PATH, HOME, USER, LOGNAME, SHELL, LANG, LC_*, TZ and TMPDIR
+	// as the agent has them, then Env on top.
+	Env map[string]string
+	// Dir is the child's working directory (default: the agent's).
+	Dir string
+	// URL is a Streamable HTTP upstream; requests are reverse-proxied to it.
+	URL string
+	// Headers are set on every upstream request (for example an internal
+	// Authorization), replacing what the client sent under those names.
+	Headers map[string]string
+}
+
+// Options tune a [Handler]. The zero value is usable.
+type Options struct {
+	// Logger receives session lifecycle, child stderr lines and errors.
+	// Default: discard.
+	Logger *slog.Logger
+	// IdleTimeout ends a stdio session after this long without an HTTP
+	// request in progress for it. Default 10 minutes.
+	IdleTimeout time.Duration
+	// MaxMessageBytes bounds one JSON-RPC message in either direction on
+	// stdio servers. Default 64 MiB.
+	MaxMessageBytes int64
+	// MaxSessions bounds concurrent sessions (children) per stdio server;
+	// over it, initialize gets 503. Default 256.
+	MaxSessions int
+	// KeepAlive is the interval of ": keepalive" comments on SSE streams.
+	// Default 20 s.
+	KeepAlive time.Duration
+	// KillGrace is how long a child may take to exit after its stdin is
+	// closed and it got SIGTERM, before its process group gets SIGKILL.
+	// Default 2 s.
+	KillGrace time.Duration
+}
+
+const (
+	defaultIdleTimeout     = 10 * time.Minute
+	defaultMaxMessageBytes = 64 << 20
+	defaultMaxSessions     = 256
+	defaultKeepAlive       = 20 * time.Second
+	defaultKillGrace       = 2 * time.Second
+
+	// Replay buffer bounds per session (see the package comment).
+	replayMaxEvents = 1024
+	replayMaxBytes  = 8 << 20
+)
+
+// Handler serves /{server}/mcp for each configured server. Anything else is
+// 404: the handler never reaches a server that is not configured.
+type Handler struct {
+	log     *slog.Logger
+	opts    Options
+	servers map[string]http.Handler
+	stdio   []*stdioServer
+	proxies []*httpServer
+
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup // per-session goroutines (stdout, stderr, reaper)
+}
+
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// NewHandler validates servers and returns a handler for them. It starts
+// no process: stdio children start with their sessions.
+func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = defaultIdleTimeout
+	}
+	if opts.MaxMessageBytes <= 0 {
+		opts.MaxMessageBytes = defaultMaxMessageBytes
+	}
+	if opts.MaxSessions <= 0 {
+		opts.MaxSessions = defaultMaxSessions
+	}
+	if opts.KeepAlive <= 0 {
+		opts.KeepAlive = defaultKeepAlive
+	}
+	if opts.KillGrace <= 0 {
+		opts.KillGrace = defaultKillGrace
+	}
+	h := &Handler{log: opts.Logger, opts: opts, servers: make(map[string]http.Handler)}
+	if len(servers) == 0 {
+		return nil, errors.New("mcpproxy: no servers configured")
+	}
+	for i, sc := range servers {
+		if err := validate(sc); err != nil {
+			return nil, fmt.Errorf("mcpproxy: servers[%d] (%q): %w", i, sc.Name, err)
+		}
+		if _, dup := h.servers[sc.Name]; dup {
+			return nil, fmt.Errorf("mcpproxy: servers[%d]: duplicate server name %q", i, sc.Name)
+		}
+		if sc.URL != "" {
+			p, err := newHTTPServer(h, sc)
+			if err != nil {
+				return nil, fmt.Errorf("mcpproxy: servers[%d] (%q): %w", i, sc.Name, err)
+			}
+			h.proxies = append(h.proxies, p)
+			h.servers[sc.Name] = p
+			continue
+		}
+		s := newStdioServer(h, sc)
+		h.stdio = append(h.stdio, s)
+		h.servers[sc.Name] = s
+	}
+	return h, nil
+}
+
+func validate(sc ServerConfig) error {
+	if !namePattern.MatchString(sc.Name) {
+		return fmt.Errorf("invalid name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", sc.Name)
+	}
+	switch {
+	case len(sc.Command) > 0 && sc.URL != "":
+		return errors.New("set Command (stdio server) or URL (HTTP server), not both")
+	case len(sc.Command) > 0:
+		if sc.Command[0] == "" {
+			return errors.New("empty program name in Command")
+		}
+		if len(sc.Headers) > 0 {
+			return errors.New("Headers apply to URL servers only")
+		}
+		for k := range sc.Env {
+			if k == "" || strings.ContainsAny(k, "=\x00") {
+				return fmt.Errorf("invalid environment variable name %q", k)
+			}
+		}
+	case sc.URL != "":
+		u, err := url.Parse(sc.URL)
+		if err != nil {
+			return fmt.Errorf("invalid URL: %w", err)
+		}
+		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("invalid URL %q: want http:// or https:// with a host", sc.URL)
+		}
+		if len(sc.Env) > 0 || sc.Dir != "" {
+			return errors.New("Env and Dir apply to Command servers only")
+		}
+		for k, v := range sc.Headers {
+			if !validHeaderName(k) {
+				return fmt.Errorf("invalid header name %q", k)
+			}
+			if strings.ContainsAny(v, "\r\n\x00") {
+				return fmt.Errorf("header %q: value contains CR, LF or NUL", k)
+			}
+			if isHopByHop(textproto.CanonicalMIMEHeaderKey(k)) {
+				return fmt.Errorf("header %q is hop-by-hop and cannot be set", k)
+			}
+		}
+	default:
+		return errors.New("set Command (stdio server) or URL (HTTP server)")
+	}
+	return nil
+}
+
+func validHeaderName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for _, c := range []byte(k) {
+		// RFC 9110 token characters.
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+func isHopByHop(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length":
+		return true
+	}
+	return false
+}
+
+// ServeHTTP routes /{server}/mcp to the server's handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	name, rest, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+	srv := h.servers[name]
+	if !ok || rest != "mcp" || srv == nil || !strings.HasPrefix(r.URL.Path, "/") {
+		writeError(w, http.StatusNotFound, nil, codeInvalidRequest,
+			fmt.Sprintf("mcpproxy: no MCP server at %q (want /{server}/mcp)", r.URL.Path))
+		return
+	}
+	if h.isClosed() {
+		writeError(w, http.StatusServiceUnavailable, nil, codeInternal, "mcpproxy: shutting down")
+		return
+	}
+	srv.ServeHTTP(w, r)
+}
+
+func (h *Handler) isClosed() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.closed
+}
+
+// Close ends every stdio session, kills the children's process groups and
+// waits until they are reaped. Requests still being served get errors.
+func (h *Handler) Close() error {
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
+	for _, s := range h.stdio {
+		s.closeAll()
+	}
+	h.wg.Wait()
+	for _, p := range h.proxies {
+		p.close()
+	}
+	return nil
+}
+
+// acquire reserves a place in the set of goroutines Close waits for, or
+// reports false once Close has begun: no child starts after that. The
+// caller passes the reservation to a goroutine that calls h.wg.Done.
+func (h *Handler) acquire() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return false
+	}
+	h.wg.Add(1)
+	return true
+}
+
+// JSON-RPC error codes used in answers the handler makes itself.
+const (
+	codeParse          = -32700
+	codeInvalidRequest = -32600
+	codeInternal       = -32603
+	codeMethodNotFound = -32601
+	// codeHeaderMismatch is 2026-07-28 HEADER_MISMATCH: an Mcp-* header
+	// disagrees with the body.
+	codeHeaderMismatch = -32020
+	// codeUnsupportedVersion is the 2026-07-28 UNSUPPORTED_PROTOCOL_VERSION;
+	// its data lists the versions we support, which lets a 2026 client fall
+	// back to initialize.
+	codeUnsupportedVersion = -32022
+	// codeServerGone marks a request whose server process ended before
+	// answering (implementation-defined range).
+	codeServerGone = -32000
+)
+
+type rpcError struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+	Data    any    `json:"data,omitempty"`
+}
+
+// errorBody renders a JSON-RPC error response; id nil means null.
+func errorBody(id []byte, code int, msg string, data any) []byte {
+	if id == nil {
+		id = []byte("null")
+	}
+	e, err := json.Marshal(rpcError{Code: code, Message: msg, Data: data})
+	if err != nil { // data is always ours and marshalable
+		e, _ = json.Marshal(rpcError{Code: code, Message: msg})
+	}
+	b := make([]byte, 0, len(id)+len(e)+40)
+	b = append(b, `{"jsonrpc":"2.0","id":`...)
+	b = append(b, id...)
+	b = append(b, `,"error":`...)
+	b = append(b, e...)
+	return append(b, '}')
+}
+
+func writeError(w http.ResponseWriter, status int, id []byte, code int, msg string) {
+	writeErrorData(w, status, id, code, msg, nil)
+}
+
+func writeErrorData(w http.ResponseWriter, status int, id []byte, code int, msg string, data any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(errorBody(id, code, msg, data))
+}

@@ -1,0 +1,746 @@
+//go:build unix
+
+package mcpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Reasons a session ends, as seen by clients with requests in flight.
+var (
+	errDeleted  = errors.New("session deleted by the client")
+	errIdle     = errors.New("session idle timeout")
+	errShutdown = errors.New("agent shutting down")
+	errInitFail = errors.New("initialize failed")
+)
+
+// session is one MCP session of a stdio server: one child process, the
+// requests in flight to it, and the SSE streams and replay buffer of
+// messages from it.
+type session struct {
+	id   string
+	srv  *stdioServer
+	log  *slog.Logger
+	proc *process
+	// shared marks the one child of the stateless (2026-07-28) era, serving
+	// every client of the server at once: client ids may collide, and a
+	// message of the child that names no request belongs to no one client.
+	shared bool
+	done   chan struct{} // closed when the session ends
+	idle   *time.Timer
+	start  time.Time
+
+	stdinMu sync.Mutex // one message at a time on stdin
+
+	mu         sync.Mutex
+	ended      bool
+	active     int              // HTTP requests in progress (streams included)
+	lastUsed   time.Time        // last time active dropped to zero or rose from it
+	nextID     int64            // request ids we give the child
+	pending    map[string]*call // by the id the child sees
+	byClientID map[string]*call // by the id the client sent
+	tokens     map[string]*call // by the progress token the child sees
+	streams    map[int64]*stream
+	standalone *stream // stream 0: the GET stream
+	nextStream int64
+	seq        uint64   // last event sequence number
+	events     []*event // replay buffer, in seq order
+	bufBytes   int
+	dropped    int // undelivered events evicted
+}
+
+// call is a client request in flight to the child.
+type call struct {
+	clientID    []byte // exact id bytes the client sent
+	ourID       string // the id the child sees
+	stream      *stream
+	clientToken []byte // exact progress token the client sent, if any
+	token       string // the progress token the child sees, if any
+}
+
+// stream is one SSE stream: a POST's answer stream or the standalone GET
+// stream. It outlives its HTTP connection: events queue up and wait for a
+// client to resume with Last-Event-ID.
+type stream struct {
+	num      int64
+	call     *call         // nil for the standalone stream
+	wake     chan struct{} // cap 1: new events
+	attached bool          // an HTTP response is writing this stream
+	complete bool          // the final response is in the buffer
+	primed   uint64        // seq when the stream started: its events come after
+	nEvents  int           // its events in the replay buffer
+}
+
+// event is one message on a stream.
+type event struct {
+	seq       uint64
+	stream    *stream
+	data      []byte
+	response  bool // the final response of a POST stream
+	isError   bool // ... and it is a JSON-RPC error
+	code      int  // ... with this code
+	status    int  // HTTP status if answered as plain JSON; 0 means 200
+	delivered bool
+}
+
+func (e *event) id() string {
+	return strconv.FormatInt(e.stream.num, 10) + "." + strconv.FormatUint(e.seq, 10)
+}
+
+func newSessionID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand panics instead)
+	return hex.EncodeToString(b[:])
+}
+
+func newSession(srv *stdioServer, proc *process) *session {
+	id := newSessionID()
+	s := &session{
+		id:         id,
+		srv:        srv,
+		log:        srv.log.With("session", id[:8]),
+		proc:       proc,
+		done:       make(chan struct{}),
+		start:      time.Now(),
+		lastUsed:   time.Now(),
+		pending:    make(map[string]*call),
+		byClientID: make(map[string]*call),
+		tokens:     make(map[string]*call),
+		streams:    make(map[int64]*stream),
+	}
+	s.standalone = s.newStreamLocked()
+	s.idle = time.AfterFunc(srv.h.opts.IdleTimeout, s.checkIdle)
+	return s
+}
+
+// run owns the session's goroutines: it reads stdout and stderr, reaps
+// the child and ends the session. It holds a reservation from
+// Handler.acquire.
+func (s *session) run() {
+	defer s.srv.h.wg.Done()
+	var readers sync.WaitGroup
+	readers.Add(2)
+	go func() {
+		defer readers.Done()
+		s.readStdout()
+	}()
+	go func() {
+		defer readers.Done()
+		s.readStderr()
+	}()
+	werr := s.proc.wait()
+	readersDone := make(chan struct{})
+	go func() {
+		readers.Wait()
+		close(readersDone)
+	}()
+	// The group is dead, so the pipes hit EOF once drained, unless a process
+	// escaped the group (setsid) holding them: bound that.
+	select {
+	case <-readersDone:
+	case <-time.After(5 * time.Second):
+		s.log.Warn("server output still open after exit; closing it")
+		_ = s.proc.stdout.SetReadDeadline(time.Now())
+		_ = s.proc.stderr.SetReadDeadline(time.Now())
+		<-readersDone
+	}
+	s.proc.stdout.Close()
+	s.proc.stderr.Close()
+	s.end(fmt.Errorf("server process ended (%s)", exitReason(werr)))
+	s.log.Info("server process reaped", "pid", s.proc.pgid, "status", exitReason(werr))
+}
+
+// end ends the session once: requests in flight get an error response, new
+// requests get 404, the child is asked to stop.
+func (s *session) end(reason error) {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	s.ended = true
+	s.idle.Stop()
+	for _, c := range s.pending {
+		msg := "mcpproxy: " + reason.Error() + " before answering"
+		s.finishLocked(c, &event{data: errorBody(c.clientID, codeServerGone, msg, nil), isError: true, code: codeServerGone, status: 502})
+	}
+	s.mu.Unlock()
+	close(s.done)
+	s.srv.remove(s)
+	s.proc.stop(s.srv.h.opts.KillGrace)
+	s.log.Info("session ended", "reason", reason.Error(), "duration", time.Since(s.start).Round(time.Millisecond))
+}
+
+// enter notes an HTTP request for the session; false if it has ended.
+func (s *session) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return false
+	}
+	s.active++
+	s.lastUsed = time.Now()
+	return true
+}
+
+func (s *session) leave() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.active--
+	s.lastUsed = time.Now()
+}
+
+func (s *session) checkIdle() {
+	idle := s.srv.h.opts.IdleTimeout
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	if s.active > 0 {
+		s.idle.Reset(idle)
+		s.mu.Unlock()
+		return
+	}
+	if left := idle - time.Since(s.lastUsed); left > 0 {
+		s.idle.Reset(left)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.end(errIdle)
+}
+
+// writeLine writes one message (ending in '\n') to the child's stdin.
+func (s *session) writeLine(line []byte) error {
+	s.stdinMu.Lock()
+	defer s.stdinMu.Unlock()
+	if _, err := s.proc.stdin.Write(line); err != nil {
+		return fmt.Errorf("mcpproxy: write to server %q: %w", s.srv.cfg.Name, err)
+	}
+	return nil
+}
+
+var errSessionEnded = errors.New("session ended")
+
+// errDuplicateID is a request whose id is already in flight.
+var errDuplicateID = errors.New("a request with this id is already in flight in this session")
+
+// startCall registers a client request and returns it with the line to
+// write to the child: body with its id replaced by ours. Children see
+// small integer ids, so an id no float64 holds (or one that another
+// client used) comes back exactly as the client sent it.
+func (s *session) startCall(m *Message, body []byte) (*call, []byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return nil, nil, errSessionEnded
+	}
+	if !s.shared && s.byClientID[string(m.ID)] != nil {
+		return nil, nil, errDuplicateID
+	}
+	s.nextID++
+	c := &call{clientID: m.ID, ourID: strconv.FormatInt(s.nextID, 10)}
+	c.stream = s.newStreamLocked()
+	c.stream.call = c
+	c.stream.attached = true
+	edits := []edit{m.idEdit([]byte(c.ourID))}
+	if m.ProgressToken != nil {
+		// Tokens are remapped like ids: the child may round a number.
+		c.clientToken = m.ProgressToken
+		c.token = c.ourID
+		s.tokens[c.token] = c
+		edits = append(edits, m.tokenEdit([]byte(c.token)))
+	}
+	s.pending[c.ourID] = c
+	if !s.shared {
+		s.byClientID[string(c.clientID)] = c
+	}
+	return c, append(rewrite(body, edits...), '\n'), nil
+}
+
+// failCall answers c with an error made here, unless the child answered.
+func (s *session) failCall(c *call, status, code int, msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending[c.ourID] == c {
+		s.finishLocked(c, &event{data: errorBody(c.clientID, code, msg, nil), isError: true, code: code, status: status})
+	}
+}
+
+// clientLine prepares a notification or response from the client for the
+// child. A cancellation names the request by the client's id, which the
+// child has never seen: it gets ours.
+func (s *session) clientLine(m *Message, body []byte) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return nil, errSessionEnded
+	}
+	if m.CancelledID != nil {
+		if c := s.byClientID[string(m.CancelledID)]; c != nil {
+			return append(rewrite(body, m.cancelEdit([]byte(c.ourID))), '\n'), nil
+		}
+	}
+	return append(rewrite(body), '\n'), nil
+}
+
+func (s *session) newStreamLocked() *stream {
+	st := &stream{num: s.nextStream, wake: make(chan struct{}, 1), primed: s.seq}
+	s.nextStream++
+	s.streams[st.num] = st
+	return st
+}
+
+// finishLocked ends c with its response ev.
+func (s *session) finishLocked(c *call, ev *event) {
+	s.forgetCallLocked(c)
+	ev.response = true
+	s.appendLocked(c.stream, ev)
+}
+
+func (s *session) forgetCallLocked(c *call) {
+	delete(s.pending, c.ourID)
+	if s.byClientID[string(c.clientID)] == c {
+		delete(s.byClientID, string(c.clientID))
+	}
+	if c.token != "" {
+		delete(s.tokens, c.token)
+	}
+	c.stream.complete = true
+}
+
+// cancel abandons c, if still in flight, and tells the child
+// (notifications/cancelled with the id it knows). In the stateless era a
+// client closing its stream means exactly this.
+func (s *session) cancel(c *call, reason string) {
+	s.mu.Lock()
+	if s.pending[c.ourID] != c {
+		s.mu.Unlock()
+		return
+	}
+	s.forgetCallLocked(c)
+	s.forgetLocked(c.stream)
+	s.mu.Unlock()
+	r, _ := json.Marshal(reason)
+	line := `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":` + c.ourID + `,"reason":` + string(r) + "}}\n"
+	if err := s.writeLine([]byte(line)); err != nil {
+		s.log.Debug("cannot pass on a cancellation", "err", err)
+	}
+}
+
+// appendLocked adds an event for st to the replay buffer and wakes its
+// writer.
+func (s *session) appendLocked(st *stream, ev *event) {
+	s.seq++
+	ev.seq, ev.stream = s.seq, st
+	s.events = append(s.events, ev)
+	s.bufBytes += len(ev.data)
+	st.nEvents++
+	s.evictLocked()
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
+}
+
+// evictLocked keeps the replay buffer within replayMaxEvents and
+// replayMaxBytes. Oldest events go first, except that the newest event
+// and events still waiting for a connected writer stay: a live stream never
+// loses a message. An undelivered event of a stream nobody is connected to
+// can go, with a warning.
+func (s *session) evictLocked() {
+	over := func() bool { return len(s.events) > replayMaxEvents || s.bufBytes > replayMaxBytes }
+	evictable := func(ev *event) bool { return ev.delivered || !ev.stream.attached }
+	for over() && len(s.events) > 1 && evictable(s.events[0]) {
+		s.dropLocked(s.events[0])
+		s.events[0] = nil
+		s.events = s.events[1:]
+	}
+	if !over() {
+		return
+	}
+	kept := make([]*event, 0, len(s.events))
+	for i, ev := range s.events {
+		if over() && i < len(s.events)-1 && evictable(ev) {
+			s.dropLocked(ev)
+			continue
+		}
+		kept = append(kept, ev)
+	}
+	s.events = kept
+}
+
+func (s *session) dropLocked(ev *event) {
+	s.bufBytes -= len(ev.data)
+	st := ev.stream
+	st.nEvents--
+	if !ev.delivered {
+		// Loud once per session, then quiet: a chatty child with no GET
+		// stream open would otherwise log every message.
+		s.dropped++
+		level := slog.LevelDebug
+		if s.dropped == 1 {
+			level = slog.LevelWarn
+		}
+		s.log.Log(context.Background(), level, "replay buffer full: dropped a message no client has received",
+			"stream", st.num, "bytes", len(ev.data), "message", clip(ev.data, 120), "dropped_so_far", s.dropped)
+	}
+	s.forgetLocked(st)
+}
+
+// forgetLocked drops a finished stream with nothing left to replay.
+func (s *session) forgetLocked(st *stream) {
+	if st.complete && !st.attached && st.nEvents == 0 {
+		delete(s.streams, st.num)
+	}
+}
+
+// eventsAfter returns st's events after seq cursor, and whether st's final
+// response is in the buffer.
+func (s *session) eventsAfter(st *stream, cursor uint64) (evs []*event, complete bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ev := range s.events {
+		if ev.stream == st && ev.seq > cursor {
+			evs = append(evs, ev)
+		}
+	}
+	return evs, st.complete
+}
+
+// waitFirst waits for the first event of a POST stream; nil if the client
+// left first.
+func (s *session) waitFirst(ctx context.Context, st *stream) *event {
+	for {
+		if evs, _ := s.eventsAfter(st, st.primed); len(evs) > 0 {
+			return evs[0]
+		}
+		select {
+		case <-st.wake:
+		case <-ctx.Done():
+			return nil
+		case <-s.done:
+			// end answered every call in flight before closing done.
+			if evs, _ := s.eventsAfter(st, st.primed); len(evs) > 0 {
+				return evs[0]
+			}
+			return nil
+		}
+	}
+}
+
+// pump writes st's events after cursor to sw until the final response,
+// the client leaving or the session ending, with keep-alive comments while
+// idle. It returns the last event written.
+func (s *session) pump(ctx context.Context, sw *sseWriter, st *stream, cursor uint64) (last *event) {
+	ka := time.NewTicker(s.srv.h.opts.KeepAlive)
+	defer ka.Stop()
+	// flush writes what is buffered; done means the stream is over.
+	flush := func() (done bool) {
+		evs, complete := s.eventsAfter(st, cursor)
+		for _, ev := range evs {
+			if err := sw.event(ev); err != nil {
+				s.log.Debug("SSE client went away", "stream", st.num, "err", err)
+				return true
+			}
+			s.markDelivered(ev)
+			cursor, last = ev.seq, ev
+			if ev.response {
+				return true
+			}
+		}
+		// A resumed stream whose response was already sent has no more.
+		return complete
+	}
+	for {
+		if flush() {
+			return last
+		}
+		select {
+		case <-st.wake:
+		case <-ka.C:
+			if err := sw.comment("keepalive"); err != nil {
+				return last
+			}
+		case <-ctx.Done():
+			return last
+		case <-s.done:
+			flush() // the errors end left for calls in flight
+			return last
+		}
+	}
+}
+
+// resumePoint finds the stream and position a GET continues from: the
+// stream and event named by Last-Event-ID, or else the standalone stream
+// from its oldest undelivered message.
+func (s *session) resumePoint(lastID string) (*stream, uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if lastID == "" {
+		cursor := s.seq
+		for _, ev := range s.events {
+			if ev.stream == s.standalone && !ev.delivered {
+				cursor = ev.seq - 1
+				break
+			}
+		}
+		return s.standalone, cursor, nil
+	}
+	numStr, seqStr, ok := strings.Cut(lastID, ".")
+	num, err1 := strconv.ParseInt(numStr, 10, 64)
+	seq, err2 := strconv.ParseUint(seqStr, 10, 64)
+	if !ok || err1 != nil || err2 != nil || num < 0 || seq > s.seq {
+		return nil, 0, fmt.Errorf("Last-Event-ID %q is not an event id of this session", clip([]byte(lastID), 40))
+	}
+	st := s.streams[num]
+	if st == nil {
+		return nil, 0, fmt.Errorf("Last-Event-ID %q: stream %d is over or no longer in the replay buffer", lastID, num)
+	}
+	return st, seq, nil
+}
+
+func (s *session) markDelivered(ev *event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ev.delivered = true
+}
+
+// discard removes a delivered plain-JSON answer from the replay buffer:
+// without an event id no client can ask for it again.
+func (s *session) discard(ev *event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, e := range s.events {
+		if e == ev {
+			s.events = slices.Delete(s.events, i, i+1)
+			s.bufBytes -= len(ev.data)
+			ev.stream.nEvents--
+			s.forgetLocked(ev.stream)
+			return
+		}
+	}
+}
+
+// attach claims st for one HTTP response; false if another has it.
+func (s *session) attach(st *stream) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.attached {
+		return false
+	}
+	st.attached = true
+	return true
+}
+
+func (s *session) detach(st *stream) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st.attached = false
+	if s.shared {
+		// Stateless streams cannot be resumed: nothing to keep.
+		s.events = slices.DeleteFunc(s.events, func(ev *event) bool {
+			if ev.stream != st {
+				return false
+			}
+			s.bufBytes -= len(ev.data)
+			st.nEvents--
+			return true
+		})
+	}
+	s.forgetLocked(st)
+	s.evictLocked()
+}
+
+// fromChild routes one line the child wrote to stdout.
+func (s *session) fromChild(line []byte) {
+	m, err := Peek(line)
+	if err != nil {
+		s.log.Warn("server wrote something that is not a JSON-RPC message to stdout; ignored",
+			"err", err, "line", clip(line, 200))
+		return
+	}
+	// SSE data must stay on one line; in valid JSON a CR is whitespace.
+	if bytes.IndexByte(line, '\r') >= 0 {
+		line = bytes.ReplaceAll(line, []byte{'\r'}, []byte{' '})
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		s.log.Debug("message after session end dropped", "kind", m.Kind.String(), "method", m.Method)
+		return
+	}
+	switch m.Kind {
+	case KindResponse, KindError:
+		c := s.pending[string(m.ID)]
+		if c == nil {
+			s.log.Warn("server answered a request that is not in flight; dropped", "id", clip(m.ID, 40), "message", clip(line, 200))
+			return
+		}
+		s.finishLocked(c, &event{data: rewrite(line, m.idEdit(c.clientID)), isError: m.Kind == KindError, code: m.ErrorCode})
+		return
+	case KindNotification:
+		if m.Method == "notifications/progress" && m.ProgressToken != nil {
+			if c := s.tokens[string(m.ProgressToken)]; c != nil {
+				s.appendLocked(c.stream, &event{data: rewrite(line, m.tokenEdit(c.clientToken))})
+				return
+			}
+		}
+	}
+	if s.shared {
+		s.strayLocked(&m, line)
+		return
+	}
+	s.appendLocked(s.routeLocked(), &event{data: line})
+}
+
+// strayLocked handles a message of the shared child that names no
+// request. Guessing a client would leak one client's messages to another,
+// so a notification is dropped, and a request (which the 2026-07-28 era
+// does not have on stdio) is refused so the child does not wait forever.
+func (s *session) strayLocked(m *Message, line []byte) {
+	if m.Kind != KindRequest {
+		s.log.Debug("stateless server sent a message for no request; dropped", "method", m.Method, "message", clip(line, 120))
+		return
+	}
+	s.log.Warn("stateless server sent a request; refused", "method", m.Method)
+	refusal := append(errorBody(m.ID, codeMethodNotFound,
+		"mcpproxy: no client can answer server requests in the stateless protocol era", nil), '\n')
+	// Not under s.mu: the write may block. run, which is reading our
+	// caller's stdout, keeps the WaitGroup above zero, so Add is safe.
+	s.srv.h.wg.Add(1)
+	go func() {
+		defer s.srv.h.wg.Done()
+		if err := s.writeLine(refusal); err != nil {
+			s.log.Debug("cannot refuse a server request", "err", err)
+		}
+	}()
+}
+
+// routeLocked picks the stream for a server request or notification that
+// names no request: the most recent request in flight whose client is
+// connected, else the standalone stream.
+func (s *session) routeLocked() *stream {
+	var best *call
+	var bestID int64
+	for _, c := range s.pending {
+		if !c.stream.attached {
+			continue
+		}
+		id, _ := strconv.ParseInt(c.ourID, 10, 64)
+		if best == nil || id > bestID {
+			best, bestID = c, id
+		}
+	}
+	if best != nil {
+		return best.stream
+	}
+	return s.standalone
+}
+
+// readStdout splits the child's stdout into messages. Lines have no length
+// limit but MaxMessageBytes.
+func (s *session) readStdout() {
+	max := s.srv.h.opts.MaxMessageBytes
+	br := bufio.NewReaderSize(s.proc.stdout, 64<<10)
+	var msg []byte
+	var skipping bool
+	var prefix []byte
+	var skipped int64
+	for {
+		chunk, err := br.ReadSlice('\n')
+		switch {
+		case skipping:
+			skipped += int64(len(chunk))
+		case int64(len(msg)+len(chunk)) > max:
+			const keep = 64 << 10 // enough to find the id in
+			skipping = true
+			skipped = int64(len(msg) + len(chunk))
+			if len(msg) < keep {
+				msg = append(msg, chunk[:min(len(chunk), keep-len(msg))]...)
+			}
+			prefix = msg[:min(len(msg), keep)]
+			msg = nil
+		default:
+			msg = append(msg, chunk...)
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		// The message ended: at a newline, or at EOF.
+		if skipping {
+			s.oversized(prefix, skipped)
+			skipping, prefix = false, nil
+		} else if len(msg) > 0 {
+			if line := bytes.TrimSpace(msg); len(line) > 0 {
+				s.fromChild(line)
+			}
+			msg = nil
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrClosedPipe) {
+				s.log.Warn("reading server stdout", "err", err)
+			}
+			return
+		}
+	}
+}
+
+// oversized handles a message from the child larger than MaxMessageBytes:
+// it is dropped, and the request it answers (if its id came early enough
+// to find) gets an error instead of waiting forever.
+func (s *session) oversized(prefix []byte, n int64) {
+	s.log.Error("server message exceeds MaxMessageBytes; dropped",
+		"bytes", n, "max", s.srv.h.opts.MaxMessageBytes, "start", clip(prefix, 120))
+	id := peekIDPrefix(prefix)
+	if id == nil {
+		return
+	}
+	s.mu.Lock()
+	c := s.pending[string(id)]
+	s.mu.Unlock()
+	if c != nil {
+		s.failCall(c, 502, codeInternal, fmt.Sprintf(
+			"mcpproxy: the server's response is %d bytes or more, over the limit of %d bytes", n, s.srv.h.opts.MaxMessageBytes))
+	}
+}
+
+// readStderr logs the child's stderr, one line at a time, shortened.
+func (s *session) readStderr() {
+	const maxLine = 1024
+	br := bufio.NewReaderSize(s.proc.stderr, 4096)
+	var line []byte
+	total := 0
+	for {
+		chunk, err := br.ReadSlice('\n')
+		total += len(chunk)
+		if room := maxLine - len(line); room > 0 {
+			line = append(line, chunk[:min(room, len(chunk))]...)
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if text := bytes.TrimRight(line, "\r\n"); len(text) > 0 {
+			s.log.Info("server stderr", "line", string(text), "bytes", total)
+		}
+		line, total = line[:0], 0
+		if err != nil {
+			return
+		}
+	}
+}

@@ -1,0 +1,652 @@
+//go:build unix
+
+package mcpproxy
+
+import (
+	"bytes"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+const (
+	headerSession  = "Mcp-Session-Id"
+	headerVersion  = "Mcp-Protocol-Version"
+	headerLastID   = "Last-Event-Id"
+	sseRetryMillis = 2000
+	// writeTimeout bounds one SSE write: a client that stops reading
+	// releases its stream (and the buffered messages stay for a resume).
+	writeTimeout = time.Minute
+)
+
+// statelessVersion is the first revision without sessions; requests that
+// announce it are served by the server's one shared child.
+const statelessVersion = "2026-07-28"
+
+// supportedVersions are the protocol revisions whose Streamable HTTP
+// transport the stdio bridge speaks (2024-11-05 clients sending the header
+// are let through: the child decides).
+var supportedVersions = []string{statelessVersion, "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"}
+
+// stdioServer serves one Command server: a session (and a child) per
+// initialize.
+type stdioServer struct {
+	h   *Handler
+	cfg ServerConfig
+	log *slog.Logger
+
+	mu       sync.Mutex
+	closed   bool
+	sessions map[string]*session   // reachable by id: initialize answered
+	live     map[*session]struct{} // every session with a child
+	starting int                   // children being started
+	shared   *session              // the stateless era's child, if running
+
+	sharedMu sync.Mutex // one shared child starts at a time
+}
+
+func newStdioServer(h *Handler, sc ServerConfig) *stdioServer {
+	return &stdioServer{
+		h:        h,
+		cfg:      sc,
+		log:      h.log.With("server", sc.Name),
+		sessions: make(map[string]*session),
+		live:     make(map[*session]struct{}),
+	}
+}
+
+var (
+	errTooManySessions = errors.New("too many sessions")
+	errClosing         = errors.New("shutting down")
+)
+
+// startSession starts a child for a new session.
+func (srv *stdioServer) startSession(shared bool) (*session, error) {
+	srv.mu.Lock()
+	if srv.closed {
+		srv.mu.Unlock()
+		return nil, errClosing
+	}
+	if len(srv.live)+srv.starting >= srv.h.opts.MaxSessions {
+		srv.mu.Unlock()
+		return nil, errTooManySessions
+	}
+	srv.starting++ // so concurrent initializes cannot overshoot
+	srv.mu.Unlock()
+	unreserve := func() {
+		srv.mu.Lock()
+		srv.starting--
+		srv.mu.Unlock()
+	}
+	if !srv.h.acquire() {
+		unreserve()
+		return nil, errClosing
+	}
+	proc, err := startProcess(srv.cfg)
+	if err != nil {
+		srv.h.wg.Done()
+		unreserve()
+		return nil, err
+	}
+	s := newSession(srv, proc)
+	s.shared = shared
+	srv.mu.Lock()
+	srv.starting--
+	srv.live[s] = struct{}{}
+	closed := srv.closed
+	srv.mu.Unlock()
+	go s.run()
+	s.log.Info("session started", "pid", proc.pgid)
+	if closed { // Close ran while the child started
+		s.end(errShutdown)
+		return nil, errClosing
+	}
+	return s, nil
+}
+
+// sharedSession returns the child serving stateless requests, starting one
+// if none runs.
+func (srv *stdioServer) sharedSession() (*session, error) {
+	srv.sharedMu.Lock()
+	defer srv.sharedMu.Unlock()
+	srv.mu.Lock()
+	s := srv.shared
+	srv.mu.Unlock()
+	if s != nil {
+		return s, nil
+	}
+	s, err := srv.startSession(true)
+	if err != nil {
+		return nil, err
+	}
+	srv.mu.Lock()
+	if _, ok := srv.live[s]; ok {
+		srv.shared = s
+	}
+	srv.mu.Unlock()
+	return s, nil
+}
+
+func (srv *stdioServer) remove(s *session) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.shared == s {
+		srv.shared = nil
+	}
+	delete(srv.live, s)
+	if srv.sessions[s.id] == s {
+		delete(srv.sessions, s.id)
+	}
+}
+
+// register makes s reachable by its id.
+func (srv *stdioServer) register(s *session) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if _, ok := srv.live[s]; ok {
+		srv.sessions[s.id] = s
+	}
+}
+
+func (srv *stdioServer) lookup(id string) *session {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	return srv.sessions[id]
+}
+
+func (srv *stdioServer) closeAll() {
+	srv.mu.Lock()
+	srv.closed = true
+	all := make([]*session, 0, len(srv.live))
+	for s := range srv.live {
+		all = append(all, s)
+	}
+	srv.mu.Unlock()
+	for _, s := range all {
+		s.end(errShutdown)
+	}
+}
+
+// ServeHTTP serves the server's MCP endpoint (Streamable HTTP).
+func (srv *stdioServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodPost:
+		srv.post(w, r)
+	case http.MethodGet:
+		srv.get(w, r)
+	case http.MethodDelete:
+		srv.delete(w, r)
+	default:
+		w.Header().Set("Allow", "GET, POST, DELETE")
+		writeError(w, http.StatusMethodNotAllowed, nil, codeInvalidRequest,
+			fmt.Sprintf("mcpproxy: method %s not allowed: use POST, GET or DELETE", r.Method))
+	}
+}
+
+// codeSessionNotFound is what the TypeScript SDK answers for an unknown
+// session; clients act on the 404, the code is for people.
+const codeSessionNotFound = -32001
+
+func notFound(w http.ResponseWriter, id []byte) {
+	writeError(w, http.StatusNotFound, id, codeSessionNotFound,
+		"mcpproxy: session not found (it ended or never existed): send initialize to start a new one")
+}
+
+// acceptsAny reports whether the Accept header allows one of types. A
+// missing Accept allows everything, and q-values are not weighed: the
+// check only catches clients that cannot read what we send.
+func acceptsAny(r *http.Request, types ...string) bool {
+	values := r.Header.Values("Accept")
+	if len(values) == 0 {
+		return true
+	}
+	for _, v := range values {
+		for part := range strings.SplitSeq(v, ",") {
+			mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
+			if err != nil {
+				continue
+			}
+			for _, t := range types {
+				if mt == t || mt == "*/*" || (strings.HasSuffix(mt, "/*") && strings.HasPrefix(t, mt[:len(mt)-1])) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func checkVersion(w http.ResponseWriter, r *http.Request) bool {
+	v := r.Header.Get(headerVersion)
+	if v == "" || slices.Contains(supportedVersions, v) {
+		return true
+	}
+	writeErrorData(w, http.StatusBadRequest, nil, codeUnsupportedVersion,
+		fmt.Sprintf("mcpproxy: unsupported %s %q", headerVersion, v),
+		map[string]any{"supported": supportedVersions, "requested": v})
+	return false
+}
+
+// requestID is the id to answer m's errors with: its own for a request.
+func requestID(m *Message) []byte {
+	if m.Kind == KindRequest {
+		return m.ID
+	}
+	return nil
+}
+
+func (srv *stdioServer) post(w http.ResponseWriter, r *http.Request) {
+	if !acceptsAny(r, "application/json", "text/event-stream") {
+		writeError(w, http.StatusNotAcceptable, nil, codeInvalidRequest,
+			"mcpproxy: Accept must allow application/json and text/event-stream")
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			writeError(w, http.StatusUnsupportedMediaType, nil, codeInvalidRequest,
+				fmt.Sprintf("mcpproxy: Content-Type %q: want application/json", ct))
+			return
+		}
+	}
+	if !checkVersion(w, r) {
+		return
+	}
+	max := srv.h.opts.MaxMessageBytes
+	var buf bytes.Buffer
+	if r.ContentLength > 0 && r.ContentLength <= max {
+		buf.Grow(int(r.ContentLength) + bytes.MinRead)
+	}
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, max))
+	body := buf.Bytes()
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, nil, codeInvalidRequest,
+				fmt.Sprintf("mcpproxy: message larger than the limit of %d bytes", max))
+			return
+		}
+		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: reading request body: "+err.Error())
+		return
+	}
+	m, err := Peek(body)
+	if err != nil {
+		code := codeInvalidRequest
+		if errors.Is(err, ErrParse) {
+			code = codeParse
+		}
+		writeError(w, http.StatusBadRequest, nil, code, "mcpproxy: "+err.Error())
+		return
+	}
+	// The child reads one message per line; in valid JSON a newline is
+	// whitespace, so this changes no value (and no offset Peek found).
+	for _, nl := range []byte{'\n', '\r'} {
+		for i := bytes.IndexByte(body, nl); i >= 0; {
+			body[i] = ' '
+			j := bytes.IndexByte(body[i+1:], nl)
+			if j < 0 {
+				break
+			}
+			i += 1 + j
+		}
+	}
+	sid := r.Header.Get(headerSession)
+	if r.Header.Get(headerVersion) == statelessVersion || (sid == "" && m.Method == "server/discover") {
+		srv.postStateless(w, r, &m, body)
+		return
+	}
+	if sid == "" {
+		if m.Kind == KindRequest && m.Method == "initialize" {
+			srv.initialize(w, r, &m, body)
+			return
+		}
+		writeError(w, http.StatusBadRequest, requestID(&m), codeInvalidRequest,
+			"mcpproxy: missing Mcp-Session-Id header: send initialize first")
+		return
+	}
+	s := srv.lookup(sid)
+	if s == nil || !s.enter() {
+		notFound(w, requestID(&m))
+		return
+	}
+	defer s.leave()
+	if m.Kind == KindRequest {
+		srv.serveCall(w, r, s, &m, body, false)
+		return
+	}
+	line, err := s.clientLine(&m, body)
+	if err != nil {
+		notFound(w, nil)
+		return
+	}
+	if err := s.writeLine(line); err != nil {
+		writeError(w, http.StatusBadGateway, nil, codeServerGone, err.Error())
+		return
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
+
+func (srv *stdioServer) initialize(w http.ResponseWriter, r *http.Request, m *Message, body []byte) {
+	s, err := srv.startSession(false)
+	if err != nil {
+		srv.startError(w, m.ID, err)
+		return
+	}
+	s.enter()
+	defer s.leave()
+	if !srv.serveCall(w, r, s, m, body, true) {
+		// Nobody holds the session id: the child would only wait for the
+		// idle timeout.
+		s.end(errInitFail)
+	}
+}
+
+// startError answers a request for which no child could be had.
+func (srv *stdioServer) startError(w http.ResponseWriter, id []byte, err error) {
+	switch {
+	case errors.Is(err, errTooManySessions):
+		writeError(w, http.StatusServiceUnavailable, id, codeInternal,
+			fmt.Sprintf("mcpproxy: server %q already has its maximum of %d sessions", srv.cfg.Name, srv.h.opts.MaxSessions))
+	case errors.Is(err, errClosing):
+		writeError(w, http.StatusServiceUnavailable, id, codeInternal, "mcpproxy: shutting down")
+	default:
+		srv.log.Error("cannot start server process", "err", err)
+		writeError(w, http.StatusBadGateway, id, codeServerGone,
+			fmt.Sprintf("mcpproxy: cannot start the process of server %q (see the agent's log)", srv.cfg.Name))
+	}
+}
+
+// serveCall forwards request m and answers with the child's response:
+// plain JSON if that is the first message for it, else an SSE stream of
+// everything for it up to the response. For initialize it reports whether
+// the session id went to the client.
+func (srv *stdioServer) serveCall(w http.ResponseWriter, r *http.Request, s *session, m *Message, body []byte, init bool) (handedOut bool) {
+	c, line, err := s.startCall(m, body)
+	switch {
+	case errors.Is(err, errDuplicateID):
+		writeError(w, http.StatusBadRequest, m.ID, codeInvalidRequest, "mcpproxy: "+err.Error())
+		return false
+	case err != nil:
+		notFound(w, m.ID)
+		return false
+	}
+	st := c.stream
+	defer s.detach(st)
+	if err := s.writeLine(line); err != nil {
+		s.failCall(c, http.StatusBadGateway, codeServerGone, err.Error())
+	}
+	first := s.waitFirst(r.Context(), st)
+	if first == nil {
+		// The client went away. That is no cancellation: the answer will
+		// wait in the replay buffer.
+		return false
+	}
+	if init && !(first.response && first.isError) {
+		srv.register(s)
+		w.Header().Set(headerSession, s.id)
+		handedOut = true
+	}
+	if first.response {
+		w.Header().Set("Content-Type", "application/json")
+		status := http.StatusOK
+		if first.status != 0 {
+			status = first.status
+		}
+		w.WriteHeader(status)
+		if _, err := w.Write(first.data); err == nil {
+			s.discard(first)
+		}
+		return handedOut
+	}
+	sw := startSSE(w, r, st, st.primed)
+	defer sw.finish()
+	if last := s.pump(r.Context(), sw, st, st.primed); init && last != nil && last.response && last.isError {
+		return false
+	}
+	return handedOut
+}
+
+// postStateless serves a POST of the 2026-07-28 era: no session, the
+// server's shared child, and the request headers checked against the body
+// as the child cannot see them.
+func (srv *stdioServer) postStateless(w http.ResponseWriter, r *http.Request, m *Message, body []byte) {
+	id := requestID(m)
+	if r.Header.Get(headerLastID) != "" {
+		writeError(w, http.StatusBadRequest, id, codeHeaderMismatch,
+			"mcpproxy: Last-Event-ID is not supported in protocol version "+statelessVersion+": streams are not resumable")
+		return
+	}
+	if m.Kind == KindRequest || m.Kind == KindNotification {
+		switch hm := r.Header.Get("Mcp-Method"); {
+		case hm == "" && m.Kind == KindRequest:
+			writeError(w, http.StatusBadRequest, id, codeHeaderMismatch, "mcpproxy: Mcp-Method header is required")
+			return
+		case hm != "" && hm != m.Method:
+			writeError(w, http.StatusBadRequest, id, codeHeaderMismatch,
+				fmt.Sprintf("mcpproxy: Mcp-Method header %q does not match the body's method %q", hm, m.Method))
+			return
+		}
+	}
+	if m.Method == "tools/call" {
+		name, ok := decodeHeaderValue(r.Header.Get("Mcp-Name"))
+		if !ok {
+			writeError(w, http.StatusBadRequest, id, codeHeaderMismatch,
+				fmt.Sprintf("mcpproxy: Mcp-Name header %q: invalid base64", r.Header.Get("Mcp-Name")))
+			return
+		}
+		if name != m.ToolName {
+			writeError(w, http.StatusBadRequest, id, codeHeaderMismatch,
+				fmt.Sprintf("mcpproxy: Mcp-Name header %q does not match the tool name %q", name, m.ToolName))
+			return
+		}
+	}
+	var s *session
+	for range 2 { // the shared child may end between lookup and enter
+		var err error
+		if s, err = srv.sharedSession(); err != nil {
+			srv.startError(w, id, err)
+			return
+		}
+		if s.enter() {
+			break
+		}
+		s = nil
+	}
+	if s == nil {
+		writeError(w, http.StatusServiceUnavailable, id, codeInternal, "mcpproxy: the server process is restarting")
+		return
+	}
+	defer s.leave()
+	if m.Kind != KindRequest {
+		line, err := s.clientLine(m, body)
+		if err == nil {
+			err = s.writeLine(line)
+		}
+		if err != nil {
+			writeError(w, http.StatusBadGateway, nil, codeServerGone, "mcpproxy: "+err.Error())
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+	c, line, err := s.startCall(m, body)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, id, codeServerGone, "mcpproxy: "+err.Error())
+		return
+	}
+	st := c.stream
+	defer s.detach(st)
+	// Closing the stream before the response cancels the request.
+	defer s.cancel(c, "the client closed the request's stream")
+	if err := s.writeLine(line); err != nil {
+		s.failCall(c, http.StatusBadGateway, codeServerGone, err.Error())
+	}
+	first := s.waitFirst(r.Context(), st)
+	if first == nil {
+		return
+	}
+	if first.response {
+		status := http.StatusOK
+		switch {
+		case first.status != 0:
+			status = first.status
+		case first.isError:
+			status = statelessErrorStatus(first.code)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_, _ = w.Write(first.data)
+		return
+	}
+	sw := startSSE(w, r, st, st.primed)
+	defer sw.finish()
+	s.pump(r.Context(), sw, st, st.primed)
+}
+
+// statelessErrorStatus is the HTTP status 2026-07-28 gives a JSON-RPC error
+// answered as plain JSON.
+func statelessErrorStatus(code int) int {
+	switch code {
+	case codeMethodNotFound:
+		return http.StatusNotFound
+	case codeHeaderMismatch, -32021, codeUnsupportedVersion, codeInvalidRequest, -32602, codeParse:
+		return http.StatusBadRequest
+	}
+	return http.StatusOK
+}
+
+// decodeHeaderValue undoes the =?base64?...?= wrapping of Mcp-Name values
+// that are not plain ASCII.
+func decodeHeaderValue(v string) (string, bool) {
+	inner, ok := strings.CutPrefix(v, "=?base64?")
+	if !ok {
+		return v, true
+	}
+	if inner, ok = strings.CutSuffix(inner, "?="); !ok {
+		return v, true
+	}
+	b, err := base64.StdEncoding.DecodeString(inner)
+	return string(b), err == nil
+}
+
+// rejectStateless answers a GET or DELETE of the stateless era, which has
+// neither.
+func rejectStateless(w http.ResponseWriter, r *http.Request) bool {
+	if r.Header.Get(headerVersion) != statelessVersion {
+		return false
+	}
+	w.Header().Set("Allow", "POST")
+	writeError(w, http.StatusMethodNotAllowed, nil, codeInvalidRequest,
+		fmt.Sprintf("mcpproxy: protocol version %s has no %s on the MCP endpoint", statelessVersion, r.Method))
+	return true
+}
+
+func (srv *stdioServer) get(w http.ResponseWriter, r *http.Request) {
+	if rejectStateless(w, r) {
+		return
+	}
+	if !acceptsAny(r, "text/event-stream") {
+		writeError(w, http.StatusNotAcceptable, nil, codeInvalidRequest, "mcpproxy: GET needs Accept: text/event-stream")
+		return
+	}
+	if !checkVersion(w, r) {
+		return
+	}
+	sid := r.Header.Get(headerSession)
+	if sid == "" {
+		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: missing Mcp-Session-Id header")
+		return
+	}
+	s := srv.lookup(sid)
+	if s == nil || !s.enter() {
+		notFound(w, nil)
+		return
+	}
+	defer s.leave()
+	st, cursor, err := s.resumePoint(r.Header.Get(headerLastID))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: "+err.Error())
+		return
+	}
+	if !s.attach(st) {
+		writeError(w, http.StatusConflict, nil, codeInvalidRequest,
+			fmt.Sprintf("mcpproxy: stream %d of this session already has a connected client", st.num))
+		return
+	}
+	defer s.detach(st)
+	sw := startSSE(w, r, st, cursor)
+	defer sw.finish()
+	s.pump(r.Context(), sw, st, cursor)
+}
+
+func (srv *stdioServer) delete(w http.ResponseWriter, r *http.Request) {
+	if rejectStateless(w, r) {
+		return
+	}
+	sid := r.Header.Get(headerSession)
+	if sid == "" {
+		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: missing Mcp-Session-Id header")
+		return
+	}
+	s := srv.lookup(sid)
+	if s == nil {
+		notFound(w, nil)
+		return
+	}
+	s.end(errDeleted)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// sseWriter writes one SSE stream.
+type sseWriter struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+// startSSE sends the stream's headers, the reconnection delay and (for
+// clients of 2025-11-25 or later, which expect it) a priming event whose id
+// lets the client resume from the stream's start.
+func startSSE(w http.ResponseWriter, r *http.Request, st *stream, cursor uint64) *sseWriter {
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	sw := &sseWriter{w: w, rc: http.NewResponseController(w)}
+	head := "retry: " + strconv.Itoa(sseRetryMillis) + "\n"
+	if v := r.Header.Get(headerVersion); v >= "2025-11-25" && v < statelessVersion {
+		head += "id: " + strconv.FormatInt(st.num, 10) + "." + strconv.FormatUint(cursor, 10) + "\ndata: \n"
+	}
+	_ = sw.write([]byte(head + "\n"))
+	return sw
+}
+
+func (sw *sseWriter) write(parts ...[]byte) error {
+	_ = sw.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	for _, p := range parts {
+		if _, err := sw.w.Write(p); err != nil {
+			return err
+		}
+	}
+	return sw.rc.Flush()
+}
+
+func (sw *sseWriter) event(ev *event) error {
+	return sw.write([]byte("id: "+ev.id()+"\nevent: message\ndata: "), ev.data, []byte("\n\n"))
+}
+
+func (sw *sseWriter) comment(text string) error {
+	return sw.write([]byte(": " + text + "\n\n"))
+}
+
+// finish lifts the write deadline so the server can finish the response.
+func (sw *sseWriter) finish() {
+	_ = sw.rc.SetWriteDeadline(time.Time{})
+}

@@ -1,0 +1,552 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/quic-go/quic-go"
+)
+
+// Choices for ClientConfig.Transport, besides TransportQUIC ("quic").
+const (
+	TransportAuto = "auto"
+	TransportTCP  = "tcp"
+)
+
+// Mux choices for ClientConfig.Mux.
+const (
+	MuxNative = "native"
+	MuxYamux  = "yamux"
+)
+
+// Client defaults.
+const (
+	DefaultQUICTimeout = 3 * time.Second
+	DefaultMinBackoff  = 500 * time.Millisecond
+	DefaultMaxBackoff  = 30 * time.Second
+)
+
+// ClientConfig configures the agent end of the tunnel.
+type ClientConfig struct {
+	Name    string
+	Address string // relay host:port
+	Token   string // the agent's secret; never logged
+	// TLSConfig verifies the relay; build it with ClientTLS. An empty
+	// ServerName defaults to the host of Address.
+	TLSConfig *tls.Config
+	// Transport is "auto" (default: QUIC, falling back to TCP), "quic" or
+	// "tcp".
+	Transport string
+	// Mux is "native" (default) or "yamux": yamux over one QUIC stream.
+	// It only affects QUIC; over TCP streams are always yamux streams.
+	Mux     string
+	Servers []OfferedServer
+	Logger  *slog.Logger
+	// QUICTimeout is how long "auto" waits for QUIC before trying TCP
+	// (default 3 s).
+	QUICTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the wait between attempts (defaults
+	// 500 ms and 30 s). After a refusal the wait is MaxBackoff.
+	MinBackoff, MaxBackoff time.Duration
+	// HandshakeTimeout bounds one attempt: dial, TLS, hello and answer
+	// (default 10 s).
+	HandshakeTimeout time.Duration
+	// Clock drives the backoff waits; default the real clock.
+	Clock Clock
+}
+
+// normalize validates cfg and fills in defaults.
+func (cfg ClientConfig) normalize() (ClientConfig, error) {
+	fail := func(format string, args ...any) (ClientConfig, error) {
+		return ClientConfig{}, fmt.Errorf("tunnel: client config: "+format, args...)
+	}
+	if !ValidName(cfg.Name) {
+		return fail("invalid agent name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", cfg.Name)
+	}
+	host, port, err := net.SplitHostPort(cfg.Address)
+	if err != nil || host == "" || port == "" {
+		return fail("relay address %q is not host:port", cfg.Address)
+	}
+	if cfg.TLSConfig == nil {
+		return fail("TLSConfig is required (see ClientTLS)")
+	}
+	h := hello{Agent: cfg.Name, Token: cfg.Token, Servers: cfg.Servers}
+	if err := h.validate(); err != nil {
+		return fail("%v", err)
+	}
+	switch cfg.Transport {
+	case "":
+		cfg.Transport = TransportAuto
+	case TransportAuto, TransportQUIC, TransportTCP:
+	default:
+		return fail("transport %q: want auto, quic or tcp", cfg.Transport)
+	}
+	switch cfg.Mux {
+	case "":
+		cfg.Mux = MuxNative
+	case MuxNative, MuxYamux:
+	default:
+		return fail("mux %q: want native or yamux", cfg.Mux)
+	}
+	if cfg.QUICTimeout <= 0 {
+		cfg.QUICTimeout = DefaultQUICTimeout
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	if cfg.MinBackoff > cfg.MaxBackoff {
+		return fail("MinBackoff %v exceeds MaxBackoff %v", cfg.MinBackoff, cfg.MaxBackoff)
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.TLSConfig = cfg.TLSConfig.Clone()
+	if cfg.TLSConfig.ServerName == "" {
+		cfg.TLSConfig.ServerName = host
+	}
+	cfg.Servers = append([]OfferedServer(nil), cfg.Servers...)
+	return cfg, nil
+}
+
+// Client is the agent end of the tunnel: it keeps a session to the relay
+// and hands the streams the relay opens to Listener.
+type Client struct {
+	cfg     ClientConfig
+	log     *slog.Logger
+	ln      *listener
+	running atomic.Bool
+
+	mu      sync.Mutex
+	cur     *clientSession
+	changed chan struct{} // closed and replaced whenever cur changes
+}
+
+// NewClient checks cfg and returns a Client; nothing is dialed until Run.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	cfg, err := cfg.normalize()
+	if err != nil {
+		return nil, err
+	}
+	return &Client{
+		cfg:     cfg,
+		log:     cfg.Logger.With("relay", cfg.Address, "agent", cfg.Name),
+		ln:      newListener(cfg.Name),
+		changed: make(chan struct{}),
+	}, nil
+}
+
+// Listener returns the listener on which the streams the relay opens
+// arrive, across reconnects. Closing it makes Accept return net.ErrClosed
+// and resets streams that arrive later; the Client keeps running.
+func (c *Client) Listener() net.Listener { return c.ln }
+
+// Connected reports whether the client has an authenticated session.
+func (c *Client) Connected() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cur != nil
+}
+
+// Transport is the current session's transport, or "" when disconnected.
+func (c *Client) Transport() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur == nil {
+		return ""
+	}
+	return c.cur.Transport()
+}
+
+// WaitConnected returns nil once the client has an authenticated session,
+// or ctx's error.
+func (c *Client) WaitConnected(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		connected, ch := c.cur != nil, c.changed
+		c.mu.Unlock()
+		if connected {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (c *Client) setCurrent(cs *clientSession) {
+	c.mu.Lock()
+	c.cur = cs
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+}
+
+// Run connects to the relay and serves the session, reconnecting with
+// backoff whenever the session ends, until ctx is done; then it returns nil.
+// Run may be called once.
+func (c *Client) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("tunnel: Client.Run called twice")
+	}
+	cfg := &c.cfg
+	failures := 0
+	for {
+		cs, err := connect(ctx, cfg, c.log)
+		if ctx.Err() != nil {
+			if cs != nil {
+				cs.Close()
+			}
+			return nil
+		}
+		var delay time.Duration
+		var ref *RefusedError
+		switch {
+		case errors.As(err, &ref):
+			// Retrying sooner cannot help until someone fixes the config.
+			delay = cfg.MaxBackoff
+			c.log.Error("relay refused: "+ref.describe(), "code", ref.Code, "retry_in", delay)
+		case err != nil:
+			delay = backoffDelay(failures, cfg.MinBackoff, cfg.MaxBackoff, rand.Float64())
+			failures++
+			c.log.Warn("tunnel: cannot connect to relay", "err", err, "retry_in", delay)
+		default:
+			start := cfg.Clock.Now()
+			c.log.Info("tunnel: connected to relay", "transport", cs.Transport())
+			cause := c.serve(ctx, cs)
+			if ctx.Err() != nil {
+				return nil
+			}
+			lived := cfg.Clock.Now().Sub(start)
+			if lived >= stableSession {
+				failures = 0
+			}
+			if errors.Is(cause, ErrReplaced) {
+				delay = cfg.MaxBackoff
+				c.log.Error("tunnel: relay replaced this session: another agent connected with the same name", "retry_in", delay)
+			} else {
+				delay = backoffDelay(failures, cfg.MinBackoff, cfg.MaxBackoff, rand.Float64())
+				failures++
+				c.log.Warn("tunnel: disconnected from relay", "err", cause, "lived", lived.Round(time.Millisecond), "retry_in", delay)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-cfg.Clock.After(delay):
+		}
+	}
+}
+
+// serve hands the relay's streams to the listener until the session or ctx
+// ends, and returns why the session ended.
+func (c *Client) serve(ctx context.Context, cs *clientSession) error {
+	c.setCurrent(cs)
+	defer c.setCurrent(nil)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			st, err := cs.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			if !c.ln.deliver(st, cs.Done()) {
+				st.Close()
+			}
+		}
+	})
+	select {
+	case <-cs.Done():
+		// Let the control reader record why before Close muddles it.
+		<-cs.readerDone
+	case <-ctx.Done():
+	}
+	cs.Close()
+	wg.Wait()
+	return cs.Err()
+}
+
+// Connect makes one attempt to open an authenticated session with the
+// relay described by cfg: dial, TLS, hello, answer. A refusal is a
+// *RefusedError. The caller owns the session and must Close it; the streams
+// the relay opens are returned by its AcceptStream. Client.Run does this in
+// a loop.
+func Connect(ctx context.Context, cfg ClientConfig) (Session, error) {
+	cfg, err := cfg.normalize()
+	if err != nil {
+		return nil, err
+	}
+	cs, err := connect(ctx, &cfg, cfg.Logger.With("relay", cfg.Address, "agent", cfg.Name))
+	if err != nil {
+		return nil, err
+	}
+	return cs, nil
+}
+
+func connect(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (*clientSession, error) {
+	hctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
+	defer cancel()
+	sess, err := dial(hctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := handshake(hctx, sess, cfg, log)
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	return cs, nil
+}
+
+func dial(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session, error) {
+	switch cfg.Transport {
+	case TransportQUIC:
+		return dialQUIC(ctx, cfg, log)
+	case TransportTCP:
+		return dialTCP(ctx, cfg, log)
+	}
+	qctx, cancel := context.WithTimeout(ctx, cfg.QUICTimeout)
+	sess, qerr := dialQUIC(qctx, cfg, log)
+	cancel()
+	if qerr == nil {
+		return sess, nil
+	}
+	if ctx.Err() != nil {
+		return nil, qerr
+	}
+	log.Info("tunnel: QUIC did not connect; falling back to TLS over TCP", "quic_timeout", cfg.QUICTimeout, "quic_err", qerr)
+	sess, err := dialTCP(ctx, cfg, log)
+	if err != nil {
+		return nil, fmt.Errorf("%w (after QUIC failed: %v)", err, qerr)
+	}
+	return sess, nil
+}
+
+func dialQUIC(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session, error) {
+	alpn := ALPN
+	if cfg.Mux == MuxYamux {
+		alpn = alpnQUICYamux
+	}
+	conn, err := quic.DialAddr(ctx, cfg.Address, withALPN(cfg.TLSConfig, alpn), quicConfig())
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: dial quic %s: %w", cfg.Address, err)
+	}
+	if cfg.Mux != MuxYamux {
+		return &quicSession{conn: conn}, nil
+	}
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		conn.CloseWithError(0, "")
+		return nil, fmt.Errorf("tunnel: dial quic %s: open yamux stream: %w", cfg.Address, err)
+	}
+	mux, err := yamux.Client(newQUICStream(st, conn), yamuxConfig(log))
+	if err != nil {
+		conn.CloseWithError(0, "")
+		return nil, fmt.Errorf("tunnel: dial quic %s: yamux: %w", cfg.Address, err)
+	}
+	return &yamuxSession{mux: mux, transport: TransportQUICYamux, quic: conn}, nil
+}
+
+func dialTCP(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", cfg.Address)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: dial tcp %s: %w", cfg.Address, err)
+	}
+	tc := tls.Client(c, withALPN(cfg.TLSConfig, ALPN))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tunnel: dial tcp %s: tls: %w", cfg.Address, err)
+	}
+	mux, err := yamux.Client(tc, yamuxConfig(log))
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tunnel: dial tcp %s: yamux: %w", cfg.Address, err)
+	}
+	return &yamuxSession{mux: mux, transport: TransportTCPYamux}, nil
+}
+
+// handshake opens the control stream, sends the hello and reads the answer.
+func handshake(hctx context.Context, sess Session, cfg *ClientConfig, log *slog.Logger) (*clientSession, error) {
+	// Deadlines bound the exchange; closing the session on cancellation
+	// also unblocks it when the caller gives up early.
+	stop := context.AfterFunc(hctx, func() { sess.Close() })
+	ctl, a, err := exchangeHello(hctx, sess, cfg)
+	if !stop() {
+		if ctl != nil {
+			ctl.Close()
+		}
+		return nil, fmt.Errorf("tunnel: handshake with %s over %s: %w", cfg.Address, sess.Transport(), context.Cause(hctx))
+	}
+	if err != nil {
+		if ctl != nil {
+			ctl.Close()
+		}
+		return nil, fmt.Errorf("tunnel: handshake with %s over %s: %w", cfg.Address, sess.Transport(), err)
+	}
+	switch a.Type {
+	case typeWelcome:
+	case typeRefused:
+		ctl.Close()
+		return nil, &RefusedError{Code: a.Code, Message: a.Message}
+	default:
+		ctl.Close()
+		return nil, fmt.Errorf("tunnel: handshake with %s: relay answered %q, want welcome or refused", cfg.Address, truncate(a.Type, 32))
+	}
+	ctl.SetDeadline(time.Time{})
+	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{})}
+	go cs.readControl() // owned by cs: Close waits for it
+	return cs, nil
+}
+
+func exchangeHello(hctx context.Context, sess Session, cfg *ClientConfig) (Stream, answer, error) {
+	ctl, err := sess.OpenStream(hctx)
+	if err != nil {
+		return nil, answer{}, fmt.Errorf("open control stream: %w", err)
+	}
+	if dl, ok := hctx.Deadline(); ok {
+		ctl.SetDeadline(dl)
+	}
+	h := hello{Type: typeHello, Version: ProtocolVersion, Agent: cfg.Name, Token: cfg.Token, Servers: cfg.Servers}
+	if err := writeFrame(ctl, h); err != nil {
+		return ctl, answer{}, err
+	}
+	b, err := readFrame(ctl)
+	if err != nil {
+		return ctl, answer{}, err
+	}
+	a, err := decodeAnswer(b)
+	return ctl, a, err
+}
+
+// clientSession is an authenticated session on the agent side. It watches
+// the control stream: when the stream ends or the relay sends goaway, it
+// closes the session and records why.
+type clientSession struct {
+	Session
+	ctl        Stream
+	log        *slog.Logger
+	readerDone chan struct{}
+
+	mu    sync.Mutex
+	cause error
+}
+
+func (cs *clientSession) readControl() {
+	defer close(cs.readerDone)
+	for {
+		b, err := readFrame(cs.ctl)
+		if err != nil {
+			cs.setCause(fmt.Errorf("tunnel: control stream: %w", err))
+			cs.Session.Close()
+			return
+		}
+		a, err := decodeAnswer(b)
+		if err != nil {
+			cs.log.Debug("tunnel: ignoring control frame", "err", err)
+			continue
+		}
+		if a.Type == typeGoAway {
+			if a.Code == codeReplaced {
+				cs.setCause(ErrReplaced)
+			} else {
+				cs.setCause(fmt.Errorf("tunnel: relay ended the session (%s): %s", truncate(a.Code, 32), truncate(a.Message, 200)))
+			}
+			cs.Session.Close()
+			return
+		}
+		// Frame types from newer relays are skipped.
+	}
+}
+
+func (cs *clientSession) setCause(err error) {
+	cs.mu.Lock()
+	if cs.cause == nil {
+		cs.cause = err
+	}
+	cs.mu.Unlock()
+}
+
+// Err says why the session ended, once it has.
+func (cs *clientSession) Err() error {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return cs.cause
+}
+
+func (cs *clientSession) Close() error {
+	cs.ctl.Close()
+	err := cs.Session.Close()
+	<-cs.readerDone
+	return err
+}
+
+// listener is the Client's net.Listener.
+type listener struct {
+	addr   tunnelAddr
+	ch     chan Stream
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newListener(agent string) *listener {
+	return &listener{addr: tunnelAddr(agent), ch: make(chan Stream), closed: make(chan struct{})}
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	select {
+	case <-l.closed:
+		return nil, net.ErrClosed
+	default:
+	}
+	select {
+	case st := <-l.ch:
+		return st, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *listener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *listener) Addr() net.Addr { return l.addr }
+
+// deliver hands st to an Accept call; false means nobody will take it.
+func (l *listener) deliver(st Stream, done <-chan struct{}) bool {
+	select {
+	case l.ch <- st:
+		return true
+	case <-l.closed:
+		return false
+	case <-done:
+		return false
+	}
+}
+
+// tunnelAddr names the agent's end of the tunnel.
+type tunnelAddr string
+
+func (a tunnelAddr) Network() string { return "mcptun" }
+func (a tunnelAddr) String() string  { return "mcptun-agent:" + string(a) }

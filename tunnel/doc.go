@@ -1,0 +1,75 @@
+// Package tunnel carries byte streams between an mcptun agent and an mcptun
+// relay. The agent runs inside a private network and dials out; the relay
+// then opens streams toward the agent, one per exchange, and the agent serves
+// them from a net.Listener. The package knows nothing about MCP or HTTP:
+// whatever runs on a stream is the caller's business.
+//
+// # Transports
+//
+// The relay listens on one host:port for both UDP and TCP:
+//
+//   - QUIC (UDP), ALPN "mcptun/1": every tunnel stream is a native QUIC
+//     bidirectional stream, so a slow or lossy stream never delays another.
+//   - QUIC, ALPN "mcptun/1-yamux": one QUIC stream carries a yamux session and
+//     the tunnel streams are yamux streams. For comparisons, and networks that
+//     want a single ordered pipe.
+//   - TLS 1.3 over TCP, ALPN "mcptun/1": a yamux session over the TLS
+//     connection; the fallback where UDP is blocked.
+//
+// The agent is always the yamux client and the relay the yamux server. With
+// transport "auto" the agent tries QUIC first and falls back to TCP when QUIC
+// has not completed its handshake within ClientConfig.QUICTimeout. Liveness
+// comes from the transport: QUIC keep-alives every 5 s with a 15 s idle
+// timeout, yamux pings every 5 s that fail after 10 s.
+//
+// # Handshake
+//
+// The first stream the agent opens is the control stream. Each message on it
+// is a frame: a 4-byte big-endian length (1 to 65536) followed by that many
+// bytes of JSON. The agent sends
+//
+//	{"type":"hello","version":1,"agent":"lab","token":"…","servers":[{"name":"git","kind":"stdio"}]}
+//
+// and the relay answers with one of
+//
+//	{"type":"welcome","version":1}
+//	{"type":"refused","code":"bad_credential","message":"…"}
+//
+// Refusal codes are bad_credential, unknown_agent, unsupported_version and
+// bad_hello. The relay stores only the SHA-256 of each agent's token and
+// compares hashes in constant time, also for names it does not know, and it
+// answers bad_credential for both an unknown name and a wrong token so that a
+// caller cannot probe for agent names; its own log says which it was. A
+// refused agent waits at least ClientConfig.MaxBackoff before trying again.
+// The whole handshake (TLS, mux setup, hello, answer) must finish within the
+// relay's handshake timeout (10 s by default), so a silent peer cannot hold a
+// slot.
+//
+// After the welcome the control stream stays open for the life of the
+// session: when either side sees it end, the session is over. The relay may
+// send one more frame before closing it:
+//
+//	{"type":"goaway","code":"replaced","message":"…"}
+//
+// when another session authenticated with the same agent name (the newest
+// session wins). An agent told it was replaced waits MaxBackoff before
+// reconnecting, so two agents misconfigured with one name do not evict each
+// other in a tight loop. Unknown frame types and unknown JSON fields are
+// ignored, leaving room for later protocol revisions.
+//
+// # Streams
+//
+// Every later stream is opened by the relay (Server.Dial) and accepted by the
+// agent (Client.Listener). With native QUIC streams the agent sees a stream
+// only once the relay has written to it. A Stream is a net.Conn with
+// CloseWrite for half-close; Close ends both directions (on QUIC it also
+// tells the peer to stop sending). Streams the agent opens toward the relay
+// are refused: the relay accepts nothing but the control stream.
+//
+// # Reconnecting
+//
+// Client.Run reconnects until its context ends, waiting between attempts a
+// random delay in [MinBackoff, min(MaxBackoff, MinBackoff·2^(n+1))) after the
+// n-th consecutive failure ("full jitter" above a floor). The count resets
+// once a session has lived at least 10 s.
+package tunnel

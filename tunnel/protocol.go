@@ -1,0 +1,268 @@
+package tunnel
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"regexp"
+	"unicode/utf8"
+)
+
+// ALPN is the TLS application protocol of the tunnel; with QUIC it selects
+// native QUIC streams.
+const ALPN = "mcptun/1"
+
+// alpnQUICYamux selects yamux over one QUIC stream.
+const alpnQUICYamux = "mcptun/1-yamux"
+
+// ProtocolVersion is the handshake version this package speaks.
+const ProtocolVersion = 1
+
+// MaxFrameSize is the largest control frame body, in bytes.
+const MaxFrameSize = 64 << 10
+
+// Refusal codes sent by the relay in a "refused" answer.
+const (
+	CodeBadCredential      = "bad_credential"
+	CodeUnknownAgent       = "unknown_agent"
+	CodeUnsupportedVersion = "unsupported_version"
+	CodeBadHello           = "bad_hello"
+)
+
+// goaway codes.
+const codeReplaced = "replaced"
+
+// Limits on what an agent may offer, so one hello cannot bloat the relay.
+const (
+	maxTokenLen = 4096
+	maxServers  = 1000
+)
+
+// Message types on the control stream.
+const (
+	typeHello   = "hello"
+	typeWelcome = "welcome"
+	typeRefused = "refused"
+	typeGoAway  = "goaway"
+)
+
+// Server kinds an agent may offer.
+const (
+	KindStdio = "stdio"
+	KindHTTP  = "http"
+)
+
+// namePattern is what the config package accepts for agent and server names:
+// safe in a URL path segment, a log field and a metric label.
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// ValidName reports whether s is acceptable as an agent or server name.
+func ValidName(s string) bool { return namePattern.MatchString(s) }
+
+// OfferedServer is an MCP server an agent offers through the tunnel. The
+// tunnel only carries the list; it does not interpret it.
+type OfferedServer struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"` // KindStdio or KindHTTP
+}
+
+// RefusedError is the relay's refusal of an agent's hello.
+type RefusedError struct {
+	Code    string // CodeBadCredential, CodeUnknownAgent, CodeUnsupportedVersion, CodeBadHello, or a code from a newer relay
+	Message string // for humans
+}
+
+func (e *RefusedError) Error() string {
+	return "tunnel: relay refused: " + e.describe()
+}
+
+// describe is the code in words, then the relay's message.
+func (e *RefusedError) describe() string {
+	var what string
+	switch e.Code {
+	case CodeBadCredential:
+		what = "bad credential"
+	case CodeUnknownAgent:
+		what = "unknown agent"
+	case CodeUnsupportedVersion:
+		what = "unsupported protocol version"
+	case CodeBadHello:
+		what = "bad hello"
+	default:
+		what = fmt.Sprintf("code %q", e.Code)
+	}
+	if e.Message == "" {
+		return what
+	}
+	return what + ": " + e.Message
+}
+
+// ErrReplaced ends an agent's session when the relay accepted a newer
+// session for the same agent name.
+var ErrReplaced = errors.New("tunnel: relay replaced this session with a newer one for the same agent name")
+
+// hello is the agent's first frame.
+type hello struct {
+	Type    string          `json:"type"`
+	Version int             `json:"version"`
+	Agent   string          `json:"agent"`
+	Token   string          `json:"token"`
+	Servers []OfferedServer `json:"servers"`
+}
+
+// LogValue keeps the token out of logs whatever logs a hello.
+func (h hello) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.Int("version", h.Version),
+		slog.String("agent", h.Agent),
+		slog.Int("servers", len(h.Servers)),
+	)
+}
+
+// answer is every relay frame: welcome, refused, goaway.
+type answer struct {
+	Type    string `json:"type"`
+	Version int    `json:"version,omitempty"`
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// errBadFrame marks a frame whose length prefix is invalid, as opposed to a
+// stream that failed.
+var errBadFrame = errors.New("bad frame")
+
+// writeFrame sends v as one frame in one Write, so a frame usually travels
+// in one packet.
+func writeFrame(w io.Writer, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("tunnel: encode frame: %w", err)
+	}
+	if len(body) > MaxFrameSize {
+		return fmt.Errorf("tunnel: frame of %d bytes exceeds the %d byte limit", len(body), MaxFrameSize)
+	}
+	buf := make([]byte, 4+len(body))
+	binary.BigEndian.PutUint32(buf, uint32(len(body)))
+	copy(buf[4:], body)
+	if _, err := w.Write(buf); err != nil {
+		return fmt.Errorf("tunnel: write frame: %w", err)
+	}
+	return nil
+}
+
+// readFrame reads one frame body. It never allocates more than
+// MaxFrameSize, whatever the length prefix claims.
+func readFrame(r io.Reader) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if err == io.EOF {
+			return nil, io.EOF // a clean end between frames
+		}
+		return nil, fmt.Errorf("tunnel: read frame header: %w", err)
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n == 0 {
+		return nil, fmt.Errorf("tunnel: read frame: %w: empty frame", errBadFrame)
+	}
+	if n > MaxFrameSize {
+		return nil, fmt.Errorf("tunnel: read frame: %w: length %d exceeds the %d byte limit", errBadFrame, n, MaxFrameSize)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("tunnel: read frame body (%d bytes): %w", n, err)
+	}
+	return body, nil
+}
+
+// decodeHello parses and validates a hello frame body. Its errors are
+// *RefusedError, ready to send back: the version is checked before anything
+// else so that a newer agent learns it must speak an older version rather
+// than that its hello is malformed.
+func decodeHello(b []byte) (hello, error) {
+	var head struct {
+		Type    string `json:"type"`
+		Version int    `json:"version"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return hello{}, &RefusedError{Code: CodeBadHello, Message: "hello is not a JSON object with an integer version: " + jsonErrorText(err)}
+	}
+	if head.Type != typeHello {
+		return hello{}, &RefusedError{Code: CodeBadHello, Message: fmt.Sprintf("first frame has type %q, want %q", truncate(head.Type, 32), typeHello)}
+	}
+	if head.Version != ProtocolVersion {
+		return hello{}, &RefusedError{Code: CodeUnsupportedVersion, Message: fmt.Sprintf("relay speaks protocol version %d, agent sent %d", ProtocolVersion, head.Version)}
+	}
+	var h hello
+	if err := json.Unmarshal(b, &h); err != nil {
+		return hello{}, &RefusedError{Code: CodeBadHello, Message: "malformed hello: " + jsonErrorText(err)}
+	}
+	if err := h.validate(); err != nil {
+		return hello{}, &RefusedError{Code: CodeBadHello, Message: err.Error()}
+	}
+	return h, nil
+}
+
+// validate checks what the relay relies on. The same check runs in
+// NewClient, so a misconfigured agent fails before it dials.
+func (h *hello) validate() error {
+	if !ValidName(h.Agent) {
+		return fmt.Errorf("invalid agent name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", truncate(h.Agent, 64))
+	}
+	if h.Token == "" {
+		return errors.New("empty token")
+	}
+	if len(h.Token) > maxTokenLen {
+		return fmt.Errorf("token longer than %d bytes", maxTokenLen)
+	}
+	if len(h.Servers) > maxServers {
+		return fmt.Errorf("%d servers offered, at most %d allowed", len(h.Servers), maxServers)
+	}
+	seen := make(map[string]bool, len(h.Servers))
+	for i, s := range h.Servers {
+		if !ValidName(s.Name) {
+			return fmt.Errorf("servers[%d]: invalid server name %q", i, truncate(s.Name, 64))
+		}
+		if s.Kind != KindStdio && s.Kind != KindHTTP {
+			return fmt.Errorf("servers[%d] (%s): kind %q, want %q or %q", i, s.Name, truncate(s.Kind, 32), KindStdio, KindHTTP)
+		}
+		if seen[s.Name] {
+			return fmt.Errorf("servers[%d]: server %q offered twice", i, s.Name)
+		}
+		seen[s.Name] = true
+	}
+	return nil
+}
+
+// decodeAnswer parses a relay frame. Types it does not know are returned as
+// they are, for the caller to skip.
+func decodeAnswer(b []byte) (answer, error) {
+	var a answer
+	if err := json.Unmarshal(b, &a); err != nil {
+		return answer{}, fmt.Errorf("tunnel: malformed relay frame: %s", jsonErrorText(err))
+	}
+	if a.Type == "" {
+		return answer{}, errors.New("tunnel: relay frame has no type")
+	}
+	return a, nil
+}
+
+// jsonErrorText keeps JSON errors short: they may quote attacker-chosen
+// input.
+func jsonErrorText(err error) string { return truncate(err.Error(), 200) }
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}

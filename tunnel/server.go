@@ -1,0 +1,659 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/quic-go/quic-go"
+)
+
+// ErrAgentOffline is returned, wrapped, by Server.Dial when the agent has no
+// session.
+var ErrAgentOffline = errors.New("agent offline")
+
+// DefaultHandshakeTimeout bounds a connection's time from accept to welcome.
+const DefaultHandshakeTimeout = 10 * time.Second
+
+const (
+	// maxPendingHandshakes bounds unauthenticated connections; more are
+	// dropped at accept.
+	maxPendingHandshakes = 256
+	// lingerTimeout is how long the relay waits, after a refusal or goaway,
+	// for the agent to read it and hang up before closing the session
+	// itself: closing at once could discard the frame in flight.
+	lingerTimeout = 2 * time.Second
+)
+
+// AgentCredential is an agent the relay accepts: its name and the SHA-256
+// of its token.
+type AgentCredential struct {
+	Name        string
+	TokenSHA256 [32]byte
+}
+
+// ServerConfig configures the relay end of the tunnel.
+type ServerConfig struct {
+	// Listen is the host:port for both QUIC (UDP) and TLS (TCP). Port 0
+	// picks a port that is free for both.
+	Listen string
+	// TLSConfig holds the relay certificate. Listen uses copies with the
+	// tunnel's ALPN and TLS 1.3 as the minimum.
+	TLSConfig *tls.Config
+	Agents    []AgentCredential
+	// DisableQUIC and DisableTCP turn one transport off.
+	DisableQUIC, DisableTCP bool
+	Logger                  *slog.Logger
+	// OnAgentChange, if set, is called with up=true whenever a session
+	// becomes the agent's current one (also when it replaces an older
+	// session) and with up=false when the current session ends. Calls are
+	// serialised and in order; the callback may call Agent, Agents and Dial
+	// but not Close, and should return quickly.
+	OnAgentChange func(name string, up bool)
+	// HandshakeTimeout bounds TLS, mux setup, hello and answer together;
+	// default DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+}
+
+// AgentStatus describes a connected agent.
+type AgentStatus struct {
+	Name        string          `json:"name"`
+	Servers     []OfferedServer `json:"servers"`
+	Transport   string          `json:"transport"`
+	Remote      string          `json:"remote"`
+	ConnectedAt time.Time       `json:"connected_at"`
+}
+
+func (a AgentStatus) clone() AgentStatus {
+	a.Servers = slices.Clone(a.Servers)
+	return a
+}
+
+// Server is the relay end: it accepts agent sessions and opens streams to
+// them.
+type Server struct {
+	log       *slog.Logger
+	creds     map[string][32]byte
+	dummy     [32]byte // compared against for unknown names
+	hsTimeout time.Duration
+	onChange  func(string, bool)
+	tcpTLS    *tls.Config
+
+	tcpLn   net.Listener
+	udpConn net.PacketConn
+	qtr     *quic.Transport
+	qln     *quic.Listener
+	addr    string
+
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	slots     chan struct{}
+	closeOnce sync.Once
+	lastDrop  atomic.Int64 // unix nanos of the last "dropping connection" log line
+
+	notifyMu sync.Mutex // serialises registry changes with their callbacks
+	mu       sync.Mutex
+	agents   map[string]*agentSession
+	conns    map[io.Closer]struct{} // every connection still open, so Close can end it
+	closing  bool
+}
+
+type agentSession struct {
+	status       AgentStatus
+	sess         Session
+	ctl          Stream
+	replaced     chan struct{}
+	replacedOnce sync.Once
+}
+
+func (a *agentSession) markReplaced() { a.replacedOnce.Do(func() { close(a.replaced) }) }
+
+// Listen binds the relay's UDP and TCP sockets and serves agents in
+// goroutines owned by the Server until ctx ends or Close is called. Close
+// must be called in either case to release the sockets and wait for the
+// goroutines.
+func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
+	if cfg.Listen == "" {
+		return nil, errors.New("tunnel: listen: no address")
+	}
+	if cfg.TLSConfig == nil || (len(cfg.TLSConfig.Certificates) == 0 && cfg.TLSConfig.GetCertificate == nil && cfg.TLSConfig.GetConfigForClient == nil) {
+		return nil, errors.New("tunnel: listen: TLSConfig with a certificate is required")
+	}
+	if cfg.DisableQUIC && cfg.DisableTCP {
+		return nil, errors.New("tunnel: listen: both QUIC and TCP are disabled")
+	}
+	creds := make(map[string][32]byte, len(cfg.Agents))
+	for i, a := range cfg.Agents {
+		if !ValidName(a.Name) {
+			return nil, fmt.Errorf("tunnel: listen: agents[%d]: invalid agent name %q", i, a.Name)
+		}
+		if _, dup := creds[a.Name]; dup {
+			return nil, fmt.Errorf("tunnel: listen: agents[%d]: agent %q listed twice", i, a.Name)
+		}
+		creds[a.Name] = a.TokenSHA256
+	}
+	s := &Server{
+		log:       cfg.Logger,
+		creds:     creds,
+		hsTimeout: cfg.HandshakeTimeout,
+		onChange:  cfg.OnAgentChange,
+		tcpTLS:    withALPN(cfg.TLSConfig, ALPN),
+		slots:     make(chan struct{}, maxPendingHandshakes),
+		agents:    make(map[string]*agentSession),
+		conns:     make(map[io.Closer]struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.hsTimeout <= 0 {
+		s.hsTimeout = DefaultHandshakeTimeout
+	}
+	if _, err := rand.Read(s.dummy[:]); err != nil {
+		return nil, fmt.Errorf("tunnel: listen: %w", err)
+	}
+
+	tcpLn, udpConn, err := bind(cfg.Listen, !cfg.DisableTCP, !cfg.DisableQUIC)
+	if err != nil {
+		return nil, err
+	}
+	s.tcpLn, s.udpConn = tcpLn, udpConn
+	if udpConn != nil {
+		s.addr = udpConn.LocalAddr().String()
+		s.qtr = &quic.Transport{Conn: udpConn}
+		s.qln, err = s.qtr.Listen(withALPN(cfg.TLSConfig, ALPN, alpnQUICYamux), quicConfig())
+		if err != nil {
+			s.qtr.Close()
+			udpConn.Close()
+			if tcpLn != nil {
+				tcpLn.Close()
+			}
+			return nil, fmt.Errorf("tunnel: listen quic %s: %w", cfg.Listen, err)
+		}
+	}
+	if tcpLn != nil {
+		s.addr = tcpLn.Addr().String()
+	}
+
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	s.wg.Go(s.closeOnDone)
+	if s.tcpLn != nil {
+		s.wg.Go(s.acceptTCP)
+	}
+	if s.qln != nil {
+		s.wg.Go(s.acceptQUIC)
+	}
+	s.log.Info("tunnel: relay listening", "addr", s.addr, "quic", s.qln != nil, "tcp", s.tcpLn != nil, "agents", len(creds))
+	return s, nil
+}
+
+// bind listens on TCP and UDP at addr. With port 0 it retries until one
+// port is free for both, since the kernel picks ports per protocol.
+func bind(addr string, tcp, udp bool) (net.Listener, net.PacketConn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tunnel: listen %q: %w", addr, err)
+	}
+	tries := 1
+	if port == "0" && tcp && udp {
+		tries = 20
+	}
+	var lastErr error
+	for range tries {
+		var ln net.Listener
+		udpAddr := addr
+		if tcp {
+			ln, err = net.Listen("tcp", addr)
+			if err != nil {
+				return nil, nil, fmt.Errorf("tunnel: listen tcp %s: %w", addr, err)
+			}
+			if !udp {
+				return ln, nil, nil
+			}
+			_, p, _ := net.SplitHostPort(ln.Addr().String())
+			udpAddr = net.JoinHostPort(host, p)
+		}
+		pc, err := net.ListenPacket("udp", udpAddr)
+		if err != nil {
+			if ln != nil {
+				ln.Close()
+			}
+			lastErr = fmt.Errorf("tunnel: listen udp %s: %w", udpAddr, err)
+			if tcp && errors.Is(err, syscall.EADDRINUSE) {
+				continue
+			}
+			return nil, nil, lastErr
+		}
+		return ln, pc, nil
+	}
+	return nil, nil, lastErr
+}
+
+// Addr is the address the relay listens on, with the actual port.
+func (s *Server) Addr() string { return s.addr }
+
+// Close stops the listeners, ends every session and waits for the Server's
+// goroutines.
+func (s *Server) Close() error {
+	s.cancel()
+	s.wg.Wait()
+	var err error
+	s.closeOnce.Do(func() {
+		// Only now: closing the transport earlier would drop the
+		// CONNECTION_CLOSE frames the sessions sent on their way out.
+		if s.qtr != nil {
+			err = s.qtr.Close()
+		}
+		if s.udpConn != nil {
+			if cerr := s.udpConn.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) && err == nil {
+				err = cerr
+			}
+		}
+	})
+	return err
+}
+
+// closeOnDone stops accepting and closes every connection once the server's
+// context ends.
+func (s *Server) closeOnDone() {
+	<-s.ctx.Done()
+	s.mu.Lock()
+	s.closing = true
+	conns := make([]io.Closer, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	if s.tcpLn != nil {
+		s.tcpLn.Close()
+	}
+	if s.qln != nil {
+		s.qln.Close()
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// track registers c for closing at shutdown; false means the server is
+// already closing and c must be closed now.
+func (s *Server) track(c io.Closer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c io.Closer) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// takeSlot reserves a handshake slot; the returned release is idempotent.
+func (s *Server) takeSlot(remote net.Addr) (release func(), ok bool) {
+	select {
+	case s.slots <- struct{}{}:
+		return sync.OnceFunc(func() { <-s.slots }), true
+	default:
+	}
+	// Under a flood this would log per connection; once a minute is enough.
+	now := time.Now().UnixNano()
+	if last := s.lastDrop.Load(); now-last > int64(time.Minute) && s.lastDrop.CompareAndSwap(last, now) {
+		s.log.Warn("tunnel: too many unauthenticated connections; dropping new ones", "limit", maxPendingHandshakes, "remote", remote)
+	}
+	return nil, false
+}
+
+func (s *Server) acceptTCP() {
+	for {
+		c, err := s.tcpLn.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Probably out of file descriptors: pause instead of spinning.
+			s.log.Warn("tunnel: accept tcp", "err", err)
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		release, ok := s.takeSlot(c.RemoteAddr())
+		if !ok {
+			c.Close()
+			continue
+		}
+		s.wg.Go(func() { s.serveTCP(c, release) })
+	}
+}
+
+func (s *Server) acceptQUIC() {
+	for {
+		conn, err := s.qln.Accept(s.ctx)
+		if err != nil {
+			if s.ctx.Err() == nil && !isClosedErr(err) {
+				s.log.Error("tunnel: accept quic", "err", err)
+			}
+			return
+		}
+		release, ok := s.takeSlot(conn.RemoteAddr())
+		if !ok {
+			conn.CloseWithError(quic.ApplicationErrorCode(quic.ConnectionRefused), "relay busy")
+			continue
+		}
+		s.wg.Go(func() { s.serveQUIC(conn, release) })
+	}
+}
+
+func (s *Server) serveTCP(c net.Conn, release func()) {
+	defer release()
+	if !s.track(c) {
+		c.Close()
+		return
+	}
+	defer s.untrack(c)
+	hctx, cancel := context.WithTimeout(s.ctx, s.hsTimeout)
+	defer cancel()
+	tc := tls.Server(c, s.tcpTLS)
+	if err := tc.HandshakeContext(hctx); err != nil {
+		s.log.Debug("tunnel: tls handshake failed", "remote", c.RemoteAddr(), "err", err)
+		c.Close()
+		return
+	}
+	mux, err := yamux.Server(tc, yamuxConfig(s.log))
+	if err != nil {
+		s.log.Error("tunnel: yamux server", "err", err)
+		c.Close()
+		return
+	}
+	s.serveSession(hctx, &yamuxSession{mux: mux, transport: TransportTCPYamux}, release)
+}
+
+func (s *Server) serveQUIC(conn *quic.Conn, release func()) {
+	defer release()
+	closer := &quicSession{conn: conn}
+	if !s.track(closer) {
+		closer.Close()
+		return
+	}
+	defer s.untrack(closer)
+	hctx, cancel := context.WithTimeout(s.ctx, s.hsTimeout)
+	defer cancel()
+	switch proto := conn.ConnectionState().TLS.NegotiatedProtocol; proto {
+	case ALPN:
+		s.serveSession(hctx, closer, release)
+	case alpnQUICYamux:
+		st, err := conn.AcceptStream(hctx)
+		if err != nil {
+			s.log.Debug("tunnel: no yamux stream", "remote", conn.RemoteAddr(), "err", err)
+			closer.Close()
+			return
+		}
+		mux, err := yamux.Server(newQUICStream(st, conn), yamuxConfig(s.log))
+		if err != nil {
+			s.log.Error("tunnel: yamux server", "err", err)
+			closer.Close()
+			return
+		}
+		s.serveSession(hctx, &yamuxSession{mux: mux, transport: TransportQUICYamux, quic: conn}, release)
+	default:
+		// crypto/tls only negotiates what we offered; this is a bug guard.
+		s.log.Error("tunnel: unexpected ALPN", "alpn", proto, "remote", conn.RemoteAddr())
+		closer.Close()
+	}
+}
+
+// serveSession runs the handshake on a new session and, once the agent is
+// authenticated, keeps the session registered until it ends.
+func (s *Server) serveSession(hctx context.Context, sess Session, release func()) {
+	defer sess.Close()
+	remote := sess.RemoteAddr().String()
+	ctl, err := sess.AcceptStream(hctx)
+	if err != nil {
+		s.log.Debug("tunnel: handshake: no control stream", "remote", remote, "transport", sess.Transport(), "err", err)
+		return
+	}
+	if dl, ok := hctx.Deadline(); ok {
+		ctl.SetDeadline(dl)
+	}
+	h, ref, reason, err := s.readHello(ctl)
+	if err != nil {
+		// The peer went away or stayed silent: nobody to answer.
+		s.log.Debug("tunnel: handshake failed", "remote", remote, "transport", sess.Transport(), "err", err)
+		return
+	}
+	if ref != nil {
+		s.log.Warn("tunnel: refused agent", "agent", truncate(h.Agent, 64), "remote", remote,
+			"transport", sess.Transport(), "code", ref.Code, "reason", reason)
+		s.refuse(sess, ctl, ref)
+		return
+	}
+	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion}); err != nil {
+		s.log.Debug("tunnel: handshake: send welcome", "agent", h.Agent, "remote", remote, "err", err)
+		return
+	}
+	ctl.SetDeadline(time.Time{})
+	release()
+
+	a := &agentSession{
+		status: AgentStatus{
+			Name:        h.Agent,
+			Servers:     h.Servers,
+			Transport:   sess.Transport(),
+			Remote:      remote,
+			ConnectedAt: time.Now(),
+		},
+		sess:     sess,
+		ctl:      ctl,
+		replaced: make(chan struct{}),
+	}
+	s.register(a)
+	s.wg.Go(func() { s.refuseStreams(a) })
+	s.wg.Go(func() { s.watchControl(a) })
+
+	why := "session ended"
+	select {
+	case <-sess.Done():
+	case <-s.ctx.Done():
+		why = "relay closing"
+	case <-a.replaced:
+		why = "replaced"
+		s.goAway(a, answer{Type: typeGoAway, Code: codeReplaced, Message: "another session authenticated as " + h.Agent})
+	}
+	s.deregister(a)
+	s.log.Info("tunnel: agent disconnected", "agent", h.Agent, "remote", remote, "transport", sess.Transport(),
+		"reason", why, "duration", time.Since(a.status.ConnectedAt).Round(time.Millisecond))
+}
+
+// readHello reads and checks the hello. A non-nil *RefusedError is to be sent
+// back, and reason is then the precise cause for the relay's log. err means
+// no usable frame arrived, so there is no one to answer.
+func (s *Server) readHello(ctl Stream) (h hello, ref *RefusedError, reason string, err error) {
+	b, err := readFrame(ctl)
+	if err != nil {
+		if errors.Is(err, errBadFrame) {
+			return hello{}, &RefusedError{Code: CodeBadHello, Message: err.Error()}, err.Error(), nil
+		}
+		return hello{}, nil, "", err
+	}
+	h, err = decodeHello(b)
+	if err != nil {
+		if !errors.As(err, &ref) {
+			ref = &RefusedError{Code: CodeBadHello, Message: err.Error()}
+		}
+		return h, ref, ref.Message, nil
+	}
+	// Hash and compare even for an unknown name, so timing does not tell
+	// known names from unknown ones.
+	sum := sha256.Sum256([]byte(h.Token))
+	want, known := s.creds[h.Agent]
+	if !known {
+		want = s.dummy
+	}
+	match := subtle.ConstantTimeCompare(sum[:], want[:]) == 1
+	switch {
+	case !known:
+		return h, &RefusedError{Code: CodeBadCredential, Message: "unknown agent or wrong token"}, "unknown agent", nil
+	case !match:
+		return h, &RefusedError{Code: CodeBadCredential, Message: "unknown agent or wrong token"}, "bad token", nil
+	}
+	return h, nil, "", nil
+}
+
+// refuse sends the refusal and gives the agent a moment to read it and hang
+// up.
+func (s *Server) refuse(sess Session, ctl Stream, ref *RefusedError) {
+	if err := writeFrame(ctl, answer{Type: typeRefused, Code: ref.Code, Message: ref.Message}); err != nil {
+		return
+	}
+	ctl.CloseWrite()
+	s.linger(sess)
+}
+
+func (s *Server) goAway(a *agentSession, msg answer) {
+	a.ctl.SetWriteDeadline(time.Now().Add(lingerTimeout))
+	if err := writeFrame(a.ctl, msg); err != nil {
+		return
+	}
+	a.ctl.CloseWrite()
+	s.linger(a.sess)
+}
+
+func (s *Server) linger(sess Session) {
+	t := time.NewTimer(lingerTimeout)
+	defer t.Stop()
+	select {
+	case <-sess.Done():
+	case <-s.ctx.Done():
+	case <-t.C:
+	}
+}
+
+// watchControl ends the session when the control stream ends. Frames the
+// agent sends are ignored: this version defines none after the hello.
+func (s *Server) watchControl(a *agentSession) {
+	for {
+		if _, err := readFrame(a.ctl); err != nil {
+			if !isClosedErr(err) && !errors.Is(err, io.EOF) {
+				s.log.Debug("tunnel: control stream ended", "agent", a.status.Name, "err", err)
+			}
+			a.sess.Close()
+			return
+		}
+	}
+}
+
+// refuseStreams resets streams the agent opens: the relay only ever opens
+// streams itself, and unaccepted streams would pile up.
+func (s *Server) refuseStreams(a *agentSession) {
+	for {
+		st, err := a.sess.AcceptStream(s.ctx)
+		if err != nil {
+			return
+		}
+		s.log.Debug("tunnel: refusing stream opened by agent", "agent", a.status.Name)
+		st.Close()
+	}
+}
+
+func (s *Server) register(a *agentSession) {
+	s.notifyMu.Lock()
+	defer s.notifyMu.Unlock()
+	name := a.status.Name
+	s.mu.Lock()
+	old := s.agents[name]
+	s.agents[name] = a
+	s.mu.Unlock()
+	if old != nil {
+		s.log.Warn("tunnel: agent session replaced by a newer one", "agent", name,
+			"old_remote", old.status.Remote, "new_remote", a.status.Remote)
+		old.markReplaced()
+	}
+	servers := make([]string, len(a.status.Servers))
+	for i, sv := range a.status.Servers {
+		servers[i] = sv.Name
+	}
+	s.log.Info("tunnel: agent connected", "agent", name, "remote", a.status.Remote,
+		"transport", a.status.Transport, "servers", strings.Join(servers, ","))
+	if s.onChange != nil {
+		s.onChange(name, true)
+	}
+}
+
+func (s *Server) deregister(a *agentSession) {
+	s.notifyMu.Lock()
+	defer s.notifyMu.Unlock()
+	s.mu.Lock()
+	current := s.agents[a.status.Name] == a
+	if current {
+		delete(s.agents, a.status.Name)
+	}
+	s.mu.Unlock()
+	if current && s.onChange != nil {
+		s.onChange(a.status.Name, false)
+	}
+}
+
+// Dial opens a stream to the named agent. The error wraps ErrAgentOffline
+// when the agent has no session or its session just ended.
+func (s *Server) Dial(ctx context.Context, agent string) (Stream, error) {
+	s.mu.Lock()
+	a := s.agents[agent]
+	s.mu.Unlock()
+	if a == nil {
+		return nil, fmt.Errorf("tunnel: dial agent %q: %w", agent, ErrAgentOffline)
+	}
+	st, err := a.sess.OpenStream(ctx)
+	if err != nil {
+		select {
+		case <-a.sess.Done():
+			return nil, fmt.Errorf("tunnel: dial agent %q: %w (%w)", agent, ErrAgentOffline, err)
+		default:
+		}
+		return nil, fmt.Errorf("tunnel: dial agent %q: open stream: %w", agent, err)
+	}
+	return st, nil
+}
+
+// Agent reports the named agent's current session, if it has one.
+func (s *Server) Agent(name string) (AgentStatus, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.agents[name]
+	if !ok {
+		return AgentStatus{}, false
+	}
+	return a.status.clone(), true
+}
+
+// Agents reports every connected agent, sorted by name.
+func (s *Server) Agents() []AgentStatus {
+	s.mu.Lock()
+	out := make([]AgentStatus, 0, len(s.agents))
+	for _, a := range s.agents {
+		out = append(out, a.status.clone())
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b AgentStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
