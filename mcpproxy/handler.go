@@ -126,6 +126,9 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 			h.servers[sc.Name] = p
 			continue
 		}
+		if err := stdioSupported(); err != nil {
+			return nil, fmt.Errorf("mcpproxy: servers[%d] (%q): %w", i, sc.Name, err)
+		}
 		s := newStdioServer(h, sc)
 		h.stdio = append(h.stdio, s)
 		h.servers[sc.Name] = s

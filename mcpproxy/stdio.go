@@ -53,6 +53,8 @@ type stdioServer struct {
 	sharedMu sync.Mutex // one shared child starts at a time
 }
 
+func stdioSupported() error { return nil }
+
 func newStdioServer(h *Handler, sc ServerConfig) *stdioServer {
 	return &stdioServer{
 		h:        h,

@@ -34,6 +34,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
 )
@@ -65,7 +66,7 @@ type Config struct {
 	KnownAgents []string
 	Clients     []Client
 	// AllowedOrigins lists browser origins (scheme://host[:port]) allowed
-	// besides same-origin requests; "*" allows any.
+	// besides loopback ones; "*" allows any.
 	AllowedOrigins []string
 	Logger         *slog.Logger
 }
@@ -229,20 +230,36 @@ func (c *Client) allowed(agent, server string) bool {
 }
 
 // originAllowed guards against DNS rebinding: a browser always sends Origin,
-// and a page on a foreign origin must not reach the relay. Requests without
-// Origin (non-browser clients) pass.
+// and a page on a foreign origin must not reach the relay. Same-origin is not
+// enough (rebinding makes a foreign page same-origin with the relay), so an
+// Origin passes only when allowed_origins lists it, or when both it and the
+// Host are loopback (local tools such as the MCP Inspector). Requests
+// without Origin (non-browser clients) pass.
 func (h *Handler) originAllowed(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" || h.anyOrig {
 		return true
 	}
-	o := strings.ToLower(origin)
-	if h.origins[o] {
+	if h.origins[strings.ToLower(origin)] {
 		return true
 	}
-	// Same origin: the page was served by this very host.
-	_, hostPart, ok := strings.Cut(o, "://")
-	return ok && strings.EqualFold(hostPart, r.Host)
+	u, err := url.Parse(origin)
+	return err == nil && isLoopbackHost(u.Hostname()) && isLoopbackHost(hostOnly(r.Host))
+}
+
+func hostOnly(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return strings.Trim(hostport, "[]")
+}
+
+func isLoopbackHost(h string) bool {
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }
 
 func contains(list []string, s string) bool {

@@ -109,6 +109,10 @@ func do(t *testing.T, method, url, token string, hdr map[string]string) (*http.R
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	for k, v := range hdr {
+		if k == "Host" {
+			req.Host = v
+			continue
+		}
 		req.Header.Set(k, v)
 	}
 	resp, err := http.DefaultClient.Do(req)
@@ -135,6 +139,7 @@ func TestRefusals(t *testing.T) {
 		{"wrong token", "/dc1/notes/mcp", "nope", nil, 401, "unauthorized"},
 		{"out of scope", "/dc1/notes/mcp", "wiki-token", nil, 403, "forbidden"},
 		{"foreign origin", "/dc1/notes/mcp", "ci-token", map[string]string{"Origin": "http://evil.example.com"}, 403, "origin_not_allowed"},
+		{"rebinding origin", "/dc1/notes/mcp", "ci-token", map[string]string{"Origin": "http://evil.example.com", "Host": "evil.example.com"}, 403, "origin_not_allowed"},
 		{"unknown agent", "/nope/notes/mcp", "wiki-token", nil, 403, "forbidden"},
 		{"unknown agent in scope", "/nope/wiki/mcp", "wiki-token", nil, 404, "unknown_agent"},
 		{"unknown server", "/dc1/files/mcp", "ci-token", nil, 404, "unknown_server"},
@@ -168,6 +173,7 @@ func TestForward(t *testing.T) {
 	}{
 		{"ci-token", "/dc1/notes/mcp", "ci", map[string]string{"Cookie": "a=b", ClientHeader: "forged"}},
 		{"wiki-token", "/dc1/wiki/mcp", "wikionly", map[string]string{"Origin": "https://app.example.com"}},
+		{"ci-token", "/dc1/wiki/mcp", "ci", map[string]string{"Origin": "http://localhost:6274"}},
 	} {
 		resp, body := do(t, http.MethodPost, f.url+tc.path, tc.token, tc.hdr)
 		require.Equal(t, 200, resp.StatusCode, "body: %s", body)

@@ -152,10 +152,10 @@ func TestBackoffDelay(t *testing.T) {
 		want time.Duration
 	}{
 		{0, 0, lo},
-		{0, 0.5, 750 * time.Millisecond},   // range [0.5 s, 1 s)
-		{1, 0.5, 1250 * time.Millisecond},  // range [0.5 s, 2 s)
+		{0, 0.5, 750 * time.Millisecond},       // range [0.5 s, 1 s)
+		{1, 0.5, 1250 * time.Millisecond},      // range [0.5 s, 2 s)
 		{2, 0.999, 3996500 * time.Microsecond}, // range [0.5 s, 4 s)
-		{5, 1.0 / 3, 11 * time.Second},     // ceiling 32 s is capped at 30 s
+		{5, 0.5, 15250 * time.Millisecond},     // ceiling 32 s is capped at 30 s
 		{5, 0, lo},
 		{6, 0.999, 29970500 * time.Microsecond},
 		{100, 0.5, 15250 * time.Millisecond}, // no overflow at large n

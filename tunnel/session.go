@@ -78,11 +78,15 @@ func yamuxConfig(log *slog.Logger) *yamux.Config {
 // session's end is logged by this package with more context.
 type yamuxLogger struct{ log *slog.Logger }
 
-func (l yamuxLogger) Print(v ...any) { l.log.Debug(strings.TrimSpace(fmt.Sprint(v...)), "component", "yamux") }
+func (l yamuxLogger) Print(v ...any) {
+	l.log.Debug(strings.TrimSpace(fmt.Sprint(v...)), "component", "yamux")
+}
 func (l yamuxLogger) Printf(format string, v ...any) {
 	l.log.Debug(strings.TrimSpace(fmt.Sprintf(format, v...)), "component", "yamux")
 }
-func (l yamuxLogger) Println(v ...any) { l.log.Debug(strings.TrimSpace(fmt.Sprintln(v...)), "component", "yamux") }
+func (l yamuxLogger) Println(v ...any) {
+	l.log.Debug(strings.TrimSpace(fmt.Sprintln(v...)), "component", "yamux")
+}
 
 // quicSession uses native QUIC streams.
 type quicSession struct {

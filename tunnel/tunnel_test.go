@@ -351,10 +351,10 @@ func TestTLSVerification(t *testing.T) {
 	otherPin := strings.Repeat("ab", 32)
 
 	tests := []struct {
-		name                   string
-		serverName, ca, pin    string
-		ok                     bool
-		errContains            string
+		name                string
+		serverName, ca, pin string
+		ok                  bool
+		errContains         string
 	}{
 		{name: "ca file", serverName: "127.0.0.1", ca: ca, ok: true},
 		{name: "ca file, default server name", ca: ca, ok: true},
@@ -730,6 +730,9 @@ func TestListenContextCancel(t *testing.T) {
 func TestRunTwice(t *testing.T) {
 	r := startRelay(t, ServerConfig{})
 	a := startAgent(t, agentConfig(t, r.Addr()), "")
+	if err := a.WaitConnected(testCtx(t)); err != nil { // the first Run is under way
+		t.Fatal(err)
+	}
 	if err := a.Run(context.Background()); err == nil {
 		t.Fatal("second Run succeeded")
 	}

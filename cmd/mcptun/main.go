@@ -41,7 +41,7 @@ func newRootCmd() *cobra.Command {
 		newRelayCmd(),
 		newAgentCmd(),
 		newDemoCmd(),
-		// BENCH newBenchCmd(),
+		newBenchCmd(),
 		newCheckCmd(),
 		newTokenCmd(),
 		newExampleServerCmd(),

@@ -29,8 +29,8 @@ type RelayHTTP struct {
 	Listen   string `mapstructure:"listen"`
 	CertFile string `mapstructure:"cert_file"`
 	KeyFile  string `mapstructure:"key_file"`
-	// AllowedOrigins lists browser origins allowed besides same-host and
-	// loopback ones; a request with any other Origin is refused (403).
+	// AllowedOrigins lists browser origins allowed besides loopback ones
+	// (on a loopback Host); a request with any other Origin is refused (403).
 	AllowedOrigins []string `mapstructure:"allowed_origins"`
 }
 

@@ -174,8 +174,8 @@ func TestTransports(t *testing.T) {
 	httpURL := startHTTPFixture(t)
 	for _, tc := range []struct {
 		name, transport, mux string
-		blockUDP            bool
-		wantTransport       string
+		blockUDP             bool
+		wantTransport        string
 	}{
 		{name: "quic", transport: "quic", wantTransport: "quic"},
 		{name: "tcp", transport: "tcp", wantTransport: "tcp+yamux"},

@@ -505,6 +505,9 @@ func (r *runner) progress(stop <-chan struct{}) {
 				lastAt = now
 				continue
 			}
+			if lastAt.Before(r.measureStart) {
+				lastAt = r.measureStart
+			}
 			n := r.requests.Load()
 			el := now.Sub(r.measureStart)
 			var avg, cur float64

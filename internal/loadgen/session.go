@@ -348,7 +348,7 @@ func mediaType(ct string) string {
 	return strings.ToLower(ct)
 }
 
-// errTimeout is the cause of a request's context when its deadline passes.
+// timeoutError is the cause of a request's context when its deadline passes.
 type timeoutError struct{ d time.Duration }
 
 func (e *timeoutError) Error() string { return fmt.Sprintf("no complete answer within %v", e.d) }

@@ -1,0 +1,24 @@
+//go:build !unix
+
+package mcpproxy
+
+import (
+	"errors"
+	"net/http"
+)
+
+// Stdio servers need process groups and signals; elsewhere NewHandler
+// refuses them.
+func stdioSupported() error {
+	return errors.New("stdio (Command) servers need a Unix system")
+}
+
+type stdioServer struct{}
+
+func newStdioServer(*Handler, ServerConfig) *stdioServer { return &stdioServer{} }
+
+func (*stdioServer) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	writeError(w, http.StatusNotImplemented, nil, codeInternal, stdioSupported().Error())
+}
+
+func (*stdioServer) closeAll() {}
