@@ -231,7 +231,6 @@ func (c *Client) Run(ctx context.Context) error {
 			c.log.Warn("tunnel: cannot connect to relay", "err", err, "retry_in", delay)
 		default:
 			start := cfg.Clock.Now()
-			c.log.Info("tunnel: connected to relay", "transport", cs.Transport())
 			cause := c.serve(ctx, cs)
 			if ctx.Err() != nil {
 				return nil
@@ -262,6 +261,7 @@ func (c *Client) Run(ctx context.Context) error {
 func (c *Client) serve(ctx context.Context, cs *clientSession) error {
 	c.setCurrent(cs)
 	defer c.setCurrent(nil)
+	c.log.Info("tunnel: connected to relay", "transport", cs.Transport())
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for {

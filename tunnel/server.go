@@ -448,13 +448,7 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 		s.refuse(sess, ctl, ref)
 		return
 	}
-	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion}); err != nil {
-		s.log.Debug("tunnel: handshake: send welcome", "agent", h.Agent, "remote", remote, "err", err)
-		return
-	}
-	ctl.SetDeadline(time.Time{})
 	release()
-
 	a := &agentSession{
 		status: AgentStatus{
 			Name:        h.Agent,
@@ -467,7 +461,15 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 		ctl:      ctl,
 		replaced: make(chan struct{}),
 	}
+	// Register before the welcome: once the agent believes it is
+	// connected, Dial must find it.
 	s.register(a)
+	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion}); err != nil {
+		s.log.Debug("tunnel: handshake: send welcome", "agent", h.Agent, "remote", remote, "err", err)
+		s.deregister(a)
+		return
+	}
+	ctl.SetDeadline(time.Time{})
 	s.wg.Go(func() { s.refuseStreams(a) })
 	s.wg.Go(func() { s.watchControl(a) })
 

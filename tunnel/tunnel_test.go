@@ -537,6 +537,9 @@ func TestSessionReplacement(t *testing.T) {
 	cfg2.Transport = TransportTCP
 	a2 := startAgent(t, cfg2, "two:")
 	r.waitEvent(t, "lab up") // the newer session takes over; no "down" between
+	if err := a2.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
 
 	w := clock.next(t) // a1 was told and waits before trying again
 	if w.d != cfg1.MaxBackoff {
