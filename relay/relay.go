@@ -33,10 +33,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync"
+
+	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
 // ClientHeader tells the agent which authenticated client sent an exchange.
@@ -80,10 +81,9 @@ type Handler struct {
 	anyOrig bool
 	log     *slog.Logger
 	mux     *http.ServeMux
-	proxy   *httputil.ReverseProxy
 
 	mu         sync.Mutex
-	transports map[string]*http.Transport // per agent, so one agent's reconnect drops only its streams
+	forwarders map[string]*httpfwd.Forwarder // per agent, so one agent's reconnect drops only its streams
 }
 
 // NewHandler returns the relay's HTTP handler.
@@ -97,7 +97,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		clients:    cfg.Clients,
 		origins:    make(map[string]bool),
 		log:        cfg.Logger,
-		transports: make(map[string]*http.Transport),
+		forwarders: make(map[string]*httpfwd.Forwarder),
 	}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
@@ -111,7 +111,6 @@ func NewHandler(cfg Config) (*Handler, error) {
 		}
 		h.origins[strings.ToLower(strings.TrimSuffix(o, "/"))] = true
 	}
-	h.proxy = h.newProxy()
 	h.mux = http.NewServeMux()
 	h.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
@@ -133,22 +132,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // AgentDown drops the pooled streams of an agent whose session ended.
 func (h *Handler) AgentDown(agent string) {
 	h.mu.Lock()
-	t := h.transports[agent]
-	delete(h.transports, agent)
+	f := h.forwarders[agent]
+	delete(h.forwarders, agent)
 	h.mu.Unlock()
-	if t != nil {
-		t.CloseIdleConnections()
+	if f != nil {
+		f.Close()
 	}
 }
 
 // Close releases pooled streams.
 func (h *Handler) Close() error {
 	h.mu.Lock()
-	ts := h.transports
-	h.transports = make(map[string]*http.Transport)
+	fs := h.forwarders
+	h.forwarders = make(map[string]*httpfwd.Forwarder)
 	h.mu.Unlock()
-	for _, t := range ts {
-		t.CloseIdleConnections()
+	for _, f := range fs {
+		f.Close()
 	}
 	return nil
 }

@@ -102,7 +102,10 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	ra.http = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 30 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// Longer than the relay keeps a stream in its pool (60 s), so the
+		// relay never picks a stream the agent is closing.
+		IdleTimeout: 5 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	ra.wg.Add(2)
 	go func() {

@@ -1,0 +1,440 @@
+// Package httpfwd forwards HTTP/1.1 exchanges over a pool of connections,
+// for the two proxies of the data path (relay → agent over tunnel streams,
+// agent → internal HTTP server over TCP).
+//
+// It does what httputil.ReverseProxy with an http.Transport does, minus what
+// costs CPU on every request and buys nothing here: the Transport's two
+// goroutines per connection and the hand-offs between them, 32 KiB copy
+// buffers, and a flush per write. A forwarded exchange runs in the handler's
+// goroutine: write the request on a pooled connection, read the response
+// head, copy the body. Bodies of known length are copied and left to the
+// server's own buffering; streamed bodies (SSE, chunked) are flushed after
+// every read so each event reaches the client when it is produced.
+//
+// A connection goes back to the pool only when the exchange ended cleanly
+// (body read to EOF, no Connection: close). A reused connection that fails
+// before any response byte arrived is retried once on a fresh one: the peer
+// closed it while idle and never saw the request.
+package httpfwd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// DialFunc opens a new connection to the upstream.
+type DialFunc func(ctx context.Context) (net.Conn, error)
+
+// Forwarder forwards exchanges to one upstream. It is safe for concurrent use.
+type Forwarder struct {
+	dial        DialFunc
+	maxIdle     int
+	idleTimeout time.Duration
+
+	mu     sync.Mutex
+	idle   []*conn // LIFO: the most recently used connection is the warmest
+	closed bool
+}
+
+// Options tunes a Forwarder.
+type Options struct {
+	MaxIdle     int           // idle connections kept (default 256)
+	IdleTimeout time.Duration // an idle connection older than this is closed on reuse (default 60 s)
+}
+
+// New returns a Forwarder that dials with dial.
+func New(dial DialFunc, o Options) *Forwarder {
+	if o.MaxIdle <= 0 {
+		o.MaxIdle = 256
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 60 * time.Second
+	}
+	return &Forwarder{dial: dial, maxIdle: o.MaxIdle, idleTimeout: o.IdleTimeout}
+}
+
+type conn struct {
+	net.Conn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	idleFrom time.Time
+}
+
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 8<<10) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+	copyPool   = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+)
+
+func (c *conn) close() {
+	_ = c.Conn.Close()
+	if c.br != nil {
+		c.br.Reset(nil)
+		readerPool.Put(c.br)
+		c.bw.Reset(nil)
+		writerPool.Put(c.bw)
+		c.br, c.bw = nil, nil
+	}
+}
+
+// Request describes the outgoing request; the incoming request supplies the
+// method, headers (minus hop-by-hop ones) and body.
+type Request struct {
+	Host       string      // Host header to send
+	RequestURI string      // path and query to send, e.g. "/notes/mcp"
+	SetHeader  http.Header // headers to set (replacing the client's)
+	DelHeader  []string    // client headers to drop (canonical names)
+}
+
+// UpstreamError reports that the exchange failed before a response head
+// arrived, so the caller may still answer the client itself.
+type UpstreamError struct {
+	Op  string // "dial", "write request", "read response"
+	Err error
+}
+
+func (e *UpstreamError) Error() string { return "httpfwd: " + e.Op + ": " + e.Err.Error() }
+func (e *UpstreamError) Unwrap() error { return e.Err }
+
+// Forward sends r upstream as described by out and streams the answer to w.
+// It returns an *UpstreamError if nothing was written to w; errors after the
+// response head was sent are returned as they are (the client's answer is
+// then cut short, which is all that can be done).
+func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, out Request) error {
+	ctx := r.Context()
+	// A small body of known length (every MCP message but huge ones) is
+	// read first, so the request can be sent again if a pooled connection
+	// turns out to be dead.
+	var body []byte
+	if r.ContentLength > 0 && r.ContentLength <= maxBufferedBody {
+		bp := bodyPool.Get().(*[]byte)
+		defer bodyPool.Put(bp)
+		if cap(*bp) < int(r.ContentLength) {
+			*bp = make([]byte, r.ContentLength)
+		}
+		body = (*bp)[:r.ContentLength]
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return &UpstreamError{Op: "read client body", Err: err}
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		c, reused, err := f.get(ctx)
+		if err != nil {
+			return &UpstreamError{Op: "dial", Err: err}
+		}
+		resp, err := f.roundTrip(ctx, c, r, out, body)
+		if err == nil {
+			return f.copyResponse(ctx, w, c, r, resp)
+		}
+		c.close()
+		// Only a reused connection that failed before the upstream said
+		// anything is retried: the peer closed it while it sat idle.
+		var ue *UpstreamError
+		retryable := reused && attempt == 0 && ctx.Err() == nil &&
+			(body != nil || r.ContentLength == 0) && errors.As(err, &ue) &&
+			(ue.Op == "write request" || closedByPeer(ue.Err))
+		if !retryable {
+			return err
+		}
+	}
+}
+
+// closedByPeer reports an error that means the peer had closed the
+// connection before it read our request: nothing came back at all.
+func closedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// maxBufferedBody bounds the request bodies read ahead for a retry.
+const maxBufferedBody = 1 << 20
+
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+
+// get returns an idle connection or a new one.
+func (f *Forwarder) get(ctx context.Context) (*conn, bool, error) {
+	now := time.Now()
+	f.mu.Lock()
+	for n := len(f.idle); n > 0; n = len(f.idle) {
+		c := f.idle[n-1]
+		f.idle[n-1] = nil
+		f.idle = f.idle[:n-1]
+		if now.Sub(c.idleFrom) < f.idleTimeout {
+			f.mu.Unlock()
+			return c, true, nil
+		}
+		f.mu.Unlock()
+		c.close()
+		f.mu.Lock()
+	}
+	f.mu.Unlock()
+	nc, err := f.dial(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(nc)
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(nc)
+	return &conn{Conn: nc, br: br, bw: bw}, false, nil
+}
+
+func (f *Forwarder) put(c *conn) {
+	c.idleFrom = time.Now()
+	f.mu.Lock()
+	if f.closed || len(f.idle) >= f.maxIdle {
+		f.mu.Unlock()
+		c.close()
+		return
+	}
+	f.idle = append(f.idle, c)
+	f.mu.Unlock()
+}
+
+// CloseIdle closes the pooled idle connections (for instance when the
+// upstream went away and they are all dead).
+func (f *Forwarder) CloseIdle() {
+	f.mu.Lock()
+	idle := f.idle
+	f.idle = nil
+	f.mu.Unlock()
+	for _, c := range idle {
+		c.close()
+	}
+}
+
+// Close closes idle connections and stops pooling.
+func (f *Forwarder) Close() {
+	f.mu.Lock()
+	f.closed = true
+	f.mu.Unlock()
+	f.CloseIdle()
+}
+
+// hopHeaders are connection-level headers a proxy must not forward
+// (RFC 9110 §7.6.1).
+var hopHeaders = map[string]bool{
+	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true,
+	"Proxy-Authenticate": true, "Proxy-Authorization": true, "Te": true,
+	"Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+}
+
+// skipHeader reports whether a client header stays behind.
+func skipHeader(k string, out *Request, connTokens []string) bool {
+	if hopHeaders[k] || k == "Content-Length" || k == "Host" {
+		return true
+	}
+	if _, ok := out.SetHeader[k]; ok {
+		return true
+	}
+	for _, d := range out.DelHeader {
+		if k == d {
+			return true
+		}
+	}
+	for _, t := range connTokens {
+		if strings.EqualFold(k, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// connectionTokens lists the header names a Connection header declares
+// hop-by-hop.
+func connectionTokens(h http.Header) []string {
+	var out []string
+	for _, v := range h["Connection"] {
+		for _, t := range strings.Split(v, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				out = append(out, t)
+			}
+		}
+	}
+	return out
+}
+
+func writeHeaderLine(bw *bufio.Writer, k, v string) {
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	// A header value cannot carry CR or LF through net/http's parser, but
+	// SetHeader values come from config: never let one split the request.
+	if strings.ContainsAny(v, "\r\n") {
+		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+	}
+	bw.WriteString(v)
+	bw.WriteString("\r\n")
+}
+
+// roundTrip writes the request and reads the response head.
+func (f *Forwarder) roundTrip(ctx context.Context, c *conn, r *http.Request, out Request, body []byte) (*http.Response, error) {
+	// Unblock reads and writes when the client goes away, without a
+	// goroutine per exchange.
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	bw := c.bw
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(out.RequestURI)
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(out.Host)
+	bw.WriteString("\r\n")
+	tokens := connectionTokens(r.Header)
+	for k, vs := range r.Header {
+		if skipHeader(k, &out, tokens) {
+			continue
+		}
+		for _, v := range vs {
+			writeHeaderLine(bw, k, v)
+		}
+	}
+	for k, vs := range out.SetHeader {
+		for _, v := range vs {
+			writeHeaderLine(bw, k, v)
+		}
+	}
+	hasBody := body != nil || (r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0)
+	switch {
+	case !hasBody:
+		if r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
+			bw.WriteString("Content-Length: 0\r\n")
+		}
+		bw.WriteString("\r\n")
+	case r.ContentLength > 0:
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.FormatInt(r.ContentLength, 10))
+		bw.WriteString("\r\n\r\n")
+	default:
+		bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
+	}
+	switch {
+	case body != nil:
+		bw.Write(body)
+	case hasBody:
+		if err := writeBody(bw, r); err != nil {
+			return nil, &UpstreamError{Op: "write body", Err: err}
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return nil, &UpstreamError{Op: "write request", Err: err}
+	}
+	for {
+		// Wait for the first byte apart, so a connection the peer had
+		// closed (EOF with nothing read) is told from a broken answer.
+		if _, err := c.br.Peek(1); err != nil {
+			return nil, &UpstreamError{Op: "read response", Err: err}
+		}
+		resp, err := http.ReadResponse(c.br, r)
+		if err != nil {
+			return nil, &UpstreamError{Op: "read response", Err: err}
+		}
+		// Skip interim answers (100 Continue, 103 Early Hints).
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			continue
+		}
+		return resp, nil
+	}
+}
+
+// writeBody copies the client's body: exactly ContentLength bytes, or chunked.
+func writeBody(bw *bufio.Writer, r *http.Request) error {
+	bp := copyPool.Get().(*[]byte)
+	defer copyPool.Put(bp)
+	if r.ContentLength > 0 {
+		n, err := io.CopyBuffer(bw, io.LimitReader(r.Body, r.ContentLength), *bp)
+		if err == nil && n < r.ContentLength {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	buf := *bp
+	for {
+		n, err := r.Body.Read(buf)
+		if n > 0 {
+			fmt.Fprintf(bw, "%x\r\n", n)
+			bw.Write(buf[:n])
+			bw.WriteString("\r\n")
+		}
+		if err == io.EOF {
+			bw.WriteString("0\r\n\r\n")
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// copyResponse sends the response head and streams the body to w.
+func (f *Forwarder) copyResponse(ctx context.Context, w http.ResponseWriter, c *conn, r *http.Request, resp *http.Response) error {
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	h := w.Header()
+	tokens := connectionTokens(resp.Header)
+	for k, vs := range resp.Header {
+		if hopHeaders[k] || (k == "Content-Length" && resp.ContentLength < 0) {
+			continue
+		}
+		drop := false
+		for _, t := range tokens {
+			if strings.EqualFold(k, t) {
+				drop = true
+			}
+		}
+		if !drop {
+			h[k] = vs
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	streaming := resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	err := copyBody(w, resp.Body, streaming)
+	_ = resp.Body.Close()
+	if !stop() || err != nil || resp.Close || r.Close {
+		// The client left mid-answer, the copy failed, or either side
+		// asked to close: the connection's state is unknown, drop it.
+		c.close()
+		return err
+	}
+	f.put(c)
+	return nil
+}
+
+type flusher interface{ Flush() }
+
+func copyBody(w http.ResponseWriter, body io.Reader, streaming bool) error {
+	bp := copyPool.Get().(*[]byte)
+	defer copyPool.Put(bp)
+	buf := *bp
+	fl, _ := w.(flusher)
+	if !streaming || fl == nil {
+		_, err := io.CopyBuffer(writerOnly{w}, body, buf)
+		return err
+	}
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return err
+			}
+			fl.Flush()
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// writerOnly hides ReadFrom so io.CopyBuffer uses our pooled buffer.
+type writerOnly struct{ io.Writer }
