@@ -1,0 +1,98 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestConfigErrors: a bad config stops the binary at start with the file,
+// the key and the reason, and `mcptun check` reports the same.
+func TestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "relay.yaml")
+	require.NoError(t, os.WriteFile(bad, []byte(`tunnel: {listen: "127.0.0.1:0", cert_file: c, key_file: k}
+http: {listen: "127.0.0.1:0"}
+agents: [{name: dc1, token_sha256: "abc"}]
+clients: [{name: ci, token_sha256: "abc", allow: ["wiki"]}]
+`), 0o600))
+	for _, args := range [][]string{
+		{"relay", "--config", bad},
+		{"check", "--relay", bad},
+	} {
+		out, err := exec.Command(mcptunBin, args...).CombinedOutput()
+		require.Error(t, err, "mcptun %v must fail", args)
+		s := string(out)
+		require.Contains(t, s, bad)
+		require.Contains(t, s, "agents[0].token_sha256: must be the 64 hex characters")
+		require.Contains(t, s, `clients[0].allow[0]: pattern "wiki" must be agent/server`)
+	}
+
+	agentCfg := filepath.Join(dir, "agent.yaml")
+	require.NoError(t, os.WriteFile(agentCfg, []byte(`name: dc1
+relay: {address: "127.0.0.1:1", token: "inline-secret"}
+servers: [{name: notes, command: [x]}]
+`), 0o600))
+	out, err := exec.Command(mcptunBin, "agent", "--config", agentCfg).CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "relay.token: secrets must not be written inline")
+	require.NotContains(t, string(out), "inline-secret", "the secret itself is never echoed")
+
+	// Environment overrides reach the same validation.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "agent.token"), []byte("s3cret\n"), 0o600))
+	require.NoError(t, os.WriteFile(agentCfg, []byte(`name: dc1
+relay: {address: "127.0.0.1:1", token_file: agent.token}
+servers: [{name: notes, command: [x]}]
+`), 0o600))
+	out, err = exec.Command(mcptunBin, "check", "--agent", agentCfg).CombinedOutput()
+	require.NoError(t, err, string(out))
+	cmd := exec.Command(mcptunBin, "check", "--agent", agentCfg)
+	cmd.Env = append(os.Environ(), "MCPTUN_RELAY_TRANSPORT=carrier-pigeon")
+	out, err = cmd.CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), `relay.transport: must be one of auto, quic, tcp, not "carrier-pigeon"`)
+}
+
+// TestCheckExamples: the shipped examples pass `mcptun check` once the
+// files they name exist.
+func TestCheckExamples(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"relay.yaml", "agent.yaml"} {
+		b, err := os.ReadFile(filepath.Join("..", "..", "examples", f))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, f), b, 0o600))
+	}
+	for _, f := range []string{"agent.token", "relay.crt", "relay.key"} {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, f), []byte("x\n"), 0o600))
+	}
+	out, err := exec.Command(mcptunBin, "check", "--relay", filepath.Join(dir, "relay.yaml"), "--agent", filepath.Join(dir, "agent.yaml")).CombinedOutput()
+	require.NoError(t, err, string(out))
+	require.Equal(t, 2, strings.Count(string(out), ": ok"))
+}
+
+// TestTokenCommands: `token new` prints a token and its hash; `token hash`
+// agrees.
+func TestTokenCommands(t *testing.T) {
+	out, err := exec.Command(mcptunBin, "token", "new").Output()
+	require.NoError(t, err)
+	var token, hash string
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "token:"); ok {
+			token = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(line, "token_sha256:"); ok {
+			hash = strings.TrimSpace(v)
+		}
+	}
+	require.GreaterOrEqual(t, len(token), 40)
+	require.Equal(t, sha256Hex(token), hash)
+	cmd := exec.Command(mcptunBin, "token", "hash")
+	cmd.Stdin = strings.NewReader(token + "\n")
+	out, err = cmd.Output()
+	require.NoError(t, err)
+	require.Equal(t, hash, strings.TrimSpace(string(out)))
+}
