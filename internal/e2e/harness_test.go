@@ -40,7 +40,9 @@ func buildBinaries(dir string) error {
 	} {
 		*b.out = filepath.Join(dir, b.name)
 		args := []string{"build", "-o", *b.out}
-		if os.Getenv("MCPTUN_E2E_RACE") == "1" {
+		// The binaries under test are built with the race detector too,
+		// unless MCPTUN_E2E_RACE=0 (faster local runs).
+		if os.Getenv("MCPTUN_E2E_RACE") != "0" {
 			args = append(args, "-race")
 		}
 		cmd := exec.Command("go", append(args, b.pkg)...)
@@ -116,6 +118,9 @@ func startProc(t *testing.T, name string, env []string, bin string, args ...stri
 	}()
 	t.Cleanup(func() {
 		p.stop(t)
+		if p.hasLine(regexp.MustCompile(`WARNING: DATA RACE`)) {
+			t.Errorf("%s: the race detector found a data race", name)
+		}
 		if t.Failed() {
 			t.Logf("--- %s output ---\n%s", name, p.out)
 		}
