@@ -4,7 +4,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 TOOLS    := .tools
 
-.PHONY: build test test-short demo bench bench-go lint fuzz tools clean
+.PHONY: build test test-short demo bench bench-lossy bench-go lint fuzz tools clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/mcptun ./cmd/mcptun
@@ -26,7 +26,10 @@ demo:
 	$(GO) run ./cmd/mcptun demo
 
 bench: build
-	bash .ci/bench.sh
+	bash .ci/bench.sh $(BENCH_FLAGS)
+
+bench-lossy: build
+	bash .ci/bench.sh --lossy-only $(BENCH_FLAGS)
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

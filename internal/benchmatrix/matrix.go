@@ -1,0 +1,249 @@
+package benchmatrix
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mcptun/mcptun/internal/loadgen"
+)
+
+// Paths through which the matrix sends the same load.
+const (
+	PathDirect    = "direct"     // the HTTP fixture, no tunnel
+	PathQUIC      = "quic"       // relay → native QUIC streams → agent → HTTP fixture
+	PathTCP       = "tcp"        // relay → yamux over TLS/TCP → agent → HTTP fixture
+	PathQUICYamux = "quic-yamux" // relay → yamux over one QUIC stream → agent → HTTP fixture
+	PathStdio     = "stdio"      // relay → native QUIC streams → agent → stdio bridge → fixture child
+)
+
+// AllPaths is every path, in table order.
+var AllPaths = []string{PathDirect, PathQUIC, PathTCP, PathQUICYamux, PathStdio}
+
+// target is one path's endpoint and the processes that serve it.
+type target struct {
+	Path  string
+	URL   string
+	Token string
+	roles []role
+	pprof map[string]string // role → pprof base URL, for --profile
+}
+
+// Cell is the outcome of one load at one session count on one path.
+type Cell struct {
+	Path     string         `json:"path"`
+	Sessions int            `json:"sessions"`
+	Load     loadgen.Result `json:"load"`
+	Error    string         `json:"error,omitempty"`
+	// CPUPerRequest is CPU time per measured request in microseconds, by
+	// role (relay, agent, server, generator); a role that does not take
+	// part is absent.
+	CPUPerRequest map[string]float64 `json:"cpu_us_per_request,omitempty"`
+	// CPUStatPerRequest is the same from utime+stime (10 ms ticks): a
+	// coarse cross-check.
+	CPUStatPerRequest map[string]float64 `json:"cpu_stat_us_per_request,omitempty"`
+	// WindowSeconds is the span of the CPU snapshots (the measured phase).
+	WindowSeconds float64 `json:"window_s,omitempty"`
+	// MachineBusyPct is how busy all CPUs were in the window; OtherBusyPct
+	// is the part not accounted to the benchmark's processes (other
+	// programs, and interrupt time): a high figure means a noisy cell.
+	MachineBusyPct float64 `json:"machine_busy_pct,omitempty"`
+	OtherBusyPct   float64 `json:"other_busy_pct,omitempty"`
+}
+
+// RelayAgentUS is the CPU per request of relay and agent together, or -1
+// when the cell has no tunnel or no figure.
+func (c Cell) RelayAgentUS() float64 {
+	r, ok1 := c.CPUPerRequest[roleRelay]
+	a, ok2 := c.CPUPerRequest[roleAgent]
+	if !ok1 || !ok2 {
+		return -1
+	}
+	return r + a
+}
+
+// cellConfig is the load of every matrix cell.
+type cellConfig struct {
+	Duration     time.Duration
+	Warmup       time.Duration
+	PayloadBytes int
+	Era          string
+	// ProfileDir, if set, receives a CPU profile of each process with a
+	// pprof endpoint over each cell's measured phase (this adds a little
+	// CPU to the figures).
+	ProfileDir string
+}
+
+// runCell drives the load at tgt with sessions closed-loop sessions and
+// accounts the CPU of tgt's processes and of this one over the measured
+// phase only.
+func runCell(ctx context.Context, fs procFS, tgt target, sessions int, cc cellConfig) Cell {
+	cell := Cell{Path: tgt.Path, Sessions: sessions}
+	s := &sampler{fs: fs, roles: append(append([]role(nil), tgt.roles...), selfRole())}
+
+	tr := newLoadTransport(sessions)
+	defer tr.CloseIdleConnections()
+	det := &startDetector{next: tr, started: make(chan time.Time, 1)}
+	client := &http.Client{Transport: det, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+	wctx, stopWindow := context.WithCancel(ctx)
+	type windowResult struct {
+		w  windowCPU
+		ok bool
+	}
+	win := make(chan windowResult, 1)
+	var profiles sync.WaitGroup
+	var atStart func()
+	if cc.ProfileDir != "" && len(tgt.pprof) > 0 {
+		atStart = func() {
+			for name, base := range tgt.pprof {
+				file := filepath.Join(cc.ProfileDir, fmt.Sprintf("%s-%d-%s.pprof", tgt.Path, sessions, name))
+				profiles.Go(func() { _ = fetchProfile(ctx, base, cc.Duration, file) })
+			}
+		}
+	}
+	go func() {
+		w, ok := s.measureWindow(wctx, det.started, cc.Warmup, cc.Duration, atStart)
+		win <- windowResult{w, ok}
+	}()
+
+	res, err := loadgen.Run(ctx, loadgen.Config{
+		URL:          tgt.URL,
+		Token:        tgt.Token,
+		Sessions:     sessions,
+		Duration:     cc.Duration,
+		Warmup:       cc.Warmup,
+		Tool:         "echo",
+		PayloadBytes: cc.PayloadBytes,
+		PayloadArg:   "text",
+		Era:          cc.Era,
+		HTTPClient:   client,
+	})
+	if err != nil {
+		stopWindow() // the window may never have started
+	}
+	// Otherwise the measured phase is over and the window ends at once,
+	// unless no tools/call ever left.
+	var wr windowResult
+	select {
+	case wr = <-win:
+	case <-time.After(5 * time.Second):
+		stopWindow()
+		wr = <-win
+	}
+	stopWindow()
+	profiles.Wait()
+	cell.Load = res
+	if err != nil {
+		cell.Error = err.Error()
+		return cell
+	}
+	if !wr.ok || res.Requests == 0 {
+		return cell
+	}
+	cell.WindowSeconds = wr.w.Elapsed.Seconds()
+	cell.CPUPerRequest = make(map[string]float64, len(wr.w.ByRole))
+	cell.CPUStatPerRequest = make(map[string]float64, len(wr.w.ByRole))
+	for name, d := range wr.w.ByRole {
+		cell.CPUPerRequest[name] = float64(d.Nanoseconds()) / 1e3 / float64(res.Requests)
+		cell.CPUStatPerRequest[name] = float64(wr.w.ByRoleStat[name].Nanoseconds()) / 1e3 / float64(res.Requests)
+	}
+	if wr.w.SysTotal > 0 {
+		cell.MachineBusyPct = 100 * float64(wr.w.SysBusy) / float64(wr.w.SysTotal)
+		cell.OtherBusyPct = max(0, 100*float64(wr.w.SysBusy-wr.w.Ours())/float64(wr.w.SysTotal))
+	}
+	return cell
+}
+
+// newLoadTransport mirrors loadgen's own transport: one kept-alive
+// connection per session, no compression, no proxy from the environment.
+func newLoadTransport(sessions int) *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil
+	tr.MaxIdleConns = sessions + 16
+	tr.MaxIdleConnsPerHost = sessions + 16
+	tr.IdleConnTimeout = 90 * time.Second
+	tr.DisableCompression = true
+	return tr
+}
+
+// startDetector passes requests on and reports, once, when the first
+// tools/call leaves. loadgen sends every session's setup (initialize,
+// notifications/initialized or server/discover) before any tools/call and
+// starts its warm-up clock just before the first one, so that instant plus
+// the warm-up is where the measured phase begins.
+type startDetector struct {
+	next    http.RoundTripper
+	seen    atomic.Bool
+	started chan time.Time // buffered, capacity 1
+}
+
+var toolsCallMarker = []byte(`"method":"tools/call"`)
+
+func (d *startDetector) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !d.seen.Load() && req.GetBody != nil {
+		now := time.Now()
+		if body, err := req.GetBody(); err == nil {
+			head := make([]byte, 128)
+			n, _ := io.ReadFull(body, head)
+			body.Close()
+			if bytes.Contains(head[:n], toolsCallMarker) && d.seen.CompareAndSwap(false, true) {
+				d.started <- now
+			}
+		}
+	}
+	return d.next.RoundTrip(req)
+}
+
+// errNoCells is returned when a configuration selects nothing to run.
+var errNoCells = errors.New("benchmatrix: no paths or session counts selected")
+
+// validatePaths checks path names against AllPaths.
+func validatePaths(paths []string) error {
+	for _, p := range paths {
+		known := false
+		for _, q := range AllPaths {
+			known = known || p == q
+		}
+		if !known {
+			return fmt.Errorf("benchmatrix: unknown path %q (known: %v)", p, AllPaths)
+		}
+	}
+	return nil
+}
+
+// fetchProfile saves a CPU profile of d from a net/http/pprof server.
+func fetchProfile(ctx context.Context, base string, d time.Duration, file string) error {
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, secs), nil)
+	if err != nil {
+		return err
+	}
+	tr := &http.Transport{Proxy: nil}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return fmt.Errorf("profile %s: %w", base, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile %s: HTTP %s", base, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return fmt.Errorf("profile %s: %w", base, err)
+	}
+	return f.Close()
+}

@@ -1,0 +1,426 @@
+package benchmatrix
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/mcptun/mcptun/internal/loadgen"
+)
+
+// Sections of a run.
+const (
+	SectionMatrix = "matrix" // rate, latency and CPU per request on every path
+	SectionLarge  = "large"  // one large tool result
+	SectionIdle   = "idle"   // memory per idle session
+	SectionLossy  = "lossy"  // small calls beside a bulk transfer on a lossy link
+)
+
+// AllSections lists the sections in run order.
+var AllSections = []string{SectionMatrix, SectionLarge, SectionIdle, SectionLossy}
+
+// Options configures a run. Mcptun, Fixture and OutDir are required; zero
+// values elsewhere select nothing (the command line supplies defaults).
+type Options struct {
+	Mcptun  string // the mcptun binary
+	Fixture string // the mcptest-server binary
+	OutDir  string // configs, logs and profiles go here
+
+	Sections []string
+
+	Sessions     []int
+	Paths        []string
+	Duration     time.Duration
+	Warmup       time.Duration
+	PayloadBytes int    // size of the echo tool's text argument
+	Era          string // protocol era of the load (loadgen.EraSessions by default)
+
+	LargeBytes int
+	LargeReps  int
+	LargePaths []string
+
+	IdleSessions int // HTTP upstream, initialize only
+	IdleStreams  int // HTTP upstream, each with an open GET stream
+	IdleStdio    int // stdio upstream, initialize only
+
+	Lossy LossyOptions
+
+	// ProfileDir, if set, receives CPU profiles of relay and agent for
+	// every tunnel cell's measured phase.
+	ProfileDir string
+
+	Logger *slog.Logger
+}
+
+// Report is everything a run measured.
+type Report struct {
+	Started time.Time     `json:"started"`
+	Elapsed time.Duration `json:"elapsed_ns"`
+	Machine Machine       `json:"machine"`
+	Setup   Setup         `json:"setup"`
+
+	Cells     []Cell        `json:"cells,omitempty"`
+	Large     []LargeRow    `json:"large,omitempty"`
+	Idle      []IdleRow     `json:"idle,omitempty"`
+	Lossy     *LossyReport  `json:"lossy,omitempty"`
+	Targets   []TargetCheck `json:"targets,omitempty"`
+	Errors    []string      `json:"errors,omitempty"`
+	Processes []string      `json:"process_notes,omitempty"`
+}
+
+// Setup records how the figures were taken.
+type Setup struct {
+	Sections     []string      `json:"sections"`
+	Sessions     []int         `json:"sessions,omitempty"`
+	Paths        []string      `json:"paths,omitempty"`
+	Duration     time.Duration `json:"duration_ns,omitempty"`
+	Warmup       time.Duration `json:"warmup_ns,omitempty"`
+	PayloadBytes int           `json:"payload_bytes,omitempty"`
+	Era          string        `json:"era,omitempty"`
+	Generator    string        `json:"generator"`
+	CPUSource    string        `json:"cpu_source"`
+}
+
+func (r *Report) fail(format string, args ...any) {
+	r.Errors = append(r.Errors, fmt.Sprintf(format, args...))
+}
+
+// Run performs the sections o selects and returns their figures. A
+// section that cannot run is recorded in Report.Errors and the others
+// still run; Run itself fails only on invalid options.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if o.Era == "" {
+		o.Era = loadgen.EraSessions
+	}
+	rep := &Report{
+		Started: time.Now(),
+		Machine: readMachine(hostProc),
+		Setup: Setup{
+			Sections: o.Sections, Sessions: o.Sessions, Paths: o.Paths,
+			Duration: o.Duration, Warmup: o.Warmup, PayloadBytes: o.PayloadBytes, Era: o.Era,
+			Generator: "loadgen.Run inside the benchmatrix process; relay, agent and fixture are separate processes",
+			CPUSource: "sum of /proc/PID/task/*/schedstat run time (ns) over the measured phase only; /proc/PID/stat utime+stime if threads exited",
+		},
+	}
+	has := func(s string) bool { return slices.Contains(o.Sections, s) }
+	if has(SectionMatrix) || has(SectionLarge) {
+		runTunnels(ctx, log, o, rep)
+	}
+	if has(SectionIdle) && ctx.Err() == nil {
+		runIdleSection(ctx, log, o, rep)
+	}
+	if has(SectionLossy) && ctx.Err() == nil {
+		rep.Lossy = runLossy(ctx, log, lossyDir(o.OutDir), o.Mcptun, o.Fixture, o.Lossy)
+		if rep.Lossy.Error != "" {
+			rep.fail("lossy: %s", rep.Lossy.Error)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		rep.fail("interrupted: %v", err)
+	}
+	rep.Targets = checkTargets(rep)
+	rep.Elapsed = time.Since(rep.Started)
+	return rep, nil
+}
+
+func (o *Options) validate() error {
+	switch {
+	case o.Mcptun == "" || o.Fixture == "":
+		return errors.New("benchmatrix: the mcptun and fixture binaries are required")
+	case o.OutDir == "":
+		return errors.New("benchmatrix: an output directory is required")
+	case len(o.Sections) == 0:
+		return errors.New("benchmatrix: no section selected")
+	}
+	for _, s := range o.Sections {
+		if !slices.Contains(AllSections, s) {
+			return fmt.Errorf("benchmatrix: unknown section %q (known: %v)", s, AllSections)
+		}
+	}
+	if slices.Contains(o.Sections, SectionMatrix) {
+		if len(o.Sessions) == 0 || len(o.Paths) == 0 {
+			return errNoCells
+		}
+		for _, n := range o.Sessions {
+			if n <= 0 {
+				return fmt.Errorf("benchmatrix: session count %d must be positive", n)
+			}
+		}
+		if o.Duration <= 0 {
+			return fmt.Errorf("benchmatrix: duration %s must be positive", o.Duration)
+		}
+		if o.Warmup < 0 {
+			return fmt.Errorf("benchmatrix: warm-up %s is negative", o.Warmup)
+		}
+	}
+	if err := validatePaths(o.Paths); err != nil {
+		return err
+	}
+	if err := validatePaths(o.LargePaths); err != nil {
+		return err
+	}
+	if slices.Contains(o.Sections, SectionLarge) && (o.LargeBytes <= 0 || o.LargeReps <= 0 || len(o.LargePaths) == 0) {
+		return errors.New("benchmatrix: the large section needs a size, a repetition count and paths")
+	}
+	if slices.Contains(o.Sections, SectionLossy) {
+		l := o.Lossy
+		switch {
+		case l.Netns == "":
+			return errors.New("benchmatrix: the lossy section needs a namespace name")
+		case l.Link.Loss < 0 || l.Link.Loss >= 1:
+			return fmt.Errorf("benchmatrix: loss %g must be in [0,1)", l.Link.Loss)
+		case l.Link.Delay < 0:
+			return fmt.Errorf("benchmatrix: delay %s is negative", l.Link.Delay)
+		case l.Sessions <= 0 || l.Duration <= 0 || l.BulkBytes <= 0:
+			return errors.New("benchmatrix: the lossy section needs sessions, a duration and a bulk size")
+		}
+	}
+	return os.MkdirAll(o.OutDir, 0o755)
+}
+
+// runTunnels deploys fixture, relay and one agent per tunnel variant and
+// runs the matrix and the large-result rows against them.
+func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
+	ws, err := newWorkspace(filepath.Join(o.OutDir, "matrix"), o.Mcptun, o.Fixture)
+	if err != nil {
+		rep.fail("matrix: %v", err)
+		return
+	}
+	fx, err := ws.startFixture(ctx, "")
+	if err != nil {
+		rep.fail("matrix: fixture: %v", err)
+		return
+	}
+	defer stopLogged(log, fx.process)
+
+	var paths []string
+	if slices.Contains(o.Sections, SectionMatrix) {
+		paths = append(paths, o.Paths...)
+	}
+	if slices.Contains(o.Sections, SectionLarge) {
+		paths = append(paths, o.LargePaths...)
+	}
+	specs := agentSpecs(paths)
+	var watched []*process
+	targets := map[string]target{
+		PathDirect: {Path: PathDirect, URL: fx.URL, roles: []role{{roleServer, pidsOf(fx.Pid())}}},
+	}
+	if len(specs) > 0 {
+		relay, err := ws.startRelay(ctx, "127.0.0.1:0", specs)
+		if err != nil {
+			rep.fail("matrix: relay: %v", err)
+			return
+		}
+		defer stopLogged(log, relay.process)
+		watched = append(watched, relay.process)
+		for _, spec := range specs {
+			ag, err := ws.startAgent(ctx, relay, relay.TunnelAddr, spec, fx.URL, "")
+			if err != nil {
+				rep.fail("matrix: %v", err)
+				continue
+			}
+			defer stopLogged(log, ag.process)
+			watched = append(watched, ag.process)
+			pp := map[string]string{}
+			if relay.Pprof != "" {
+				pp[roleRelay] = relay.Pprof
+			}
+			if ag.Pprof != "" {
+				pp[roleAgent] = ag.Pprof
+			}
+			tunnelRoles := func(server role) []role {
+				return []role{{roleRelay, pidsOf(relay.Pid())}, {roleAgent, pidsOf(ag.Pid())}, server}
+			}
+			base := relay.HTTPURL + "/" + spec.Name + "/"
+			targets[spec.Name] = target{Path: spec.Name, URL: base + serverHTTP + "/mcp", Token: ws.clientToken,
+				roles: tunnelRoles(role{roleServer, pidsOf(fx.Pid())}), pprof: pp}
+			if spec.Name == PathQUIC {
+				targets[PathStdio] = target{Path: PathStdio, URL: base + serverStdio + "/mcp", Token: ws.clientToken,
+					roles: tunnelRoles(role{roleServer, childrenOf(hostProc, ag.Pid())}), pprof: pp}
+			}
+		}
+	}
+
+	// A relay or agent that dies during the run invalidates its figures.
+	// Deferred after the stops, so it runs before them.
+	defer func() {
+		for _, p := range watched {
+			if dead, err := p.Exited(); dead {
+				rep.fail("%s exited during the run: %v\n%s", p.name, err, p.Output())
+			}
+		}
+	}()
+
+	if slices.Contains(o.Sections, SectionMatrix) {
+		cc := cellConfig{Duration: o.Duration, Warmup: o.Warmup, PayloadBytes: o.PayloadBytes, Era: o.Era, ProfileDir: o.ProfileDir}
+		if cc.ProfileDir != "" {
+			if err := os.MkdirAll(cc.ProfileDir, 0o755); err != nil {
+				rep.fail("profiles: %v", err)
+				cc.ProfileDir = ""
+			}
+		}
+		for _, n := range o.Sessions {
+			for _, p := range o.Paths {
+				if ctx.Err() != nil {
+					return
+				}
+				tgt, ok := targets[p]
+				if !ok {
+					rep.Cells = append(rep.Cells, Cell{Path: p, Sessions: n, Error: "not deployed (see errors)"})
+					continue
+				}
+				c := runCell(ctx, hostProc, tgt, n, cc)
+				log.Info("cell", "path", p, "sessions", n, "rps", fmt.Sprintf("%.0f", c.Load.RPS), "p50", c.Load.P50,
+					"p99", c.Load.P99, "errors", c.Load.Errors, "relay+agent_us", fmt.Sprintf("%.1f", c.RelayAgentUS()),
+					"other_busy_pct", fmt.Sprintf("%.0f", c.OtherBusyPct), "err", c.Error)
+				rep.Cells = append(rep.Cells, c)
+			}
+		}
+	}
+	if slices.Contains(o.Sections, SectionLarge) {
+		for _, p := range o.LargePaths {
+			if ctx.Err() != nil {
+				return
+			}
+			tgt, ok := targets[p]
+			if !ok {
+				rep.Large = append(rep.Large, LargeRow{Path: p, Bytes: o.LargeBytes, Error: "not deployed (see errors)"})
+				continue
+			}
+			row := runLarge(ctx, hostProc, tgt, o.LargeBytes, o.LargeReps)
+			log.Info("large", "path", p, "median", row.Median, "MiBps", fmt.Sprintf("%.0f", row.MiBps), "err", row.Error)
+			rep.Large = append(rep.Large, row)
+		}
+	}
+}
+
+// runIdleSection measures memory per idle session on a fresh relay and
+// agent (a relay that has just served the matrix has freed memory to
+// reuse, which would hide what sessions cost).
+func runIdleSection(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
+	ws, err := newWorkspace(filepath.Join(o.OutDir, "idle"), o.Mcptun, o.Fixture)
+	if err != nil {
+		rep.fail("idle: %v", err)
+		return
+	}
+	fx, err := ws.startFixture(ctx, "")
+	if err != nil {
+		rep.fail("idle: fixture: %v", err)
+		return
+	}
+	defer stopLogged(log, fx.process)
+	specs := agentSpecs([]string{PathQUIC})
+	relay, err := ws.startRelay(ctx, "127.0.0.1:0", specs)
+	if err != nil {
+		rep.fail("idle: relay: %v", err)
+		return
+	}
+	defer stopLogged(log, relay.process)
+	ag, err := ws.startAgent(ctx, relay, relay.TunnelAddr, specs[0], fx.URL, "")
+	if err != nil {
+		rep.fail("idle: %v", err)
+		return
+	}
+	defer stopLogged(log, ag.process)
+
+	// Connections of the POSTs are not kept: an idle session then holds a
+	// connection only through its GET stream.
+	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true, DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr}
+	base := relay.HTTPURL + "/" + specs[0].Name + "/"
+	httpC := &mcpClient{hc: hc, url: base + serverHTTP + "/mcp", token: ws.clientToken}
+	stdioC := &mcpClient{hc: hc, url: base + serverStdio + "/mcp", token: ws.clientToken}
+	fixtureC := &mcpClient{hc: hc, url: fx.URL}
+
+	// Warm up both paths so that pools and lazily made structures exist
+	// before the baseline.
+	for _, c := range []*mcpClient{httpC, stdioC} {
+		w := openIdle(ctx, c, 4, c == httpC, fixtureC)
+		for _, h := range w.streams {
+			h.Close()
+		}
+		for _, s := range w.sessions {
+			c.end(ctx, s)
+		}
+		if w.first != nil {
+			rep.fail("idle: warm-up: %v", w.first)
+			return
+		}
+	}
+
+	measure := func() (r, a memFigures, err error) {
+		if r, err = measureMem(ctx, hostProc, relay.Pid(), relay.Pprof); err != nil {
+			return r, a, fmt.Errorf("relay memory: %w", err)
+		}
+		if a, err = measureMem(ctx, hostProc, ag.Pid(), ag.Pprof); err != nil {
+			return r, a, fmt.Errorf("agent memory: %w", err)
+		}
+		return r, a, nil
+	}
+	rBase, aBase, err := measure()
+	if err != nil {
+		rep.fail("idle: %v", err)
+		return
+	}
+
+	var held []*heldStream
+	defer func() {
+		for _, h := range held {
+			h.Close()
+		}
+	}()
+	phase := func(label string, c *mcpClient, n int, stream, children bool) bool {
+		if n <= 0 {
+			return true
+		}
+		row := IdleRow{Label: label, Sessions: n}
+		childBefore, _ := childMem(hostProc, ag.Pid())
+		t0 := time.Now()
+		res := openIdle(ctx, c, n, stream, fixtureC)
+		held = append(held, res.streams...)
+		row.OpenSeconds = time.Since(t0).Seconds()
+		row.Opened, row.Errors, row.HeadersAtOnce = len(res.sessions), res.errs, res.headersAtOnce
+		if stream {
+			row.Opened = len(res.streams)
+		}
+		if res.first != nil {
+			row.FirstError = res.first.Error()
+		}
+		rAfter, aAfter, err := measure()
+		if err != nil {
+			rep.fail("idle: %s: %v", label, err)
+			return false
+		}
+		row.Relay = newIdleMem(rBase, rAfter, row.Opened)
+		row.Agent = newIdleMem(aBase, aAfter, row.Opened)
+		if children && row.Opened > 0 {
+			childAfter, _ := childMem(hostProc, ag.Pid())
+			row.ChildRSSPerSession = float64(childAfter.RSS-childBefore.RSS) / float64(row.Opened)
+			row.ChildPSSPerSession = float64(childAfter.PSS-childBefore.PSS) / float64(row.Opened)
+		}
+		rBase, aBase = rAfter, aAfter
+		log.Info("idle", "phase", label, "opened", row.Opened, "errors", row.Errors,
+			"relay_rss_per_session", fmtBytes(row.Relay.RSSPerSession), "agent_rss_per_session", fmtBytes(row.Agent.RSSPerSession))
+		rep.Idle = append(rep.Idle, row)
+		return ctx.Err() == nil
+	}
+	// The stdio phase comes first: memory freed by the others would be
+	// reused by it and hide its cost.
+	_ = phase("stdio upstream, initialize only", stdioC, o.IdleStdio, false, true) &&
+		phase("HTTP upstream, initialize only", httpC, o.IdleSessions, false, false) &&
+		phase("HTTP upstream, initialize + open GET stream", httpC, o.IdleStreams, true, false)
+}

@@ -1,0 +1,168 @@
+package benchmatrix
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mcptun/mcptun/internal/mcptest"
+)
+
+func TestOptionsValidate(t *testing.T) {
+	good := func() Options {
+		return Options{Mcptun: "m", Fixture: "f", OutDir: t.TempDir(), Sections: []string{SectionMatrix},
+			Sessions: []int{1}, Paths: []string{PathDirect}, Duration: time.Second}
+	}
+	for _, tc := range []struct {
+		name    string
+		mod     func(*Options)
+		wantErr string
+	}{
+		{"valid", func(*Options) {}, ""},
+		{"no binaries", func(o *Options) { o.Mcptun = "" }, "binaries are required"},
+		{"no out dir", func(o *Options) { o.OutDir = "" }, "output directory"},
+		{"no sections", func(o *Options) { o.Sections = nil }, "no section"},
+		{"unknown section", func(o *Options) { o.Sections = []string{"speed"} }, `unknown section "speed"`},
+		{"unknown path", func(o *Options) { o.Paths = []string{"udp"} }, `unknown path "udp"`},
+		{"no sessions", func(o *Options) { o.Sessions = nil }, "no paths or session counts"},
+		{"zero sessions", func(o *Options) { o.Sessions = []int{0} }, "must be positive"},
+		{"zero duration", func(o *Options) { o.Duration = 0 }, "duration"},
+		{"negative warm-up", func(o *Options) { o.Warmup = -time.Second }, "warm-up"},
+		{"large without size", func(o *Options) { o.Sections = []string{SectionLarge} }, "large section"},
+		{"lossy without namespace", func(o *Options) { o.Sections = []string{SectionLossy} }, "namespace"},
+		{"lossy with loss 1", func(o *Options) {
+			o.Sections = []string{SectionLossy}
+			o.Lossy = LossyOptions{Netns: "x", Link: LinkConfig{Loss: 1}, Sessions: 1, Duration: time.Second, BulkBytes: 1}
+		}, "loss"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := good()
+			tc.mod(&o)
+			err := o.validate()
+			if tc.wantErr == "" {
+				assert.NoError(t, err)
+				return
+			}
+			assert.ErrorContains(t, err, tc.wantErr)
+		})
+	}
+}
+
+// runCell against a real MCP server in this process: the measured window
+// spans the measured phase, and CPU per request is accounted.
+func TestRunCellWindow(t *testing.T) {
+	hs, err := mcptest.StartHTTP("127.0.0.1:0", mcptest.HTTPConfig{})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, hs.Close()) }()
+
+	tgt := target{Path: PathDirect, URL: hs.URL}
+	cc := cellConfig{Duration: 400 * time.Millisecond, Warmup: 200 * time.Millisecond, PayloadBytes: 16}
+	c := runCell(context.Background(), hostProc, tgt, 2, cc)
+	require.Empty(t, c.Error)
+	require.Positive(t, c.Load.Requests)
+	assert.Zero(t, c.Load.Errors)
+	assert.Positive(t, c.Load.WarmupRequests, "warm-up requests are left out")
+	assert.InDelta(t, cc.Duration.Seconds(), c.WindowSeconds, 0.05, "the window is the measured phase")
+	assert.Positive(t, c.CPUPerRequest[roleGenerator], "this process did the work")
+	_, hasRelay := c.CPUPerRequest[roleRelay]
+	assert.False(t, hasRelay)
+	assert.Equal(t, -1.0, c.RelayAgentUS())
+
+	// A target that refuses: the cell reports the error, the window ends.
+	bad := runCell(context.Background(), hostProc, target{Path: PathQUIC, URL: hs.URL + "/nowhere"}, 1, cc)
+	assert.NotEmpty(t, bad.Error)
+	assert.Zero(t, bad.WindowSeconds)
+}
+
+// buildBinaries builds mcptun and the fixture for the end-to-end test.
+func buildBinaries(t *testing.T) (mcptun, fixture string) {
+	t.Helper()
+	dir := t.TempDir()
+	mcptun, fixture = filepath.Join(dir, "mcptun"), filepath.Join(dir, "mcptest-server")
+	for _, b := range [][2]string{{mcptun, "github.com/mcptun/mcptun/cmd/mcptun"}, {fixture, "github.com/mcptun/mcptun/internal/mcptest/cmd/mcptest-server"}} {
+		out, err := exec.Command("go", "build", "-o", b[0], b[1]).CombinedOutput()
+		require.NoError(t, err, "build %s: %s", b[1], out)
+	}
+	return mcptun, fixture
+}
+
+// A small run of every section but the lossy one, against the real
+// binaries as separate processes.
+func TestRunEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binaries")
+	}
+	mcptun, fixture := buildBinaries(t)
+	out := t.TempDir()
+	rep, err := Run(context.Background(), Options{
+		Mcptun: mcptun, Fixture: fixture, OutDir: out,
+		Sections: []string{SectionMatrix, SectionLarge, SectionIdle},
+		Sessions: []int{2}, Paths: []string{PathDirect, PathQUIC, PathTCP, PathStdio},
+		Duration: 500 * time.Millisecond, Warmup: 200 * time.Millisecond, PayloadBytes: 32,
+		LargeBytes: 1 << 20, LargeReps: 1, LargePaths: []string{PathDirect, PathQUIC},
+		IdleSessions: 20, IdleStreams: 20, IdleStdio: 3,
+	})
+	require.NoError(t, err)
+	require.Empty(t, rep.Errors)
+
+	require.Len(t, rep.Cells, 4)
+	for _, c := range rep.Cells {
+		assert.Empty(t, c.Error, c.Path)
+		assert.Positive(t, c.Load.Requests, c.Path)
+		assert.Zero(t, c.Load.Errors, c.Path)
+		assert.Positive(t, c.CPUPerRequest[roleServer], "%s: server CPU", c.Path)
+		if c.Path == PathDirect {
+			assert.Equal(t, -1.0, c.RelayAgentUS())
+			continue
+		}
+		assert.Positive(t, c.CPUPerRequest[roleRelay], "%s: relay CPU", c.Path)
+		assert.Positive(t, c.CPUPerRequest[roleAgent], "%s: agent CPU", c.Path)
+	}
+	require.Len(t, rep.Large, 2)
+	for _, l := range rep.Large {
+		assert.Empty(t, l.Error, l.Path)
+		assert.Positive(t, l.Median, l.Path)
+	}
+	require.Len(t, rep.Idle, 3)
+	for _, row := range rep.Idle {
+		assert.Equal(t, row.Sessions, row.Opened, "%s: %s", row.Label, row.FirstError)
+		require.NotNil(t, row.Relay)
+		assert.True(t, row.Relay.After.Runtime, "relay runtime figures through pprof")
+	}
+	assert.Positive(t, rep.Idle[2].Relay.GoroutinesPerSession, "a held GET stream costs the relay goroutines")
+	assert.NotEmpty(t, rep.Targets)
+
+	var md bytes.Buffer
+	require.NoError(t, rep.WriteMarkdown(&md))
+	assert.Contains(t, md.String(), "| 2 | quic |")
+
+	// Every process the run started is gone, and so are their children.
+	assert.Empty(t, childrenOf(hostProc, os.Getpid())())
+	logs, err := filepath.Glob(filepath.Join(out, "*", "logs", "*.log"))
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, len(logs), 6)
+}
+
+// Configs name files by absolute path: the agent resolves a relative
+// token_file against its config's directory, not the working directory.
+func TestWorkspacePathsAreAbsolute(t *testing.T) {
+	t.Chdir(t.TempDir())
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	ws, err := newWorkspace(filepath.Join("out", "matrix"), exe, exe)
+	require.NoError(t, err)
+	for _, p := range []string{ws.dir, ws.mcptun, ws.fixture} {
+		assert.True(t, filepath.IsAbs(p), p)
+	}
+	_, err = os.Stat(filepath.Join(ws.dir, "relay.crt"))
+	assert.NoError(t, err)
+	_, err = newWorkspace("out", filepath.Join("no", "such", "binary"), exe)
+	assert.ErrorContains(t, err, "binary")
+}
