@@ -396,6 +396,11 @@ func (f *Forwarder) copyResponse(ctx context.Context, w http.ResponseWriter, c *
 	}
 	w.WriteHeader(resp.StatusCode)
 	streaming := resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	if fl, ok := w.(flusher); ok && streaming {
+		// The head of a stream goes out at once: a client waiting on an
+		// idle SSE stream must not wait for its first event to see it.
+		fl.Flush()
+	}
 	err := copyBody(w, resp.Body, streaming)
 	_ = resp.Body.Close()
 	if !stop() || err != nil || resp.Close || r.Close {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -137,6 +138,14 @@ func TestSSEFlushedEventByEvent(t *testing.T) {
 	next := make(chan struct{})
 	r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		// The client sees the head before any event exists.
+		select {
+		case <-next:
+		case <-req.Context().Done():
+			return
+		}
 		for i := 0; i < 3; i++ {
 			fmt.Fprintf(w, "data: %d\n\n", i)
 			w.(http.Flusher).Flush()
@@ -147,9 +156,15 @@ func TestSSEFlushedEventByEvent(t *testing.T) {
 			}
 		}
 	}), Request{})
-	resp, err := http.Get(r.front.URL)
-	require.NoError(t, err)
+	// A bounded wait: without the early flush the head never comes.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.front.URL, nil)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err, "the stream's head arrives before its first event")
 	defer resp.Body.Close()
+	require.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
+	next <- struct{}{}
 	br := bufio.NewReader(resp.Body)
 	for i := 0; i < 3; i++ {
 		line, err := br.ReadString('\n')
