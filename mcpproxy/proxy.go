@@ -9,23 +9,26 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
 // httpServer reverse-proxies a server's endpoint to its Streamable HTTP
 // upstream. The exchange passes through unchanged (status, headers, body,
-// streaming) except for the headers named in rewrite.
+// streaming) except for the headers named in requestFor. It uses the same
+// lean forwarder as the relay (internal/httpfwd): no per-connection
+// goroutines, pooled buffers, whole request bodies sent before the answer is
+// read.
 type httpServer struct {
 	name    string
 	log     *slog.Logger
 	target  *url.URL
 	headers http.Header
-	tr      *http.Transport
-	rp      *httputil.ReverseProxy
+	fwd     *httpfwd.Forwarder
 }
 
 func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
@@ -42,64 +45,73 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 	for k, v := range sc.Headers {
 		p.headers.Set(k, v)
 	}
-	p.tr = &http.Transport{
-		// Internal servers are reached directly: an HTTP_PROXY meant for the
-		// agent's own outbound traffic must not see them.
-		Proxy:                 nil,
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          100,
-		MaxIdleConnsPerHost:   32,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
+	addr := target.Host
+	if target.Port() == "" {
+		port := "80"
+		if target.Scheme == "https" {
+			port = "443"
+		}
+		addr = net.JoinHostPort(target.Hostname(), port)
 	}
-	p.rp = &httputil.ReverseProxy{
-		Rewrite:      p.rewrite,
-		Transport:    p.tr,
-		ErrorHandler: p.errorHandler,
-		ErrorLog:     slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
-		// FlushInterval 0: ReverseProxy already flushes text/event-stream
-		// and bodies of unknown length at once; -1 would split every JSON
-		// answer into two writes.
+	// Internal servers are reached directly: an HTTP_PROXY meant for the
+	// agent's own outbound traffic never sees them.
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	dial := func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) }
+	if target.Scheme == "https" {
+		tlsDialer := &tls.Dialer{NetDialer: dialer, Config: &tls.Config{
+			ServerName: target.Hostname(),
+			NextProtos: []string{"http/1.1"},
+			MinVersion: tls.VersionTLS12,
+		}}
+		dial = func(ctx context.Context) (net.Conn, error) { return tlsDialer.DialContext(ctx, "tcp", addr) }
 	}
+	// Many servers (Node's among them, after 5 s) close idle connections;
+	// a short idle limit keeps us from picking one they are closing.
+	p.fwd = httpfwd.New(dial, httpfwd.Options{MaxIdle: 256, IdleTimeout: 4 * time.Second})
 	return p, nil
 }
 
 func (p *httpServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p.rp.ServeHTTP(w, r)
+	err := p.fwd.Forward(w, r, p.requestFor(r))
+	if err == nil {
+		return
+	}
+	var ue *httpfwd.UpstreamError
+	if errors.As(err, &ue) {
+		p.errorHandler(w, r, err)
+		return
+	}
+	// The answer had begun; it is cut short.
+	p.log.Debug("upstream exchange cut short", "err", err)
 }
 
-func (p *httpServer) rewrite(pr *httputil.ProxyRequest) {
-	out := pr.Out
-	out.URL.Scheme = p.target.Scheme
-	out.URL.Host = p.target.Host
-	out.URL.Path = p.target.Path
-	out.URL.RawPath = p.target.RawPath
-	if out.URL.Path == "" {
-		out.URL.Path = "/"
+// requestFor says what goes upstream: the configured URL's path, the
+// client's query appended to the URL's own, the upstream's own Host, and the
+// configured headers in place of the client's credentials and every
+// relay-internal X-Mcptun-* header (the relay strips the client's
+// Authorization already; this is the agent not trusting that).
+func (p *httpServer) requestFor(r *http.Request) httpfwd.Request {
+	path := p.target.EscapedPath()
+	if path == "" {
+		path = "/"
 	}
-	switch q := pr.In.URL.RawQuery; {
+	switch q := r.URL.RawQuery; {
 	case p.target.RawQuery == "":
-		out.URL.RawQuery = q
+		if q != "" {
+			path += "?" + q
+		}
 	case q == "":
-		out.URL.RawQuery = p.target.RawQuery
+		path += "?" + p.target.RawQuery
 	default:
-		out.URL.RawQuery = p.target.RawQuery + "&" + q
+		path += "?" + p.target.RawQuery + "&" + q
 	}
-	out.Host = "" // the upstream's own host, from out.URL
-	for k := range out.Header {
-		// Relay-internal headers and the client's credentials stay on our
-		// side: the upstream gets only the Authorization its config gives
-		// it. (The relay already strips the client's; this is the agent not
-		// trusting that.)
-		if len(k) >= 9 && strings.EqualFold(k[:9], "X-Mcptun-") || strings.EqualFold(k, "Authorization") {
-			delete(out.Header, k)
+	del := []string{"Authorization"}
+	for k := range r.Header {
+		if len(k) >= 9 && strings.EqualFold(k[:9], "X-Mcptun-") {
+			del = append(del, k)
 		}
 	}
-	for k, v := range p.headers {
-		out.Header[k] = v
-	}
+	return httpfwd.Request{Host: p.target.Host, RequestURI: path, SetHeader: p.headers, DelHeader: del}
 }
 
 func (p *httpServer) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
@@ -141,5 +153,5 @@ func upstreamReason(err error) string {
 }
 
 func (p *httpServer) close() {
-	p.tr.CloseIdleConnections()
+	p.fwd.Close()
 }

@@ -5,6 +5,8 @@ package mcpproxy
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -177,5 +179,43 @@ func TestHTTPUpstreamUnreachable(t *testing.T) {
 	}
 	if b.logs.find("upstream exchange failed", addr) == "" {
 		t.Fatal("the failure with its address is not in the agent's log")
+	}
+}
+
+// TestHTTPUpstreamAnswersBeforeBodyEOF: an upstream that answers (an SSE
+// head) right after the last byte of the request body, and finishes only
+// once the proxy is done with the client's body, must not cost the client
+// its answer. (With http.Transport this cut streams off: net/http's server
+// drained the body under the transport when the head was written.)
+func TestHTTPUpstreamAnswersBeforeBodyEOF(t *testing.T) {
+	const body = `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow"}}`
+	finish := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, err := io.ReadAll(io.LimitReader(r.Body, int64(len(body))))
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		_ = http.NewResponseController(w).Flush()
+		<-finish
+		fmt.Fprintf(w, "event: message\ndata: {\"got\":%d,\"err\":%q}\n\n", len(got), fmt.Sprint(err))
+	}))
+	t.Cleanup(up.Close)
+	b := newBridge(t, Options{}, ServerConfig{Name: "up", URL: up.URL + "/mcp"})
+
+	srv := httptest.NewServer(b.h)
+	t.Cleanup(srv.Close)
+	req, err := http.NewRequest(http.MethodPost, srv.URL+"/up/mcp", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The client has the head while the upstream is still answering.
+	close(finish)
+	got := readBody(t, resp)
+	if want := fmt.Sprintf(`data: {"got":%d,"err":"<nil>"}`, len(body)); !strings.Contains(got, want) {
+		t.Fatalf("answer %q, want it to contain %q", got, want)
 	}
 }
