@@ -66,14 +66,18 @@ func New(dial DialFunc, o Options) *Forwarder {
 type conn struct {
 	net.Conn
 	br       *bufio.Reader
-	bw       *bufio.Writer
 	idleFrom time.Time
 }
 
 var (
-	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 8<<10) }}
-	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
-	copyPool   = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+	// A connection holds only its reader between exchanges and while a
+	// stream is open (an idle SSE stream costs its 4 KiB, not more); the
+	// writer and copy buffers are taken per exchange. Streams copy through
+	// a small buffer: events are small, and big ones just take more reads.
+	readerPool     = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writerPool     = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+	copyPool       = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+	streamCopyPool = sync.Pool{New: func() any { b := make([]byte, 2<<10); return &b }}
 )
 
 func (c *conn) close() {
@@ -81,9 +85,7 @@ func (c *conn) close() {
 	if c.br != nil {
 		c.br.Reset(nil)
 		readerPool.Put(c.br)
-		c.bw.Reset(nil)
-		writerPool.Put(c.bw)
-		c.br, c.bw = nil, nil
+		c.br = nil
 	}
 }
 
@@ -183,9 +185,7 @@ func (f *Forwarder) get(ctx context.Context) (*conn, bool, error) {
 	}
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(nc)
-	bw := writerPool.Get().(*bufio.Writer)
-	bw.Reset(nc)
-	return &conn{Conn: nc, br: br, bw: bw}, false, nil
+	return &conn{Conn: nc, br: br}, false, nil
 }
 
 func (f *Forwarder) put(c *conn) {
@@ -282,7 +282,9 @@ func (f *Forwarder) roundTrip(ctx context.Context, c *conn, r *http.Request, out
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	bw := c.bw
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(c.Conn)
+	defer func() { bw.Reset(nil); writerPool.Put(bw) }()
 	bw.WriteString(r.Method)
 	bw.WriteByte(' ')
 	bw.WriteString(out.RequestURI)
@@ -416,14 +418,16 @@ func (f *Forwarder) copyResponse(ctx context.Context, w http.ResponseWriter, c *
 type flusher interface{ Flush() }
 
 func copyBody(w http.ResponseWriter, body io.Reader, streaming bool) error {
-	bp := copyPool.Get().(*[]byte)
-	defer copyPool.Put(bp)
-	buf := *bp
 	fl, _ := w.(flusher)
 	if !streaming || fl == nil {
-		_, err := io.CopyBuffer(writerOnly{w}, body, buf)
+		bp := copyPool.Get().(*[]byte)
+		defer copyPool.Put(bp)
+		_, err := io.CopyBuffer(writerOnly{w}, body, *bp)
 		return err
 	}
+	bp := streamCopyPool.Get().(*[]byte)
+	defer streamCopyPool.Put(bp)
+	buf := *bp
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
