@@ -425,16 +425,31 @@ func copyBody(w http.ResponseWriter, body io.Reader, streaming bool) error {
 		_, err := io.CopyBuffer(writerOnly{w}, body, *bp)
 		return err
 	}
+	// A stream starts with a small buffer (an idle SSE stream holds only
+	// that) and moves to the big one once a read fills it: a large event
+	// or a burst is under way.
 	bp := streamCopyPool.Get().(*[]byte)
-	defer streamCopyPool.Put(bp)
+	defer func() { streamCopyPool.Put(bp) }()
 	buf := *bp
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			copyPool.Put(big)
+		}
+	}()
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
 				return err
 			}
+			// Every read is flushed: holding back bytes that are "about
+			// to be followed" risks an event waiting for the next one.
 			fl.Flush()
+			if n == len(buf) && big == nil {
+				big = copyPool.Get().(*[]byte)
+				buf = *big
+			}
 		}
 		if rerr == io.EOF {
 			return nil
