@@ -15,6 +15,9 @@
 // set. No HTTP proxy from the environment is used. An unreachable upstream
 // gets 502 with a JSON-RPC error naming the kind of failure (not the
 // internal address, which stays in the agent's log).
+// Request bodies are forwarded in full duplex: an upstream may start its
+// answer (an SSE head) before it has the whole body, and net/http's server
+// would otherwise drain the body under the transport and cut the answer.
 //
 // # Stdio servers (ServerConfig.Command)
 //
@@ -58,14 +61,21 @@
 //
 //   - Answers. A POST of a notification or response is written to stdin
 //     and answered 202. A POST of a request is answered with
-//     application/json if the child's response is the first message for it;
-//     if a notification or request comes first, the answer switches to
+//     application/json if the child's response is the first message for it
+//     (and the client does not prefer SSE: its Accept ranks
+//     text/event-stream above application/json by q-value, or equally but
+//     first, as the conformance suite's raw requests do); otherwise, or as
+//     soon as a notification or request comes first, the answer is
 //     text/event-stream and carries every message for the request, each
 //     flushed, until the response ends the stream.
 //
 //   - Routing from the child. A response goes to the POST that carried the
 //     request. notifications/progress goes to the stream of the request
-//     whose params._meta.progressToken it names. Any other notification or
+//     whose params._meta.progressToken it names. A notification whose
+//     params._meta["io.modelcontextprotocol/subscriptionId"] names a
+//     subscriptions/listen request in flight goes to that request's stream,
+//     with the client's id put back there (and in the listen result's
+//     _meta). Any other notification or
 //     request of the child (sampling/createMessage, elicitation/create,
 //     roots/list, ping, logging...) goes to the most recent request in
 //     flight whose client is connected; with none, to the standalone GET
@@ -107,11 +117,22 @@
 // above, without priming (these streams are not resumable); a JSON error
 // gets the era's status (404 for -32601, 400 for -32600, -32602, -32700,
 // -32020 to -32022). Closing a POST's stream before its response cancels
-// the request: the child gets notifications/cancelled. A notification of
-// the child that names no request (anything but progress) is dropped, as
-// guessing a recipient could hand one client's messages to another, and a
-// request of the child is refused with -32601. GET and DELETE are 405.
+// the request: the child gets notifications/cancelled (and its late answer
+// is dropped quietly). subscriptions/listen is such a long POST stream,
+// carrying the notifications the child tags with its id, with keep-alive
+// comments while idle. A notification of the child that names no request
+// (neither a progress token nor a subscription id: an untagged log message,
+// say) is dropped, as guessing a recipient could hand one client's messages
+// to another, and a request of the child is refused with -32601. GET and
+// DELETE are 405.
 //
-// Origin checks, client authentication and rate limits are the relay's
-// (and the agent's wiring's) business, not this package's.
+// # Origin and Host
+//
+// The stdio bridge refuses (403) a request whose Origin is present and
+// neither loopback nor in Options.AllowedOrigins, and, when
+// Options.AllowedHosts is set, one whose Host is neither loopback nor
+// listed: DNS-rebinding defence that does not rely on the relay's own check.
+// URL servers see the client's Origin (the Host they get is their own) and
+// apply their own policy. Client authentication and rate limits are the
+// relay's (and the agent's wiring's) business, not this package's.
 package mcpproxy

@@ -55,6 +55,17 @@ type Options struct {
 	// closed and it got SIGTERM, before its process group gets SIGKILL.
 	// Default 2 s.
 	KillGrace time.Duration
+	// AllowedOrigins lists the browser origins (scheme://host[:port]) the
+	// stdio bridge accepts besides loopback ones; "*" accepts any. A
+	// request with another Origin gets 403: DNS-rebinding defence that
+	// does not rely on the relay having checked. Requests without Origin
+	// (non-browser clients) pass. URL servers see the client's Origin and
+	// decide for themselves.
+	AllowedOrigins []string
+	// AllowedHosts, if set, lists the Host header values (host names, any
+	// port) the stdio bridge accepts besides loopback ones; others get 403.
+	// Behind the relay the Host is the agent's name.
+	AllowedHosts []string
 }
 
 const (
@@ -75,6 +86,7 @@ type Handler struct {
 	log     *slog.Logger
 	opts    Options
 	servers map[string]http.Handler
+	guard   *originGuard
 	stdio   []*stdioServer
 	proxies []*httpServer
 
@@ -110,6 +122,11 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 	if len(servers) == 0 {
 		return nil, errors.New("mcpproxy: no servers configured")
 	}
+	guard, err := newOriginGuard(opts.AllowedOrigins, opts.AllowedHosts)
+	if err != nil {
+		return nil, fmt.Errorf("mcpproxy: %w", err)
+	}
+	h.guard = guard
 	for i, sc := range servers {
 		if err := validate(sc); err != nil {
 			return nil, fmt.Errorf("mcpproxy: servers[%d] (%q): %w", i, sc.Name, err)

@@ -68,10 +68,16 @@ type Message struct {
 	CancelledID []byte
 	// ErrorCode is error.code of an error response, when an integer.
 	ErrorCode int
+	// SubscriptionID is the raw params._meta["io.modelcontextprotocol/
+	// subscriptionId"] of a notification: the id of the subscriptions/listen
+	// request (2026-07-28) whose stream it belongs to.
+	SubscriptionID []byte
 
 	idSpan     span
 	cancelSpan span
 	tokenSpan  span
+	subSpan    span
+	resultSpan span // the result of a response
 }
 
 // Peek classifies data as a JSON-RPC message and extracts the fields an
@@ -110,7 +116,7 @@ func Peek(data []byte) (Message, error) {
 		m.ID = data[idv.start:idv.end]
 		m.idSpan = idv
 	}
-	_, hasResult := top["result"]
+	resv, hasResult := top["result"]
 	errv, hasError := top["error"]
 	if mv, ok := top["method"]; ok {
 		if data[mv.start] != '"' {
@@ -154,6 +160,7 @@ func Peek(data []byte) (Message, error) {
 			return m, fmt.Errorf(`%w: response "id" must be a string or a number, not %s`, ErrInvalidMessage, clip(m.ID, 40))
 		}
 		m.Kind = KindResponse
+		m.resultSpan = resv
 	case hasError:
 		if !isIDValue(m.ID) && string(m.ID) != "null" {
 			return m, fmt.Errorf(`%w: error "id" must be a string, a number or null, not %s`, ErrInvalidMessage, clip(m.ID, 40))
@@ -175,11 +182,19 @@ func Peek(data []byte) (Message, error) {
 	return m, nil
 }
 
+// metaSubscriptionID is the _meta key naming the subscriptions/listen
+// request a message belongs to (2026-07-28).
+const metaSubscriptionID = "io.modelcontextprotocol/subscriptionId"
+
 var (
 	topKeys    = []string{"jsonrpc", "id", "method", "params", "result", "error"}
 	paramsKeys = []string{"_meta", "name", "requestId", "progressToken"}
-	metaKeys   = []string{"progressToken"}
+	metaKeys   = []string{"progressToken", metaSubscriptionID}
 	errorKeys  = []string{"code"}
+	resultKeys = []string{"_meta"}
+	// maxKeyLen is the length of the longest key Peek looks for: longer
+	// keys are skipped without decoding.
+	maxKeyLen = len(metaSubscriptionID)
 )
 
 func (m *Message) peekParams(data []byte, start int) error {
@@ -187,17 +202,22 @@ func (m *Message) peekParams(data []byte, start int) error {
 	if err != nil {
 		return err
 	}
-	if m.Method == "notifications/progress" {
-		if tv, ok := params["progressToken"]; ok {
-			m.ProgressToken = data[tv.start:tv.end]
-			m.tokenSpan = tv
-		}
-	} else if mv, ok := params["_meta"]; ok && data[mv.start] == '{' {
+	if mv, ok := params["_meta"]; ok && data[mv.start] == '{' {
 		meta, err := members(data, mv.start, metaKeys)
 		if err != nil {
 			return fmt.Errorf("_meta: %w", err)
 		}
-		if tv, ok := meta["progressToken"]; ok {
+		if tv, ok := meta["progressToken"]; ok && m.Method != "notifications/progress" {
+			m.ProgressToken = data[tv.start:tv.end]
+			m.tokenSpan = tv
+		}
+		if sv, ok := meta[metaSubscriptionID]; ok && m.Kind == KindNotification {
+			m.SubscriptionID = data[sv.start:sv.end]
+			m.subSpan = sv
+		}
+	}
+	if m.Method == "notifications/progress" {
+		if tv, ok := params["progressToken"]; ok {
 			m.ProgressToken = data[tv.start:tv.end]
 			m.tokenSpan = tv
 		}
@@ -229,6 +249,37 @@ func (m *Message) tokenEdit(tok []byte) edit { return edit{m.tokenSpan, tok} }
 
 // cancelEdit replaces params.requestId of notifications/cancelled.
 func (m *Message) cancelEdit(id []byte) edit { return edit{m.cancelSpan, id} }
+
+// subscriptionEdit replaces the subscription id of a notification.
+func (m *Message) subscriptionEdit(id []byte) edit { return edit{m.subSpan, id} }
+
+// resultSubscriptionEdit finds the subscription id in a response's
+// result._meta (a subscriptions/listen result carries it) and returns the
+// edit that replaces it with id, if that id is there and equals want. It
+// walks the result, so callers use it only for the responses that may
+// carry one.
+func (m *Message) resultSubscriptionEdit(data, want, id []byte) (edit, bool) {
+	if m.Kind != KindResponse || data[m.resultSpan.start] != '{' {
+		return edit{}, false
+	}
+	res, err := members(data, m.resultSpan.start, resultKeys)
+	if err != nil {
+		return edit{}, false
+	}
+	mv, ok := res["_meta"]
+	if !ok || data[mv.start] != '{' {
+		return edit{}, false
+	}
+	meta, err := members(data, mv.start, metaKeys)
+	if err != nil {
+		return edit{}, false
+	}
+	sv, ok := meta[metaSubscriptionID]
+	if !ok || !bytes.Equal(data[sv.start:sv.end], want) {
+		return edit{}, false
+	}
+	return edit{sv, id}, true
+}
 
 // rewrite returns a copy of data, the message the edits were peeked from,
 // with the edits applied; everything else stays byte for byte. The copy has
@@ -306,7 +357,7 @@ func members(data []byte, start int, want []string) (map[string]span, error) {
 func noteMember(out map[string]span, rawKey []byte, v span, want []string) error {
 	inner := rawKey[1 : len(rawKey)-1]
 	escaped := bytes.IndexByte(inner, '\\') >= 0
-	if !escaped && len(inner) > 32 {
+	if !escaped && len(inner) > maxKeyLen {
 		return nil // fast path: no wanted key is this long
 	}
 	key := string(inner)

@@ -17,6 +17,7 @@ func TestPeek(t *testing.T) {
 		token  string
 		tool   string
 		cancel string
+		sub    string
 		err    error
 	}{
 		{name: "request", in: `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, kind: KindRequest, method: "tools/list", id: "1"},
@@ -33,6 +34,12 @@ func TestPeek(t *testing.T) {
 			kind: KindNotification, method: "notifications/progress", token: `"t"`},
 		{name: "cancelled", in: `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":9007199254740993,"reason":"x"}}`,
 			kind: KindNotification, method: "notifications/cancelled", cancel: "9007199254740993"},
+		{name: "subscription notification", in: `{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":9007199254740993}}}`,
+			kind: KindNotification, method: "notifications/tools/list_changed", sub: "9007199254740993"},
+		{name: "subscription id only on notifications", in: `{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":1}}}`,
+			kind: KindRequest, method: "x", id: "1"},
+		{name: "progress with _meta", in: `{"jsonrpc":"2.0","method":"notifications/progress","params":{"_meta":{"progressToken":"no"},"progressToken":"t"}}`,
+			kind: KindNotification, method: "notifications/progress", token: `"t"`},
 		{name: "response", in: `{"jsonrpc":"2.0","id":"x","result":{"unknown":[1,2,{"a":"}"}]}}`, kind: KindResponse, id: `"x"`},
 		{name: "error", in: `{"jsonrpc":"2.0","id":3,"error":{"code":-32601,"message":"no"}}`, kind: KindError, id: "3"},
 		{name: "error null id", in: `{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse"}}`, kind: KindError, id: "null"},
@@ -56,6 +63,7 @@ func TestPeek(t *testing.T) {
 		{name: "duplicate method", in: `{"jsonrpc":"2.0","method":"tools/list","method":"tools/call","id":1}`, err: ErrInvalidMessage},
 		{name: "case variant", in: `{"jsonrpc":"2.0","method":"tools/list","Method":"tools/call","id":1}`, err: ErrInvalidMessage},
 		{name: "escaped case variant", in: `{"jsonrpc":"2.0","method":"a","\u004Dethod":"b","id":1}`, err: ErrInvalidMessage},
+		{name: "duplicate subscription id", in: `{"jsonrpc":"2.0","method":"n","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":1,"io.modelcontextprotocol/subscriptionId":2}}}`, err: ErrInvalidMessage},
 		{name: "duplicate tool name", in: `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}`, err: ErrInvalidMessage},
 		{name: "params scalar", in: `{"jsonrpc":"2.0","id":1,"method":"m","params":3}`, err: ErrInvalidMessage},
 		{name: "error not object", in: `{"jsonrpc":"2.0","id":1,"error":"x"}`, err: ErrInvalidMessage},
@@ -73,10 +81,11 @@ func TestPeek(t *testing.T) {
 				t.Fatalf("Peek: %v", err)
 			}
 			if m.Kind != tt.kind || m.Method != tt.method || string(m.ID) != tt.id ||
-				string(m.ProgressToken) != tt.token || m.ToolName != tt.tool || string(m.CancelledID) != tt.cancel {
-				t.Errorf("Peek = kind %v method %q id %q token %q tool %q cancel %q; want %v %q %q %q %q %q",
-					m.Kind, m.Method, m.ID, m.ProgressToken, m.ToolName, m.CancelledID,
-					tt.kind, tt.method, tt.id, tt.token, tt.tool, tt.cancel)
+				string(m.ProgressToken) != tt.token || m.ToolName != tt.tool || string(m.CancelledID) != tt.cancel ||
+				string(m.SubscriptionID) != tt.sub {
+				t.Errorf("Peek = kind %v method %q id %q token %q tool %q cancel %q sub %q; want %v %q %q %q %q %q %q",
+					m.Kind, m.Method, m.ID, m.ProgressToken, m.ToolName, m.CancelledID, m.SubscriptionID,
+					tt.kind, tt.method, tt.id, tt.token, tt.tool, tt.cancel, tt.sub)
 			}
 		})
 	}
@@ -100,6 +109,28 @@ func TestWithID(t *testing.T) {
 	}
 	if got := string(rewrite(c, m.cancelEdit([]byte("4")))); got != `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":4}}` {
 		t.Fatalf("cancelEdit = %s", got)
+	}
+	n := []byte(`{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":3}}}`)
+	if m, err = Peek(n); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(rewrite(n, m.subscriptionEdit([]byte(`"client-7"`)))); got != `{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":"client-7"}}}` {
+		t.Fatalf("subscriptionEdit = %s", got)
+	}
+	r := []byte(`{"jsonrpc":"2.0","id":3,"result":{"content":{"_meta":{"io.modelcontextprotocol/subscriptionId":3}},"_meta":{"x":1,"io.modelcontextprotocol/subscriptionId":3}}}`)
+	if m, err = Peek(r); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.resultSubscriptionEdit(r, []byte("4"), []byte("9")); ok {
+		t.Fatal("resultSubscriptionEdit matched a different id")
+	}
+	e, ok := m.resultSubscriptionEdit(r, []byte("3"), []byte("9007199254740993"))
+	if !ok {
+		t.Fatal("resultSubscriptionEdit found nothing")
+	}
+	wantR := `{"jsonrpc":"2.0","id":3,"result":{"content":{"_meta":{"io.modelcontextprotocol/subscriptionId":3}},"_meta":{"x":1,"io.modelcontextprotocol/subscriptionId":9007199254740993}}}`
+	if got := string(rewrite(r, e)); got != wantR {
+		t.Fatalf("resultSubscriptionEdit = %s\nwant %s", got, wantR)
 	}
 }
 
@@ -127,6 +158,8 @@ func FuzzPeek(f *testing.F) {
 		`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":2}}`,
 		`{"jsonrpc":"2.0","id":"x","result":{}}`,
 		`{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"m"}}`,
+		`{"jsonrpc":"2.0","method":"n","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":"s"}}}`,
+		`{"jsonrpc":"2.0","id":1,"result":{"_meta":{"io.modelcontextprotocol/subscriptionId":1}}}`,
 		`[1,2]`, `{"a":"\u0041\\"}`, `{`, `"`, `{"jsonrpc":"2.0","\u006dethod":"x"}`,
 	} {
 		f.Add([]byte(s))
@@ -174,6 +207,14 @@ func FuzzPeek(f *testing.F) {
 		}
 		if m.CancelledID != nil && !json.Valid(rewrite(data, m.cancelEdit([]byte("1")))) {
 			t.Fatalf("cancelEdit made invalid JSON")
+		}
+		if m.SubscriptionID != nil && !json.Valid(rewrite(data, m.subscriptionEdit([]byte(`"s"`)))) {
+			t.Fatalf("subscriptionEdit made invalid JSON")
+		}
+		if m.Kind == KindResponse {
+			if e, ok := m.resultSubscriptionEdit(data, []byte("1"), []byte(`"s"`)); ok && !json.Valid(rewrite(data, e)) {
+				t.Fatalf("resultSubscriptionEdit made invalid JSON")
+			}
 		}
 	})
 }

@@ -52,6 +52,7 @@ type session struct {
 	lastUsed   time.Time        // last time active dropped to zero or rose from it
 	nextID     int64            // request ids we give the child
 	pending    map[string]*call // by the id the child sees
+	cancelled  map[string]bool  // ids of calls we cancelled (answers expected, dropped)
 	byClientID map[string]*call // by the id the client sent
 	tokens     map[string]*call // by the progress token the child sees
 	streams    map[int64]*stream
@@ -70,6 +71,9 @@ type call struct {
 	stream      *stream
 	clientToken []byte // exact progress token the client sent, if any
 	token       string // the progress token the child sees, if any
+	// listen marks a subscriptions/listen request: its notifications name
+	// it by id in _meta, and so does its result.
+	listen bool
 }
 
 // stream is one SSE stream: a POST's answer stream or the standalone GET
@@ -118,6 +122,7 @@ func newSession(srv *stdioServer, proc *process) *session {
 		start:      time.Now(),
 		lastUsed:   time.Now(),
 		pending:    make(map[string]*call),
+		cancelled:  make(map[string]bool),
 		byClientID: make(map[string]*call),
 		tokens:     make(map[string]*call),
 		streams:    make(map[int64]*stream),
@@ -237,6 +242,10 @@ func (s *session) writeLine(line []byte) error {
 
 var errSessionEnded = errors.New("session ended")
 
+// maxCancelled bounds the ids of cancelled calls kept to recognise their
+// late answers.
+const maxCancelled = 1024
+
 // errDuplicateID is a request whose id is already in flight.
 var errDuplicateID = errors.New("a request with this id is already in flight in this session")
 
@@ -254,7 +263,7 @@ func (s *session) startCall(m *Message, body []byte) (*call, []byte, error) {
 		return nil, nil, errDuplicateID
 	}
 	s.nextID++
-	c := &call{clientID: m.ID, ourID: strconv.FormatInt(s.nextID, 10)}
+	c := &call{clientID: m.ID, ourID: strconv.FormatInt(s.nextID, 10), listen: m.Method == "subscriptions/listen"}
 	c.stream = s.newStreamLocked()
 	c.stream.call = c
 	c.stream.attached = true
@@ -335,6 +344,10 @@ func (s *session) cancel(c *call, reason string) {
 	}
 	s.forgetCallLocked(c)
 	s.forgetLocked(c.stream)
+	if len(s.cancelled) >= maxCancelled {
+		clear(s.cancelled) // only spares a log line
+	}
+	s.cancelled[c.ourID] = true
 	s.mu.Unlock()
 	r, _ := json.Marshal(reason)
 	line := `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":` + c.ourID + `,"reason":` + string(r) + "}}\n"
@@ -589,15 +602,34 @@ func (s *session) fromChild(line []byte) {
 	case KindResponse, KindError:
 		c := s.pending[string(m.ID)]
 		if c == nil {
+			if s.cancelled[string(m.ID)] {
+				delete(s.cancelled, string(m.ID))
+				s.log.Debug("server answered a cancelled request; dropped", "id", clip(m.ID, 40))
+				return
+			}
 			s.log.Warn("server answered a request that is not in flight; dropped", "id", clip(m.ID, 40), "message", clip(line, 200))
 			return
 		}
-		s.finishLocked(c, &event{data: rewrite(line, m.idEdit(c.clientID)), isError: m.Kind == KindError, code: m.ErrorCode})
+		edits := []edit{m.idEdit(c.clientID)}
+		if c.listen {
+			if e, ok := m.resultSubscriptionEdit(line, []byte(c.ourID), c.clientID); ok {
+				edits = append(edits, e)
+			}
+		}
+		s.finishLocked(c, &event{data: rewrite(line, edits...), isError: m.Kind == KindError, code: m.ErrorCode})
 		return
 	case KindNotification:
 		if m.Method == "notifications/progress" && m.ProgressToken != nil {
 			if c := s.tokens[string(m.ProgressToken)]; c != nil {
 				s.appendLocked(c.stream, &event{data: rewrite(line, m.tokenEdit(c.clientToken))})
+				return
+			}
+		}
+		// A notification of a subscriptions/listen stream names the listen
+		// request by the id the child saw.
+		if m.SubscriptionID != nil {
+			if c := s.pending[string(m.SubscriptionID)]; c != nil && c.listen {
+				s.appendLocked(c.stream, &event{data: rewrite(line, m.subscriptionEdit(c.clientID))})
 				return
 			}
 		}

@@ -179,6 +179,11 @@ func (srv *stdioServer) closeAll() {
 
 // ServeHTTP serves the server's MCP endpoint (Streamable HTTP).
 func (srv *stdioServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if why := srv.h.guard.check(r); why != "" {
+		srv.log.Warn("refused request", "reason", why)
+		writeError(w, http.StatusForbidden, nil, codeInvalidRequest, "mcpproxy: "+why)
+		return
+	}
 	switch r.Method {
 	case http.MethodPost:
 		srv.post(w, r)
@@ -200,30 +205,6 @@ const codeSessionNotFound = -32001
 func notFound(w http.ResponseWriter, id []byte) {
 	writeError(w, http.StatusNotFound, id, codeSessionNotFound,
 		"mcpproxy: session not found (it ended or never existed): send initialize to start a new one")
-}
-
-// acceptsAny reports whether the Accept header allows one of types. A
-// missing Accept allows everything, and q-values are not weighed: the
-// check only catches clients that cannot read what we send.
-func acceptsAny(r *http.Request, types ...string) bool {
-	values := r.Header.Values("Accept")
-	if len(values) == 0 {
-		return true
-	}
-	for _, v := range values {
-		for part := range strings.SplitSeq(v, ",") {
-			mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
-			if err != nil {
-				continue
-			}
-			for _, t := range types {
-				if mt == t || mt == "*/*" || (strings.HasSuffix(mt, "/*") && strings.HasPrefix(t, mt[:len(mt)-1])) {
-					return true
-				}
-			}
-		}
-	}
-	return false
 }
 
 func checkVersion(w http.ResponseWriter, r *http.Request) bool {
@@ -395,7 +376,10 @@ func (srv *stdioServer) serveCall(w http.ResponseWriter, r *http.Request, s *ses
 		w.Header().Set(headerSession, s.id)
 		handedOut = true
 	}
-	if first.response {
+	// A response that is the first message for the request goes as plain
+	// JSON, unless the client prefers SSE; an error of ours with its own
+	// HTTP status always does.
+	if first.response && (first.status != 0 || !prefersSSE(r)) {
 		w.Header().Set("Content-Type", "application/json")
 		status := http.StatusOK
 		if first.status != 0 {
@@ -502,10 +486,14 @@ func (srv *stdioServer) postStateless(w http.ResponseWriter, r *http.Request, m 
 		case first.isError:
 			status = statelessErrorStatus(first.code)
 		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		_, _ = w.Write(first.data)
-		return
+		// As in serveCall; an error whose HTTP status the era fixes is
+		// always plain JSON, to carry that status.
+		if status != http.StatusOK || !prefersSSE(r) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			_, _ = w.Write(first.data)
+			return
+		}
 	}
 	sw := startSSE(w, r, st, st.primed)
 	defer sw.finish()

@@ -3,6 +3,7 @@
 package mcpproxy
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -73,6 +74,8 @@ func TestStatusCodes(t *testing.T) {
 		{name: "not acceptable", method: "POST", sid: sid, body: ping, hdr: []string{"Accept", "text/html"}, status: 406},
 		{name: "wildcard accept", method: "POST", sid: sid, body: ping, hdr: []string{"Accept", "*/*"}, status: 200, wantInBody: `"result":{}`},
 		{name: "no accept", method: "POST", sid: sid, body: ping, hdr: []string{"Accept", ""}, status: 200},
+		{name: "sse preferred", method: "POST", sid: sid, body: ping, hdr: []string{"Accept", "text/event-stream, application/json"}, status: 200,
+			wantInBody: "retry: 2000\nid: "},
 		{name: "notification", method: "POST", sid: sid, body: `{"jsonrpc":"2.0","method":"notifications/whatever"}`, status: 202},
 		{name: "put", method: "PUT", sid: sid, body: ping, status: 405},
 		{name: "get without session", method: "GET", status: 400},
@@ -595,4 +598,61 @@ func TestStatelessRaw(t *testing.T) {
 	if out := b.call(t, sid, `{"jsonrpc":"2.0","id":1,"method":"ping"}`); !strings.Contains(out, "result") {
 		t.Fatal(out)
 	}
+}
+
+// TestKeepAlive: an idle SSE stream gets ": keepalive" comments, on the
+// standalone GET stream of a session and on a stateless request's stream.
+func TestKeepAlive(t *testing.T) {
+	b := newBridge(t, Options{KeepAlive: 20 * time.Millisecond})
+	sid := b.initialize(t)
+	waitComment := func(t *testing.T, resp *http.Response) {
+		t.Helper()
+		lines := make(chan string)
+		go func() {
+			defer close(lines)
+			br := bufio.NewReader(resp.Body)
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				select {
+				case lines <- strings.TrimRight(line, "\n"):
+				case <-time.After(5 * time.Second):
+					return
+				}
+			}
+		}()
+		deadline := time.After(5 * time.Second)
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatal("stream ended before a keep-alive comment")
+				}
+				if l == ": keepalive" {
+					resp.Body.Close()
+					for range lines {
+					}
+					return
+				}
+			case <-deadline:
+				t.Fatal("no keep-alive comment within 5s")
+			}
+		}
+	}
+	get := b.do(t, http.MethodGet, sid, "")
+	if get.StatusCode != 200 || get.Header.Get("X-Accel-Buffering") != "no" {
+		t.Fatalf("GET: %d, X-Accel-Buffering %q", get.StatusCode, get.Header.Get("X-Accel-Buffering"))
+	}
+	waitComment(t, get)
+
+	// A stateless call that sends progress, then waits for release.
+	call := b.statelessPost(t, "1", "tools/call", "progress", `{"steps":1}`, `"k"`)
+	if call.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("progress call answered %s", call.Header.Get("Content-Type"))
+	}
+	waitComment(t, call)
+	rel := b.statelessPost(t, "2", "tools/call", "release", `{}`, "")
+	readBody(t, rel)
 }

@@ -78,6 +78,8 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	handler, err := mcpproxy.NewHandler(servers, mcpproxy.Options{
 		Logger:      log.With("component", "mcp"),
 		IdleTimeout: cfg.IdleTimeout,
+		// The relay sends every exchange with Host: <agent name>.
+		AllowedHosts: []string{cfg.Name},
 	})
 	if err != nil {
 		return nil, err

@@ -23,6 +23,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -52,6 +53,7 @@ const (
 	ToolLargeOutput           = "large_output"
 	ToolBroadcastListChanged  = "broadcast_list_changed"
 	ToolRequestRoots          = "test_roots"
+	ToolInputRequired         = "test_input_required"
 	maxLargeOutputBytes       = 64 << 20
 	maxSleep                  = 10 * time.Minute
 	conformanceStepDelay      = 50 * time.Millisecond
@@ -83,6 +85,13 @@ const (
 	PNGBase64      = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 	AudioWAVBase64 = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
 )
+
+// InputRequiredState is the requestState test_input_required hands out: an
+// opaque string the client must return verbatim. It holds characters that
+// JSON encoders write differently (<, &, U+2028, non-ASCII, a quote), so a
+// path that re-encodes it is still caught by the comparison of the decoded
+// value, and one that alters it in any other way too.
+const InputRequiredState = "state:<&>\u2028é\"9007199254740993"
 
 // ProgressSteps are the progress values test_tool_with_progress reports, each
 // out of ProgressTotal.
@@ -191,6 +200,11 @@ func addTools(s *server.MCPServer) {
 			return mcp.NewToolResultText(string(b)), nil
 		})
 
+	s.AddTool(noArgs(ToolInputRequired,
+		"Multi round-trip (2026-07-28 input_required): asks the client to confirm by elicitation, "+
+			"then returns the answer and the requestState it got back. Older clients are asked "+
+			"with a server-initiated elicitation/create instead (mcp-go bridges the two)."),
+		toolInputRequired)
 	s.AddTool(mcp.NewTool(ToolEcho,
 		mcp.WithDescription("Returns its text argument unchanged."),
 		mcp.WithString("text", mcp.Description("Text to echo"), mcp.Required())),
@@ -209,7 +223,12 @@ func addTools(s *server.MCPServer) {
 			if err != nil || ms < 0 || time.Duration(ms)*time.Millisecond > maxSleep {
 				return mcp.NewToolResultError(fmt.Sprintf("ms must be a number from 0 to %d", maxSleep.Milliseconds())), nil
 			}
+			// Tests watch these lines to see a request start and end by
+			// cancellation at the server.
+			log := loggerFrom(ctx)
+			log.Info("mcptest: sleeping", "ms", ms)
 			if err := pause(ctx, time.Duration(ms*float64(time.Millisecond))); err != nil {
+				log.Info("mcptest: request cancelled", "tool", ToolSleep, "ms", ms, "err", err)
 				return nil, fmt.Errorf("mcptest: sleep interrupted: %w", err)
 			}
 			return mcp.NewToolResultText(fmt.Sprintf("slept %v ms", ms)), nil
@@ -232,10 +251,48 @@ func addTools(s *server.MCPServer) {
 		})
 }
 
+// toolInputRequired asks for a confirmation the first time and finishes on
+// the retry that carries it. Its result text names the requestState the
+// retry carried, quoted, so a client can check it came back untouched.
+func toolInputRequired(_ context.Context, req mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+	answer := server.ElicitationResponse(req.Params.InputResponses, "confirm")
+	if answer == nil {
+		return server.NewInputRequestBuilder(InputRequiredState).
+			Elicit("confirm", mcp.ElicitationParams{
+				Message: "Proceed with the test?",
+				RequestedSchema: map[string]any{
+					"type":       "object",
+					"properties": map[string]any{"ok": map[string]any{"type": "boolean"}},
+					"required":   []string{"ok"},
+				},
+			}).ToolResult(), nil
+	}
+	content, err := json.Marshal(answer.Content)
+	if err != nil {
+		return nil, fmt.Errorf("mcptest: encode elicitation answer: %w", err)
+	}
+	return mcp.NewToolResultText(fmt.Sprintf("input_required done: action=%s content=%s state=%q",
+		answer.Action, content, req.Params.RequestState)), nil
+}
+
 // LargeOutput returns the text the large_output tool returns for n bytes.
 func LargeOutput(n int) string {
 	const pattern = "abcdefghijklmnopqrstuvwxyz"
 	return strings.Repeat(pattern, n/len(pattern)+1)[:n]
+}
+
+type loggerKey struct{}
+
+// withLogger gives tools the transport's logger.
+func withLogger(ctx context.Context, l *slog.Logger) context.Context {
+	return context.WithValue(ctx, loggerKey{}, l)
+}
+
+func loggerFrom(ctx context.Context) *slog.Logger {
+	if l, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok {
+		return l
+	}
+	return slog.New(slog.DiscardHandler)
 }
 
 // pause waits for d or until ctx ends. Tools use it so that a cancelled

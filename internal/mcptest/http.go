@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -93,6 +95,7 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSONRPCError(w, http.StatusForbidden, "Forbidden: "+err.Error())
 		return
 	}
+	r = r.WithContext(withLogger(r.Context(), g.logger))
 	if r.Method == http.MethodPost && r.Body != nil {
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 		if err != nil {
@@ -218,4 +221,48 @@ func (hs *HTTPServer) Close() error {
 		}
 	})
 	return hs.closeErr
+}
+
+// prefersSSE reports whether the client ranks text/event-stream above
+// application/json in its Accept header (by q-value, then by order), as
+// mcptun's stdio bridge decides it: such a client gets an SSE answer even
+// when the response is the only message. Most SDK clients send
+// "application/json, text/event-stream" and get plain JSON.
+func prefersSSE(r *http.Request) bool {
+	type rank struct {
+		q   float64
+		pos int
+	}
+	sse, js := rank{-1, -1}, rank{-1, -1}
+	pos := 0
+	for _, v := range r.Header.Values("Accept") {
+		for part := range strings.SplitSeq(v, ",") {
+			mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
+			if err != nil {
+				continue
+			}
+			q := 1.0
+			if s, ok := params["q"]; ok {
+				if f, err := strconv.ParseFloat(s, 64); err == nil {
+					q = f
+				}
+			}
+			switch mt {
+			case "text/event-stream":
+				sse = rank{q, pos}
+			case "application/json":
+				js = rank{q, pos}
+			}
+			pos++
+		}
+	}
+	switch {
+	case sse.q <= 0:
+		return false
+	case js.q < 0:
+		return true
+	case sse.q != js.q:
+		return sse.q > js.q
+	}
+	return sse.pos < js.pos
 }

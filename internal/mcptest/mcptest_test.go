@@ -393,3 +393,24 @@ func TestModernEraDelegated(t *testing.T) {
 		t.Fatalf("modern tools/call: %d %s (session %q)", resp.StatusCode, body, resp.Header.Get("Mcp-Session-Id"))
 	}
 }
+
+// TestAnswerFollowsAccept: a client ranking text/event-stream first gets
+// an SSE answer even for a lone response, like from mcptun's bridge; the
+// usual "application/json, text/event-stream" gets plain JSON.
+func TestAnswerFollowsAccept(t *testing.T) {
+	hs := startFixture(t, HTTPConfig{})
+	c := newClient(t, hs.URL)
+	c.initialize(`{}`)
+	for _, tc := range []struct{ accept, want string }{
+		{"application/json, text/event-stream", "application/json"},
+		{"text/event-stream, application/json", "text/event-stream"},
+		{"application/json;q=0.5, text/event-stream", "text/event-stream"},
+	} {
+		resp := c.do("POST", `{"jsonrpc":"2.0","id":7,"method":"ping"}`, map[string]string{"Accept": tc.accept})
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if ct := resp.Header.Get("Content-Type"); ct != tc.want || !strings.Contains(string(body), `"id":7`) {
+			t.Errorf("Accept %q: %d %s %s, want %s", tc.accept, resp.StatusCode, ct, body, tc.want)
+		}
+	}
+}

@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
@@ -36,7 +39,7 @@ func serveStdio(ctx context.Context, srv *server.MCPServer, in io.Reader, out io
 		logger = slog.New(slog.DiscardHandler)
 	}
 	table := &tokenTable{}
-	ctx, cancel := context.WithCancel(context.WithValue(ctx, tokenTableKey{}, table))
+	ctx, cancel := context.WithCancel(withLogger(context.WithValue(ctx, tokenTableKey{}, table), logger))
 	defer cancel()
 
 	t := &streamable{srv: srv, logger: logger}
@@ -52,12 +55,19 @@ func serveStdio(ctx context.Context, srv *server.MCPServer, in io.Reader, out io
 	defer wg.Wait()
 	defer cancel() // runs before wg.Wait: stop the requests, then wait
 	wg.Add(1)
+	subs := &listeners{m: make(map[*listener]struct{})}
+	// legacy is set by initialize: broadcasts then go out untagged. (mcp-go
+	// marks the session initialized for 2026-07-28 requests too.)
+	var legacy atomic.Bool
 	go func() { // broadcasts, the stdio equivalent of the GET stream
 		defer wg.Done()
 		for {
 			select {
 			case n := <-s.notifications:
-				lw.event(n)
+				if legacy.Load() { // a client of the 2025 era
+					lw.event(n)
+				}
+				subs.deliver(n, lw)
 			case <-ctx.Done():
 				return
 			}
@@ -114,10 +124,17 @@ func serveStdio(ctx context.Context, srv *server.MCPServer, in io.Reader, out io
 					logger.Warn("mcptest: notification produced a response", "method", msg.Method)
 				}
 			default:
+				if msg.Method == string(mcp.MethodInitialize) {
+					legacy.Store(true)
+				}
+				var out sink = lw
+				if msg.Method == string(mcp.MethodSubscriptionsListen) {
+					out = &listenSink{lw: lw, subs: subs, id: msg.ID}
+				}
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					runRequest(ctx, srv, s.forRequest(), line, lw)
+					runRequest(ctx, srv, s.forRequest(), line, out)
 				}()
 			}
 		}
@@ -150,4 +167,92 @@ func (lw *lineWriter) final(resp mcp.JSONRPCMessage) {
 	if resp != nil {
 		lw.event(resp)
 	}
+}
+
+// Over stdio in the 2026-07-28 era, every subscriptions/listen request
+// shares the one output: a notification it delivers carries
+// _meta["io.modelcontextprotocol/subscriptionId"], the id of the listen
+// request (its raw JSON, so any id comes back exactly). mcp-go's handler
+// sends the acknowledgement and then blocks; the transport delivers the
+// server's broadcasts to each listener that opted in to them.
+
+type listener struct {
+	id     json.RawMessage
+	filter mcp.SubscriptionFilter
+}
+
+type listeners struct {
+	mu sync.Mutex
+	m  map[*listener]struct{}
+}
+
+// deliver writes n, tagged, once for each listener whose filter allows it.
+func (ls *listeners) deliver(n mcp.JSONRPCNotification, lw *lineWriter) {
+	ls.mu.Lock()
+	var to []*listener
+	for l := range ls.m {
+		if l.allows(n) {
+			to = append(to, l)
+		}
+	}
+	ls.mu.Unlock()
+	for _, l := range to {
+		tagged := n
+		meta := make(map[string]any, len(n.Params.Meta)+1)
+		maps.Copy(meta, n.Params.Meta)
+		meta[mcp.MetaKeySubscriptionID] = l.id
+		tagged.Params.Meta = meta
+		lw.event(tagged)
+	}
+}
+
+func (l *listener) allows(n mcp.JSONRPCNotification) bool {
+	switch mcp.MCPMethod(n.Method) {
+	case mcp.MethodNotificationToolsListChanged:
+		return l.filter.ToolsListChanged
+	case mcp.MethodNotificationPromptsListChanged:
+		return l.filter.PromptsListChanged
+	case mcp.MethodNotificationResourcesListChanged:
+		return l.filter.ResourcesListChanged
+	case mcp.MethodNotificationResourceUpdated:
+		uri, _ := n.Params.AdditionalFields["uri"].(string)
+		return slices.Contains(l.filter.ResourceSubscriptions, uri)
+	}
+	return false
+}
+
+// listenSink writes a subscriptions/listen request's messages and makes the
+// request a listener from its acknowledgement (which carries the filter the
+// server agreed to) until its response: nothing of the subscription is
+// written before the acknowledgement.
+type listenSink struct {
+	lw   *lineWriter
+	subs *listeners
+	id   json.RawMessage
+	l    *listener
+}
+
+func (ls *listenSink) event(msg any) {
+	ls.lw.event(msg)
+	n, ok := msg.(mcp.JSONRPCNotification)
+	if !ok || n.Method != string(mcp.MethodNotificationSubscriptionsAcknowledged) || ls.l != nil {
+		return
+	}
+	l := &listener{id: ls.id}
+	if b, err := json.Marshal(n.Params.AdditionalFields["notifications"]); err == nil {
+		_ = json.Unmarshal(b, &l.filter)
+	}
+	ls.l = l
+	ls.subs.mu.Lock()
+	ls.subs.m[l] = struct{}{}
+	ls.subs.mu.Unlock()
+}
+
+func (ls *listenSink) final(resp mcp.JSONRPCMessage) {
+	if ls.l != nil {
+		ls.subs.mu.Lock()
+		delete(ls.subs.m, ls.l)
+		ls.subs.mu.Unlock()
+	}
+	ls.lw.final(resp)
 }

@@ -177,6 +177,7 @@ func (t *streamable) initialize(w http.ResponseWriter, r *http.Request, body []b
 		w.Header().Set(server.HeaderKeySessionID, s.id)
 	}
 	out := newStreamWriter(w)
+	out.sse = prefersSSE(r)
 	for len(rs.notifications) > 0 {
 		out.event(<-rs.notifications)
 	}
@@ -198,7 +199,9 @@ func (t *streamable) newSession() *session {
 // serveRequest runs one request and writes, on its response, every message
 // the handler sent while it ran, then the response itself.
 func (t *streamable) serveRequest(w http.ResponseWriter, r *http.Request, s *session, body []byte) {
-	runRequest(r.Context(), t.srv, s.forRequest(), body, newStreamWriter(w))
+	out := newStreamWriter(w)
+	out.sse = prefersSSE(r)
+	runRequest(r.Context(), t.srv, s.forRequest(), body, out)
 }
 
 // sink is where one request's messages go: its POST stream, or stdout.
@@ -295,10 +298,12 @@ func (t *streamable) closeAll() {
 }
 
 // streamWriter writes a POST's answer: plain JSON if the handler sent nothing
-// first, else an SSE stream that ends with the response.
+// first (and the client does not prefer SSE), else an SSE stream that ends
+// with the response.
 type streamWriter struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
+	sse     bool // answer with SSE even if the response comes first
 	started bool
 	broken  bool
 }
@@ -347,7 +352,7 @@ func (sw *streamWriter) final(resp mcp.JSONRPCMessage) {
 		}
 		return
 	}
-	if sw.started {
+	if sw.started || sw.sse {
 		sw.event(resp)
 		return
 	}
