@@ -79,7 +79,8 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 		Logger:      log.With("component", "mcp"),
 		IdleTimeout: cfg.IdleTimeout,
 		// The relay sends every exchange with Host: <agent name>.
-		AllowedHosts: []string{cfg.Name},
+		AllowedHosts:   []string{cfg.Name},
+		AllowedOrigins: cfg.AllowedOrigins,
 	})
 	if err != nil {
 		return nil, err

@@ -17,8 +17,11 @@ type Agent struct {
 	// IdleTimeout ends a stdio MCP session (and its child) after this long
 	// without a request.
 	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
-	Log         Log           `mapstructure:"log"`
-	Debug       Debug         `mapstructure:"debug"`
+	// AllowedOrigins lists browser origins the agent's stdio bridge accepts
+	// besides loopback ones (defence in depth behind the relay's check).
+	AllowedOrigins []string `mapstructure:"allowed_origins"`
+	Log            Log      `mapstructure:"log"`
+	Debug          Debug    `mapstructure:"debug"`
 }
 
 // AgentRelay says how to reach and trust the relay.
@@ -141,6 +144,11 @@ func (c *Agent) validate(p *problems, path string) {
 	}
 	if c.IdleTimeout < time.Second {
 		p.add("idle_timeout", "must be at least 1s, not %s", c.IdleTimeout)
+	}
+	for i, o := range c.AllowedOrigins {
+		if o != "*" && !strings.Contains(o, "://") {
+			p.add(fmt.Sprintf("allowed_origins[%d]", i), "origin %q must look like https://host[:port]", o)
+		}
 	}
 	c.Log.validate(p)
 	if c.Debug.PprofListen != "" {

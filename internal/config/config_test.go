@@ -143,6 +143,7 @@ func TestLoadAgentErrors(t *testing.T) {
 		{"no servers", "name: dc1\nrelay: {address: \"127.0.0.1:1\", token_file: agent.token}\n", "servers", "at least one"},
 		{"wrong type", strings.Replace(validAgent, `command: ["./notes-server", "--stdio"]`, `command: {a: b}`, 1), "", "command"},
 		{"bad idle", validAgent + "idle_timeout: 1ms\n", "idle_timeout", "at least 1s"},
+		{"bad origin", validAgent + "allowed_origins: [example.com]\n", "allowed_origins[0]", "must look like"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

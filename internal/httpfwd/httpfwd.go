@@ -396,6 +396,11 @@ func (f *Forwarder) copyResponse(ctx context.Context, w http.ResponseWriter, c *
 			h[k] = vs
 		}
 	}
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") && h.Get("X-Accel-Buffering") == "" {
+		// Tell buffering proxies in front of us (nginx and kin) to pass
+		// events on as they come.
+		h.Set("X-Accel-Buffering", "no")
+	}
 	w.WriteHeader(resp.StatusCode)
 	streaming := resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	if fl, ok := w.(flusher); ok && streaming {

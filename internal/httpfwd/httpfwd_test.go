@@ -164,6 +164,7 @@ func TestSSEFlushedEventByEvent(t *testing.T) {
 	require.NoError(t, err, "the stream's head arrives before its first event")
 	defer resp.Body.Close()
 	require.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
+	require.Equal(t, "no", resp.Header.Get("X-Accel-Buffering"), "streams tell buffering proxies not to buffer")
 	next <- struct{}{}
 	br := bufio.NewReader(resp.Body)
 	for i := 0; i < 3; i++ {
