@@ -161,12 +161,8 @@ func sideBySide(names []string, runs ...*conformance.Results) string {
 func TestConformanceThroughTunnel(t *testing.T) {
 	conformance.RequireTools(t)
 	fixtureURL := startHTTPFixture(t)
-	d := &deployment{dir: t.TempDir()}
-	d.relayYAML = writeRelayConfig(t, d.dir, relayOpts{})
-	d.startRelay(t)
-	d.writeAgentConfig(t, agentOpts{transport: "quic", servers: fmt.Sprintf(
+	d := deploy(t, relayOpts{}, agentOpts{transport: "quic", servers: fmt.Sprintf(
 		"  - {name: fixture-stdio, command: [%q, \"--stdio\"]}\n  - {name: fixture-url, url: %q}\n", fixtureBin, fixtureURL)})
-	d.startAgent(t)
 	d.waitOnline(t, "fixture-stdio")
 
 	viaURL := startAuthProxy(t, d.relayURL+"/dc1/fixture-url/mcp", clientToken)
@@ -214,12 +210,8 @@ func TestConformanceEverything(t *testing.T) {
 	for i, a := range argv {
 		quoted[i] = fmt.Sprintf("%q", a)
 	}
-	d := &deployment{dir: t.TempDir()}
-	d.relayYAML = writeRelayConfig(t, d.dir, relayOpts{})
-	d.startRelay(t)
-	d.writeAgentConfig(t, agentOpts{transport: "quic", servers: fmt.Sprintf(
+	d := deploy(t, relayOpts{}, agentOpts{transport: "quic", servers: fmt.Sprintf(
 		"  - {name: everything-stdio, command: [%s]}\n  - {name: everything-url, url: %q}\n", strings.Join(quoted, ", "), es.URL)})
-	d.startAgent(t)
 	d.waitOnline(t, "everything-stdio")
 
 	viaURL := startAuthProxy(t, d.relayURL+"/dc1/everything-url/mcp", clientToken)

@@ -224,11 +224,7 @@ func TestTransports(t *testing.T) {
 // TestClientAuth checks the relay's refusals with the real binary.
 func TestClientAuth(t *testing.T) {
 	httpURL := startHTTPFixture(t)
-	d := &deployment{dir: t.TempDir()}
-	d.relayYAML = writeRelayConfig(t, d.dir, relayOpts{})
-	d.startRelay(t)
-	d.writeAgentConfig(t, agentOpts{transport: "quic", httpURL: httpURL})
-	d.startAgent(t)
+	d := deploy(t, relayOpts{}, agentOpts{transport: "quic", httpURL: httpURL})
 	d.waitOnline(t, "notes")
 	init := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`
 	for _, tc := range []struct {
@@ -265,11 +261,7 @@ func TestClientAuth(t *testing.T) {
 
 // TestBadAgentCredential: the relay refuses, both sides say so clearly.
 func TestBadAgentCredential(t *testing.T) {
-	d := &deployment{dir: t.TempDir()}
-	d.relayYAML = writeRelayConfig(t, d.dir, relayOpts{})
-	d.startRelay(t)
-	d.writeAgentConfig(t, agentOpts{transport: "quic", token: "wrong-token"})
-	d.startAgent(t)
+	d := deploy(t, relayOpts{}, agentOpts{transport: "quic", token: "wrong-token"})
 	d.relay.waitLine(t, regexp.MustCompile(`(?i)refus.*dc1|dc1.*refus`), 20*time.Second)
 	d.agent.waitLine(t, regexp.MustCompile(`(?i)refused.*credential`), 20*time.Second)
 	r := rawPost(t, d.relayURL+"/dc1/notes/mcp", clientToken, "", `{}`)
@@ -282,11 +274,7 @@ func TestBadAgentCredential(t *testing.T) {
 // relay restarts and the agent reconnects by itself.
 func TestAgentGoesAway(t *testing.T) {
 	httpURL := startHTTPFixture(t)
-	d := &deployment{dir: t.TempDir()}
-	d.relayYAML = writeRelayConfig(t, d.dir, relayOpts{})
-	d.startRelay(t)
-	d.writeAgentConfig(t, agentOpts{transport: "quic", httpURL: httpURL})
-	d.startAgent(t)
+	d := deploy(t, relayOpts{}, agentOpts{transport: "quic", httpURL: httpURL})
 	d.waitOnline(t, "wiki")
 	exerciseMCP(t, d.relayURL+"/dc1/wiki/mcp")
 

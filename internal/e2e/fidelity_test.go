@@ -324,11 +324,7 @@ func sseData(body string) []string {
 // behind.
 func TestByteFidelityURL(t *testing.T) {
 	echo := startHTTPEcho(t)
-	d := &deployment{dir: t.TempDir()}
-	d.relayYAML = writeRelayConfig(t, d.dir, relayOpts{})
-	d.startRelay(t)
-	d.writeAgentConfig(t, agentOpts{transport: "quic", servers: fmt.Sprintf("  - {name: echo, url: %q}\n", echo.URL)})
-	d.startAgent(t)
+	d := deploy(t, relayOpts{}, agentOpts{transport: "quic", servers: fmt.Sprintf("  - {name: echo, url: %q}\n", echo.URL)})
 	d.waitOnline(t, "echo")
 	url := d.relayURL + "/dc1/echo/mcp"
 
@@ -398,12 +394,8 @@ func TestByteFidelityURL(t *testing.T) {
 func TestByteFidelityStdio(t *testing.T) {
 	bin := echoBinary(t)
 	log := filepath.Join(t.TempDir(), "echo.log")
-	d := &deployment{dir: t.TempDir()}
-	d.relayYAML = writeRelayConfig(t, d.dir, relayOpts{})
-	d.startRelay(t)
-	d.writeAgentConfig(t, agentOpts{transport: "quic", servers: fmt.Sprintf(
+	d := deploy(t, relayOpts{}, agentOpts{transport: "quic", servers: fmt.Sprintf(
 		"  - {name: echo, command: [%q], env: {MCPTEST_ECHO_LOG: %q}}\n", bin, log)})
-	d.startAgent(t)
 	d.waitOnline(t, "echo")
 	url := d.relayURL + "/dc1/echo/mcp"
 

@@ -285,6 +285,18 @@ func (d *deployment) startAgent(t *testing.T) {
 	d.agent = startProc(t, "agent", nil, mcptunBin, "agent", "--config", d.agentYAML)
 }
 
+// deploy starts a relay (ro) and an agent (ao) connected to it, each its
+// own process, in a fresh directory.
+func deploy(t *testing.T, ro relayOpts, ao agentOpts) *deployment {
+	t.Helper()
+	d := &deployment{dir: t.TempDir()}
+	d.relayYAML = writeRelayConfig(t, d.dir, ro)
+	d.startRelay(t)
+	d.writeAgentConfig(t, ao)
+	d.startAgent(t)
+	return d
+}
+
 // waitOnline polls the relay until the agent's endpoint stops answering
 // 503, i.e. the agent is connected.
 func (d *deployment) waitOnline(t *testing.T, server string) {

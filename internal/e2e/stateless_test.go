@@ -129,12 +129,8 @@ func rawField(t *testing.T, msg string, path ...string) json.RawMessage {
 func TestStatelessEra(t *testing.T) {
 	httpFixture := startProc(t, "http-fixture", nil, fixtureBin, "--http", "127.0.0.1:0")
 	fixtureURL := httpFixture.waitLine(t, regexp.MustCompile(`^listening (http://\S+)`), 20*time.Second)[1]
-	d := &deployment{dir: t.TempDir()}
-	d.relayYAML = writeRelayConfig(t, d.dir, relayOpts{})
-	d.startRelay(t)
-	d.writeAgentConfig(t, agentOpts{transport: "quic", servers: fmt.Sprintf(
+	d := deploy(t, relayOpts{}, agentOpts{transport: "quic", servers: fmt.Sprintf(
 		"  - {name: fixture-stdio, command: [%q, \"--stdio\"]}\n  - {name: fixture-url, url: %q}\n", fixtureBin, fixtureURL)})
-	d.startAgent(t)
 	d.waitOnline(t, "fixture-stdio")
 
 	for _, tc := range []struct {
