@@ -115,16 +115,7 @@ func (s *yamuxStream) Read(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	n, err := s.Stream.Read(p)
-	if err != nil {
-		if s.closed.Load() {
-			return n, net.ErrClosed
-		}
-		if errors.Is(err, yamux.ErrTimeout) {
-			// Let callers test for timeouts the usual way.
-			return n, os.ErrDeadlineExceeded
-		}
-	}
-	return n, err
+	return n, s.mapErr(err)
 }
 
 func (s *yamuxStream) Write(p []byte) (int, error) {
@@ -132,15 +123,21 @@ func (s *yamuxStream) Write(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	n, err := s.Stream.Write(p)
-	if err != nil {
-		if s.closed.Load() {
-			return n, net.ErrClosed
-		}
-		if errors.Is(err, yamux.ErrTimeout) {
-			return n, os.ErrDeadlineExceeded
-		}
+	return n, s.mapErr(err)
+}
+
+// mapErr reports a stream closed by us as net.ErrClosed and a yamux
+// timeout as os.ErrDeadlineExceeded, so callers test for both the usual way.
+func (s *yamuxStream) mapErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case s.closed.Load():
+		return net.ErrClosed
+	case errors.Is(err, yamux.ErrTimeout):
+		return os.ErrDeadlineExceeded
 	}
-	return n, err
+	return err
 }
 
 func (s *yamuxStream) CloseWrite() error {

@@ -145,11 +145,7 @@ func (c *Agent) validate(p *problems, path string) {
 	if c.IdleTimeout < time.Second {
 		p.add("idle_timeout", "must be at least 1s, not %s", c.IdleTimeout)
 	}
-	for i, o := range c.AllowedOrigins {
-		if o != "*" && !strings.Contains(o, "://") {
-			p.add(fmt.Sprintf("allowed_origins[%d]", i), "origin %q must look like https://host[:port]", o)
-		}
-	}
+	checkOrigins(p, "allowed_origins", c.AllowedOrigins)
 	c.Log.validate(p)
 	if c.Debug.PprofListen != "" {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)

@@ -90,11 +90,7 @@ func (c *Relay) validate(p *problems, path string) {
 	}
 	c.HTTP.CertFile = resolve(path, c.HTTP.CertFile)
 	c.HTTP.KeyFile = resolve(path, c.HTTP.KeyFile)
-	for i, o := range c.HTTP.AllowedOrigins {
-		if o != "*" && !strings.Contains(o, "://") {
-			p.add(fmt.Sprintf("http.allowed_origins[%d]", i), "origin %q must look like https://host[:port]", o)
-		}
-	}
+	checkOrigins(p, "http.allowed_origins", c.HTTP.AllowedOrigins)
 
 	if len(c.Agents) == 0 {
 		p.add("agents", "at least one agent is required")

@@ -2,6 +2,7 @@ package config
 
 import (
 	"encoding/hex"
+	"fmt"
 	"net"
 	"net/url"
 	"path/filepath"
@@ -86,4 +87,13 @@ func oneOf(p *problems, key, val string, allowed ...string) {
 		}
 	}
 	p.add(key, "must be one of %s, not %q", strings.Join(allowed, ", "), val)
+}
+
+// checkOrigins validates a list of browser origins ("*" or scheme://host[:port]).
+func checkOrigins(p *problems, key string, origins []string) {
+	for i, o := range origins {
+		if o != "*" && !strings.Contains(o, "://") {
+			p.add(fmt.Sprintf("%s[%d]", key, i), "origin %q must look like https://host[:port]", o)
+		}
+	}
 }
