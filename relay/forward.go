@@ -35,7 +35,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 		h.log.Debug("forward cut short", "client", client, "agent", agent, "server", server, "err", err)
 		return
 	}
-	if _, online := h.agents.Servers(agent); !online {
+	if online, _ := h.agents.Offers(agent, server); !online {
 		writeError(w, http.StatusServiceUnavailable, "agent_offline",
 			fmt.Sprintf("agent %q disconnected during the request", agent))
 		return

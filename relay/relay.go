@@ -45,9 +45,9 @@ const ClientHeader = "X-Mcptun-Client"
 
 // Agents is what the relay needs from the tunnel layer.
 type Agents interface {
-	// Servers reports whether agent is connected and, if so, the names of
-	// the servers it offers.
-	Servers(agent string) (servers []string, online bool)
+	// Offers reports whether agent is connected and whether it offers
+	// server.
+	Offers(agent, server string) (online, offered bool)
 	// Dial opens a stream to a connected agent.
 	Dial(ctx context.Context, agent string) (net.Conn, error)
 }
@@ -180,14 +180,14 @@ func (h *Handler) serveMCP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "unknown_agent", fmt.Sprintf("no agent named %q", agent))
 		return
 	}
-	servers, online := h.agents.Servers(agent)
+	online, offered := h.agents.Offers(agent, server)
 	if !online {
 		w.Header().Set("Retry-After", "5")
 		writeError(w, http.StatusServiceUnavailable, "agent_offline",
 			fmt.Sprintf("agent %q is not connected; try again when it reconnects", agent))
 		return
 	}
-	if !contains(servers, server) {
+	if !offered {
 		writeError(w, http.StatusNotFound, "unknown_server",
 			fmt.Sprintf("agent %q offers no server named %q", agent, server))
 		return
@@ -259,13 +259,4 @@ func isLoopbackHost(h string) bool {
 	}
 	ip := net.ParseIP(h)
 	return ip != nil && ip.IsLoopback()
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

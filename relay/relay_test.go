@@ -30,15 +30,23 @@ type pipeAgents struct {
 	ln      *pipeListener
 }
 
-func (p *pipeAgents) Servers(agent string) ([]string, bool) {
+func (p *pipeAgents) Offers(agent, server string) (bool, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s, ok := p.servers[agent]
-	return s, ok
+	if !ok {
+		return false, false
+	}
+	for _, name := range s {
+		if name == server {
+			return true, true
+		}
+	}
+	return true, false
 }
 
 func (p *pipeAgents) Dial(ctx context.Context, agent string) (net.Conn, error) {
-	if _, ok := p.Servers(agent); !ok {
+	if online, _ := p.Offers(agent, ""); !online {
 		return nil, errors.New("offline")
 	}
 	c1, c2 := net.Pipe()

@@ -648,6 +648,23 @@ func (s *Server) Agent(name string) (AgentStatus, bool) {
 	return a.status.clone(), true
 }
 
+// Offers reports whether agent is connected and whether it offers server,
+// without copying its status (the relay asks on every request).
+func (s *Server) Offers(agent, server string) (online, offered bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.agents[agent]
+	if !ok {
+		return false, false
+	}
+	for _, srv := range a.status.Servers {
+		if srv.Name == server {
+			return true, true
+		}
+	}
+	return true, false
+}
+
 // Agents reports every connected agent, sorted by name.
 func (s *Server) Agents() []AgentStatus {
 	s.mu.Lock()

@@ -55,6 +55,12 @@ func TestTransports(t *testing.T) {
 			if !slices.Equal(st.Servers, cfg.Servers) {
 				t.Errorf("offered servers %v, want %v", st.Servers, cfg.Servers)
 			}
+			if online, offered := r.Offers(testAgent, "wiki"); !online || !offered {
+				t.Errorf("Offers(lab, wiki) = %v, %v; want true, true", online, offered)
+			}
+			if online, offered := r.Offers(testAgent, "nope"); !online || offered {
+				t.Errorf("Offers(lab, nope) = %v, %v; want true, false", online, offered)
+			}
 			if all := r.Agents(); len(all) != 1 || all[0].Name != testAgent {
 				t.Errorf("Agents() = %+v", all)
 			}
@@ -87,6 +93,9 @@ func TestTransports(t *testing.T) {
 			r.waitEvent(t, "lab down")
 			if _, ok := r.Agent(testAgent); ok {
 				t.Error("agent still listed after it stopped")
+			}
+			if online, _ := r.Offers(testAgent, "wiki"); online {
+				t.Error("Offers says online after the agent stopped")
 			}
 		})
 	}

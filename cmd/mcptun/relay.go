@@ -73,16 +73,8 @@ type runningRelay struct {
 // tunnelAgents adapts the tunnel server to what the relay front needs.
 type tunnelAgents struct{ srv *tunnel.Server }
 
-func (a tunnelAgents) Servers(agent string) ([]string, bool) {
-	st, ok := a.srv.Agent(agent)
-	if !ok {
-		return nil, false
-	}
-	names := make([]string, len(st.Servers))
-	for i, s := range st.Servers {
-		names[i] = s.Name
-	}
-	return names, true
+func (a tunnelAgents) Offers(agent, server string) (bool, bool) {
+	return a.srv.Offers(agent, server)
 }
 
 func (a tunnelAgents) Dial(ctx context.Context, agent string) (net.Conn, error) {

@@ -110,11 +110,7 @@ func (c *Agent) validate(p *problems, path string) {
 	for i := range c.Servers {
 		s := &c.Servers[i]
 		key := fmt.Sprintf("servers[%d]", i)
-		checkName(p, key+".name", s.Name)
-		if seen[s.Name] {
-			p.add(key+".name", "duplicate server name %q", s.Name)
-		}
-		seen[s.Name] = true
+		checkNamed(p, key+".name", "server", s.Name, seen)
 		switch {
 		case len(s.Command) > 0 && s.URL != "":
 			p.add(key, "set command (stdio server) or url (HTTP server), not both")

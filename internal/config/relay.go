@@ -98,21 +98,13 @@ func (c *Relay) validate(p *problems, path string) {
 	seen := map[string]bool{}
 	for i, a := range c.Agents {
 		key := fmt.Sprintf("agents[%d]", i)
-		checkName(p, key+".name", a.Name)
-		if seen[a.Name] {
-			p.add(key+".name", "duplicate agent name %q", a.Name)
-		}
-		seen[a.Name] = true
+		checkNamed(p, key+".name", "agent", a.Name, seen)
 		checkSHA256(p, key+".token_sha256", a.TokenSHA256)
 	}
 	seen = map[string]bool{}
 	for i, cl := range c.Clients {
 		key := fmt.Sprintf("clients[%d]", i)
-		checkName(p, key+".name", cl.Name)
-		if seen[cl.Name] {
-			p.add(key+".name", "duplicate client name %q", cl.Name)
-		}
-		seen[cl.Name] = true
+		checkNamed(p, key+".name", "client", cl.Name, seen)
 		checkSHA256(p, key+".token_sha256", cl.TokenSHA256)
 		if len(cl.Allow) == 0 {
 			p.add(key+".allow", "empty: the client could reach nothing; list agent/server patterns such as \"dc1/*\"")

@@ -21,6 +21,15 @@ func checkName(p *problems, key, name string) {
 	}
 }
 
+// checkNamed checks one entry's name: valid, and not already in seen.
+func checkNamed(p *problems, key, kind, name string, seen map[string]bool) {
+	checkName(p, key, name)
+	if seen[name] {
+		p.add(key, "duplicate %s name %q", kind, name)
+	}
+	seen[name] = true
+}
+
 func checkHostPort(p *problems, key, addr string) {
 	if addr == "" {
 		p.add(key, "required (host:port)")
