@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -122,14 +123,40 @@ func newBridge(t *testing.T, opts Options, extra ...ServerConfig) *bridge {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
+	srv := serveLikeAgent(t, h)
 	t.Cleanup(func() {
 		if err := h.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
 	})
 	return &bridge{h: h, srv: srv, url: srv.URL + "/ts/mcp", logs: logs}
+}
+
+// serveLikeAgent serves h on loopback the way the agent serves tunnel
+// streams: a ConnServer takes every connection, answers URL servers' exchanges
+// itself and hands the rest to the (httptest) http.Server. So every test
+// here runs through both paths.
+func serveLikeAgent(t *testing.T, h *Handler) *httptest.Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := NewConnServer(h, ln.Addr())
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener = cs.Handoff()
+	srv.Start()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = cs.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		_ = cs.Close()
+		<-done
+		srv.Close()
+	})
+	return srv
 }
 
 // do sends a request with the usual MCP headers; hdr adds or (with "")

@@ -29,6 +29,12 @@ type httpServer struct {
 	target  *url.URL
 	headers http.Header
 	fwd     *httpfwd.Forwarder
+
+	// For the fast path (conn.go), in wire form: the path and query to
+	// send, the configured header lines and their names.
+	path        []byte
+	headerLines []byte
+	headerNames []string
 }
 
 func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
@@ -44,6 +50,19 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 	}
 	for k, v := range sc.Headers {
 		p.headers.Set(k, v)
+	}
+	for k, vs := range p.headers {
+		p.headerNames = append(p.headerNames, k)
+		for _, v := range vs {
+			p.headerLines = fmt.Appendf(p.headerLines, "%s: %s\r\n", k, v)
+		}
+	}
+	p.path = []byte(target.EscapedPath())
+	if len(p.path) == 0 {
+		p.path = []byte("/")
+	}
+	if target.RawQuery != "" {
+		p.path = append(append(p.path, '?'), target.RawQuery...)
 	}
 	addr := target.Host
 	if target.Port() == "" {

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -90,6 +91,12 @@ func (s *quicStream) Close() error {
 	s.st.CancelWrite(streamCodeClosed)
 	return nil
 }
+
+// Context is cancelled when the stream can no longer carry our answer: the
+// peer stopped reading it (STOP_SENDING, as Close does on the other side),
+// reset it, or the connection ended. A server blocked on something else can
+// use it to learn, without a reading goroutine, that the client left.
+func (s *quicStream) Context() context.Context { return s.st.Context() }
 
 func (s *quicStream) LocalAddr() net.Addr                { return s.conn.LocalAddr() }
 func (s *quicStream) RemoteAddr() net.Addr               { return s.conn.RemoteAddr() }

@@ -49,6 +49,7 @@ func newAgentCmd() *cobra.Command {
 type runningAgent struct {
 	Client  *tunnel.Client
 	handler *mcpproxy.Handler
+	serve   *mcpproxy.ConnServer
 	http    *http.Server
 	debug   *debugServer
 	cancel  context.CancelFunc
@@ -102,6 +103,9 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	ra := &runningAgent{Client: client, handler: handler}
 	runCtx, cancel := context.WithCancel(ctx)
 	ra.cancel = cancel
+	// Exchanges for url: servers are answered on the streams themselves;
+	// the http.Server serves the rest (see mcpproxy.ConnServer).
+	ra.serve = mcpproxy.NewConnServer(handler, client.Listener().Addr())
 	ra.http = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 30 * time.Second,
@@ -110,7 +114,7 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 		IdleTimeout: 5 * time.Minute,
 		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	ra.wg.Add(2)
+	ra.wg.Add(3)
 	go func() {
 		defer ra.wg.Done()
 		if err := client.Run(runCtx); err != nil {
@@ -119,8 +123,14 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	}()
 	go func() {
 		defer ra.wg.Done()
-		if err := ra.http.Serve(client.Listener()); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		if err := ra.http.Serve(ra.serve.Handoff()); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			log.Error("agent http server stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer ra.wg.Done()
+		if err := ra.serve.Serve(client.Listener()); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			log.Error("agent stream server stopped", "err", err)
 		}
 	}()
 	if cfg.Debug.PprofListen != "" {
@@ -138,8 +148,9 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 // children) and waits.
 func (ra *runningAgent) Close() error {
 	ra.cancel()
-	_ = ra.http.Close()
 	_ = ra.Client.Listener().Close()
+	_ = ra.serve.Close()
+	_ = ra.http.Close()
 	err := ra.handler.Close()
 	ra.debug.Close()
 	ra.wg.Wait()

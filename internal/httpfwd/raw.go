@@ -1,0 +1,371 @@
+package httpfwd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// RawRequest is a request already in HTTP/1.1 wire form, for a proxy that
+// parsed only the head it received (see ReadHead) and passes the rest on.
+type RawRequest struct {
+	// Head is the request line and the header lines to send, each ending
+	// in CRLF, without framing headers and without the blank line.
+	Head []byte
+	// ContentLength is the body's length, sent as Content-Length; -1 sends
+	// no body and no Content-Length.
+	ContentLength int64
+	// Body is the whole body, or nil to read ContentLength bytes from
+	// BodyReader while sending. Only a request with its body in memory (or
+	// none) is sent again on a fresh connection when a pooled one was dead.
+	Body       []byte
+	BodyReader io.Reader
+	// NoResponseBody is set for HEAD: the answer's framing headers describe
+	// a body that does not follow.
+	NoResponseBody bool
+}
+
+var headPool = sync.Pool{New: func() any { return new(Head) }}
+
+// ForwardRaw sends req upstream and writes the answer to dst in HTTP/1.1
+// wire form: the status line and end-to-end header lines as the upstream
+// sent them, the body with explicit framing (Content-Length, or chunked,
+// including for an answer the upstream ended by closing), so the connection
+// behind dst can carry the next exchange. dst is flushed whenever the
+// upstream has nothing more buffered: each SSE event goes out when it
+// arrives, a small answer in one write.
+//
+// Cancelling ctx aborts the exchange. It returns an *UpstreamError if
+// nothing was written to dst; after that, an error means the answer was
+// cut short and dst's connection must be closed.
+func (f *Forwarder) ForwardRaw(ctx context.Context, dst *bufio.Writer, req *RawRequest) error {
+	head := headPool.Get().(*Head)
+	defer headPool.Put(head)
+	for attempt := 0; ; attempt++ {
+		c, reused, err := f.get(ctx)
+		if err != nil {
+			return &UpstreamError{Op: "dial", Err: err}
+		}
+		code, err := f.roundTripRaw(ctx, c, req, head)
+		if err == nil {
+			return f.copyRaw(ctx, dst, c, req, head, code)
+		}
+		c.close()
+		var ue *UpstreamError
+		retryable := reused && attempt == 0 && ctx.Err() == nil &&
+			(req.Body != nil || req.ContentLength <= 0) && errors.As(err, &ue) &&
+			(ue.Op == "write request" || closedByPeer(ue.Err))
+		if !retryable {
+			return err
+		}
+	}
+}
+
+// roundTripRaw writes the request and reads the final response head.
+func (f *Forwarder) roundTripRaw(ctx context.Context, c *conn, req *RawRequest, head *Head) (int, error) {
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(c.Conn)
+	defer func() { bw.Reset(nil); writerPool.Put(bw) }()
+	bw.Write(req.Head)
+	if req.ContentLength >= 0 {
+		var num [20]byte
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(num[:0], req.ContentLength, 10))
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("\r\n")
+	switch {
+	case req.Body != nil:
+		bw.Write(req.Body)
+	case req.ContentLength > 0:
+		if err := copyExactly(bw, req.BodyReader, req.ContentLength); err != nil {
+			return 0, &UpstreamError{Op: "write body", Err: err}
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return 0, &UpstreamError{Op: "write request", Err: err}
+	}
+	for {
+		if _, err := c.br.Peek(1); err != nil {
+			return 0, &UpstreamError{Op: "read response", Err: err}
+		}
+		if err := ReadHead(c.br, head); err != nil {
+			return 0, &UpstreamError{Op: "read response", Err: err}
+		}
+		code, err := head.StatusCode()
+		if err != nil {
+			return 0, &UpstreamError{Op: "read response", Err: err}
+		}
+		switch {
+		case code == 101:
+			return 0, &UpstreamError{Op: "read response", Err: errors.New("upstream switched protocols")}
+		case code < 200:
+			continue // interim answer (100 Continue, 103 Early Hints)
+		case head.OtherEncoding:
+			return 0, &UpstreamError{Op: "read response", Err: &HeadError{Reason: "unsupported Transfer-Encoding"}}
+		}
+		return code, nil
+	}
+}
+
+func copyExactly(w io.Writer, r io.Reader, n int64) error {
+	bp := copyPool.Get().(*[]byte)
+	defer copyPool.Put(bp)
+	m, err := io.CopyBuffer(writerOnly{w}, io.LimitReader(r, n), *bp)
+	if err == nil && m < n {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// copyRaw writes the response head and body to dst.
+func (f *Forwarder) copyRaw(ctx context.Context, dst *bufio.Writer, c *conn, req *RawRequest, head *Head, code int) error {
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	dst.Write(head.Start)
+	dst.WriteString("\r\n")
+	sse, accel := false, false
+	for _, fl := range head.Fields {
+		name := head.Name(fl)
+		if IsHopByHop(name) || head.IsConnToken(name) {
+			continue
+		}
+		switch {
+		case EqualFold(name, "Content-Type"):
+			v := head.Value(fl)
+			sse = len(v) >= 17 && EqualFold(v[:17], "text/event-stream")
+		case EqualFold(name, "X-Accel-Buffering"):
+			accel = true
+		}
+		dst.Write(head.Line(fl))
+	}
+	if sse && !accel {
+		// Tell buffering proxies in front of us (nginx and kin) to pass
+		// events on as they come.
+		dst.WriteString("X-Accel-Buffering: no\r\n")
+	}
+	reuse := !head.Close
+	var err error
+	switch noBody := req.NoResponseBody || code == 204 || code == 304; {
+	case noBody:
+		if head.Chunked {
+			dst.WriteString("Transfer-Encoding: chunked\r\n")
+		} else if head.ContentLength >= 0 {
+			writeContentLength(dst, head.ContentLength)
+		}
+		dst.WriteString("\r\n")
+		err = dst.Flush()
+	case head.Chunked:
+		dst.WriteString("Transfer-Encoding: chunked\r\n\r\n")
+		err = copyChunked(dst, c.br)
+	case head.ContentLength >= 0:
+		writeContentLength(dst, head.ContentLength)
+		dst.WriteString("\r\n")
+		err = copyFlushing(dst, c.br, head.ContentLength, false)
+	default:
+		// Ended by the upstream closing: chunk it, so our side of the
+		// connection lives on.
+		dst.WriteString("Transfer-Encoding: chunked\r\n\r\n")
+		err = copyFlushing(dst, c.br, -1, true)
+		reuse = false
+	}
+	if !stop() || err != nil || !reuse {
+		c.close()
+		return err
+	}
+	f.put(c)
+	return nil
+}
+
+func writeContentLength(dst *bufio.Writer, n int64) {
+	var num [20]byte
+	dst.WriteString("Content-Length: ")
+	dst.Write(strconv.AppendInt(num[:0], n, 10))
+	dst.WriteString("\r\n")
+}
+
+// copyFlushing copies n bytes (n < 0: until EOF) from src to dst, as chunks
+// if chunk is set, flushing dst whenever src would block.
+func copyFlushing(dst *bufio.Writer, src *bufio.Reader, n int64, chunk bool) error {
+	bp := streamCopyPool.Get().(*[]byte)
+	defer func() { streamCopyPool.Put(bp) }()
+	buf := *bp
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			copyPool.Put(big)
+		}
+	}()
+	for n != 0 {
+		if src.Buffered() == 0 {
+			if err := dst.Flush(); err != nil {
+				return err
+			}
+		}
+		p := buf
+		if n > 0 && int64(len(p)) > n {
+			p = p[:n]
+		}
+		m, rerr := src.Read(p)
+		if m > 0 {
+			if chunk {
+				fmt.Fprintf(dst, "%x\r\n", m)
+			}
+			if _, err := dst.Write(p[:m]); err != nil {
+				return err
+			}
+			if chunk {
+				dst.WriteString("\r\n")
+			}
+			if n > 0 {
+				n -= int64(m)
+			}
+			// A read that filled the small buffer means a big answer or a
+			// burst: move to the big buffer.
+			if m == len(buf) && big == nil {
+				big = copyPool.Get().(*[]byte)
+				buf = *big
+			}
+		}
+		if rerr == io.EOF && n < 0 {
+			break
+		}
+		if rerr == io.EOF {
+			return io.ErrUnexpectedEOF
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	if chunk {
+		dst.WriteString("0\r\n\r\n")
+	}
+	return dst.Flush()
+}
+
+// maxChunkLine bounds a chunk-size line (with extensions) and a trailer line.
+const maxChunkLine = 4 << 10
+
+// copyChunked copies a chunked body, re-framing each chunk (extensions and
+// trailers, hop-by-hop by nature, stay behind) and flushing dst whenever
+// src would block.
+func copyChunked(dst *bufio.Writer, src *bufio.Reader) error {
+	for {
+		if src.Buffered() == 0 {
+			if err := dst.Flush(); err != nil {
+				return err
+			}
+		}
+		line, err := readLine(src)
+		if err != nil {
+			return err
+		}
+		size, err := parseChunkSize(line)
+		if err != nil {
+			return err
+		}
+		if size == 0 {
+			for { // trailer section
+				line, err := readLine(src)
+				if err != nil {
+					return err
+				}
+				if len(line) == 0 {
+					break
+				}
+			}
+			dst.WriteString("0\r\n\r\n")
+			return dst.Flush()
+		}
+		fmt.Fprintf(dst, "%x\r\n", size)
+		if err := copyFlushingRaw(dst, src, size); err != nil {
+			return err
+		}
+		crlf, err := readLine(src)
+		if err != nil {
+			return err
+		}
+		if len(crlf) != 0 {
+			return &HeadError{Reason: "chunk data longer than its size"}
+		}
+		dst.WriteString("\r\n")
+	}
+}
+
+// copyFlushingRaw copies exactly n bytes without finishing with a flush.
+func copyFlushingRaw(dst *bufio.Writer, src *bufio.Reader, n int64) error {
+	for n > 0 {
+		if src.Buffered() == 0 {
+			if err := dst.Flush(); err != nil {
+				return err
+			}
+		}
+		p, err := src.Peek(min(int(n), max(src.Buffered(), 1)))
+		if len(p) > 0 {
+			if _, werr := dst.Write(p); werr != nil {
+				return werr
+			}
+			_, _ = src.Discard(len(p))
+			n -= int64(len(p))
+		}
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// readLine reads one line without its CRLF (or LF), at most maxChunkLine.
+func readLine(br *bufio.Reader) ([]byte, error) {
+	line, err := br.ReadSlice('\n')
+	if err == bufio.ErrBufferFull || len(line) > maxChunkLine {
+		return nil, &HeadError{Reason: "chunk line too long"}
+	}
+	if err == io.EOF {
+		return nil, io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return nil, err
+	}
+	return trimEOL(line), nil
+}
+
+// parseChunkSize reads the hex size of a chunk-size line, ignoring
+// extensions.
+func parseChunkSize(line []byte) (int64, error) {
+	if i := bytes.IndexByte(line, ';'); i >= 0 {
+		line = line[:i]
+	}
+	for len(line) > 0 && (line[len(line)-1] == ' ' || line[len(line)-1] == '\t') {
+		line = line[:len(line)-1]
+	}
+	if len(line) == 0 || len(line) > 15 {
+		return 0, &HeadError{Reason: fmt.Sprintf("invalid chunk size %q", line)}
+	}
+	var n int64
+	for _, c := range line {
+		var d byte
+		switch {
+		case c >= '0' && c <= '9':
+			d = c - '0'
+		case c >= 'a' && c <= 'f':
+			d = c - 'a' + 10
+		case c >= 'A' && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, &HeadError{Reason: fmt.Sprintf("invalid chunk size %q", line)}
+		}
+		n = n<<4 | int64(d)
+	}
+	return n, nil
+}
