@@ -6,10 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"os"
 	"sync"
 	"time"
 
@@ -45,7 +43,9 @@ var (
 // It returns nil once c is done (and closed), or, when an exchange needs
 // the full HTTP server, a connection for an http.Server serving h that
 // replays what ServeConn read; ServeConn no longer touches c then.
-func (h *Handler) ServeConn(c net.Conn) (rest net.Conn) {
+// ctx ends when the server shuts down: ServeConn stops between exchanges.
+// It has the type of an httpfwd.ServeConnFunc.
+func (h *Handler) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 	br := connReaderPool.Get().(*bufio.Reader)
 	br.Reset(c)
 	head := new(httpfwd.Head)
@@ -57,9 +57,7 @@ func (h *Handler) ServeConn(c net.Conn) (rest net.Conn) {
 		}
 	}()
 	for {
-		_ = c.SetReadDeadline(time.Now().Add(connIdleTimeout))
-		err := httpfwd.ReadHead(br, head)
-		_ = c.SetReadDeadline(time.Time{})
+		err := httpfwd.WaitHead(ctx, c, br, head, connIdleTimeout)
 		var he *httpfwd.HeadError
 		switch {
 		case errors.As(err, &he):
@@ -70,7 +68,7 @@ func (h *Handler) ServeConn(c net.Conn) (rest net.Conn) {
 		}
 		srv, ok := h.fastServer(head)
 		if !ok {
-			return replay(c, head, br)
+			return httpfwd.Replay(c, head, br)
 		}
 		if !h.serveFast(c, br, head, srv) || head.Close {
 			return nil
@@ -85,7 +83,7 @@ func (h *Handler) ServeConn(c net.Conn) (rest net.Conn) {
 // as net/http's server would.
 func badRequest(c net.Conn, he *httpfwd.HeadError) {
 	body := errorBody(nil, codeInvalidRequest, "mcpproxy: bad request: "+he.Reason, nil)
-	_, _ = fmt.Fprintf(c, "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	_ = httpfwd.WriteAnswer(bufio.NewWriter(c), http.StatusBadRequest, "Content-Type: application/json\r\nConnection: close\r\n", body)
 }
 
 // fastServer returns the URL server a head is for, if the fast path takes
@@ -131,28 +129,19 @@ func (h *Handler) serveFast(c net.Conn, br *bufio.Reader, head *httpfwd.Head, sr
 	if req.ContentLength < 0 && (string(method) == http.MethodPost || string(method) == http.MethodPut || string(method) == http.MethodPatch) {
 		req.ContentLength = 0
 	}
-	// A body of the size MCP messages have is read whole, so the request
-	// can be sent again if a pooled upstream connection was dead.
-	const maxHeld = 1 << 20
-	switch n := req.ContentLength; {
-	case n > 0 && n <= maxHeld:
-		bp := heldBodyPool.Get().(*[]byte)
-		defer heldBodyPool.Put(bp)
-		if int64(cap(*bp)) < n {
-			*bp = make([]byte, n)
-		}
-		req.Body = (*bp)[:n]
-		if _, err := io.ReadFull(br, req.Body); err != nil {
-			return false
-		}
-	case n > maxHeld:
-		req.BodyReader = br
+	release, err := req.ReadBody(br, req.ContentLength)
+	if err != nil {
+		return false
 	}
-	ctx, stop := exchangeContext(c, br, req.BodyReader == nil)
+	defer release()
+	ctx, stop := context.Background(), func() bool { return false }
+	if req.BodyReader == nil {
+		ctx, stop = httpfwd.WatchClient(c, br, watchAfter)
+	}
 	bw := connWriterPool.Get().(*bufio.Writer)
 	bw.Reset(c)
 	defer func() { bw.Reset(nil); connWriterPool.Put(bw) }()
-	err := srv.fwd.ForwardRaw(ctx, bw, &req)
+	err = srv.fwd.ForwardRaw(ctx, bw, &req)
 	gone := stop()
 	var ue *httpfwd.UpstreamError
 	switch {
@@ -166,17 +155,14 @@ func (h *Handler) serveFast(c net.Conn, br *bufio.Reader, head *httpfwd.Head, sr
 	srv.log.Warn("upstream exchange failed", "method", string(method), "err", err)
 	body := errorBody(nil, codeInternal,
 		fmt.Sprintf("mcpproxy: upstream of server %q unreachable: %s", srv.name, upstreamReason(err)), nil)
-	fmt.Fprintf(bw, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: %d\r\n\r\n", len(body))
-	bw.Write(body)
-	if req.BodyReader != nil {
-		// The body may be left unread: the connection's state is unknown.
-		_ = bw.Flush()
-		return false
-	}
-	return bw.Flush() == nil
+	werr := httpfwd.WriteAnswer(bw, http.StatusBadGateway, "Content-Type: application/json\r\nCache-Control: no-store\r\n", body)
+	// With a streamed body left unread the connection's state is unknown.
+	return werr == nil && req.BodyReader == nil
 }
 
-var heldBodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+// watchAfter is how long an exchange runs before a tunnel stream without a
+// context of its own (yamux) is watched for the client leaving.
+const watchAfter = 50 * time.Millisecond
 
 // appendHead appends the upstream request head: the URL's path and query
 // (the client's query after it), the upstream's Host, the client's header
@@ -221,50 +207,3 @@ func (p *httpServer) dropsHeader(name []byte) bool {
 	}
 	return false
 }
-
-// exchangeContext is cancelled when the client leaves mid-exchange: from
-// the stream's own context where the tunnel offers one (QUIC streams);
-// otherwise (yamux) by a goroutine watching c for EOF, as net/http does, if
-// c's input is all read (watch). stop ends the watch and reports whether
-// the client left.
-func exchangeContext(c net.Conn, br *bufio.Reader, watch bool) (context.Context, func() bool) {
-	if cc, ok := c.(interface{ Context() context.Context }); ok {
-		ctx := cc.Context()
-		return ctx, func() bool { return ctx.Err() != nil }
-	}
-	if !watch {
-		return context.Background(), func() bool { return false }
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// A byte arriving is a pipelined request: it stays buffered.
-		if _, err := br.Peek(1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			cancel()
-		}
-	}()
-	return ctx, func() bool {
-		_ = c.SetReadDeadline(time.Unix(1, 0))
-		<-done
-		_ = c.SetReadDeadline(time.Time{})
-		left := ctx.Err() != nil
-		cancel()
-		return left
-	}
-}
-
-// replay returns c with the head already read, and whatever br holds,
-// put back in front of its input.
-func replay(c net.Conn, head *httpfwd.Head, br *bufio.Reader) net.Conn {
-	read := make([]byte, 0, len(head.Raw)+2)
-	read = append(append(read, head.Raw...), "\r\n"...)
-	return &replayConn{Conn: c, r: io.MultiReader(bytes.NewReader(read), br)}
-}
-
-type replayConn struct {
-	net.Conn
-	r io.Reader
-}
-
-func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
 // testServerBin is the fixture stdio MCP server (internal/testserver),
@@ -142,7 +144,7 @@ func serveLikeAgent(t *testing.T, h *Handler) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cs := NewConnServer(h, ln.Addr())
+	cs := httpfwd.NewConnServer(h.ServeConn, ln.Addr())
 	srv := httptest.NewUnstartedServer(h)
 	srv.Listener = cs.Handoff()
 	srv.Start()

@@ -24,12 +24,17 @@ type errorExtra struct {
 // writeError answers with a JSON-RPC shaped error body so that MCP clients,
 // which expect JSON-RPC, show the message.
 func writeError(w http.ResponseWriter, status int, reason, message string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(errorJSON(reason, message))
+}
+
+// errorJSON renders the body writeError sends.
+func errorJSON(reason, message string) []byte {
 	body, _ := json.Marshal(errorBody{
 		JSONRPC: "2.0",
 		Error:   errorDetail{Code: -32000, Message: message, Data: errorExtra{Reason: reason}},
 	})
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = w.Write(append(body, '\n'))
+	return append(body, '\n')
 }

@@ -35,14 +35,18 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 		h.log.Debug("forward cut short", "client", client, "agent", agent, "server", server, "err", err)
 		return
 	}
+	status, reason, msg := h.forwardFailed(client, agent, server, err)
+	writeError(w, status, reason, msg)
+}
+
+// forwardFailed logs an exchange that failed before any answer came and
+// says what the client is told.
+func (h *Handler) forwardFailed(client, agent, server string, err error) (status int, reason, msg string) {
 	if online, _ := h.agents.Offers(agent, server); !online {
-		writeError(w, http.StatusServiceUnavailable, "agent_offline",
-			fmt.Sprintf("agent %q disconnected during the request", agent))
-		return
+		return http.StatusServiceUnavailable, "agent_offline", fmt.Sprintf("agent %q disconnected during the request", agent)
 	}
 	h.log.Warn("forward failed", "client", client, "agent", agent, "server", server, "err", err)
-	writeError(w, http.StatusBadGateway, "tunnel_error",
-		fmt.Sprintf("forwarding to %s/%s failed: %v", agent, server, err))
+	return http.StatusBadGateway, "tunnel_error", fmt.Sprintf("forwarding to %s/%s failed: %v", agent, server, err)
 }
 
 // forwarder returns the agent's stream pool.

@@ -154,51 +154,73 @@ func (h *Handler) Close() error {
 
 func (h *Handler) serveMCP(w http.ResponseWriter, r *http.Request) {
 	agent, server := r.PathValue("agent"), r.PathValue("server")
-	if !h.originAllowed(r) {
-		h.log.Warn("refused foreign origin", "origin", r.Header.Get("Origin"), "host", r.Host, "path", r.URL.Path)
-		writeError(w, http.StatusForbidden, "origin_not_allowed",
-			fmt.Sprintf("origin %q is not allowed (add it to http.allowed_origins)", r.Header.Get("Origin")))
-		return
-	}
-	client, status := h.authenticate(r)
-	if client == nil {
-		w.Header().Set("WWW-Authenticate", status)
-		msg := "missing bearer token: send Authorization: Bearer <token>"
-		if strings.Contains(status, "invalid_token") {
-			msg = "invalid bearer token"
+	client, ref := h.admit(r.Header.Get("Origin"), r.Header.Get("Authorization"), r.Host, agent, server)
+	if ref != nil {
+		if ref.logMsg != "" {
+			h.log.Log(r.Context(), ref.logLevel, ref.logMsg, ref.logArgs...)
 		}
-		writeError(w, http.StatusUnauthorized, "unauthorized", msg)
-		return
-	}
-	if !client.allowed(agent, server) {
-		h.log.Info("client not allowed", "client", client.Name, "agent", agent, "server", server)
-		writeError(w, http.StatusForbidden, "forbidden",
-			fmt.Sprintf("client %q may not use %s/%s", client.Name, agent, server))
-		return
-	}
-	if !h.known[agent] {
-		writeError(w, http.StatusNotFound, "unknown_agent", fmt.Sprintf("no agent named %q", agent))
-		return
-	}
-	online, offered := h.agents.Offers(agent, server)
-	if !online {
-		w.Header().Set("Retry-After", "5")
-		writeError(w, http.StatusServiceUnavailable, "agent_offline",
-			fmt.Sprintf("agent %q is not connected; try again when it reconnects", agent))
-		return
-	}
-	if !offered {
-		writeError(w, http.StatusNotFound, "unknown_server",
-			fmt.Sprintf("agent %q offers no server named %q", agent, server))
+		if ref.header != "" {
+			w.Header().Set(ref.header, ref.value)
+		}
+		writeError(w, ref.status, ref.reason, ref.msg)
 		return
 	}
 	h.forward(w, r, client.Name, agent, server)
 }
 
+// refusal is an answer the relay gives by itself instead of forwarding.
+type refusal struct {
+	status        int
+	reason, msg   string
+	header, value string // one extra header, if any
+	logLevel      slog.Level
+	logMsg        string
+	logArgs       []any
+}
+
+// admit decides whether a client's exchange with agent/server goes
+// through, from the headers that decide it: the client, or why not.
+func (h *Handler) admit(origin, authorization, host, agent, server string) (*Client, *refusal) {
+	if !h.originAllowed(origin, host) {
+		return nil, &refusal{status: http.StatusForbidden, reason: "origin_not_allowed",
+			msg:      fmt.Sprintf("origin %q is not allowed (add it to http.allowed_origins)", origin),
+			logLevel: slog.LevelWarn, logMsg: "refused foreign origin",
+			logArgs: []any{"origin", origin, "host", host, "agent", agent, "server", server}}
+	}
+	client, challenge := h.authenticate(authorization)
+	if client == nil {
+		msg := "missing bearer token: send Authorization: Bearer <token>"
+		if strings.Contains(challenge, "invalid_token") {
+			msg = "invalid bearer token"
+		}
+		return nil, &refusal{status: http.StatusUnauthorized, reason: "unauthorized", msg: msg,
+			header: "WWW-Authenticate", value: challenge}
+	}
+	if !client.allowed(agent, server) {
+		return nil, &refusal{status: http.StatusForbidden, reason: "forbidden",
+			msg:      fmt.Sprintf("client %q may not use %s/%s", client.Name, agent, server),
+			logLevel: slog.LevelInfo, logMsg: "client not allowed",
+			logArgs: []any{"client", client.Name, "agent", agent, "server", server}}
+	}
+	if !h.known[agent] {
+		return nil, &refusal{status: http.StatusNotFound, reason: "unknown_agent", msg: fmt.Sprintf("no agent named %q", agent)}
+	}
+	online, offered := h.agents.Offers(agent, server)
+	if !online {
+		return nil, &refusal{status: http.StatusServiceUnavailable, reason: "agent_offline",
+			msg:    fmt.Sprintf("agent %q is not connected; try again when it reconnects", agent),
+			header: "Retry-After", value: "5"}
+	}
+	if !offered {
+		return nil, &refusal{status: http.StatusNotFound, reason: "unknown_server",
+			msg: fmt.Sprintf("agent %q offers no server named %q", agent, server)}
+	}
+	return client, nil
+}
+
 // authenticate returns the client whose token the request carries, or nil and
 // the WWW-Authenticate challenge to send.
-func (h *Handler) authenticate(r *http.Request) (*Client, string) {
-	auth := r.Header.Get("Authorization")
+func (h *Handler) authenticate(auth string) (*Client, string) {
 	scheme, token, ok := strings.Cut(auth, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
 		return nil, `Bearer realm="mcptun"`
@@ -234,8 +256,7 @@ func (c *Client) allowed(agent, server string) bool {
 // Origin passes only when allowed_origins lists it, or when both it and the
 // Host are loopback (local tools such as the MCP Inspector). Requests
 // without Origin (non-browser clients) pass.
-func (h *Handler) originAllowed(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
+func (h *Handler) originAllowed(origin, host string) bool {
 	if origin == "" || h.anyOrig {
 		return true
 	}
@@ -243,7 +264,7 @@ func (h *Handler) originAllowed(r *http.Request) bool {
 		return true
 	}
 	u, err := url.Parse(origin)
-	return err == nil && isLoopbackHost(u.Hostname()) && isLoopbackHost(hostOnly(r.Host))
+	return err == nil && isLoopbackHost(u.Hostname()) && isLoopbackHost(hostOnly(host))
 }
 
 func hostOnly(hostport string) string {

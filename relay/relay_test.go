@@ -16,6 +16,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/mcptun/mcptun/internal/httpfwd"
 	"go.uber.org/goleak"
 )
 
@@ -100,8 +102,22 @@ func newFixture(t *testing.T, agentHandler http.Handler) *fixture {
 		AllowedOrigins: []string{"https://app.example.com"},
 	})
 	require.NoError(t, err)
-	front := httptest.NewServer(h)
+	// Served the way the relay binary serves clients: the fast path first,
+	// net/http for what it hands over.
+	clientLn, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	fast := httpfwd.NewConnServer(h.ServeConn, clientLn.Addr())
+	front := httptest.NewUnstartedServer(h)
+	front.Listener = fast.Handoff()
+	front.Start()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = fast.Serve(clientLn)
+	}()
 	t.Cleanup(func() {
+		_ = fast.Close()
+		<-served
 		front.Close()
 		h.Close()
 		_ = agentSrv.Close()

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mcptun/mcptun/internal/config"
+	"github.com/mcptun/mcptun/internal/httpfwd"
 	"github.com/mcptun/mcptun/mcpproxy"
 	"github.com/mcptun/mcptun/tunnel"
 )
@@ -49,7 +50,7 @@ func newAgentCmd() *cobra.Command {
 type runningAgent struct {
 	Client  *tunnel.Client
 	handler *mcpproxy.Handler
-	serve   *mcpproxy.ConnServer
+	serve   *httpfwd.ConnServer
 	http    *http.Server
 	debug   *debugServer
 	cancel  context.CancelFunc
@@ -104,8 +105,8 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	runCtx, cancel := context.WithCancel(ctx)
 	ra.cancel = cancel
 	// Exchanges for url: servers are answered on the streams themselves;
-	// the http.Server serves the rest (see mcpproxy.ConnServer).
-	ra.serve = mcpproxy.NewConnServer(handler, client.Listener().Addr())
+	// the http.Server serves the rest (see mcpproxy.Handler.ServeConn).
+	ra.serve = httpfwd.NewConnServer(handler.ServeConn, client.Listener().Addr())
 	ra.http = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 30 * time.Second,

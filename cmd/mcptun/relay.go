@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mcptun/mcptun/internal/config"
+	"github.com/mcptun/mcptun/internal/httpfwd"
 	"github.com/mcptun/mcptun/relay"
 	"github.com/mcptun/mcptun/tunnel"
 )
@@ -65,6 +66,7 @@ type runningRelay struct {
 	Handler *relay.Handler
 	HTTPURL string // base URL of the HTTP front, e.g. http://127.0.0.1:8080
 
+	fast  *httpfwd.ConnServer
 	http  *http.Server
 	debug *debugServer
 	wg    sync.WaitGroup
@@ -148,16 +150,26 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{*httpCert}, MinVersion: tls.VersionTLS12})
 	}
 	rr.HTTPURL = scheme + "://" + ln.Addr().String()
+	// Admitted MCP exchanges are forwarded on the client connection
+	// itself; the http.Server serves the rest (see relay.Handler.ServeConn).
+	rr.fast = httpfwd.NewConnServer(h.ServeConn, ln.Addr())
 	rr.http = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       relay.ClientIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	rr.wg.Add(1)
+	rr.wg.Add(2)
 	go func() {
 		defer rr.wg.Done()
-		if err := rr.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := rr.http.Serve(rr.fast.Handoff()); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			log.Error("http server stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer rr.wg.Done()
+		if err := rr.fast.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http listener stopped", "err", err)
 		}
 	}()
 	if cfg.Debug.PprofListen != "" {
@@ -176,6 +188,7 @@ func (rr *runningRelay) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	// Long SSE streams never go idle: after a grace period, cut them.
+	_ = rr.fast.Shutdown(ctx)
 	if err := rr.http.Shutdown(ctx); err != nil {
 		_ = rr.http.Close()
 	}

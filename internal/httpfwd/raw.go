@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -368,4 +369,43 @@ func parseChunkSize(line []byte) (int64, error) {
 		n = n<<4 | int64(d)
 	}
 	return n, nil
+}
+
+// MaxHeldBody bounds the request bodies read into memory by ReadBody.
+const MaxHeldBody = 1 << 20
+
+var heldBodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+
+// ReadBody arranges for the request body of n bytes (a head's
+// ContentLength; -1 for none) to come from br: up to MaxHeldBody it is read
+// into memory now, so the request can be sent again on a fresh connection;
+// a larger one is streamed from br while sending. release returns the
+// memory once the exchange is over.
+func (r *RawRequest) ReadBody(br *bufio.Reader, n int64) (release func(), err error) {
+	r.ContentLength = n
+	switch {
+	case n > MaxHeldBody:
+		r.BodyReader = br
+	case n > 0:
+		bp := heldBodyPool.Get().(*[]byte)
+		if int64(cap(*bp)) < n {
+			*bp = make([]byte, n)
+		}
+		r.Body = (*bp)[:n]
+		release = func() { heldBodyPool.Put(bp) }
+		if _, err := io.ReadFull(br, r.Body); err != nil {
+			release()
+			return nil, fmt.Errorf("httpfwd: read request body: %w", err)
+		}
+		return release, nil
+	}
+	return func() {}, nil
+}
+
+// WriteAnswer writes a whole answer of its own (an error the proxy
+// makes) in wire form and flushes it. header lines end in CRLF.
+func WriteAnswer(bw *bufio.Writer, status int, header string, body []byte) error {
+	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\n\r\n", status, http.StatusText(status), header, len(body))
+	bw.Write(body)
+	return bw.Flush()
 }

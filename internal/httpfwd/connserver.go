@@ -1,0 +1,277 @@
+package httpfwd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+)
+
+// ServeConnFunc serves HTTP/1.1 exchanges on c until it is done (it closes
+// c and returns nil) or until an exchange needs a full http.Server: then it
+// returns a connection that replays what it had read (see Replay), for the
+// server on ConnServer.Handoff. ctx ends when the ConnServer shuts down: a
+// ServeConnFunc stops between exchanges then (see WaitHead).
+type ServeConnFunc func(ctx context.Context, c net.Conn) (rest net.Conn)
+
+// ConnServer runs a fast path in front of an http.Server: every accepted
+// connection goes to a ServeConnFunc, which answers the exchanges it knows
+// on the connection itself and hands the connection over for anything else.
+type ConnServer struct {
+	serve ServeConnFunc
+	hand  *handoffListener
+	ctx   context.Context // ends at Shutdown or Close
+	stop  context.CancelFunc
+
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  map[net.Conn]struct{} // on the fast path
+	closed bool
+	wg     sync.WaitGroup // one per fast conn
+}
+
+// NewConnServer returns a ConnServer; addr is what its hand-off listener
+// reports as its address.
+func NewConnServer(serve ServeConnFunc, addr net.Addr) *ConnServer {
+	ctx, stop := context.WithCancel(context.Background())
+	return &ConnServer{serve: serve, hand: newHandoffListener(addr), ctx: ctx, stop: stop, conns: make(map[net.Conn]struct{})}
+}
+
+// Handoff returns the listener on which an http.Server receives the
+// connections the fast path passes on.
+func (s *ConnServer) Handoff() net.Listener { return s.hand }
+
+// Serve accepts connections from ln until it fails, which it returns;
+// Shutdown and Close close ln.
+func (s *ConnServer) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return http.ErrServerClosed
+	}
+	s.ln = ln
+	s.mu.Unlock()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return http.ErrServerClosed
+			}
+			return err
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			_ = c.Close()
+			return http.ErrServerClosed
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			rest := s.serve(s.ctx, c)
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+			if rest != nil {
+				s.hand.push(rest)
+			}
+		}()
+	}
+}
+
+// Shutdown stops accepting, ends connections idle between exchanges at
+// once and lets the others finish their exchange until ctx ends; then it
+// closes them. Connections already handed over are the http.Server's.
+func (s *ConnServer) Shutdown(ctx context.Context) error {
+	conns := s.begin()
+	for _, c := range conns {
+		// Wakes a ServeConnFunc waiting for the next head (WaitHead).
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.closeConns()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close closes the listener, the hand-off listener (connections passed on
+// later are closed) and the connections on the fast path, and waits for
+// their goroutines.
+func (s *ConnServer) Close() error {
+	s.begin()
+	s.closeConns()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *ConnServer) begin() []net.Conn {
+	s.stop()
+	s.mu.Lock()
+	s.closed = true
+	ln := s.ln
+	conns := s.snapshot()
+	s.mu.Unlock()
+	if ln != nil {
+		_ = ln.Close()
+	}
+	_ = s.hand.Close()
+	return conns
+}
+
+func (s *ConnServer) snapshot() []net.Conn {
+	conns := make([]net.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	return conns
+}
+
+func (s *ConnServer) closeConns() {
+	s.mu.Lock()
+	conns := s.snapshot()
+	s.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}
+
+// WaitHead reads the next request head on a connection between exchanges,
+// waiting at most idle for it to begin, and reports false, having answered
+// nothing, when the connection is done: closed by the peer, idle too long,
+// or the ConnServer shutting down (ctx).
+func WaitHead(ctx context.Context, c net.Conn, br *bufio.Reader, h *Head, idle time.Duration) error {
+	_ = c.SetReadDeadline(time.Now().Add(idle))
+	// Checked after the deadline is set: Shutdown cancels ctx before it
+	// moves the deadline into the past, so one of the two stops us.
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	err := ReadHead(br, h)
+	_ = c.SetReadDeadline(time.Time{})
+	return err
+}
+
+// Replay returns c with the head already read (h, whose blank line was
+// consumed) and whatever br holds put back in front of its input.
+func Replay(c net.Conn, h *Head, br *bufio.Reader) net.Conn {
+	read := make([]byte, 0, len(h.Raw)+2)
+	read = append(append(read, h.Raw...), "\r\n"...)
+	return &replayConn{Conn: c, r: io.MultiReader(bytes.NewReader(read), br)}
+}
+
+type replayConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// handoffListener gives an http.Server the connections the fast path
+// passed on.
+type handoffListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newHandoffListener(addr net.Addr) *handoffListener {
+	return &handoffListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *handoffListener) push(c net.Conn) {
+	select {
+	case l.ch <- c:
+	case <-l.done:
+		_ = c.Close()
+	}
+}
+
+func (l *handoffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *handoffListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *handoffListener) Addr() net.Addr { return l.addr }
+
+// WatchClient returns a context that ends when the client on c leaves
+// (its input ends) during an exchange whose request was read whole, and a
+// stop function that ends the watch and reports whether the client left.
+// Where c offers a Context of its own (tunnel QUIC streams) that is used.
+// Otherwise a goroutine reads c, as net/http's server does around every
+// handler — but only once the exchange has lasted longer than after: most
+// MCP exchanges end sooner and never pay for it.
+func WatchClient(c net.Conn, br *bufio.Reader, after time.Duration) (context.Context, func() (left bool)) {
+	if cc, ok := c.(interface{ Context() context.Context }); ok {
+		ctx := cc.Context()
+		return ctx, func() bool { return ctx.Err() != nil }
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &watcher{c: c, br: br, cancel: cancel}
+	w.timer = time.AfterFunc(after, w.start)
+	return ctx, func() bool {
+		w.mu.Lock()
+		w.stopped = true
+		done := w.done
+		w.mu.Unlock()
+		w.timer.Stop()
+		if done != nil {
+			_ = c.SetReadDeadline(time.Unix(1, 0))
+			<-done
+			_ = c.SetReadDeadline(time.Time{})
+		}
+		left := ctx.Err() != nil
+		cancel()
+		return left
+	}
+}
+
+type watcher struct {
+	c      net.Conn
+	br     *bufio.Reader
+	cancel context.CancelFunc
+	timer  *time.Timer
+
+	mu      sync.Mutex
+	stopped bool
+	done    chan struct{}
+}
+
+func (w *watcher) start() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped {
+		return
+	}
+	w.done = make(chan struct{})
+	go func() {
+		defer close(w.done)
+		// A byte arriving is a pipelined request: it stays buffered.
+		if _, err := w.br.Peek(1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			w.cancel()
+		}
+	}()
+}
