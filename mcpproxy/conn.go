@@ -189,7 +189,7 @@ func (p *httpServer) appendHead(b []byte, head *httpfwd.Head, method, target []b
 		if p.dropsHeader(name) || head.IsConnToken(name) {
 			continue
 		}
-		b = append(b, head.Line(f)...)
+		b = head.AppendField(b, f)
 	}
 	return append(b, p.headerLines...)
 }

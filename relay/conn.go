@@ -103,10 +103,16 @@ func (h *Handler) fastRoute(head *httpfwd.Head) (route, bool) {
 		case httpfwd.EqualFold(name, "Host"):
 			host = head.Value(f)
 			hosts++
+		// A repeated Authorization or Origin counts by its first line, as
+		// in net/http's Header.Get (serveMCP): both paths must decide alike.
 		case httpfwd.EqualFold(name, "Authorization"):
-			auth = head.Value(f)
+			if auth == nil {
+				auth = head.Value(f)
+			}
 		case httpfwd.EqualFold(name, "Origin"):
-			origin = head.Value(f)
+			if origin == nil {
+				origin = head.Value(f)
+			}
 		case httpfwd.EqualFold(name, "Expect"), httpfwd.EqualFold(name, "Upgrade"):
 			return route{}, false
 		}
@@ -161,7 +167,7 @@ func (h *Handler) forwardFast(c net.Conn, br *bufio.Reader, head *httpfwd.Head, 
 		if httpfwd.IsHopByHop(name) || httpfwd.EqualFold(name, "Host") || droppedHeader(name) {
 			continue
 		}
-		b = append(b, head.Line(f)...)
+		b = head.AppendField(b, f)
 	}
 	b = append(b, ClientHeader+": "...)
 	b = append(b, rt.client.Name...)

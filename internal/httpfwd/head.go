@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"strconv"
 )
 
@@ -50,8 +51,18 @@ func (h *Head) Name(f Field) []byte { return h.Raw[f.lineStart:f.nameEnd] }
 // Value returns the header value of f, without surrounding whitespace.
 func (h *Head) Value(f Field) []byte { return h.Raw[f.valueStart:f.valueEnd] }
 
-// Line returns the header line of f including its line end.
+// Line returns the header line of f as received, including its line end.
 func (h *Head) Line(f Field) []byte { return h.Raw[f.lineStart:f.lineEnd] }
+
+// AppendField appends the header line of f to b as "Name: value\r\n":
+// whatever spacing and line end the sender used, the next hop gets the
+// canonical form (a bare LF passed on could be read differently there).
+func (h *Head) AppendField(b []byte, f Field) []byte {
+	b = append(b, h.Raw[f.lineStart:f.nameEnd]...)
+	b = append(b, ": "...)
+	b = append(b, h.Raw[f.valueStart:f.valueEnd]...)
+	return append(b, "\r\n"...)
+}
 
 // Get returns the first value of the header named name (case-insensitive).
 func (h *Head) Get(name string) ([]byte, bool) {
@@ -94,12 +105,13 @@ func (h *Head) Reset() {
 // connection ended before any byte of the head).
 func ReadHead(br *bufio.Reader, h *Head) error {
 	h.Reset()
+	skipped := 0 // bytes of empty lines before the start line, bounded too
 	for first := true; ; {
 		line, err := br.ReadSlice('\n')
 		if err == bufio.ErrBufferFull {
 			// A line longer than the reader's buffer: gather it whole.
 			full := append([]byte(nil), line...)
-			for err == bufio.ErrBufferFull && len(h.Raw)+len(full) <= MaxHeadBytes {
+			for err == bufio.ErrBufferFull && skipped+len(h.Raw)+len(full) <= MaxHeadBytes {
 				line, err = br.ReadSlice('\n')
 				full = append(full, line...)
 			}
@@ -110,16 +122,22 @@ func ReadHead(br *bufio.Reader, h *Head) error {
 				return &HeadError{Reason: "head too large"}
 			}
 			if len(h.Raw) > 0 || len(line) > 0 {
+				if err == io.EOF {
+					// Not io.EOF: some of a head came, so the peer did
+					// not just close an idle connection.
+					err = io.ErrUnexpectedEOF
+				}
 				return fmt.Errorf("httpfwd: head cut short: %w", err)
 			}
 			return err
 		}
-		if len(h.Raw)+len(line) > MaxHeadBytes {
+		if skipped+len(h.Raw)+len(line) > MaxHeadBytes {
 			return &HeadError{Reason: "head too large"}
 		}
 		content := trimEOL(line)
 		if first {
 			if len(content) == 0 {
+				skipped += len(line)
 				continue
 			}
 			first = false
@@ -189,7 +207,7 @@ func (h *Head) frame() error {
 		switch {
 		case EqualFold(name, "Content-Length"):
 			n, err := strconv.ParseInt(string(v), 10, 64)
-			if err != nil || n < 0 || len(v) == 0 || v[0] == '+' {
+			if err != nil || n < 0 || len(v) == 0 || v[0] < '0' || v[0] > '9' { // 1*DIGIT: no sign
 				return &HeadError{Reason: fmt.Sprintf("invalid Content-Length %q", v)}
 			}
 			if h.ContentLength >= 0 && h.ContentLength != n {
@@ -226,7 +244,7 @@ func (h *Head) frame() error {
 // StatusCode parses the status of a response head.
 func (h *Head) StatusCode() (int, error) {
 	s := h.Start
-	if len(s) < 12 || !bytes.HasPrefix(s, []byte("HTTP/1.")) || s[8] != ' ' || (len(s) > 12 && s[12] != ' ') {
+	if len(s) < 12 || !bytes.HasPrefix(s, []byte("HTTP/1.")) || !isDigit(s[7]) || s[8] != ' ' || (len(s) > 12 && s[12] != ' ') {
 		return 0, &HeadError{Reason: fmt.Sprintf("invalid status line %q", s)}
 	}
 	code := 0
@@ -246,7 +264,7 @@ func (h *Head) StatusCode() (int, error) {
 func (h *Head) RequestLine() (method, target, version []byte, err error) {
 	m, rest, ok1 := bytes.Cut(h.Start, []byte(" "))
 	t, v, ok2 := bytes.Cut(rest, []byte(" "))
-	if !ok1 || !ok2 || len(m) == 0 || len(t) == 0 || !bytes.HasPrefix(v, []byte("HTTP/1.")) || len(v) != 8 {
+	if !ok1 || !ok2 || len(m) == 0 || len(t) == 0 || !bytes.HasPrefix(v, []byte("HTTP/1.")) || len(v) != 8 || !isDigit(v[7]) {
 		return nil, nil, nil, &HeadError{Reason: fmt.Sprintf("invalid request line %.100q", h.Start)}
 	}
 	for _, c := range m {
@@ -261,6 +279,8 @@ func (h *Head) RequestLine() (method, target, version []byte, err error) {
 	}
 	return m, t, v, nil
 }
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
 func isTokenByte(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||

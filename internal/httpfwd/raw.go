@@ -32,7 +32,10 @@ type RawRequest struct {
 	NoResponseBody bool
 }
 
-var headPool = sync.Pool{New: func() any { return new(Head) }}
+var (
+	headPool     = sync.Pool{New: func() any { return new(Head) }}
+	fieldBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+)
 
 // ForwardRaw sends req upstream and writes the answer to dst in HTTP/1.1
 // wire form: the status line and end-to-end header lines as the upstream
@@ -94,8 +97,13 @@ func (f *Forwarder) roundTripRaw(ctx context.Context, c *conn, req *RawRequest, 
 	if err := bw.Flush(); err != nil {
 		return 0, &UpstreamError{Op: "write request", Err: err}
 	}
-	for {
+	for interim := false; ; interim = true {
 		if _, err := c.br.Peek(1); err != nil {
+			if interim && err == io.EOF {
+				// The upstream had the request and answered: not a
+				// pooled connection that was dead, not to be retried.
+				err = io.ErrUnexpectedEOF
+			}
 			return 0, &UpstreamError{Op: "read response", Err: err}
 		}
 		if err := ReadHead(c.br, head); err != nil {
@@ -130,8 +138,14 @@ func copyExactly(w io.Writer, r io.Reader, n int64) error {
 // copyRaw writes the response head and body to dst.
 func (f *Forwarder) copyRaw(ctx context.Context, dst *bufio.Writer, c *conn, req *RawRequest, head *Head, code int) error {
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-	dst.Write(head.Start)
+	// Our side speaks HTTP/1.1 whatever the upstream spoke (the framing we
+	// write is 1.1's); an HTTP/1.0 upstream closes after the answer.
+	reuse := !head.Close && bytes.HasPrefix(head.Start, []byte("HTTP/1.1 "))
+	dst.WriteString("HTTP/1.1")
+	dst.Write(head.Start[8:])
 	dst.WriteString("\r\n")
+	line := fieldBufPool.Get().(*[]byte)
+	defer fieldBufPool.Put(line)
 	sse, accel := false, false
 	for _, fl := range head.Fields {
 		name := head.Name(fl)
@@ -145,14 +159,14 @@ func (f *Forwarder) copyRaw(ctx context.Context, dst *bufio.Writer, c *conn, req
 		case EqualFold(name, "X-Accel-Buffering"):
 			accel = true
 		}
-		dst.Write(head.Line(fl))
+		*line = head.AppendField((*line)[:0], fl)
+		dst.Write(*line)
 	}
 	if sse && !accel {
 		// Tell buffering proxies in front of us (nginx and kin) to pass
 		// events on as they come.
 		dst.WriteString("X-Accel-Buffering: no\r\n")
 	}
-	reuse := !head.Close
 	var err error
 	switch noBody := req.NoResponseBody || code == 204 || code == 304; {
 	case noBody:
