@@ -134,10 +134,7 @@ func (h *Handler) serveFast(c net.Conn, br *bufio.Reader, head *httpfwd.Head, sr
 		return false
 	}
 	defer release()
-	ctx, stop := context.Background(), func() bool { return false }
-	if req.BodyReader == nil {
-		ctx, stop = httpfwd.WatchClient(c, br, watchAfter)
-	}
+	ctx, stop := httpfwd.WatchClient(c, br, watchAfter, req.BodyRead)
 	bw := connWriterPool.Get().(*bufio.Writer)
 	bw.Reset(c)
 	defer func() { bw.Reset(nil); connWriterPool.Put(bw) }()
@@ -156,8 +153,8 @@ func (h *Handler) serveFast(c net.Conn, br *bufio.Reader, head *httpfwd.Head, sr
 	body := errorBody(nil, codeInternal,
 		fmt.Sprintf("mcpproxy: upstream of server %q unreachable: %s", srv.name, upstreamReason(err)), nil)
 	werr := httpfwd.WriteAnswer(bw, http.StatusBadGateway, "Content-Type: application/json\r\nCache-Control: no-store\r\n", body)
-	// With a streamed body left unread the connection's state is unknown.
-	return werr == nil && req.BodyReader == nil
+	// With a body left partly unread the connection's state is unknown.
+	return werr == nil && req.BodyRead()
 }
 
 // watchAfter is how long an exchange runs before a tunnel stream without a
@@ -186,7 +183,7 @@ func (p *httpServer) appendHead(b []byte, head *httpfwd.Head, method, target []b
 	b = append(b, "\r\n"...)
 	for _, f := range head.Fields {
 		name := head.Name(f)
-		if p.dropsHeader(name) || head.IsConnToken(name) {
+		if p.dropsHeader(name) {
 			continue
 		}
 		b = head.AppendField(b, f)

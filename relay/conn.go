@@ -183,10 +183,7 @@ func (h *Handler) forwardFast(c net.Conn, br *bufio.Reader, head *httpfwd.Head, 
 		return false
 	}
 	defer release()
-	ctx, stop := context.Background(), func() bool { return false }
-	if req.BodyReader == nil {
-		ctx, stop = httpfwd.WatchClient(c, br, watchAfter)
-	}
+	ctx, stop := httpfwd.WatchClient(c, br, watchAfter, req.BodyRead)
 	bw := connWriterPool.Get().(*bufio.Writer)
 	bw.Reset(c)
 	defer func() { bw.Reset(nil); connWriterPool.Put(bw) }()
@@ -204,8 +201,8 @@ func (h *Handler) forwardFast(c net.Conn, br *bufio.Reader, head *httpfwd.Head, 
 	}
 	status, reason, msg := h.forwardFailed(rt.client.Name, rt.agent, rt.server, err)
 	werr := httpfwd.WriteAnswer(bw, status, "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n", errorJSON(reason, msg))
-	// With a streamed body left unread the connection's state is unknown.
-	return werr == nil && req.BodyReader == nil
+	// With a body left partly unread the connection's state is unknown.
+	return werr == nil && req.BodyRead()
 }
 
 // droppedHeader reports the client headers that never cross the tunnel.

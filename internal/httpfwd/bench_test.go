@@ -1,6 +1,7 @@
 package httpfwd
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net"
@@ -10,11 +11,13 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 )
 
 // BenchmarkForward compares one small JSON exchange made directly, through
-// this package, and through httputil.ReverseProxy (what it replaces), all on
-// loopback TCP. Run: go test -run '^$' -bench Forward ./internal/httpfwd
+// this package (Forward behind net/http's server, and the fast path:
+// ForwardRaw on a ConnServer), and through httputil.ReverseProxy (what it
+// replaces), all on loopback TCP. Run: go test -run '^$' -bench Forward ./internal/httpfwd
 func BenchmarkForward(b *testing.B) {
 	const body = `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}`
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -38,10 +41,40 @@ func BenchmarkForward(b *testing.B) {
 	viaRP := httptest.NewServer(rp)
 	defer viaRP.Close()
 
+	// The fast path relay and agent use: heads read in wire form, the
+	// exchange passed on with ForwardRaw, no net/http server.
+	rawLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw := NewConnServer(func(ctx context.Context, c net.Conn) net.Conn {
+		defer c.Close()
+		br, bw := bufio.NewReader(c), bufio.NewWriter(c)
+		var h Head
+		for WaitHead(ctx, c, br, &h, time.Minute) == nil {
+			req := RawRequest{Head: []byte("POST /mcp HTTP/1.1\r\nHost: " + addr + "\r\nContent-Type: application/json\r\n")}
+			release, err := req.ReadBody(br, h.ContentLength)
+			if err != nil {
+				return nil
+			}
+			wctx, stop := WatchClient(c, br, 50*time.Millisecond, req.BodyRead)
+			err = fwd.ForwardRaw(wctx, bw, &req)
+			stop()
+			release()
+			if err != nil {
+				return nil
+			}
+		}
+		return nil
+	}, rawLn.Addr())
+	go func() { _ = raw.Serve(rawLn) }()
+	defer raw.Close()
+
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	defer client.CloseIdleConnections()
 	for _, tc := range []struct{ name, url string }{
-		{"direct", upstream.URL}, {"httpfwd", viaFwd.URL}, {"reverseproxy", viaRP.URL},
+		{"direct", upstream.URL}, {"httpfwd", viaFwd.URL}, {"httpfwd-raw", "http://" + rawLn.Addr().String()},
+		{"reverseproxy", viaRP.URL},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()

@@ -218,19 +218,22 @@ func (l *handoffListener) Close() error {
 func (l *handoffListener) Addr() net.Addr { return l.addr }
 
 // WatchClient returns a context that ends when the client on c leaves
-// (its input ends) during an exchange whose request was read whole, and a
+// (its input ends) during an exchange, and a
 // stop function that ends the watch and reports whether the client left.
 // Where c offers a Context of its own (tunnel QUIC streams) that is used.
 // Otherwise a goroutine reads c, as net/http's server does around every
 // handler — but only once the exchange has lasted longer than after: most
 // MCP exchanges end sooner and never pay for it.
-func WatchClient(c net.Conn, br *bufio.Reader, after time.Duration) (context.Context, func() (left bool)) {
+//
+// bodyRead, if not nil, says whether the request body has been read whole;
+// until it has, the watch waits (it must not read c while the body is).
+func WatchClient(c net.Conn, br *bufio.Reader, after time.Duration, bodyRead func() bool) (context.Context, func() (left bool)) {
 	if cc, ok := c.(interface{ Context() context.Context }); ok {
 		ctx := cc.Context()
 		return ctx, func() bool { return ctx.Err() != nil }
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &watcher{c: c, br: br, cancel: cancel}
+	w := &watcher{c: c, br: br, cancel: cancel, after: after, bodyRead: bodyRead}
 	w.timer = time.AfterFunc(after, w.start)
 	return ctx, func() bool {
 		w.mu.Lock()
@@ -250,10 +253,12 @@ func WatchClient(c net.Conn, br *bufio.Reader, after time.Duration) (context.Con
 }
 
 type watcher struct {
-	c      net.Conn
-	br     *bufio.Reader
-	cancel context.CancelFunc
-	timer  *time.Timer
+	c        net.Conn
+	br       *bufio.Reader
+	cancel   context.CancelFunc
+	timer    *time.Timer
+	after    time.Duration
+	bodyRead func() bool
 
 	mu      sync.Mutex
 	stopped bool
@@ -264,6 +269,10 @@ func (w *watcher) start() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.stopped {
+		return
+	}
+	if w.bodyRead != nil && !w.bodyRead() {
+		w.timer.Reset(w.after)
 		return
 	}
 	w.done = make(chan struct{})

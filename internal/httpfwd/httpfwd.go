@@ -101,7 +101,7 @@ type Request struct {
 // UpstreamError reports that the exchange failed before a response head
 // arrived, so the caller may still answer the client itself.
 type UpstreamError struct {
-	Op  string // "dial", "write request", "read response"
+	Op  string // "dial", "write request", "read response", ...
 	Err error
 }
 
@@ -139,16 +139,24 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, out Request)
 			return f.copyResponse(ctx, w, c, r, resp)
 		}
 		c.close()
-		// Only a reused connection that failed before the upstream said
-		// anything is retried: the peer closed it while it sat idle.
-		var ue *UpstreamError
-		retryable := reused && attempt == 0 && ctx.Err() == nil &&
-			(body != nil || r.ContentLength == 0) && errors.As(err, &ue) &&
-			(ue.Op == "write request" || closedByPeer(ue.Err))
-		if !retryable {
+		if !retryable(ctx, reused && attempt == 0, body != nil || r.ContentLength == 0, err) {
 			return err
 		}
 	}
+}
+
+// opAfterInterim names a failure after the upstream had answered with an
+// interim head: it had the request, so it is not sent again.
+const opAfterInterim = "read response after interim answer"
+
+// retryable reports whether a failed exchange is sent again on a fresh
+// connection: only the first try on a reused connection that failed before
+// the upstream said anything (the peer closed it while it sat idle), with
+// the whole body still at hand.
+func retryable(ctx context.Context, reusedFirstTry, bodyAtHand bool, err error) bool {
+	var ue *UpstreamError
+	return reusedFirstTry && bodyAtHand && ctx.Err() == nil && errors.As(err, &ue) &&
+		(ue.Op == "write request" || ue.Op == "read response" && closedByPeer(ue.Err))
 }
 
 // closedByPeer reports an error that means the peer had closed the
@@ -330,15 +338,15 @@ func (f *Forwarder) roundTrip(ctx context.Context, c *conn, r *http.Request, out
 	if err := bw.Flush(); err != nil {
 		return nil, &UpstreamError{Op: "write request", Err: err}
 	}
-	for {
+	for op := "read response"; ; op = opAfterInterim {
 		// Wait for the first byte apart, so a connection the peer had
 		// closed (EOF with nothing read) is told from a broken answer.
 		if _, err := c.br.Peek(1); err != nil {
-			return nil, &UpstreamError{Op: "read response", Err: err}
+			return nil, &UpstreamError{Op: op, Err: err}
 		}
 		resp, err := http.ReadResponse(c.br, r)
 		if err != nil {
-			return nil, &UpstreamError{Op: "read response", Err: err}
+			return nil, &UpstreamError{Op: op, Err: err}
 		}
 		// Skip interim answers (100 Continue, 103 Early Hints).
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {

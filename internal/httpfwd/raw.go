@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -30,6 +31,25 @@ type RawRequest struct {
 	// NoResponseBody is set for HEAD: the answer's framing headers describe
 	// a body that does not follow.
 	NoResponseBody bool
+
+	streamed *countingReader // set by ReadBody for a body read while sending
+}
+
+// BodyRead reports whether the whole body has been read from the client
+// (a streamed one only once it was sent on).
+func (r *RawRequest) BodyRead() bool { return r.streamed == nil || r.streamed.left.Load() <= 0 }
+
+// countingReader counts down the bytes of a streamed body, so a watch on
+// the client's connection starts only once nothing more is to be read.
+type countingReader struct {
+	r    io.Reader
+	left atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.left.Add(-int64(n))
+	return n, err
 }
 
 var (
@@ -61,11 +81,7 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, dst *bufio.Writer, req *RawR
 			return f.copyRaw(ctx, dst, c, req, head, code)
 		}
 		c.close()
-		var ue *UpstreamError
-		retryable := reused && attempt == 0 && ctx.Err() == nil &&
-			(req.Body != nil || req.ContentLength <= 0) && errors.As(err, &ue) &&
-			(ue.Op == "write request" || closedByPeer(ue.Err))
-		if !retryable {
+		if !retryable(ctx, reused && attempt == 0, req.Body != nil || req.ContentLength <= 0, err) {
 			return err
 		}
 	}
@@ -97,17 +113,13 @@ func (f *Forwarder) roundTripRaw(ctx context.Context, c *conn, req *RawRequest, 
 	if err := bw.Flush(); err != nil {
 		return 0, &UpstreamError{Op: "write request", Err: err}
 	}
-	for interim := false; ; interim = true {
+	op := "read response"
+	for ; ; op = opAfterInterim {
 		if _, err := c.br.Peek(1); err != nil {
-			if interim && err == io.EOF {
-				// The upstream had the request and answered: not a
-				// pooled connection that was dead, not to be retried.
-				err = io.ErrUnexpectedEOF
-			}
-			return 0, &UpstreamError{Op: "read response", Err: err}
+			return 0, &UpstreamError{Op: op, Err: err}
 		}
 		if err := ReadHead(c.br, head); err != nil {
-			return 0, &UpstreamError{Op: "read response", Err: err}
+			return 0, &UpstreamError{Op: op, Err: err}
 		}
 		code, err := head.StatusCode()
 		if err != nil {
@@ -399,7 +411,9 @@ func (r *RawRequest) ReadBody(br *bufio.Reader, n int64) (release func(), err er
 	r.ContentLength = n
 	switch {
 	case n > MaxHeldBody:
-		r.BodyReader = br
+		r.streamed = &countingReader{r: br}
+		r.streamed.left.Store(n)
+		r.BodyReader = r.streamed
 	case n > 0:
 		bp := heldBodyPool.Get().(*[]byte)
 		if int64(cap(*bp)) < n {
