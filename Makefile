@@ -41,7 +41,10 @@ lint:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime 30s ./internal/config
 	$(GO) test -run '^$$' -fuzz FuzzPeek -fuzztime 30s ./mcpproxy
-	$(GO) test -run '^$$' -fuzz . -fuzztime 30s ./tunnel
+	$(GO) test -run '^$$' -fuzz FuzzReadHead -fuzztime 30s ./internal/httpfwd
+	$(GO) test -run '^$$' -fuzz FuzzCopyChunked -fuzztime 30s ./internal/httpfwd
+	$(GO) test -run '^$$' -fuzz FuzzReadFrame -fuzztime 30s ./tunnel
+	$(GO) test -run '^$$' -fuzz FuzzDecodeHello -fuzztime 30s ./tunnel
 
 clean:
 	rm -rf bin
