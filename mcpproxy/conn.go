@@ -33,6 +33,10 @@ import (
 // stream in its pool.
 const connIdleTimeout = 5 * time.Minute
 
+// connHeaderTimeout bounds reading a head once it has begun, like the
+// agent's http.Server ReadHeaderTimeout.
+const connHeaderTimeout = 30 * time.Second
+
 var (
 	connReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 	connWriterPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
@@ -57,7 +61,7 @@ func (h *Handler) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 		}
 	}()
 	for {
-		err := httpfwd.WaitHead(ctx, c, br, head, connIdleTimeout)
+		err := httpfwd.WaitHead(ctx, c, br, head, connIdleTimeout, connHeaderTimeout)
 		var he *httpfwd.HeadError
 		switch {
 		case errors.As(err, &he):

@@ -33,6 +33,9 @@ import (
 // long.
 const ClientIdleTimeout = 2 * time.Minute
 
+// ClientHeaderTimeout bounds reading a request head once it has begun.
+const ClientHeaderTimeout = 10 * time.Second
+
 // watchAfter is how long an exchange runs before the client's connection
 // is watched for the client leaving.
 const watchAfter = 50 * time.Millisecond
@@ -58,7 +61,7 @@ func (h *Handler) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 		}
 	}()
 	for {
-		err := httpfwd.WaitHead(ctx, c, br, head, ClientIdleTimeout)
+		err := httpfwd.WaitHead(ctx, c, br, head, ClientIdleTimeout, ClientHeaderTimeout)
 		var he *httpfwd.HeadError
 		switch {
 		case errors.As(err, &he):

@@ -155,7 +155,7 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	rr.fast = httpfwd.NewConnServer(h.ServeConn, ln.Addr())
 	rr.http = &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: relay.ClientHeaderTimeout,
 		IdleTimeout:       relay.ClientIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}

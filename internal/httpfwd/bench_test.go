@@ -51,7 +51,7 @@ func BenchmarkForward(b *testing.B) {
 		defer c.Close()
 		br, bw := bufio.NewReader(c), bufio.NewWriter(c)
 		var h Head
-		for WaitHead(ctx, c, br, &h, time.Minute) == nil {
+		for WaitHead(ctx, c, br, &h, time.Minute, time.Minute) == nil {
 			req := RawRequest{Head: []byte("POST /mcp HTTP/1.1\r\nHost: " + addr + "\r\nContent-Type: application/json\r\n")}
 			release, err := req.ReadBody(br, h.ContentLength)
 			if err != nil {

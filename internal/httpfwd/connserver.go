@@ -149,14 +149,25 @@ func (s *ConnServer) closeConns() {
 	}
 }
 
-// WaitHead reads the next request head on a connection between exchanges,
-// waiting at most idle for it to begin, and reports false, having answered
-// nothing, when the connection is done: closed by the peer, idle too long,
-// or the ConnServer shutting down (ctx).
-func WaitHead(ctx context.Context, c net.Conn, br *bufio.Reader, h *Head, idle time.Duration) error {
-	_ = c.SetReadDeadline(time.Now().Add(idle))
-	// Checked after the deadline is set: Shutdown cancels ctx before it
-	// moves the deadline into the past, so one of the two stops us.
+// WaitHead reads the next request head on a connection between exchanges:
+// it waits at most idle for the head to begin and then at most
+// headerTimeout for the rest of it (a client dribbling a head byte by byte
+// holds the connection no longer than that). It returns an error, having
+// answered nothing, when the connection is done: closed by the peer, idle
+// too long, or the ConnServer shutting down (ctx).
+func WaitHead(ctx context.Context, c net.Conn, br *bufio.Reader, h *Head, idle, headerTimeout time.Duration) error {
+	if br.Buffered() == 0 {
+		_ = c.SetReadDeadline(time.Now().Add(idle))
+		// Checked after the deadline is set: Shutdown cancels ctx before
+		// it moves the deadline into the past, so one of the two stops us.
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if _, err := br.Peek(1); err != nil {
+			return err
+		}
+	}
+	_ = c.SetReadDeadline(time.Now().Add(headerTimeout))
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
