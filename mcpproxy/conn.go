@@ -74,7 +74,7 @@ func (h *Handler) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 		if !ok {
 			return httpfwd.Replay(c, head, br)
 		}
-		if !h.serveFast(c, br, head, srv) || head.Close {
+		if !h.serveFast(ctx, c, br, head, srv) || head.Close {
 			return nil
 		}
 		if cap(head.Raw) > 64<<10 {
@@ -120,7 +120,7 @@ func (h *Handler) fastServer(head *httpfwd.Head) (*httpServer, bool) {
 }
 
 // serveFast forwards one exchange; it reports whether c can carry another.
-func (h *Handler) serveFast(c net.Conn, br *bufio.Reader, head *httpfwd.Head, srv *httpServer) bool {
+func (h *Handler) serveFast(sctx context.Context, c net.Conn, br *bufio.Reader, head *httpfwd.Head, srv *httpServer) bool {
 	method, target, _, _ := head.RequestLine()
 	out := outHeadPool.Get().(*[]byte)
 	defer outHeadPool.Put(out)
@@ -138,7 +138,7 @@ func (h *Handler) serveFast(c net.Conn, br *bufio.Reader, head *httpfwd.Head, sr
 		return false
 	}
 	defer release()
-	ctx, stop := httpfwd.WatchClient(c, br, watchAfter, req.BodyRead)
+	ctx, stop := httpfwd.WatchClient(httpfwd.Closing(sctx), c, br, watchAfter, req.BodyRead)
 	bw := connWriterPool.Get().(*bufio.Writer)
 	bw.Reset(c)
 	defer func() { bw.Reset(nil); connWriterPool.Put(bw) }()

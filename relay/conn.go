@@ -75,7 +75,7 @@ func (h *Handler) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 		if !ok {
 			return httpfwd.Replay(c, head, br)
 		}
-		if !h.forwardFast(c, br, head, rt) || head.Close {
+		if !h.forwardFast(ctx, c, br, head, rt) || head.Close {
 			return nil
 		}
 		if cap(head.Raw) > 64<<10 {
@@ -156,7 +156,7 @@ func plainSegment(s []byte) bool {
 
 // forwardFast forwards one admitted exchange; it reports whether c can
 // carry another.
-func (h *Handler) forwardFast(c net.Conn, br *bufio.Reader, head *httpfwd.Head, rt route) bool {
+func (h *Handler) forwardFast(sctx context.Context, c net.Conn, br *bufio.Reader, head *httpfwd.Head, rt route) bool {
 	out := outHeadPool.Get().(*[]byte)
 	defer outHeadPool.Put(out)
 	b := append((*out)[:0], rt.method...)
@@ -186,7 +186,7 @@ func (h *Handler) forwardFast(c net.Conn, br *bufio.Reader, head *httpfwd.Head, 
 		return false
 	}
 	defer release()
-	ctx, stop := httpfwd.WatchClient(c, br, watchAfter, req.BodyRead)
+	ctx, stop := httpfwd.WatchClient(httpfwd.Closing(sctx), c, br, watchAfter, req.BodyRead)
 	bw := connWriterPool.Get().(*bufio.Writer)
 	bw.Reset(c)
 	defer func() { bw.Reset(nil); connWriterPool.Put(bw) }()

@@ -57,7 +57,7 @@ func BenchmarkForward(b *testing.B) {
 			if err != nil {
 				return nil
 			}
-			wctx, stop := WatchClient(c, br, 50*time.Millisecond, req.BodyRead)
+			wctx, stop := WatchClient(Closing(ctx), c, br, 50*time.Millisecond, req.BodyRead)
 			err = fwd.ForwardRaw(wctx, bw, &req)
 			stop()
 			release()

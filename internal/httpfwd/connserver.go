@@ -24,10 +24,11 @@ type ServeConnFunc func(ctx context.Context, c net.Conn) (rest net.Conn)
 // connection goes to a ServeConnFunc, which answers the exchanges it knows
 // on the connection itself and hands the connection over for anything else.
 type ConnServer struct {
-	serve ServeConnFunc
-	hand  *handoffListener
-	ctx   context.Context // ends at Shutdown or Close
-	stop  context.CancelFunc
+	serve    ServeConnFunc
+	hand     *handoffListener
+	ctx      context.Context // ends at Shutdown or Close
+	stop     context.CancelFunc
+	hardStop context.CancelFunc // ends Closing(ctx): the connections are closed
 
 	mu     sync.Mutex
 	ln     net.Listener
@@ -39,8 +40,23 @@ type ConnServer struct {
 // NewConnServer returns a ConnServer; addr is what its hand-off listener
 // reports as its address.
 func NewConnServer(serve ServeConnFunc, addr net.Addr) *ConnServer {
-	ctx, stop := context.WithCancel(context.Background())
-	return &ConnServer{serve: serve, hand: newHandoffListener(addr), ctx: ctx, stop: stop, conns: make(map[net.Conn]struct{})}
+	hard, hardStop := context.WithCancel(context.Background())
+	ctx, stop := context.WithCancel(context.WithValue(context.Background(), closingKey{}, hard))
+	return &ConnServer{serve: serve, hand: newHandoffListener(addr), ctx: ctx, stop: stop, hardStop: hardStop,
+		conns: make(map[net.Conn]struct{})}
+}
+
+type closingKey struct{}
+
+// Closing returns the context, carried by a ServeConnFunc's ctx, that ends
+// when the ConnServer closes its connections (Close, or Shutdown out of
+// time): exchanges in progress must end then, even those blocked on the
+// upstream with nobody watching the client.
+func Closing(ctx context.Context) context.Context {
+	if c, ok := ctx.Value(closingKey{}).(context.Context); ok {
+		return c
+	}
+	return context.Background()
 }
 
 // Handoff returns the listener on which an http.Server receives the
@@ -91,11 +107,7 @@ func (s *ConnServer) Serve(ln net.Listener) error {
 // once and lets the others finish their exchange until ctx ends; then it
 // closes them. Connections already handed over are the http.Server's.
 func (s *ConnServer) Shutdown(ctx context.Context) error {
-	conns := s.begin()
-	for _, c := range conns {
-		// Wakes a ServeConnFunc waiting for the next head (WaitHead).
-		_ = c.SetReadDeadline(time.Unix(1, 0))
-	}
+	s.begin() // wakes ServeConnFuncs waiting for a next head (WaitHead)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
@@ -118,18 +130,16 @@ func (s *ConnServer) Close() error {
 	return nil
 }
 
-func (s *ConnServer) begin() []net.Conn {
+func (s *ConnServer) begin() {
 	s.stop()
 	s.mu.Lock()
 	s.closed = true
 	ln := s.ln
-	conns := s.snapshot()
 	s.mu.Unlock()
 	if ln != nil {
 		_ = ln.Close()
 	}
 	_ = s.hand.Close()
-	return conns
 }
 
 func (s *ConnServer) snapshot() []net.Conn {
@@ -141,6 +151,7 @@ func (s *ConnServer) snapshot() []net.Conn {
 }
 
 func (s *ConnServer) closeConns() {
+	s.hardStop()
 	s.mu.Lock()
 	conns := s.snapshot()
 	s.mu.Unlock()
@@ -158,12 +169,14 @@ func (s *ConnServer) closeConns() {
 func WaitHead(ctx context.Context, c net.Conn, br *bufio.Reader, h *Head, idle, headerTimeout time.Duration) error {
 	if br.Buffered() == 0 {
 		_ = c.SetReadDeadline(time.Now().Add(idle))
-		// Checked after the deadline is set: Shutdown cancels ctx before
-		// it moves the deadline into the past, so one of the two stops us.
-		if ctx.Err() != nil {
+		// Shutdown wakes a connection waiting here, and only here: one
+		// still reading a request body must not be cut.
+		stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Unix(1, 0)) })
+		_, err := br.Peek(1)
+		if !stop() {
 			return ctx.Err()
 		}
-		if _, err := br.Peek(1); err != nil {
+		if err != nil {
 			return err
 		}
 	}
@@ -238,12 +251,15 @@ func (l *handoffListener) Addr() net.Addr { return l.addr }
 //
 // bodyRead, if not nil, says whether the request body has been read whole;
 // until it has, the watch waits (it must not read c while the body is).
-func WatchClient(c net.Conn, br *bufio.Reader, after time.Duration, bodyRead func() bool) (context.Context, func() (left bool)) {
+//
+// The context also ends with parent (for a ConnServer's connection:
+// Closing(ctx)); a stream's own context ends when the stream is closed.
+func WatchClient(parent context.Context, c net.Conn, br *bufio.Reader, after time.Duration, bodyRead func() bool) (context.Context, func() (left bool)) {
 	if cc, ok := c.(interface{ Context() context.Context }); ok {
 		ctx := cc.Context()
 		return ctx, func() bool { return ctx.Err() != nil }
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(parent)
 	w := &watcher{c: c, br: br, cancel: cancel, after: after, bodyRead: bodyRead}
 	w.timer = time.AfterFunc(after, w.start)
 	return ctx, func() bool {
