@@ -1,14 +1,11 @@
 package mcpproxy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
@@ -37,57 +34,42 @@ const connIdleTimeout = 5 * time.Minute
 // agent's http.Server ReadHeaderTimeout.
 const connHeaderTimeout = 30 * time.Second
 
-var (
-	connReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
-	connWriterPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
-	outHeadPool    = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
-)
+// ServeConn serves the HTTP/1.1 exchanges on c that are for URL servers
+// (an httpfwd.ServeConnFunc). It returns nil once c is done (and closed),
+// or, when an exchange needs the full HTTP server, a connection for an
+// http.Server serving h that replays what ServeConn read.
+func (h *Handler) ServeConn(ctx context.Context, c net.Conn) net.Conn {
+	return h.fast.ServeConn(ctx, c)
+}
 
-// ServeConn serves the HTTP/1.1 exchanges on c that are for URL servers.
-// It returns nil once c is done (and closed), or, when an exchange needs
-// the full HTTP server, a connection for an http.Server serving h that
-// replays what ServeConn read; ServeConn no longer touches c then.
-// ctx ends when the server shuts down: ServeConn stops between exchanges.
-// It has the type of an httpfwd.ServeConnFunc.
-func (h *Handler) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
-	br := connReaderPool.Get().(*bufio.Reader)
-	br.Reset(c)
-	head := new(httpfwd.Head)
-	defer func() {
-		if rest == nil {
-			_ = c.Close()
-			br.Reset(nil)
-			connReaderPool.Put(br)
-		}
-	}()
-	for {
-		err := httpfwd.WaitHead(ctx, c, br, head, connIdleTimeout, connHeaderTimeout)
-		var he *httpfwd.HeadError
-		switch {
-		case errors.As(err, &he):
-			badRequest(c, he)
-			return nil
-		case err != nil:
-			return nil
-		}
-		srv, ok := h.fastServer(head)
-		if !ok {
-			return httpfwd.Replay(c, head, br)
-		}
-		if !h.serveFast(ctx, c, br, head, srv) || head.Close {
-			return nil
-		}
-		if cap(head.Raw) > 64<<10 {
-			head = new(httpfwd.Head) // do not keep a rare huge head's buffer
-		}
+func (h *Handler) newFastPath() *httpfwd.FastPath {
+	return &httpfwd.FastPath{
+		IdleTimeout:   connIdleTimeout,
+		HeaderTimeout: connHeaderTimeout,
+		BadRequest: func(reason string) []byte {
+			return errorBody(nil, codeInvalidRequest, "mcpproxy: "+reason, nil)
+		},
+		Route: h.route,
 	}
 }
 
-// badRequest answers a head that cannot be parsed and ends the connection,
-// as net/http's server would.
-func badRequest(c net.Conn, he *httpfwd.HeadError) {
-	body := errorBody(nil, codeInvalidRequest, "mcpproxy: bad request: "+he.Reason, nil)
-	_ = httpfwd.WriteAnswer(bufio.NewWriter(c), http.StatusBadRequest, "Content-Type: application/json\r\nConnection: close\r\n", body)
+// route takes an exchange for a URL server.
+func (h *Handler) route(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
+	srv, ok := h.fastServer(head)
+	if !ok {
+		return nil
+	}
+	method, target, _, _ := head.RequestLine()
+	return &httpfwd.Exchange{
+		Fwd: srv.fwd,
+		Req: httpfwd.RawRequest{Head: srv.appendHead(out, head, method, target)},
+		Failed: func(err error) (int, string, []byte) {
+			srv.log.Warn("upstream exchange failed", "method", string(method), "err", err)
+			return http.StatusBadGateway, "Content-Type: application/json\r\nCache-Control: no-store\r\n",
+				errorBody(nil, codeInternal, fmt.Sprintf("mcpproxy: upstream of server %q unreachable: %s", srv.name, upstreamReason(err)), nil)
+		},
+		CutShort: func(err error) { srv.log.Debug("upstream exchange ended early", "err", err) },
+	}
 }
 
 // fastServer returns the URL server a head is for, if the fast path takes
@@ -118,52 +100,6 @@ func (h *Handler) fastServer(head *httpfwd.Head) (*httpServer, bool) {
 	}
 	return srv, true
 }
-
-// serveFast forwards one exchange; it reports whether c can carry another.
-func (h *Handler) serveFast(sctx context.Context, c net.Conn, br *bufio.Reader, head *httpfwd.Head, srv *httpServer) bool {
-	method, target, _, _ := head.RequestLine()
-	out := outHeadPool.Get().(*[]byte)
-	defer outHeadPool.Put(out)
-	req := httpfwd.RawRequest{
-		Head:           srv.appendHead((*out)[:0], head, method, target),
-		ContentLength:  head.ContentLength,
-		NoResponseBody: string(method) == http.MethodHead,
-	}
-	*out = req.Head
-	if req.ContentLength < 0 && (string(method) == http.MethodPost || string(method) == http.MethodPut || string(method) == http.MethodPatch) {
-		req.ContentLength = 0
-	}
-	release, err := req.ReadBody(br, req.ContentLength)
-	if err != nil {
-		return false
-	}
-	defer release()
-	ctx, stop := httpfwd.WatchClient(httpfwd.Closing(sctx), c, br, watchAfter, req.BodyRead)
-	bw := connWriterPool.Get().(*bufio.Writer)
-	bw.Reset(c)
-	defer func() { bw.Reset(nil); connWriterPool.Put(bw) }()
-	err = srv.fwd.ForwardRaw(ctx, bw, &req)
-	gone := stop()
-	var ue *httpfwd.UpstreamError
-	switch {
-	case err == nil:
-		return !gone
-	case gone || !errors.As(err, &ue):
-		// The client left, or the answer had begun and is cut short.
-		srv.log.Debug("upstream exchange ended early", "err", err)
-		return false
-	}
-	srv.log.Warn("upstream exchange failed", "method", string(method), "err", err)
-	body := errorBody(nil, codeInternal,
-		fmt.Sprintf("mcpproxy: upstream of server %q unreachable: %s", srv.name, upstreamReason(err)), nil)
-	werr := httpfwd.WriteAnswer(bw, http.StatusBadGateway, "Content-Type: application/json\r\nCache-Control: no-store\r\n", body)
-	// With a body left partly unread the connection's state is unknown.
-	return werr == nil && req.BodyRead()
-}
-
-// watchAfter is how long an exchange runs before a tunnel stream without a
-// context of its own (yamux) is watched for the client leaving.
-const watchAfter = 50 * time.Millisecond
 
 // appendHead appends the upstream request head: the URL's path and query
 // (the client's query after it), the upstream's Host, the client's header

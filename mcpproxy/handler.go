@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
 // ServerConfig describes one MCP server the handler serves at /{Name}/mcp.
@@ -87,6 +89,7 @@ type Handler struct {
 	opts    Options
 	servers map[string]http.Handler
 	guard   *originGuard
+	fast    *httpfwd.FastPath // see conn.go
 	stdio   []*stdioServer
 	proxies []*httpServer
 
@@ -127,6 +130,7 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 		return nil, fmt.Errorf("mcpproxy: %w", err)
 	}
 	h.guard = guard
+	h.fast = h.newFastPath()
 	for i, sc := range servers {
 		if err := validate(sc); err != nil {
 			return nil, fmt.Errorf("mcpproxy: servers[%d] (%q): %w", i, sc.Name, err)

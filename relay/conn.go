@@ -1,13 +1,9 @@
 package relay
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"net"
-	"net/http"
-	"sync"
 	"time"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
@@ -26,8 +22,9 @@ import (
 // Everything else — refusals, /healthz, paths with escapes or dot segments,
 // heads the fast path does not take (chunked or Expect bodies, upgrades,
 // Connection options, HTTP/1.0) — is handed, with the bytes read replayed,
-// to net/http, which serves that connection from then on. So every answer
-// the relay makes by itself comes from one place (serveMCP).
+// to net/http, which serves that connection from then on. So every refusal
+// comes from one place (serveMCP), and both paths word a failed forward
+// with forwardFailed.
 
 // ClientIdleTimeout closes a client connection idle between exchanges this
 // long.
@@ -36,51 +33,25 @@ const ClientIdleTimeout = 2 * time.Minute
 // ClientHeaderTimeout bounds reading a request head once it has begun.
 const ClientHeaderTimeout = 10 * time.Second
 
-// watchAfter is how long an exchange runs before the client's connection
-// is watched for the client leaving.
-const watchAfter = 50 * time.Millisecond
-
-var (
-	connReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
-	connWriterPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
-	outHeadPool    = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
-)
-
 // ServeConn serves the client connection c (an httpfwd.ServeConnFunc): it
 // forwards the exchanges the relay admits and returns nil once c is done, or
 // returns c, with what it read replayed, for the http.Server serving h.
-func (h *Handler) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
-	br := connReaderPool.Get().(*bufio.Reader)
-	br.Reset(c)
-	head := new(httpfwd.Head)
-	defer func() {
-		if rest == nil {
-			_ = c.Close()
-			br.Reset(nil)
-			connReaderPool.Put(br)
-		}
-	}()
-	for {
-		err := httpfwd.WaitHead(ctx, c, br, head, ClientIdleTimeout, ClientHeaderTimeout)
-		var he *httpfwd.HeadError
-		switch {
-		case errors.As(err, &he):
-			_ = httpfwd.WriteAnswer(bufio.NewWriter(c), http.StatusBadRequest,
-				"Content-Type: application/json\r\nConnection: close\r\n", errorJSON("bad_request", "bad request: "+he.Reason))
-			return nil
-		case err != nil:
-			return nil
-		}
-		rt, ok := h.fastRoute(head)
-		if !ok {
-			return httpfwd.Replay(c, head, br)
-		}
-		if !h.forwardFast(ctx, c, br, head, rt) || head.Close {
-			return nil
-		}
-		if cap(head.Raw) > 64<<10 {
-			head = new(httpfwd.Head) // do not keep a rare huge head's buffer
-		}
+func (h *Handler) ServeConn(ctx context.Context, c net.Conn) net.Conn {
+	return h.fast.ServeConn(ctx, c)
+}
+
+func (h *Handler) newFastPath() *httpfwd.FastPath {
+	return &httpfwd.FastPath{
+		IdleTimeout:   ClientIdleTimeout,
+		HeaderTimeout: ClientHeaderTimeout,
+		BadRequest:    func(reason string) []byte { return errorJSON("bad_request", reason) },
+		Route: func(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
+			rt, ok := h.fastRoute(head)
+			if !ok {
+				return nil
+			}
+			return h.exchange(head, rt, out)
+		},
 	}
 }
 
@@ -154,12 +125,9 @@ func plainSegment(s []byte) bool {
 	return len(s) > 0 && string(s) != "." && string(s) != ".."
 }
 
-// forwardFast forwards one admitted exchange; it reports whether c can
-// carry another.
-func (h *Handler) forwardFast(sctx context.Context, c net.Conn, br *bufio.Reader, head *httpfwd.Head, rt route) bool {
-	out := outHeadPool.Get().(*[]byte)
-	defer outHeadPool.Put(out)
-	b := append((*out)[:0], rt.method...)
+// exchange builds the tunnel request for an admitted exchange.
+func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exchange {
+	b = append(b, rt.method...)
 	b = append(b, " /"...)
 	b = append(b, rt.server...)
 	b = append(b, "/mcp HTTP/1.1\r\nHost: "...)
@@ -175,37 +143,17 @@ func (h *Handler) forwardFast(sctx context.Context, c net.Conn, br *bufio.Reader
 	b = append(b, ClientHeader+": "...)
 	b = append(b, rt.client.Name...)
 	b = append(b, "\r\n"...)
-	*out = b
-	req := httpfwd.RawRequest{Head: b, NoResponseBody: string(rt.method) == http.MethodHead}
-	n := head.ContentLength
-	if n < 0 && (string(rt.method) == http.MethodPost || string(rt.method) == http.MethodPut || string(rt.method) == http.MethodPatch) {
-		n = 0
+	return &httpfwd.Exchange{
+		Fwd: h.forwarder(rt.agent),
+		Req: httpfwd.RawRequest{Head: b},
+		Failed: func(err error) (int, string, []byte) {
+			status, reason, msg := h.forwardFailed(rt.client.Name, rt.agent, rt.server, err)
+			return status, "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n", errorJSON(reason, msg)
+		},
+		CutShort: func(err error) {
+			h.log.Debug("forward cut short", "client", rt.client.Name, "agent", rt.agent, "server", rt.server, "err", err)
+		},
 	}
-	release, err := req.ReadBody(br, n)
-	if err != nil {
-		return false
-	}
-	defer release()
-	ctx, stop := httpfwd.WatchClient(httpfwd.Closing(sctx), c, br, watchAfter, req.BodyRead)
-	bw := connWriterPool.Get().(*bufio.Writer)
-	bw.Reset(c)
-	defer func() { bw.Reset(nil); connWriterPool.Put(bw) }()
-	err = h.forwarder(rt.agent).ForwardRaw(ctx, bw, &req)
-	gone := stop()
-	var ue *httpfwd.UpstreamError
-	switch {
-	case err == nil:
-		return !gone
-	case gone:
-		return false // nobody is left to answer
-	case !errors.As(err, &ue):
-		h.log.Debug("forward cut short", "client", rt.client.Name, "agent", rt.agent, "server", rt.server, "err", err)
-		return false
-	}
-	status, reason, msg := h.forwardFailed(rt.client.Name, rt.agent, rt.server, err)
-	werr := httpfwd.WriteAnswer(bw, status, "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n", errorJSON(reason, msg))
-	// With a body left partly unread the connection's state is unknown.
-	return werr == nil && req.BodyRead()
 }
 
 // droppedHeader reports the client headers that never cross the tunnel.

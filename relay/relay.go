@@ -81,6 +81,7 @@ type Handler struct {
 	anyOrig bool
 	log     *slog.Logger
 	mux     *http.ServeMux
+	fast    *httpfwd.FastPath // see conn.go
 
 	mu         sync.Mutex
 	forwarders map[string]*httpfwd.Forwarder // per agent, so one agent's reconnect drops only its streams
@@ -111,6 +112,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		}
 		h.origins[strings.ToLower(strings.TrimSuffix(o, "/"))] = true
 	}
+	h.fast = h.newFastPath()
 	h.mux = http.NewServeMux()
 	h.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")

@@ -1,7 +1,6 @@
 package httpfwd
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net"
@@ -47,26 +46,16 @@ func BenchmarkForward(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	raw := NewConnServer(func(ctx context.Context, c net.Conn) net.Conn {
-		defer c.Close()
-		br, bw := bufio.NewReader(c), bufio.NewWriter(c)
-		var h Head
-		for WaitHead(ctx, c, br, &h, time.Minute, time.Minute) == nil {
-			req := RawRequest{Head: []byte("POST /mcp HTTP/1.1\r\nHost: " + addr + "\r\nContent-Type: application/json\r\n")}
-			release, err := req.ReadBody(br, h.ContentLength)
-			if err != nil {
-				return nil
-			}
-			wctx, stop := WatchClient(Closing(ctx), c, br, 50*time.Millisecond, req.BodyRead)
-			err = fwd.ForwardRaw(wctx, bw, &req)
-			stop()
-			release()
-			if err != nil {
-				return nil
-			}
-		}
-		return nil
-	}, rawLn.Addr())
+	fast := &FastPath{
+		IdleTimeout: time.Minute, HeaderTimeout: time.Minute,
+		BadRequest: func(reason string) []byte { return []byte(reason) },
+		Route: func(h *Head, out []byte) *Exchange {
+			out = append(out, "POST /mcp HTTP/1.1\r\nHost: "+addr+"\r\nContent-Type: application/json\r\n"...)
+			return &Exchange{Fwd: fwd, Req: RawRequest{Head: out},
+				Failed: func(error) (int, string, []byte) { return http.StatusBadGateway, "", nil }}
+		},
+	}
+	raw := NewConnServer(fast.ServeConn, rawLn.Addr())
 	go func() { _ = raw.Serve(rawLn) }()
 	defer raw.Close()
 

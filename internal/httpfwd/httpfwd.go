@@ -438,19 +438,10 @@ func copyBody(w http.ResponseWriter, body io.Reader, streaming bool) error {
 		_, err := io.CopyBuffer(writerOnly{w}, body, *bp)
 		return err
 	}
-	// A stream starts with a small buffer (an idle SSE stream holds only
-	// that) and moves to the big one once a read fills it: a large event
-	// or a burst is under way.
-	bp := streamCopyPool.Get().(*[]byte)
-	defer func() { streamCopyPool.Put(bp) }()
-	buf := *bp
-	var big *[]byte
-	defer func() {
-		if big != nil {
-			copyPool.Put(big)
-		}
-	}()
+	var cb copyBuf
+	defer cb.release()
 	for {
+		buf := cb.bytes()
 		n, rerr := body.Read(buf)
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
@@ -459,10 +450,7 @@ func copyBody(w http.ResponseWriter, body io.Reader, streaming bool) error {
 			// Every read is flushed: holding back bytes that are "about
 			// to be followed" risks an event waiting for the next one.
 			fl.Flush()
-			if n == len(buf) && big == nil {
-				big = copyPool.Get().(*[]byte)
-				buf = *big
-			}
+			cb.filled(n)
 		}
 		if rerr == io.EOF {
 			return nil
@@ -470,6 +458,37 @@ func copyBody(w http.ResponseWriter, body io.Reader, streaming bool) error {
 		if rerr != nil {
 			return rerr
 		}
+	}
+}
+
+// copyBuf is the buffer of a streamed copy. It starts small (an idle SSE
+// stream holds only that) and moves to a big one once a read fills it: a
+// large event or a burst is under way.
+type copyBuf struct{ small, big *[]byte }
+
+func (b *copyBuf) bytes() []byte {
+	switch {
+	case b.big != nil:
+		return *b.big
+	case b.small == nil:
+		b.small = streamCopyPool.Get().(*[]byte)
+	}
+	return *b.small
+}
+
+// filled notes a read of n bytes into bytes().
+func (b *copyBuf) filled(n int) {
+	if b.big == nil && n == len(*b.small) {
+		b.big = copyPool.Get().(*[]byte)
+	}
+}
+
+func (b *copyBuf) release() {
+	if b.small != nil {
+		streamCopyPool.Put(b.small)
+	}
+	if b.big != nil {
+		copyPool.Put(b.big)
 	}
 }
 

@@ -221,22 +221,15 @@ func writeContentLength(dst *bufio.Writer, n int64) {
 // copyFlushing copies n bytes (n < 0: until EOF) from src to dst, as chunks
 // if chunk is set, flushing dst whenever src would block.
 func copyFlushing(dst *bufio.Writer, src *bufio.Reader, n int64, chunk bool) error {
-	bp := streamCopyPool.Get().(*[]byte)
-	defer func() { streamCopyPool.Put(bp) }()
-	buf := *bp
-	var big *[]byte
-	defer func() {
-		if big != nil {
-			copyPool.Put(big)
-		}
-	}()
+	var cb copyBuf
+	defer cb.release()
 	for n != 0 {
 		if src.Buffered() == 0 {
 			if err := dst.Flush(); err != nil {
 				return err
 			}
 		}
-		p := buf
+		p := cb.bytes()
 		if n > 0 && int64(len(p)) > n {
 			p = p[:n]
 		}
@@ -254,12 +247,7 @@ func copyFlushing(dst *bufio.Writer, src *bufio.Reader, n int64, chunk bool) err
 			if n > 0 {
 				n -= int64(m)
 			}
-			// A read that filled the small buffer means a big answer or a
-			// burst: move to the big buffer.
-			if m == len(buf) && big == nil {
-				big = copyPool.Get().(*[]byte)
-				buf = *big
-			}
+			cb.filled(m)
 		}
 		if rerr == io.EOF && n < 0 {
 			break

@@ -1,0 +1,141 @@
+package httpfwd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// FastPath is the serving loop of a pass-through proxy's fast path (the
+// relay's client side, the agent's tunnel side): read each request head in
+// wire form, let Route decide, forward the exchange with ForwardRaw, and
+// hand the connection to net/http for whatever Route does not take. Its
+// ServeConn is a ServeConnFunc.
+type FastPath struct {
+	// IdleTimeout ends a connection idle between exchanges; HeaderTimeout
+	// bounds reading a head once it began (see WaitHead).
+	IdleTimeout, HeaderTimeout time.Duration
+	// BadRequest renders the JSON body answering a malformed head.
+	BadRequest func(reason string) []byte
+	// Route returns the exchange to forward for a head, or nil to hand
+	// the connection, head replayed, to net/http. out is a buffer for the
+	// upstream head; Route returns the Exchange that appended to it.
+	Route func(head *Head, out []byte) *Exchange
+}
+
+// Exchange is one exchange Route took.
+type Exchange struct {
+	Fwd *Forwarder
+	Req RawRequest // Head set by Route; the body is read by ServeConn
+	// Failed answers an exchange whose upstream failed before answering:
+	// status, header lines (each ending in CRLF) and body. It may log.
+	Failed func(err error) (status int, header string, body []byte)
+	// CutShort, if set, is told of an answer cut short after it began.
+	CutShort func(err error)
+}
+
+// watchAfter is how long an exchange runs before the client's connection
+// is watched for the client leaving (WatchClient).
+const watchAfter = 50 * time.Millisecond
+
+var (
+	fastReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	fastWriterPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+	outHeadPool    = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
+)
+
+// ServeConn serves c until it is done (and closed; it returns nil) or until
+// Route declines an exchange: then it returns c with what it read replayed,
+// for an http.Server, and no longer touches c.
+func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
+	br := fastReaderPool.Get().(*bufio.Reader)
+	br.Reset(c)
+	head := new(Head)
+	defer func() {
+		if rest == nil {
+			_ = c.Close()
+			br.Reset(nil)
+			fastReaderPool.Put(br)
+		}
+	}()
+	for {
+		err := WaitHead(ctx, c, br, head, p.IdleTimeout, p.HeaderTimeout)
+		var he *HeadError
+		switch {
+		case errors.As(err, &he):
+			// As net/http's server would: answer and end the connection.
+			_ = WriteAnswer(bufio.NewWriter(c), http.StatusBadRequest,
+				"Content-Type: application/json\r\nConnection: close\r\n", p.BadRequest("bad request: "+he.Reason))
+			return nil
+		case err != nil:
+			return nil
+		}
+		if !p.serve(ctx, c, br, head) {
+			return Replay(c, head, br)
+		}
+		if head.Close {
+			return nil
+		}
+		if cap(head.Raw) > 64<<10 {
+			head = new(Head) // do not keep a rare huge head's buffer
+		}
+	}
+}
+
+// serve routes and forwards one exchange. It reports false if Route
+// declined; a connection that cannot carry another exchange is marked by
+// head.Close.
+func (p *FastPath) serve(ctx context.Context, c net.Conn, br *bufio.Reader, head *Head) bool {
+	out := outHeadPool.Get().(*[]byte)
+	defer outHeadPool.Put(out)
+	x := p.Route(head, (*out)[:0])
+	if x == nil {
+		return false
+	}
+	*out = x.Req.Head[:0]
+	if !forward(ctx, c, br, head, x) {
+		head.Close = true
+	}
+	return true
+}
+
+// forward passes one exchange on; it reports whether c can carry another.
+func forward(sctx context.Context, c net.Conn, br *bufio.Reader, head *Head, x *Exchange) bool {
+	n := head.ContentLength
+	m, _, _, _ := head.RequestLine()
+	if n < 0 && (string(m) == http.MethodPost || string(m) == http.MethodPut || string(m) == http.MethodPatch) {
+		n = 0
+	}
+	x.Req.NoResponseBody = string(m) == http.MethodHead
+	release, err := x.Req.ReadBody(br, n)
+	if err != nil {
+		return false
+	}
+	defer release()
+	ctx, stop := WatchClient(Closing(sctx), c, br, watchAfter, x.Req.BodyRead)
+	bw := fastWriterPool.Get().(*bufio.Writer)
+	bw.Reset(c)
+	defer func() { bw.Reset(nil); fastWriterPool.Put(bw) }()
+	err = x.Fwd.ForwardRaw(ctx, bw, &x.Req)
+	gone := stop()
+	var ue *UpstreamError
+	switch {
+	case err == nil:
+		return !gone
+	case gone:
+		return false // nobody is left to answer
+	case !errors.As(err, &ue):
+		if x.CutShort != nil {
+			x.CutShort(err)
+		}
+		return false
+	}
+	status, header, body := x.Failed(err)
+	werr := WriteAnswer(bw, status, header, body)
+	// With a body left partly unread the connection's state is unknown.
+	return werr == nil && x.Req.BodyRead()
+}
