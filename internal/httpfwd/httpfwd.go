@@ -145,6 +145,13 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, out Request)
 	}
 }
 
+// maxInterim bounds the interim (1xx) answers skipped before the final
+// one, as net/http's Transport does: an upstream must not keep an exchange
+// going on 1xx heads alone.
+const maxInterim = 5
+
+var errTooManyInterim = errors.New("too many interim (1xx) answers")
+
 // opAfterInterim names a failure after the upstream had answered with an
 // interim head: it had the request, so it is not sent again.
 const opAfterInterim = "read response after interim answer"
@@ -338,7 +345,10 @@ func (f *Forwarder) roundTrip(ctx context.Context, c *conn, r *http.Request, out
 	if err := bw.Flush(); err != nil {
 		return nil, &UpstreamError{Op: "write request", Err: err}
 	}
-	for op := "read response"; ; op = opAfterInterim {
+	for op, interim := "read response", 0; ; op, interim = opAfterInterim, interim+1 {
+		if interim > maxInterim {
+			return nil, &UpstreamError{Op: op, Err: errTooManyInterim}
+		}
 		// Wait for the first byte apart, so a connection the peer had
 		// closed (EOF with nothing read) is told from a broken answer.
 		if _, err := c.br.Peek(1); err != nil {

@@ -113,8 +113,10 @@ func (f *Forwarder) roundTripRaw(ctx context.Context, c *conn, req *RawRequest, 
 	if err := bw.Flush(); err != nil {
 		return 0, &UpstreamError{Op: "write request", Err: err}
 	}
-	op := "read response"
-	for ; ; op = opAfterInterim {
+	for op, interim := "read response", 0; ; op, interim = opAfterInterim, interim+1 {
+		if interim > maxInterim {
+			return 0, &UpstreamError{Op: op, Err: errTooManyInterim}
+		}
 		if _, err := c.br.Peek(1); err != nil {
 			return 0, &UpstreamError{Op: op, Err: err}
 		}

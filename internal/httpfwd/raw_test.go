@@ -453,6 +453,14 @@ func TestForwardRawInterimAnswersSkipped(t *testing.T) {
 		}
 		require.Equal(t, int32(1), u.accepted.Load())
 	})
+	t.Run("endless 1xx", func(t *testing.T) {
+		_, f := newRawUpstream(t, always(strings.Repeat("HTTP/1.1 102 Processing\r\n\r\n", maxInterim+1)+
+			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false))
+		_, err := exchange(t, f, &RawRequest{Head: rawHead("GET", "/"), ContentLength: -1})
+		var ue *UpstreamError
+		require.ErrorAs(t, err, &ue)
+		require.ErrorIs(t, err, errTooManyInterim)
+	})
 }
 
 // TestForwardRawHopByHopDropped: connection-level headers of the answer,
