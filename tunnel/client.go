@@ -35,6 +35,10 @@ const (
 	DefaultMaxBackoff  = 30 * time.Second
 )
 
+// quicRetryAfter is how long auto mode goes to TCP first after QUIC failed
+// (see Client.Run).
+const quicRetryAfter = 10 * time.Minute
+
 // ClientConfig configures the agent end of the tunnel.
 type ClientConfig struct {
 	Name    string
@@ -43,8 +47,8 @@ type ClientConfig struct {
 	// TLSConfig verifies the relay; build it with ClientTLS. An empty
 	// ServerName defaults to the host of Address.
 	TLSConfig *tls.Config
-	// Transport is "auto" (default: QUIC, falling back to TCP), "quic" or
-	// "tcp".
+	// Transport is "auto" (default: QUIC, falling back to TCP, and then
+	// TCP first on reconnects for 10 minutes), "quic" or "tcp".
 	Transport string
 	// Mux is "native" (default) or "yamux": yamux over one QUIC stream.
 	// It only affects QUIC; over TCP streams are always yamux streams.
@@ -210,8 +214,23 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	cfg := &c.cfg
 	failures := 0
+	// In auto mode, after QUIC failed and TCP worked, reconnects go to
+	// TCP first for a while: where UDP is blocked, every reconnect would
+	// otherwise wait QUICTimeout for nothing. QUIC is tried again after
+	// quicRetryAfter, or whenever TCP fails.
+	var quicFailedAt time.Time
 	for {
-		cs, err := connect(ctx, cfg, c.log)
+		tcpFirst := cfg.Transport == TransportAuto && !quicFailedAt.IsZero() &&
+			cfg.Clock.Now().Sub(quicFailedAt) < quicRetryAfter
+		cs, err := connect(ctx, cfg, c.log, tcpFirst)
+		if err == nil && cfg.Transport == TransportAuto {
+			switch tcp := cs.Transport() == TransportTCPYamux; {
+			case !tcp:
+				quicFailedAt = time.Time{}
+			case !tcpFirst:
+				quicFailedAt = cfg.Clock.Now()
+			}
+		}
 		if ctx.Err() != nil {
 			if cs != nil {
 				cs.Close()
@@ -295,17 +314,17 @@ func Connect(ctx context.Context, cfg ClientConfig) (Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	cs, err := connect(ctx, &cfg, cfg.Logger.With("relay", cfg.Address, "agent", cfg.Name))
+	cs, err := connect(ctx, &cfg, cfg.Logger.With("relay", cfg.Address, "agent", cfg.Name), false)
 	if err != nil {
 		return nil, err
 	}
 	return cs, nil
 }
 
-func connect(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (*clientSession, error) {
+func connect(ctx context.Context, cfg *ClientConfig, log *slog.Logger, tcpFirst bool) (*clientSession, error) {
 	hctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
 	defer cancel()
-	sess, err := dial(hctx, cfg, log)
+	sess, err := dial(hctx, cfg, log, tcpFirst)
 	if err != nil {
 		return nil, err
 	}
@@ -317,12 +336,22 @@ func connect(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (*clientS
 	return cs, nil
 }
 
-func dial(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session, error) {
+// dial opens the transport. In auto mode it tries QUIC for QUICTimeout,
+// then TCP; with tcpFirst (QUIC failed recently) TCP first, then QUIC.
+func dial(ctx context.Context, cfg *ClientConfig, log *slog.Logger, tcpFirst bool) (Session, error) {
 	switch cfg.Transport {
 	case TransportQUIC:
 		return dialQUIC(ctx, cfg, log)
 	case TransportTCP:
 		return dialTCP(ctx, cfg, log)
+	}
+	if tcpFirst {
+		sess, err := dialTCP(ctx, cfg, log)
+		if err == nil || ctx.Err() != nil {
+			return sess, err
+		}
+		log.Info("tunnel: TCP did not connect; trying QUIC again", "tcp_err", err)
+		return dialQUIC(ctx, cfg, log)
 	}
 	qctx, cancel := context.WithTimeout(ctx, cfg.QUICTimeout)
 	sess, qerr := dialQUIC(qctx, cfg, log)

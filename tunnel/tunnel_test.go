@@ -287,7 +287,7 @@ func TestBadHello(t *testing.T) {
 				t.Fatal(err)
 			}
 			cfg.Transport = TransportTCP
-			sess, err := dial(ctx, &cfg, cfg.Logger)
+			sess, err := dial(ctx, &cfg, cfg.Logger, false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -475,6 +475,22 @@ func TestAutoFallback(t *testing.T) {
 	got, err := roundTrip(ctx, r, testAgent, []byte("ping"))
 	if err != nil || string(got) != "tcp:ping" {
 		t.Fatalf("round trip: %q, %v", got, err)
+	}
+
+	// The relay restarts (UDP still blocked): the agent reconnects over
+	// TCP at once instead of waiting for QUIC again.
+	addr := r.Addr()
+	r.Close()
+	waitFor(t, "agent to notice", func() bool { return !a.Connected() })
+	r2 := startRelay(t, ServerConfig{Listen: addr, DisableQUIC: true})
+	if err := a.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := roundTrip(ctx, r2, testAgent, []byte("again")); err != nil || string(got) != "tcp:again" {
+		t.Fatalf("after restart: %q, %v", got, err)
+	}
+	if n := a.log.count("falling back to TLS over TCP"); n != 1 {
+		t.Errorf("QUIC tried again on reconnect: %d fallbacks logged, want 1:\n%s", n, a.log)
 	}
 }
 
