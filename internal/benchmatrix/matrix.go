@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,6 +58,65 @@ type Cell struct {
 	// programs, and interrupt time): a high figure means a noisy cell.
 	MachineBusyPct float64 `json:"machine_busy_pct,omitempty"`
 	OtherBusyPct   float64 `json:"other_busy_pct,omitempty"`
+	// Rounds is how many measurements the figures are the median of.
+	Rounds int `json:"rounds,omitempty"`
+}
+
+// medianCell folds the rounds of one cell into one: each rate, latency and
+// CPU figure is the median over the rounds that ran without error (taken
+// figure by figure), counts are summed, and other load is the worst
+// round's. With no clean round it reports the first.
+func medianCell(rounds []Cell) Cell {
+	var ok []Cell
+	for _, c := range rounds {
+		if c.Error == "" {
+			ok = append(ok, c)
+		}
+	}
+	switch {
+	case len(ok) == 0 && len(rounds) > 0:
+		return rounds[0]
+	case len(ok) == 1:
+		ok[0].Rounds = 1
+		return ok[0]
+	case len(ok) == 0:
+		return Cell{Error: "no measurement"}
+	}
+	out := ok[0]
+	out.Rounds = len(ok)
+	med := func(get func(Cell) float64) float64 {
+		v := make([]float64, len(ok))
+		for i, c := range ok {
+			v[i] = get(c)
+		}
+		return median(v)
+	}
+	medDur := func(get func(loadgen.Result) time.Duration) time.Duration {
+		return time.Duration(med(func(c Cell) float64 { return float64(get(c.Load)) }))
+	}
+	out.Load.RPS = med(func(c Cell) float64 { return c.Load.RPS })
+	out.Load.Mean = medDur(func(r loadgen.Result) time.Duration { return r.Mean })
+	out.Load.P50 = medDur(func(r loadgen.Result) time.Duration { return r.P50 })
+	out.Load.P90 = medDur(func(r loadgen.Result) time.Duration { return r.P90 })
+	out.Load.P99 = medDur(func(r loadgen.Result) time.Duration { return r.P99 })
+	out.Load.Min = medDur(func(r loadgen.Result) time.Duration { return r.Min })
+	out.Load.Max = medDur(func(r loadgen.Result) time.Duration { return r.Max })
+	out.MachineBusyPct = med(func(c Cell) float64 { return c.MachineBusyPct })
+	out.Load.Requests, out.Load.Errors, out.Load.WarmupRequests, out.Load.Duration = 0, 0, 0, 0
+	out.Load.BytesSent, out.Load.BytesReceived, out.WindowSeconds = 0, 0, 0
+	for _, c := range ok {
+		out.Load.Requests += c.Load.Requests
+		out.Load.Errors += c.Load.Errors
+		out.Load.WarmupRequests += c.Load.WarmupRequests
+		out.Load.Duration += c.Load.Duration
+		out.Load.BytesSent += c.Load.BytesSent
+		out.Load.BytesReceived += c.Load.BytesReceived
+		out.WindowSeconds += c.WindowSeconds
+		out.OtherBusyPct = max(out.OtherBusyPct, c.OtherBusyPct)
+	}
+	out.CPUPerRequest = medianRoles(ok, func(c Cell) map[string]float64 { return c.CPUPerRequest })
+	out.CPUStatPerRequest = medianRoles(ok, func(c Cell) map[string]float64 { return c.CPUStatPerRequest })
+	return out
 }
 
 // RelayAgentUS is the CPU per request of relay and agent together, or -1
@@ -68,6 +128,35 @@ func (c Cell) RelayAgentUS() float64 {
 		return -1
 	}
 	return r + a
+}
+
+// medianRoles is the median of each role's figure over cells.
+func medianRoles(cells []Cell, get func(Cell) map[string]float64) map[string]float64 {
+	if get(cells[0]) == nil {
+		return nil
+	}
+	out := make(map[string]float64, len(get(cells[0])))
+	for role := range get(cells[0]) {
+		v := make([]float64, 0, len(cells))
+		for _, c := range cells {
+			if x, ok := get(c)[role]; ok {
+				v = append(v, x)
+			}
+		}
+		out[role] = median(v)
+	}
+	return out
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
 // cellConfig is the load of every matrix cell.

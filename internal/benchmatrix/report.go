@@ -73,9 +73,13 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 func (r *Report) writeMatrix(b *strings.Builder) {
 	s := r.Setup
 	fmt.Fprintf(b, "### Request rate, latency and CPU per request\n\n")
-	fmt.Fprintf(b, "Closed-loop `tools/call echo` (%d-byte text), protocol %s, %s measured after %s warm-up per cell. "+
+	rounds := ""
+	if s.Rounds > 1 {
+		rounds = fmt.Sprintf(" Each figure is the median of %d rounds, interleaved across paths (counts are summed; other load is the worst round's).", s.Rounds)
+	}
+	fmt.Fprintf(b, "Closed-loop `tools/call echo` (%d-byte text), protocol %s, %s measured after %s warm-up per cell.%s "+
 		"%s. CPU per request: %s. Ratios are to `direct` at the same session count; Δp50 is the latency the path adds.\n\n",
-		s.PayloadBytes, s.Era, s.Duration, s.Warmup, s.Generator, s.CPUSource)
+		s.PayloadBytes, s.Era, s.Duration, s.Warmup, rounds, s.Generator, s.CPUSource)
 	b.WriteString("| sessions | path | req/s | p50 | Δp50 | p90 | p99 | errors | relay µs/req | agent µs/req | relay+agent µs/req | server µs/req | other load |\n")
 	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	noisy := false

@@ -232,3 +232,38 @@ func TestCheckTargets(t *testing.T) {
 	// A run without figures claims nothing.
 	assert.Empty(t, checkTargets(&Report{}))
 }
+
+func TestMedianCell(t *testing.T) {
+	cell := func(rps float64, p50 time.Duration, relay float64, other float64, errMsg string) Cell {
+		return Cell{Path: PathQUIC, Sessions: 16, Error: errMsg, OtherBusyPct: other,
+			Load:          loadgen.Result{RPS: rps, P50: p50, Requests: 100, Errors: 1},
+			CPUPerRequest: map[string]float64{roleRelay: relay, roleAgent: relay / 2}}
+	}
+	got := medianCell([]Cell{
+		cell(300, 3*time.Millisecond, 90, 2, ""),
+		cell(100, 1*time.Millisecond, 70, 9, ""),
+		cell(999, 9*time.Millisecond, 999, 50, "boom"), // failed: left out
+		cell(200, 2*time.Millisecond, 80, 1, ""),
+	})
+	if got.Rounds != 3 || got.Error != "" {
+		t.Fatalf("rounds %d error %q", got.Rounds, got.Error)
+	}
+	if got.Load.RPS != 200 || got.Load.P50 != 2*time.Millisecond {
+		t.Errorf("median rps %v p50 %v, want 200 and 2ms", got.Load.RPS, got.Load.P50)
+	}
+	if got.CPUPerRequest[roleRelay] != 80 || got.CPUPerRequest[roleAgent] != 40 {
+		t.Errorf("median CPU %v", got.CPUPerRequest)
+	}
+	if got.Load.Requests != 300 || got.Load.Errors != 3 {
+		t.Errorf("counts %d/%d, want summed 300/3", got.Load.Requests, got.Load.Errors)
+	}
+	if got.OtherBusyPct != 9 {
+		t.Errorf("other load %v, want the worst clean round's 9", got.OtherBusyPct)
+	}
+	if even := medianCell([]Cell{cell(100, time.Millisecond, 10, 0, ""), cell(200, 3*time.Millisecond, 30, 0, "")}); even.Load.RPS != 150 || even.Load.P50 != 2*time.Millisecond {
+		t.Errorf("even count: %v %v", even.Load.RPS, even.Load.P50)
+	}
+	if bad := medianCell([]Cell{cell(1, 0, 0, 0, "a"), cell(2, 0, 0, 0, "b")}); bad.Error != "a" {
+		t.Errorf("no clean round: %q", bad.Error)
+	}
+}

@@ -36,6 +36,7 @@ type Options struct {
 
 	Sessions     []int
 	Paths        []string
+	Rounds       int // each cell measured this many times, rounds interleaved; the median is reported (default 1)
 	Duration     time.Duration
 	Warmup       time.Duration
 	PayloadBytes int    // size of the echo tool's text argument
@@ -79,6 +80,7 @@ type Setup struct {
 	Sections     []string      `json:"sections"`
 	Sessions     []int         `json:"sessions,omitempty"`
 	Paths        []string      `json:"paths,omitempty"`
+	Rounds       int           `json:"rounds,omitempty"`
 	Duration     time.Duration `json:"duration_ns,omitempty"`
 	Warmup       time.Duration `json:"warmup_ns,omitempty"`
 	PayloadBytes int           `json:"payload_bytes,omitempty"`
@@ -109,7 +111,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		Started: time.Now(),
 		Machine: readMachine(hostProc),
 		Setup: Setup{
-			Sections: o.Sections, Sessions: o.Sessions, Paths: o.Paths,
+			Sections: o.Sections, Sessions: o.Sessions, Paths: o.Paths, Rounds: o.Rounds,
 			Duration: o.Duration, Warmup: o.Warmup, PayloadBytes: o.PayloadBytes, Era: o.Era,
 			Generator: "loadgen.Run inside the benchmatrix process; relay, agent and fixture are separate processes",
 			CPUSource: "sum of /proc/PID/task/*/schedstat run time (ns) over the measured phase only; /proc/PID/stat utime+stime if threads exited",
@@ -164,6 +166,9 @@ func (o *Options) validate() error {
 		}
 		if o.Warmup < 0 {
 			return fmt.Errorf("benchmatrix: warm-up %s is negative", o.Warmup)
+		}
+		if o.Rounds < 0 || o.Rounds > 20 {
+			return fmt.Errorf("benchmatrix: rounds %d: want 1 to 20", o.Rounds)
 		}
 	}
 	if err := validatePaths(o.Paths); err != nil {
@@ -272,21 +277,33 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 				cc.ProfileDir = ""
 			}
 		}
+		rounds := max(o.Rounds, 1)
 		for _, n := range o.Sessions {
-			for _, p := range o.Paths {
-				if ctx.Err() != nil {
-					return
+			// Rounds interleave (every path once, then again) so that a
+			// machine whose speed drifts affects all paths alike.
+			byPath := make(map[string][]Cell, len(o.Paths))
+			for round := 1; round <= rounds; round++ {
+				for _, p := range o.Paths {
+					if ctx.Err() != nil {
+						return
+					}
+					tgt, ok := targets[p]
+					if !ok {
+						continue
+					}
+					c := runCell(ctx, hostProc, tgt, n, cc)
+					log.Info("cell", "path", p, "sessions", n, "round", round, "rps", fmt.Sprintf("%.0f", c.Load.RPS), "p50", c.Load.P50,
+						"p99", c.Load.P99, "errors", c.Load.Errors, "relay+agent_us", fmt.Sprintf("%.1f", c.RelayAgentUS()),
+						"other_busy_pct", fmt.Sprintf("%.0f", c.OtherBusyPct), "err", c.Error)
+					byPath[p] = append(byPath[p], c)
 				}
-				tgt, ok := targets[p]
-				if !ok {
+			}
+			for _, p := range o.Paths {
+				if _, ok := targets[p]; !ok {
 					rep.Cells = append(rep.Cells, Cell{Path: p, Sessions: n, Error: "not deployed (see errors)"})
 					continue
 				}
-				c := runCell(ctx, hostProc, tgt, n, cc)
-				log.Info("cell", "path", p, "sessions", n, "rps", fmt.Sprintf("%.0f", c.Load.RPS), "p50", c.Load.P50,
-					"p99", c.Load.P99, "errors", c.Load.Errors, "relay+agent_us", fmt.Sprintf("%.1f", c.RelayAgentUS()),
-					"other_busy_pct", fmt.Sprintf("%.0f", c.OtherBusyPct), "err", c.Error)
-				rep.Cells = append(rep.Cells, c)
+				rep.Cells = append(rep.Cells, medianCell(byPath[p]))
 			}
 		}
 	}

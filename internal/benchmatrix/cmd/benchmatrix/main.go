@@ -111,6 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (o benchmatrix.Options, jsonPat
 	fs.StringVar(&jsonPath, "json", "", "JSON report file (default OUT/bench.json)")
 	fs.StringVar(&mdPath, "md", "", "Markdown report file (default OUT/bench.md)")
 	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "measured phase of each matrix cell")
+	fs.IntVar(&o.Rounds, "rounds", 3, "measure each matrix cell this many times, rounds interleaved across paths, and report the median (for a machine whose speed drifts)")
 	fs.DurationVar(&o.Warmup, "warmup", time.Second, "warm-up before each cell's measured phase")
 	fs.IntVar(&o.PayloadBytes, "payload", 64, "bytes of text sent to the echo tool")
 	fs.StringVar(&o.Era, "era", "", "protocol era of the load: 2025-11-25 (default) or 2026-07-28")
@@ -143,6 +144,7 @@ func parseFlags(args []string, stderr io.Writer) (o benchmatrix.Options, jsonPat
 		}
 		def("sessions", func() { *sessions = "1,16" })
 		def("duration", func() { o.Duration = time.Second })
+		def("rounds", func() { o.Rounds = 1 })
 		def("warmup", func() { o.Warmup = 300 * time.Millisecond })
 		def("large-reps", func() { o.LargeReps = 1 })
 		def("idle-sessions", func() { o.IdleSessions = 100 })
