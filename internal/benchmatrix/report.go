@@ -77,6 +77,9 @@ func (r *Report) writeMatrix(b *strings.Builder) {
 	if s.Rounds > 1 {
 		rounds = fmt.Sprintf(" Each figure is the median of %d rounds, interleaved across paths (counts are summed; other load is the worst round's).", s.Rounds)
 	}
+	if s.Baseline != "" {
+		rounds += fmt.Sprintf(" Paths ending in `%s` are served by %s, deployed beside this build and measured in the same rounds.", BaselineSuffix, s.Baseline)
+	}
 	fmt.Fprintf(b, "Closed-loop `tools/call echo` (%d-byte text), protocol %s, %s measured after %s warm-up per cell.%s "+
 		"%s. CPU per request: %s. Ratios are to `direct` at the same session count; Δp50 is the latency the path adds.\n\n",
 		s.PayloadBytes, s.Era, s.Duration, s.Warmup, rounds, s.Generator, s.CPUSource)

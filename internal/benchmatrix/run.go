@@ -34,8 +34,12 @@ type Options struct {
 
 	Sections []string
 
-	Sessions     []int
-	Paths        []string
+	Sessions []int
+	Paths    []string
+	// Baseline, if set, is another mcptun binary (an older build, say):
+	// its tunnel paths are deployed beside ours and measured in the same
+	// interleaved rounds, reported as "<path>@baseline".
+	Baseline     string
 	Rounds       int // each cell measured this many times, rounds interleaved; the median is reported (default 1)
 	Duration     time.Duration
 	Warmup       time.Duration
@@ -81,6 +85,7 @@ type Setup struct {
 	Sessions     []int         `json:"sessions,omitempty"`
 	Paths        []string      `json:"paths,omitempty"`
 	Rounds       int           `json:"rounds,omitempty"`
+	Baseline     string        `json:"baseline,omitempty"`
 	Duration     time.Duration `json:"duration_ns,omitempty"`
 	Warmup       time.Duration `json:"warmup_ns,omitempty"`
 	PayloadBytes int           `json:"payload_bytes,omitempty"`
@@ -111,7 +116,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		Started: time.Now(),
 		Machine: readMachine(hostProc),
 		Setup: Setup{
-			Sections: o.Sections, Sessions: o.Sessions, Paths: o.Paths, Rounds: o.Rounds,
+			Sections: o.Sections, Sessions: o.Sessions, Paths: o.Paths, Rounds: o.Rounds, Baseline: o.Baseline,
 			Duration: o.Duration, Warmup: o.Warmup, PayloadBytes: o.PayloadBytes, Era: o.Era,
 			Generator: "loadgen.Run inside the benchmatrix process; relay, agent and fixture are separate processes",
 			CPUSource: "sum of /proc/PID/task/*/schedstat run time (ns) over the measured phase only; /proc/PID/stat utime+stime if threads exited",
@@ -196,6 +201,9 @@ func (o *Options) validate() error {
 	return os.MkdirAll(o.OutDir, 0o755)
 }
 
+// BaselineSuffix marks the paths served by Options.Baseline.
+const BaselineSuffix = "@baseline"
+
 // runTunnels deploys fixture, relay and one agent per tunnel variant and
 // runs the matrix and the large-result rows against them.
 func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
@@ -219,17 +227,27 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 		paths = append(paths, o.LargePaths...)
 	}
 	specs := agentSpecs(paths)
-	var watched []*process
+	var watched, started []*process
+	defer func() {
+		for i := len(started) - 1; i >= 0; i-- {
+			stopLogged(log, started[i])
+		}
+	}()
 	targets := map[string]target{
 		PathDirect: {Path: PathDirect, URL: fx.URL, roles: []role{{roleServer, pidsOf(fx.Pid())}}},
 	}
-	if len(specs) > 0 {
-		relay, err := ws.startRelay(ctx, "127.0.0.1:0", specs)
-		if err != nil {
-			rep.fail("matrix: relay: %v", err)
+	// deploy starts a relay and one agent per tunnel variant from ws's
+	// binary, all in front of the one fixture; their paths get suffix.
+	deploy := func(ws *workspace, suffix string) {
+		if len(specs) == 0 {
 			return
 		}
-		defer stopLogged(log, relay.process)
+		relay, err := ws.startRelay(ctx, "127.0.0.1:0", specs)
+		if err != nil {
+			rep.fail("matrix: relay%s: %v", suffix, err)
+			return
+		}
+		started = append(started, relay.process)
 		watched = append(watched, relay.process)
 		for _, spec := range specs {
 			ag, err := ws.startAgent(ctx, relay, relay.TunnelAddr, spec, fx.URL, "")
@@ -237,7 +255,7 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 				rep.fail("matrix: %v", err)
 				continue
 			}
-			defer stopLogged(log, ag.process)
+			started = append(started, ag.process)
 			watched = append(watched, ag.process)
 			pp := map[string]string{}
 			if relay.Pprof != "" {
@@ -250,11 +268,28 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 				return []role{{roleRelay, pidsOf(relay.Pid())}, {roleAgent, pidsOf(ag.Pid())}, server}
 			}
 			base := relay.HTTPURL + "/" + spec.Name + "/"
-			targets[spec.Name] = target{Path: spec.Name, URL: base + serverHTTP + "/mcp", Token: ws.clientToken,
+			targets[spec.Name+suffix] = target{Path: spec.Name + suffix, URL: base + serverHTTP + "/mcp", Token: ws.clientToken,
 				roles: tunnelRoles(role{roleServer, pidsOf(fx.Pid())}), pprof: pp}
 			if spec.Name == PathQUIC {
-				targets[PathStdio] = target{Path: PathStdio, URL: base + serverStdio + "/mcp", Token: ws.clientToken,
+				targets[PathStdio+suffix] = target{Path: PathStdio + suffix, URL: base + serverStdio + "/mcp", Token: ws.clientToken,
 					roles: tunnelRoles(role{roleServer, childrenOf(hostProc, ag.Pid())}), pprof: pp}
+			}
+		}
+	}
+	deploy(ws, "")
+	cellPaths := o.Paths
+	if o.Baseline != "" && slices.Contains(o.Sections, SectionMatrix) {
+		bws, err := newWorkspace(filepath.Join(o.OutDir, "matrix-baseline"), o.Baseline, o.Fixture)
+		if err != nil {
+			rep.fail("matrix: baseline: %v", err)
+		} else {
+			deploy(bws, BaselineSuffix)
+			cellPaths = nil
+			for _, p := range o.Paths {
+				cellPaths = append(cellPaths, p)
+				if p != PathDirect {
+					cellPaths = append(cellPaths, p+BaselineSuffix)
+				}
 			}
 		}
 	}
@@ -281,9 +316,9 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 		for _, n := range o.Sessions {
 			// Rounds interleave (every path once, then again) so that a
 			// machine whose speed drifts affects all paths alike.
-			byPath := make(map[string][]Cell, len(o.Paths))
+			byPath := make(map[string][]Cell, len(cellPaths))
 			for round := 1; round <= rounds; round++ {
-				for _, p := range o.Paths {
+				for _, p := range cellPaths {
 					if ctx.Err() != nil {
 						return
 					}
@@ -298,7 +333,7 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 					byPath[p] = append(byPath[p], c)
 				}
 			}
-			for _, p := range o.Paths {
+			for _, p := range cellPaths {
 				if _, ok := targets[p]; !ok {
 					rep.Cells = append(rep.Cells, Cell{Path: p, Sessions: n, Error: "not deployed (see errors)"})
 					continue

@@ -105,6 +105,7 @@ func TestRunEndToEnd(t *testing.T) {
 		Mcptun: mcptun, Fixture: fixture, OutDir: out,
 		Sections: []string{SectionMatrix, SectionLarge, SectionIdle},
 		Sessions: []int{2}, Paths: []string{PathDirect, PathQUIC, PathTCP, PathStdio},
+		Rounds: 2, Baseline: mcptun, // the same build as its own baseline: the wiring is what is tested
 		Duration: 500 * time.Millisecond, Warmup: 200 * time.Millisecond, PayloadBytes: 32,
 		LargeBytes: 1 << 20, LargeReps: 1, LargePaths: []string{PathDirect, PathQUIC},
 		IdleSessions: 20, IdleStreams: 20, IdleStdio: 3,
@@ -112,9 +113,15 @@ func TestRunEndToEnd(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, rep.Errors)
 
-	require.Len(t, rep.Cells, 4)
+	var paths []string
+	for _, c := range rep.Cells {
+		paths = append(paths, c.Path)
+	}
+	require.Equal(t, []string{PathDirect, PathQUIC, PathQUIC + BaselineSuffix, PathTCP, PathTCP + BaselineSuffix,
+		PathStdio, PathStdio + BaselineSuffix}, paths, "baseline paths interleave with ours")
 	for _, c := range rep.Cells {
 		assert.Empty(t, c.Error, c.Path)
+		assert.Equal(t, 2, c.Rounds, "%s: median of both rounds", c.Path)
 		assert.Positive(t, c.Load.Requests, c.Path)
 		assert.Zero(t, c.Load.Errors, c.Path)
 		assert.Positive(t, c.CPUPerRequest[roleServer], "%s: server CPU", c.Path)
@@ -142,12 +149,14 @@ func TestRunEndToEnd(t *testing.T) {
 	var md bytes.Buffer
 	require.NoError(t, rep.WriteMarkdown(&md))
 	assert.Contains(t, md.String(), "| 2 | quic |")
+	assert.Contains(t, md.String(), "| 2 | quic@baseline |")
+	assert.Contains(t, md.String(), "median of 2 rounds")
 
 	// Every process the run started is gone, and so are their children.
 	assert.Empty(t, childrenOf(hostProc, os.Getpid())())
 	logs, err := filepath.Glob(filepath.Join(out, "*", "logs", "*.log"))
 	require.NoError(t, err)
-	assert.GreaterOrEqual(t, len(logs), 6)
+	assert.GreaterOrEqual(t, len(logs), 10)
 }
 
 // Configs name files by absolute path: the agent resolves a relative

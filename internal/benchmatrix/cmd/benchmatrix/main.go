@@ -106,6 +106,7 @@ func parseFlags(args []string, stderr io.Writer) (o benchmatrix.Options, jsonPat
 		lossyOnly  = fs.Bool("lossy-only", false, "run only the lossy-link section")
 	)
 	fs.StringVar(&o.Mcptun, "mcptun", "bin/mcptun", "mcptun binary")
+	fs.StringVar(&o.Baseline, "baseline", "", "another mcptun binary (an older build) to measure beside this one in the same interleaved rounds; its paths are reported as <path>@baseline")
 	fs.StringVar(&o.Fixture, "fixture", "bin/mcptest-server", "mcptest-server binary")
 	fs.StringVar(&o.OutDir, "out", "bin/bench", "directory for the report, configs and process logs")
 	fs.StringVar(&jsonPath, "json", "", "JSON report file (default OUT/bench.json)")
