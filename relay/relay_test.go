@@ -10,14 +10,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/mcptun/mcptun/internal/httpfwd"
 	"go.uber.org/goleak"
 )
 
@@ -82,47 +80,15 @@ func hash(s string) [32]byte { return sha256.Sum256([]byte(s)) }
 type fixture struct {
 	url    string
 	agents *pipeAgents
-	seen   chan *http.Request
 }
 
+// newFixture serves a Handler the way the relay binary serves clients (the
+// fast path first, net/http for what it hands over), in front of an agent
+// served by agentHandler; see newConnFixture.
 func newFixture(t *testing.T, agentHandler http.Handler) *fixture {
 	t.Helper()
-	ln := &pipeListener{ch: make(chan net.Conn), done: make(chan struct{})}
-	agents := &pipeAgents{servers: map[string][]string{"dc1": {"notes", "wiki"}}, ln: ln}
-	agentSrv := &http.Server{Handler: agentHandler}
-	go func() { _ = agentSrv.Serve(ln) }()
-
-	h, err := NewHandler(Config{
-		Agents:      agents,
-		KnownAgents: []string{"dc1", "dc2"},
-		Clients: []Client{
-			{Name: "ci", TokenSHA256: hash("ci-token"), Allow: []string{"dc1/*", "dc2/*"}},
-			{Name: "wikionly", TokenSHA256: hash("wiki-token"), Allow: []string{"*/wiki"}},
-		},
-		AllowedOrigins: []string{"https://app.example.com"},
-	})
-	require.NoError(t, err)
-	// Served the way the relay binary serves clients: the fast path first,
-	// net/http for what it hands over.
-	clientLn, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	fast := httpfwd.NewConnServer(h.ServeConn, clientLn.Addr())
-	front := httptest.NewUnstartedServer(h)
-	front.Listener = fast.Handoff()
-	front.Start()
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = fast.Serve(clientLn)
-	}()
-	t.Cleanup(func() {
-		_ = fast.Close()
-		<-served
-		front.Close()
-		h.Close()
-		_ = agentSrv.Close()
-	})
-	return &fixture{url: front.URL, agents: agents}
+	f := newConnFixture(t, agentHandler)
+	return &fixture{url: f.url, agents: f.agents}
 }
 
 func do(t *testing.T, method, url, token string, hdr map[string]string) (*http.Response, []byte) {
