@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -115,25 +114,14 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 		IdleTimeout: 5 * time.Minute,
 		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	ra.wg.Add(3)
+	ra.wg.Add(1)
 	go func() {
 		defer ra.wg.Done()
 		if err := client.Run(runCtx); err != nil {
 			log.Error("tunnel stopped", "err", err)
 		}
 	}()
-	go func() {
-		defer ra.wg.Done()
-		if err := ra.http.Serve(ra.serve.Handoff()); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-			log.Error("agent http server stopped", "err", err)
-		}
-	}()
-	go func() {
-		defer ra.wg.Done()
-		if err := ra.serve.Serve(client.Listener()); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-			log.Error("agent stream server stopped", "err", err)
-		}
-	}()
+	serveFront(&ra.wg, log.With("component", "streams"), ra.serve, ra.http, client.Listener())
 	if cfg.Debug.PprofListen != "" {
 		ra.debug, err = startDebug(cfg.Debug.PprofListen, log)
 		if err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -159,19 +158,7 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 		IdleTimeout:       relay.ClientIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	rr.wg.Add(2)
-	go func() {
-		defer rr.wg.Done()
-		if err := rr.http.Serve(rr.fast.Handoff()); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-			log.Error("http server stopped", "err", err)
-		}
-	}()
-	go func() {
-		defer rr.wg.Done()
-		if err := rr.fast.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("http listener stopped", "err", err)
-		}
-	}()
+	serveFront(&rr.wg, log.With("component", "http"), rr.fast, rr.http, ln)
 	if cfg.Debug.PprofListen != "" {
 		rr.debug, err = startDebug(cfg.Debug.PprofListen, log)
 		if err != nil {
