@@ -52,10 +52,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-var (
-	headPool     = sync.Pool{New: func() any { return new(Head) }}
-	fieldBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
-)
+var headPool = sync.Pool{New: func() any { return new(Head) }}
 
 // ForwardRaw sends req upstream and writes the answer to dst in HTTP/1.1
 // wire form: the status line and end-to-end header lines as the upstream
@@ -158,8 +155,6 @@ func (f *Forwarder) copyRaw(ctx context.Context, dst *bufio.Writer, c *conn, req
 	dst.WriteString("HTTP/1.1")
 	dst.Write(head.Start[8:])
 	dst.WriteString("\r\n")
-	line := fieldBufPool.Get().(*[]byte)
-	defer fieldBufPool.Put(line)
 	sse, accel := false, false
 	for _, fl := range head.Fields {
 		name := head.Name(fl)
@@ -173,8 +168,11 @@ func (f *Forwarder) copyRaw(ctx context.Context, dst *bufio.Writer, c *conn, req
 		case EqualFold(name, "X-Accel-Buffering"):
 			accel = true
 		}
-		*line = head.AppendField((*line)[:0], fl)
-		dst.Write(*line)
+		// In canonical form, as AppendField writes it.
+		dst.Write(head.Name(fl))
+		dst.WriteString(": ")
+		dst.Write(head.Value(fl))
+		dst.WriteString("\r\n")
 	}
 	if sse && !accel {
 		// Tell buffering proxies in front of us (nginx and kin) to pass
