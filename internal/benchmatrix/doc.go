@@ -11,6 +11,14 @@
 // internal/loadgen running inside this process: closed-loop sessions, each
 // sending the next tools/call when the previous answer is complete.
 //
+// Beside them, a plain tunnel (plain.go) for reference: a generic tunnel in
+// the manner of frp, built on mcptun's own tunnel package, that copies each
+// client connection's bytes through one stream and never parses HTTP or
+// JSON-RPC. Its relay and agent are this harness's binary re-run in a role
+// (RunRole), again separate processes. Measured in the same run, it says
+// what being MCP-aware costs on the same transport and the same machine
+// minute, which an absolute figure from another day cannot.
+//
 // # Sections
 //
 //   - matrix: the same load against the fixture directly and through each

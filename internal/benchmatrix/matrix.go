@@ -24,10 +24,14 @@ const (
 	PathTCP       = "tcp"        // relay → yamux over TLS/TCP → agent → HTTP fixture
 	PathQUICYamux = "quic-yamux" // relay → yamux over one QUIC stream → agent → HTTP fixture
 	PathStdio     = "stdio"      // relay → native QUIC streams → agent → stdio bridge → fixture child
+	// The plain tunnel (plain.go): bytes copied through the same tunnel,
+	// no HTTP or MCP awareness — the reference the targets compare with.
+	PathPlainQUIC = "plain-quic" // plain relay → native QUIC streams → plain agent → HTTP fixture
+	PathPlainTCP  = "plain-tcp"  // plain relay → yamux over TLS/TCP → plain agent → HTTP fixture
 )
 
 // AllPaths is every path, in table order.
-var AllPaths = []string{PathDirect, PathQUIC, PathTCP, PathQUICYamux, PathStdio}
+var AllPaths = []string{PathDirect, PathQUIC, PathTCP, PathQUICYamux, PathStdio, PathPlainQUIC, PathPlainTCP}
 
 // target is one path's endpoint and the processes that serve it.
 type target struct {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -31,6 +32,9 @@ type Options struct {
 	Mcptun  string // the mcptun binary
 	Fixture string // the mcptest-server binary
 	OutDir  string // configs, logs and profiles go here
+	// Self is a binary that runs the plain tunnel's roles (RunRole): the
+	// benchmark command itself. The plain paths need it.
+	Self string
 
 	Sections []string
 
@@ -277,6 +281,31 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 		}
 	}
 	deploy(ws, "")
+	deployPlain := func(path, transport, mux string) {
+		if !slices.Contains(paths, path) {
+			return
+		}
+		if o.Self == "" {
+			rep.fail("matrix: %s: no binary to run the plain tunnel (Options.Self)", path)
+			return
+		}
+		u, err := url.Parse(fx.URL)
+		if err != nil {
+			rep.fail("matrix: %s: fixture URL: %v", path, err)
+			return
+		}
+		relay, agent, front, err := ws.startPlain(ctx, o.Self, path, transport, mux, u.Host)
+		if err != nil {
+			rep.fail("matrix: %v", err)
+			return
+		}
+		started = append(started, relay, agent)
+		watched = append(watched, relay, agent)
+		targets[path] = target{Path: path, URL: front + u.RequestURI(),
+			roles: []role{{roleRelay, pidsOf(relay.Pid())}, {roleAgent, pidsOf(agent.Pid())}, {roleServer, pidsOf(fx.Pid())}}}
+	}
+	deployPlain(PathPlainQUIC, "quic", "native")
+	deployPlain(PathPlainTCP, "tcp", "native")
 	cellPaths := o.Paths
 	if o.Baseline != "" && slices.Contains(o.Sections, SectionMatrix) {
 		bws, err := newWorkspace(filepath.Join(o.OutDir, "matrix-baseline"), o.Baseline, o.Fixture)
@@ -287,7 +316,7 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 			cellPaths = nil
 			for _, p := range o.Paths {
 				cellPaths = append(cellPaths, p)
-				if p != PathDirect {
+				if p != PathDirect && p != PathPlainQUIC && p != PathPlainTCP {
 					cellPaths = append(cellPaths, p+BaselineSuffix)
 				}
 			}

@@ -100,11 +100,13 @@ func TestRunEndToEnd(t *testing.T) {
 		t.Skip("builds and runs the binaries")
 	}
 	mcptun, fixture := buildBinaries(t)
+	self, err := os.Executable() // this test binary runs the plain tunnel (TestMain)
+	require.NoError(t, err)
 	out := t.TempDir()
 	rep, err := Run(context.Background(), Options{
-		Mcptun: mcptun, Fixture: fixture, OutDir: out,
+		Mcptun: mcptun, Fixture: fixture, OutDir: out, Self: self,
 		Sections: []string{SectionMatrix, SectionLarge, SectionIdle},
-		Sessions: []int{2}, Paths: []string{PathDirect, PathQUIC, PathTCP, PathStdio},
+		Sessions: []int{2}, Paths: []string{PathDirect, PathQUIC, PathTCP, PathStdio, PathPlainQUIC, PathPlainTCP},
 		Rounds: 2, Baseline: mcptun, // the same build as its own baseline: the wiring is what is tested
 		Duration: 500 * time.Millisecond, Warmup: 200 * time.Millisecond, PayloadBytes: 32,
 		LargeBytes: 1 << 20, LargeReps: 1, LargePaths: []string{PathDirect, PathQUIC},
@@ -118,7 +120,7 @@ func TestRunEndToEnd(t *testing.T) {
 		paths = append(paths, c.Path)
 	}
 	require.Equal(t, []string{PathDirect, PathQUIC, PathQUIC + BaselineSuffix, PathTCP, PathTCP + BaselineSuffix,
-		PathStdio, PathStdio + BaselineSuffix}, paths, "baseline paths interleave with ours")
+		PathStdio, PathStdio + BaselineSuffix, PathPlainQUIC, PathPlainTCP}, paths, "baseline paths interleave with ours; the plain tunnel has none")
 	for _, c := range rep.Cells {
 		assert.Empty(t, c.Error, c.Path)
 		assert.Equal(t, 2, c.Rounds, "%s: median of both rounds", c.Path)
@@ -151,6 +153,7 @@ func TestRunEndToEnd(t *testing.T) {
 	assert.Contains(t, md.String(), "| 2 | quic |")
 	assert.Contains(t, md.String(), "| 2 | quic@baseline |")
 	assert.Contains(t, md.String(), "median of 2 rounds")
+	assert.Contains(t, md.String(), "| 2 | plain-tcp |")
 
 	// Every process the run started is gone, and so are their children.
 	assert.Empty(t, childrenOf(hostProc, os.Getpid())())

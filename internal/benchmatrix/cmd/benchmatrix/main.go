@@ -28,6 +28,10 @@ import (
 )
 
 func main() {
+	// The plain tunnel's relay and agent are this binary in a role.
+	if ok, code := benchmatrix.RunRole(os.Args[1:], os.Stderr); ok {
+		os.Exit(code)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -134,6 +138,9 @@ func parseFlags(args []string, stderr io.Writer) (o benchmatrix.Options, jsonPat
 	}
 	if fs.NArg() > 0 {
 		return o, "", "", fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.Self, err = os.Executable(); err != nil {
+		return o, "", "", fmt.Errorf("own binary (runs the plain tunnel): %w", err)
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
