@@ -4,13 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"sync"
-	"time"
 )
 
 // ServeConnFunc serves HTTP/1.1 exchanges on c until it is done (it closes
@@ -160,35 +157,6 @@ func (s *ConnServer) closeConns() {
 	}
 }
 
-// WaitHead reads the next request head on a connection between exchanges:
-// it waits at most idle for the head to begin and then at most
-// headerTimeout for the rest of it (a client dribbling a head byte by byte
-// holds the connection no longer than that). It returns an error, having
-// answered nothing, when the connection is done: closed by the peer, idle
-// too long, or the ConnServer shutting down (ctx).
-func WaitHead(ctx context.Context, c net.Conn, br *bufio.Reader, h *Head, idle, headerTimeout time.Duration) error {
-	if br.Buffered() == 0 {
-		_ = c.SetReadDeadline(time.Now().Add(idle))
-		// Shutdown wakes a connection waiting here, and only here: one
-		// still reading a request body must not be cut.
-		stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Unix(1, 0)) })
-		_, err := br.Peek(1)
-		if !stop() {
-			return ctx.Err()
-		}
-		if err != nil {
-			return err
-		}
-	}
-	_ = c.SetReadDeadline(time.Now().Add(headerTimeout))
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	err := ReadHead(br, h)
-	_ = c.SetReadDeadline(time.Time{})
-	return err
-}
-
 // Replay returns c with the head already read (h, whose blank line was
 // consumed) and whatever br holds put back in front of its input.
 func Replay(c net.Conn, h *Head, br *bufio.Reader) net.Conn {
@@ -240,74 +208,3 @@ func (l *handoffListener) Close() error {
 }
 
 func (l *handoffListener) Addr() net.Addr { return l.addr }
-
-// WatchClient returns a context that ends when the client on c leaves
-// (its input ends) during an exchange, and a
-// stop function that ends the watch and reports whether the client left.
-// Where c offers a Context of its own (tunnel QUIC streams) that is used.
-// Otherwise a goroutine reads c, as net/http's server does around every
-// handler — but only once the exchange has lasted longer than after: most
-// MCP exchanges end sooner and never pay for it.
-//
-// bodyRead, if not nil, says whether the request body has been read whole;
-// until it has, the watch waits (it must not read c while the body is).
-//
-// The context also ends with parent (for a ConnServer's connection:
-// Closing(ctx)); a stream's own context ends when the stream is closed.
-func WatchClient(parent context.Context, c net.Conn, br *bufio.Reader, after time.Duration, bodyRead func() bool) (context.Context, func() (left bool)) {
-	if cc, ok := c.(interface{ Context() context.Context }); ok {
-		ctx := cc.Context()
-		return ctx, func() bool { return ctx.Err() != nil }
-	}
-	ctx, cancel := context.WithCancel(parent)
-	w := &watcher{c: c, br: br, cancel: cancel, after: after, bodyRead: bodyRead}
-	w.timer = time.AfterFunc(after, w.start)
-	return ctx, func() bool {
-		w.mu.Lock()
-		w.stopped = true
-		done := w.done
-		w.mu.Unlock()
-		w.timer.Stop()
-		if done != nil {
-			_ = c.SetReadDeadline(time.Unix(1, 0))
-			<-done
-			_ = c.SetReadDeadline(time.Time{})
-		}
-		left := ctx.Err() != nil
-		cancel()
-		return left
-	}
-}
-
-type watcher struct {
-	c        net.Conn
-	br       *bufio.Reader
-	cancel   context.CancelFunc
-	timer    *time.Timer
-	after    time.Duration
-	bodyRead func() bool
-
-	mu      sync.Mutex
-	stopped bool
-	done    chan struct{}
-}
-
-func (w *watcher) start() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.stopped {
-		return
-	}
-	if w.bodyRead != nil && !w.bodyRead() {
-		w.timer.Reset(w.after)
-		return
-	}
-	w.done = make(chan struct{})
-	go func() {
-		defer close(w.done)
-		// A byte arriving is a pipelined request: it stays buffered.
-		if _, err := w.br.Peek(1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			w.cancel()
-		}
-	}()
-}

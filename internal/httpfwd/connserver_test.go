@@ -12,6 +12,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+func waitHead(t *testing.T, ctx context.Context, c net.Conn, br *bufio.Reader, h *Head, idle, header time.Duration) error {
+	cs := newConnState(ctx, c, br, idle, header)
+	defer cs.close()
+	return cs.waitHead(h)
+}
+
 // TestWaitHeadTimeouts: an idle connection ends after idle; a head that
 // began must be complete within headerTimeout, however long idle is; a head
 // already buffered is read at once.
@@ -30,7 +36,7 @@ func TestWaitHeadTimeouts(t *testing.T) {
 	t.Run("idle", func(t *testing.T) {
 		s, _ := pair(t)
 		var h Head
-		err := WaitHead(context.Background(), s, bufio.NewReader(s), &h, 50*time.Millisecond, time.Hour)
+		err := waitHead(t, context.Background(), s, bufio.NewReader(s), &h, 50*time.Millisecond, time.Hour)
 		require.ErrorIs(t, err, os.ErrDeadlineExceeded)
 	})
 	t.Run("slow head", func(t *testing.T) {
@@ -39,7 +45,7 @@ func TestWaitHeadTimeouts(t *testing.T) {
 		require.NoError(t, err)
 		var h Head
 		start := time.Now()
-		err = WaitHead(context.Background(), s, bufio.NewReader(s), &h, time.Hour, 50*time.Millisecond)
+		err = waitHead(t, context.Background(), s, bufio.NewReader(s), &h, time.Hour, 50*time.Millisecond)
 		require.ErrorIs(t, err, os.ErrDeadlineExceeded)
 		require.Less(t, time.Since(start), time.Hour/2, "the idle limit did not apply once the head began")
 	})
@@ -49,8 +55,10 @@ func TestWaitHeadTimeouts(t *testing.T) {
 		require.NoError(t, err)
 		br := bufio.NewReader(s)
 		var h Head
+		cs := newConnState(context.Background(), s, br, time.Hour, time.Hour)
+		defer cs.close()
 		for _, want := range []string{"GET /a/mcp HTTP/1.1", "GET /b/mcp HTTP/1.1"} {
-			require.NoError(t, WaitHead(context.Background(), s, br, &h, time.Hour, time.Hour))
+			require.NoError(t, cs.waitHead(&h))
 			require.Equal(t, want, string(h.Start))
 		}
 	})
@@ -59,7 +67,7 @@ func TestWaitHeadTimeouts(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		var h Head
-		err := WaitHead(ctx, s, bufio.NewReader(s), &h, time.Hour, time.Hour)
+		err := waitHead(t, ctx, s, bufio.NewReader(s), &h, time.Hour, time.Hour)
 		require.True(t, errors.Is(err, context.Canceled), "got %v", err)
 	})
 }

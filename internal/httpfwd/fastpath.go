@@ -38,14 +38,9 @@ type Exchange struct {
 	CutShort func(err error)
 }
 
-// watchAfter is how long an exchange runs before the client's connection
-// is watched for the client leaving (WatchClient).
-const watchAfter = 50 * time.Millisecond
-
 var (
 	fastReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 	fastWriterPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
-	outHeadPool    = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
 )
 
 // ServeConn serves c until it is done (and closed; it returns nil) or until
@@ -54,27 +49,31 @@ var (
 func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 	br := fastReaderPool.Get().(*bufio.Reader)
 	br.Reset(c)
+	cs := newConnState(ctx, c, br, p.IdleTimeout, p.HeaderTimeout)
 	head := new(Head)
 	defer func() {
+		cs.close()
 		if rest == nil {
 			_ = c.Close()
 			br.Reset(nil)
 			fastReaderPool.Put(br)
 		}
 	}()
+	var he *HeadError
 	for {
-		err := WaitHead(ctx, c, br, head, p.IdleTimeout, p.HeaderTimeout)
-		var he *HeadError
+		err := cs.waitHead(head)
 		switch {
+		case err == nil:
 		case errors.As(err, &he):
 			// As net/http's server would: answer and end the connection.
 			_ = WriteAnswer(bufio.NewWriter(c), http.StatusBadRequest,
 				"Content-Type: application/json\r\nConnection: close\r\n", p.BadRequest("bad request: "+he.Reason))
 			return nil
-		case err != nil:
+		default:
 			return nil
 		}
-		if !p.serve(ctx, c, br, head) {
+		if !p.serve(cs, head) {
+			cs.clearDeadline() // net/http keeps its own
 			return Replay(c, head, br)
 		}
 		if head.Close {
@@ -89,39 +88,42 @@ func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 // serve routes and forwards one exchange. It reports false if Route
 // declined; a connection that cannot carry another exchange is marked by
 // head.Close.
-func (p *FastPath) serve(ctx context.Context, c net.Conn, br *bufio.Reader, head *Head) bool {
-	out := outHeadPool.Get().(*[]byte)
-	defer outHeadPool.Put(out)
-	x := p.Route(head, (*out)[:0])
+func (p *FastPath) serve(cs *connState, head *Head) bool {
+	x := p.Route(head, cs.out[:0])
 	if x == nil {
 		return false
 	}
-	*out = x.Req.Head[:0]
-	if !forward(ctx, c, br, head, x) {
+	if cap(x.Req.Head) <= 64<<10 {
+		cs.out = x.Req.Head[:0]
+	}
+	if !forward(cs, head, x) {
 		head.Close = true
 	}
 	return true
 }
 
 // forward passes one exchange on; it reports whether c can carry another.
-func forward(sctx context.Context, c net.Conn, br *bufio.Reader, head *Head, x *Exchange) bool {
+func forward(cs *connState, head *Head, x *Exchange) bool {
 	n := head.ContentLength
 	m, _, _, _ := head.RequestLine()
 	if n < 0 && (string(m) == http.MethodPost || string(m) == http.MethodPut || string(m) == http.MethodPatch) {
 		n = 0
 	}
 	x.Req.NoResponseBody = string(m) == http.MethodHead
-	release, err := x.Req.ReadBody(br, n)
+	if n > int64(cs.br.Buffered()) {
+		cs.clearDeadline()
+	}
+	release, err := x.Req.ReadBody(cs.br, n)
 	if err != nil {
 		return false
 	}
 	defer release()
-	ctx, stop := WatchClient(Closing(sctx), c, br, watchAfter, x.Req.BodyRead)
+	ctx := cs.beginExchange(x.Req.BodyRead)
 	bw := fastWriterPool.Get().(*bufio.Writer)
-	bw.Reset(c)
+	bw.Reset(cs.c)
 	defer func() { bw.Reset(nil); fastWriterPool.Put(bw) }()
 	err = x.Fwd.ForwardRaw(ctx, bw, &x.Req)
-	gone := stop()
+	gone := cs.endExchange()
 	var ue *UpstreamError
 	switch {
 	case err == nil:

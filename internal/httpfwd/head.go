@@ -5,7 +5,8 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"strconv"
+	"math"
+	"strings"
 )
 
 // MaxHeadBytes bounds a request or response head (start line and header
@@ -206,8 +207,8 @@ func (h *Head) frame() error {
 		name, v := h.Name(f), h.Value(f)
 		switch {
 		case EqualFold(name, "Content-Length"):
-			n, err := strconv.ParseInt(string(v), 10, 64)
-			if err != nil || n < 0 || len(v) == 0 || v[0] < '0' || v[0] > '9' { // 1*DIGIT: no sign
+			n, ok := parseLength(v)
+			if !ok {
 				return &HeadError{Reason: fmt.Sprintf("invalid Content-Length %q", v)}
 			}
 			if h.ContentLength >= 0 && h.ContentLength != n {
@@ -239,6 +240,22 @@ func (h *Head) frame() error {
 		return &HeadError{Reason: "both Transfer-Encoding and Content-Length"}
 	}
 	return nil
+}
+
+// parseLength parses a Content-Length value: 1*DIGIT (no sign, no
+// spaces), at most what an int64 holds.
+func parseLength(v []byte) (int64, bool) {
+	if len(v) == 0 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' || n > (math.MaxInt64-int64(c-'0'))/10 {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }
 
 // StatusCode parses the status of a response head.
@@ -282,10 +299,16 @@ func (h *Head) RequestLine() (method, target, version []byte, err error) {
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
-func isTokenByte(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
-		bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0
-}
+func isTokenByte(c byte) bool { return tokenBytes[c] }
+
+// tokenBytes marks the bytes of an RFC 9110 token (tchar).
+var tokenBytes = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			strings.IndexByte("!#$%&'*+-.^_`|~", byte(c)) >= 0
+	}
+	return t
+}()
 
 // EqualFold compares an ASCII header name with a name in any case.
 func EqualFold(b []byte, s string) bool {

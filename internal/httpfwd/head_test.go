@@ -476,6 +476,18 @@ func FuzzReadHead(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// headBuffered promises that ReadHead needs no byte beyond those
+		// buffered (the fast path then sets no header deadline).
+		fill := bufio.NewReader(bytes.NewReader(data))
+		_, _ = fill.Peek(1)
+		if headBuffered(fill) {
+			got, _ := fill.Peek(fill.Buffered())
+			var h Head
+			if err := ReadHead(bufio.NewReader(bytes.NewReader(got)), &h); errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Fatalf("headBuffered(%q), but ReadHead wants more: %v", got, err)
+			}
+		}
+
 		var h Head
 		br := bufio.NewReader(bytes.NewReader(data))
 		err := ReadHead(br, &h)
@@ -561,5 +573,32 @@ func checkHead(t *testing.T, h *Head, data []byte, br *bufio.Reader) {
 	}
 	if h.Chunked && h.OtherEncoding || (h.Chunked || h.OtherEncoding) && h.ContentLength >= 0 || h.ContentLength < -1 {
 		t.Fatalf("framing: Chunked %v OtherEncoding %v ContentLength %d", h.Chunked, h.OtherEncoding, h.ContentLength)
+	}
+}
+
+func TestParseLength(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true},
+		{"52", 52, true},
+		{"007", 7, true},
+		{"9223372036854775807", 9223372036854775807, true},
+		{"9223372036854775808", 0, false}, // one past int64
+		{"99999999999999999999", 0, false},
+		{"", 0, false},
+		{"+1", 0, false},
+		{"-0", 0, false},
+		{" 1", 0, false},
+		{"1 ", 0, false},
+		{"0x10", 0, false},
+		{"1_000", 0, false},
+	} {
+		n, ok := parseLength([]byte(tc.in))
+		if n != tc.want || ok != tc.ok {
+			t.Errorf("parseLength(%q) = %d, %v; want %d, %v", tc.in, n, ok, tc.want, tc.ok)
+		}
 	}
 }

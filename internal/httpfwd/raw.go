@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // RawRequest is a request already in HTTP/1.1 wire form, for a proxy that
@@ -73,10 +72,14 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, dst *bufio.Writer, req *RawR
 		if err != nil {
 			return &UpstreamError{Op: "dial", Err: err}
 		}
-		code, err := f.roundTripRaw(ctx, c, req, head)
+		// One hook for the whole exchange: cancelling ctx wakes whatever
+		// waits on c.
+		stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(aLongTimeAgo) })
+		code, err := f.roundTripRaw(c, req, head)
 		if err == nil {
-			return f.copyRaw(ctx, dst, c, req, head, code)
+			return f.copyRaw(dst, c, req, head, code, stop)
 		}
+		stop()
 		c.close()
 		if !retryable(ctx, reused && attempt == 0, req.Body != nil || req.ContentLength <= 0, err) {
 			return err
@@ -85,18 +88,13 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, dst *bufio.Writer, req *RawR
 }
 
 // roundTripRaw writes the request and reads the final response head.
-func (f *Forwarder) roundTripRaw(ctx context.Context, c *conn, req *RawRequest, head *Head) (int, error) {
-	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+func (f *Forwarder) roundTripRaw(c *conn, req *RawRequest, head *Head) (int, error) {
 	bw := writerPool.Get().(*bufio.Writer)
 	bw.Reset(c.Conn)
 	defer func() { bw.Reset(nil); writerPool.Put(bw) }()
 	bw.Write(req.Head)
 	if req.ContentLength >= 0 {
-		var num [20]byte
-		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(num[:0], req.ContentLength, 10))
-		bw.WriteString("\r\n")
+		writeContentLength(bw, req.ContentLength)
 	}
 	bw.WriteString("\r\n")
 	switch {
@@ -146,9 +144,9 @@ func copyExactly(w io.Writer, r io.Reader, n int64) error {
 	return err
 }
 
-// copyRaw writes the response head and body to dst.
-func (f *Forwarder) copyRaw(ctx context.Context, dst *bufio.Writer, c *conn, req *RawRequest, head *Head, code int) error {
-	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+// copyRaw writes the response head and body to dst; stop removes the
+// exchange's cancellation hook.
+func (f *Forwarder) copyRaw(dst *bufio.Writer, c *conn, req *RawRequest, head *Head, code int, stop func() bool) error {
 	// Our side speaks HTTP/1.1 whatever the upstream spoke (the framing we
 	// write is 1.1's); an HTTP/1.0 upstream closes after the answer.
 	reuse := !head.Close && bytes.HasPrefix(head.Start, []byte("HTTP/1.1 "))
@@ -212,22 +210,48 @@ func (f *Forwarder) copyRaw(ctx context.Context, dst *bufio.Writer, c *conn, req
 }
 
 func writeContentLength(dst *bufio.Writer, n int64) {
-	var num [20]byte
 	dst.WriteString("Content-Length: ")
-	dst.Write(strconv.AppendInt(num[:0], n, 10))
+	dst.Write(strconv.AppendInt(dst.AvailableBuffer(), n, 10))
 	dst.WriteString("\r\n")
 }
 
 // copyFlushing copies n bytes (n < 0: until EOF) from src to dst, as chunks
-// if chunk is set, flushing dst whenever src would block.
+// if chunk is set, flushing dst whenever src would block. What src already
+// holds is written from its buffer; only reads that must wait go through a
+// copy buffer (read straight into when it is big).
 func copyFlushing(dst *bufio.Writer, src *bufio.Reader, n int64, chunk bool) error {
 	var cb copyBuf
 	defer cb.release()
+	write := func(p []byte) error {
+		if chunk {
+			dst.Write(strconv.AppendInt(dst.AvailableBuffer(), int64(len(p)), 16))
+			dst.WriteString("\r\n")
+		}
+		if _, err := dst.Write(p); err != nil {
+			return err
+		}
+		if chunk {
+			dst.WriteString("\r\n")
+		}
+		return nil
+	}
 	for n != 0 {
-		if src.Buffered() == 0 {
-			if err := dst.Flush(); err != nil {
+		if k := src.Buffered(); k > 0 {
+			if n > 0 && int64(k) > n {
+				k = int(n)
+			}
+			p, _ := src.Peek(k)
+			if err := write(p); err != nil {
 				return err
 			}
+			_, _ = src.Discard(k)
+			if n > 0 {
+				n -= int64(k)
+			}
+			continue
+		}
+		if err := dst.Flush(); err != nil {
+			return err
 		}
 		p := cb.bytes()
 		if n > 0 && int64(len(p)) > n {
@@ -235,14 +259,8 @@ func copyFlushing(dst *bufio.Writer, src *bufio.Reader, n int64, chunk bool) err
 		}
 		m, rerr := src.Read(p)
 		if m > 0 {
-			if chunk {
-				fmt.Fprintf(dst, "%x\r\n", m)
-			}
-			if _, err := dst.Write(p[:m]); err != nil {
+			if err := write(p[:m]); err != nil {
 				return err
-			}
-			if chunk {
-				dst.WriteString("\r\n")
 			}
 			if n > 0 {
 				n -= int64(m)

@@ -1,0 +1,224 @@
+package httpfwd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// connState is the fast path's state for one client connection. It lives
+// as long as the connection, so that an exchange allocates nothing for its
+// timeouts, its cancellation or the watch on the client: one context, one
+// timer and one shutdown hook per connection, reused by every exchange.
+// (Made per exchange, they were a good part of what the fast path spent
+// beyond a byte-copying tunnel, and every exchange of every connection
+// took the ConnServer context's lock to register them.)
+type connState struct {
+	c                   net.Conn
+	br                  *bufio.Reader
+	idle, headerTimeout time.Duration
+
+	// ctx is each exchange's: it ends when the ConnServer closes its
+	// connections (Closing) or when the client left during an exchange —
+	// either way the connection is done. A tunnel stream with a context of
+	// its own (QUIC) gives that instead: it sees the client leave by
+	// itself, and cancel is nil.
+	ctx    context.Context
+	cancel context.CancelFunc
+	unhook func() bool // removes the shutdown hook
+
+	// deadline says a read deadline may be set on c. Only the serving
+	// goroutine sets one; it is cleared lazily, before c is read again
+	// other than for a head, so an exchange whose head and body arrived
+	// whole costs one SetReadDeadline.
+	deadline bool
+
+	out []byte // the upstream head Route builds, reused
+
+	mu        sync.Mutex
+	waiting   bool // waiting for a head: a shutdown wakes it
+	shutdown  bool
+	exchange  bool        // an exchange is being forwarded
+	bodyRead  func() bool // of that exchange
+	timer     *time.Timer // starts the watch of an exchange that lasts
+	watchDone chan struct{}
+}
+
+// aLongTimeAgo is a deadline in the past: it wakes a blocked read at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+func newConnState(sctx context.Context, c net.Conn, br *bufio.Reader, idle, headerTimeout time.Duration) *connState {
+	cs := &connState{c: c, br: br, idle: idle, headerTimeout: headerTimeout}
+	if sc, ok := c.(interface{ Context() context.Context }); ok {
+		cs.ctx = sc.Context()
+	} else {
+		cs.ctx, cs.cancel = context.WithCancel(Closing(sctx))
+	}
+	cs.unhook = context.AfterFunc(sctx, cs.shuttingDown)
+	return cs
+}
+
+// shuttingDown wakes the connection if it waits for a head, and only then:
+// one still reading a request body must not be cut.
+func (cs *connState) shuttingDown() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.shutdown = true
+	if cs.waiting {
+		_ = cs.c.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// close releases what the state holds (not c).
+func (cs *connState) close() {
+	cs.unhook()
+	cs.mu.Lock()
+	if cs.timer != nil {
+		cs.timer.Stop()
+	}
+	cs.mu.Unlock()
+	if cs.cancel != nil {
+		cs.cancel()
+	}
+}
+
+// waitHead reads the next request head on the connection between
+// exchanges: it waits at most idle for the head to begin and then at most
+// headerTimeout for the rest of it (a client dribbling a head byte by byte
+// holds the connection no longer than that). It returns an error, having
+// answered nothing, when the connection is done: closed by the peer, idle
+// too long, or the ConnServer shutting down (context.Canceled).
+func (cs *connState) waitHead(h *Head) error {
+	if cs.br.Buffered() == 0 {
+		_ = cs.c.SetReadDeadline(time.Now().Add(cs.idle))
+		cs.deadline = true
+		cs.mu.Lock()
+		shut := cs.shutdown
+		cs.waiting = !shut
+		cs.mu.Unlock()
+		if shut {
+			return context.Canceled
+		}
+		_, err := cs.br.Peek(1)
+		cs.mu.Lock()
+		cs.waiting = false
+		shut = cs.shutdown
+		cs.mu.Unlock()
+		if shut {
+			return context.Canceled
+		}
+		if err != nil {
+			return err
+		}
+	} else if cs.shuttingDownNow() {
+		return context.Canceled
+	}
+	if !headBuffered(cs.br) {
+		_ = cs.c.SetReadDeadline(time.Now().Add(cs.headerTimeout))
+		cs.deadline = true
+	}
+	return ReadHead(cs.br, h)
+}
+
+func (cs *connState) shuttingDownNow() bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return cs.shutdown
+}
+
+// headBuffered reports whether br holds a whole head, so that ReadHead
+// cannot block: an empty line after the first line with content (the
+// empty lines ReadHead skips before a request are all CRs and LFs).
+func headBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	b = bytes.TrimLeft(b, "\r\n")
+	return bytes.Contains(b, []byte("\n\n")) || bytes.Contains(b, []byte("\n\r\n"))
+}
+
+// clearDeadline lifts the head's read deadline before c is read for
+// something else (a body, or a hand-off to net/http).
+func (cs *connState) clearDeadline() {
+	if cs.deadline {
+		_ = cs.c.SetReadDeadline(time.Time{})
+		cs.deadline = false
+	}
+}
+
+// watchAfter is how long an exchange runs before the client's connection
+// is watched for the client leaving.
+const watchAfter = 50 * time.Millisecond
+
+// beginExchange returns the context of an exchange, which ends when the
+// client leaves during it (its input ends). Where c offers a context of its
+// own (tunnel QUIC streams) that is used. Otherwise a goroutine reads c, as
+// net/http's server does around every handler — but only once the exchange
+// has lasted longer than watchAfter: most MCP exchanges end sooner and
+// never pay for it. bodyRead says whether the request body has been read
+// whole; until it has, the watch waits (it must not read c while the body
+// is). endExchange must follow.
+func (cs *connState) beginExchange(bodyRead func() bool) context.Context {
+	if cs.cancel == nil {
+		return cs.ctx
+	}
+	cs.mu.Lock()
+	cs.exchange, cs.bodyRead = true, bodyRead
+	if cs.timer == nil {
+		cs.timer = time.AfterFunc(watchAfter, cs.startWatch)
+	} else {
+		cs.timer.Reset(watchAfter)
+	}
+	cs.mu.Unlock()
+	return cs.ctx
+}
+
+// startWatch starts the watch of a lasting exchange. A timer of an earlier
+// exchange that fires late finds the next one and watches it early: no
+// harm, the watch keeps to the same rules.
+func (cs *connState) startWatch() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if !cs.exchange || cs.watchDone != nil {
+		return
+	}
+	if cs.bodyRead != nil && !cs.bodyRead() {
+		cs.timer.Reset(watchAfter)
+		return
+	}
+	// Under mu, so that endExchange's wake-up comes after it.
+	_ = cs.c.SetReadDeadline(time.Time{})
+	done := make(chan struct{})
+	cs.watchDone = done
+	go func() {
+		defer close(done)
+		// A byte arriving is a pipelined request: it stays buffered.
+		if _, err := cs.br.Peek(1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			cs.cancel()
+		}
+	}()
+}
+
+// endExchange ends the watch and reports whether the client left (or the
+// ConnServer closed the connection).
+func (cs *connState) endExchange() (left bool) {
+	if cs.cancel == nil {
+		return cs.ctx.Err() != nil
+	}
+	cs.mu.Lock()
+	cs.exchange, cs.bodyRead = false, nil
+	done := cs.watchDone
+	cs.watchDone = nil
+	cs.timer.Stop()
+	cs.mu.Unlock()
+	if done != nil {
+		_ = cs.c.SetReadDeadline(aLongTimeAgo)
+		<-done
+		_ = cs.c.SetReadDeadline(time.Time{})
+		cs.deadline = false
+	}
+	return cs.ctx.Err() != nil
+}

@@ -1,0 +1,184 @@
+package httpfwd
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// countingConn counts the read deadlines set on a connection.
+type countingConn struct {
+	net.Conn
+	deadlines *atomic.Int32
+}
+
+func (c countingConn) SetReadDeadline(t time.Time) error {
+	c.deadlines.Add(1)
+	return c.Conn.SetReadDeadline(t)
+}
+
+type countingListener struct {
+	net.Listener
+	deadlines atomic.Int32
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return countingConn{c, &l.deadlines}, nil
+}
+
+// fastRig is a client connection → FastPath on a ConnServer → Forwarder →
+// upstream, all real TCP on loopback.
+type fastRig struct {
+	ln   *countingListener
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+func newFastRig(t *testing.T, upstream http.Handler, idle time.Duration) *fastRig {
+	t.Helper()
+	up := httptest.NewServer(upstream)
+	t.Cleanup(up.Close)
+	addr := up.Listener.Addr().String()
+	fwd := New(func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}, Options{})
+	t.Cleanup(fwd.Close)
+	fast := &FastPath{
+		IdleTimeout: idle, HeaderTimeout: time.Minute,
+		BadRequest: func(reason string) []byte { return []byte(reason) },
+		Route: func(h *Head, out []byte) *Exchange {
+			out = append(out, "POST /mcp HTTP/1.1\r\nHost: "+addr+"\r\n"...)
+			return &Exchange{Fwd: fwd, Req: RawRequest{Head: out},
+				Failed: func(error) (int, string, []byte) { return http.StatusBadGateway, "", nil }}
+		},
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	r := &fastRig{ln: &countingListener{Listener: ln}}
+	cs := NewConnServer(fast.ServeConn, ln.Addr())
+	served := make(chan struct{})
+	go func() { defer close(served); _ = cs.Serve(r.ln) }()
+	t.Cleanup(func() { cs.Close(); <-served })
+	r.conn, err = net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { r.conn.Close() })
+	r.br = bufio.NewReader(r.conn)
+	return r
+}
+
+func (r *fastRig) answer(t *testing.T) (*http.Response, string) {
+	t.Helper()
+	require.NoError(t, r.conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	resp, err := http.ReadResponse(r.br, nil)
+	require.NoError(t, err)
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp, string(b)
+}
+
+func echoUpstream(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
+}
+
+// An exchange whose head and body arrive whole costs one read deadline (the
+// idle wait's), not one per phase.
+func TestFastPathOneDeadlinePerExchange(t *testing.T) {
+	r := newFastRig(t, http.HandlerFunc(echoUpstream), time.Minute)
+	const n = 5
+	for i := range n {
+		body := fmt.Sprintf(`{"i":%d}`, i)
+		_, err := fmt.Fprintf(r.conn, "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		require.NoError(t, err)
+		resp, got := r.answer(t)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.Equal(t, body, got)
+	}
+	// n exchanges, and perhaps the wait for the next head.
+	assert.LessOrEqual(t, r.ln.deadlines.Load(), int32(n+1))
+}
+
+// The idle deadline left in place after a whole head must not cut a body
+// that arrives later than it.
+func TestFastPathSlowBodyOutlivesIdleTimeout(t *testing.T) {
+	const idle = 100 * time.Millisecond
+	r := newFastRig(t, http.HandlerFunc(echoUpstream), idle)
+	_, err := io.WriteString(r.conn, "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n01234")
+	require.NoError(t, err)
+	time.Sleep(3 * idle) // the point: the idle timeout passes mid-body
+	_, err = io.WriteString(r.conn, "56789")
+	require.NoError(t, err)
+	resp, got := r.answer(t)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "0123456789", got)
+}
+
+// An exchange that outlasts the idle timeout is still watched: the client
+// leaving ends the upstream request.
+func TestFastPathWatchOutlivesIdleTimeout(t *testing.T) {
+	const idle = 100 * time.Millisecond
+	started, ended := make(chan struct{}), make(chan struct{})
+	r := newFastRig(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		close(started)
+		select {
+		case <-req.Context().Done():
+			close(ended)
+		case <-time.After(10 * time.Second):
+		}
+	}), idle)
+	_, err := io.WriteString(r.conn, "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}")
+	require.NoError(t, err)
+	<-started
+	line, err := r.br.ReadString('\n')
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(line, "HTTP/1.1 200"), line)
+	time.Sleep(3 * idle) // the point: the head's idle deadline has passed
+	require.NoError(t, r.conn.Close())
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream request did not end when the client left")
+	}
+}
+
+func TestHeadBuffered(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want bool
+	}{
+		{"GET / HTTP/1.1\r\nHost: h\r\n\r\n", true},
+		{"GET / HTTP/1.1\nHost: h\n\n", true},
+		{"GET / HTTP/1.1\r\n\r\nbody", true},
+		{"GET / HTTP/1.1\r\nHost: h\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: h\r\n\r", false},
+		{"\r\n\r\n", false}, // empty lines before a request are skipped
+		{"\r\n\r\nGET / HTTP/1.1\r\n", false},
+		{"\r\n\r\nGET / HTTP/1.1\r\n\r\n", true},
+		{"", false},
+	} {
+		br := bufio.NewReader(strings.NewReader(tc.in))
+		_, _ = br.Peek(1)
+		assert.Equal(t, tc.want, headBuffered(br), "%q", tc.in)
+	}
+}
