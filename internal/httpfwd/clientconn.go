@@ -20,8 +20,15 @@ import (
 // took the ConnServer context's lock to register them.)
 type connState struct {
 	c                   net.Conn
-	br                  *bufio.Reader
 	idle, headerTimeout time.Duration
+
+	// br reads c. It goes back to its pool while an exchange waits on the
+	// upstream with nothing buffered (a GET stream, most of its life):
+	// then a watch that read a byte leaves it in pre, which br reads
+	// first once taken again.
+	br     *bufio.Reader
+	pre    prefixReader
+	parked bool
 
 	// ctx is each exchange's: it ends when the ConnServer closes its
 	// connections (Closing) or when the client left during an exchange —
@@ -38,8 +45,6 @@ type connState struct {
 	// whole costs one SetReadDeadline.
 	deadline bool
 
-	out []byte // the upstream head Route builds, reused
-
 	mu        sync.Mutex
 	waiting   bool // waiting for a head: a shutdown wakes it
 	shutdown  bool
@@ -52,8 +57,10 @@ type connState struct {
 // aLongTimeAgo is a deadline in the past: it wakes a blocked read at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-func newConnState(sctx context.Context, c net.Conn, br *bufio.Reader, idle, headerTimeout time.Duration) *connState {
-	cs := &connState{c: c, br: br, idle: idle, headerTimeout: headerTimeout}
+func newConnState(sctx context.Context, c net.Conn, idle, headerTimeout time.Duration) *connState {
+	cs := &connState{c: c, idle: idle, headerTimeout: headerTimeout, pre: prefixReader{r: c}}
+	cs.br = fastReaderPool.Get().(*bufio.Reader)
+	cs.br.Reset(c)
 	if sc, ok := c.(interface{ Context() context.Context }); ok {
 		cs.ctx = sc.Context()
 	} else {
@@ -74,7 +81,36 @@ func (cs *connState) shuttingDown() {
 	}
 }
 
-// close releases what the state holds (not c).
+// releaseReader gives br back to its pool; the connection is done.
+func (cs *connState) releaseReader() {
+	if cs.br != nil {
+		cs.br.Reset(nil)
+		fastReaderPool.Put(cs.br)
+		cs.br = nil
+	}
+}
+
+// parkReader gives br back while nothing is buffered; unparkReader takes
+// one again, reading what a watch may have read first.
+func (cs *connState) parkReader() bool {
+	if cs.br.Buffered() > 0 {
+		return false
+	}
+	cs.releaseReader()
+	cs.parked = true
+	return true
+}
+
+func (cs *connState) unparkReader() {
+	if !cs.parked {
+		return
+	}
+	cs.parked = false
+	cs.br = fastReaderPool.Get().(*bufio.Reader)
+	cs.br.Reset(&cs.pre)
+}
+
+// close releases what the state holds (not c, nor br).
 func (cs *connState) close() {
 	cs.unhook()
 	cs.mu.Lock()
@@ -163,6 +199,10 @@ const watchAfter = 50 * time.Millisecond
 // is). endExchange must follow.
 func (cs *connState) beginExchange(bodyRead func() bool) context.Context {
 	if cs.cancel == nil {
+		// Nobody reads c until the exchange ends.
+		if bodyRead == nil || bodyRead() {
+			cs.parkReader()
+		}
 		return cs.ctx
 	}
 	cs.mu.Lock()
@@ -193,9 +233,26 @@ func (cs *connState) startWatch() {
 	_ = cs.c.SetReadDeadline(time.Time{})
 	done := make(chan struct{})
 	cs.watchDone = done
+	if cs.parkReader() {
+		go func() {
+			defer close(done)
+			// A byte arriving is a pipelined request: it is kept for br.
+			var one [1]byte
+			n, err := cs.c.Read(one[:])
+			cs.pre.b, cs.pre.has = one[0], n == 1
+			switch {
+			case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
+			case n == 1:
+				cs.pre.err = err // for br, after the byte
+			default:
+				cs.cancel()
+			}
+		}()
+		return
+	}
 	go func() {
 		defer close(done)
-		// A byte arriving is a pipelined request: it stays buffered.
+		// A byte already here is a pipelined request: it stays buffered.
 		if _, err := cs.br.Peek(1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			cs.cancel()
 		}
@@ -206,6 +263,7 @@ func (cs *connState) startWatch() {
 // ConnServer closed the connection).
 func (cs *connState) endExchange() (left bool) {
 	if cs.cancel == nil {
+		cs.unparkReader()
 		return cs.ctx.Err() != nil
 	}
 	cs.mu.Lock()
@@ -220,5 +278,6 @@ func (cs *connState) endExchange() (left bool) {
 		_ = cs.c.SetReadDeadline(time.Time{})
 		cs.deadline = false
 	}
+	cs.unparkReader()
 	return cs.ctx.Err() != nil
 }

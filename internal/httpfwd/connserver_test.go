@@ -1,7 +1,6 @@
 package httpfwd
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"net"
@@ -12,9 +11,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func waitHead(t *testing.T, ctx context.Context, c net.Conn, br *bufio.Reader, h *Head, idle, header time.Duration) error {
-	cs := newConnState(ctx, c, br, idle, header)
+func waitHead(t *testing.T, ctx context.Context, c net.Conn, h *Head, idle, header time.Duration) error {
+	cs := newConnState(ctx, c, idle, header)
 	defer cs.close()
+	defer cs.releaseReader()
 	return cs.waitHead(h)
 }
 
@@ -36,7 +36,7 @@ func TestWaitHeadTimeouts(t *testing.T) {
 	t.Run("idle", func(t *testing.T) {
 		s, _ := pair(t)
 		var h Head
-		err := waitHead(t, context.Background(), s, bufio.NewReader(s), &h, 50*time.Millisecond, time.Hour)
+		err := waitHead(t, context.Background(), s, &h, 50*time.Millisecond, time.Hour)
 		require.ErrorIs(t, err, os.ErrDeadlineExceeded)
 	})
 	t.Run("slow head", func(t *testing.T) {
@@ -45,7 +45,7 @@ func TestWaitHeadTimeouts(t *testing.T) {
 		require.NoError(t, err)
 		var h Head
 		start := time.Now()
-		err = waitHead(t, context.Background(), s, bufio.NewReader(s), &h, time.Hour, 50*time.Millisecond)
+		err = waitHead(t, context.Background(), s, &h, time.Hour, 50*time.Millisecond)
 		require.ErrorIs(t, err, os.ErrDeadlineExceeded)
 		require.Less(t, time.Since(start), time.Hour/2, "the idle limit did not apply once the head began")
 	})
@@ -53,10 +53,10 @@ func TestWaitHeadTimeouts(t *testing.T) {
 		s, c := pair(t)
 		_, err := c.Write([]byte("GET /a/mcp HTTP/1.1\r\nHost: x\r\n\r\nGET /b/mcp HTTP/1.1\r\nHost: x\r\n\r\n"))
 		require.NoError(t, err)
-		br := bufio.NewReader(s)
 		var h Head
-		cs := newConnState(context.Background(), s, br, time.Hour, time.Hour)
+		cs := newConnState(context.Background(), s, time.Hour, time.Hour)
 		defer cs.close()
+		defer cs.releaseReader()
 		for _, want := range []string{"GET /a/mcp HTTP/1.1", "GET /b/mcp HTTP/1.1"} {
 			require.NoError(t, cs.waitHead(&h))
 			require.Equal(t, want, string(h.Start))
@@ -67,7 +67,7 @@ func TestWaitHeadTimeouts(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		var h Head
-		err := waitHead(t, ctx, s, bufio.NewReader(s), &h, time.Hour, time.Hour)
+		err := waitHead(t, ctx, s, &h, time.Hour, time.Hour)
 		require.True(t, errors.Is(err, context.Canceled), "got %v", err)
 	})
 }

@@ -38,26 +38,26 @@ type Exchange struct {
 	CutShort func(err error)
 }
 
+// fastReaderPool holds the readers of client connections: a connection
+// holds one while it waits for a head or reads a body, not while its
+// exchange waits for the upstream.
 var (
 	fastReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
-	fastWriterPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+	outHeadPool    = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
 )
 
 // ServeConn serves c until it is done (and closed; it returns nil) or until
 // Route declines an exchange: then it returns c with what it read replayed,
 // for an http.Server, and no longer touches c.
 func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
-	br := fastReaderPool.Get().(*bufio.Reader)
-	br.Reset(c)
-	cs := newConnState(ctx, c, br, p.IdleTimeout, p.HeaderTimeout)
+	cs := newConnState(ctx, c, p.IdleTimeout, p.HeaderTimeout)
 	head := new(Head)
 	defer func() {
-		cs.close()
 		if rest == nil {
 			_ = c.Close()
-			br.Reset(nil)
-			fastReaderPool.Put(br)
+			cs.releaseReader()
 		}
+		cs.close()
 	}()
 	var he *HeadError
 	for {
@@ -66,7 +66,7 @@ func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 		case err == nil:
 		case errors.As(err, &he):
 			// As net/http's server would: answer and end the connection.
-			_ = WriteAnswer(bufio.NewWriter(c), http.StatusBadRequest,
+			_ = WriteAnswer(c, http.StatusBadRequest,
 				"Content-Type: application/json\r\nConnection: close\r\n", p.BadRequest("bad request: "+he.Reason))
 			return nil
 		default:
@@ -74,7 +74,7 @@ func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 		}
 		if !p.serve(cs, head) {
 			cs.clearDeadline() // net/http keeps its own
-			return Replay(c, head, br)
+			return Replay(c, head, cs.br)
 		}
 		if head.Close {
 			return nil
@@ -89,12 +89,16 @@ func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 // declined; a connection that cannot carry another exchange is marked by
 // head.Close.
 func (p *FastPath) serve(cs *connState, head *Head) bool {
-	x := p.Route(head, cs.out[:0])
+	// Pooled, not kept by the connection: an idle one holds no more than
+	// its state.
+	out := outHeadPool.Get().(*[]byte)
+	defer outHeadPool.Put(out)
+	x := p.Route(head, (*out)[:0])
 	if x == nil {
 		return false
 	}
 	if cap(x.Req.Head) <= 64<<10 {
-		cs.out = x.Req.Head[:0]
+		*out = x.Req.Head[:0]
 	}
 	if !forward(cs, head, x) {
 		head.Close = true
@@ -119,10 +123,7 @@ func forward(cs *connState, head *Head, x *Exchange) bool {
 	}
 	defer release()
 	ctx := cs.beginExchange(x.Req.BodyRead)
-	bw := fastWriterPool.Get().(*bufio.Writer)
-	bw.Reset(cs.c)
-	defer func() { bw.Reset(nil); fastWriterPool.Put(bw) }()
-	err = x.Fwd.ForwardRaw(ctx, bw, &x.Req)
+	err = x.Fwd.ForwardRaw(ctx, cs.c, &x.Req)
 	gone := cs.endExchange()
 	var ue *UpstreamError
 	switch {
@@ -137,7 +138,7 @@ func forward(cs *connState, head *Head, x *Exchange) bool {
 		return false
 	}
 	status, header, body := x.Failed(err)
-	werr := WriteAnswer(bw, status, header, body)
+	werr := WriteAnswer(cs.c, status, header, body)
 	// With a body left partly unread the connection's state is unknown.
 	return werr == nil && x.Req.BodyRead()
 }

@@ -63,7 +63,8 @@ func newFastRig(t *testing.T, upstream http.Handler, idle time.Duration) *fastRi
 		IdleTimeout: idle, HeaderTimeout: time.Minute,
 		BadRequest: func(reason string) []byte { return []byte(reason) },
 		Route: func(h *Head, out []byte) *Exchange {
-			out = append(out, "POST /mcp HTTP/1.1\r\nHost: "+addr+"\r\n"...)
+			m, _, _, _ := h.RequestLine()
+			out = append(append(out, m...), " /mcp HTTP/1.1\r\nHost: "+addr+"\r\n"...)
 			return &Exchange{Fwd: fwd, Req: RawRequest{Head: out},
 				Failed: func(error) (int, string, []byte) { return http.StatusBadGateway, "", nil }}
 		},
@@ -180,5 +181,37 @@ func TestHeadBuffered(t *testing.T) {
 		br := bufio.NewReader(strings.NewReader(tc.in))
 		_, _ = br.Peek(1)
 		assert.Equal(t, tc.want, headBuffered(br), "%q", tc.in)
+	}
+}
+
+// A request pipelined behind one that lasts arrives while the watch holds
+// the connection with its reader given back: the byte the watch read must
+// be the first the next head is read from.
+func TestFastPathPipelinedDuringWatch(t *testing.T) {
+	release := make(chan struct{})
+	r := newFastRig(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.Method != http.MethodPost {
+			http.Error(w, "method "+req.Method, http.StatusMethodNotAllowed)
+			return
+		}
+		b, _ := io.ReadAll(req.Body)
+		if string(b) == "slow" {
+			select {
+			case <-release:
+			case <-time.After(10 * time.Second):
+			}
+		}
+		_, _ = w.Write(b)
+	}), time.Minute)
+	_, err := io.WriteString(r.conn, "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nslow")
+	require.NoError(t, err)
+	time.Sleep(3 * watchAfter) // the point: the watch has begun
+	_, err = io.WriteString(r.conn, "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nnext")
+	require.NoError(t, err)
+	close(release)
+	for _, want := range []string{"slow", "next"} {
+		resp, got := r.answer(t)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.Equal(t, want, got)
 	}
 }

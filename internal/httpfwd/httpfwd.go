@@ -67,6 +67,50 @@ type conn struct {
 	net.Conn
 	br       *bufio.Reader
 	idleFrom time.Time
+	pre      prefixReader // what br reads once the conn was parked
+}
+
+// park gives br's buffer back while the connection waits for its next
+// byte, and takes one again once a byte came: an SSE answer spends most of
+// its life waiting, and a buffer per open stream was most of what it cost.
+// It returns the reader to go on with. (Go offers no wait for readability
+// on a net.Conn, hence the one-byte read, which br then reads first.)
+func (c *conn) park() *bufio.Reader {
+	if c.br.Buffered() > 0 {
+		return c.br
+	}
+	c.br.Reset(nil)
+	readerPool.Put(c.br)
+	var one [1]byte
+	n, err := c.Conn.Read(one[:])
+	c.pre = prefixReader{b: one[0], has: n == 1, err: err, r: c.Conn}
+	c.br = readerPool.Get().(*bufio.Reader)
+	c.br.Reset(&c.pre)
+	return c.br
+}
+
+// prefixReader returns a byte already read, then an error already met,
+// then reads r.
+type prefixReader struct {
+	b   byte
+	has bool
+	err error
+	r   io.Reader
+}
+
+func (p *prefixReader) Read(b []byte) (int, error) {
+	switch {
+	case len(b) == 0:
+		return 0, nil
+	case p.has:
+		b[0], p.has = p.b, false
+		return 1, nil
+	case p.err != nil:
+		err := p.err
+		p.err = nil
+		return 0, err
+	}
+	return p.r.Read(b)
 }
 
 var (

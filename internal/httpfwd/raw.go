@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // RawRequest is a request already in HTTP/1.1 wire form, for a proxy that
@@ -53,20 +54,22 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 var headPool = sync.Pool{New: func() any { return new(Head) }}
 
-// ForwardRaw sends req upstream and writes the answer to dst in HTTP/1.1
+// ForwardRaw sends req upstream and writes the answer to w in HTTP/1.1
 // wire form: the status line and end-to-end header lines as the upstream
 // sent them, the body with explicit framing (Content-Length, or chunked,
 // including for an answer the upstream ended by closing), so the connection
-// behind dst can carry the next exchange. dst is flushed whenever the
-// upstream has nothing more buffered: each SSE event goes out when it
-// arrives, a small answer in one write.
+// behind w can carry the next exchange. What goes to w is buffered and
+// written whenever the upstream has nothing more buffered: each SSE event
+// goes out when it arrives, a small answer in one write.
 //
 // Cancelling ctx aborts the exchange. It returns an *UpstreamError if
-// nothing was written to dst; after that, an error means the answer was
-// cut short and dst's connection must be closed.
-func (f *Forwarder) ForwardRaw(ctx context.Context, dst *bufio.Writer, req *RawRequest) error {
+// nothing was written to w; after that, an error means the answer was
+// cut short and w's connection must be closed.
+func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest) error {
 	head := headPool.Get().(*Head)
 	defer headPool.Put(head)
+	dst := &answerWriter{w: w}
+	defer dst.discard()
 	for attempt := 0; ; attempt++ {
 		c, reused, err := f.get(ctx)
 		if err != nil {
@@ -77,7 +80,13 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, dst *bufio.Writer, req *RawR
 		stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(aLongTimeAgo) })
 		code, err := f.roundTripRaw(c, req, head)
 		if err == nil {
-			return f.copyRaw(dst, c, req, head, code, stop)
+			if err := f.copyRaw(dst, c, req, head, code, stop); err != nil {
+				// Cut short: let the client have what came, so it sees a
+				// truncated answer rather than none.
+				_ = dst.Flush()
+				return err
+			}
+			return nil
 		}
 		stop()
 		c.close()
@@ -146,7 +155,8 @@ func copyExactly(w io.Writer, r io.Reader, n int64) error {
 
 // copyRaw writes the response head and body to dst; stop removes the
 // exchange's cancellation hook.
-func (f *Forwarder) copyRaw(dst *bufio.Writer, c *conn, req *RawRequest, head *Head, code int, stop func() bool) error {
+func (f *Forwarder) copyRaw(dst *answerWriter, c *conn, req *RawRequest, head *Head, code int, stop func() bool) error {
+	started := time.Now()
 	// Our side speaks HTTP/1.1 whatever the upstream spoke (the framing we
 	// write is 1.1's); an HTTP/1.0 upstream closes after the answer.
 	reuse := !head.Close && bytes.HasPrefix(head.Start, []byte("HTTP/1.1 "))
@@ -189,7 +199,12 @@ func (f *Forwarder) copyRaw(dst *bufio.Writer, c *conn, req *RawRequest, head *H
 		err = dst.Flush()
 	case head.Chunked:
 		dst.WriteString("Transfer-Encoding: chunked\r\n\r\n")
-		err = copyChunked(dst, c.br)
+		// A GET's answer is a stream that mostly waits (MCP's GET stream):
+		// its reader parks from the start; other answers once they last.
+		if bytes.HasPrefix(req.Head, []byte("GET ")) {
+			started = started.Add(-parkAfter)
+		}
+		err = copyChunked(dst, c.br, c, started)
 	case head.ContentLength >= 0:
 		writeContentLength(dst, head.ContentLength)
 		dst.WriteString("\r\n")
@@ -209,7 +224,58 @@ func (f *Forwarder) copyRaw(dst *bufio.Writer, c *conn, req *RawRequest, head *H
 	return nil
 }
 
-func writeContentLength(dst *bufio.Writer, n int64) {
+// flushWriter is where an answer is copied to: a bufio.Writer, or an
+// answerWriter that holds a buffer only while it has something to write.
+type flushWriter interface {
+	io.Writer
+	io.StringWriter
+	Flush() error
+	AvailableBuffer() []byte
+}
+
+// answerWriter buffers an answer on its way to the client, holding a pooled
+// buffer only between a write and the next flush: an answer that waits for
+// the upstream (an SSE stream between events, most of its life) holds none.
+type answerWriter struct {
+	w  io.Writer
+	bw *bufio.Writer
+}
+
+func (a *answerWriter) buf() *bufio.Writer {
+	if a.bw == nil {
+		a.bw = writerPool.Get().(*bufio.Writer)
+		a.bw.Reset(a.w)
+	}
+	return a.bw
+}
+
+func (a *answerWriter) Write(p []byte) (int, error)       { return a.buf().Write(p) }
+func (a *answerWriter) WriteString(s string) (int, error) { return a.buf().WriteString(s) }
+func (a *answerWriter) AvailableBuffer() []byte           { return a.buf().AvailableBuffer() }
+
+// discard drops what is buffered (an answer cut short) and gives the
+// buffer back.
+func (a *answerWriter) discard() {
+	if a.bw != nil {
+		a.bw.Reset(nil)
+		writerPool.Put(a.bw)
+		a.bw = nil
+	}
+}
+
+// Flush writes what is buffered and gives the buffer back.
+func (a *answerWriter) Flush() error {
+	if a.bw == nil {
+		return nil
+	}
+	err := a.bw.Flush()
+	a.bw.Reset(nil)
+	writerPool.Put(a.bw)
+	a.bw = nil
+	return err
+}
+
+func writeContentLength(dst flushWriter, n int64) {
 	dst.WriteString("Content-Length: ")
 	dst.Write(strconv.AppendInt(dst.AvailableBuffer(), n, 10))
 	dst.WriteString("\r\n")
@@ -219,7 +285,7 @@ func writeContentLength(dst *bufio.Writer, n int64) {
 // if chunk is set, flushing dst whenever src would block. What src already
 // holds is written from its buffer; only reads that must wait go through a
 // copy buffer (read straight into when it is big).
-func copyFlushing(dst *bufio.Writer, src *bufio.Reader, n int64, chunk bool) error {
+func copyFlushing(dst flushWriter, src *bufio.Reader, n int64, chunk bool) error {
 	var cb copyBuf
 	defer cb.release()
 	write := func(p []byte) error {
@@ -286,14 +352,23 @@ func copyFlushing(dst *bufio.Writer, src *bufio.Reader, n int64, chunk bool) err
 // maxChunkLine bounds a chunk-size line (with extensions) and a trailer line.
 const maxChunkLine = 4 << 10
 
+// parkAfter is how long an answer runs before its upstream reader is
+// parked between chunks (conn.park): a short answer is not worth the extra
+// read, an SSE stream that stays open is. A GET's parks from the start.
+const parkAfter = time.Second
+
 // copyChunked copies a chunked body, re-framing each chunk (extensions and
 // trailers, hop-by-hop by nature, stay behind) and flushing dst whenever
-// src would block.
-func copyChunked(dst *bufio.Writer, src *bufio.Reader) error {
+// src would block. If up is set (src is its reader), an answer older than
+// parkAfter parks the reader while it waits for the next chunk.
+func copyChunked(dst flushWriter, src *bufio.Reader, up *conn, started time.Time) error {
 	for {
 		if src.Buffered() == 0 {
 			if err := dst.Flush(); err != nil {
 				return err
+			}
+			if up != nil && time.Since(started) >= parkAfter {
+				src = up.park()
 			}
 		}
 		line, err := readLine(src)
@@ -317,7 +392,8 @@ func copyChunked(dst *bufio.Writer, src *bufio.Reader) error {
 			dst.WriteString("0\r\n\r\n")
 			return dst.Flush()
 		}
-		fmt.Fprintf(dst, "%x\r\n", size)
+		dst.Write(strconv.AppendInt(dst.AvailableBuffer(), size, 16))
+		dst.WriteString("\r\n")
 		if err := copyFlushingRaw(dst, src, size); err != nil {
 			return err
 		}
@@ -333,7 +409,7 @@ func copyChunked(dst *bufio.Writer, src *bufio.Reader) error {
 }
 
 // copyFlushingRaw copies exactly n bytes without finishing with a flush.
-func copyFlushingRaw(dst *bufio.Writer, src *bufio.Reader, n int64) error {
+func copyFlushingRaw(dst flushWriter, src *bufio.Reader, n int64) error {
 	for n > 0 {
 		if src.Buffered() == 0 {
 			if err := dst.Flush(); err != nil {
@@ -437,9 +513,10 @@ func (r *RawRequest) ReadBody(br *bufio.Reader, n int64) (release func(), err er
 }
 
 // WriteAnswer writes a whole answer of its own (an error the proxy
-// makes) in wire form and flushes it. header lines end in CRLF.
-func WriteAnswer(bw *bufio.Writer, status int, header string, body []byte) error {
-	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\n\r\n", status, http.StatusText(status), header, len(body))
-	bw.Write(body)
-	return bw.Flush()
+// makes) in wire form, in one write. header lines end in CRLF.
+func WriteAnswer(w io.Writer, status int, header string, body []byte) error {
+	b := make([]byte, 0, 128+len(header)+len(body))
+	b = fmt.Appendf(b, "HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\n\r\n", status, http.StatusText(status), header, len(body))
+	_, err := w.Write(append(b, body...))
+	return err
 }

@@ -87,14 +87,11 @@ func exchange(t *testing.T, f *rawFwd, req *RawRequest) (landed, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
 	defer cancel()
 	var out bytes.Buffer
-	bw := bufio.NewWriter(&out)
-	err := f.ForwardRaw(ctx, bw, req)
+	err := f.ForwardRaw(ctx, &out, req)
 	if err != nil {
-		_ = bw.Flush() // what the caller's connection would carry
 		return landed{raw: out.String()}, err
 	}
 	l := landed{raw: out.String()}
-	require.Zero(t, bw.Buffered(), "ForwardRaw leaves dst flushed")
 	method, _, _ := strings.Cut(string(req.Head), " ")
 	br := bufio.NewReader(&out)
 	resp, err := http.ReadResponse(br, &http.Request{Method: method})
@@ -236,7 +233,7 @@ func pipeClient(t *testing.T, ctx context.Context, f *rawFwd, req *RawRequest) (
 	client, server := net.Pipe()
 	errc := make(chan error, 1)
 	go func() {
-		err := f.ForwardRaw(ctx, bufio.NewWriter(server), req)
+		err := f.ForwardRaw(ctx, server, req)
 		_ = server.Close()
 		errc <- err
 	}()
@@ -291,6 +288,79 @@ func TestForwardRawSSEEventByEvent(t *testing.T) {
 	require.Equal(t, "id: 2\ndata: {\"second\":true}\n\n", string(rest))
 	require.NoError(t, wait(t, errc, "ForwardRaw"))
 	require.Equal(t, 1, f.idleConns(), "an SSE answer read to its end leaves the connection reusable")
+}
+
+// TestForwardRawParksLongStream: a chunked answer older than parkAfter
+// gives its reader back while it waits (conn.park); the chunk that wakes
+// it, even a one-byte one, reaches the client at once and intact.
+func TestForwardRawParksLongStream(t *testing.T) {
+	next := make(chan string)
+	_, f := newHTTPUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		for {
+			select {
+			case s, ok := <-next:
+				if !ok {
+					return
+				}
+				fmt.Fprint(w, s)
+				w.(http.Flusher).Flush()
+			case <-r.Context().Done():
+				return
+			}
+		}
+	})
+	var once sync.Once
+	finish := func() { once.Do(func() { close(next) }) }
+	t.Cleanup(finish)
+	client, errc := pipeClient(t, context.Background(), f, &RawRequest{Head: rawHead("GET", "/mcp", "Accept: text/event-stream"), ContentLength: -1})
+	br := bufio.NewReader(client)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+	require.NoError(t, err)
+	body := bufio.NewReader(resp.Body)
+	read := func(want string) {
+		t.Helper()
+		got := make([]byte, len(want))
+		_, err := io.ReadFull(body, got)
+		require.NoError(t, err)
+		require.Equal(t, want, string(got))
+	}
+	read("data: 1\n\n")
+	time.Sleep(parkAfter + 100*time.Millisecond) // the point: the answer grows old
+	next <- "data: 2\n\n"                        // copied, then the reader parks
+	read("data: 2\n\n")
+	next <- "x" // a one-byte chunk wakes it
+	read("x")
+	next <- "\n\n"
+	read("\n\n")
+	finish()
+	rest, err := io.ReadAll(body)
+	require.NoError(t, err)
+	require.Empty(t, rest)
+	require.NoError(t, wait(t, errc, "ForwardRaw"))
+	require.Equal(t, 1, f.idleConns(), "the parked connection is reusable")
+	f.mu.Lock()
+	parked := f.idle[0].pre.r != nil
+	f.mu.Unlock()
+	require.True(t, parked, "the reader was parked while the answer waited")
+}
+
+func TestPrefixReader(t *testing.T) {
+	p := &prefixReader{b: 'a', has: true, err: io.ErrUnexpectedEOF, r: strings.NewReader("bc")}
+	buf := make([]byte, 4)
+	n, err := p.Read(buf[:0])
+	require.Zero(t, n)
+	require.NoError(t, err)
+	n, err = p.Read(buf)
+	require.Equal(t, "a", string(buf[:n]))
+	require.NoError(t, err)
+	_, err = p.Read(buf)
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF, "the error met with the byte comes next")
+	n, err = p.Read(buf)
+	require.Equal(t, "bc", string(buf[:n]))
+	require.NoError(t, err)
 }
 
 func TestForwardRawAccelBuffering(t *testing.T) {
@@ -719,7 +789,7 @@ func FuzzCopyChunked(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		var out bytes.Buffer
 		bw := bufio.NewWriter(&out)
-		err := copyChunked(bw, bufio.NewReader(bytes.NewReader(in)))
+		err := copyChunked(bw, bufio.NewReader(bytes.NewReader(in)), nil, time.Time{})
 		if err != nil {
 			return
 		}
