@@ -79,11 +79,7 @@ func runPlainRelay(ctx context.Context, log *slog.Logger, args []string) error {
 	keyFile := fs.String("key", "", "key (PEM)")
 	agent := fs.String("agent", "", "the agent's name")
 	tokenHash := fs.String("token-sha256", "", "hex SHA-256 of the agent's token")
-	pprofAddr := fs.String("pprof", "", "serve net/http/pprof here, to compare profiles with mcptun's")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	stopPprof, err := servePprof(*pprofAddr, log)
+	stopPprof, err := parseRole(fs, args, log)
 	if err != nil {
 		return err
 	}
@@ -151,11 +147,7 @@ func runPlainAgent(ctx context.Context, log *slog.Logger, args []string) error {
 	transport := fs.String("transport", "quic", "quic or tcp")
 	mux := fs.String("mux", "native", "native or yamux")
 	upstream := fs.String("upstream", "", "host:port every stream is joined to")
-	pprofAddr := fs.String("pprof", "", "serve net/http/pprof here, to compare profiles with mcptun's")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	stopPprof, err := servePprof(*pprofAddr, log)
+	stopPprof, err := parseRole(fs, args, log)
 	if err != nil {
 		return err
 	}
@@ -213,6 +205,16 @@ func runPlainAgent(ctx context.Context, log *slog.Logger, args []string) error {
 			join(conns, st, up)
 		})
 	}
+}
+
+// parseRole parses a role's flags, adding --pprof, and starts the pprof
+// server it asks for.
+func parseRole(fs *flag.FlagSet, args []string, log *slog.Logger) (stop func(), err error) {
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof here, to compare profiles with mcptun's")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return servePprof(*pprofAddr, log)
 }
 
 // servePprof serves net/http/pprof on addr, if set, until stop.
