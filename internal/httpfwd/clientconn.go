@@ -81,7 +81,7 @@ func (cs *connState) shuttingDown() {
 	}
 }
 
-// releaseReader gives br back to its pool; the connection is done.
+// releaseReader gives br back to its pool.
 func (cs *connState) releaseReader() {
 	if cs.br != nil {
 		cs.br.Reset(nil)

@@ -156,7 +156,6 @@ func copyExactly(w io.Writer, r io.Reader, n int64) error {
 // copyRaw writes the response head and body to dst; stop removes the
 // exchange's cancellation hook.
 func (f *Forwarder) copyRaw(dst *answerWriter, c *conn, req *RawRequest, head *Head, code int, stop func() bool) error {
-	started := time.Now()
 	// Our side speaks HTTP/1.1 whatever the upstream spoke (the framing we
 	// write is 1.1's); an HTTP/1.0 upstream closes after the answer.
 	reuse := !head.Close && bytes.HasPrefix(head.Start, []byte("HTTP/1.1 "))
@@ -201,6 +200,7 @@ func (f *Forwarder) copyRaw(dst *answerWriter, c *conn, req *RawRequest, head *H
 		dst.WriteString("Transfer-Encoding: chunked\r\n\r\n")
 		// A GET's answer is a stream that mostly waits (MCP's GET stream):
 		// its reader parks from the start; other answers once they last.
+		started := time.Now()
 		if bytes.HasPrefix(req.Head, []byte("GET ")) {
 			started = started.Add(-parkAfter)
 		}
@@ -269,9 +269,7 @@ func (a *answerWriter) Flush() error {
 		return nil
 	}
 	err := a.bw.Flush()
-	a.bw.Reset(nil)
-	writerPool.Put(a.bw)
-	a.bw = nil
+	a.discard() // nothing is left to drop
 	return err
 }
 
