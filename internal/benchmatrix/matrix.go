@@ -64,6 +64,10 @@ type Cell struct {
 	OtherBusyPct   float64 `json:"other_busy_pct,omitempty"`
 	// Rounds is how many measurements the figures are the median of.
 	Rounds int `json:"rounds,omitempty"`
+	// RelayAgentRounds is relay+agent CPU per request in each clean round,
+	// in ascending order: its spread says how far apart two figures must
+	// be to mean anything on this machine.
+	RelayAgentRounds []float64 `json:"relay_agent_us_rounds,omitempty"`
 }
 
 // medianCell folds the rounds of one cell into one: each rate, latency and
@@ -118,6 +122,13 @@ func medianCell(rounds []Cell) Cell {
 		out.WindowSeconds += c.WindowSeconds
 		out.OtherBusyPct = max(out.OtherBusyPct, c.OtherBusyPct)
 	}
+	out.RelayAgentRounds = nil
+	for _, c := range ok {
+		if v := c.RelayAgentUS(); v >= 0 {
+			out.RelayAgentRounds = append(out.RelayAgentRounds, v)
+		}
+	}
+	slices.Sort(out.RelayAgentRounds)
 	out.CPUPerRequest = medianRoles(ok, func(c Cell) map[string]float64 { return c.CPUPerRequest })
 	out.CPUStatPerRequest = medianRoles(ok, func(c Cell) map[string]float64 { return c.CPUStatPerRequest })
 	return out

@@ -81,7 +81,7 @@ func (r *Report) writeMatrix(b *strings.Builder) {
 		rounds += fmt.Sprintf(" Paths ending in `%s` are served by %s, deployed beside this build and measured in the same rounds.", BaselineSuffix, s.Baseline)
 	}
 	fmt.Fprintf(b, "Closed-loop `tools/call echo` (%d-byte text), protocol %s, %s measured after %s warm-up per cell.%s "+
-		"%s. CPU per request: %s. Ratios are to `direct` at the same session count; Δp50 is the latency the path adds.\n\n",
+		"%s. CPU per request: %s; relay+agent gives the rounds' range in brackets. Ratios are to `direct` at the same session count; Δp50 is the latency the path adds.\n\n",
 		s.PayloadBytes, s.Era, s.Duration, s.Warmup, rounds, s.Generator, s.CPUSource)
 	b.WriteString("| sessions | path | req/s | p50 | Δp50 | p90 | p99 | errors | relay µs/req | agent µs/req | relay+agent µs/req | server µs/req | other load |\n")
 	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
@@ -116,6 +116,9 @@ func (r *Report) writeMatrix(b *strings.Builder) {
 		sum := ""
 		if v := c.RelayAgentUS(); v >= 0 {
 			sum = fmt.Sprintf("**%.1f**", v)
+			if r := c.RelayAgentRounds; len(r) > 1 {
+				sum += fmt.Sprintf(" (%.0f–%.0f)", r[0], r[len(r)-1])
+			}
 		}
 		other := ""
 		if c.WindowSeconds > 0 {

@@ -3,6 +3,7 @@ package benchmatrix
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -256,6 +257,9 @@ func TestMedianCell(t *testing.T) {
 	}
 	if got.Load.Requests != 300 || got.Load.Errors != 3 {
 		t.Errorf("counts %d/%d, want summed 300/3", got.Load.Requests, got.Load.Errors)
+	}
+	if want := []float64{105, 120, 135}; !slices.Equal(got.RelayAgentRounds, want) {
+		t.Errorf("relay+agent rounds %v, want the clean rounds' %v in order", got.RelayAgentRounds, want)
 	}
 	if got.OtherBusyPct != 9 {
 		t.Errorf("other load %v, want the worst clean round's 9", got.OtherBusyPct)

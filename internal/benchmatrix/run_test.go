@@ -153,6 +153,7 @@ func TestRunEndToEnd(t *testing.T) {
 	assert.Contains(t, md.String(), "| 2 | quic |")
 	assert.Contains(t, md.String(), "| 2 | quic@baseline |")
 	assert.Contains(t, md.String(), "median of 2 rounds")
+	assert.Regexp(t, `\*\*[0-9.]+\*\* \([0-9]+–[0-9]+\)`, md.String(), "relay+agent with the rounds' range")
 	assert.Contains(t, md.String(), "| 2 | plain-tcp |")
 
 	// Every process the run started is gone, and so are their children.
