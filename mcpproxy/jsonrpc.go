@@ -108,17 +108,17 @@ func Peek(data []byte) (Message, error) {
 	if err != nil {
 		return m, fmt.Errorf("%w: %v", ErrInvalidMessage, err)
 	}
-	if v, ok := top["jsonrpc"]; !ok || string(data[v.start:v.end]) != `"2.0"` {
+	if v, ok := top.get("jsonrpc"); !ok || string(data[v.start:v.end]) != `"2.0"` {
 		return m, fmt.Errorf(`%w: "jsonrpc" must be "2.0"`, ErrInvalidMessage)
 	}
-	idv, hasID := top["id"]
+	idv, hasID := top.get("id")
 	if hasID {
 		m.ID = data[idv.start:idv.end]
 		m.idSpan = idv
 	}
-	resv, hasResult := top["result"]
-	errv, hasError := top["error"]
-	if mv, ok := top["method"]; ok {
+	resv, hasResult := top.get("result")
+	errv, hasError := top.get("error")
+	if mv, ok := top.get("method"); ok {
 		if data[mv.start] != '"' {
 			return m, fmt.Errorf(`%w: "method" must be a string`, ErrInvalidMessage)
 		}
@@ -135,7 +135,7 @@ func Peek(data []byte) (Message, error) {
 			}
 			m.Kind = KindRequest
 		}
-		if pv, ok := top["params"]; ok {
+		if pv, ok := top.get("params"); ok {
 			if c := data[pv.start]; c != '{' && c != '[' {
 				return m, fmt.Errorf(`%w: "params" must be an object or an array`, ErrInvalidMessage)
 			}
@@ -147,7 +147,7 @@ func Peek(data []byte) (Message, error) {
 		}
 		return m, nil
 	}
-	if _, ok := top["params"]; ok {
+	if _, ok := top.get("params"); ok {
 		return m, fmt.Errorf(`%w: "params" without "method"`, ErrInvalidMessage)
 	}
 	switch {
@@ -172,7 +172,7 @@ func Peek(data []byte) (Message, error) {
 		if err != nil {
 			return m, fmt.Errorf("%w: error: %v", ErrInvalidMessage, err)
 		}
-		if cv, ok := e["code"]; ok {
+		if cv, ok := e.get("code"); ok {
 			m.ErrorCode, _ = strconv.Atoi(string(data[cv.start:cv.end]))
 		}
 		m.Kind = KindError
@@ -202,32 +202,32 @@ func (m *Message) peekParams(data []byte, start int) error {
 	if err != nil {
 		return err
 	}
-	if mv, ok := params["_meta"]; ok && data[mv.start] == '{' {
+	if mv, ok := params.get("_meta"); ok && data[mv.start] == '{' {
 		meta, err := members(data, mv.start, metaKeys)
 		if err != nil {
 			return fmt.Errorf("_meta: %w", err)
 		}
-		if tv, ok := meta["progressToken"]; ok && m.Method != "notifications/progress" {
+		if tv, ok := meta.get("progressToken"); ok && m.Method != "notifications/progress" {
 			m.ProgressToken = data[tv.start:tv.end]
 			m.tokenSpan = tv
 		}
-		if sv, ok := meta[metaSubscriptionID]; ok && m.Kind == KindNotification {
+		if sv, ok := meta.get(metaSubscriptionID); ok && m.Kind == KindNotification {
 			m.SubscriptionID = data[sv.start:sv.end]
 			m.subSpan = sv
 		}
 	}
 	if m.Method == "notifications/progress" {
-		if tv, ok := params["progressToken"]; ok {
+		if tv, ok := params.get("progressToken"); ok {
 			m.ProgressToken = data[tv.start:tv.end]
 			m.tokenSpan = tv
 		}
 	}
-	if nv, ok := params["name"]; ok && m.Method == "tools/call" && data[nv.start] == '"' {
+	if nv, ok := params.get("name"); ok && m.Method == "tools/call" && data[nv.start] == '"' {
 		if m.ToolName, err = decodeString(data[nv.start:nv.end]); err != nil {
 			return fmt.Errorf("name: %w", err)
 		}
 	}
-	if rv, ok := params["requestId"]; ok && m.Method == "notifications/cancelled" {
+	if rv, ok := params.get("requestId"); ok && m.Method == "notifications/cancelled" {
 		m.CancelledID = data[rv.start:rv.end]
 		m.cancelSpan = rv
 	}
@@ -266,7 +266,7 @@ func (m *Message) resultSubscriptionEdit(data, want, id []byte) (edit, bool) {
 	if err != nil {
 		return edit{}, false
 	}
-	mv, ok := res["_meta"]
+	mv, ok := res.get("_meta")
 	if !ok || data[mv.start] != '{' {
 		return edit{}, false
 	}
@@ -274,7 +274,7 @@ func (m *Message) resultSubscriptionEdit(data, want, id []byte) (edit, bool) {
 	if err != nil {
 		return edit{}, false
 	}
-	sv, ok := meta[metaSubscriptionID]
+	sv, ok := meta.get(metaSubscriptionID)
 	if !ok || !bytes.Equal(data[sv.start:sv.end], want) {
 		return edit{}, false
 	}
@@ -312,36 +312,36 @@ func isIDValue(raw []byte) bool {
 // members walks the object starting at data[start] and returns the value
 // spans of the keys in want. A wanted key that repeats, or another key that
 // differs from a wanted one only in case, is an error (see Peek).
-func members(data []byte, start int, want []string) (map[string]span, error) {
-	out := make(map[string]span, len(want))
+func members(data []byte, start int, want []string) (memberSet, error) {
+	out := memberSet{want: want}
 	i := skipWS(data, start+1)
 	if i < len(data) && data[i] == '}' {
 		return out, nil
 	}
 	for {
 		if i >= len(data) || data[i] != '"' {
-			return nil, errors.New("truncated object")
+			return out, errors.New("truncated object")
 		}
 		ke, err := skipString(data, i)
 		if err != nil {
-			return nil, err
+			return out, err
 		}
 		key := data[i:ke]
 		i = skipWS(data, ke)
 		if i >= len(data) || data[i] != ':' {
-			return nil, errors.New("truncated object")
+			return out, errors.New("truncated object")
 		}
 		vs := skipWS(data, i+1)
 		ve, err := skipValue(data, vs)
 		if err != nil {
-			return nil, err
+			return out, err
 		}
-		if err := noteMember(out, key, span{vs, ve}, want); err != nil {
-			return nil, err
+		if err := out.note(key, span{vs, ve}); err != nil {
+			return out, err
 		}
 		i = skipWS(data, ve)
 		if i >= len(data) {
-			return nil, errors.New("truncated object")
+			return out, errors.New("truncated object")
 		}
 		switch data[i] {
 		case ',':
@@ -349,37 +349,81 @@ func members(data []byte, start int, want []string) (map[string]span, error) {
 		case '}':
 			return out, nil
 		default:
-			return nil, fmt.Errorf("unexpected %q in object", data[i])
+			return out, fmt.Errorf("unexpected %q in object", data[i])
 		}
 	}
 }
 
-func noteMember(out map[string]span, rawKey []byte, v span, want []string) error {
+// maxWanted bounds the keys one members call looks for.
+const maxWanted = 6
+
+// memberSet is what members found: the value span of each wanted key, by
+// its position in want. Fixed arrays, not a map: Peek runs on every
+// message a stdio session carries.
+type memberSet struct {
+	want []string
+	span [maxWanted]span
+	has  [maxWanted]bool
+}
+
+func (s *memberSet) get(key string) (span, bool) {
+	for i, w := range s.want {
+		if w == key {
+			return s.span[i], s.has[i]
+		}
+	}
+	return span{}, false
+}
+
+// note records the member with the raw (quoted) key rawKey if it is wanted.
+func (s *memberSet) note(rawKey []byte, v span) error {
 	inner := rawKey[1 : len(rawKey)-1]
 	escaped := bytes.IndexByte(inner, '\\') >= 0
 	if !escaped && len(inner) > maxKeyLen {
 		return nil // fast path: no wanted key is this long
 	}
-	key := string(inner)
+	key := inner
 	if escaped {
-		var err error
-		if key, err = decodeString(rawKey); err != nil {
+		k, err := decodeString(rawKey)
+		if err != nil {
 			return err
 		}
+		key = []byte(k)
 	}
-	for _, w := range want {
-		if !strings.EqualFold(key, w) {
+	for i, w := range s.want {
+		if !foldEqual(key, w) {
 			continue
 		}
-		if key != w {
+		if string(key) != w {
 			return fmt.Errorf("member %q differs from %q only in case", key, w)
 		}
-		if _, dup := out[w]; dup {
+		if s.has[i] {
 			return fmt.Errorf("duplicate member %q", w)
 		}
-		out[w] = v
+		s.span[i], s.has[i] = v, true
 	}
 	return nil
+}
+
+// foldEqual is strings.EqualFold(string(b), w) for an ASCII w, without
+// the conversion: only non-ASCII keys (where U+212A and U+017F fold to
+// ASCII letters) take the general comparison.
+func foldEqual(b []byte, w string) bool {
+	for _, c := range b {
+		if c >= utf8.RuneSelf {
+			return strings.EqualFold(string(b), w)
+		}
+	}
+	if len(b) != len(w) {
+		return false
+	}
+	for i, c := range b {
+		d := w[i]
+		if c != d && (c|0x20 != d|0x20 || c|0x20 < 'a' || c|0x20 > 'z') {
+			return false
+		}
+	}
+	return true
 }
 
 func decodeString(raw []byte) (string, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -217,4 +218,36 @@ func FuzzPeek(f *testing.F) {
 			}
 		}
 	})
+}
+
+// memberSet holds at most maxWanted keys: every list members is given fits.
+func TestWantedKeysFit(t *testing.T) {
+	for _, want := range [][]string{topKeys, paramsKeys, metaKeys, errorKeys, resultKeys} {
+		if len(want) > maxWanted {
+			t.Errorf("%v: %d keys, memberSet holds %d", want, len(want), maxWanted)
+		}
+	}
+}
+
+func TestFoldEqual(t *testing.T) {
+	for _, tc := range []struct {
+		b, w string
+		want bool
+	}{
+		{"method", "method", true},
+		{"Method", "method", true},
+		{"METHOD", "method", true},
+		{"methods", "method", false},
+		{"_meta", "_meta", true},
+		{"_META", "_meta", true},
+		{"\x7fmeta", "_meta", false}, // not letters: no folding
+		{"requestid", "requestId", true},
+		{"\u212Aey", "key", true},           // KELVIN SIGN folds to k, as in encoding/json
+		{"progre\u017Fs", "progress", true}, // LATIN SMALL LETTER LONG S folds to s
+		{"n\u00e4me", "name", false},
+	} {
+		if got := foldEqual([]byte(tc.b), tc.w); got != tc.want || got != strings.EqualFold(tc.b, tc.w) {
+			t.Errorf("foldEqual(%q, %q) = %v, want %v (strings.EqualFold agrees)", tc.b, tc.w, got, tc.want)
+		}
+	}
 }
