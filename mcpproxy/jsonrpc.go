@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
 // Kind classifies a JSON-RPC 2.0 message.
@@ -414,16 +416,7 @@ func foldEqual(b []byte, w string) bool {
 			return strings.EqualFold(string(b), w)
 		}
 	}
-	if len(b) != len(w) {
-		return false
-	}
-	for i, c := range b {
-		d := w[i]
-		if c != d && (c|0x20 != d|0x20 || c|0x20 < 'a' || c|0x20 > 'z') {
-			return false
-		}
-	}
-	return true
+	return httpfwd.EqualFold(b, w)
 }
 
 func decodeString(raw []byte) (string, error) {
