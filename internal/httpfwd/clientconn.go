@@ -229,31 +229,26 @@ func (cs *connState) startWatch() {
 		cs.timer.Reset(watchAfter)
 		return
 	}
+	if !cs.parkReader() {
+		// A pipelined request is already here: the client has not left,
+		// and reading on would take its bytes.
+		return
+	}
 	// Under mu, so that endExchange's wake-up comes after it.
 	_ = cs.c.SetReadDeadline(time.Time{})
 	done := make(chan struct{})
 	cs.watchDone = done
-	if cs.parkReader() {
-		go func() {
-			defer close(done)
-			// A byte arriving is a pipelined request: it is kept for br.
-			var one [1]byte
-			n, err := cs.c.Read(one[:])
-			cs.pre.b, cs.pre.has = one[0], n == 1
-			switch {
-			case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
-			case n == 1:
-				cs.pre.err = err // for br, after the byte
-			default:
-				cs.cancel()
-			}
-		}()
-		return
-	}
 	go func() {
 		defer close(done)
-		// A byte already here is a pipelined request: it stays buffered.
-		if _, err := cs.br.Peek(1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		// A byte arriving is a pipelined request: it is kept for br.
+		var one [1]byte
+		n, err := cs.c.Read(one[:])
+		cs.pre.b, cs.pre.has = one[0], n == 1
+		switch {
+		case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
+		case n == 1:
+			cs.pre.err = err // for br, after the byte
+		default:
 			cs.cancel()
 		}
 	}()
