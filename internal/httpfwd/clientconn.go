@@ -59,7 +59,7 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 func newConnState(sctx context.Context, c net.Conn, idle, headerTimeout time.Duration) *connState {
 	cs := &connState{c: c, idle: idle, headerTimeout: headerTimeout, pre: prefixReader{r: c}}
-	cs.br = fastReaderPool.Get().(*bufio.Reader)
+	cs.br = readerPool.Get().(*bufio.Reader)
 	cs.br.Reset(c)
 	if sc, ok := c.(interface{ Context() context.Context }); ok {
 		cs.ctx = sc.Context()
@@ -85,7 +85,7 @@ func (cs *connState) shuttingDown() {
 func (cs *connState) releaseReader() {
 	if cs.br != nil {
 		cs.br.Reset(nil)
-		fastReaderPool.Put(cs.br)
+		readerPool.Put(cs.br)
 		cs.br = nil
 	}
 }
@@ -106,7 +106,7 @@ func (cs *connState) unparkReader() {
 		return
 	}
 	cs.parked = false
-	cs.br = fastReaderPool.Get().(*bufio.Reader)
+	cs.br = readerPool.Get().(*bufio.Reader)
 	cs.br.Reset(&cs.pre)
 }
 
@@ -241,12 +241,10 @@ func (cs *connState) startWatch() {
 	go func() {
 		defer close(done)
 		// A byte arriving is a pipelined request: it is kept for br.
-		var one [1]byte
-		n, err := cs.c.Read(one[:])
-		cs.pre.b, cs.pre.has = one[0], n == 1
+		err := cs.pre.waitByte()
 		switch {
 		case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
-		case n == 1:
+		case cs.pre.has:
 			cs.pre.err = err // for br, after the byte
 		default:
 			cs.cancel()

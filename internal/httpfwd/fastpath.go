@@ -1,7 +1,6 @@
 package httpfwd
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"net"
@@ -38,13 +37,7 @@ type Exchange struct {
 	CutShort func(err error)
 }
 
-// fastReaderPool holds the readers of client connections: a connection
-// holds one while it waits for a head or reads a body, not while its
-// exchange waits for the upstream.
-var (
-	fastReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
-	outHeadPool    = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
-)
+var outHeadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
 
 // ServeConn serves c until it is done (and closed; it returns nil) or until
 // Route declines an exchange: then it returns c with what it read replayed,

@@ -81,9 +81,8 @@ func (c *conn) park() *bufio.Reader {
 	}
 	c.br.Reset(nil)
 	readerPool.Put(c.br)
-	var one [1]byte
-	n, err := c.Conn.Read(one[:])
-	c.pre = prefixReader{b: one[0], has: n == 1, err: err, r: c.Conn}
+	c.pre.r = c.Conn
+	c.pre.err = c.pre.waitByte() // a cancelled exchange's error, for the copy
 	c.br = readerPool.Get().(*bufio.Reader)
 	c.br.Reset(&c.pre)
 	return c.br
@@ -96,6 +95,15 @@ type prefixReader struct {
 	has bool
 	err error
 	r   io.Reader
+}
+
+// waitByte blocks until a byte of r arrives, keeps it for the next Read,
+// and returns the error the read met (not kept).
+func (p *prefixReader) waitByte() error {
+	var one [1]byte
+	n, err := p.r.Read(one[:])
+	p.b, p.has = one[0], n == 1
+	return err
 }
 
 func (p *prefixReader) Read(b []byte) (int, error) {
@@ -114,9 +122,10 @@ func (p *prefixReader) Read(b []byte) (int, error) {
 }
 
 var (
-	// A connection holds only its reader between exchanges and while a
-	// stream is open (an idle SSE stream costs its 4 KiB, not more); the
-	// writer and copy buffers are taken per exchange. Streams copy through
+	// Readers of upstream and client connections alike. A connection
+	// holds one between exchanges and while it reads; an exchange that
+	// waits on its upstream holds none (conn.park, connState.parkReader).
+	// The writer and copy buffers are taken per exchange. Streams copy through
 	// a small buffer: events are small, and big ones just take more reads.
 	readerPool     = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 	writerPool     = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
