@@ -11,19 +11,24 @@ import (
 	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
-// The fast path: exchanges for URL servers are answered on the connection
-// itself, without net/http's server. The relay writes plain HTTP/1.1 on
-// every tunnel stream (httpfwd), so the agent reads the head in wire form,
-// rewrites the few header lines that must change and passes the rest, body
-// and answer included, through untouched. That skips what net/http's
-// server spends per request and a pass-through proxy does not need: the
-// header map, the Request and response objects, the context tree, and the
-// background read goroutine started and stopped around every handler.
+// The fast path: exchanges are answered on the connection itself, without
+// net/http's server. The relay writes plain HTTP/1.1 on every tunnel
+// stream (httpfwd), so the agent reads the head in wire form. For a URL
+// server it rewrites the few header lines that must change and passes the
+// rest, body and answer included, through untouched. For a stdio server
+// the bridge's ServeHTTP answers, given a request built from the head and
+// a ResponseWriter on the connection (httpfwd.ServeFunc). Either way that
+// skips what net/http's server spends per request: the response and chunk
+// writers, the context tree, the background read goroutine started and
+// stopped around every handler, and (for URL servers) the header map and
+// Request objects too.
 //
-// Anything else — stdio servers, unknown paths, heads the fast path does
-// not take (chunked or Expect bodies, upgrades, Connection options, heads
-// it cannot parse) — makes ServeConn hand the connection, with the bytes
-// it read replayed, to net/http: that stream is served there from then on.
+// Anything else — unknown paths, heads the fast path does not take
+// (chunked or Expect bodies, upgrades, Connection options, heads it cannot
+// parse), for stdio servers also methods other than POST, GET and DELETE,
+// a Host line other than one and bodies over httpfwd.MaxHeldBody — makes
+// ServeConn hand the connection, with the bytes it read replayed, to
+// net/http: that stream is served there from then on.
 
 // connIdleTimeout closes a connection idle between exchanges this long,
 // like the agent's http.Server IdleTimeout: longer than the relay keeps a
@@ -34,7 +39,7 @@ const connIdleTimeout = 5 * time.Minute
 // agent's http.Server ReadHeaderTimeout.
 const connHeaderTimeout = 30 * time.Second
 
-// ServeConn serves the HTTP/1.1 exchanges on c that are for URL servers
+// ServeConn serves the HTTP/1.1 exchanges on c that the fast path takes
 // (an httpfwd.ServeConnFunc). It returns nil once c is done (and closed),
 // or, when an exchange needs the full HTTP server, a connection for an
 // http.Server serving h that replays what ServeConn read.
@@ -49,32 +54,43 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 		BadRequest: func(reason string) []byte {
 			return errorBody(nil, codeInvalidRequest, "mcpproxy: "+reason, nil)
 		},
-		Route: h.route,
+		Route:  h.route,
+		Logger: h.log,
 	}
 }
 
-// route takes an exchange for a URL server.
+// route takes an exchange for a URL server (forwarded) or a stdio server
+// (answered on the connection by the bridge's ServeHTTP).
 func (h *Handler) route(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
-	srv, ok := h.fastServer(head)
-	if !ok {
+	name, ok := fastServer(head)
+	if !ok || h.isClosed() {
 		return nil
 	}
-	method, target, _, _ := head.RequestLine()
-	return &httpfwd.Exchange{
-		Fwd: srv.fwd,
-		Req: httpfwd.RawRequest{Head: srv.appendHead(out, head, method, target)},
-		Failed: func(err error) (int, string, []byte) {
-			srv.log.Warn("upstream exchange failed", "method", string(method), "err", err)
-			return http.StatusBadGateway, "Content-Type: application/json\r\nCache-Control: no-store\r\n",
-				errorBody(nil, codeInternal, fmt.Sprintf("mcpproxy: upstream of server %q unreachable: %s", srv.name, upstreamReason(err)), nil)
-		},
-		CutShort: func(err error) { srv.log.Debug("upstream exchange ended early", "err", err) },
+	switch srv := h.servers[string(name)].(type) {
+	case *httpServer:
+		method, target, _, _ := head.RequestLine()
+		return &httpfwd.Exchange{
+			Fwd: srv.fwd,
+			Req: httpfwd.RawRequest{Head: srv.appendHead(out, head, method, target)},
+			Failed: func(err error) (int, string, []byte) {
+				srv.log.Warn("upstream exchange failed", "method", string(method), "err", err)
+				return http.StatusBadGateway, "Content-Type: application/json\r\nCache-Control: no-store\r\n",
+					errorBody(nil, codeInternal, fmt.Sprintf("mcpproxy: upstream of server %q unreachable: %s", srv.name, upstreamReason(err)), nil)
+			},
+			CutShort: func(err error) { srv.log.Debug("upstream exchange ended early", "err", err) },
+		}
+	case *stdioServer:
+		if !servable(head) {
+			return nil
+		}
+		return &httpfwd.Exchange{Serve: srv.serveFast}
 	}
+	return nil
 }
 
-// fastServer returns the URL server a head is for, if the fast path takes
-// the exchange.
-func (h *Handler) fastServer(head *httpfwd.Head) (*httpServer, bool) {
+// fastServer returns the name of the server a head is for, if the fast
+// path takes the exchange.
+func fastServer(head *httpfwd.Head) ([]byte, bool) {
 	_, target, version, err := head.RequestLine()
 	if err != nil || string(version) != "HTTP/1.1" || head.Chunked || head.OtherEncoding || head.ConnTokens > 0 {
 		return nil, false
@@ -90,15 +106,39 @@ func (h *Handler) fastServer(head *httpfwd.Head) (*httpServer, bool) {
 	if !ok {
 		return nil, false
 	}
-	name, ok = bytes.CutSuffix(name, []byte("/mcp"))
-	if !ok {
-		return nil, false
+	return bytes.CutSuffix(name, []byte("/mcp"))
+}
+
+// servable reports whether the bridge can answer a head on the fast path:
+// what net/http's server would refuse before calling the handler (a Host
+// line other than exactly one), methods it answers differently (HEAD) and
+// bodies not read into memory whole go to net/http.
+func servable(head *httpfwd.Head) bool {
+	if head.ContentLength > httpfwd.MaxHeldBody {
+		return false
 	}
-	srv, ok := h.servers[string(name)].(*httpServer)
-	if !ok || h.isClosed() {
-		return nil, false
+	switch m, _, _, _ := head.RequestLine(); string(m) {
+	case http.MethodPost, http.MethodGet, http.MethodDelete:
+	default:
+		return false
 	}
-	return srv, true
+	hosts := 0
+	for _, f := range head.Fields {
+		if httpfwd.EqualFold(head.Name(f), "Host") {
+			hosts++
+		}
+	}
+	return hosts == 1
+}
+
+// serveFast answers an exchange for a stdio server on the fast path.
+func (srv *stdioServer) serveFast(ctx context.Context, w http.ResponseWriter, head *httpfwd.Head, body []byte) {
+	r, err := httpfwd.NewRequest(ctx, head, body)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: "+err.Error())
+		return
+	}
+	srv.ServeHTTP(w, r)
 }
 
 // appendHead appends the upstream request head: the URL's path and query

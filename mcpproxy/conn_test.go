@@ -135,9 +135,9 @@ func countingClient(t *testing.T) (*http.Client, *atomic.Int32) {
 	return &http.Client{Transport: tr, Timeout: connWait}, &dials
 }
 
-// TestFastPathKeepAlive: exchanges for a URL server follow each other on
-// one client connection, all answered by the fast path, while a stdio
-// server's exchange on another connection is handed to net/http.
+// TestFastPathKeepAlive: exchanges for a URL server and for a stdio server
+// follow each other on one client connection, all answered by the fast
+// path; a method the bridge leaves to net/http is handed over.
 func TestFastPathKeepAlive(t *testing.T) {
 	up := newRecUpstream(t, func(w http.ResponseWriter, r *http.Request, body []byte) {
 		switch {
@@ -193,19 +193,43 @@ func TestFastPathKeepAlive(t *testing.T) {
 		t.Fatalf("GET: %q %v", got, resp.Header)
 	}
 
-	// A stdio server's exchange on a connection of its own: net/http.
-	resp := b.do(t, http.MethodPost, "", initBody)
-	if got := readBody(t, resp); resp.StatusCode != http.StatusOK || !strings.Contains(got, "protocolVersion") {
+	// A stdio server's exchanges, on the same connection: answered there
+	// too, by the bridge.
+	stdio := func(method, sid, body string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, b.url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		if sid != "" {
+			req.Header.Set("Mcp-Session-Id", sid)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("stdio %s: %v", method, err)
+		}
+		return resp, readBody(t, resp)
+	}
+	resp, got := stdio(http.MethodPost, "", initBody)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(got, "protocolVersion") {
 		t.Fatalf("stdio initialize: %d %s", resp.StatusCode, got)
 	}
-	if resp.Header["Date"] == nil {
-		t.Error("the stdio exchange was not handed to net/http")
+	if resp.Header["Date"] != nil || resp.ContentLength != int64(len(got)) {
+		t.Errorf("stdio initialize: answered by net/http (Date %v) or without a Content-Length (%d)", resp.Header["Date"], resp.ContentLength)
+	}
+	sid := resp.Header.Get("Mcp-Session-Id")
+	if resp, got := stdio(http.MethodPost, sid, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`); resp.StatusCode != http.StatusOK || !strings.Contains(got, `"echo"`) {
+		t.Fatalf("stdio tools/list: %d %s", resp.StatusCode, got)
 	}
 
 	if resp, got := fast(http.MethodHead, ""); resp.ContentLength != 42 || got != "" {
 		t.Fatalf("HEAD: length %d body %q", resp.ContentLength, got)
 	}
 	fast(http.MethodPost, `{"jsonrpc":"2.0","id":"last","method":"ping"}`)
+	// PUT is the bridge's to refuse, but net/http's to answer: the
+	// connection goes over (and stays there).
+	if resp, got := stdio(http.MethodPut, sid, "{}"); resp.StatusCode != http.StatusMethodNotAllowed || resp.Header["Date"] == nil {
+		t.Fatalf("stdio PUT: %d %v %s", resp.StatusCode, resp.Header, got)
+	}
 	if n := dials.Load(); n != 1 {
 		t.Fatalf("%d client connections, want all exchanges on one", n)
 	}

@@ -185,6 +185,16 @@ func (cs *connState) clearDeadline() {
 	}
 }
 
+// readBody reads a request body of n bytes into req (see
+// RawRequest.ReadBody), first lifting the head's deadline if the body is
+// not all buffered already.
+func (cs *connState) readBody(req *RawRequest, n int64) (release func(), err error) {
+	if n > int64(cs.br.Buffered()) {
+		cs.clearDeadline()
+	}
+	return req.ReadBody(cs.br, n)
+}
+
 // watchAfter is how long an exchange runs before the client's connection
 // is watched for the client leaving.
 const watchAfter = 50 * time.Millisecond

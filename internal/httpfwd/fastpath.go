@@ -3,6 +3,7 @@ package httpfwd
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -11,8 +12,9 @@ import (
 
 // FastPath is the serving loop of a pass-through proxy's fast path (the
 // relay's client side, the agent's tunnel side): read each request head in
-// wire form, let Route decide, forward the exchange with ForwardRaw, and
-// hand the connection to net/http for whatever Route does not take. Its
+// wire form, let Route decide, forward the exchange with ForwardRaw or
+// answer it with a ServeFunc, and hand the connection to net/http for
+// whatever Route does not take. Its
 // ServeConn is a ServeConnFunc.
 type FastPath struct {
 	// IdleTimeout ends a connection idle between exchanges; HeaderTimeout
@@ -24,12 +26,19 @@ type FastPath struct {
 	// the connection, head replayed, to net/http. out is a buffer for the
 	// upstream head; Route returns the Exchange that appended to it.
 	Route func(head *Head, out []byte) *Exchange
+	// Logger, if set, is told of a ServeFunc that panicked.
+	Logger *slog.Logger
 }
 
-// Exchange is one exchange Route took.
+// Exchange is one exchange Route took: forwarded by Fwd, or answered by
+// Serve.
 type Exchange struct {
 	Fwd *Forwarder
-	Req RawRequest // Head set by Route; the body is read by ServeConn
+	// Serve, if set, answers the exchange itself (see serve.go); Fwd,
+	// Failed and CutShort are then unused. Route takes such an exchange
+	// only with a body of at most MaxHeldBody, which is read whole first.
+	Serve ServeFunc
+	Req   RawRequest // Head set by Route; the body is read by ServeConn
 	// Failed answers an exchange whose upstream failed before answering:
 	// status, header lines (each ending in CRLF) and body. It may log.
 	Failed func(err error) (status int, header string, body []byte)
@@ -78,7 +87,7 @@ func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 	}
 }
 
-// serve routes and forwards one exchange. It reports false if Route
+// serve routes and forwards (or answers) one exchange. It reports false if Route
 // declined; a connection that cannot carry another exchange is marked by
 // head.Close.
 func (p *FastPath) serve(cs *connState, head *Head) bool {
@@ -93,7 +102,13 @@ func (p *FastPath) serve(cs *connState, head *Head) bool {
 	if cap(x.Req.Head) <= 64<<10 {
 		*out = x.Req.Head[:0]
 	}
-	if !forward(cs, head, x) {
+	var keep bool
+	if x.Serve != nil {
+		keep = serveLocal(cs, head, x, p.Logger)
+	} else {
+		keep = forward(cs, head, x)
+	}
+	if !keep {
 		head.Close = true
 	}
 	return true
@@ -107,10 +122,7 @@ func forward(cs *connState, head *Head, x *Exchange) bool {
 		n = 0
 	}
 	x.Req.NoResponseBody = string(m) == http.MethodHead
-	if n > int64(cs.br.Buffered()) {
-		cs.clearDeadline()
-	}
-	release, err := x.Req.ReadBody(cs.br, n)
+	release, err := cs.readBody(&x.Req, n)
 	if err != nil {
 		return false
 	}
