@@ -68,12 +68,15 @@ func (h *Handler) route(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 	}
 	switch srv := h.servers[string(name)].(type) {
 	case *httpServer:
-		method, target, _, _ := head.RequestLine()
+		m, target, _, _ := head.RequestLine()
+		// Not m itself in the closure: it points into the head, whose
+		// memory a parked exchange gives back.
+		method := httpfwd.MethodString(m)
 		return &httpfwd.Exchange{
 			Fwd: srv.fwd,
-			Req: httpfwd.RawRequest{Head: srv.appendHead(out, head, method, target)},
+			Req: httpfwd.RawRequest{Head: srv.appendHead(out, head, m, target)},
 			Failed: func(err error) (int, string, []byte) {
-				srv.log.Warn("upstream exchange failed", "method", string(method), "err", err)
+				srv.log.Warn("upstream exchange failed", "method", method, "err", err)
 				return http.StatusBadGateway, "Content-Type: application/json\r\nCache-Control: no-store\r\n",
 					errorBody(nil, codeInternal, fmt.Sprintf("mcpproxy: upstream of server %q unreachable: %s", srv.name, upstreamReason(err)), nil)
 			},

@@ -143,6 +143,10 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 	b = append(b, ClientHeader+": "...)
 	b = append(b, rt.client.Name...)
 	b = append(b, "\r\n"...)
+	// The closures below hold rt for as long as the exchange lasts; the
+	// method points into the head, whose memory a parked exchange gives
+	// back (httpfwd.RawRequest.OnPark).
+	rt.method = nil
 	return &httpfwd.Exchange{
 		Fwd: h.forwarder(rt.agent),
 		Req: httpfwd.RawRequest{Head: b},

@@ -45,6 +45,15 @@ type connState struct {
 	// whole costs one SetReadDeadline.
 	deadline bool
 
+	// What the exchange in progress holds for its request: the head
+	// read (the connection's, reused), the upstream head's buffer and the
+	// body's release. An exchange that parks (see RawRequest.OnPark) gives
+	// them back early: shedFn, made once, is cs.shed.
+	head        *Head
+	out         *[]byte
+	releaseBody func()
+	shedFn      func()
+
 	mu        sync.Mutex
 	waiting   bool // waiting for a head: a shutdown wakes it
 	shutdown  bool
@@ -193,6 +202,27 @@ func (cs *connState) readBody(req *RawRequest, n int64) (release func(), err err
 		cs.clearDeadline()
 	}
 	return req.ReadBody(cs.br, n)
+}
+
+// releaseRequest gives back what the exchange holds for its request (the
+// upstream head's buffer, the body); it may be called more than once.
+func (cs *connState) releaseRequest() {
+	if cs.releaseBody != nil {
+		cs.releaseBody()
+		cs.releaseBody = nil
+	}
+	if cs.out != nil {
+		outHeadPool.Put(cs.out)
+		cs.out = nil
+	}
+}
+
+// shed gives back the memory of the exchange's request once it parked:
+// what releaseRequest does, and the head's buffers, which the next head
+// gets anew. A connection holding a GET stream keeps none of it.
+func (cs *connState) shed() {
+	cs.releaseRequest()
+	*cs.head = Head{Close: cs.head.Close}
 }
 
 // watchAfter is how long an exchange runs before the client's connection

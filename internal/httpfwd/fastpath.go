@@ -54,6 +54,7 @@ var outHeadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); retur
 func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 	cs := newConnState(ctx, c, p.IdleTimeout, p.HeaderTimeout)
 	head := new(Head)
+	cs.head = head
 	defer func() {
 		if rest == nil {
 			_ = c.Close()
@@ -83,6 +84,7 @@ func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 		}
 		if cap(head.Raw) > 64<<10 {
 			head = new(Head) // do not keep a rare huge head's buffer
+			cs.head = head
 		}
 	}
 }
@@ -94,7 +96,8 @@ func (p *FastPath) serve(cs *connState, head *Head) bool {
 	// Pooled, not kept by the connection: an idle one holds no more than
 	// its state.
 	out := outHeadPool.Get().(*[]byte)
-	defer outHeadPool.Put(out)
+	cs.out = out
+	defer cs.releaseRequest()
 	x := p.Route(head, (*out)[:0])
 	if x == nil {
 		return false
@@ -126,7 +129,11 @@ func forward(cs *connState, head *Head, x *Exchange) bool {
 	if err != nil {
 		return false
 	}
-	defer release()
+	cs.releaseBody = release
+	if cs.shedFn == nil {
+		cs.shedFn = cs.shed
+	}
+	x.Req.OnPark = cs.shedFn
 	ctx := cs.beginExchange(x.Req.BodyRead)
 	err = x.Fwd.ForwardRaw(ctx, cs.c, &x.Req)
 	gone := cs.endExchange()

@@ -215,3 +215,41 @@ func TestFastPathPipelinedDuringWatch(t *testing.T) {
 		require.Equal(t, want, got)
 	}
 }
+
+// A GET stream parks (and gives back its request's memory, see
+// connState.shed); the exchanges after it on the same connection are read
+// and forwarded as before.
+func TestFastPathNextExchangeAfterParkedStream(t *testing.T) {
+	streams := make(chan chan string, 1)
+	r := newFastRig(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.Method != http.MethodGet {
+			echoUpstream(w, req)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		for s := range <-streams {
+			fmt.Fprint(w, s)
+			w.(http.Flusher).Flush()
+		}
+	}), time.Minute)
+	for round := range 3 {
+		events := make(chan string)
+		streams <- events
+		_, err := io.WriteString(r.conn, "GET /x HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\n\r\n")
+		require.NoError(t, err)
+		// A GET's reader parks at once; each event wakes it.
+		events <- "data: 0\n\n"
+		events <- "data: 1\n\n"
+		close(events)
+		resp, got := r.answer(t)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.Equal(t, "data: 0\n\ndata: 1\n\n", got)
+
+		body := fmt.Sprintf(`{"round":%d}`, round)
+		_, err = fmt.Fprintf(r.conn, "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		require.NoError(t, err)
+		resp, got = r.answer(t)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.Equal(t, body, got)
+	}
+}

@@ -31,8 +31,22 @@ type RawRequest struct {
 	// NoResponseBody is set for HEAD: the answer's framing headers describe
 	// a body that does not follow.
 	NoResponseBody bool
+	// OnPark, if set, is called the first time the exchange waits on the
+	// upstream with its reader parked (an SSE answer between events, most
+	// of a GET stream's life). Head and Body are not read from then on:
+	// they are set to nil first, and the caller may give their memory
+	// back.
+	OnPark func()
 
 	streamed *countingReader // set by ReadBody for a body read while sending
+}
+
+// parked tells OnPark, once, that the exchange parked.
+func (r *RawRequest) parked() {
+	if f := r.OnPark; f != nil {
+		r.OnPark, r.Head, r.Body = nil, nil, nil
+		f()
+	}
 }
 
 // BodyRead reports whether the whole body has been read from the client
@@ -66,13 +80,15 @@ var headPool = sync.Pool{New: func() any { return new(Head) }}
 // nothing was written to w; after that, an error means the answer was
 // cut short and w's connection must be closed.
 func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest) error {
+	// copyRaw gives head back once it wrote the answer's head; the
+	// failures before that do here.
 	head := headPool.Get().(*Head)
-	defer headPool.Put(head)
 	dst := &answerWriter{w: w}
 	defer dst.discard()
 	for attempt := 0; ; attempt++ {
 		c, reused, err := f.get(ctx)
 		if err != nil {
+			headPool.Put(head)
 			return &UpstreamError{Op: "dial", Err: err}
 		}
 		// One hook for the whole exchange: cancelling ctx wakes whatever
@@ -91,6 +107,7 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest
 		stop()
 		c.close()
 		if !retryable(ctx, reused && attempt == 0, req.Body != nil || req.ContentLength <= 0, err) {
+			headPool.Put(head)
 			return err
 		}
 	}
@@ -153,8 +170,9 @@ func copyExactly(w io.Writer, r io.Reader, n int64) error {
 	return err
 }
 
-// copyRaw writes the response head and body to dst; stop removes the
-// exchange's cancellation hook.
+// copyRaw writes the response head and body to dst, giving head back to
+// its pool in between (a stream holds none); stop removes the exchange's
+// cancellation hook.
 func (f *Forwarder) copyRaw(dst *answerWriter, c *conn, req *RawRequest, head *Head, code int, stop func() bool) error {
 	// Our side speaks HTTP/1.1 whatever the upstream spoke (the framing we
 	// write is 1.1's); an HTTP/1.0 upstream closes after the answer.
@@ -186,17 +204,19 @@ func (f *Forwarder) copyRaw(dst *answerWriter, c *conn, req *RawRequest, head *H
 		// events on as they come.
 		dst.WriteString("X-Accel-Buffering: no\r\n")
 	}
+	chunked, length := head.Chunked, head.ContentLength
+	headPool.Put(head)
 	var err error
 	switch noBody := req.NoResponseBody || code == 204 || code == 304; {
 	case noBody:
-		if head.Chunked {
+		if chunked {
 			dst.WriteString("Transfer-Encoding: chunked\r\n")
-		} else if head.ContentLength >= 0 {
-			writeContentLength(dst, head.ContentLength)
+		} else if length >= 0 {
+			writeContentLength(dst, length)
 		}
 		dst.WriteString("\r\n")
 		err = dst.Flush()
-	case head.Chunked:
+	case chunked:
 		dst.WriteString("Transfer-Encoding: chunked\r\n\r\n")
 		// A GET's answer is a stream that mostly waits (MCP's GET stream):
 		// its reader parks from the start; other answers once they last.
@@ -204,11 +224,11 @@ func (f *Forwarder) copyRaw(dst *answerWriter, c *conn, req *RawRequest, head *H
 		if bytes.HasPrefix(req.Head, []byte("GET ")) {
 			started = started.Add(-parkAfter)
 		}
-		err = copyChunked(dst, c.br, c, started)
-	case head.ContentLength >= 0:
-		writeContentLength(dst, head.ContentLength)
+		err = copyChunked(dst, c.br, c, started, req.parked)
+	case length >= 0:
+		writeContentLength(dst, length)
 		dst.WriteString("\r\n")
-		err = copyFlushing(dst, c.br, head.ContentLength, false)
+		err = copyFlushing(dst, c.br, length, false)
 	default:
 		// Ended by the upstream closing: chunk it, so our side of the
 		// connection lives on.
@@ -358,14 +378,19 @@ const parkAfter = time.Second
 // copyChunked copies a chunked body, re-framing each chunk (extensions and
 // trailers, hop-by-hop by nature, stay behind) and flushing dst whenever
 // src would block. If up is set (src is its reader), an answer older than
-// parkAfter parks the reader while it waits for the next chunk.
-func copyChunked(dst flushWriter, src *bufio.Reader, up *conn, started time.Time) error {
+// parkAfter parks the reader while it waits for the next chunk; parked is
+// told the first time.
+func copyChunked(dst flushWriter, src *bufio.Reader, up *conn, started time.Time, parked func()) error {
 	for {
 		if src.Buffered() == 0 {
 			if err := dst.Flush(); err != nil {
 				return err
 			}
 			if up != nil && time.Since(started) >= parkAfter {
+				if parked != nil {
+					parked()
+					parked = nil
+				}
 				src = up.park()
 			}
 		}

@@ -315,7 +315,14 @@ func TestForwardRawParksLongStream(t *testing.T) {
 	var once sync.Once
 	finish := func() { once.Do(func() { close(next) }) }
 	t.Cleanup(finish)
-	client, errc := pipeClient(t, context.Background(), f, &RawRequest{Head: rawHead("GET", "/mcp", "Accept: text/event-stream"), ContentLength: -1})
+	req := &RawRequest{Head: rawHead("GET", "/mcp", "Accept: text/event-stream"), ContentLength: -1}
+	var parks atomic.Int32
+	var headKept atomic.Bool
+	req.OnPark = func() {
+		parks.Add(1)
+		headKept.Store(req.Head != nil)
+	}
+	client, errc := pipeClient(t, context.Background(), f, req)
 	br := bufio.NewReader(client)
 	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
 	require.NoError(t, err)
@@ -345,6 +352,8 @@ func TestForwardRawParksLongStream(t *testing.T) {
 	parked := f.idle[0].pre.r != nil
 	f.mu.Unlock()
 	require.True(t, parked, "the reader was parked while the answer waited")
+	require.Equal(t, int32(1), parks.Load(), "OnPark calls: want one, at the first park")
+	require.False(t, headKept.Load(), "the request's head was still set when OnPark was called")
 }
 
 func TestPrefixReader(t *testing.T) {
@@ -789,7 +798,7 @@ func FuzzCopyChunked(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		var out bytes.Buffer
 		bw := bufio.NewWriter(&out)
-		err := copyChunked(bw, bufio.NewReader(bytes.NewReader(in)), nil, time.Time{})
+		err := copyChunked(bw, bufio.NewReader(bytes.NewReader(in)), nil, time.Time{}, nil)
 		if err != nil {
 			return
 		}

@@ -384,7 +384,7 @@ func NewRequest(ctx context.Context, h *Head, body []byte) (*http.Request, error
 		host = u.Host
 	}
 	r := &http.Request{
-		Method:     methodString(method),
+		Method:     MethodString(method),
 		URL:        u,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
@@ -413,8 +413,9 @@ func clipString(s string) string {
 	return s
 }
 
-// methodString avoids an allocation for the usual methods.
-func methodString(m []byte) string {
+// MethodString returns a request method as a string, without an
+// allocation for the usual ones.
+func MethodString(m []byte) string {
 	for _, s := range [...]string{http.MethodPost, http.MethodGet, http.MethodDelete, http.MethodHead, http.MethodPut, http.MethodOptions} {
 		if string(m) == s {
 			return s
