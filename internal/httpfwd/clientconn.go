@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -61,6 +62,14 @@ type connState struct {
 	bodyRead  func() bool // of that exchange
 	timer     *time.Timer // starts the watch of an exchange that lasts
 	watchDone chan struct{}
+
+	// The ConnServer's hupWatcher, which watches c's socket in place of
+	// a goroutine of its own where it can (rc set), registered as hupID
+	// while it does.
+	hup     *hupWatcher
+	rc      syscall.RawConn
+	rcTried bool
+	hupID   int32
 }
 
 // aLongTimeAgo is a deadline in the past: it wakes a blocked read at once.
@@ -76,7 +85,26 @@ func newConnState(sctx context.Context, c net.Conn, idle, headerTimeout time.Dur
 		cs.ctx, cs.cancel = context.WithCancel(Closing(sctx))
 	}
 	cs.unhook = context.AfterFunc(sctx, cs.shuttingDown)
+	if cs.cancel != nil {
+		cs.hup = hupWatcherOf(sctx)
+	}
 	return cs
+}
+
+// rawConnOf returns the socket under c (a TLS connection's too), or nil.
+func rawConnOf(c net.Conn) syscall.RawConn {
+	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = nc.NetConn()
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
 }
 
 // shuttingDown wakes the connection if it waits for a head, and only then:
@@ -231,7 +259,8 @@ const watchAfter = 50 * time.Millisecond
 
 // beginExchange returns the context of an exchange, which ends when the
 // client leaves during it (its input ends). Where c offers a context of its
-// own (tunnel QUIC streams) that is used. Otherwise a goroutine reads c, as
+// own (tunnel QUIC streams) that is used. Otherwise c is watched — by the
+// hupWatcher for a socket on Linux, else by a goroutine reading c, as
 // net/http's server does around every handler — but only once the exchange
 // has lasted longer than watchAfter: most MCP exchanges end sooner and
 // never pay for it. bodyRead says whether the request body has been read
@@ -274,6 +303,36 @@ func (cs *connState) startWatch() {
 		// and reading on would take its bytes.
 		return
 	}
+	if cs.hup != nil {
+		if !cs.rcTried {
+			cs.rc, cs.rcTried = rawConnOf(cs.c), true
+		}
+		if cs.rc != nil {
+			if id, ok := cs.hup.add(cs, cs.rc); ok {
+				cs.hupID = id
+				return
+			}
+		}
+	}
+	cs.watchLocked()
+}
+
+// hangUp is the hupWatcher's news that the socket of cs, registered as id,
+// has something to read (a byte or the client's end): the portable watch
+// takes over, unless the exchange ended first.
+func (cs *connState) hangUp(id int32) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.hupID != id {
+		return // endExchange unregisters it
+	}
+	cs.hupID = 0
+	cs.hup.remove(id, cs.rc)
+	cs.watchLocked()
+}
+
+// watchLocked starts the goroutine that watches c; cs.mu is held.
+func (cs *connState) watchLocked() {
 	// Under mu, so that endExchange's wake-up comes after it.
 	_ = cs.c.SetReadDeadline(time.Time{})
 	done := make(chan struct{})
@@ -304,6 +363,10 @@ func (cs *connState) endExchange() (left bool) {
 	done := cs.watchDone
 	cs.watchDone = nil
 	cs.timer.Stop()
+	if cs.hupID != 0 {
+		cs.hup.remove(cs.hupID, cs.rc)
+		cs.hupID = 0
+	}
 	cs.mu.Unlock()
 	if done != nil {
 		_ = cs.c.SetReadDeadline(aLongTimeAgo)

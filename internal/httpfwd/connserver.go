@@ -26,6 +26,7 @@ type ConnServer struct {
 	ctx      context.Context // ends at Shutdown or Close
 	stop     context.CancelFunc
 	hardStop context.CancelFunc // ends Closing(ctx): the connections are closed
+	hup      *hupWatcher        // watches waiting clients' sockets (connState)
 
 	mu     sync.Mutex
 	ln     net.Listener
@@ -38,12 +39,23 @@ type ConnServer struct {
 // reports as its address.
 func NewConnServer(serve ServeConnFunc, addr net.Addr) *ConnServer {
 	hard, hardStop := context.WithCancel(context.Background())
-	ctx, stop := context.WithCancel(context.WithValue(context.Background(), closingKey{}, hard))
+	hup := newHupWatcher()
+	ctx := context.WithValue(context.WithValue(context.Background(), closingKey{}, hard), hupKey{}, hup)
+	ctx, stop := context.WithCancel(ctx)
 	return &ConnServer{serve: serve, hand: newHandoffListener(addr), ctx: ctx, stop: stop, hardStop: hardStop,
-		conns: make(map[net.Conn]struct{})}
+		hup: hup, conns: make(map[net.Conn]struct{})}
 }
 
 type closingKey struct{}
+
+type hupKey struct{}
+
+// hupWatcherOf returns the ConnServer's watcher a ServeConnFunc's ctx
+// carries, or nil.
+func hupWatcherOf(ctx context.Context) *hupWatcher {
+	w, _ := ctx.Value(hupKey{}).(*hupWatcher)
+	return w
+}
 
 // Closing returns the context, carried by a ServeConnFunc's ctx, that ends
 // when the ConnServer closes its connections (Close, or Shutdown out of
@@ -109,10 +121,12 @@ func (s *ConnServer) Shutdown(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.hup.stop()
 		return nil
 	case <-ctx.Done():
 		s.closeConns()
 		<-done
+		s.hup.stop()
 		return ctx.Err()
 	}
 }
@@ -124,6 +138,7 @@ func (s *ConnServer) Close() error {
 	s.begin()
 	s.closeConns()
 	s.wg.Wait()
+	s.hup.stop()
 	return nil
 }
 

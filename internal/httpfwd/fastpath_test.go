@@ -3,6 +3,7 @@ package httpfwd
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,6 +30,16 @@ func (c countingConn) SetReadDeadline(t time.Time) error {
 	return c.Conn.SetReadDeadline(t)
 }
 
+// SyscallConn passes the socket on, so the fast path can watch it with its
+// hupWatcher.
+func (c countingConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("not a socket")
+	}
+	return sc.SyscallConn()
+}
+
 type countingListener struct {
 	net.Listener
 	deadlines atomic.Int32
@@ -44,6 +56,7 @@ func (l *countingListener) Accept() (net.Conn, error) {
 // fastRig is a client connection → FastPath on a ConnServer → Forwarder →
 // upstream, all real TCP on loopback.
 type fastRig struct {
+	cs   *ConnServer
 	ln   *countingListener
 	conn net.Conn
 	br   *bufio.Reader
@@ -73,6 +86,7 @@ func newFastRig(t *testing.T, upstream http.Handler, idle time.Duration) *fastRi
 	require.NoError(t, err)
 	r := &fastRig{ln: &countingListener{Listener: ln}}
 	cs := NewConnServer(fast.ServeConn, ln.Addr())
+	r.cs = cs
 	served := make(chan struct{})
 	go func() { defer close(served); _ = cs.Serve(r.ln) }()
 	t.Cleanup(func() { cs.Close(); <-served })
@@ -155,6 +169,9 @@ func TestFastPathWatchOutlivesIdleTimeout(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, strings.HasPrefix(line, "HTTP/1.1 200"), line)
 	time.Sleep(3 * idle) // the point: the head's idle deadline has passed
+	if n := r.cs.hup.watching(); n >= 0 {
+		require.Equal(t, 1, n, "the waiting client's socket is not watched by the hupWatcher")
+	}
 	require.NoError(t, r.conn.Close())
 	select {
 	case <-ended:
@@ -206,8 +223,16 @@ func TestFastPathPipelinedDuringWatch(t *testing.T) {
 	_, err := io.WriteString(r.conn, "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nslow")
 	require.NoError(t, err)
 	time.Sleep(3 * watchAfter) // the point: the watch has begun
+	if n := r.cs.hup.watching(); n >= 0 {
+		require.Equal(t, 1, n, "the waiting client's socket is not watched by the hupWatcher")
+	}
 	_, err = io.WriteString(r.conn, "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nnext")
 	require.NoError(t, err)
+	if r.cs.hup.watching() >= 0 {
+		// The pipelined bytes wake the hupWatcher, which hands the
+		// connection to a goroutine that reads the first byte and keeps it.
+		require.Eventually(t, func() bool { return r.cs.hup.watching() == 0 }, 5*time.Second, time.Millisecond)
+	}
 	close(release)
 	for _, want := range []string{"slow", "next"} {
 		resp, got := r.answer(t)
