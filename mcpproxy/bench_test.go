@@ -1,6 +1,13 @@
 package mcpproxy
 
-import "testing"
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
 
 // BenchmarkPeek measures classifying one message without decoding it, as
 // the bridge does for every client and child message.
@@ -18,6 +25,62 @@ func BenchmarkPeek(b *testing.B) {
 			for b.Loop() {
 				if _, err := Peek(data); err != nil {
 					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkStdioBridge measures one tools/call through the stdio bridge to
+// a real child process, on one session over one keep-alive connection: as
+// the agent serves it (the fast path: the bridge's handler on the
+// connection) and behind net/http's server (how it was served before).
+// Run: go test -run '^$' -bench StdioBridge ./mcpproxy
+func BenchmarkStdioBridge(b *testing.B) {
+	h, err := NewHandler([]ServerConfig{{Name: "ts", Command: []string{testServerBin}}}, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = h.Close() })
+	for _, tc := range []struct {
+		name  string
+		serve func() *httptest.Server
+	}{
+		{"fast-path", func() *httptest.Server { return serveLikeAgent(b, h) }},
+		{"net-http", func() *httptest.Server { return httptest.NewServer(h) }},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			srv := tc.serve()
+			defer srv.Close()
+			client := srv.Client()
+			url := srv.URL + "/ts/mcp"
+			post := func(sid, body string) (*http.Response, []byte) {
+				req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Accept", "application/json, text/event-stream")
+				if sid != "" {
+					req.Header.Set("Mcp-Session-Id", sid)
+					req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+				}
+				resp, err := client.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				out, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode/100 != 2 {
+					b.Fatalf("POST %s: %d %s %v", body, resp.StatusCode, out, err)
+				}
+				return resp, out
+			}
+			resp, _ := post("", initBody)
+			sid := resp.Header.Get("Mcp-Session-Id")
+			post(sid, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+			const call = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}`
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, out := post(sid, call); !bytes.Contains(out, []byte("hello")) {
+					b.Fatalf("answer %s", out)
 				}
 			}
 		})

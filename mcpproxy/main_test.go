@@ -138,7 +138,7 @@ func newBridge(t *testing.T, opts Options, extra ...ServerConfig) *bridge {
 // streams: a ConnServer takes every connection, answers URL servers' exchanges
 // itself and hands the rest to the (httptest) http.Server. So every test
 // here runs through both paths.
-func serveLikeAgent(t *testing.T, h *Handler) *httptest.Server {
+func serveLikeAgent(t testing.TB, h *Handler) *httptest.Server {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

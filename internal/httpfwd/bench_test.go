@@ -1,7 +1,9 @@
 package httpfwd
 
 import (
+	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -80,3 +82,53 @@ func BenchmarkForward(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSSEFraming measures re-framing an SSE answer on the fast path:
+// 64 events of about 200 bytes, each its own chunk upstream, copied as
+// chunks with a flush per event (copyChunked), and the same events
+// written by a served handler (responseWriter, a flush per event).
+// Run: go test -run '^$' -bench SSEFraming ./internal/httpfwd
+func BenchmarkSSEFraming(b *testing.B) {
+	event := "id: 1\nevent: message\ndata: " + `{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p-1","progress":50,"total":100,"message":"` + strings.Repeat("x", 64) + `"}}` + "\n\n"
+	var chunked strings.Builder
+	for range 64 {
+		fmt.Fprintf(&chunked, "%x\r\n%s\r\n", len(event), event)
+	}
+	chunked.WriteString("0\r\n\r\n")
+	in := chunked.String()
+	b.Run("copy-chunked", func(b *testing.B) {
+		b.SetBytes(int64(64 * len(event)))
+		b.ReportAllocs()
+		src := bufio.NewReader(strings.NewReader(in))
+		dst := &answerWriter{w: io.Discard}
+		for b.Loop() {
+			src.Reset(strings.NewReader(in))
+			if err := copyChunked(dst, src, nil, time.Time{}, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("served-handler", func(b *testing.B) {
+		b.SetBytes(int64(64 * len(event)))
+		b.ReportAllocs()
+		c := discardConn{}
+		ev := []byte(event)
+		for b.Loop() {
+			w := &responseWriter{c: c}
+			w.Header().Set("Content-Type", "text/event-stream")
+			for range 64 {
+				_, _ = w.Write(ev)
+				_ = w.FlushError()
+			}
+			if err := w.finish(true); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// discardConn is a net.Conn that takes every write.
+type discardConn struct{ net.Conn }
+
+func (discardConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (discardConn) SetWriteDeadline(time.Time) error { return nil }
