@@ -3,6 +3,7 @@ package httpfwd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcptun/mcptun/internal/devcert"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -64,6 +66,13 @@ type fastRig struct {
 
 func newFastRig(t *testing.T, upstream http.Handler, idle time.Duration) *fastRig {
 	t.Helper()
+	return newFastRigTLS(t, upstream, idle, nil)
+}
+
+// newFastRigTLS is newFastRig with the client speaking TLS to the fast
+// path (as to a relay with http.cert_file) when cert is set.
+func newFastRigTLS(t *testing.T, upstream http.Handler, idle time.Duration, cert *tls.Certificate) *fastRig {
+	t.Helper()
 	up := httptest.NewServer(upstream)
 	t.Cleanup(up.Close)
 	addr := up.Listener.Addr().String()
@@ -88,9 +97,17 @@ func newFastRig(t *testing.T, upstream http.Handler, idle time.Duration) *fastRi
 	cs := NewConnServer(fast.ServeConn, ln.Addr())
 	r.cs = cs
 	served := make(chan struct{})
-	go func() { defer close(served); _ = cs.Serve(r.ln) }()
+	var serveLn net.Listener = r.ln
+	if cert != nil {
+		serveLn = tls.NewListener(r.ln, &tls.Config{Certificates: []tls.Certificate{*cert}})
+	}
+	go func() { defer close(served); _ = cs.Serve(serveLn) }()
 	t.Cleanup(func() { cs.Close(); <-served })
-	r.conn, err = net.Dial("tcp", ln.Addr().String())
+	if cert != nil {
+		r.conn, err = tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+	} else {
+		r.conn, err = net.Dial("tcp", ln.Addr().String())
+	}
 	require.NoError(t, err)
 	t.Cleanup(func() { r.conn.Close() })
 	r.br = bufio.NewReader(r.conn)
@@ -149,9 +166,20 @@ func TestFastPathSlowBodyOutlivesIdleTimeout(t *testing.T) {
 // An exchange that outlasts the idle timeout is still watched: the client
 // leaving ends the upstream request.
 func TestFastPathWatchOutlivesIdleTimeout(t *testing.T) {
+	t.Run("tcp", func(t *testing.T) { testWatchOutlivesIdleTimeout(t, nil) })
+	// A TLS client's socket is watched under its TLS layer: its
+	// close_notify and FIN wake the watch, whose read sees the end.
+	t.Run("tls", func(t *testing.T) {
+		cert, _, err := devcert.Certificate("127.0.0.1")
+		require.NoError(t, err)
+		testWatchOutlivesIdleTimeout(t, &cert)
+	})
+}
+
+func testWatchOutlivesIdleTimeout(t *testing.T, cert *tls.Certificate) {
 	const idle = 100 * time.Millisecond
 	started, ended := make(chan struct{}), make(chan struct{})
-	r := newFastRig(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r := newFastRigTLS(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
 		w.WriteHeader(http.StatusOK)
 		w.(http.Flusher).Flush()
@@ -161,7 +189,7 @@ func TestFastPathWatchOutlivesIdleTimeout(t *testing.T) {
 			close(ended)
 		case <-time.After(10 * time.Second):
 		}
-	}), idle)
+	}), idle, cert)
 	_, err := io.WriteString(r.conn, "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}")
 	require.NoError(t, err)
 	<-started
