@@ -31,7 +31,7 @@ func rank(values []string, mediaType string) acceptance {
 			if part == "" {
 				continue
 			}
-			mt, params, err := mime.ParseMediaType(part)
+			mt, params, err := parseMediaType(part)
 			if err != nil {
 				pos++
 				continue
@@ -93,4 +93,33 @@ func prefersSSE(r *http.Request) bool {
 		return sse.exact
 	}
 	return sse.pos >= 0 && sse.pos < js.pos
+}
+
+// parseMediaType is mime.ParseMediaType without its allocations for the
+// usual value, a bare type/subtype ("application/json"): every POST to the
+// bridge has its Content-Type and up to four Accept ranges parsed.
+func parseMediaType(v string) (mediaType string, params map[string]string, err error) {
+	if mt, ok := bareMediaType(v); ok {
+		return mt, nil, nil
+	}
+	return mime.ParseMediaType(v)
+}
+
+// bareMediaType returns v lower-cased if it is type/subtype with nothing
+// else: two non-empty tokens (RFC 2045) around one slash.
+func bareMediaType(v string) (string, bool) {
+	slash := -1
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c == '/' && slash < 0 && i > 0 && i < len(v)-1:
+			slash = i
+		case c <= ' ' || c >= 0x7f || strings.IndexByte(`()<>@,;:\"/[]?=`, c) >= 0:
+			return "", false
+		}
+	}
+	if slash < 0 {
+		return "", false
+	}
+	return strings.ToLower(v), true
 }

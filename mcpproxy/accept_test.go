@@ -1,6 +1,7 @@
 package mcpproxy
 
 import (
+	"mime"
 	"net/http"
 	"testing"
 )
@@ -38,4 +39,54 @@ func TestPrefersSSE(t *testing.T) {
 			t.Errorf("Accept %q: acceptsAny = %v, want %v", tt.accept, got, tt.ok)
 		}
 	}
+}
+
+// bareMediaType agrees with mime.ParseMediaType wherever it answers: same
+// media type, no parameters.
+func TestBareMediaType(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		bare bool
+	}{
+		{"application/json", true},
+		{"Text/Event-Stream", true},
+		{"*/*", true},
+		{"application/*", true},
+		{"application/vnd.api+json", true},
+		{"application/json; charset=utf-8", false},
+		{"application/json;q=0.9", false},
+		{"application", false},
+		{"/json", false},
+		{"application/", false},
+		{"a/b/c", false},
+		{"a b/c", false},
+		{"a/b\x00", false},
+		{"appl\u00e9/json", false},
+		{"", false},
+	} {
+		if _, ok := bareMediaType(tc.in); ok != tc.bare {
+			t.Errorf("bareMediaType(%q) ok = %v, want %v", tc.in, ok, tc.bare)
+			continue
+		}
+		checkBareAgrees(t, tc.in)
+	}
+}
+
+func checkBareAgrees(t *testing.T, v string) {
+	t.Helper()
+	got, ok := bareMediaType(v)
+	if !ok {
+		return
+	}
+	want, params, err := mime.ParseMediaType(v)
+	if err != nil || got != want || len(params) != 0 {
+		t.Fatalf("bareMediaType(%q) = %q; mime.ParseMediaType: %q %v %v", v, got, want, params, err)
+	}
+}
+
+func FuzzBareMediaType(f *testing.F) {
+	for _, s := range []string{"application/json", "text/event-stream", "*/*", "a/b;q=1", "a//b", "x/y z"} {
+		f.Add(s)
+	}
+	f.Fuzz(checkBareAgrees)
 }

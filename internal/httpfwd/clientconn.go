@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"syscall"
@@ -62,6 +63,11 @@ type connState struct {
 	bodyRead  func() bool // of that exchange
 	timer     *time.Timer // starts the watch of an exchange that lasts
 	watchDone chan struct{}
+
+	// The answer writer of exchanges served on the connection (serve.go)
+	// and its header map, reused.
+	rw     responseWriter
+	header http.Header
 
 	// The ConnServer's hupWatcher, which watches c's socket in place of
 	// a goroutine of its own where it can (rc set), registered as hupID

@@ -54,7 +54,15 @@ func serveLocal(cs *connState, head *Head, x *Exchange, log *slog.Logger) bool {
 	}
 	defer release()
 	m, _, _, _ := head.RequestLine()
-	w := &responseWriter{c: cs.c, head: string(m) == http.MethodHead}
+	// The writer and its header map are the connection's, reused: a
+	// handler may not use them once it returned.
+	if cs.header == nil {
+		cs.header = make(http.Header, 4)
+	} else {
+		clear(cs.header)
+	}
+	w := &cs.rw
+	*w = responseWriter{c: cs.c, header: cs.header, head: string(m) == http.MethodHead}
 	ctx := cs.beginExchange(nil)
 	completed := runHandler(ctx, x.Serve, w, head, x.Req.Body, log)
 	gone := cs.endExchange()
