@@ -97,7 +97,8 @@ func prefersSSE(r *http.Request) bool {
 
 // parseMediaType is mime.ParseMediaType without its allocations for the
 // usual value, a bare type/subtype ("application/json"): every POST to the
-// bridge has its Content-Type and up to four Accept ranges parsed.
+// bridge has its Content-Type parsed and its Accept header ranked up to
+// four times.
 func parseMediaType(v string) (mediaType string, params map[string]string, err error) {
 	if mt, ok := bareMediaType(v); ok {
 		return mt, nil, nil
