@@ -164,9 +164,8 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 			if err := w.writeOut(); err != nil {
 				return 0, err
 			}
-			if _, err := w.c.Write(p); err != nil {
-				w.err = fmt.Errorf("httpfwd: write answer: %w", err)
-				return 0, w.err
+			if err := w.write(p); err != nil {
+				return 0, err
 			}
 			w.out = serveBufPool.Get().(*[]byte)
 			*w.out = append(*w.out, "\r\n"...)
@@ -286,10 +285,15 @@ func (w *responseWriter) writeOut() error {
 	if w.out == nil {
 		return nil
 	}
-	_, err := w.c.Write(*w.out)
+	err := w.write(*w.out)
 	putServeBuf(w.out)
 	w.out = nil
-	if err != nil {
+	return err
+}
+
+// write writes b to the connection; the first error ends the answer.
+func (w *responseWriter) write(b []byte) error {
+	if _, err := w.c.Write(b); err != nil {
 		w.err = fmt.Errorf("httpfwd: write answer: %w", err)
 	}
 	return w.err
