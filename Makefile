@@ -38,13 +38,16 @@ lint:
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above"; exit 1)
 	$(GO) vet ./...
 
+# Every fuzz target in the tree, FUZZTIME each (found by name, so a new
+# one is never left out).
+FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime 30s ./internal/config
-	$(GO) test -run '^$$' -fuzz FuzzPeek -fuzztime 30s ./mcpproxy
-	$(GO) test -run '^$$' -fuzz FuzzReadHead -fuzztime 30s ./internal/httpfwd
-	$(GO) test -run '^$$' -fuzz FuzzCopyChunked -fuzztime 30s ./internal/httpfwd
-	$(GO) test -run '^$$' -fuzz FuzzReadFrame -fuzztime 30s ./tunnel
-	$(GO) test -run '^$$' -fuzz FuzzDecodeHello -fuzztime 30s ./tunnel
+	@grep -rl --include='*_test.go' '^func Fuzz' . | sort | while read -r f; do \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$$f"); do \
+			echo "== $$t ($$(dirname $$f))"; \
+			$(GO) test -run '^$$$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) "./$$(dirname $$f)" || exit 1; \
+		done; \
+	done
 
 clean:
 	rm -rf bin

@@ -83,9 +83,9 @@ type Message struct {
 }
 
 // Peek classifies data as a JSON-RPC message and extracts the fields an
-// intermediary routes on. It validates the whole of data as JSON (with
-// encoding/json's scanner, so it agrees with encoding/json on validity) but
-// decodes only the few members it needs.
+// intermediary routes on. It validates the whole of data as JSON (agreeing
+// with encoding/json on validity, see validJSON) but decodes only the few
+// members it needs.
 //
 // Peek is stricter than encoding/json on one point: a member it reads
 // (jsonrpc, id, method, params, result, error, and the nested _meta,
@@ -95,7 +95,7 @@ type Message struct {
 // case-insensitively and keeps the last), so it is refused.
 func Peek(data []byte) (Message, error) {
 	var m Message
-	if !json.Valid(data) {
+	if !validJSON(data) {
 		return m, fmt.Errorf("%w: %s", ErrParse, syntaxReason(data))
 	}
 	i := skipWS(data, 0)
@@ -535,7 +535,7 @@ func peekIDPrefix(prefix []byte) []byte {
 			return nil
 		}
 		if string(key) == `"id"` {
-			if id := prefix[vs:ve]; isIDValue(id) && json.Valid(id) {
+			if id := prefix[vs:ve]; isIDValue(id) && validJSON(id) {
 				return id
 			}
 			return nil
