@@ -219,7 +219,26 @@ func runCell(ctx context.Context, fs procFS, tgt target, sessions int, cc cellCo
 		win <- windowResult{w, ok}
 	}()
 
+	// The window's last sample must see every process that served the
+	// load: the sessions (and with them a stdio bridge's children, whose
+	// CPU is the server's) end only after it. A child gone before that
+	// sample would take its whole window's CPU with it.
+	var wr windowResult
+	windowDone := false
+	waitWindow := func() {
+		if windowDone {
+			return
+		}
+		windowDone = true
+		select {
+		case wr = <-win:
+		case <-time.After(5 * time.Second): // no tools/call ever left
+			stopWindow()
+			wr = <-win
+		}
+	}
 	res, err := loadgen.Run(ctx, loadgen.Config{
+		BeforeEnd:    waitWindow,
 		URL:          tgt.URL,
 		Token:        tgt.Token,
 		Sessions:     sessions,
@@ -234,15 +253,7 @@ func runCell(ctx context.Context, fs procFS, tgt target, sessions int, cc cellCo
 	if err != nil {
 		stopWindow() // the window may never have started
 	}
-	// Otherwise the measured phase is over and the window ends at once,
-	// unless no tools/call ever left.
-	var wr windowResult
-	select {
-	case wr = <-win:
-	case <-time.After(5 * time.Second):
-		stopWindow()
-		wr = <-win
-	}
+	waitWindow()
 	stopWindow()
 	profiles.Wait()
 	cell.Load = res

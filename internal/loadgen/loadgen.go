@@ -103,6 +103,12 @@ type Config struct {
 	// EraStateless.
 	Era string
 
+	// BeforeEnd, if set, is called once the measured phase is over and
+	// before the sessions are ended (DELETE). A harness that samples the
+	// server's processes uses it to take its last sample while they all
+	// still live: a stdio bridge's children exit with their sessions.
+	BeforeEnd func()
+
 	// Progress, if set, receives one line per second with the figures so far.
 	Progress io.Writer
 	// HTTPClient, if set, sends every request; otherwise Run builds a client
@@ -408,6 +414,9 @@ func (r *runner) run(parent context.Context) (Result, error) {
 	elapsed := time.Since(r.measureStart)
 	close(stopProgress)
 	<-progressDone
+	if r.cfg.BeforeEnd != nil {
+		r.cfg.BeforeEnd()
+	}
 	close(release)
 	all.Wait()
 

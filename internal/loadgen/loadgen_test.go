@@ -187,6 +187,22 @@ func TestDurationMode(t *testing.T) {
 	assert.EqualValues(t, 2, f.dels.Load())
 }
 
+// BeforeEnd runs once, after the last measured request and before any
+// session is ended: a harness takes its last process sample there.
+func TestBeforeEndPrecedesDelete(t *testing.T) {
+	f := newFixture(t)
+	var called int
+	var delsThen, callsThen int64
+	res := run(t, Config{URL: f.url, Sessions: 3, Requests: 20, BeforeEnd: func() {
+		called++
+		delsThen, callsThen = f.dels.Load(), f.calls.Load()
+	}})
+	assert.Equal(t, 1, called)
+	assert.Zero(t, delsThen, "no session ended before BeforeEnd")
+	assert.EqualValues(t, res.Requests, callsThen, "every measured request answered before BeforeEnd")
+	assert.EqualValues(t, 3, f.dels.Load(), "sessions end after it")
+}
+
 func TestErrorsCounted(t *testing.T) {
 	f := newFixture(t)
 	for _, tc := range []struct {
