@@ -101,10 +101,11 @@ session to get a meaningful ratio. The bearer token comes from --token,
 	f.StringVar(&cfg.URL, "url", "", "MCP endpoint URL (required), e.g. http://127.0.0.1:8080/mcp")
 	f.StringVar(&token, "token", "", "bearer token (prefer --token-file or $"+benchTokenEnv+": flags show in ps)")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the bearer token")
-	f.IntVar(&cfg.Sessions, "sessions", 1, "concurrent MCP sessions, each a closed loop")
+	f.IntVar(&cfg.Sessions, "sessions", 1, "concurrent MCP sessions; each sends its next request when answered (or, with --rate, when due)")
 	f.DurationVar(&cfg.Duration, "duration", loadgen.DefaultDuration, "length of the measured phase (an upper bound with --requests)")
 	f.DurationVar(&cfg.Warmup, "warmup", time.Second, "warm-up before measuring, left out of the figures")
 	f.IntVar(&cfg.Requests, "requests", 0, "stop after this many measured requests")
+	f.Float64Var(&cfg.Rate, "rate", 0, "pace the load: this many requests per second across all sessions, latency counted from when each was due (default: each session sends as soon as answered)")
 	f.DurationVar(&cfg.Timeout, "timeout", loadgen.DefaultTimeout, "timeout of each request")
 	f.StringVar(&cfg.Tool, "tool", loadgen.DefaultTool, "tool to call")
 	f.StringVar(&args, "args", "", `tool arguments as a JSON object, e.g. '{"message":"hi"}'`)
@@ -122,7 +123,7 @@ var benchFlagOf = map[string]string{
 	"URL": "url", "Token": "token", "Headers": "header", "Sessions": "sessions",
 	"Duration": "duration", "Warmup": "warmup", "Requests": "requests", "Timeout": "timeout",
 	"Tool": "tool", "Arguments": "args", "PayloadBytes": "payload-bytes", "PayloadArg": "payload-arg",
-	"Era": "era",
+	"Era": "era", "Rate": "rate",
 }
 
 // benchToken picks the token from the flag, the file or the environment;

@@ -9,7 +9,8 @@
 // one QUIC stream. Each agent offers the HTTP fixture and a stdio fixture
 // (a child per session, through the agent's bridge). The load generator is
 // internal/loadgen running inside this process: closed-loop sessions, each
-// sending the next tools/call when the previous answer is complete.
+// sending the next tools/call when the previous answer is complete (or, in
+// the paced section, when the schedule says it is due).
 //
 // Beside them, a plain tunnel (plain.go) for reference: a generic tunnel in
 // the manner of frp, built on mcptun's own tunnel package, that copies each
@@ -24,6 +25,11 @@
 //   - matrix: the same load against the fixture directly and through each
 //     path, at each session count. Every figure is given with its ratio to
 //     direct, plus the CPU time per request of relay, agent and server.
+//   - paced: every path offered the same load, on a fixed schedule
+//     (loadgen's Rate), so that CPU per request compares like with like:
+//     in the closed loop a slower path also runs at a lower rate, where
+//     each wake-up of each process serves fewer requests. The stdio
+//     bridge is judged against the HTTP path here.
 //   - large: the time to fetch one large large_output result (16 MiB by
 //     default) directly and through the tunnel.
 //   - idle: memory per idle session at the relay and the agent, on a fresh

@@ -180,6 +180,9 @@ type cellConfig struct {
 	Warmup       time.Duration
 	PayloadBytes int
 	Era          string
+	// Rate, if > 0, paces the load at this many requests per second (see
+	// loadgen.Config.Rate); 0 is a closed loop.
+	Rate float64
 	// ProfileDir, if set, receives a CPU profile of each process with a
 	// pprof endpoint over each cell's measured phase (this adds a little
 	// CPU to the figures).
@@ -248,6 +251,7 @@ func runCell(ctx context.Context, fs procFS, tgt target, sessions int, cc cellCo
 		PayloadBytes: cc.PayloadBytes,
 		PayloadArg:   "text",
 		Era:          cc.Era,
+		Rate:         cc.Rate,
 		HTTPClient:   client,
 	})
 	if err != nil {

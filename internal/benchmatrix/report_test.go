@@ -194,6 +194,39 @@ func TestWriteMarkdown(t *testing.T) {
 	assert.Equal(t, r.Idle[1].Opened, back.Idle[1].Opened)
 }
 
+// With the paced section, the bridge is judged at one rate, and the
+// closed-loop comparison (each path at its own rate) is left out.
+func TestCheckTargetsPaced(t *testing.T) {
+	r := sampleReport()
+	r.Setup.PacedRate = 1500
+	paced := func(path string, relay, agent float64) Cell {
+		return Cell{Path: path, Sessions: 16, WindowSeconds: 5,
+			Load:          loadgen.Result{Requests: 7500, OfferedRPS: 1500, RPS: 1500},
+			CPUPerRequest: map[string]float64{roleRelay: relay, roleAgent: agent, roleServer: 150}}
+	}
+	r.Paced = []Cell{paced(PathQUIC, 100, 90), paced(PathStdio, 95, 85), paced(PathPlainQUIC, 80, 80)}
+	got := map[string]TargetCheck{}
+	for _, c := range checkTargets(r) {
+		got[c.Name] = c
+	}
+	c, ok := got["stdio bridge: agent CPU per request ≤ HTTP path's, both at 1,500 req/s"]
+	require.True(t, ok, "%v", got)
+	assert.True(t, *c.Met)
+	assert.Equal(t, "85.0 vs 90.0 µs (0.94×)", c.Measured)
+	c, ok = got["CPU per request, relay+agent, quic ≤ plain QUIC tunnel's, both at 1,500 req/s"]
+	require.True(t, ok)
+	assert.False(t, *c.Met)
+	assert.Equal(t, "190.0 vs 160.0 µs (1.19×)", c.Measured)
+	for name := range got {
+		assert.NotContains(t, name, "closed loop", "judged at one rate instead")
+	}
+
+	var md bytes.Buffer
+	require.NoError(t, r.WriteMarkdown(&md))
+	assert.Contains(t, md.String(), "| stdio | 1,500 |")
+	assert.Contains(t, md.String(), "**180.0** (1.12×)", "relay+agent against plain-quic")
+}
+
 func TestCheckTargets(t *testing.T) {
 	got := map[string]TargetCheck{}
 	for _, c := range checkTargets(sampleReport()) {
@@ -210,7 +243,7 @@ func TestCheckTargets(t *testing.T) {
 		{"CPU per request, relay+agent, quic, 64 sessions ≤ 100 µs", false, "110.0 µs"},
 		{"request rate, quic, 64 sessions ≥ 0.8× direct", true, "0.84× (4,200 vs 5,000 req/s)"},
 		{"stdio upstream: 64 concurrent sessions, zero errors", false, "15000 requests, 3 errors"},
-		{"stdio bridge: agent CPU per request ≤ HTTP path's", false, "1: 100.0 vs 110.0 µs; 64: 80.0 vs 70.0 µs"},
+		{"stdio bridge: agent CPU per request ≤ HTTP path's (closed loop, each at its own rate)", false, "1: 100.0 vs 110.0 µs; 64: 80.0 vs 70.0 µs"},
 		{"≤ 16 KiB per idle session at the relay: HTTP upstream, initialize only", true, "512 B RSS over 1000 sessions"},
 		{"≤ 64 KiB per idle session at the agent: HTTP upstream, initialize + open GET stream", true, "60.0 KiB RSS over 9990 sessions"},
 		{"≤ 16 KiB per idle session at the relay: HTTP upstream, initialize + open GET stream", false, "40.0 KiB RSS over 9990 sessions"},

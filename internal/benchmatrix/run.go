@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,13 +19,14 @@ import (
 // Sections of a run.
 const (
 	SectionMatrix = "matrix" // rate, latency and CPU per request on every path
+	SectionPaced  = "paced"  // CPU per request with every path at one request rate
 	SectionLarge  = "large"  // one large tool result
 	SectionIdle   = "idle"   // memory per idle session
 	SectionLossy  = "lossy"  // small calls beside a bulk transfer on a lossy link
 )
 
 // AllSections lists the sections in run order.
-var AllSections = []string{SectionMatrix, SectionLarge, SectionIdle, SectionLossy}
+var AllSections = []string{SectionMatrix, SectionPaced, SectionLarge, SectionIdle, SectionLossy}
 
 // Options configures a run. Mcptun, Fixture and OutDir are required; zero
 // values elsewhere select nothing (the command line supplies defaults).
@@ -49,6 +51,15 @@ type Options struct {
 	Warmup       time.Duration
 	PayloadBytes int    // size of the echo tool's text argument
 	Era          string // protocol era of the load (loadgen.EraSessions by default)
+
+	// The paced section: PacedPaths at PacedRate requests per second
+	// over PacedSessions sessions, Rounds interleaved rounds. A closed
+	// loop runs a slower path at a lower rate, where each wake-up of every
+	// process serves fewer requests, so its CPU per request is not
+	// comparable with a faster path's; at one rate it is.
+	PacedRate     float64
+	PacedSessions int
+	PacedPaths    []string
 
 	LargeBytes int
 	LargeReps  int
@@ -75,6 +86,7 @@ type Report struct {
 	Setup   Setup         `json:"setup"`
 
 	Cells     []Cell        `json:"cells,omitempty"`
+	Paced     []Cell        `json:"paced,omitempty"`
 	Large     []LargeRow    `json:"large,omitempty"`
 	Idle      []IdleRow     `json:"idle,omitempty"`
 	Lossy     *LossyReport  `json:"lossy,omitempty"`
@@ -94,6 +106,7 @@ type Setup struct {
 	Warmup       time.Duration `json:"warmup_ns,omitempty"`
 	PayloadBytes int           `json:"payload_bytes,omitempty"`
 	Era          string        `json:"era,omitempty"`
+	PacedRate    float64       `json:"paced_rate,omitempty"`
 	Generator    string        `json:"generator"`
 	CPUSource    string        `json:"cpu_source"`
 }
@@ -121,13 +134,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		Machine: readMachine(hostProc),
 		Setup: Setup{
 			Sections: o.Sections, Sessions: o.Sessions, Paths: o.Paths, Rounds: o.Rounds, Baseline: o.Baseline,
-			Duration: o.Duration, Warmup: o.Warmup, PayloadBytes: o.PayloadBytes, Era: o.Era,
+			Duration: o.Duration, Warmup: o.Warmup, PayloadBytes: o.PayloadBytes, Era: o.Era, PacedRate: o.PacedRate,
 			Generator: "loadgen.Run inside the benchmatrix process; relay, agent and fixture are separate processes",
 			CPUSource: "sum of /proc/PID/task/*/schedstat run time (ns) over the measured phase only; /proc/PID/stat utime+stime if threads exited",
 		},
 	}
 	has := func(s string) bool { return slices.Contains(o.Sections, s) }
-	if has(SectionMatrix) || has(SectionLarge) {
+	if has(SectionMatrix) || has(SectionPaced) || has(SectionLarge) {
 		runTunnels(ctx, log, o, rep)
 	}
 	if has(SectionIdle) && ctx.Err() == nil {
@@ -170,6 +183,21 @@ func (o *Options) validate() error {
 				return fmt.Errorf("benchmatrix: session count %d must be positive", n)
 			}
 		}
+	}
+	if slices.Contains(o.Sections, SectionPaced) {
+		switch {
+		case !(o.PacedRate > 0) || math.IsInf(o.PacedRate, 0):
+			return fmt.Errorf("benchmatrix: paced rate %v: want requests per second, > 0", o.PacedRate)
+		case o.PacedSessions <= 0:
+			return fmt.Errorf("benchmatrix: paced session count %d must be positive", o.PacedSessions)
+		case len(o.PacedPaths) == 0:
+			return errors.New("benchmatrix: the paced section needs paths")
+		}
+		if err := validatePaths(o.PacedPaths); err != nil {
+			return err
+		}
+	}
+	if slices.Contains(o.Sections, SectionMatrix) || slices.Contains(o.Sections, SectionPaced) {
 		if o.Duration <= 0 {
 			return fmt.Errorf("benchmatrix: duration %s must be positive", o.Duration)
 		}
@@ -226,6 +254,9 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 	var paths []string
 	if slices.Contains(o.Sections, SectionMatrix) {
 		paths = append(paths, o.Paths...)
+	}
+	if slices.Contains(o.Sections, SectionPaced) {
+		paths = append(paths, o.PacedPaths...)
 	}
 	if slices.Contains(o.Sections, SectionLarge) {
 		paths = append(paths, o.LargePaths...)
@@ -333,43 +364,61 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 		}
 	}()
 
-	if slices.Contains(o.Sections, SectionMatrix) {
-		cc := cellConfig{Duration: o.Duration, Warmup: o.Warmup, PayloadBytes: o.PayloadBytes, Era: o.Era, ProfileDir: o.ProfileDir}
-		if cc.ProfileDir != "" {
-			if err := os.MkdirAll(cc.ProfileDir, 0o755); err != nil {
-				rep.fail("profiles: %v", err)
-				cc.ProfileDir = ""
-			}
+	cc := cellConfig{Duration: o.Duration, Warmup: o.Warmup, PayloadBytes: o.PayloadBytes, Era: o.Era, ProfileDir: o.ProfileDir}
+	if cc.ProfileDir != "" && (slices.Contains(o.Sections, SectionMatrix) || slices.Contains(o.Sections, SectionPaced)) {
+		if err := os.MkdirAll(cc.ProfileDir, 0o755); err != nil {
+			rep.fail("profiles: %v", err)
+			cc.ProfileDir = ""
 		}
+	}
+	// cells measures paths at n sessions in rounds interleaved (every
+	// path once, then again) so that a machine whose speed drifts affects
+	// all paths alike, and returns each path's median cell.
+	cells := func(paths []string, n int, cc cellConfig) (out []Cell, ok bool) {
 		rounds := max(o.Rounds, 1)
-		for _, n := range o.Sessions {
-			// Rounds interleave (every path once, then again) so that a
-			// machine whose speed drifts affects all paths alike.
-			byPath := make(map[string][]Cell, len(cellPaths))
-			for round := 1; round <= rounds; round++ {
-				for _, p := range cellPaths {
-					if ctx.Err() != nil {
-						return
-					}
-					tgt, ok := targets[p]
-					if !ok {
-						continue
-					}
-					c := runCell(ctx, hostProc, tgt, n, cc)
-					log.Info("cell", "path", p, "sessions", n, "round", round, "rps", fmt.Sprintf("%.0f", c.Load.RPS), "p50", c.Load.P50,
-						"p99", c.Load.P99, "errors", c.Load.Errors, "relay+agent_us", fmt.Sprintf("%.1f", c.RelayAgentUS()),
-						"other_busy_pct", fmt.Sprintf("%.0f", c.OtherBusyPct), "err", c.Error)
-					byPath[p] = append(byPath[p], c)
+		byPath := make(map[string][]Cell, len(paths))
+		for round := 1; round <= rounds; round++ {
+			for _, p := range paths {
+				if ctx.Err() != nil {
+					return nil, false
 				}
-			}
-			for _, p := range cellPaths {
-				if _, ok := targets[p]; !ok {
-					rep.Cells = append(rep.Cells, Cell{Path: p, Sessions: n, Error: "not deployed (see errors)"})
+				tgt, ok := targets[p]
+				if !ok {
 					continue
 				}
-				rep.Cells = append(rep.Cells, medianCell(byPath[p]))
+				c := runCell(ctx, hostProc, tgt, n, cc)
+				log.Info("cell", "path", p, "sessions", n, "rate", cc.Rate, "round", round, "rps", fmt.Sprintf("%.0f", c.Load.RPS), "p50", c.Load.P50,
+					"p99", c.Load.P99, "errors", c.Load.Errors, "relay+agent_us", fmt.Sprintf("%.1f", c.RelayAgentUS()),
+					"other_busy_pct", fmt.Sprintf("%.0f", c.OtherBusyPct), "err", c.Error)
+				byPath[p] = append(byPath[p], c)
 			}
 		}
+		for _, p := range paths {
+			if _, ok := targets[p]; !ok {
+				out = append(out, Cell{Path: p, Sessions: n, Error: "not deployed (see errors)"})
+				continue
+			}
+			out = append(out, medianCell(byPath[p]))
+		}
+		return out, true
+	}
+	if slices.Contains(o.Sections, SectionMatrix) {
+		for _, n := range o.Sessions {
+			c, ok := cells(cellPaths, n, cc)
+			if !ok {
+				return
+			}
+			rep.Cells = append(rep.Cells, c...)
+		}
+	}
+	if slices.Contains(o.Sections, SectionPaced) {
+		pc := cc
+		pc.Rate = o.PacedRate
+		c, ok := cells(o.PacedPaths, o.PacedSessions, pc)
+		if !ok {
+			return
+		}
+		rep.Paced = c
 	}
 	if slices.Contains(o.Sections, SectionLarge) {
 		for _, p := range o.LargePaths {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,6 +37,18 @@ func TestOptionsValidate(t *testing.T) {
 		{"zero duration", func(o *Options) { o.Duration = 0 }, "duration"},
 		{"negative warm-up", func(o *Options) { o.Warmup = -time.Second }, "warm-up"},
 		{"large without size", func(o *Options) { o.Sections = []string{SectionLarge} }, "large section"},
+		{"paced without rate", func(o *Options) {
+			o.Sections = []string{SectionPaced}
+			o.PacedSessions, o.PacedPaths = 1, []string{PathQUIC}
+		}, "paced rate"},
+		{"paced without sessions", func(o *Options) {
+			o.Sections = []string{SectionPaced}
+			o.PacedRate, o.PacedPaths = 10, []string{PathQUIC}
+		}, "paced session count"},
+		{"paced unknown path", func(o *Options) {
+			o.Sections = []string{SectionPaced}
+			o.PacedRate, o.PacedSessions, o.PacedPaths = 10, 1, []string{"carrier-pigeon"}
+		}, "carrier-pigeon"},
 		{"lossy without namespace", func(o *Options) { o.Sections = []string{SectionLossy} }, "namespace"},
 		{"lossy with loss 1", func(o *Options) {
 			o.Sections = []string{SectionLossy}
@@ -105,7 +118,8 @@ func TestRunEndToEnd(t *testing.T) {
 	out := t.TempDir()
 	rep, err := Run(context.Background(), Options{
 		Mcptun: mcptun, Fixture: fixture, OutDir: out, Self: self,
-		Sections: []string{SectionMatrix, SectionLarge, SectionIdle},
+		Sections:  []string{SectionMatrix, SectionPaced, SectionLarge, SectionIdle},
+		PacedRate: 200, PacedSessions: 2, PacedPaths: []string{PathDirect, PathQUIC, PathStdio, PathPlainQUIC},
 		Sessions: []int{2}, Paths: []string{PathDirect, PathQUIC, PathTCP, PathStdio, PathPlainQUIC, PathPlainTCP},
 		Rounds: 2, Baseline: mcptun, // the same build as its own baseline: the wiring is what is tested
 		Duration: 500 * time.Millisecond, Warmup: 200 * time.Millisecond, PayloadBytes: 32,
@@ -134,6 +148,18 @@ func TestRunEndToEnd(t *testing.T) {
 		assert.Positive(t, c.CPUPerRequest[roleRelay], "%s: relay CPU", c.Path)
 		assert.Positive(t, c.CPUPerRequest[roleAgent], "%s: agent CPU", c.Path)
 	}
+	var paced []string
+	for _, c := range rep.Paced {
+		paced = append(paced, c.Path)
+		assert.Empty(t, c.Error, c.Path)
+		assert.Positive(t, c.Load.Requests, c.Path)
+		assert.Zero(t, c.Load.Errors, c.Path)
+		assert.Equal(t, 200.0, c.Load.OfferedRPS, c.Path)
+		// Per round the schedule allows at most 200/s × 0.5 s of requests,
+		// plus the one due at the window's edge; counts sum over rounds.
+		assert.LessOrEqual(t, c.Load.Requests, int64(2*101), "%s: paced, not closed-loop", c.Path)
+	}
+	require.Equal(t, []string{PathDirect, PathQUIC, PathStdio, PathPlainQUIC}, paced)
 	require.Len(t, rep.Large, 2)
 	for _, l := range rep.Large {
 		assert.Empty(t, l.Error, l.Path)
@@ -155,6 +181,15 @@ func TestRunEndToEnd(t *testing.T) {
 	assert.Contains(t, md.String(), "median of 2 rounds")
 	assert.Regexp(t, `\*\*[0-9.]+\*\* \([0-9]+–[0-9]+\)`, md.String(), "relay+agent with the rounds' range")
 	assert.Contains(t, md.String(), "| 2 | plain-tcp |")
+	assert.Contains(t, md.String(), "### At one request rate")
+	assert.Regexp(t, `\| stdio \| [0-9]+ \|`, md.String())
+	var pacedChecks int
+	for _, tc := range rep.Targets {
+		if strings.Contains(tc.Name, "both at 200 req/s") {
+			pacedChecks++
+		}
+	}
+	assert.Equal(t, 2, pacedChecks, "the bridge and the plain-tunnel checks at one rate")
 
 	// Every process the run started is gone, and so are their children.
 	assert.Empty(t, childrenOf(hostProc, os.Getpid())())

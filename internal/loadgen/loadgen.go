@@ -37,6 +37,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"strings"
@@ -85,6 +86,18 @@ type Config struct {
 	// Requests, if > 0, stops the run after exactly this many measured
 	// requests (errors included).
 	Requests int
+	// Rate, if > 0, paces the load: tools/call requests are due at this
+	// many per second across all sessions, on a fixed schedule (request n
+	// is due n/Rate after the start), instead of each session sending its
+	// next one as soon as the last is answered. A free session takes the
+	// next due request and sends it at its time, or at once if that time
+	// has passed. Latency counts from when a request was due, so a
+	// request that waited for a busy session shows the wait (no
+	// coordinated omission); give it more sessions than Rate × latency to
+	// hold the rate. Comparing paths at one rate compares their CPU per request
+	// under equal load, which a closed loop does not: a slower path there
+	// also runs at a lower rate, with less batching per wake-up.
+	Rate float64
 	// Timeout bounds each request (default 30s).
 	Timeout time.Duration
 
@@ -135,6 +148,9 @@ type Result struct {
 	WarmupRequests int64         `json:"warmup_requests"`
 	Duration       time.Duration `json:"duration_ns"`
 	RPS            float64       `json:"rps"`
+	// OfferedRPS is Config.Rate: what the paced load asked for (0: closed
+	// loop). RPS below it means the sessions could not keep up.
+	OfferedRPS float64 `json:"offered_rps,omitempty"`
 
 	Mean time.Duration `json:"mean_ns"`
 	Min  time.Duration `json:"min_ns"`
@@ -236,6 +252,8 @@ func newPlan(cfg Config) (*plan, error) {
 		return nil, &ConfigError{"Warmup", fmt.Sprintf("%v is negative", cfg.Warmup)}
 	case cfg.Requests < 0:
 		return nil, &ConfigError{"Requests", fmt.Sprintf("%d is negative", cfg.Requests)}
+	case cfg.Rate < 0 || math.IsNaN(cfg.Rate) || math.IsInf(cfg.Rate, 0):
+		return nil, &ConfigError{"Rate", fmt.Sprintf("%v: want requests per second, > 0 (or 0: as fast as answers come)", cfg.Rate)}
 	case cfg.Timeout < 0:
 		return nil, &ConfigError{"Timeout", fmt.Sprintf("%v is negative", cfg.Timeout)}
 	case cfg.PayloadBytes < 0:
@@ -336,6 +354,8 @@ type runner struct {
 	measureStart time.Time
 	deadline     time.Time // zero: none
 
+	pacer *pacer // nil: closed loop
+
 	tickets  atomic.Int64
 	requests atomic.Int64
 	warmups  atomic.Int64
@@ -393,7 +413,11 @@ func (r *runner) run(parent context.Context) (Result, error) {
 		return Result{}, setupErr
 	}
 
-	r.measureStart = time.Now().Add(r.cfg.Warmup)
+	now := time.Now()
+	if r.cfg.Rate > 0 {
+		r.pacer = &pacer{start: now, rate: r.cfg.Rate}
+	}
+	r.measureStart = now.Add(r.cfg.Warmup)
 	if r.cfg.Duration > 0 {
 		r.deadline = r.measureStart.Add(r.cfg.Duration)
 	}
@@ -425,6 +449,21 @@ func (r *runner) run(parent context.Context) (Result, error) {
 		return res, fmt.Errorf("loadgen: %w", err)
 	}
 	return res, nil
+}
+
+// pacer hands out the due times of a paced load.
+type pacer struct {
+	start time.Time
+	rate  float64 // requests per second
+	next  atomic.Int64
+}
+
+// due returns when the next request is due: n/rate after the start for
+// the nth. The schedule never slips, so a load that falls behind shows it
+// in latency, as real arrivals would.
+func (p *pacer) due() time.Time {
+	n := p.next.Add(1) - 1
+	return p.start.Add(time.Duration(float64(n) / p.rate * float64(time.Second)))
 }
 
 // measuring reports whether a request starting now counts, and whether the
@@ -481,6 +520,7 @@ func (r *runner) result(elapsed time.Duration) Result {
 		Duration:       elapsed,
 		BytesSent:      r.sent.Load(),
 		BytesReceived:  r.received.Load(),
+		OfferedRPS:     r.cfg.Rate,
 	}
 	if elapsed > 0 {
 		res.RPS = float64(res.Requests) / elapsed.Seconds()

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -201,6 +202,35 @@ func TestBeforeEndPrecedesDelete(t *testing.T) {
 	assert.Zero(t, delsThen, "no session ended before BeforeEnd")
 	assert.EqualValues(t, res.Requests, callsThen, "every measured request answered before BeforeEnd")
 	assert.EqualValues(t, 3, f.dels.Load(), "sessions end after it")
+}
+
+// A paced run cannot go faster than its rate: ten requests at 50/s take at
+// least the nine intervals between them, however many sessions wait.
+func TestPacedRate(t *testing.T) {
+	f := newFixture(t)
+	res := run(t, Config{URL: f.url, Sessions: 4, Requests: 10, Rate: 50})
+	assert.EqualValues(t, 10, res.Requests)
+	assert.EqualValues(t, 10, f.calls.Load())
+	assert.Zero(t, res.Errors, "samples: %v", res.ErrorSamples)
+	assert.GreaterOrEqual(t, res.Duration, 170*time.Millisecond, "9 intervals of 20 ms")
+	assert.Equal(t, 50.0, res.OfferedRPS)
+	assert.EqualValues(t, 4, f.dels.Load())
+}
+
+// Paced latency counts from when a request was due: one session offered
+// 1,000 req/s by a server that takes 10 ms per call falls further behind
+// with every call, and the last one's latency shows the queue (at least
+// 10 calls × 10 ms − 9 ms of slots), where a closed loop would report ~10 ms.
+func TestPacedLatencyCountsQueueing(t *testing.T) {
+	f := newFixture(t)
+	f.before = func(int64, http.ResponseWriter, *http.Request) bool {
+		time.Sleep(10 * time.Millisecond) // the server's own work
+		return false
+	}
+	res := run(t, Config{URL: f.url, Sessions: 1, Requests: 10, Rate: 1000})
+	assert.EqualValues(t, 10, res.Requests)
+	assert.GreaterOrEqual(t, res.Max, 90*time.Millisecond)
+	assert.Less(t, res.RPS, 1000.0, "one session cannot hold the offered rate")
 }
 
 func TestErrorsCounted(t *testing.T) {
@@ -580,6 +610,9 @@ func TestConfigErrors(t *testing.T) {
 		{"negative sessions", Config{URL: "http://127.0.0.1/", Sessions: -1}, "Sessions"},
 		{"negative duration", Config{URL: "http://127.0.0.1/", Duration: -time.Second}, "Duration"},
 		{"negative requests", Config{URL: "http://127.0.0.1/", Requests: -5}, "Requests"},
+		{"negative rate", Config{URL: "http://127.0.0.1/", Rate: -1}, "Rate"},
+		{"NaN rate", Config{URL: "http://127.0.0.1/", Rate: math.NaN()}, "Rate"},
+		{"infinite rate", Config{URL: "http://127.0.0.1/", Rate: math.Inf(1)}, "Rate"},
 		{"args not object", Config{URL: "http://127.0.0.1/", Arguments: json.RawMessage(`[1]`)}, "Arguments"},
 		{"args invalid", Config{URL: "http://127.0.0.1/", Arguments: json.RawMessage(`{"a":`)}, "Arguments"},
 		{"args and payload", Config{URL: "http://127.0.0.1/", Arguments: json.RawMessage(`{}`), PayloadBytes: 3}, "Arguments"},

@@ -13,7 +13,11 @@ func (r Result) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "target\t%s\n", r.URL)
 	fmt.Fprintf(tw, "load\t%d session(s), era %s, tool %s\n", r.Sessions, r.Era, r.Tool)
-	fmt.Fprintf(tw, "requests\t%d in %s, %.1f req/s\n", r.Requests, fmtDuration(r.Duration), r.RPS)
+	fmt.Fprintf(tw, "requests\t%d in %s, %.1f req/s", r.Requests, fmtDuration(r.Duration), r.RPS)
+	if r.OfferedRPS > 0 {
+		fmt.Fprintf(tw, " (offered %.1f; latency from when each was due)", r.OfferedRPS)
+	}
+	fmt.Fprintln(tw)
 	errPct := 0.0
 	if r.Requests > 0 {
 		errPct = 100 * float64(r.Errors) / float64(r.Requests)

@@ -22,7 +22,8 @@ const maxAnswer = 64 << 20
 
 // session is one closed-loop client. It is used by one goroutine only.
 type session struct {
-	r *runner
+	r    *runner
+	pace *time.Timer // paced load: waits for the next slot
 
 	nextID    int64
 	sessionID string      // Mcp-Session-Id, sessions era only
@@ -182,8 +183,16 @@ func (s *session) newID() int64 {
 func (s *session) loop(ctx context.Context) {
 	for ctx.Err() == nil {
 		t0 := time.Now()
+		if s.r.pacer != nil {
+			// Its latency counts from when it is due, even if it leaves
+			// later.
+			t0 = s.r.pacer.due()
+		}
 		measured, stop := s.r.measuring(t0)
 		if stop {
+			return
+		}
+		if s.r.pacer != nil && !s.waitUntil(ctx, t0) {
 			return
 		}
 		ex, err := s.toolsCall(ctx)
@@ -201,6 +210,26 @@ func (s *session) loop(ctx context.Context) {
 		} else {
 			s.failures = 0
 		}
+	}
+}
+
+// waitUntil sleeps until t; false if ctx ends first.
+func (s *session) waitUntil(ctx context.Context, t time.Time) bool {
+	d := time.Until(t)
+	if d <= 0 {
+		return true
+	}
+	if s.pace == nil {
+		s.pace = time.NewTimer(d)
+	} else {
+		s.pace.Reset(d)
+	}
+	select {
+	case <-s.pace.C:
+		return true
+	case <-ctx.Done():
+		s.pace.Stop()
+		return false
 	}
 }
 

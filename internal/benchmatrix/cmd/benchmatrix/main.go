@@ -101,7 +101,8 @@ func parseFlags(args []string, stderr io.Writer) (o benchmatrix.Options, jsonPat
 	var (
 		sessions   = fs.String("sessions", "1,16,64", "comma-separated session counts of the matrix")
 		paths      = fs.String("paths", strings.Join(benchmatrix.AllPaths, ","), "comma-separated paths of the matrix")
-		sections   = fs.String("sections", "matrix,large,idle", "comma-separated sections to run: "+strings.Join(benchmatrix.AllSections, ","))
+		sections   = fs.String("sections", "matrix,paced,large,idle", "comma-separated sections to run: "+strings.Join(benchmatrix.AllSections, ","))
+		pacedPaths = fs.String("paced-paths", "direct,quic,stdio,plain-quic,plain-tcp", "comma-separated paths of the paced section")
 		largePaths = fs.String("large-paths", "direct,quic,tcp,quic-yamux", "comma-separated paths of the large-result rows")
 		largeBytes = fs.String("large-bytes", "16MiB", "size of the large tool result")
 		lossyBulk  = fs.String("lossy-bulk", "32MiB", "size of the bulk transfer beside the small calls")
@@ -120,6 +121,8 @@ func parseFlags(args []string, stderr io.Writer) (o benchmatrix.Options, jsonPat
 	fs.DurationVar(&o.Warmup, "warmup", time.Second, "warm-up before each cell's measured phase")
 	fs.IntVar(&o.PayloadBytes, "payload", 64, "bytes of text sent to the echo tool")
 	fs.StringVar(&o.Era, "era", "", "protocol era of the load: 2025-11-25 (default) or 2026-07-28")
+	fs.Float64Var(&o.PacedRate, "paced-rate", 1500, "requests per second every path of the paced section is offered (below what the slowest path sustains)")
+	fs.IntVar(&o.PacedSessions, "paced-sessions", 16, "sessions of the paced section")
 	fs.IntVar(&o.LargeReps, "large-reps", 3, "measured calls per large-result row")
 	fs.IntVar(&o.IdleSessions, "idle-sessions", 1000, "idle HTTP-upstream sessions, initialize only")
 	fs.IntVar(&o.IdleStreams, "idle-streams", 9000, "idle HTTP-upstream sessions each holding a GET stream (one agent tunnel carries at most 10000 concurrent exchanges)")
@@ -165,6 +168,7 @@ func parseFlags(args []string, stderr io.Writer) (o benchmatrix.Options, jsonPat
 		return o, "", "", fmt.Errorf("--sessions: %w", err)
 	}
 	o.Paths, o.LargePaths, o.Sections = splitList(*paths), splitList(*largePaths), splitList(*sections)
+	o.PacedPaths = splitList(*pacedPaths)
 	switch {
 	case *lossyOnly && (*lossy || set["sections"]):
 		return o, "", "", errors.New("--lossy-only excludes --lossy and --sections")

@@ -51,7 +51,7 @@ func TestParseFlags(t *testing.T) {
 		{name: "defaults", args: nil, check: func(t *testing.T, o benchmatrix.Options) {
 			assert.Equal(t, []int{1, 16, 64}, o.Sessions)
 			assert.Equal(t, benchmatrix.AllPaths, o.Paths)
-			assert.Equal(t, []string{"matrix", "large", "idle"}, o.Sections)
+			assert.Equal(t, []string{"matrix", "paced", "large", "idle"}, o.Sections)
 			assert.Equal(t, 5*time.Second, o.Duration)
 			assert.Equal(t, 16<<20, o.LargeBytes)
 			assert.Equal(t, 9000, o.IdleStreams)
@@ -64,7 +64,7 @@ func TestParseFlags(t *testing.T) {
 			assert.Equal(t, 200, o.IdleStreams)
 		}},
 		{name: "lossy adds the section", args: []string{"--lossy"}, check: func(t *testing.T, o benchmatrix.Options) {
-			assert.Equal(t, []string{"matrix", "large", "idle", "lossy"}, o.Sections)
+			assert.Equal(t, []string{"matrix", "paced", "large", "idle", "lossy"}, o.Sections)
 		}},
 		{name: "lossy only", args: []string{"--lossy-only", "--lossy-bulk", "8MiB"}, check: func(t *testing.T, o benchmatrix.Options) {
 			assert.Equal(t, []string{"lossy"}, o.Sections)
