@@ -4,7 +4,7 @@
 # a separate process, plus large results and memory per idle session. Prints
 # a Markdown report; bin/bench/bench.md and bin/bench/bench.json keep it.
 #
-#   make bench                          full matrix (3 interleaved rounds per cell), about 7 minutes
+#   make bench                          full matrix and the paced section (3 interleaved rounds per cell), about 9 minutes
 #   make bench BENCH_FLAGS=--quick      a fast sanity run
 #   make bench BENCH_FLAGS='--baseline OLD/mcptun'   this build and an older one, same rounds
 #   make bench BENCH_FLAGS=--lossy      also the lossy-link comparison (root)
