@@ -42,7 +42,10 @@ type workspace struct {
 
 	clientToken string
 	certHosts   []string
-	seq         int // numbers log files so restarts do not overwrite them
+	// tunnelEnv is added to the environment of relays and agents, ours
+	// and the plain tunnel's (Options.GOMAXPROCS).
+	tunnelEnv []string
+	seq       int // numbers log files so restarts do not overwrite them
 }
 
 func newWorkspace(dir, mcptun, fixture string, certHosts ...string) (*workspace, error) {
@@ -169,7 +172,7 @@ func (w *workspace) startRelay(ctx context.Context, tunnelListen string, agents 
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
 		return nil, fmt.Errorf("relay config: %w", err)
 	}
-	p, err := startProcess("relay", w.logPath("relay"), w.mcptun, "relay", "--config", cfg)
+	p, err := startProcessEnv("relay", w.logPath("relay"), w.tunnelEnv, w.mcptun, "relay", "--config", cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -213,7 +216,7 @@ debug: {pprof_listen: "127.0.0.1:0"}
 		return nil, fmt.Errorf("agent config: %w", err)
 	}
 	bin, args := wrap(netns, w.mcptun, "agent", "--config", cfgPath)
-	p, err := startProcess("agent "+spec.Name, w.logPath("agent-"+spec.Name), bin, args...)
+	p, err := startProcessEnv("agent "+spec.Name, w.logPath("agent-"+spec.Name), w.tunnelEnv, bin, args...)
 	if err != nil {
 		return nil, err
 	}

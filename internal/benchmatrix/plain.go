@@ -310,7 +310,7 @@ func (w *workspace) startPlain(ctx context.Context, self, name, transport, mux, 
 	if err := os.WriteFile(tokFile, []byte(tok+"\n"), 0o600); err != nil {
 		return nil, nil, "", fmt.Errorf("plain %s: token: %w", name, err)
 	}
-	relay, err = startProcess("plain relay "+name, w.logPath("plain-relay-"+name), self, RolePlainRelay,
+	relay, err = startProcessEnv("plain relay "+name, w.logPath("plain-relay-"+name), w.tunnelEnv, self, RolePlainRelay,
 		"--cert", w.dir+"/relay.crt", "--key", w.dir+"/relay.key", "--agent", name, "--token-sha256", sha256Hex(tok))
 	if err != nil {
 		return nil, nil, "", err
@@ -321,7 +321,7 @@ func (w *workspace) startPlain(ctx context.Context, self, name, transport, mux, 
 		return nil, nil, "", fmt.Errorf("plain relay %s: %w", name, err)
 	}
 	tunnelAddr, front := m[1], m[2]
-	agent, err = startProcess("plain agent "+name, w.logPath("plain-agent-"+name), self, RolePlainAgent,
+	agent, err = startProcessEnv("plain agent "+name, w.logPath("plain-agent-"+name), w.tunnelEnv, self, RolePlainAgent,
 		"--relay", tunnelAddr, "--ca", w.dir+"/relay.crt", "--name", name, "--token-file", tokFile,
 		"--transport", transport, "--mux", mux, "--upstream", upstream)
 	if err != nil {

@@ -40,12 +40,21 @@ const maxKeptLines = 200
 // startProcess starts bin with args, its output appended to logPath. The
 // process gets its own process group, and SIGKILL if the benchmark dies.
 func startProcess(name, logPath string, bin string, args ...string) (*process, error) {
+	return startProcessEnv(name, logPath, nil, bin, args...)
+}
+
+// startProcessEnv is startProcess with env (NAME=value) added to the
+// inherited environment.
+func startProcessEnv(name, logPath string, env []string, bin string, args ...string) (*process, error) {
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: log: %w", name, err)
 	}
 	p := &process{name: name, changed: make(chan struct{}), done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
+	if len(env) > 0 {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	pr, pw, err := os.Pipe()
 	if err != nil {

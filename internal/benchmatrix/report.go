@@ -33,7 +33,11 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	if m.LoadAvg != "" {
 		fmt.Fprintf(b, "; load average at start %s", m.LoadAvg)
 	}
-	fmt.Fprintf(b, ". Run took %s.\n\n", r.Elapsed.Round(time.Second))
+	fmt.Fprintf(b, ". Run took %s.", r.Elapsed.Round(time.Second))
+	if n := r.Setup.GOMAXPROCS; n > 0 {
+		fmt.Fprintf(b, " Relays and agents ran with GOMAXPROCS=%d.", n)
+	}
+	b.WriteString("\n\n")
 
 	if len(r.Cells) > 0 {
 		r.writeMatrix(b)

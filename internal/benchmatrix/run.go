@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/mcptun/mcptun/internal/loadgen"
@@ -71,6 +72,11 @@ type Options struct {
 
 	Lossy LossyOptions
 
+	// GOMAXPROCS, if > 0, is set in the environment of every relay and
+	// agent (mcptun's and the plain tunnel's) of the matrix, paced and
+	// large sections; 0 leaves the Go default (one per CPU).
+	GOMAXPROCS int
+
 	// ProfileDir, if set, receives CPU profiles of relay and agent for
 	// every tunnel cell's measured phase.
 	ProfileDir string
@@ -107,6 +113,7 @@ type Setup struct {
 	PayloadBytes int           `json:"payload_bytes,omitempty"`
 	Era          string        `json:"era,omitempty"`
 	PacedRate    float64       `json:"paced_rate,omitempty"`
+	GOMAXPROCS   int           `json:"gomaxprocs,omitempty"`
 	Generator    string        `json:"generator"`
 	CPUSource    string        `json:"cpu_source"`
 }
@@ -134,7 +141,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		Machine: readMachine(hostProc),
 		Setup: Setup{
 			Sections: o.Sections, Sessions: o.Sessions, Paths: o.Paths, Rounds: o.Rounds, Baseline: o.Baseline,
-			Duration: o.Duration, Warmup: o.Warmup, PayloadBytes: o.PayloadBytes, Era: o.Era, PacedRate: o.PacedRate,
+			Duration: o.Duration, Warmup: o.Warmup, PayloadBytes: o.PayloadBytes, Era: o.Era, PacedRate: o.PacedRate, GOMAXPROCS: o.GOMAXPROCS,
 			Generator: "loadgen.Run inside the benchmatrix process; relay, agent and fixture are separate processes",
 			CPUSource: "sum of /proc/PID/task/*/schedstat run time (ns) over the measured phase only; /proc/PID/stat utime+stime if threads exited",
 		},
@@ -183,6 +190,9 @@ func (o *Options) validate() error {
 				return fmt.Errorf("benchmatrix: session count %d must be positive", n)
 			}
 		}
+	}
+	if o.GOMAXPROCS < 0 {
+		return fmt.Errorf("benchmatrix: GOMAXPROCS %d is negative", o.GOMAXPROCS)
 	}
 	if slices.Contains(o.Sections, SectionPaced) {
 		switch {
@@ -233,6 +243,14 @@ func (o *Options) validate() error {
 	return os.MkdirAll(o.OutDir, 0o755)
 }
 
+// tunnelEnv is the environment relays and agents get on top of ours.
+func (o *Options) tunnelEnv() []string {
+	if o.GOMAXPROCS > 0 {
+		return []string{"GOMAXPROCS=" + strconv.Itoa(o.GOMAXPROCS)}
+	}
+	return nil
+}
+
 // BaselineSuffix marks the paths served by Options.Baseline.
 const BaselineSuffix = "@baseline"
 
@@ -244,6 +262,7 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 		rep.fail("matrix: %v", err)
 		return
 	}
+	ws.tunnelEnv = o.tunnelEnv()
 	fx, err := ws.startFixture(ctx, "")
 	if err != nil {
 		rep.fail("matrix: fixture: %v", err)
@@ -343,6 +362,7 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 		if err != nil {
 			rep.fail("matrix: baseline: %v", err)
 		} else {
+			bws.tunnelEnv = o.tunnelEnv()
 			deploy(bws, BaselineSuffix)
 			cellPaths = nil
 			for _, p := range o.Paths {

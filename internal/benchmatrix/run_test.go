@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -37,6 +38,7 @@ func TestOptionsValidate(t *testing.T) {
 		{"zero duration", func(o *Options) { o.Duration = 0 }, "duration"},
 		{"negative warm-up", func(o *Options) { o.Warmup = -time.Second }, "warm-up"},
 		{"large without size", func(o *Options) { o.Sections = []string{SectionLarge} }, "large section"},
+		{"negative gomaxprocs", func(o *Options) { o.GOMAXPROCS = -1 }, "GOMAXPROCS -1"},
 		{"paced without rate", func(o *Options) {
 			o.Sections = []string{SectionPaced}
 			o.PacedSessions, o.PacedPaths = 1, []string{PathQUIC}
@@ -196,6 +198,19 @@ func TestRunEndToEnd(t *testing.T) {
 	logs, err := filepath.Glob(filepath.Join(out, "*", "logs", "*.log"))
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, len(logs), 10)
+}
+
+// Relays and agents get Options.GOMAXPROCS through their environment, on
+// top of the inherited one.
+func TestTunnelEnv(t *testing.T) {
+	o := Options{GOMAXPROCS: 1}
+	p, err := startProcessEnv("env", filepath.Join(t.TempDir(), "env.log"), o.tunnelEnv(),
+		"/bin/sh", "-c", `echo "procs=$GOMAXPROCS path=${PATH:+set}"`)
+	require.NoError(t, err)
+	_, err = p.WaitLine(t.Context(), regexp.MustCompile(`^procs=1 path=set$`), 10*time.Second)
+	assert.NoError(t, err, "output: %q", p.Output())
+	require.NoError(t, p.Stop())
+	assert.Nil(t, (&Options{}).tunnelEnv(), "0 leaves the Go default")
 }
 
 // Configs name files by absolute path: the agent resolves a relative

@@ -135,6 +135,7 @@ func parseFlags(args []string, stderr io.Writer) (o benchmatrix.Options, jsonPat
 	fs.DurationVar(&o.Lossy.Duration, "lossy-duration", 15*time.Second, "measured phase of the small calls on the lossy link")
 	fs.DurationVar(&o.Lossy.Warmup, "lossy-warmup", time.Second, "warm-up of the small calls on the lossy link")
 	fs.StringVar(&o.Lossy.TCPCongestion, "lossy-tcp-cc", "", "TCP congestion control inside the lossy lab (e.g. cubic, bbr); default: the kernel's")
+	fs.IntVar(&o.GOMAXPROCS, "gomaxprocs", 0, "GOMAXPROCS of every relay and agent, ours and the plain tunnel's (0: the Go default, one per CPU)")
 	fs.StringVar(&o.ProfileDir, "profile", "", "save CPU profiles of relay and agent for each tunnel cell's measured phase here (adds a little CPU)")
 	if err := fs.Parse(args); err != nil {
 		return o, "", "", errUsage
