@@ -136,6 +136,9 @@ func (cs *connState) releaseReader() {
 // parkReader gives br back while nothing is buffered; unparkReader takes
 // one again, reading what a watch may have read first.
 func (cs *connState) parkReader() bool {
+	if cs.parked {
+		return true
+	}
 	if cs.br.Buffered() > 0 {
 		return false
 	}
@@ -293,11 +296,14 @@ func (cs *connState) beginExchange(bodyRead func() bool) context.Context {
 
 // startWatch starts the watch of a lasting exchange. A timer of an earlier
 // exchange that fires late finds the next one and watches it early: no
-// harm, the watch keeps to the same rules.
+// harm, the watch keeps to the same rules. The next one's own timer then
+// finds it watched already (by the hupWatcher or by a goroutine) and
+// leaves it be: its reader is parked, and a second registration would
+// watch one socket twice.
 func (cs *connState) startWatch() {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if !cs.exchange || cs.watchDone != nil {
+	if !cs.exchange || cs.watchDone != nil || cs.hupID != 0 {
 		return
 	}
 	if cs.bodyRead != nil && !cs.bodyRead() {

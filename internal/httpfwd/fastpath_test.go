@@ -208,6 +208,54 @@ func testWatchOutlivesIdleTimeout(t *testing.T, cert *tls.Certificate) {
 	}
 }
 
+// A watch timer of an earlier exchange that fires late starts the next
+// exchange's watch early; that exchange's own timer must then leave the
+// watch be. (It once parked the reader a second time: the relay crashed
+// with a nil dereference under load, when callbacks ran late.)
+func TestStartWatchStaleTimer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer client.Close()
+	server, err := ln.Accept()
+	require.NoError(t, err)
+	hup := newHupWatcher()
+	defer hup.stop()
+	cs := newConnState(context.WithValue(context.Background(), hupKey{}, hup), server, time.Minute, time.Minute)
+	defer func() {
+		server.Close()
+		cs.releaseReader()
+		cs.close()
+	}()
+
+	ctx := cs.beginExchange(nil)
+	cs.startWatch() // the late timer of the exchange before
+	cs.startWatch() // this exchange's own
+	if n := hup.watching(); n >= 0 {
+		assert.Equal(t, 1, n, "one registration for one socket")
+	}
+	assert.False(t, cs.endExchange(), "the client is still there")
+	require.NoError(t, ctx.Err())
+	if n := hup.watching(); n >= 0 {
+		assert.Zero(t, n)
+	}
+
+	// The connection goes on, and its next exchange still sees the
+	// client leave.
+	ctx = cs.beginExchange(nil)
+	cs.startWatch()
+	cs.startWatch()
+	require.NoError(t, client.Close())
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the client's leaving was not seen")
+	}
+	assert.True(t, cs.endExchange())
+}
+
 func TestHeadBuffered(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
