@@ -57,7 +57,7 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 
 // route is an admitted exchange.
 type route struct {
-	client        *Client
+	client        *client
 	agent, server string
 	method        []byte
 }

@@ -63,6 +63,8 @@ func newConnFixture(t *testing.T, agentHandler http.Handler) *connFixture {
 		Clients: []Client{
 			{Name: "ci", TokenSHA256: hash("ci-token"), Allow: []string{"dc1/*", "dc2/*"}},
 			{Name: "wikionly", TokenSHA256: hash("wiki-token"), Allow: []string{"*/wiki"}},
+			// A token per 1,000 s: none comes back while a test runs.
+			{Name: "throttled", TokenSHA256: hash("slow-token"), Allow: []string{"dc1/*"}, Rate: 0.001, Burst: 2},
 		},
 		AllowedOrigins: []string{"https://app.example.com"},
 	})

@@ -9,6 +9,7 @@
 //	403  token valid but agent/server outside the client's allow patterns,
 //	     or a browser Origin that is not allowed (DNS rebinding)
 //	404  unknown agent, or a server the connected agent does not offer
+//	429  the client is over its rate limit (with Retry-After)
 //	503  the agent is known but not connected
 //
 // Every refusal carries a JSON-RPC shaped body whose message says why, so an
@@ -34,10 +35,13 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
+	"golang.org/x/time/rate"
 )
 
 // ClientHeader tells the agent which authenticated client sent an exchange.
@@ -57,6 +61,18 @@ type Client struct {
 	Name        string
 	TokenSHA256 [32]byte
 	Allow       []string // "agent/server" patterns, "*" matches a segment
+	// Rate, if > 0, limits the client to this many exchanges per second
+	// (POST, GET and DELETE alike; an SSE stream counts once, when it
+	// opens), with bursts of up to Burst (at least 1). Over it the relay
+	// answers 429 with Retry-After and forwards nothing.
+	Rate  float64
+	Burst int
+}
+
+// client is a configured Client and its limiter (nil: no limit).
+type client struct {
+	Client
+	limiter *rate.Limiter
 }
 
 // Config configures a Handler.
@@ -76,7 +92,7 @@ type Config struct {
 type Handler struct {
 	agents  Agents
 	known   map[string]bool
-	clients []Client
+	clients []client
 	origins map[string]bool
 	anyOrig bool
 	log     *slog.Logger
@@ -95,7 +111,6 @@ func NewHandler(cfg Config) (*Handler, error) {
 	h := &Handler{
 		agents:     cfg.Agents,
 		known:      make(map[string]bool),
-		clients:    cfg.Clients,
 		origins:    make(map[string]bool),
 		log:        cfg.Logger,
 		forwarders: make(map[string]*httpfwd.Forwarder),
@@ -105,6 +120,16 @@ func NewHandler(cfg Config) (*Handler, error) {
 	}
 	for _, a := range cfg.KnownAgents {
 		h.known[a] = true
+	}
+	for _, c := range cfg.Clients {
+		if c.Rate < 0 || c.Burst < 0 {
+			return nil, fmt.Errorf("relay: client %q: rate %v and burst %d must not be negative", c.Name, c.Rate, c.Burst)
+		}
+		cl := client{Client: c}
+		if c.Rate > 0 {
+			cl.limiter = rate.NewLimiter(rate.Limit(c.Rate), max(c.Burst, 1))
+		}
+		h.clients = append(h.clients, cl)
 	}
 	for _, o := range cfg.AllowedOrigins {
 		if o == "*" {
@@ -182,7 +207,7 @@ type refusal struct {
 
 // admit decides whether a client's exchange with agent/server goes
 // through, from the headers that decide it: the client, or why not.
-func (h *Handler) admit(origin, authorization, host, agent, server string) (*Client, *refusal) {
+func (h *Handler) admit(origin, authorization, host, agent, server string) (*client, *refusal) {
 	if !h.originAllowed(origin, host) {
 		return nil, &refusal{status: http.StatusForbidden, reason: "origin_not_allowed",
 			msg:      fmt.Sprintf("origin %q is not allowed (add it to http.allowed_origins)", origin),
@@ -217,18 +242,42 @@ func (h *Handler) admit(origin, authorization, host, agent, server string) (*Cli
 		return nil, &refusal{status: http.StatusNotFound, reason: "unknown_server",
 			msg: fmt.Sprintf("agent %q offers no server named %q", agent, server)}
 	}
+	// Last: an exchange refused for another reason takes no token.
+	if wait, ok := client.take(); !ok {
+		return nil, &refusal{status: http.StatusTooManyRequests, reason: "rate_limited",
+			msg: fmt.Sprintf("client %q is over its rate limit of %g requests/s (burst %d); retry in %s",
+				client.Name, client.Rate, client.limiter.Burst(), wait.Round(time.Millisecond)),
+			header: "Retry-After", value: strconv.FormatInt(int64((wait+time.Second-1)/time.Second), 10),
+			logLevel: slog.LevelDebug, logMsg: "client over its rate limit",
+			logArgs: []any{"client", client.Name, "agent", agent, "server", server}}
+	}
 	return client, nil
+}
+
+// take takes a token from the client's limiter, or reports how long until
+// one is due.
+func (c *client) take() (wait time.Duration, ok bool) {
+	if c.limiter == nil {
+		return 0, true
+	}
+	now := time.Now()
+	r := c.limiter.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now) // a refused exchange takes nothing
+		return d, false
+	}
+	return 0, true
 }
 
 // authenticate returns the client whose token the request carries, or nil and
 // the WWW-Authenticate challenge to send.
-func (h *Handler) authenticate(auth string) (*Client, string) {
+func (h *Handler) authenticate(auth string) (*client, string) {
 	scheme, token, ok := strings.Cut(auth, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
 		return nil, `Bearer realm="mcptun"`
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
-	var found *Client
+	var found *client
 	// Compare against every client so the time taken does not tell which
 	// (or whether any) client matched.
 	for i := range h.clients {

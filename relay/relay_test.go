@@ -7,9 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/stretchr/testify/assert"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -151,6 +153,66 @@ func TestRefusals(t *testing.T) {
 	}
 }
 
+// A client over its rate limit gets 429 with Retry-After, on the fast
+// path and on net/http's alike, and one limiter counts both: an exchange
+// the fast path hands over is admitted (and counted) once. Refusals for
+// other reasons take no token, and other clients are not slowed.
+func TestRateLimit(t *testing.T) {
+	f := newConnFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":1,"result":{}}`)
+	}))
+	// Every request on a connection of its own: a connection the fast
+	// path handed over stays with net/http.
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	send := func(method, token string, body io.Reader, hdr map[string]string) (*http.Response, []byte) {
+		t.Helper()
+		req, err := http.NewRequest(method, f.url+"/dc1/notes/mcp", body)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+token)
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := tr.RoundTrip(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp, b
+	}
+	ping := func() io.Reader { return strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"ping"}`) }
+
+	// Refused for its Origin: no token taken.
+	resp, body := send(http.MethodPost, "slow-token", ping(), map[string]string{"Origin": "http://evil.example.com"})
+	require.Equal(t, http.StatusForbidden, resp.StatusCode, "body: %s", body)
+
+	handoffs := f.handoffs.Load()
+	resp, body = send(http.MethodPost, "slow-token", ping(), nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "body: %s", body)
+	require.Equal(t, handoffs, f.handoffs.Load(), "served on the fast path")
+	// A body of unknown length goes chunked, which is net/http's: the
+	// burst's second token is taken there.
+	resp, body = send(http.MethodPost, "slow-token", io.MultiReader(ping()), nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "body: %s", body)
+	require.Equal(t, handoffs+1, f.handoffs.Load(), "served by net/http")
+
+	for _, method := range []string{http.MethodPost, http.MethodGet, http.MethodDelete} {
+		resp, body = send(method, "slow-token", ping(), nil)
+		require.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "%s: body: %s", method, body)
+		var eb errorBody
+		require.NoError(t, json.Unmarshal(body, &eb), "body is JSON: %s", body)
+		assert.Equal(t, "rate_limited", eb.Error.Data.Reason)
+		assert.Contains(t, eb.Error.Message, `client "throttled"`)
+		assert.Contains(t, eb.Error.Message, "0.001 requests/s (burst 2)")
+		retry, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+		require.NoError(t, err, "Retry-After %q", resp.Header.Get("Retry-After"))
+		assert.InDelta(t, 1000, retry, 2, "a token per 1,000 s")
+	}
+	resp, body = send(http.MethodPost, "ci-token", ping(), nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "another client is not limited; body: %s", body)
+}
+
 func TestForward(t *testing.T) {
 	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -208,5 +270,30 @@ func TestSSEStreamsEventByEvent(t *testing.T) {
 			}
 		}
 		next <- struct{}{} // the agent writes the next event only now
+	}
+}
+
+// BenchmarkAdmit measures the admission of one exchange (token hash and
+// compare, scope, agent lookup), with and without a rate limit.
+// Run: go test -run '^$' -bench Admit ./relay
+func BenchmarkAdmit(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		rate float64
+	}{{"unlimited", 0}, {"rate-limited", 1e9}} {
+		b.Run(tc.name, func(b *testing.B) {
+			h, err := NewHandler(Config{
+				Agents:      &pipeAgents{servers: map[string][]string{"dc1": {"notes"}}},
+				KnownAgents: []string{"dc1"},
+				Clients:     []Client{{Name: "ci", TokenSHA256: hash("ci-token"), Allow: []string{"dc1/*"}, Rate: tc.rate, Burst: 1 << 30}},
+			})
+			require.NoError(b, err)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, ref := h.admit("", "Bearer ci-token", "relay", "dc1", "notes"); ref != nil {
+					b.Fatal(ref.msg)
+				}
+			}
+		})
 	}
 }

@@ -93,7 +93,8 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	clients := make([]relay.Client, len(cfg.Clients))
 	for i, c := range cfg.Clients {
 		sum, _ := config.DecodeSHA256Hex(c.TokenSHA256)
-		clients[i] = relay.Client{Name: c.Name, TokenSHA256: sum, Allow: c.Allow}
+		clients[i] = relay.Client{Name: c.Name, TokenSHA256: sum, Allow: c.Allow,
+			Rate: c.RateLimit.RequestsPerSecond, Burst: c.RateLimit.Burst}
 	}
 
 	rr := &runningRelay{}

@@ -40,6 +40,27 @@ func TestLoadRelay(t *testing.T) {
 	require.Equal(t, "info", c.Log.Level)
 }
 
+// A rate limit's burst defaults to its rate, rounded up.
+func TestLoadRelayRateLimit(t *testing.T) {
+	for _, tc := range []struct {
+		limit string
+		rps   float64
+		burst int
+	}{
+		{"{requests_per_second: 2.5}", 2.5, 3},
+		{"{requests_per_second: 0.2}", 0.2, 1},
+		{"{requests_per_second: 100, burst: 400}", 100, 400},
+		{"{}", 0, 0},
+	} {
+		body := strings.Replace(validRelay, `allow: ["dc1/*", "*/wiki"]}`, `allow: ["dc1/*"], rate_limit: `+tc.limit+`}`, 1)
+		p := writeFile(t, t.TempDir(), "relay.yaml", strings.ReplaceAll(body, "HASH", hashA))
+		c, err := LoadRelay(p)
+		require.NoError(t, err, tc.limit)
+		require.Equal(t, tc.rps, c.Clients[0].RateLimit.RequestsPerSecond, tc.limit)
+		require.Equal(t, tc.burst, c.Clients[0].RateLimit.Burst, tc.limit)
+	}
+}
+
 func TestLoadRelayEnvOverride(t *testing.T) {
 	dir := t.TempDir()
 	p := writeFile(t, dir, "relay.yaml", strings.ReplaceAll(validRelay, "HASH", hashA))
@@ -70,6 +91,16 @@ func TestLoadRelayErrors(t *testing.T) {
 			`clients: [{name: ci, token_sha256: "HASH", allow: ["dc1/*"]}, {name: ci, token_sha256: "HASH", allow: ["dc1/*"]}]`, 1), "clients[1].name", "duplicate"},
 		{"half https", strings.Replace(validRelay, `http: {listen: "127.0.0.1:8080"}`, `http: {listen: "127.0.0.1:8080", cert_file: x.crt}`, 1), "http.cert_file", "together"},
 		{"bad log", validRelay + "\nlog: {level: loud}\n", "log.level", "must be one of"},
+		{"negative rate", strings.Replace(validRelay, `allow: ["dc1/*", "*/wiki"]}`, `allow: ["dc1/*"], rate_limit: {requests_per_second: -1}}`, 1),
+			"clients[0].rate_limit.requests_per_second", "> 0"},
+		{"rate not a number", strings.Replace(validRelay, `allow: ["dc1/*", "*/wiki"]}`, `allow: ["dc1/*"], rate_limit: {requests_per_second: fast}}`, 1),
+			"", "requests_per_second"},
+		{"negative burst", strings.Replace(validRelay, `allow: ["dc1/*", "*/wiki"]}`, `allow: ["dc1/*"], rate_limit: {requests_per_second: 5, burst: -2}}`, 1),
+			"clients[0].rate_limit.burst", "negative"},
+		{"burst alone", strings.Replace(validRelay, `allow: ["dc1/*", "*/wiki"]}`, `allow: ["dc1/*"], rate_limit: {burst: 10}}`, 1),
+			"clients[0].rate_limit.burst", "without requests_per_second"},
+		{"rate typo", strings.Replace(validRelay, `allow: ["dc1/*", "*/wiki"]}`, `allow: ["dc1/*"], rate_limit: {rps: 10}}`, 1),
+			"", "rps"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"strings"
 )
 
@@ -42,9 +43,18 @@ type RelayAgent struct {
 
 // RelayClient is an MCP client allowed to call through the relay.
 type RelayClient struct {
-	Name        string   `mapstructure:"name"`
-	TokenSHA256 string   `mapstructure:"token_sha256"`
-	Allow       []string `mapstructure:"allow"` // "agent/server" patterns; "*" matches a whole segment
+	Name        string    `mapstructure:"name"`
+	TokenSHA256 string    `mapstructure:"token_sha256"`
+	Allow       []string  `mapstructure:"allow"` // "agent/server" patterns; "*" matches a whole segment
+	RateLimit   RateLimit `mapstructure:"rate_limit"`
+}
+
+// RateLimit bounds a client's exchanges: requests_per_second on average,
+// bursts of up to burst (default: requests_per_second rounded up). Zero
+// requests_per_second: no limit.
+type RateLimit struct {
+	RequestsPerSecond float64 `mapstructure:"requests_per_second"`
+	Burst             int     `mapstructure:"burst"`
 }
 
 // Log configures logging.
@@ -114,10 +124,28 @@ func (c *Relay) validate(p *problems, path string) {
 				p.add(fmt.Sprintf("%s.allow[%d]", key, j), "%v", err)
 			}
 		}
+		c.Clients[i].RateLimit.validate(p, key+".rate_limit")
 	}
 	c.Log.validate(p)
 	if c.Debug.PprofListen != "" {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
+	}
+}
+
+func (r *RateLimit) validate(p *problems, key string) {
+	switch rps := r.RequestsPerSecond; {
+	case math.IsNaN(rps) || math.IsInf(rps, 0) || rps < 0:
+		p.add(key+".requests_per_second", "must be a number of requests per second, > 0 (or 0: no limit), not %v", rps)
+		return
+	case r.Burst < 0:
+		p.add(key+".burst", "must not be negative, not %d", r.Burst)
+		return
+	case rps == 0 && r.Burst > 0:
+		p.add(key+".burst", "set without requests_per_second: a burst of what rate?")
+		return
+	}
+	if r.RequestsPerSecond > 0 && r.Burst == 0 {
+		r.Burst = int(math.Ceil(r.RequestsPerSecond))
 	}
 }
 

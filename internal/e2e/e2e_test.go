@@ -237,12 +237,17 @@ func TestClientAuth(t *testing.T) {
 		{"in scope", scopedToken, "/dc1/wiki/mcp", 200},
 		{"unknown server", clientToken, "/dc1/nope/mcp", 404},
 		{"offline agent", clientToken, "/dc2/notes/mcp", 503},
+		{"within rate limit", throttledToken, "/dc1/wiki/mcp", 200},
+		{"over rate limit", throttledToken, "/dc1/wiki/mcp", 429},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := rawPost(t, d.relayURL+tc.path, tc.token, "", init)
 			require.Equal(t, tc.status, r.StatusCode, "body %s", r.Body)
 			if tc.status == 401 {
 				require.Contains(t, r.Header.Get("WWW-Authenticate"), "Bearer")
+			}
+			if tc.status == 429 {
+				require.NotEmpty(t, r.Header.Get("Retry-After"))
 			}
 			if tc.status != 200 {
 				var body struct {

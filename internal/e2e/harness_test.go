@@ -202,6 +202,8 @@ const (
 	agentToken  = "agent-secret-0123456789"
 	clientToken = "client-secret-0123456789"
 	scopedToken = "scoped-secret-0123456789"
+	// throttledToken's client may make one exchange, then one per 1,000 s.
+	throttledToken = "throttled-secret-0123456789"
 )
 
 type relayOpts struct {
@@ -230,8 +232,9 @@ agents:  [{name: dc1, token_sha256: %q}, {name: dc2, token_sha256: %q}]
 clients:
   - {name: ci, token_sha256: %q, allow: ["dc1/*", "dc2/*"]}
   - {name: scoped, token_sha256: %q, allow: ["*/wiki"]}
+  - {name: throttled, token_sha256: %q, allow: ["dc1/*"], rate_limit: {requests_per_second: 0.001, burst: 1}}
 log: {level: debug}
-`, o.tunnelListen, o.disableQUIC, o.agentHash, o.agentHash, sha256Hex(clientToken), sha256Hex(scopedToken))
+`, o.tunnelListen, o.disableQUIC, o.agentHash, o.agentHash, sha256Hex(clientToken), sha256Hex(scopedToken), sha256Hex(throttledToken))
 	p := filepath.Join(dir, "relay.yaml")
 	require.NoError(t, os.WriteFile(p, []byte(cfg), 0o600))
 	return p
