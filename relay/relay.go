@@ -35,13 +35,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
-	"golang.org/x/time/rate"
+	"github.com/mcptun/mcptun/internal/ratelimit"
 )
 
 // ClientHeader tells the agent which authenticated client sent an exchange.
@@ -72,7 +71,7 @@ type Client struct {
 // client is a configured Client and its limiter (nil: no limit).
 type client struct {
 	Client
-	limiter *rate.Limiter
+	limiter *ratelimit.Limiter
 }
 
 // Config configures a Handler.
@@ -125,11 +124,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		if c.Rate < 0 || c.Burst < 0 {
 			return nil, fmt.Errorf("relay: client %q: rate %v and burst %d must not be negative", c.Name, c.Rate, c.Burst)
 		}
-		cl := client{Client: c}
-		if c.Rate > 0 {
-			cl.limiter = rate.NewLimiter(rate.Limit(c.Rate), max(c.Burst, 1))
-		}
-		h.clients = append(h.clients, cl)
+		h.clients = append(h.clients, client{Client: c, limiter: ratelimit.New(c.Rate, c.Burst)})
 	}
 	for _, o := range cfg.AllowedOrigins {
 		if o == "*" {
@@ -243,30 +238,15 @@ func (h *Handler) admit(origin, authorization, host, agent, server string) (*cli
 			msg: fmt.Sprintf("agent %q offers no server named %q", agent, server)}
 	}
 	// Last: an exchange refused for another reason takes no token.
-	if wait, ok := client.take(); !ok {
+	if wait, ok := client.limiter.Take(); !ok {
 		return nil, &refusal{status: http.StatusTooManyRequests, reason: "rate_limited",
-			msg: fmt.Sprintf("client %q is over its rate limit of %g requests/s (burst %d); retry in %s",
-				client.Name, client.Rate, client.limiter.Burst(), wait.Round(time.Millisecond)),
-			header: "Retry-After", value: strconv.FormatInt(int64((wait+time.Second-1)/time.Second), 10),
+			msg: fmt.Sprintf("client %q is over its rate limit of %s; retry in %s",
+				client.Name, client.limiter, wait.Round(time.Millisecond)),
+			header: "Retry-After", value: ratelimit.RetryAfter(wait),
 			logLevel: slog.LevelDebug, logMsg: "client over its rate limit",
 			logArgs: []any{"client", client.Name, "agent", agent, "server", server}}
 	}
 	return client, nil
-}
-
-// take takes a token from the client's limiter, or reports how long until
-// one is due.
-func (c *client) take() (wait time.Duration, ok bool) {
-	if c.limiter == nil {
-		return 0, true
-	}
-	now := time.Now()
-	r := c.limiter.ReserveN(now, 1)
-	if d := r.DelayFrom(now); d > 0 {
-		r.CancelAt(now) // a refused exchange takes nothing
-		return d, false
-	}
-	return 0, true
 }
 
 // authenticate returns the client whose token the request carries, or nil and
