@@ -66,8 +66,21 @@ func (h *Handler) route(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 	if !ok || h.isClosed() {
 		return nil
 	}
+	// An exchange route takes is counted against the server's rate limit
+	// here; one it declines, by ServeHTTP (never both).
+	limit := h.limits[string(name)]
 	switch srv := h.servers[string(name)].(type) {
 	case *httpServer:
+		if limit != nil {
+			// A refusal is answered on the connection, which takes only
+			// bodies it can read whole.
+			if head.ContentLength > httpfwd.MaxHeldBody {
+				return nil
+			}
+			if wait, ok := limit.Take(); !ok {
+				return h.overLimit(string(name), wait)
+			}
+		}
 		m, target, _, _ := head.RequestLine()
 		// Not m itself in the closure: it points into the head, whose
 		// memory a parked exchange gives back.
@@ -86,9 +99,19 @@ func (h *Handler) route(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 		if !servable(head) {
 			return nil
 		}
+		if wait, ok := limit.Take(); !ok {
+			return h.overLimit(string(name), wait)
+		}
 		return &httpfwd.Exchange{Serve: srv.serveFast}
 	}
 	return nil
+}
+
+// overLimit is an exchange that answers 429 on the connection.
+func (h *Handler) overLimit(name string, wait time.Duration) *httpfwd.Exchange {
+	return &httpfwd.Exchange{Serve: func(_ context.Context, w http.ResponseWriter, _ *httpfwd.Head, _ []byte) {
+		h.refuseOverLimit(w, name, wait)
+	}}
 }
 
 // fastServer returns the name of the server a head is for, if the fast

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -488,5 +489,82 @@ func TestFastPathClientGoneAfterStreamedBody(t *testing.T) {
 	case <-time.After(connWait):
 		up.srv.CloseClientConnections()
 		t.Fatal("the upstream request outlived the client's connection")
+	}
+}
+
+// A server's rate limit holds on the fast path and on net/http's alike,
+// with one allowance for both: an exchange is counted where it is served.
+// Over it the agent answers 429 itself and the server sees nothing; other
+// servers are not slowed.
+func TestServerRateLimit(t *testing.T) {
+	up := newRecUpstream(t, func(w http.ResponseWriter, r *http.Request, body []byte) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"jsonrpc":"2.0","id":1,"result":{}}`)
+	})
+	// A token per 1,000 s: none comes back while the test runs.
+	b := newBridge(t, Options{},
+		ServerConfig{Name: "up", URL: up.srv.URL + "/mcp", Rate: 0.001, Burst: 2},
+		ServerConfig{Name: "lim", Command: []string{testServerBin}, Rate: 0.001, Burst: 1})
+	// A connection per request: one the fast path handed over stays with
+	// net/http.
+	tr := &http.Transport{DisableKeepAlives: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	send := func(server string, body io.Reader) (*http.Response, string) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, b.srv.URL+"/"+server+"/mcp", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, readBody(t, resp)
+	}
+	byNetHTTP := func(resp *http.Response) bool { return resp.Header["Date"] != nil }
+	ping := func() io.Reader { return strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"ping"}`) }
+	overLimit := func(resp *http.Response, body, server string) {
+		t.Helper()
+		if resp.StatusCode != http.StatusTooManyRequests {
+			t.Fatalf("%s: %d %s, want 429", server, resp.StatusCode, body)
+		}
+		if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || ra < 998 || ra > 1000 {
+			t.Errorf("Retry-After %q, want ~1000", resp.Header.Get("Retry-After"))
+		}
+		if !strings.Contains(body, `"reason":"rate_limited"`) || !strings.Contains(body, `server \"`+server+`\" is over its rate limit of 0.001 requests/s`) {
+			t.Errorf("body %s", body)
+		}
+	}
+
+	resp, body := send("up", ping())
+	if resp.StatusCode != http.StatusOK || byNetHTTP(resp) {
+		t.Fatalf("first: %d (net/http: %v) %s", resp.StatusCode, byNetHTTP(resp), body)
+	}
+	// A body of unknown length goes chunked: net/http's, and counted there.
+	resp, body = send("up", io.MultiReader(ping()))
+	if resp.StatusCode != http.StatusOK || !byNetHTTP(resp) {
+		t.Fatalf("second: %d (net/http: %v) %s", resp.StatusCode, byNetHTTP(resp), body)
+	}
+	resp, body = send("up", ping())
+	overLimit(resp, body, "up")
+	if byNetHTTP(resp) {
+		t.Error("the fast path's refusal was net/http's")
+	}
+	resp, body = send("up", io.MultiReader(ping()))
+	overLimit(resp, body, "up")
+	if n := len(up.seen); n != 2 {
+		t.Errorf("the upstream saw %d requests, want the 2 allowed", n)
+	}
+
+	resp, body = send("lim", strings.NewReader(initBody))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("stdio first: %d %s", resp.StatusCode, body)
+	}
+	resp, body = send("lim", strings.NewReader(initBody))
+	overLimit(resp, body, "lim")
+	if resp, body = send("ts", strings.NewReader(initBody)); resp.StatusCode != http.StatusOK {
+		t.Fatalf("a server without a limit: %d %s", resp.StatusCode, body)
 	}
 }

@@ -3,7 +3,8 @@
 // It does not know how bytes reach it (the agent serves it on a listener
 // of tunnel streams; the relay rewrites /{agent}/{server}/mcp to
 // /{server}/mcp). Any other path is 404: the handler never reaches a server
-// that is not configured.
+// that is not configured. A server with a rate limit (ServerConfig.Rate)
+// gets no exchange over it: the handler answers 429 with Retry-After.
 //
 // # HTTP servers (ServerConfig.URL)
 //

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/textproto"
 	"net/url"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
+	"github.com/mcptun/mcptun/internal/ratelimit"
 )
 
 // ServerConfig describes one MCP server the handler serves at /{Name}/mcp.
@@ -34,6 +36,13 @@ type ServerConfig struct {
 	// Headers are set on every upstream request (for example an internal
 	// Authorization), replacing what the client sent under those names.
 	Headers map[string]string
+	// Rate, if > 0, bounds the HTTP exchanges the server receives, from
+	// all clients together, to this many per second on average, in bursts
+	// of up to Burst (at least 1). Over it the agent answers 429 with
+	// Retry-After itself and the server sees nothing: the customer's own
+	// limit, whatever the relay allows.
+	Rate  float64
+	Burst int
 }
 
 // Options tune a [Handler]. The zero value is usable.
@@ -88,6 +97,7 @@ type Handler struct {
 	log     *slog.Logger
 	opts    Options
 	servers map[string]http.Handler
+	limits  map[string]*ratelimit.Limiter // by server; absent: no limit
 	guard   *originGuard
 	fast    *httpfwd.FastPath // see conn.go
 	stdio   []*stdioServer
@@ -121,7 +131,7 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 	if opts.KillGrace <= 0 {
 		opts.KillGrace = defaultKillGrace
 	}
-	h := &Handler{log: opts.Logger, opts: opts, servers: make(map[string]http.Handler)}
+	h := &Handler{log: opts.Logger, opts: opts, servers: make(map[string]http.Handler), limits: make(map[string]*ratelimit.Limiter)}
 	if len(servers) == 0 {
 		return nil, errors.New("mcpproxy: no servers configured")
 	}
@@ -137,6 +147,9 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 		}
 		if _, dup := h.servers[sc.Name]; dup {
 			return nil, fmt.Errorf("mcpproxy: servers[%d]: duplicate server name %q", i, sc.Name)
+		}
+		if l := ratelimit.New(sc.Rate, sc.Burst); l != nil {
+			h.limits[sc.Name] = l
 		}
 		if sc.URL != "" {
 			p, err := newHTTPServer(h, sc)
@@ -160,6 +173,9 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 func validate(sc ServerConfig) error {
 	if !namePattern.MatchString(sc.Name) {
 		return fmt.Errorf("invalid name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", sc.Name)
+	}
+	if sc.Rate < 0 || sc.Burst < 0 || math.IsNaN(sc.Rate) || math.IsInf(sc.Rate, 0) {
+		return fmt.Errorf("rate %v and burst %d: want a number of requests per second ≥ 0 and a burst ≥ 0", sc.Rate, sc.Burst)
 	}
 	switch {
 	case len(sc.Command) > 0 && sc.URL != "":
@@ -239,7 +255,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, nil, codeInternal, "mcpproxy: shutting down")
 		return
 	}
+	if wait, ok := h.limits[name].Take(); !ok {
+		h.refuseOverLimit(w, name, wait)
+		return
+	}
 	srv.ServeHTTP(w, r)
+}
+
+// refuseOverLimit answers an exchange for a server over its rate limit.
+func (h *Handler) refuseOverLimit(w http.ResponseWriter, name string, wait time.Duration) {
+	h.log.Debug("server over its rate limit", "server", name)
+	w.Header().Set("Retry-After", ratelimit.RetryAfter(wait))
+	writeErrorData(w, http.StatusTooManyRequests, nil, codeServerGone,
+		fmt.Sprintf("mcpproxy: server %q is over its rate limit of %s; retry in %s", name, h.limits[name], wait.Round(time.Millisecond)),
+		map[string]string{"reason": "rate_limited"})
 }
 
 func (h *Handler) isClosed() bool {

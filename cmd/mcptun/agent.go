@@ -69,7 +69,8 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	servers := make([]mcpproxy.ServerConfig, len(cfg.Servers))
 	offered := make([]tunnel.OfferedServer, len(cfg.Servers))
 	for i, s := range cfg.Servers {
-		servers[i] = mcpproxy.ServerConfig{Name: s.Name, Command: s.Command, Env: s.Env, Dir: s.Dir, URL: s.URL, Headers: s.Headers}
+		servers[i] = mcpproxy.ServerConfig{Name: s.Name, Command: s.Command, Env: s.Env, Dir: s.Dir, URL: s.URL, Headers: s.Headers,
+			Rate: s.RateLimit.RequestsPerSecond, Burst: s.RateLimit.Burst}
 		kind := "http"
 		if len(s.Command) > 0 {
 			kind = "stdio"

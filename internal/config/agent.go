@@ -48,6 +48,9 @@ type AgentServer struct {
 	Dir     string            `mapstructure:"dir"`
 	URL     string            `mapstructure:"url"`
 	Headers map[string]string `mapstructure:"headers"`
+	// RateLimit bounds the exchanges the server receives from all
+	// clients together.
+	RateLimit RateLimit `mapstructure:"rate_limit"`
 }
 
 // LoadAgent reads and validates an agent configuration file, including
@@ -111,6 +114,7 @@ func (c *Agent) validate(p *problems, path string) {
 		s := &c.Servers[i]
 		key := fmt.Sprintf("servers[%d]", i)
 		checkNamed(p, key+".name", "server", s.Name, seen)
+		s.RateLimit.validate(p, key+".rate_limit")
 		switch {
 		case len(s.Command) > 0 && s.URL != "":
 			p.add(key, "set command (stdio server) or url (HTTP server), not both")

@@ -147,6 +147,17 @@ func TestLoadAgent(t *testing.T) {
 	require.Equal(t, "native", c.Relay.Mux)
 }
 
+func TestLoadAgentRateLimit(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "agent.token", "s3cret\n")
+	p := writeFile(t, dir, "agent.yaml", strings.Replace(validAgent, `headers: {Authorization: "Bearer internal"}}`,
+		`rate_limit: {requests_per_second: 7.5}}`, 1))
+	c, err := LoadAgent(p)
+	require.NoError(t, err)
+	require.Equal(t, RateLimit{RequestsPerSecond: 7.5, Burst: 8}, c.Servers[1].RateLimit, "burst defaults to the rate, rounded up")
+	require.Zero(t, c.Servers[0].RateLimit, "no limit unless set")
+}
+
 func TestLoadAgentTokenFromEnv(t *testing.T) {
 	dir := t.TempDir()
 	p := writeFile(t, dir, "agent.yaml", strings.Replace(validAgent, "token_file: agent.token, ", "", 1))
@@ -175,6 +186,10 @@ func TestLoadAgentErrors(t *testing.T) {
 		{"wrong type", strings.Replace(validAgent, `command: ["./notes-server", "--stdio"]`, `command: {a: b}`, 1), "", "command"},
 		{"bad idle", validAgent + "idle_timeout: 1ms\n", "idle_timeout", "at least 1s"},
 		{"bad origin", validAgent + "allowed_origins: [example.com]\n", "allowed_origins[0]", "must look like"},
+		{"negative server rate", strings.Replace(validAgent, `headers: {Authorization: "Bearer internal"}}`, `rate_limit: {requests_per_second: -5}}`, 1),
+			"servers[1].rate_limit.requests_per_second", "> 0"},
+		{"server burst alone", strings.Replace(validAgent, `headers: {Authorization: "Bearer internal"}}`, `rate_limit: {burst: 5}}`, 1),
+			"servers[1].rate_limit.burst", "without requests_per_second"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -49,9 +49,9 @@ type RelayClient struct {
 	RateLimit   RateLimit `mapstructure:"rate_limit"`
 }
 
-// RateLimit bounds a client's exchanges: requests_per_second on average,
-// bursts of up to burst (default: requests_per_second rounded up). Zero
-// requests_per_second: no limit.
+// RateLimit bounds exchanges (a relay client's, an agent server's):
+// requests_per_second on average, bursts of up to burst (default:
+// requests_per_second rounded up). Zero requests_per_second: no limit.
 type RateLimit struct {
 	RequestsPerSecond float64 `mapstructure:"requests_per_second"`
 	Burst             int     `mapstructure:"burst"`

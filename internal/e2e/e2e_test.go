@@ -329,3 +329,20 @@ func TestDemo(t *testing.T) {
 	require.NoError(t, p.err, "demo exits cleanly on SIGTERM")
 	require.True(t, p.hasLine(regexp.MustCompile("demo stopping")), fmt.Sprint(p.out))
 }
+
+// TestAgentServerRateLimit: a server's rate limit in agent.yaml holds
+// whatever the relay allows; the agent answers 429 itself.
+func TestAgentServerRateLimit(t *testing.T) {
+	httpURL := startHTTPFixture(t)
+	d := deploy(t, relayOpts{}, agentOpts{transport: "quic",
+		servers: fmt.Sprintf("  - {name: wiki, url: %q, rate_limit: {requests_per_second: 0.001, burst: 2}}\n", httpURL)})
+	d.waitOnline(t, "wiki") // its GET takes one of the two
+	init := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`
+	r := rawPost(t, d.relayURL+"/dc1/wiki/mcp", clientToken, "", init)
+	require.Equal(t, http.StatusOK, r.StatusCode, "body %s", r.Body)
+	r = rawPost(t, d.relayURL+"/dc1/wiki/mcp", clientToken, "", init)
+	require.Equal(t, http.StatusTooManyRequests, r.StatusCode, "body %s", r.Body)
+	require.Contains(t, r.Body, `"reason":"rate_limited"`)
+	require.Contains(t, r.Body, `server \"wiki\" is over its rate limit`)
+	require.NotEmpty(t, r.Header.Get("Retry-After"))
+}
