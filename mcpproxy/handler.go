@@ -266,7 +266,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) refuseOverLimit(w http.ResponseWriter, name string, wait time.Duration) {
 	h.log.Debug("server over its rate limit", "server", name)
 	w.Header().Set("Retry-After", ratelimit.RetryAfter(wait))
-	writeErrorData(w, http.StatusTooManyRequests, nil, codeServerGone,
+	writeErrorData(w, http.StatusTooManyRequests, nil, codeRateLimited,
 		fmt.Sprintf("mcpproxy: server %q is over its rate limit of %s; retry in %s", name, h.limits[name], wait.Round(time.Millisecond)),
 		map[string]string{"reason": "rate_limited"})
 }
@@ -322,6 +322,10 @@ const (
 	// codeServerGone marks a request whose server process ended before
 	// answering (implementation-defined range).
 	codeServerGone = -32000
+	// codeRateLimited refuses an exchange over the server's rate limit:
+	// the relay's code for its own refusals, whose data.reason tells them
+	// apart.
+	codeRateLimited = -32000
 )
 
 type rpcError struct {
