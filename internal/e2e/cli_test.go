@@ -96,3 +96,35 @@ func TestTokenCommands(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, hash, strings.TrimSpace(string(out)))
 }
+
+// TestSystemdUnits: the example units start a subcommand that exists, with
+// flags it takes, on a config named like a shipped example.
+func TestSystemdUnits(t *testing.T) {
+	units, err := filepath.Glob(filepath.Join("..", "..", "examples", "systemd", "*.service"))
+	require.NoError(t, err)
+	require.Len(t, units, 2)
+	for _, u := range units {
+		b, err := os.ReadFile(u)
+		require.NoError(t, err)
+		var argv []string
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+				argv = strings.Fields(v)
+			}
+		}
+		require.GreaterOrEqual(t, len(argv), 4, "%s: ExecStart", u)
+		require.Equal(t, "/usr/local/bin/mcptun", argv[0], u)
+		sub := argv[1]
+		require.Contains(t, filepath.Base(u), sub, "%s runs the %s role", u, sub)
+		help, err := exec.Command(mcptunBin, sub, "--help").CombinedOutput()
+		require.NoError(t, err, "%s: %s", u, help)
+		for i := 2; i < len(argv); i++ {
+			if flag, ok := strings.CutPrefix(argv[i], "--"); ok {
+				require.Contains(t, string(help), "--"+flag+" ", "%s: mcptun %s takes --%s", u, sub, flag)
+				continue
+			}
+			_, err := os.Stat(filepath.Join("..", "..", "examples", filepath.Base(argv[i])))
+			require.NoError(t, err, "%s: %s is named like a shipped example config", u, argv[i])
+		}
+	}
+}
