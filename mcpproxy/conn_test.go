@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -566,5 +567,58 @@ func TestServerRateLimit(t *testing.T) {
 	overLimit(resp, body, "lim")
 	if resp, body = send("ts", strings.NewReader(initBody)); resp.StatusCode != http.StatusOK {
 		t.Fatalf("a server without a limit: %d %s", resp.StatusCode, body)
+	}
+}
+
+// With UpstreamNetworks, a URL server is dialed only at addresses inside
+// them, checked on what its name resolved to: outside, 502 naming the
+// address, on the fast path and on net/http's, and the upstream sees
+// nothing. An address literal outside them is refused up front.
+func TestUpstreamNetworks(t *testing.T) {
+	up := newRecUpstream(t, func(w http.ResponseWriter, r *http.Request, body []byte) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"jsonrpc":"2.0","id":1,"result":{}}`)
+	})
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(up.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := "http://localhost:" + port + "/mcp" // resolved when dialed
+	loopback := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	elsewhere := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+
+	post := func(t *testing.T, nets []netip.Prefix, body io.Reader) (int, string) {
+		t.Helper()
+		b := newBridge(t, Options{UpstreamNetworks: nets}, ServerConfig{Name: "up", URL: byName})
+		tr := &http.Transport{DisableKeepAlives: true}
+		defer tr.CloseIdleConnections()
+		req, _ := http.NewRequest(http.MethodPost, b.srv.URL+"/up/mcp", body)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, readBody(t, resp)
+	}
+	ping := func() io.Reader { return strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"ping"}`) }
+
+	if code, body := post(t, loopback, ping()); code != http.StatusOK {
+		t.Fatalf("inside: %d %s", code, body)
+	}
+	up.next(t)
+	for name, body := range map[string]io.Reader{"fast path": ping(), "net/http": io.MultiReader(ping())} {
+		code, got := post(t, elsewhere, body)
+		if code != http.StatusBadGateway || !strings.Contains(got, "is outside upstream_networks") {
+			t.Errorf("%s, outside: %d %s", name, code, got)
+		}
+	}
+	if n := len(up.seen); n != 0 {
+		t.Errorf("the upstream saw %d requests from outside the networks", n)
+	}
+
+	_, err = NewHandler([]ServerConfig{{Name: "up", URL: up.srv.URL + "/mcp"}}, Options{UpstreamNetworks: elsewhere})
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1 is outside upstream_networks") {
+		t.Errorf("an address literal outside: %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/netip"
 	"net/textproto"
 	"net/url"
 	"regexp"
@@ -77,6 +78,12 @@ type Options struct {
 	// port) the stdio bridge accepts besides loopback ones; others get 403.
 	// Behind the relay the Host is the agent's name.
 	AllowedHosts []string
+	// UpstreamNetworks, if set, are the only addresses URL servers are
+	// dialed at: the check is on the address a name resolved to, at
+	// connect time, so a poisoned DNS answer cannot send a server's
+	// configured headers (its credentials) anywhere else. An exchange
+	// whose upstream resolves outside gets 502 and a logged reason.
+	UpstreamNetworks []netip.Prefix
 }
 
 const (

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"syscall"
@@ -64,6 +65,11 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 	if target.RawQuery != "" {
 		p.path = append(append(p.path, '?'), target.RawQuery...)
 	}
+	if ip, err := netip.ParseAddr(target.Hostname()); err == nil && len(h.opts.UpstreamNetworks) > 0 {
+		if err := checkUpstreamAddr(netip.AddrPortFrom(ip, 0).String(), h.opts.UpstreamNetworks); err != nil {
+			return nil, fmt.Errorf("URL %q: %w", sc.URL, err)
+		}
+	}
 	addr := target.Host
 	if target.Port() == "" {
 		port := "80"
@@ -75,6 +81,9 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 	// Internal servers are reached directly: an HTTP_PROXY meant for the
 	// agent's own outbound traffic never sees them.
 	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	if nets := h.opts.UpstreamNetworks; len(nets) > 0 {
+		dialer.Control = func(_, address string, _ syscall.RawConn) error { return checkUpstreamAddr(address, nets) }
+	}
 	dial := func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) }
 	if target.Scheme == "https" {
 		tlsDialer := &tls.Dialer{NetDialer: dialer, Config: &tls.Config{
@@ -102,6 +111,32 @@ func (p *httpServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// The answer had begun; it is cut short.
 	p.log.Debug("upstream exchange cut short", "err", err)
+}
+
+// OutsideNetworksError is a URL server's address outside
+// Options.UpstreamNetworks: the agent did not connect.
+type OutsideNetworksError struct {
+	Addr netip.Addr
+}
+
+func (e *OutsideNetworksError) Error() string {
+	return fmt.Sprintf("upstream address %s is outside upstream_networks", e.Addr)
+}
+
+// checkUpstreamAddr is the dialer's check, after name resolution and
+// before connecting, that address (ip:port) is within nets.
+func checkUpstreamAddr(address string, nets []netip.Prefix) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("upstream address %q: %w", address, err)
+	}
+	ip := ap.Addr().Unmap()
+	for _, n := range nets {
+		if n.Contains(ip) {
+			return nil
+		}
+	}
+	return &OutsideNetworksError{Addr: ip}
 }
 
 // requestFor says what goes upstream: the configured URL's path, the
@@ -146,6 +181,10 @@ func (p *httpServer) errorHandler(w http.ResponseWriter, r *http.Request, err er
 }
 
 func upstreamReason(err error) string {
+	var outside *OutsideNetworksError
+	if errors.As(err, &outside) {
+		return outside.Error()
+	}
 	var dnsErr *net.DNSError
 	var certErr *tls.CertificateVerificationError
 	var unknownAuth x509.UnknownAuthorityError

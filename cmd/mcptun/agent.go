@@ -81,8 +81,9 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 		Logger:      log.With("component", "mcp"),
 		IdleTimeout: cfg.IdleTimeout,
 		// The relay sends every exchange with Host: <agent name>.
-		AllowedHosts:   []string{cfg.Name},
-		AllowedOrigins: cfg.AllowedOrigins,
+		AllowedHosts:     []string{cfg.Name},
+		AllowedOrigins:   cfg.AllowedOrigins,
+		UpstreamNetworks: cfg.UpstreamPrefixes,
 	})
 	if err != nil {
 		return nil, err

@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -20,8 +22,13 @@ type Agent struct {
 	// AllowedOrigins lists browser origins the agent's stdio bridge accepts
 	// besides loopback ones (defence in depth behind the relay's check).
 	AllowedOrigins []string `mapstructure:"allowed_origins"`
-	Log            Log      `mapstructure:"log"`
-	Debug          Debug    `mapstructure:"debug"`
+	// UpstreamNetworks, if set, lists the only networks (CIDR, or single
+	// addresses) URL servers may be reached at, checked on the resolved
+	// address at connect time. Parsed into UpstreamPrefixes.
+	UpstreamNetworks []string       `mapstructure:"upstream_networks"`
+	UpstreamPrefixes []netip.Prefix `mapstructure:"-"`
+	Log              Log            `mapstructure:"log"`
+	Debug            Debug          `mapstructure:"debug"`
 }
 
 // AgentRelay says how to reach and trust the relay.
@@ -146,6 +153,30 @@ func (c *Agent) validate(p *problems, path string) {
 		p.add("idle_timeout", "must be at least 1s, not %s", c.IdleTimeout)
 	}
 	checkOrigins(p, "allowed_origins", c.AllowedOrigins)
+	c.UpstreamPrefixes = nil
+	for i, n := range c.UpstreamNetworks {
+		pf, err := netip.ParsePrefix(n)
+		if err != nil {
+			ip, ierr := netip.ParseAddr(n)
+			if ierr != nil {
+				p.add(fmt.Sprintf("upstream_networks[%d]", i), "%q is not a network (10.0.0.0/8) or an address (10.1.2.3)", n)
+				continue
+			}
+			pf = netip.PrefixFrom(ip, ip.BitLen())
+		}
+		c.UpstreamPrefixes = append(c.UpstreamPrefixes, pf.Masked())
+	}
+	if len(c.UpstreamPrefixes) > 0 {
+		for i, s := range c.Servers {
+			u, err := url.Parse(s.URL)
+			if s.URL == "" || err != nil {
+				continue
+			}
+			if ip, err := netip.ParseAddr(u.Hostname()); err == nil && !containsAddr(c.UpstreamPrefixes, ip.Unmap()) {
+				p.add(fmt.Sprintf("servers[%d].url", i), "address %s is outside upstream_networks", ip)
+			}
+		}
+	}
 	c.Log.validate(p)
 	if c.Debug.PprofListen != "" {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
@@ -177,4 +208,13 @@ func restoreEnvCase(path string, c *Agent) error {
 		}
 	}
 	return nil
+}
+
+func containsAddr(nets []netip.Prefix, ip netip.Addr) bool {
+	for _, n := range nets {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }

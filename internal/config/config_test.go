@@ -158,6 +158,19 @@ func TestLoadAgentRateLimit(t *testing.T) {
 	require.Zero(t, c.Servers[0].RateLimit, "no limit unless set")
 }
 
+func TestLoadAgentUpstreamNetworks(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "agent.token", "s3cret\n")
+	p := writeFile(t, dir, "agent.yaml", validAgent+"upstream_networks: [127.0.0.0/8, 10.1.2.3, \"fd00::/8\", 192.168.1.7/16]\n")
+	c, err := LoadAgent(p)
+	require.NoError(t, err)
+	var got []string
+	for _, pf := range c.UpstreamPrefixes {
+		got = append(got, pf.String())
+	}
+	require.Equal(t, []string{"127.0.0.0/8", "10.1.2.3/32", "fd00::/8", "192.168.0.0/16"}, got, "an address is a network of one; host bits are dropped")
+}
+
 func TestLoadAgentTokenFromEnv(t *testing.T) {
 	dir := t.TempDir()
 	p := writeFile(t, dir, "agent.yaml", strings.Replace(validAgent, "token_file: agent.token, ", "", 1))
@@ -188,6 +201,8 @@ func TestLoadAgentErrors(t *testing.T) {
 		{"bad origin", validAgent + "allowed_origins: [example.com]\n", "allowed_origins[0]", "must look like"},
 		{"negative server rate", strings.Replace(validAgent, `headers: {Authorization: "Bearer internal"}}`, `rate_limit: {requests_per_second: -5}}`, 1),
 			"servers[1].rate_limit.requests_per_second", "> 0"},
+		{"bad upstream network", validAgent + "upstream_networks: [10.0.0.0/8, intranet]\n", "upstream_networks[1]", "is not a network"},
+		{"literal url outside", validAgent + "upstream_networks: [10.0.0.0/8]\n", "servers[1].url", "127.0.0.1 is outside upstream_networks"},
 		{"server burst alone", strings.Replace(validAgent, `headers: {Authorization: "Bearer internal"}}`, `rate_limit: {burst: 5}}`, 1),
 			"servers[1].rate_limit.burst", "without requests_per_second"},
 	}

@@ -346,3 +346,16 @@ func TestAgentServerRateLimit(t *testing.T) {
 	require.Contains(t, r.Body, `server \"wiki\" is over its rate limit`)
 	require.NotEmpty(t, r.Header.Get("Retry-After"))
 }
+
+// TestAgentUpstreamNetworks: with upstream_networks in agent.yaml the real
+// agent refuses to reach a URL server whose name resolves outside them.
+func TestAgentUpstreamNetworks(t *testing.T) {
+	httpURL := startHTTPFixture(t)
+	byName := strings.Replace(httpURL, "127.0.0.1", "localhost", 1)
+	d := deploy(t, relayOpts{}, agentOpts{transport: "quic",
+		servers: fmt.Sprintf("  - {name: wiki, url: %q}\nupstream_networks: [10.0.0.0/8]\n", byName)})
+	d.waitOnline(t, "wiki")
+	r := rawPost(t, d.relayURL+"/dc1/wiki/mcp", clientToken, "", `{"jsonrpc":"2.0","id":1,"method":"ping"}`)
+	require.Equal(t, http.StatusBadGateway, r.StatusCode, "body %s", r.Body)
+	require.Contains(t, r.Body, "is outside upstream_networks")
+}
