@@ -76,6 +76,8 @@ type AgentStatus struct {
 	Transport   string          `json:"transport"`
 	Remote      string          `json:"remote"`
 	ConnectedAt time.Time       `json:"connected_at"`
+	// Draining: the agent said it is shutting down (see Server.Draining).
+	Draining bool `json:"draining"`
 }
 
 func (a AgentStatus) clone() AgentStatus {
@@ -105,6 +107,7 @@ type Server struct {
 	slots     chan struct{}
 	closeOnce sync.Once
 	lastDrop  atomic.Int64 // unix nanos of the last "dropping connection" log line
+	draining  atomic.Bool  // Drain was called
 
 	notifyMu sync.Mutex // serialises registry changes with their callbacks
 	mu       sync.Mutex
@@ -119,6 +122,9 @@ type agentSession struct {
 	ctl          Stream
 	replaced     chan struct{}
 	replacedOnce sync.Once
+	draining     atomic.Bool // the agent sent "draining"
+	ctlMu        sync.Mutex  // serialises the relay's frames after the welcome
+	toldDraining sync.Once   // the relay's goaway "draining" went out
 }
 
 func (a *agentSession) markReplaced() { a.replacedOnce.Do(func() { close(a.replaced) }) }
@@ -472,6 +478,10 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	ctl.SetDeadline(time.Time{})
 	s.wg.Go(func() { s.refuseStreams(a) })
 	s.wg.Go(func() { s.watchControl(a) })
+	if s.draining.Load() {
+		// Welcomed while Drain looked at the registry: tell it here.
+		s.tellDraining(a)
+	}
 
 	why := "session ended"
 	select {
@@ -533,8 +543,11 @@ func (s *Server) refuse(sess Session, ctl Stream, ref *RefusedError) {
 }
 
 func (s *Server) goAway(a *agentSession, msg answer) {
+	a.ctlMu.Lock()
 	a.ctl.SetWriteDeadline(time.Now().Add(lingerTimeout))
-	if err := writeFrame(a.ctl, msg); err != nil {
+	err := writeFrame(a.ctl, msg)
+	a.ctlMu.Unlock()
+	if err != nil {
 		return
 	}
 	a.ctl.CloseWrite()
@@ -551,18 +564,84 @@ func (s *Server) linger(sess Session) {
 	}
 }
 
-// watchControl ends the session when the control stream ends. Frames the
-// agent sends are ignored: this version defines none after the hello.
+// watchControl ends the session when the control stream ends, and notes
+// an agent that says it drains. Other frames are ignored, for later
+// protocol revisions.
 func (s *Server) watchControl(a *agentSession) {
 	for {
-		if _, err := readFrame(a.ctl); err != nil {
+		b, err := readFrame(a.ctl)
+		if err != nil {
 			if !isClosedErr(err) && !errors.Is(err, io.EOF) {
 				s.log.Debug("tunnel: control stream ended", "agent", a.status.Name, "err", err)
 			}
 			a.sess.Close()
 			return
 		}
+		if f, err := decodeAnswer(b); err == nil && f.Type == typeDraining && !a.draining.Swap(true) {
+			s.log.Info("tunnel: agent draining: routing it no new exchanges", "agent", a.status.Name, "remote", a.status.Remote)
+		}
 	}
+}
+
+// Drain prepares the relay's shutdown: it stops accepting agent
+// connections and tells every connected agent, with goaway "draining",
+// that the relay opens it no new streams and will close the session. The
+// sessions stay up, so the exchanges in flight on them can finish, until
+// Close. An agent that would connect now has to wait for the relay's
+// replacement; a session that completes its handshake meanwhile is told
+// at once.
+func (s *Server) Drain() {
+	if s.draining.Swap(true) {
+		return
+	}
+	if s.tcpLn != nil {
+		s.tcpLn.Close()
+	}
+	if s.qln != nil {
+		// Established connections are unaffected; handshakes in
+		// progress are refused.
+		s.qln.Close()
+	}
+	s.mu.Lock()
+	agents := make([]*agentSession, 0, len(s.agents))
+	for _, a := range s.agents {
+		agents = append(agents, a)
+	}
+	s.mu.Unlock()
+	for _, a := range agents {
+		// In parallel: an agent that does not read its control stream
+		// must not delay the others' notice.
+		s.wg.Go(func() { s.tellDraining(a) })
+	}
+	s.log.Info("tunnel: draining: told agents, accepting no new ones", "agents", len(agents))
+}
+
+// tellDraining sends goaway "draining" once. The control stream stays open
+// for the agent's own "draining" frame and the session's end.
+func (s *Server) tellDraining(a *agentSession) {
+	a.toldDraining.Do(func() {
+		a.ctlMu.Lock()
+		defer a.ctlMu.Unlock()
+		a.ctl.SetWriteDeadline(time.Now().Add(lingerTimeout))
+		defer a.ctl.SetWriteDeadline(time.Time{})
+		if err := writeFrame(a.ctl, answer{Type: typeGoAway, Code: codeDraining,
+			Message: "the relay is shutting down; connect again"}); err != nil {
+			s.log.Debug("tunnel: cannot tell agent the relay drains", "agent", a.status.Name, "err", err)
+		}
+	})
+}
+
+// Draining reports whether Drain was called.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// AgentDraining reports whether the named agent's current session said the
+// agent is shutting down: it finishes the exchanges it has and must get no
+// new ones.
+func (s *Server) AgentDraining(name string) bool {
+	s.mu.Lock()
+	a := s.agents[name]
+	s.mu.Unlock()
+	return a != nil && a.draining.Load()
 }
 
 // refuseStreams resets streams the agent opens: the relay only ever opens
@@ -645,7 +724,9 @@ func (s *Server) Agent(name string) (AgentStatus, bool) {
 	if !ok {
 		return AgentStatus{}, false
 	}
-	return a.status.clone(), true
+	st := a.status.clone()
+	st.Draining = a.draining.Load()
+	return st, true
 }
 
 // Offers reports whether agent is connected and whether it offers server,
@@ -670,7 +751,9 @@ func (s *Server) Agents() []AgentStatus {
 	s.mu.Lock()
 	out := make([]AgentStatus, 0, len(s.agents))
 	for _, a := range s.agents {
-		out = append(out, a.status.clone())
+		st := a.status.clone()
+		st.Draining = a.draining.Load()
+		out = append(out, st)
 	}
 	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b AgentStatus) int { return strings.Compare(a.Name, b.Name) })
