@@ -1,6 +1,7 @@
 package mcpproxy
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -109,6 +110,10 @@ type Handler struct {
 	fast    *httpfwd.FastPath // see conn.go
 	stdio   []*stdioServer
 	proxies []*httpServer
+	// inflight counts the exchanges in progress, GET streams aside (they
+	// never end by themselves), so a draining agent knows when it is done.
+	inflight *httpfwd.Inflight
+	leave    func() // inflight.Leave, made once
 
 	mu     sync.Mutex
 	closed bool
@@ -138,7 +143,9 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 	if opts.KillGrace <= 0 {
 		opts.KillGrace = defaultKillGrace
 	}
-	h := &Handler{log: opts.Logger, opts: opts, servers: make(map[string]http.Handler), limits: make(map[string]*ratelimit.Limiter)}
+	h := &Handler{log: opts.Logger, opts: opts, servers: make(map[string]http.Handler), limits: make(map[string]*ratelimit.Limiter),
+		inflight: httpfwd.NewInflight()}
+	h.leave = h.inflight.Leave
 	if len(servers) == 0 {
 		return nil, errors.New("mcpproxy: no servers configured")
 	}
@@ -262,6 +269,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, nil, codeInternal, "mcpproxy: shutting down")
 		return
 	}
+	if r.Method == http.MethodGet {
+		if h.inflight.Draining() {
+			h.refuseDraining(w)
+			return
+		}
+	} else {
+		if !h.inflight.Enter() {
+			h.refuseDraining(w)
+			return
+		}
+		defer h.inflight.Leave()
+	}
 	if wait, ok := h.limits[name].Take(); !ok {
 		h.refuseOverLimit(w, name, wait)
 		return
@@ -276,6 +295,30 @@ func (h *Handler) refuseOverLimit(w http.ResponseWriter, name string, wait time.
 	writeErrorData(w, http.StatusTooManyRequests, nil, codeRateLimited,
 		fmt.Sprintf("mcpproxy: server %q is over its rate limit of %s; retry in %s", name, h.limits[name], wait.Round(time.Millisecond)),
 		map[string]string{"reason": "rate_limited"})
+}
+
+// Drain makes the handler refuse new exchanges (503, reason
+// agent_draining, with Retry-After) while those in progress go on; Wait
+// says when they are done. The relay, told by the tunnel, sends none
+// after a moment: this covers the exchanges already on their way.
+func (h *Handler) Drain() { h.inflight.Drain() }
+
+// Draining reports whether Drain was called: the agent is not ready.
+func (h *Handler) Draining() bool { return h.inflight.Draining() }
+
+// Wait returns nil once no exchange is in progress (open GET streams
+// aside), or ctx's error.
+func (h *Handler) Wait(ctx context.Context) error { return h.inflight.Wait(ctx) }
+
+// InFlight is the number of exchanges in progress, open GET streams aside.
+func (h *Handler) InFlight() int { return h.inflight.Count() }
+
+// refuseDraining answers an exchange that arrived after Drain.
+func (h *Handler) refuseDraining(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "5")
+	writeErrorData(w, http.StatusServiceUnavailable, nil, codeInternal,
+		"mcpproxy: the agent is shutting down and takes no new requests; try again shortly",
+		map[string]string{"reason": "agent_draining"})
 }
 
 func (h *Handler) isClosed() bool {

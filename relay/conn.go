@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
@@ -60,6 +61,7 @@ type route struct {
 	client        *client
 	agent, server string
 	method        []byte
+	counted       bool // in h.inflight: Exchange.Done counts it out
 }
 
 // fastRoute admits an exchange the fast path takes, or reports false: then
@@ -103,7 +105,14 @@ func (h *Handler) fastRoute(head *httpfwd.Head) (route, bool) {
 	if ref != nil {
 		return route{}, false
 	}
-	return route{client: client, agent: agent, server: server, method: method}, true
+	// GET streams are not counted in flight (see Handler.inflight); a
+	// drain that began since admit sends the exchange to net/http, which
+	// refuses it.
+	counted := string(method) != http.MethodGet
+	if counted && !h.inflight.Enter() {
+		return route{}, false
+	}
+	return route{client: client, agent: agent, server: server, method: method, counted: counted}, true
 }
 
 // splitMCPPath matches /{agent}/{server}/mcp with plain segments; anything
@@ -143,6 +152,10 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 	b = append(b, ClientHeader+": "...)
 	b = append(b, rt.client.Name...)
 	b = append(b, "\r\n"...)
+	var done func()
+	if rt.counted {
+		done = h.leave
+	}
 	// The closures below hold rt for as long as the exchange lasts; the
 	// method points into the head, whose memory a parked exchange gives
 	// back (httpfwd.RawRequest.OnPark).
@@ -157,6 +170,7 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 		CutShort: func(err error) {
 			h.log.Debug("forward cut short", "client", rt.client.Name, "agent", rt.agent, "server", rt.server, "err", err)
 		},
+		Done: done,
 	}
 }
 

@@ -16,6 +16,14 @@ var dropHeaders = []string{"Authorization", "Cookie", ClientHeader}
 
 // forward sends the exchange to the agent over a pooled tunnel stream.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent, server string) {
+	if r.Method != http.MethodGet {
+		if !h.inflight.Enter() {
+			w.Header().Set("Retry-After", relayDraining.value)
+			writeError(w, relayDraining.status, relayDraining.reason, relayDraining.msg)
+			return
+		}
+		defer h.inflight.Leave()
+	}
 	err := h.forwarder(agent).Forward(w, r, httpfwd.Request{
 		Host:       agent,
 		RequestURI: "/" + server + "/mcp",
@@ -42,6 +50,18 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 // forwardFailed logs an exchange that failed before any answer came and
 // says what the client is told.
 func (h *Handler) forwardFailed(client, agent, server string, err error) (status int, reason, msg string) {
+	switch {
+	case h.closed.Load():
+		// The relay cut the exchange: its shutdown grace ran out (or
+		// it was told to stop at once).
+		h.log.Warn("exchange cut by the relay's shutdown", "client", client, "agent", agent, "server", server, "err", err)
+		return http.StatusServiceUnavailable, "relay_shutdown",
+			fmt.Sprintf("the relay shut down before agent %q answered (its shutdown grace period ran out, or it was told to stop at once); the request may have been carried out", agent)
+	case h.agentDraining(agent):
+		h.log.Warn("exchange cut by the agent's shutdown", "client", client, "agent", agent, "server", server, "err", err)
+		return http.StatusServiceUnavailable, "agent_shutdown",
+			fmt.Sprintf("agent %q shut down before answering (its shutdown grace period ran out, or it was told to stop at once); the request may have been carried out", agent)
+	}
 	if online, _ := h.agents.Offers(agent, server); !online {
 		return http.StatusServiceUnavailable, "agent_offline", fmt.Sprintf("agent %q disconnected during the request", agent)
 	}

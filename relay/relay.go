@@ -10,7 +10,8 @@
 //	     or a browser Origin that is not allowed (DNS rebinding)
 //	404  unknown agent, or a server the connected agent does not offer
 //	429  the client is over its rate limit (with Retry-After)
-//	503  the agent is known but not connected
+//	503  the agent is known but not connected, the agent is shutting down,
+//	     or the relay is (each with Retry-After)
 //
 // Every refusal carries a JSON-RPC shaped body whose message says why, so an
 // MCP client shows the reason. Everything else is forwarded as HTTP/1.1 on a
@@ -37,6 +38,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
@@ -53,6 +55,13 @@ type Agents interface {
 	Offers(agent, server string) (online, offered bool)
 	// Dial opens a stream to a connected agent.
 	Dial(ctx context.Context, agent string) (net.Conn, error)
+}
+
+// DrainingAgents is what Agents may also offer: whether a connected agent
+// said it is shutting down. The relay routes such an agent no new
+// exchanges (503 agent_draining); without it, none ever is.
+type DrainingAgents interface {
+	AgentDraining(agent string) bool
 }
 
 // Client is an MCP client allowed to use the relay.
@@ -97,6 +106,14 @@ type Handler struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	fast    *httpfwd.FastPath // see conn.go
+	// draining is the tunnel's news of agents shutting down (nil: none).
+	draining DrainingAgents
+	// inflight counts the exchanges forwarded, but not GET streams:
+	// those never end by themselves, so a drain does not wait for them
+	// (they end when the relay closes, and clients resume them).
+	inflight *httpfwd.Inflight
+	leave    func()      // inflight.Leave, made once
+	closed   atomic.Bool // Close was called: failures are the relay's doing
 
 	mu         sync.Mutex
 	forwarders map[string]*httpfwd.Forwarder // per agent, so one agent's reconnect drops only its streams
@@ -113,7 +130,10 @@ func NewHandler(cfg Config) (*Handler, error) {
 		origins:    make(map[string]bool),
 		log:        cfg.Logger,
 		forwarders: make(map[string]*httpfwd.Forwarder),
+		inflight:   httpfwd.NewInflight(),
 	}
+	h.leave = h.inflight.Leave
+	h.draining, _ = cfg.Agents.(DrainingAgents)
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -151,6 +171,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
 
+// Drain makes the relay refuse new exchanges, with 503 relay_draining,
+// Retry-After and Connection: close, while the exchanges in flight go on.
+// Wait says when they are done.
+func (h *Handler) Drain() { h.inflight.Drain() }
+
+// Draining reports whether Drain was called: the relay is not ready.
+func (h *Handler) Draining() bool { return h.inflight.Draining() }
+
+// Wait returns nil once no exchange is in flight (open GET streams aside),
+// or ctx's error.
+func (h *Handler) Wait(ctx context.Context) error { return h.inflight.Wait(ctx) }
+
+// InFlight is the number of exchanges in flight, open GET streams aside.
+func (h *Handler) InFlight() int { return h.inflight.Count() }
+
+// agentDraining reports whether agent said it is shutting down.
+func (h *Handler) agentDraining(agent string) bool {
+	return h.draining != nil && h.draining.AgentDraining(agent)
+}
+
 // AgentDown drops the pooled streams of an agent whose session ended.
 func (h *Handler) AgentDown(agent string) {
 	h.mu.Lock()
@@ -162,8 +202,11 @@ func (h *Handler) AgentDown(agent string) {
 	}
 }
 
-// Close releases pooled streams.
+// Close releases pooled streams. Exchanges still in flight fail when the
+// tunnel under them closes; those not answered yet get 503
+// relay_shutdown.
 func (h *Handler) Close() error {
+	h.closed.Store(true)
 	h.mu.Lock()
 	fs := h.forwarders
 	h.forwarders = make(map[string]*httpfwd.Forwarder)
@@ -175,6 +218,10 @@ func (h *Handler) Close() error {
 }
 
 func (h *Handler) serveMCP(w http.ResponseWriter, r *http.Request) {
+	if h.inflight.Draining() {
+		// This connection's next exchange would be refused too.
+		w.Header().Set("Connection", "close")
+	}
 	agent, server := r.PathValue("agent"), r.PathValue("server")
 	client, ref := h.admit(r.Header.Get("Origin"), r.Header.Get("Authorization"), r.Host, agent, server)
 	if ref != nil {
@@ -203,6 +250,9 @@ type refusal struct {
 // admit decides whether a client's exchange with agent/server goes
 // through, from the headers that decide it: the client, or why not.
 func (h *Handler) admit(origin, authorization, host, agent, server string) (*client, *refusal) {
+	if h.inflight.Draining() {
+		return nil, relayDraining
+	}
 	if !h.originAllowed(origin, host) {
 		return nil, &refusal{status: http.StatusForbidden, reason: "origin_not_allowed",
 			msg:      fmt.Sprintf("origin %q is not allowed (add it to http.allowed_origins)", origin),
@@ -237,6 +287,11 @@ func (h *Handler) admit(origin, authorization, host, agent, server string) (*cli
 		return nil, &refusal{status: http.StatusNotFound, reason: "unknown_server",
 			msg: fmt.Sprintf("agent %q offers no server named %q", agent, server)}
 	}
+	if h.agentDraining(agent) {
+		return nil, &refusal{status: http.StatusServiceUnavailable, reason: "agent_draining",
+			msg:    fmt.Sprintf("agent %q is shutting down and takes no new requests; try again shortly", agent),
+			header: "Retry-After", value: drainRetryAfter}
+	}
 	// Last: an exchange refused for another reason takes no token.
 	if wait, ok := client.limiter.Take(); !ok {
 		return nil, &refusal{status: http.StatusTooManyRequests, reason: "rate_limited",
@@ -248,6 +303,16 @@ func (h *Handler) admit(origin, authorization, host, agent, server string) (*cli
 	}
 	return client, nil
 }
+
+// drainRetryAfter is the Retry-After of refusals by a draining relay or
+// agent: about the time a restart takes.
+const drainRetryAfter = "5"
+
+// relayDraining refuses every exchange once the relay drains: the client
+// should go to another relay, or come back once this one restarted.
+var relayDraining = &refusal{status: http.StatusServiceUnavailable, reason: "relay_draining",
+	msg:    "the relay is shutting down and takes no new requests; try again shortly",
+	header: "Retry-After", value: drainRetryAfter}
 
 // authenticate returns the client whose token the request carries, or nil and
 // the WWW-Authenticate challenge to send.

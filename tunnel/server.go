@@ -112,8 +112,11 @@ type Server struct {
 	notifyMu sync.Mutex // serialises registry changes with their callbacks
 	mu       sync.Mutex
 	agents   map[string]*agentSession
-	conns    map[io.Closer]struct{} // every connection still open, so Close can end it
-	closing  bool
+	// drained names the agents whose last session, now ended, had said
+	// the agent drains: a failure seen late still reads as its shutdown.
+	drained map[string]bool
+	conns   map[io.Closer]struct{} // every connection still open, so Close can end it
+	closing bool
 }
 
 type agentSession struct {
@@ -161,6 +164,7 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		tcpTLS:    withALPN(cfg.TLSConfig, ALPN),
 		slots:     make(chan struct{}, maxPendingHandshakes),
 		agents:    make(map[string]*agentSession),
+		drained:   make(map[string]bool),
 		conns:     make(map[io.Closer]struct{}),
 	}
 	if s.log == nil {
@@ -634,14 +638,16 @@ func (s *Server) tellDraining(a *agentSession) {
 // Draining reports whether Drain was called.
 func (s *Server) Draining() bool { return s.draining.Load() }
 
-// AgentDraining reports whether the named agent's current session said the
-// agent is shutting down: it finishes the exchanges it has and must get no
-// new ones.
+// AgentDraining reports whether the named agent said it is shutting down:
+// its current session did (it finishes the exchanges it has and must get
+// no new ones), or, with no session now, its last one did.
 func (s *Server) AgentDraining(name string) bool {
 	s.mu.Lock()
-	a := s.agents[name]
-	s.mu.Unlock()
-	return a != nil && a.draining.Load()
+	defer s.mu.Unlock()
+	if a := s.agents[name]; a != nil {
+		return a.draining.Load()
+	}
+	return s.drained[name]
 }
 
 // refuseStreams resets streams the agent opens: the relay only ever opens
@@ -664,6 +670,7 @@ func (s *Server) register(a *agentSession) {
 	s.mu.Lock()
 	old := s.agents[name]
 	s.agents[name] = a
+	delete(s.drained, name)
 	s.mu.Unlock()
 	if old != nil {
 		s.log.Warn("tunnel: agent session replaced by a newer one", "agent", name,
@@ -688,6 +695,9 @@ func (s *Server) deregister(a *agentSession) {
 	current := s.agents[a.status.Name] == a
 	if current {
 		delete(s.agents, a.status.Name)
+		if a.draining.Load() {
+			s.drained[a.status.Name] = true
+		}
 	}
 	s.mu.Unlock()
 	if current && s.onChange != nil {

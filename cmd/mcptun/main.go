@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -100,4 +101,41 @@ func newCheckCmd() *cobra.Command {
 	cmd.Flags().StringVar(&relayPath, "relay", "", "relay configuration file")
 	cmd.Flags().StringVar(&agentPath, "agent", "", "agent configuration file")
 	return cmd
+}
+
+// closeTimeout bounds closing a role once its drain is over: the answers
+// still being written (errors for what the drain cut) get this long.
+const closeTimeout = 2 * time.Second
+
+// drainContext is the context of a drain that began with a SIGINT or
+// SIGTERM: it ends when grace has passed, or at once when another of these
+// signals comes (the operator will not wait). stop releases it.
+func drainContext(grace time.Duration, log *slog.Logger) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case s := <-sig:
+			log.Warn("second signal: cutting the drain short", "signal", s.String())
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		cancel()
+		<-done
+		signal.Stop(sig)
+	}
+}
+
+// graceLeft is the time until ctx's deadline, for logs.
+func graceLeft(ctx context.Context) time.Duration {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return 0
+	}
+	return time.Until(dl).Round(time.Millisecond)
 }

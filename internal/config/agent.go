@@ -29,6 +29,10 @@ type Agent struct {
 	UpstreamPrefixes []netip.Prefix `mapstructure:"-"`
 	Log              Log            `mapstructure:"log"`
 	Debug            Debug          `mapstructure:"debug"`
+	// ShutdownGrace is how long an agent told to stop (SIGTERM, SIGINT)
+	// lets the exchanges in flight finish before it cuts them, stops its
+	// stdio servers and exits.
+	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
 }
 
 // AgentRelay says how to reach and trust the relay.
@@ -181,6 +185,7 @@ func (c *Agent) validate(p *problems, path string) {
 	if c.Debug.PprofListen != "" {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
 	}
+	checkShutdownGrace(p, &c.ShutdownGrace)
 }
 
 // restoreEnvCase puts back the case of environment variable names in

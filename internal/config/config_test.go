@@ -101,6 +101,8 @@ func TestLoadRelayErrors(t *testing.T) {
 			"clients[0].rate_limit.burst", "without requests_per_second"},
 		{"rate typo", strings.Replace(validRelay, `allow: ["dc1/*", "*/wiki"]}`, `allow: ["dc1/*"], rate_limit: {rps: 10}}`, 1),
 			"", "rps"},
+		{"negative grace", validRelay + "shutdown_grace: -1s\n", "shutdown_grace", "must not be negative"},
+		{"grace not a duration", validRelay + "shutdown_grace: soon\n", "", "shutdown_grace"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -205,6 +207,8 @@ func TestLoadAgentErrors(t *testing.T) {
 		{"literal url outside", validAgent + "upstream_networks: [10.0.0.0/8]\n", "servers[1].url", "127.0.0.1 is outside upstream_networks"},
 		{"server burst alone", strings.Replace(validAgent, `headers: {Authorization: "Bearer internal"}}`, `rate_limit: {burst: 5}}`, 1),
 			"servers[1].rate_limit.burst", "without requests_per_second"},
+		{"negative grace", validAgent + "shutdown_grace: -5s\n", "shutdown_grace", "must not be negative"},
+		{"grace without unit", validAgent + "shutdown_grace: 30\n", "shutdown_grace", "give a unit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -251,4 +255,25 @@ func FuzzLoad(f *testing.F) {
 			}
 		}
 	})
+}
+
+// shutdown_grace defaults to 30 s in both files and takes a duration.
+func TestShutdownGrace(t *testing.T) {
+	for _, tc := range []struct {
+		extra string
+		want  time.Duration
+	}{
+		{"", 30 * time.Second},
+		{"shutdown_grace: 1s\n", time.Second},
+		{"shutdown_grace: 2m\n", 2 * time.Minute},
+	} {
+		dir := t.TempDir()
+		writeFile(t, dir, "agent.token", "s3cret")
+		r, err := LoadRelay(writeFile(t, dir, "relay.yaml", strings.ReplaceAll(validRelay, "HASH", hashA)+tc.extra))
+		require.NoError(t, err, tc.extra)
+		require.Equal(t, tc.want, r.ShutdownGrace, "relay %q", tc.extra)
+		a, err := LoadAgent(writeFile(t, dir, "agent.yaml", validAgent+tc.extra))
+		require.NoError(t, err, tc.extra)
+		require.Equal(t, tc.want, a.ShutdownGrace, "agent %q", tc.extra)
+	}
 }

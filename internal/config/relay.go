@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"time"
 )
 
 // Relay is the relay's configuration (relay.yaml).
@@ -14,7 +15,13 @@ type Relay struct {
 	Clients []RelayClient `mapstructure:"clients"`
 	Log     Log           `mapstructure:"log"`
 	Debug   Debug         `mapstructure:"debug"`
+	// ShutdownGrace is how long a relay told to stop (SIGTERM, SIGINT)
+	// lets the exchanges in flight finish before it cuts them and exits.
+	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
 }
+
+// DefaultShutdownGrace is shutdown_grace when the file does not set it.
+const DefaultShutdownGrace = 30 * time.Second
 
 // RelayTunnel is where agents connect: QUIC on UDP and TLS on TCP, same port.
 type RelayTunnel struct {
@@ -129,6 +136,20 @@ func (c *Relay) validate(p *problems, path string) {
 	c.Log.validate(p)
 	if c.Debug.PprofListen != "" {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
+	}
+	checkShutdownGrace(p, &c.ShutdownGrace)
+}
+
+// checkShutdownGrace validates shutdown_grace and fills in its default.
+func checkShutdownGrace(p *problems, d *time.Duration) {
+	switch {
+	case *d < 0:
+		p.add("shutdown_grace", "must not be negative, not %s (0 or unset: %s)", *d, DefaultShutdownGrace)
+	case *d == 0:
+		*d = DefaultShutdownGrace
+	case *d < time.Millisecond:
+		// A bare number is nanoseconds: surely not what was meant.
+		p.add("shutdown_grace", "%s is less than a millisecond: give a unit, such as 30s", *d)
 	}
 }
 

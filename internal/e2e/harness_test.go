@@ -210,6 +210,7 @@ type relayOpts struct {
 	tunnelListen string // default 127.0.0.1:0
 	disableQUIC  bool
 	agentHash    string // default hash of agentToken
+	extra        string // top-level YAML lines added to relay.yaml
 }
 
 func writeRelayConfig(t *testing.T, dir string, o relayOpts) string {
@@ -234,7 +235,7 @@ clients:
   - {name: scoped, token_sha256: %q, allow: ["*/wiki"]}
   - {name: throttled, token_sha256: %q, allow: ["dc1/*"], rate_limit: {requests_per_second: 0.001, burst: 1}}
 log: {level: debug}
-`, o.tunnelListen, o.disableQUIC, o.agentHash, o.agentHash, sha256Hex(clientToken), sha256Hex(scopedToken), sha256Hex(throttledToken))
+%s`, o.tunnelListen, o.disableQUIC, o.agentHash, o.agentHash, sha256Hex(clientToken), sha256Hex(scopedToken), sha256Hex(throttledToken), o.extra)
 	p := filepath.Join(dir, "relay.yaml")
 	require.NoError(t, os.WriteFile(p, []byte(cfg), 0o600))
 	return p
@@ -255,6 +256,7 @@ type agentOpts struct {
 	token     string
 	servers   string // YAML list body; default: stdio fixture "notes" and HTTP fixture "wiki" at httpURL
 	httpURL   string
+	extra     string // top-level YAML lines added to agent.yaml
 }
 
 func (d *deployment) writeAgentConfig(t *testing.T, o agentOpts) {
@@ -278,7 +280,7 @@ func (d *deployment) writeAgentConfig(t *testing.T, o agentOpts) {
 relay: {address: %q, token_file: agent.token, ca_file: relay.crt, transport: %s, mux: %s}
 servers:
 %slog: {level: debug}
-`, d.tunnelAddr, o.transport, o.mux, servers)
+%s`, d.tunnelAddr, o.transport, o.mux, servers, o.extra)
 	d.agentYAML = filepath.Join(d.dir, "agent.yaml")
 	require.NoError(t, os.WriteFile(d.agentYAML, []byte(cfg), 0o600))
 }

@@ -44,6 +44,9 @@ type Exchange struct {
 	Failed func(err error) (status int, header string, body []byte)
 	// CutShort, if set, is told of an answer cut short after it began.
 	CutShort func(err error)
+	// Done, if set, is called once the exchange is over: answered, failed
+	// or cut. A draining server counts its exchanges in flight with it.
+	Done func()
 }
 
 var outHeadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
@@ -101,6 +104,9 @@ func (p *FastPath) serve(cs *connState, head *Head) bool {
 	x := p.Route(head, (*out)[:0])
 	if x == nil {
 		return false
+	}
+	if x.Done != nil {
+		defer x.Done()
 	}
 	if cap(x.Req.Head) <= 64<<10 {
 		*out = x.Req.Head[:0]
