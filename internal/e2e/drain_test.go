@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,8 +25,14 @@ import (
 // work, tells the other side, finishes the calls in flight within
 // shutdown_grace, then exits 0.
 
-// drainCalls is how many slow calls are in flight when the signal comes.
-const drainCalls = 4
+// drainCalls is how many slow calls are in flight when the signal comes;
+// MCPTUN_E2E_DRAIN_CALLS sets another number (for measurements).
+var drainCalls = func() int {
+	if n, err := strconv.Atoi(os.Getenv("MCPTUN_E2E_DRAIN_CALLS")); err == nil && n > 0 {
+		return n
+	}
+	return 4
+}()
 
 // drainSleepMs is how long each of those calls takes: long enough that the
 // signal surely lands while they run, short against the 30 s grace.
