@@ -35,8 +35,9 @@ var drainCalls = func() int {
 }()
 
 // drainSleepMs is how long each of those calls takes: long enough that the
-// signal surely lands while they run, short against the 30 s grace.
-const drainSleepMs = 1500
+// signal surely lands while they run and the checks made during the drain
+// fit in them on a loaded machine, short against the 30 s grace.
+const drainSleepMs = 3000
 
 var sleepingLine = regexp.MustCompile(`mcptest: sleeping`)
 
