@@ -316,7 +316,7 @@ func (h *Handler) InFlight() int { return h.inflight.Count() }
 // refuseDraining answers an exchange that arrived after Drain.
 func (h *Handler) refuseDraining(w http.ResponseWriter) {
 	w.Header().Set("Retry-After", "5")
-	writeErrorData(w, http.StatusServiceUnavailable, nil, codeInternal,
+	writeErrorData(w, http.StatusServiceUnavailable, nil, codeDraining,
 		"mcpproxy: the agent is shutting down and takes no new requests; try again shortly",
 		map[string]string{"reason": "agent_draining"})
 }
@@ -376,6 +376,9 @@ const (
 	// the relay's code for its own refusals, whose data.reason tells them
 	// apart.
 	codeRateLimited = -32000
+	// codeDraining refuses an exchange that came after the agent began
+	// to drain, as the relay's own refusals do (data.reason tells).
+	codeDraining = -32000
 )
 
 type rpcError struct {
