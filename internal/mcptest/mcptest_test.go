@@ -167,10 +167,13 @@ func TestProgressOnRequestStream(t *testing.T) {
 			t.Fatalf("call %d: got %s, want the result", i, got)
 		}
 	}
-	select {
-	case e := <-getEvents:
-		t.Fatalf("GET stream got %s", e)
-	default:
+	// Nothing went to the GET stream, proven by order: the list_changed
+	// broadcast, sent there after all the calls, must be its first event.
+	resp := c.do("POST", `{"jsonrpc":"2.0","id":"b","method":"tools/call","params":{"name":"`+ToolBroadcastListChanged+`","arguments":{}}}`, nil)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if got := next(t, getEvents); !strings.Contains(got, `"method":"notifications/tools/list_changed"`) {
+		t.Fatalf("GET stream got %s before the list_changed broadcast", got)
 	}
 	get.Body.Close()
 }
