@@ -352,9 +352,11 @@ func TestSleepStopsWhenCancelled(t *testing.T) {
 	req.Header.Set("Accept", "application/json, text/event-stream")
 	req.Header.Set("Mcp-Session-Id", c.session)
 	errc := make(chan error, 1)
+	var answer []byte
 	go func() {
 		resp, err := c.hc.Do(req)
 		if err == nil {
+			answer, err = io.ReadAll(resp.Body)
 			resp.Body.Close()
 		}
 		errc <- err
@@ -371,6 +373,11 @@ func TestSleepStopsWhenCancelled(t *testing.T) {
 		case err := <-errc:
 			if err != nil {
 				t.Fatalf("cancelled call: %v", err)
+			}
+			// Ended by the cancellation, not answered at once for some
+			// other reason (a refused argument, an unknown tool).
+			if !strings.Contains(string(answer), "sleep interrupted: context canceled") {
+				t.Fatalf("the sleep call ended with %s, not by its cancellation", answer)
 			}
 			return
 		case <-deadline:
