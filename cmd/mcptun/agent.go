@@ -31,6 +31,7 @@ func newAgentCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			logWarnings(log, cfg.Warnings)
 			ra, err := startAgent(cmd.Context(), cfg, log)
 			if err != nil {
 				return err

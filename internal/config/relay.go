@@ -14,6 +14,9 @@ type Relay struct {
 	Clients []RelayClient `mapstructure:"clients"`
 	Log     Log           `mapstructure:"log"`
 	Debug   Debug         `mapstructure:"debug"`
+	// Warnings are problems that do not stop the relay (a world-readable
+	// key file); check prints them and the relay logs them at start.
+	Warnings []*Error `mapstructure:"-"`
 }
 
 // RelayTunnel is where agents connect: QUIC on UDP and TLS on TCP, same port.
@@ -80,6 +83,7 @@ func LoadRelay(path string) (*Relay, error) {
 	if err := p.err(); err != nil {
 		return nil, err
 	}
+	c.Warnings = p.warnings
 	return &c, nil
 }
 
@@ -93,6 +97,7 @@ func (c *Relay) validate(p *problems, path string) {
 	}
 	c.Tunnel.CertFile = resolve(path, c.Tunnel.CertFile)
 	c.Tunnel.KeyFile = resolve(path, c.Tunnel.KeyFile)
+	checkSecretMode(p, "tunnel.key_file", c.Tunnel.KeyFile)
 
 	checkHostPort(p, "http.listen", c.HTTP.Listen)
 	if (c.HTTP.CertFile == "") != (c.HTTP.KeyFile == "") {
@@ -100,6 +105,9 @@ func (c *Relay) validate(p *problems, path string) {
 	}
 	c.HTTP.CertFile = resolve(path, c.HTTP.CertFile)
 	c.HTTP.KeyFile = resolve(path, c.HTTP.KeyFile)
+	if c.HTTP.KeyFile != c.Tunnel.KeyFile { // one file, one report
+		checkSecretMode(p, "http.key_file", c.HTTP.KeyFile)
+	}
 	checkOrigins(p, "http.allowed_origins", c.HTTP.AllowedOrigins)
 
 	if len(c.Agents) == 0 {
