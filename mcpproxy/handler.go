@@ -192,7 +192,7 @@ func validate(sc ServerConfig) error {
 			return errors.New("empty program name in Command")
 		}
 		if len(sc.Headers) > 0 {
-			return errors.New("Headers apply to URL servers only")
+			return errors.New("headers apply to URL servers only")
 		}
 		for k := range sc.Env {
 			if k == "" || strings.ContainsAny(k, "=\x00") {
@@ -208,7 +208,7 @@ func validate(sc ServerConfig) error {
 			return fmt.Errorf("invalid URL %q: want http:// or https:// with a host", sc.URL)
 		}
 		if len(sc.Env) > 0 || sc.Dir != "" {
-			return errors.New("Env and Dir apply to Command servers only")
+			return errors.New("env and dir apply to command servers only")
 		}
 		for k, v := range sc.Headers {
 			if !validHeaderName(k) {
