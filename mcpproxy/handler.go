@@ -208,7 +208,7 @@ func validate(sc ServerConfig) error {
 			return fmt.Errorf("invalid URL %q: want http:// or https:// with a host", sc.URL)
 		}
 		if len(sc.Env) > 0 || sc.Dir != "" {
-			return errors.New("env and dir apply to command servers only")
+			return errors.New("env and dir apply to Command servers only")
 		}
 		for k, v := range sc.Headers {
 			if !validHeaderName(k) {
