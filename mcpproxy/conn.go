@@ -99,9 +99,8 @@ func (h *Handler) route(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 		if !servable(head) {
 			return nil
 		}
-		if wait, ok := limit.Take(); !ok {
-			return h.overLimit(string(name), wait)
-		}
+		// Counted by the bridge, once it has nothing to refuse the
+		// exchange for (stdioServer.admit).
 		return &httpfwd.Exchange{Serve: srv.serveFast}
 	}
 	return nil

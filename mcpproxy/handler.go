@@ -262,9 +262,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, nil, codeInternal, "mcpproxy: shutting down")
 		return
 	}
-	if wait, ok := h.limits[name].Take(); !ok {
-		h.refuseOverLimit(w, name, wait)
-		return
+	// A stdio server's bridge takes from the allowance itself, once it
+	// has nothing to refuse the exchange for (stdioServer.admit).
+	if _, bridged := srv.(*stdioServer); !bridged {
+		if wait, ok := h.limits[name].Take(); !ok {
+			h.refuseOverLimit(w, name, wait)
+			return
+		}
 	}
 	srv.ServeHTTP(w, r)
 }
