@@ -16,7 +16,7 @@ tools:
 
 # What CI runs (.ci/run calls exactly this; the README's test command):
 # lint, the builds for the other platforms, every fuzz target for a few
-# seconds, then the full test suite. About 8 minutes on 2 cores.
+# seconds, then the full test suite. The budget is 10 minutes on 2 cores.
 ci: lint cross
 	$(MAKE) fuzz FUZZTIME=$(CI_FUZZTIME)
 	$(MAKE) test
