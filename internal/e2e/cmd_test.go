@@ -106,3 +106,25 @@ func TestRolesExitCleanlyOnSignal(t *testing.T) {
 }
 
 func regexpMust(s string) *regexp.Regexp { return regexp.MustCompile(regexp.QuoteMeta(s)) }
+
+// The README's quick start names CI's command, and .ci/run runs exactly
+// that command, which the Makefile defines.
+func TestCICommandMatchesREADME(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	require.NoError(t, err)
+	m := regexp.MustCompile("(?m)^(make [a-z-]+) +# what CI runs").FindSubmatch(readme)
+	require.NotNil(t, m, "the README's quick start names CI's command")
+	command := string(m[1])
+	run, err := os.ReadFile(filepath.Join("..", "..", ".ci", "run"))
+	require.NoError(t, err)
+	var last string
+	for _, line := range strings.Split(string(run), "\n") {
+		if l := strings.TrimSpace(line); l != "" && !strings.HasPrefix(l, "#") {
+			last = l
+		}
+	}
+	require.Equal(t, command, last, ".ci/run ends by running the README's command")
+	mk, err := os.ReadFile(filepath.Join("..", "..", "Makefile"))
+	require.NoError(t, err)
+	require.Regexp(t, "(?m)^"+regexp.QuoteMeta(strings.TrimPrefix(command, "make "))+":", string(mk))
+}
