@@ -74,6 +74,7 @@ func LoadAgent(path string) (*Agent, error) {
 		return nil, err
 	}
 	p := &problems{file: path}
+	checkConfigMode(p, path)
 	c.validate(p, path)
 	if err := p.err(); err != nil {
 		return nil, err

@@ -79,6 +79,7 @@ func LoadRelay(path string) (*Relay, error) {
 		return nil, err
 	}
 	p := &problems{file: path}
+	checkConfigMode(p, path)
 	c.validate(p, path)
 	if err := p.err(); err != nil {
 		return nil, err

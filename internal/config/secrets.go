@@ -39,6 +39,24 @@ func checkSecretMode(p *problems, key, path string) {
 	}
 }
 
+// checkConfigMode refuses a configuration file that group or others may
+// write, as ssh refuses such a config: whoever can write it decides which
+// programs the agent runs, where it sends credentials, and whom the relay
+// lets in. Reading is fine (it holds no secrets but what it names).
+func checkConfigMode(p *problems, path string) {
+	if path == "" || runtime.GOOS == "windows" {
+		return
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return // load reports it
+	}
+	if mode := fi.Mode().Perm(); mode&0o022 != 0 {
+		p.add("", "configuration file %s is writable by %s (mode %04o): anyone who can write it decides what this process runs and trusts; fix with: chmod go-w %s",
+			path, whoMayWrite(mode), mode, path)
+	}
+}
+
 func whoMayWrite(mode fs.FileMode) string {
 	switch {
 	case mode&0o022 == 0o022:

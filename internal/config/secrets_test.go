@@ -104,3 +104,43 @@ func loadAgentWarnings(path string) ([]*Error, error) {
 	}
 	return c.Warnings, nil
 }
+
+// A configuration file group or others may write is refused (it names the
+// programs the agent runs and whom the relay trusts); reading is fine.
+func TestConfigFileMode(t *testing.T) {
+	for _, tc := range []struct {
+		mode   os.FileMode
+		reason string // "" means it loads
+	}{
+		{0o600, ""},
+		{0o644, ""},
+		{0o640, ""},
+		{0o664, "is writable by group (mode 0664)"},
+		{0o646, "is writable by others (mode 0646)"},
+		{0o666, "is writable by group and others (mode 0666)"},
+	} {
+		for _, kind := range []struct {
+			name string
+			body string
+			load func(string) ([]*Error, error)
+		}{
+			{"relay", validRelay, loadRelayWarnings},
+			{"agent", validAgent, loadAgentWarnings},
+		} {
+			t.Run(kind.name+"/"+tc.mode.String(), func(t *testing.T) {
+				dir := t.TempDir()
+				writeFile(t, dir, "agent.token", "s3cret\n")
+				cfg := writeFile(t, dir, kind.name+".yaml", strings.ReplaceAll(kind.body, "HASH", hashA))
+				require.NoError(t, os.Chmod(cfg, tc.mode))
+				_, err := kind.load(cfg)
+				if tc.reason == "" {
+					require.NoError(t, err)
+					return
+				}
+				require.Error(t, err)
+				require.Contains(t, err.Error(), "config "+cfg+": configuration file "+cfg+" "+tc.reason)
+				require.Contains(t, err.Error(), "fix with: chmod go-w "+cfg)
+			})
+		}
+	}
+}
