@@ -123,9 +123,8 @@ func (h *Handler) routeServer(name []byte, head *httpfwd.Head, out []byte) *http
 		if !servable(head) {
 			return nil
 		}
-		if wait, ok := limit.Take(); !ok {
-			return h.overLimit(string(name), wait)
-		}
+		// Counted by the bridge, once it has nothing to refuse the
+		// exchange for (stdioServer.admit).
 		return &httpfwd.Exchange{Serve: srv.serveFast}
 	}
 	return nil

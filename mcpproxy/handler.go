@@ -199,7 +199,7 @@ func validate(sc ServerConfig) error {
 			return errors.New("empty program name in Command")
 		}
 		if len(sc.Headers) > 0 {
-			return errors.New("Headers apply to URL servers only")
+			return errors.New("headers apply to URL servers only")
 		}
 		for k := range sc.Env {
 			if k == "" || strings.ContainsAny(k, "=\x00") {
@@ -215,7 +215,7 @@ func validate(sc ServerConfig) error {
 			return fmt.Errorf("invalid URL %q: want http:// or https:// with a host", sc.URL)
 		}
 		if len(sc.Env) > 0 || sc.Dir != "" {
-			return errors.New("Env and Dir apply to Command servers only")
+			return errors.New("env and dir apply to Command servers only")
 		}
 		for k, v := range sc.Headers {
 			if !validHeaderName(k) {
@@ -281,9 +281,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		defer h.inflight.Leave()
 	}
-	if wait, ok := h.limits[name].Take(); !ok {
-		h.refuseOverLimit(w, name, wait)
-		return
+	// A stdio server's bridge takes from the allowance itself, once it
+	// has nothing to refuse the exchange for (stdioServer.admit).
+	if _, bridged := srv.(*stdioServer); !bridged {
+		if wait, ok := h.limits[name].Take(); !ok {
+			h.refuseOverLimit(w, name, wait)
+			return
+		}
 	}
 	srv.ServeHTTP(w, r)
 }

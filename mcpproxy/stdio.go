@@ -197,6 +197,19 @@ func (srv *stdioServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// admit takes the exchange from the server's rate limit, called where the
+// bridge has found nothing to refuse it for and is about to hand it to a
+// child: an exchange refused for any other reason (Origin, version,
+// headers, body, unknown session) takes nothing from the allowance. False
+// means it answered 429.
+func (srv *stdioServer) admit(w http.ResponseWriter) bool {
+	wait, ok := srv.h.limits[srv.cfg.Name].Take()
+	if !ok {
+		srv.h.refuseOverLimit(w, srv.cfg.Name, wait)
+	}
+	return ok
+}
+
 // codeSessionNotFound is what the TypeScript SDK answers for an unknown
 // session; clients act on the 404, the code is for people.
 const codeSessionNotFound = -32001
@@ -286,6 +299,9 @@ func (srv *stdioServer) post(w http.ResponseWriter, r *http.Request) {
 	}
 	if sid == "" {
 		if m.Kind == KindRequest && m.Method == "initialize" {
+			if !srv.admit(w) {
+				return
+			}
 			srv.initialize(w, r, &m, body)
 			return
 		}
@@ -299,6 +315,9 @@ func (srv *stdioServer) post(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.leave()
+	if !srv.admit(w) {
+		return
+	}
 	if m.Kind == KindRequest {
 		srv.serveCall(w, r, s, &m, body, false)
 		return
@@ -432,6 +451,9 @@ func (srv *stdioServer) postStateless(w http.ResponseWriter, r *http.Request, m 
 			return
 		}
 	}
+	if !srv.admit(w) {
+		return
+	}
 	var s *session
 	for range 2 { // the shared child may end between lookup and enter
 		var err error
@@ -564,6 +586,9 @@ func (srv *stdioServer) get(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: "+err.Error())
 		return
 	}
+	if !srv.admit(w) {
+		return
+	}
 	if !s.attach(st) {
 		writeError(w, http.StatusConflict, nil, codeInvalidRequest,
 			fmt.Sprintf("mcpproxy: stream %d of this session already has a connected client", st.num))
@@ -587,6 +612,9 @@ func (srv *stdioServer) delete(w http.ResponseWriter, r *http.Request) {
 	s := srv.lookup(sid)
 	if s == nil {
 		notFound(w, nil)
+		return
+	}
+	if !srv.admit(w) {
 		return
 	}
 	s.end(errDeleted)

@@ -31,6 +31,7 @@ func newAgentCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			logWarnings(log, cfg.Warnings)
 			// The first signal ends ctx and starts the drain; the agent
 			// itself runs on until the drain is over.
 			ctx := cmd.Context()

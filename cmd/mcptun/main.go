@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -84,15 +85,19 @@ func newCheckCmd() *cobra.Command {
 				return fmt.Errorf("check: give --relay FILE and/or --agent FILE")
 			}
 			if relayPath != "" {
-				if _, err := config.LoadRelay(relayPath); err != nil {
+				c, err := config.LoadRelay(relayPath)
+				if err != nil {
 					return err
 				}
+				printWarnings(cmd.ErrOrStderr(), c.Warnings)
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", relayPath)
 			}
 			if agentPath != "" {
-				if _, err := config.LoadAgent(agentPath); err != nil {
+				c, err := config.LoadAgent(agentPath)
+				if err != nil {
 					return err
 				}
+				printWarnings(cmd.ErrOrStderr(), c.Warnings)
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", agentPath)
 			}
 			return nil
@@ -138,4 +143,18 @@ func graceLeft(ctx context.Context) time.Duration {
 		return 0
 	}
 	return time.Until(dl).Round(time.Millisecond)
+}
+
+// printWarnings prints the problems a configuration loaded with, for check.
+func printWarnings(w io.Writer, warnings []*config.Error) {
+	for _, e := range warnings {
+		fmt.Fprintf(w, "warning: %v\n", e)
+	}
+}
+
+// logWarnings logs the problems a configuration loaded with, at start.
+func logWarnings(log *slog.Logger, warnings []*config.Error) {
+	for _, e := range warnings {
+		log.Warn("config: "+e.Reason, "file", e.File, "key", e.Key)
+	}
 }

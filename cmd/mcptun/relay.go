@@ -33,6 +33,7 @@ func newRelayCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			logWarnings(log, cfg.Warnings)
 			ctx := cmd.Context()
 			tlsCert, err := tls.LoadX509KeyPair(cfg.Tunnel.CertFile, cfg.Tunnel.KeyFile)
 			if err != nil {

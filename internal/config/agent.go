@@ -33,6 +33,9 @@ type Agent struct {
 	// lets the exchanges in flight finish before it cuts them, stops its
 	// stdio servers and exits.
 	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+	// Warnings are problems that do not stop the agent (a world-readable
+	// token file); check prints them and the agent logs them at start.
+	Warnings []*Error `mapstructure:"-"`
 }
 
 // AgentRelay says how to reach and trust the relay.
@@ -75,10 +78,12 @@ func LoadAgent(path string) (*Agent, error) {
 		return nil, err
 	}
 	p := &problems{file: path}
+	checkConfigMode(p, path)
 	c.validate(p, path)
 	if err := p.err(); err != nil {
 		return nil, err
 	}
+	c.Warnings = p.warnings
 	return &c, nil
 }
 
@@ -90,6 +95,7 @@ func (c *Agent) validate(p *problems, path string) {
 		p.add("relay.token_file", "set either token_file or %s, not both", envName("relay.token"))
 	case c.Relay.TokenFile != "":
 		c.Relay.TokenFile = resolve(path, c.Relay.TokenFile)
+		checkSecretMode(p, "relay.token_file", c.Relay.TokenFile)
 		c.Relay.Token = readSecret(p, "relay.token_file", c.Relay.TokenFile)
 	case c.Relay.Token == "":
 		p.add("relay.token_file", "required: the agent's credential (or set %s)", envName("relay.token"))

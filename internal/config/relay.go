@@ -18,6 +18,9 @@ type Relay struct {
 	// ShutdownGrace is how long a relay told to stop (SIGTERM, SIGINT)
 	// lets the exchanges in flight finish before it cuts them and exits.
 	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+	// Warnings are problems that do not stop the relay (a world-readable
+	// key file); check prints them and the relay logs them at start.
+	Warnings []*Error `mapstructure:"-"`
 }
 
 // DefaultShutdownGrace is shutdown_grace when the file does not set it.
@@ -83,10 +86,12 @@ func LoadRelay(path string) (*Relay, error) {
 		return nil, err
 	}
 	p := &problems{file: path}
+	checkConfigMode(p, path)
 	c.validate(p, path)
 	if err := p.err(); err != nil {
 		return nil, err
 	}
+	c.Warnings = p.warnings
 	return &c, nil
 }
 
@@ -100,6 +105,7 @@ func (c *Relay) validate(p *problems, path string) {
 	}
 	c.Tunnel.CertFile = resolve(path, c.Tunnel.CertFile)
 	c.Tunnel.KeyFile = resolve(path, c.Tunnel.KeyFile)
+	checkSecretMode(p, "tunnel.key_file", c.Tunnel.KeyFile)
 
 	checkHostPort(p, "http.listen", c.HTTP.Listen)
 	if (c.HTTP.CertFile == "") != (c.HTTP.KeyFile == "") {
@@ -107,6 +113,9 @@ func (c *Relay) validate(p *problems, path string) {
 	}
 	c.HTTP.CertFile = resolve(path, c.HTTP.CertFile)
 	c.HTTP.KeyFile = resolve(path, c.HTTP.KeyFile)
+	if c.HTTP.KeyFile != c.Tunnel.KeyFile { // one file, one report
+		checkSecretMode(p, "http.key_file", c.HTTP.KeyFile)
+	}
 	checkOrigins(p, "http.allowed_origins", c.HTTP.AllowedOrigins)
 
 	if len(c.Agents) == 0 {
