@@ -30,8 +30,16 @@ import (
 // long.
 const ClientIdleTimeout = 2 * time.Minute
 
-// ClientHeaderTimeout bounds reading a request head once it has begun.
+// ClientHeaderTimeout bounds reading a request head once it has begun,
+// and the wait for the first one on a new connection.
 const ClientHeaderTimeout = 10 * time.Second
+
+// ClientBodyTimeout cuts a request body that makes no progress this long.
+const ClientBodyTimeout = 30 * time.Second
+
+// ClientWriteTimeout cuts a client that accepts no bytes of its answer
+// this long.
+const ClientWriteTimeout = 30 * time.Second
 
 // ServeConn serves the client connection c (an httpfwd.ServeConnFunc): it
 // forwards the exchanges the relay admits and returns nil once c is done, or
@@ -42,9 +50,13 @@ func (h *Handler) ServeConn(ctx context.Context, c net.Conn) net.Conn {
 
 func (h *Handler) newFastPath() *httpfwd.FastPath {
 	return &httpfwd.FastPath{
-		IdleTimeout:   ClientIdleTimeout,
-		HeaderTimeout: ClientHeaderTimeout,
+		IdleTimeout:   h.limits.IdleTimeout,
+		HeaderTimeout: h.limits.HeaderTimeout,
+		BodyTimeout:   h.limits.BodyTimeout,
+		WriteTimeout:  h.limits.WriteTimeout,
 		BadRequest:    func(reason string) []byte { return errorJSON("bad_request", reason) },
+		ErrorBody:     errorJSON,
+		Logger:        h.log,
 		Route: func(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 			rt, ok := h.fastRoute(head)
 			if !ok {
@@ -155,7 +167,7 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 			return status, "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n", errorJSON(reason, msg)
 		},
 		CutShort: func(err error) {
-			h.log.Debug("forward cut short", "client", rt.client.Name, "agent", rt.agent, "server", rt.server, "err", err)
+			h.cutShort(rt.client.Name, rt.agent, rt.server, err)
 		},
 	}
 }

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
+	"time"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
 )
@@ -16,6 +19,16 @@ var dropHeaders = []string{"Authorization", "Cookie", ClientHeader}
 
 // forward sends the exchange to the agent over a pooled tunnel stream.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent, server string) {
+	rc := http.NewResponseController(w)
+	// net/http's server has no timeouts that measure progress (its
+	// ReadTimeout and WriteTimeout bound a whole exchange, and a GET stream
+	// lasts for hours), so each read of the body and each write of the
+	// answer gets a deadline of its own.
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &stallBody{ReadCloser: r.Body, rc: rc, timeout: h.limits.BodyTimeout}
+	}
+	tw := &stallWriter{ResponseWriter: w, rc: rc, timeout: h.limits.WriteTimeout}
+	w = tw
 	err := h.forwarder(agent).Forward(w, r, httpfwd.Request{
 		Host:       agent,
 		RequestURI: "/" + server + "/mcp",
@@ -25,19 +38,92 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 	if err == nil {
 		return
 	}
-	if r.Context().Err() != nil {
+	if tw.stalled != nil {
+		err = tw.stalled
+	}
+	if r.Context().Err() != nil && !errors.Is(err, httpfwd.ErrClientStalled) {
 		// The client went away; nobody is left to answer.
+		return
+	}
+	if errors.Is(err, httpfwd.ErrBodyStalled) {
+		h.log.Info("client cut", "reason", "body_timeout", "client", client, "agent", agent, "server", server, "remote", r.RemoteAddr, "err", err)
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusRequestTimeout, "body_timeout", fmt.Sprintf("the request body made no progress for %s", h.limits.BodyTimeout))
 		return
 	}
 	var ue *httpfwd.UpstreamError
 	if !errors.As(err, &ue) {
 		// The answer had begun: all we can do is cut it short.
-		h.log.Debug("forward cut short", "client", client, "agent", agent, "server", server, "err", err)
+		h.cutShort(client, agent, server, err)
 		return
 	}
 	status, reason, msg := h.forwardFailed(client, agent, server, err)
 	writeError(w, status, reason, msg)
 }
+
+// cutShort logs an answer cut short after it began: a client that took
+// nothing for the write timeout is worth a warning (it held a tunnel
+// stream and its share of the agent's window until then), anything else
+// (the agent or the client went away) is routine.
+func (h *Handler) cutShort(client, agent, server string, err error) {
+	if errors.Is(err, httpfwd.ErrClientStalled) {
+		h.log.Warn("slow client cut", "reason", "write_timeout", "client", client, "agent", agent, "server", server,
+			"write_timeout", h.limits.WriteTimeout)
+		return
+	}
+	h.log.Debug("forward cut short", "client", client, "agent", agent, "server", server, "err", err)
+}
+
+// stallBody gives each read of a request body on net/http's path the body
+// timeout to bring something.
+type stallBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (b *stallBody) Read(p []byte) (int, error) {
+	_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("%w (%s): %w", httpfwd.ErrBodyStalled, b.timeout, err)
+	}
+	return n, err
+}
+
+// stallWriter gives each write and flush of an answer on net/http's path
+// the write timeout to get some bytes accepted. stalled keeps the first
+// such failure: net/http's Flush reports none.
+type stallWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+	stalled error
+}
+
+func (w *stallWriter) check(err error) error {
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("%w (%s): %w", httpfwd.ErrClientStalled, w.timeout, err)
+		if w.stalled == nil {
+			w.stalled = err
+		}
+	}
+	return err
+}
+
+func (w *stallWriter) Write(p []byte) (int, error) {
+	_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	n, err := w.ResponseWriter.Write(p)
+	return n, w.check(err)
+}
+
+func (w *stallWriter) Flush() {
+	_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	_ = w.check(w.rc.Flush())
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (w *stallWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // forwardFailed logs an exchange that failed before any answer came and
 // says what the client is told.

@@ -85,6 +85,44 @@ type Config struct {
 	// besides loopback ones; "*" allows any.
 	AllowedOrigins []string
 	Logger         *slog.Logger
+	// Limits bound what a client connection may hold; zero fields take
+	// the defaults.
+	Limits Limits
+}
+
+// Limits bound client connections (relay.yaml http.*).
+type Limits struct {
+	// HeaderTimeout bounds the wait for a request head: on a new
+	// connection from accept, on a kept-alive one from its first byte
+	// (default ClientHeaderTimeout).
+	HeaderTimeout time.Duration
+	// IdleTimeout closes a connection idle between exchanges (default
+	// ClientIdleTimeout).
+	IdleTimeout time.Duration
+	// BodyTimeout cuts a request body that makes no progress this long,
+	// with 408 body_timeout (default ClientBodyTimeout).
+	BodyTimeout time.Duration
+	// WriteTimeout cuts a client that accepts no bytes of its answer this
+	// long (default ClientWriteTimeout): a GET stream nobody reads must not
+	// hold its tunnel stream, and the agent's flow-control window, for
+	// ever.
+	WriteTimeout time.Duration
+}
+
+func (l *Limits) defaults() {
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{
+		{&l.HeaderTimeout, ClientHeaderTimeout},
+		{&l.IdleTimeout, ClientIdleTimeout},
+		{&l.BodyTimeout, ClientBodyTimeout},
+		{&l.WriteTimeout, ClientWriteTimeout},
+	} {
+		if *d.v <= 0 {
+			*d.v = d.def
+		}
+	}
 }
 
 // Handler is the relay's HTTP front. It is safe for concurrent use.
@@ -97,6 +135,7 @@ type Handler struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	fast    *httpfwd.FastPath // see conn.go
+	limits  Limits
 
 	mu         sync.Mutex
 	forwarders map[string]*httpfwd.Forwarder // per agent, so one agent's reconnect drops only its streams
@@ -113,7 +152,9 @@ func NewHandler(cfg Config) (*Handler, error) {
 		origins:    make(map[string]bool),
 		log:        cfg.Logger,
 		forwarders: make(map[string]*httpfwd.Forwarder),
+		limits:     cfg.Limits,
 	}
+	h.limits.defaults()
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -148,6 +189,10 @@ func NewHandler(cfg Config) (*Handler, error) {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Every answer on net/http's path is bounded by the write timeout (a
+	// forwarded one per write, see stallWriter); net/http's server would
+	// otherwise keep a deadline left from an earlier exchange.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.limits.WriteTimeout))
 	h.mux.ServeHTTP(w, r)
 }
 

@@ -205,5 +205,3 @@ func countLines(p *proc, re *regexp.Regexp) int {
 	}
 	return n
 }
-
-

@@ -3,6 +3,7 @@ package httpfwd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,8 +21,17 @@ type FastPath struct {
 	// IdleTimeout ends a connection idle between exchanges; HeaderTimeout
 	// bounds reading a head once it began (see WaitHead).
 	IdleTimeout, HeaderTimeout time.Duration
+	// BodyTimeout cuts a request whose body makes no progress this long
+	// (answered 408 body_timeout); WriteTimeout cuts a client that accepts
+	// no bytes of its answer this long (the error, passed to CutShort,
+	// wraps ErrClientStalled). Zero: no limit.
+	BodyTimeout, WriteTimeout time.Duration
 	// BadRequest renders the JSON body answering a malformed head.
 	BadRequest func(reason string) []byte
+	// ErrorBody, if set, renders the JSON body of another answer the fast
+	// path gives itself: reason is a stable code (body_timeout), msg says
+	// why.
+	ErrorBody func(reason, msg string) []byte
 	// Route returns the exchange to forward for a head, or nil to hand
 	// the connection, head replayed, to net/http. out is a buffer for the
 	// upstream head; Route returns the Exchange that appended to it.
@@ -53,6 +63,7 @@ var outHeadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); retur
 // for an http.Server, and no longer touches c.
 func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 	cs := newConnState(ctx, c, p.IdleTimeout, p.HeaderTimeout)
+	cs.bodyTimeout, cs.writeTimeout = p.BodyTimeout, p.WriteTimeout
 	head := new(Head)
 	cs.head = head
 	defer func() {
@@ -69,7 +80,7 @@ func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 		case err == nil:
 		case errors.As(err, &he):
 			// As net/http's server would: answer and end the connection.
-			_ = WriteAnswer(c, http.StatusBadRequest,
+			_ = WriteAnswer(&cs.outw, http.StatusBadRequest,
 				"Content-Type: application/json\r\nConnection: close\r\n", p.BadRequest("bad request: "+he.Reason))
 			return nil
 		default:
@@ -77,6 +88,7 @@ func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 		}
 		if !p.serve(cs, head) {
 			cs.clearDeadline() // net/http keeps its own
+			cs.clearWriteDeadline()
 			return Replay(c, head, cs.br)
 		}
 		if head.Close {
@@ -109,7 +121,7 @@ func (p *FastPath) serve(cs *connState, head *Head) bool {
 	if x.Serve != nil {
 		keep = serveLocal(cs, head, x, p.Logger)
 	} else {
-		keep = forward(cs, head, x)
+		keep = p.forward(cs, head, x)
 	}
 	if !keep {
 		head.Close = true
@@ -118,7 +130,7 @@ func (p *FastPath) serve(cs *connState, head *Head) bool {
 }
 
 // forward passes one exchange on; it reports whether c can carry another.
-func forward(cs *connState, head *Head, x *Exchange) bool {
+func (p *FastPath) forward(cs *connState, head *Head, x *Exchange) bool {
 	n := head.ContentLength
 	m, _, _, _ := head.RequestLine()
 	if n < 0 && (string(m) == http.MethodPost || string(m) == http.MethodPut || string(m) == http.MethodPatch) {
@@ -127,6 +139,7 @@ func forward(cs *connState, head *Head, x *Exchange) bool {
 	x.Req.NoResponseBody = string(m) == http.MethodHead
 	release, err := cs.readBody(&x.Req, n)
 	if err != nil {
+		p.bodyFailed(cs, err)
 		return false
 	}
 	cs.releaseBody = release
@@ -135,7 +148,7 @@ func forward(cs *connState, head *Head, x *Exchange) bool {
 	}
 	x.Req.OnPark = cs.shedFn
 	ctx := cs.beginExchange(x.Req.BodyRead)
-	err = x.Fwd.ForwardRaw(ctx, cs.c, &x.Req)
+	err = x.Fwd.ForwardRaw(ctx, &cs.outw, &x.Req)
 	gone := cs.endExchange()
 	var ue *UpstreamError
 	switch {
@@ -149,8 +162,35 @@ func forward(cs *connState, head *Head, x *Exchange) bool {
 		}
 		return false
 	}
+	if errors.Is(err, ErrBodyStalled) {
+		// A streamed body stalled on its way: the client's fault, not
+		// the upstream's.
+		p.bodyFailed(cs, err)
+		return false
+	}
 	status, header, body := x.Failed(err)
-	werr := WriteAnswer(cs.c, status, header, body)
+	werr := WriteAnswer(&cs.outw, status, header, body)
 	// With a body left partly unread the connection's state is unknown.
 	return werr == nil && x.Req.BodyRead()
+}
+
+// bodyFailed ends an exchange whose request body could not be read: one
+// that stalled is answered 408 (body_timeout) and logged, as far as the
+// client still takes an answer; for any other failure (the client left)
+// there is nobody to tell.
+func (p *FastPath) bodyFailed(cs *connState, err error) {
+	if !errors.Is(err, ErrBodyStalled) {
+		return
+	}
+	if p.Logger != nil {
+		p.Logger.Info("client cut", "reason", "body_timeout", "remote", cs.c.RemoteAddr(), "err", err)
+	}
+	msg := fmt.Sprintf("the request body made no progress for %s", cs.bodyTimeout)
+	var body []byte
+	if p.ErrorBody != nil {
+		body = p.ErrorBody("body_timeout", msg)
+	} else {
+		body = p.BadRequest(msg)
+	}
+	_ = WriteAnswer(&cs.outw, http.StatusRequestTimeout, "Content-Type: application/json\r\nConnection: close\r\n", body)
 }
