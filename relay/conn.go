@@ -3,6 +3,8 @@ package relay
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"log/slog"
 	"net"
 	"time"
 
@@ -41,6 +43,16 @@ const ClientBodyTimeout = 30 * time.Second
 // this long.
 const ClientWriteTimeout = 30 * time.Second
 
+// TooManyConnections is the whole answer a client connection over
+// http.max_connections gets (503, reason too_many_connections) before it
+// is closed: see httpfwd.ConnServer.Busy.
+func TooManyConnections(max int) []byte {
+	body := errorJSON("too_many_connections",
+		fmt.Sprintf("the relay has its maximum of %d client connections open; retry shortly", max))
+	return fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"+
+		"X-Content-Type-Options: nosniff\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+}
+
 // ServeConn serves the client connection c (an httpfwd.ServeConnFunc): it
 // forwards the exchanges the relay admits and returns nil once c is done, or
 // returns c, with what it read replayed, for the http.Server serving h.
@@ -56,7 +68,9 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 		WriteTimeout:  h.limits.WriteTimeout,
 		BadRequest:    func(reason string) []byte { return errorJSON("bad_request", reason) },
 		ErrorBody:     errorJSON,
-		Logger:        h.log,
+		Cut: func(c net.Conn, reason string, err error) {
+			h.cutLog.log(h.log, slog.LevelDebug, "client cut", "reason", reason, "remote", c.RemoteAddr(), "err", err)
+		},
 		Route: func(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 			rt, ok := h.fastRoute(head)
 			if !ok {

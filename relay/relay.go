@@ -136,6 +136,7 @@ type Handler struct {
 	mux     *http.ServeMux
 	fast    *httpfwd.FastPath // see conn.go
 	limits  Limits
+	cutLog  *logLimit // clients cut for a timeout
 
 	mu         sync.Mutex
 	forwarders map[string]*httpfwd.Forwarder // per agent, so one agent's reconnect drops only its streams
@@ -153,6 +154,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		log:        cfg.Logger,
 		forwarders: make(map[string]*httpfwd.Forwarder),
 		limits:     cfg.Limits,
+		cutLog:     newLogLimit(),
 	}
 	h.limits.defaults()
 	if h.log == nil {

@@ -160,6 +160,9 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	// Admitted MCP exchanges are forwarded on the client connection
 	// itself; the http.Server serves the rest (see relay.Handler.ServeConn).
 	rr.fast = httpfwd.NewConnServer(h.ServeConn, ln.Addr())
+	rr.fast.MaxConns = cfg.HTTP.MaxConnections
+	rr.fast.Busy = relay.TooManyConnections(cfg.HTTP.MaxConnections)
+	rr.fast.Logger = log.With("component", "http")
 	rr.http = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: cfg.HTTP.HeaderTimeout,

@@ -115,18 +115,22 @@ func newConnState(sctx context.Context, c net.Conn, idle, headerTimeout time.Dur
 
 // rawConnOf returns the socket under c (a TLS connection's too), or nil.
 func rawConnOf(c net.Conn) syscall.RawConn {
-	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
+	// Unwrap: a ConnServer's counted connection, a TLS connection, or both.
+	for range 4 {
+		if sc, ok := c.(syscall.Conn); ok {
+			rc, err := sc.SyscallConn()
+			if err != nil {
+				return nil
+			}
+			return rc
+		}
+		nc, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil
+		}
 		c = nc.NetConn()
 	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return rc
+	return nil
 }
 
 // shuttingDown wakes the connection if it waits for a head, and only then:

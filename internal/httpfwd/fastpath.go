@@ -38,6 +38,9 @@ type FastPath struct {
 	Route func(head *Head, out []byte) *Exchange
 	// Logger, if set, is told of a ServeFunc that panicked.
 	Logger *slog.Logger
+	// Cut, if set, is told of a client cut for a timeout the fast path
+	// keeps itself (reason body_timeout), for a log line.
+	Cut func(c net.Conn, reason string, err error)
 }
 
 // Exchange is one exchange Route took: forwarded by Fwd, or answered by
@@ -182,8 +185,8 @@ func (p *FastPath) bodyFailed(cs *connState, err error) {
 	if !errors.Is(err, ErrBodyStalled) {
 		return
 	}
-	if p.Logger != nil {
-		p.Logger.Info("client cut", "reason", "body_timeout", "remote", cs.c.RemoteAddr(), "err", err)
+	if p.Cut != nil {
+		p.Cut(cs.c, "body_timeout", err)
 	}
 	msg := fmt.Sprintf("the request body made no progress for %s", cs.bodyTimeout)
 	var body []byte
