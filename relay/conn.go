@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"time"
 
+	"github.com/mcptun/mcptun/internal/authguard"
 	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
@@ -71,8 +73,8 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 		Cut: func(c net.Conn, reason string, err error) {
 			h.cutLog.log(h.log, slog.LevelDebug, "client cut", "reason", reason, "remote", c.RemoteAddr(), "err", err)
 		},
-		Route: func(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
-			rt, ok := h.fastRoute(head)
+		RouteConn: func(c net.Conn, head *httpfwd.Head, out []byte) *httpfwd.Exchange {
+			rt, ok := h.fastRoute(authguard.AddrOf(c.RemoteAddr()), head)
 			if !ok {
 				return nil
 			}
@@ -90,7 +92,7 @@ type route struct {
 
 // fastRoute admits an exchange the fast path takes, or reports false: then
 // net/http serves it (and answers any refusal).
-func (h *Handler) fastRoute(head *httpfwd.Head) (route, bool) {
+func (h *Handler) fastRoute(src netip.Addr, head *httpfwd.Head) (route, bool) {
 	method, target, version, err := head.RequestLine()
 	if err != nil || string(version) != "HTTP/1.1" || head.Chunked || head.OtherEncoding || head.ConnTokens > 0 {
 		return route{}, false
@@ -125,7 +127,7 @@ func (h *Handler) fastRoute(head *httpfwd.Head) (route, bool) {
 	if !ok {
 		return route{}, false
 	}
-	client, ref := h.admit(string(origin), string(auth), string(host), agent, server)
+	client, ref := h.admit(src, string(origin), string(auth), string(host), agent, server)
 	if ref != nil {
 		return route{}, false
 	}

@@ -34,11 +34,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/mcptun/mcptun/internal/authguard"
 	"github.com/mcptun/mcptun/internal/httpfwd"
 	"github.com/mcptun/mcptun/internal/ratelimit"
 )
@@ -88,6 +90,9 @@ type Config struct {
 	// Limits bound what a client connection may hold; zero fields take
 	// the defaults.
 	Limits Limits
+	// AuthGuard throttles and logs wrong bearer tokens per source address
+	// (nil: one with authguard's defaults, logging to Logger).
+	AuthGuard *authguard.Guard
 }
 
 // Limits bound client connections (relay.yaml http.*).
@@ -137,6 +142,7 @@ type Handler struct {
 	fast    *httpfwd.FastPath // see conn.go
 	limits  Limits
 	cutLog  *logLimit // clients cut for a timeout
+	guard   *authguard.Guard
 
 	mu         sync.Mutex
 	forwarders map[string]*httpfwd.Forwarder // per agent, so one agent's reconnect drops only its streams
@@ -155,10 +161,14 @@ func NewHandler(cfg Config) (*Handler, error) {
 		forwarders: make(map[string]*httpfwd.Forwarder),
 		limits:     cfg.Limits,
 		cutLog:     newLogLimit(),
+		guard:      cfg.AuthGuard,
 	}
 	h.limits.defaults()
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.guard == nil {
+		h.guard = authguard.New(authguard.Config{What: "bearer token", Logger: h.log})
 	}
 	for _, a := range cfg.KnownAgents {
 		h.known[a] = true
@@ -221,10 +231,22 @@ func (h *Handler) Close() error {
 	return nil
 }
 
+// AuthGuard returns the guard against token guessing (for its Stats).
+func (h *Handler) AuthGuard() *authguard.Guard { return h.guard }
+
 func (h *Handler) serveMCP(w http.ResponseWriter, r *http.Request) {
 	agent, server := r.PathValue("agent"), r.PathValue("server")
-	client, ref := h.admit(r.Header.Get("Origin"), r.Header.Get("Authorization"), r.Host, agent, server)
+	src := authguard.ParseAddr(r.RemoteAddr)
+	client, ref := h.admit(src, r.Header.Get("Origin"), r.Header.Get("Authorization"), r.Host, agent, server)
 	if ref != nil {
+		// Counted here, not in admit: every refusal is answered here
+		// (the fast path hands them over), and only once.
+		switch {
+		case ref.wrongToken:
+			h.guard.Failed(src, "agent", agent, "server", server)
+		case ref.reason == "auth_throttled":
+			h.guard.Refused(src)
+		}
 		if ref.logMsg != "" {
 			h.log.Log(r.Context(), ref.logLevel, ref.logMsg, ref.logArgs...)
 		}
@@ -245,25 +267,36 @@ type refusal struct {
 	logLevel      slog.Level
 	logMsg        string
 	logArgs       []any
+	wrongToken    bool // a bearer token was sent and matches no client
 }
 
 // admit decides whether a client's exchange with agent/server goes
-// through, from the headers that decide it: the client, or why not.
-func (h *Handler) admit(origin, authorization, host, agent, server string) (*client, *refusal) {
+// through, from the source address and the headers that decide it: the
+// client, or why not. It only looks (serveMCP counts refusals).
+func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, server string) (*client, *refusal) {
 	if !h.originAllowed(origin, host) {
 		return nil, &refusal{status: http.StatusForbidden, reason: "origin_not_allowed",
 			msg:      fmt.Sprintf("origin %q is not allowed (add it to http.allowed_origins)", origin),
 			logLevel: slog.LevelWarn, logMsg: "refused foreign origin",
 			logArgs: []any{"origin", origin, "host", host, "agent", agent, "server", server}}
 	}
+	// Before the token is looked at: a guess that happens to be right
+	// must not go through either, or guessing would not be slowed.
+	if wait, ok := h.guard.Check(src); !ok {
+		return nil, &refusal{status: http.StatusTooManyRequests, reason: "auth_throttled",
+			msg: fmt.Sprintf("too many failed authentications from your address; retry in %s",
+				wait.Round(time.Second)+time.Second),
+			header: "Retry-After", value: ratelimit.RetryAfter(wait)}
+	}
 	client, challenge := h.authenticate(authorization)
 	if client == nil {
 		msg := "missing bearer token: send Authorization: Bearer <token>"
-		if strings.Contains(challenge, "invalid_token") {
+		wrong := strings.Contains(challenge, "invalid_token")
+		if wrong {
 			msg = "invalid bearer token"
 		}
 		return nil, &refusal{status: http.StatusUnauthorized, reason: "unauthorized", msg: msg,
-			header: "WWW-Authenticate", value: challenge}
+			header: "WWW-Authenticate", value: challenge, wrongToken: wrong}
 	}
 	if !client.allowed(agent, server) {
 		return nil, &refusal{status: http.StatusForbidden, reason: "forbidden",

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"github.com/quic-go/quic-go"
+
+	"github.com/mcptun/mcptun/internal/authguard"
 )
 
 // ErrAgentOffline is returned, wrapped, by Server.Dial when the agent has no
@@ -67,6 +70,9 @@ type ServerConfig struct {
 	// HandshakeTimeout bounds TLS, mux setup, hello and answer together;
 	// default DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// AuthGuard throttles and logs refused handshakes per source address
+	// (nil: one with authguard's defaults, logging to Logger).
+	AuthGuard *authguard.Guard
 }
 
 // AgentStatus describes a connected agent.
@@ -105,6 +111,7 @@ type Server struct {
 	slots     chan struct{}
 	closeOnce sync.Once
 	lastDrop  atomic.Int64 // unix nanos of the last "dropping connection" log line
+	guard     *authguard.Guard
 
 	notifyMu sync.Mutex // serialises registry changes with their callbacks
 	mu       sync.Mutex
@@ -156,9 +163,13 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		slots:     make(chan struct{}, maxPendingHandshakes),
 		agents:    make(map[string]*agentSession),
 		conns:     make(map[io.Closer]struct{}),
+		guard:     cfg.AuthGuard,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.guard == nil {
+		s.guard = authguard.New(authguard.Config{What: "agent handshake", Logger: s.log})
 	}
 	if s.hsTimeout <= 0 {
 		s.hsTimeout = DefaultHandshakeTimeout
@@ -307,6 +318,16 @@ func (s *Server) untrack(c io.Closer) {
 	s.mu.Unlock()
 }
 
+// admitSource reports whether src may try a handshake now (see
+// authguard), counting it if not.
+func (s *Server) admitSource(src netip.Addr) bool {
+	if _, ok := s.guard.Check(src); ok {
+		return true
+	}
+	s.guard.Refused(src)
+	return false
+}
+
 // takeSlot reserves a handshake slot; the returned release is idempotent.
 func (s *Server) takeSlot(remote net.Addr) (release func(), ok bool) {
 	select {
@@ -338,6 +359,12 @@ func (s *Server) acceptTCP() {
 			}
 			continue
 		}
+		// A source refused too often is dropped before TLS: a guess
+		// costs it a connection, not the relay a handshake.
+		if src := authguard.AddrOf(c.RemoteAddr()); !s.admitSource(src) {
+			c.Close()
+			continue
+		}
 		release, ok := s.takeSlot(c.RemoteAddr())
 		if !ok {
 			c.Close()
@@ -355,6 +382,10 @@ func (s *Server) acceptQUIC() {
 				s.log.Error("tunnel: accept quic", "err", err)
 			}
 			return
+		}
+		if src := authguard.AddrOf(conn.RemoteAddr()); !s.admitSource(src) {
+			conn.CloseWithError(quic.ApplicationErrorCode(quic.ConnectionRefused), "too many refused handshakes from this address; retry later")
+			continue
 		}
 		release, ok := s.takeSlot(conn.RemoteAddr())
 		if !ok {
@@ -443,8 +474,11 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 		return
 	}
 	if ref != nil {
-		s.log.Warn("tunnel: refused agent", "agent", truncate(h.Agent, 64), "remote", remote,
+		// Per attempt at debug only: the guard's line (one per source per
+		// interval, with a count) is the one that cannot flood the log.
+		s.log.Debug("tunnel: refused agent", "agent", truncate(h.Agent, 64), "remote", remote,
 			"transport", sess.Transport(), "code", ref.Code, "reason", reason)
+		s.guard.Failed(authguard.AddrOf(sess.RemoteAddr()), "claimed", truncate(h.Agent, 64), "refusal", ref.Code)
 		s.refuse(sess, ctl, ref)
 		return
 	}

@@ -36,6 +36,10 @@ type FastPath struct {
 	// the connection, head replayed, to net/http. out is a buffer for the
 	// upstream head; Route returns the Exchange that appended to it.
 	Route func(head *Head, out []byte) *Exchange
+	// RouteConn, if set, is Route told which connection the head came on
+	// (a proxy that decides by the client's address); Route is then
+	// unused.
+	RouteConn func(c net.Conn, head *Head, out []byte) *Exchange
 	// Logger, if set, is told of a ServeFunc that panicked.
 	Logger *slog.Logger
 	// Cut, if set, is told of a client cut for a timeout the fast path
@@ -113,7 +117,12 @@ func (p *FastPath) serve(cs *connState, head *Head) bool {
 	out := outHeadPool.Get().(*[]byte)
 	cs.out = out
 	defer cs.releaseRequest()
-	x := p.Route(head, (*out)[:0])
+	var x *Exchange
+	if p.RouteConn != nil {
+		x = p.RouteConn(cs.c, head, (*out)[:0])
+	} else {
+		x = p.Route(head, (*out)[:0])
+	}
 	if x == nil {
 		return false
 	}
