@@ -68,6 +68,7 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 		HeaderTimeout: h.limits.HeaderTimeout,
 		BodyTimeout:   h.limits.BodyTimeout,
 		WriteTimeout:  h.limits.WriteTimeout,
+		StallAfter:    ClientStallAfter,
 		BadRequest:    func(reason string) []byte { return errorJSON("bad_request", reason) },
 		ErrorBody:     errorJSON,
 		Cut: func(c net.Conn, reason string, err error) {
@@ -185,6 +186,7 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 		CutShort: func(err error) {
 			h.cutShort(rt.client.Name, rt.agent, rt.server, err)
 		},
+		Stalls: h.stallBudget(rt.agent),
 	}
 }
 

@@ -32,6 +32,8 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 		r.Body = &stallBody{ReadCloser: r.Body, rc: rc, timeout: h.limits.BodyTimeout}
 	}
 	tw := &stallWriter{ResponseWriter: w, rc: rc, timeout: h.limits.WriteTimeout}
+	tw.watch.Watch(h.stallBudget(agent), ClientStallAfter, func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
+	defer tw.watch.Stop()
 	w = tw
 	err := h.forwarder(agent).Forward(w, r, httpfwd.Request{
 		Host:       agent,
@@ -73,7 +75,12 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 // stream and its share of the agent's window until then), anything else
 // (the agent or the client went away) is routine.
 func (h *Handler) cutShort(client, agent, server string, err error) {
-	if errors.Is(err, httpfwd.ErrClientStalled) {
+	switch {
+	case errors.Is(err, httpfwd.ErrClientBacklog):
+		h.cutLog.log(h.log, slog.LevelWarn, "slow client cut", "reason", "backlog", "client", client, "agent", agent, "server", server,
+			"stalled_clients", h.stallN)
+		return
+	case errors.Is(err, httpfwd.ErrClientStalled):
 		h.cutLog.log(h.log, slog.LevelWarn, "slow client cut", "reason", "write_timeout", "client", client, "agent", agent, "server", server,
 			"write_timeout", h.limits.WriteTimeout)
 		return
@@ -105,28 +112,39 @@ type stallWriter struct {
 	http.ResponseWriter
 	rc      *http.ResponseController
 	timeout time.Duration
+	watch   httpfwd.StallWatch
 	stalled error
 }
 
-func (w *stallWriter) check(err error) error {
-	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+func (w *stallWriter) check(err error, cut bool) error {
+	switch {
+	case err == nil:
+		return nil
+	case cut:
+		err = fmt.Errorf("%w: %w", httpfwd.ErrClientBacklog, err)
+	case errors.Is(err, os.ErrDeadlineExceeded):
 		err = fmt.Errorf("%w (%s): %w", httpfwd.ErrClientStalled, w.timeout, err)
-		if w.stalled == nil {
-			w.stalled = err
-		}
+	default:
+		return err
+	}
+	if w.stalled == nil {
+		w.stalled = err
 	}
 	return err
 }
 
 func (w *stallWriter) Write(p []byte) (int, error) {
 	_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	w.watch.Begin()
 	n, err := w.ResponseWriter.Write(p)
-	return n, w.check(err)
+	return n, w.check(err, w.watch.End())
 }
 
 func (w *stallWriter) Flush() {
 	_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
-	_ = w.check(w.rc.Flush())
+	w.watch.Begin()
+	err := w.rc.Flush()
+	_ = w.check(err, w.watch.End())
 }
 
 // Unwrap lets http.ResponseController reach the server's writer.
@@ -140,6 +158,20 @@ func (h *Handler) forwardFailed(client, agent, server string, err error) (status
 	}
 	h.log.Warn("forward failed", "client", client, "agent", agent, "server", server, "err", err)
 	return http.StatusBadGateway, "tunnel_error", fmt.Sprintf("forwarding to %s/%s failed: %v", agent, server, err)
+}
+
+// stallBudget returns the agent's budget of clients that read nothing.
+// It outlives the agent's sessions: exchanges give their places back to
+// it whenever they end.
+func (h *Handler) stallBudget(agent string) *httpfwd.StallBudget {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	b := h.stalls[agent]
+	if b == nil {
+		b = httpfwd.NewStallBudget(h.stallN)
+		h.stalls[agent] = b
+	}
+	return b
 }
 
 // forwarder returns the agent's stream pool.

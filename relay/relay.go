@@ -93,7 +93,21 @@ type Config struct {
 	// AuthGuard throttles and logs wrong bearer tokens per source address
 	// (nil: one with authguard's defaults, logging to Logger).
 	AuthGuard *authguard.Guard
+	// MaxStalledPerAgent bounds the answers of one agent whose clients have
+	// read nothing for ClientStallAfter, at once (default
+	// DefaultMaxStalledPerAgent); a client that would be one more is cut
+	// at once (see httpfwd.StallBudget).
+	MaxStalledPerAgent int
 }
+
+// DefaultMaxStalledPerAgent keeps what stalled clients hold of an agent's
+// tunnel connection at half its QUIC window: 32 streams of at most 1 MiB
+// unread each against 64 MiB (see tunnel's quicConnWindow).
+const DefaultMaxStalledPerAgent = 32
+
+// ClientStallAfter is how long a write to a client may be blocked before
+// the client counts as reading nothing (see Config.MaxStalledPerAgent).
+const ClientStallAfter = time.Second
 
 // Limits bound client connections (relay.yaml http.*).
 type Limits struct {
@@ -143,9 +157,11 @@ type Handler struct {
 	limits  Limits
 	cutLog  *logLimit // clients cut for a timeout
 	guard   *authguard.Guard
+	stallN  int
 
 	mu         sync.Mutex
 	forwarders map[string]*httpfwd.Forwarder // per agent, so one agent's reconnect drops only its streams
+	stalls     map[string]*httpfwd.StallBudget
 }
 
 // NewHandler returns the relay's HTTP handler.
@@ -162,6 +178,11 @@ func NewHandler(cfg Config) (*Handler, error) {
 		limits:     cfg.Limits,
 		cutLog:     newLogLimit(),
 		guard:      cfg.AuthGuard,
+		stallN:     cfg.MaxStalledPerAgent,
+		stalls:     make(map[string]*httpfwd.StallBudget),
+	}
+	if h.stallN <= 0 {
+		h.stallN = DefaultMaxStalledPerAgent
 	}
 	h.limits.defaults()
 	if h.log == nil {

@@ -38,6 +38,10 @@ type connState struct {
 	body                      progressBody
 	outw                      clientWriter
 	wdeadline                 bool
+	// stall watches the writes of a forwarded answer (see StallBudget);
+	// cutWrite, made once, is what it calls to cut one.
+	stall    StallWatch
+	cutWrite func()
 
 	// br reads c. It goes back to its pool while an exchange waits on the
 	// upstream with nothing buffered (a GET stream, most of its life):
@@ -99,6 +103,7 @@ var aLongTimeAgo = time.Unix(1, 0)
 func newConnState(sctx context.Context, c net.Conn, idle, headerTimeout time.Duration) *connState {
 	cs := &connState{c: c, idle: idle, headerTimeout: headerTimeout, fresh: true, pre: prefixReader{r: c}}
 	cs.body.cs, cs.outw.cs = cs, cs
+	cs.cutWrite = func() { _ = cs.c.SetWriteDeadline(aLongTimeAgo) }
 	cs.br = readerPool.Get().(*bufio.Reader)
 	cs.br.Reset(c)
 	if sc, ok := c.(interface{ Context() context.Context }); ok {
@@ -179,6 +184,7 @@ func (cs *connState) unparkReader() {
 // close releases what the state holds (not c, nor br).
 func (cs *connState) close() {
 	cs.unhook()
+	cs.stall.Stop()
 	cs.mu.Lock()
 	if cs.timer != nil {
 		cs.timer.Stop()
@@ -301,15 +307,20 @@ type clientWriter struct{ cs *connState }
 
 func (w *clientWriter) Write(p []byte) (int, error) {
 	cs := w.cs
-	if cs.writeTimeout <= 0 {
-		return cs.c.Write(p)
+	if cs.writeTimeout > 0 {
+		// A deadline per write, not per answer: a GET stream lasts for
+		// hours and is fine as long as its client takes what comes.
+		_ = cs.c.SetWriteDeadline(time.Now().Add(cs.writeTimeout))
+		cs.wdeadline = true
 	}
-	// A deadline per write, not per answer: a GET stream lasts for hours
-	// and is fine as long as its client takes what comes.
-	_ = cs.c.SetWriteDeadline(time.Now().Add(cs.writeTimeout))
-	cs.wdeadline = true
+	cs.stall.Begin()
 	n, err := cs.c.Write(p)
-	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+	cut := cs.stall.End()
+	switch {
+	case err == nil:
+	case cut:
+		err = fmt.Errorf("%w: %w", ErrClientBacklog, err)
+	case cs.writeTimeout > 0 && errors.Is(err, os.ErrDeadlineExceeded):
 		err = fmt.Errorf("%w (%s): %w", ErrClientStalled, cs.writeTimeout, err)
 	}
 	return n, err

@@ -26,6 +26,11 @@ type FastPath struct {
 	// no bytes of its answer this long (the error, passed to CutShort,
 	// wraps ErrClientStalled). Zero: no limit.
 	BodyTimeout, WriteTimeout time.Duration
+	// StallAfter, if > 0, is how long a write of a forwarded answer may be
+	// blocked before it takes a place in the exchange's StallBudget (see
+	// Exchange.Stalls); with none left the client is cut (the error, passed
+	// to CutShort, wraps ErrClientBacklog).
+	StallAfter time.Duration
 	// BadRequest renders the JSON body answering a malformed head.
 	BadRequest func(reason string) []byte
 	// ErrorBody, if set, renders the JSON body of another answer the fast
@@ -61,6 +66,9 @@ type Exchange struct {
 	Failed func(err error) (status int, header string, body []byte)
 	// CutShort, if set, is told of an answer cut short after it began.
 	CutShort func(err error)
+	// Stalls, if set, bounds the answers of Fwd's upstream whose clients
+	// read nothing at once (see FastPath.StallAfter).
+	Stalls *StallBudget
 }
 
 var outHeadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
@@ -160,6 +168,10 @@ func (p *FastPath) forward(cs *connState, head *Head, x *Exchange) bool {
 	}
 	x.Req.OnPark = cs.shedFn
 	ctx := cs.beginExchange(x.Req.BodyRead)
+	if p.StallAfter > 0 && x.Stalls != nil {
+		cs.stall.Watch(x.Stalls, p.StallAfter, cs.cutWrite)
+		defer cs.stall.Watch(nil, 0, nil)
+	}
 	err = x.Fwd.ForwardRaw(ctx, &cs.outw, &x.Req)
 	gone := cs.endExchange()
 	var ue *UpstreamError
