@@ -163,6 +163,7 @@ func TestRelayCutsIdleAndHalfSent(t *testing.T) {
 	// streams and the like).
 	require.Eventually(t, func() bool { return openFDs(t, pid) <= base+5 }, 10*time.Second, 20*time.Millisecond,
 		"descriptors: %d at the start", base)
+	t.Logf("relay descriptors: %d at the start, %d with 50 idle and 100 half-sent requests, %d after", base, peak, openFDs(t, pid))
 	require.True(t, d.relay.hasLine(regexp.MustCompile(`msg="client cut" .*reason=body_timeout`)), "no log line for the stalled bodies")
 }
 
