@@ -88,22 +88,7 @@ func TestRelaySurvivesDescriptorFlood(t *testing.T) {
 	release()
 
 	// A new client (new connection) is served again.
-	deadline := time.Now().Add(20 * time.Second)
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		hc := &http.Client{Transport: &http.Transport{}}
-		c, err := newClientErr(hc, d.relayURL+"/dc1/notes/mcp", clientToken)
-		if err == nil {
-			callEcho(t, c, 10*time.Second, "after")
-			_ = c.Close()
-			hc.CloseIdleConnections()
-			break
-		}
-		hc.CloseIdleConnections()
-		require.True(t, time.Now().Before(deadline), "no client served within 20s of the flood's release: %v", err)
-		<-tick.C
-	}
+	serveAgain(t, d, 20*time.Second)
 	require.False(t, d.relay.hasLine(regexp.MustCompile(`msg="listener stopped"`)), "the listener stopped")
 }
 
@@ -215,8 +200,31 @@ func TestRelayMaxConnections(t *testing.T) {
 	}
 	d.relay.waitLine(t, regexp.MustCompile(`msg="too many client connections; refusing new ones".* max_connections=20`), 5*time.Second)
 	release()
-	notes, _ := newClient(t, d.relayURL+"/dc1/notes/mcp", clientToken)
-	callEcho(t, notes, 10*time.Second, "after")
+	// Served again once the relay has seen them go (it learns of each
+	// close by reading it).
+	serveAgain(t, d, 10*time.Second)
+}
+
+// serveAgain waits until a new client, on connections of its own, is
+// served an MCP call.
+func serveAgain(t *testing.T, d *deployment, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		hc := &http.Client{Transport: &http.Transport{}}
+		c, err := newClientErr(hc, d.relayURL+"/dc1/notes/mcp", clientToken)
+		if err == nil {
+			callEcho(t, c, 10*time.Second, "after")
+			_ = c.Close()
+			hc.CloseIdleConnections()
+			return
+		}
+		hc.CloseIdleConnections()
+		require.True(t, time.Now().Before(deadline), "no client served within %s: %v", within, err)
+		<-tick.C
+	}
 }
 
 func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
