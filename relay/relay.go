@@ -9,8 +9,11 @@
 //	403  token valid but agent/server outside the client's allow patterns,
 //	     or a browser Origin that is not allowed (DNS rebinding)
 //	404  unknown agent, or a server the connected agent does not offer
-//	429  the client is over its rate limit (with Retry-After)
-//	503  the agent is known but not connected
+//	408  the request body made no progress for the body timeout
+//	429  the client is over its rate limit, or its address sent too many
+//	     wrong tokens (auth_throttled), with Retry-After
+//	503  the agent is known but not connected (the connection cap answers
+//	     503 too, see TooManyConnections)
 //
 // Every refusal carries a JSON-RPC shaped body whose message says why, so an
 // MCP client shows the reason. Everything else is forwarded as HTTP/1.1 on a

@@ -24,7 +24,8 @@ type FastPath struct {
 	// BodyTimeout cuts a request whose body makes no progress this long
 	// (answered 408 body_timeout); WriteTimeout cuts a client that accepts
 	// no bytes of its answer this long (the error, passed to CutShort,
-	// wraps ErrClientStalled). Zero: no limit.
+	// wraps ErrClientStalled). Zero: no limit. Both apply to forwarded
+	// exchanges; a served one (Exchange.Serve) sets its own deadlines.
 	BodyTimeout, WriteTimeout time.Duration
 	// StallAfter, if > 0, is how long a write of a forwarded answer may be
 	// blocked before it takes a place in the exchange's StallBudget (see
