@@ -186,7 +186,19 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if udpConn != nil {
 		s.addr = udpConn.LocalAddr().String()
 		s.qtr = &quic.Transport{Conn: udpConn}
-		s.qln, err = s.qtr.Listen(withALPN(cfg.TLSConfig, ALPN, alpnQUICYamux), quicConfig())
+		qc := quicConfig()
+		// A throttled source is refused at its first packet, before the
+		// handshake it would cost. (Only a completed handshake counts as
+		// a failure, so a spoofed address cannot get a victim throttled.)
+		// Not counted in the guard's Throttled: the client sends its
+		// Initial again, and each comes here.
+		qc.GetConfigForClient = func(info *quic.ClientInfo) (*quic.Config, error) {
+			if _, ok := s.guard.Check(authguard.AddrOf(info.RemoteAddr)); !ok {
+				return nil, errThrottled
+			}
+			return qc, nil
+		}
+		s.qln, err = s.qtr.Listen(withALPN(cfg.TLSConfig, ALPN, alpnQUICYamux), qc)
 		if err != nil {
 			s.qtr.Close()
 			udpConn.Close()
@@ -317,6 +329,8 @@ func (s *Server) untrack(c io.Closer) {
 	delete(s.conns, c)
 	s.mu.Unlock()
 }
+
+var errThrottled = errors.New("tunnel: too many refused handshakes from this address")
 
 // admitSource reports whether src may try a handshake now (see
 // authguard), counting it if not.
