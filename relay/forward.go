@@ -160,6 +160,14 @@ func (h *Handler) forwardFailed(client, agent, server string, err error) (status
 	return http.StatusBadGateway, "tunnel_error", fmt.Sprintf("forwarding to %s/%s failed: %v", agent, server, err)
 }
 
+// StalledClients reports, for metrics, how many clients of agent read
+// nothing now (each holding a place in its stall budget) and how many
+// were cut for want of one.
+func (h *Handler) StalledClients(agent string) (stalled int64, cut uint64) {
+	b := h.stallBudget(agent)
+	return b.Stalled(), b.Cuts()
+}
+
 // stallBudget returns the agent's budget of clients that read nothing.
 // It outlives the agent's sessions: exchanges give their places back to
 // it whenever they end.
