@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"github.com/quic-go/quic-go"
+
+	"github.com/mcptun/mcptun/internal/authguard"
 )
 
 // ErrAgentOffline is returned, wrapped, by Server.Dial when the agent has no
@@ -67,6 +70,9 @@ type ServerConfig struct {
 	// HandshakeTimeout bounds TLS, mux setup, hello and answer together;
 	// default DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// AuthGuard throttles and logs refused handshakes per source address
+	// (nil: one with authguard's defaults, logging to Logger).
+	AuthGuard *authguard.Guard
 }
 
 // AgentStatus describes a connected agent.
@@ -108,6 +114,7 @@ type Server struct {
 	closeOnce sync.Once
 	lastDrop  atomic.Int64 // unix nanos of the last "dropping connection" log line
 	draining  atomic.Bool  // Drain was called
+	guard     *authguard.Guard
 
 	notifyMu sync.Mutex // serialises registry changes with their callbacks
 	mu       sync.Mutex
@@ -166,9 +173,13 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		agents:    make(map[string]*agentSession),
 		drained:   make(map[string]bool),
 		conns:     make(map[io.Closer]struct{}),
+		guard:     cfg.AuthGuard,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.guard == nil {
+		s.guard = authguard.New(authguard.Config{What: "agent handshake", Logger: s.log})
 	}
 	if s.hsTimeout <= 0 {
 		s.hsTimeout = DefaultHandshakeTimeout
@@ -185,7 +196,19 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if udpConn != nil {
 		s.addr = udpConn.LocalAddr().String()
 		s.qtr = &quic.Transport{Conn: udpConn}
-		s.qln, err = s.qtr.Listen(withALPN(cfg.TLSConfig, ALPN, alpnQUICYamux), quicConfig())
+		qc := quicConfig()
+		// A throttled source is refused at its first packet, before the
+		// handshake it would cost. (Only a completed handshake counts as
+		// a failure, so a spoofed address cannot get a victim throttled.)
+		// Not counted in the guard's Throttled: the client sends its
+		// Initial again, and each comes here.
+		qc.GetConfigForClient = func(info *quic.ClientInfo) (*quic.Config, error) {
+			if _, ok := s.guard.Check(authguard.AddrOf(info.RemoteAddr)); !ok {
+				return nil, errThrottled
+			}
+			return qc, nil
+		}
+		s.qln, err = s.qtr.Listen(withALPN(cfg.TLSConfig, ALPN, alpnQUICYamux), qc)
 		if err != nil {
 			s.qtr.Close()
 			udpConn.Close()
@@ -317,6 +340,18 @@ func (s *Server) untrack(c io.Closer) {
 	s.mu.Unlock()
 }
 
+var errThrottled = errors.New("tunnel: too many refused handshakes from this address")
+
+// admitSource reports whether src may try a handshake now (see
+// authguard), counting it if not.
+func (s *Server) admitSource(src netip.Addr) bool {
+	if _, ok := s.guard.Check(src); ok {
+		return true
+	}
+	s.guard.Refused(src)
+	return false
+}
+
 // takeSlot reserves a handshake slot; the returned release is idempotent.
 func (s *Server) takeSlot(remote net.Addr) (release func(), ok bool) {
 	select {
@@ -348,6 +383,12 @@ func (s *Server) acceptTCP() {
 			}
 			continue
 		}
+		// A source refused too often is dropped before TLS: a guess
+		// costs it a connection, not the relay a handshake.
+		if src := authguard.AddrOf(c.RemoteAddr()); !s.admitSource(src) {
+			c.Close()
+			continue
+		}
 		release, ok := s.takeSlot(c.RemoteAddr())
 		if !ok {
 			c.Close()
@@ -365,6 +406,10 @@ func (s *Server) acceptQUIC() {
 				s.log.Error("tunnel: accept quic", "err", err)
 			}
 			return
+		}
+		if src := authguard.AddrOf(conn.RemoteAddr()); !s.admitSource(src) {
+			conn.CloseWithError(quic.ApplicationErrorCode(quic.ConnectionRefused), "too many refused handshakes from this address; retry later")
+			continue
 		}
 		release, ok := s.takeSlot(conn.RemoteAddr())
 		if !ok {
@@ -453,8 +498,11 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 		return
 	}
 	if ref != nil {
-		s.log.Warn("tunnel: refused agent", "agent", truncate(h.Agent, 64), "remote", remote,
+		// Per attempt at debug only: the guard's line (one per source per
+		// interval, with a count) is the one that cannot flood the log.
+		s.log.Debug("tunnel: refused agent", "agent", truncate(h.Agent, 64), "remote", remote,
 			"transport", sess.Transport(), "code", ref.Code, "reason", reason)
+		s.guard.Failed(authguard.AddrOf(sess.RemoteAddr()), "claimed", truncate(h.Agent, 64), "refusal", ref.Code)
 		s.refuse(sess, ctl, ref)
 		return
 	}

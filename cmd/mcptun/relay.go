@@ -90,6 +90,7 @@ func (a tunnelAgents) Dial(ctx context.Context, agent string) (net.Conn, error) 
 func (a tunnelAgents) AgentDraining(agent string) bool { return a.srv.AgentDraining(agent) }
 
 func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certificate, httpCert *tls.Certificate, log *slog.Logger) (*runningRelay, error) {
+	cfg.HTTP.SetLimitDefaults() // a config made in code (demo) was not validated
 	creds := make([]tunnel.AgentCredential, len(cfg.Agents))
 	known := make([]string, len(cfg.Agents))
 	for i, a := range cfg.Agents {
@@ -136,6 +137,12 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 		Clients:        clients,
 		AllowedOrigins: cfg.HTTP.AllowedOrigins,
 		Logger:         log.With("component", "http"),
+		Limits: relay.Limits{
+			HeaderTimeout: cfg.HTTP.HeaderTimeout,
+			IdleTimeout:   cfg.HTTP.IdleTimeout,
+			BodyTimeout:   cfg.HTTP.BodyTimeout,
+			WriteTimeout:  cfg.HTTP.WriteTimeout,
+		},
 	})
 	if err != nil {
 		_ = ts.Close()
@@ -161,10 +168,13 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	// Admitted MCP exchanges are forwarded on the client connection
 	// itself; the http.Server serves the rest (see relay.Handler.ServeConn).
 	rr.fast = httpfwd.NewConnServer(h.ServeConn, ln.Addr())
+	rr.fast.MaxConns = cfg.HTTP.MaxConnections
+	rr.fast.Busy = relay.TooManyConnections(cfg.HTTP.MaxConnections)
+	rr.fast.Logger = log.With("component", "http")
 	rr.http = &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: relay.ClientHeaderTimeout,
-		IdleTimeout:       relay.ClientIdleTimeout,
+		ReadHeaderTimeout: cfg.HTTP.HeaderTimeout,
+		IdleTimeout:       cfg.HTTP.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	serveFront(&rr.wg, log.With("component", "http"), rr.fast, rr.http, ln)

@@ -277,3 +277,40 @@ func TestShutdownGrace(t *testing.T) {
 		require.Equal(t, tc.want, a.ShutdownGrace, "agent %q", tc.extra)
 	}
 }
+
+// The client connection limits: documented defaults, values taken, and
+// bad values named by key.
+func TestLoadRelayHTTPLimits(t *testing.T) {
+	load := func(http string) (*Relay, error) {
+		body := strings.Replace(validRelay, `http: {listen: "127.0.0.1:8080"}`, `http: {listen: "127.0.0.1:8080"`+http+`}`, 1)
+		return LoadRelay(writeFile(t, t.TempDir(), "relay.yaml", strings.ReplaceAll(body, "HASH", hashA)))
+	}
+	c, err := load("")
+	require.NoError(t, err)
+	require.Equal(t, 10000, c.HTTP.MaxConnections)
+	require.Equal(t, 10*time.Second, c.HTTP.HeaderTimeout)
+	require.Equal(t, 120*time.Second, c.HTTP.IdleTimeout)
+	require.Equal(t, 30*time.Second, c.HTTP.BodyTimeout)
+	require.Equal(t, 30*time.Second, c.HTTP.WriteTimeout)
+
+	c, err = load(", max_connections: 50, header_timeout: 2s, idle_timeout: 1m, body_timeout: 5s, write_timeout: 7s")
+	require.NoError(t, err)
+	require.Equal(t, 50, c.HTTP.MaxConnections)
+	require.Equal(t, 2*time.Second, c.HTTP.HeaderTimeout)
+	require.Equal(t, time.Minute, c.HTTP.IdleTimeout)
+	require.Equal(t, 5*time.Second, c.HTTP.BodyTimeout)
+	require.Equal(t, 7*time.Second, c.HTTP.WriteTimeout)
+
+	for _, tc := range []struct{ http, want string }{
+		{", max_connections: -1", "http.max_connections: must be a number of connections"},
+		{", header_timeout: 10ms", "http.header_timeout: must be at least 1s"},
+		{", idle_timeout: -5s", "http.idle_timeout: must be at least 1s"},
+		{", body_timeout: 500ms", "http.body_timeout: must be at least 1s"},
+		{", write_timeout: 1ns", "http.write_timeout: must be at least 1s"},
+		{", write_timeout: soon", "write_timeout"},
+	} {
+		_, err := load(tc.http)
+		require.ErrorContains(t, err, tc.want, tc.http)
+		require.ErrorContains(t, err, "relay.yaml", tc.http)
+	}
+}

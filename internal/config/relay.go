@@ -43,7 +43,31 @@ type RelayHTTP struct {
 	// AllowedOrigins lists browser origins allowed besides loopback ones
 	// (on a loopback Host); a request with any other Origin is refused (403).
 	AllowedOrigins []string `mapstructure:"allowed_origins"`
+	// Limits on client connections; zero values take the defaults below.
+	//
+	// MaxConnections caps concurrent client connections; one over it is
+	// answered 503 (too_many_connections) and closed.
+	MaxConnections int `mapstructure:"max_connections"`
+	// HeaderTimeout bounds the wait for a request head: on a new
+	// connection from accept, on a kept-alive one from its first byte.
+	HeaderTimeout time.Duration `mapstructure:"header_timeout"`
+	// IdleTimeout closes a connection idle between exchanges.
+	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
+	// BodyTimeout cuts a request whose body makes no progress this long.
+	BodyTimeout time.Duration `mapstructure:"body_timeout"`
+	// WriteTimeout cuts a client that accepts no bytes of its answer this
+	// long (a GET stream nobody reads).
+	WriteTimeout time.Duration `mapstructure:"write_timeout"`
 }
+
+// Defaults of the relay's client connection limits (http.*).
+const (
+	DefaultMaxConnections = 10000
+	DefaultHeaderTimeout  = 10 * time.Second
+	DefaultIdleTimeout    = 120 * time.Second
+	DefaultBodyTimeout    = 30 * time.Second
+	DefaultWriteTimeout   = 30 * time.Second
+)
 
 // RelayAgent is an agent allowed to connect.
 type RelayAgent struct {
@@ -117,6 +141,7 @@ func (c *Relay) validate(p *problems, path string) {
 		checkSecretMode(p, "http.key_file", c.HTTP.KeyFile)
 	}
 	checkOrigins(p, "http.allowed_origins", c.HTTP.AllowedOrigins)
+	c.HTTP.validateLimits(p)
 
 	if len(c.Agents) == 0 {
 		p.add("agents", "at least one agent is required")
@@ -159,6 +184,47 @@ func checkShutdownGrace(p *problems, d *time.Duration) {
 	case *d < time.Millisecond:
 		// A bare number is nanoseconds: surely not what was meant.
 		p.add("shutdown_grace", "%s is less than a millisecond: give a unit, such as 30s", *d)
+	}
+}
+
+// validateLimits checks the connection limits and fills in defaults.
+func (h *RelayHTTP) validateLimits(p *problems) {
+	if h.MaxConnections < 0 {
+		p.add("http.max_connections", "must be a number of connections, > 0 (or 0: the default %d), not %d", DefaultMaxConnections, h.MaxConnections)
+	}
+	for _, d := range h.timeouts() {
+		if *d.v != 0 && *d.v < time.Second {
+			p.add(d.key, "must be at least 1s (or left out: the default %s), not %s", d.def, *d.v)
+		}
+	}
+	h.SetLimitDefaults()
+}
+
+// SetLimitDefaults gives the connection limits left at zero their
+// defaults (for a RelayHTTP made in code, not loaded).
+func (h *RelayHTTP) SetLimitDefaults() {
+	if h.MaxConnections == 0 {
+		h.MaxConnections = DefaultMaxConnections
+	}
+	for _, d := range h.timeouts() {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+}
+
+type timeoutKey struct {
+	key string
+	v   *time.Duration
+	def time.Duration
+}
+
+func (h *RelayHTTP) timeouts() []timeoutKey {
+	return []timeoutKey{
+		{"http.header_timeout", &h.HeaderTimeout, DefaultHeaderTimeout},
+		{"http.idle_timeout", &h.IdleTimeout, DefaultIdleTimeout},
+		{"http.body_timeout", &h.BodyTimeout, DefaultBodyTimeout},
+		{"http.write_timeout", &h.WriteTimeout, DefaultWriteTimeout},
 	}
 }
 
