@@ -44,6 +44,72 @@ type ServerConfig struct {
 	// limit, whatever the relay allows.
 	Rate  float64
 	Burst int
+	// Limits bound the sessions and requests of a Command server, in all
+	// and per client; zero fields take their defaults.
+	Limits Limits
+}
+
+// Limits bound what one stdio (Command) server takes from the agent, and
+// what one client may take of it: a client is the identity the relay
+// verified (ClientHeader). Over a limit the bridge refuses with 503 (the
+// server's limit) or 429 (the client's), error.data.reason naming which.
+// Zero means the default.
+type Limits struct {
+	// Sessions bounds the server's sessions (children) from all clients
+	// together, the stateless era's shared child included. Default
+	// Options.MaxSessions (256).
+	Sessions int
+	// SessionsPerClient bounds one client's sessions. A client at its
+	// limit that starts another session ends its own longest-idle one (no
+	// request in progress) to make room; only when all its sessions are
+	// busy is it refused. Default 32, at most Sessions.
+	SessionsPerClient int
+	// ConcurrentRequests bounds the JSON-RPC requests in flight to the
+	// server's children from all clients together, counted from the POST
+	// until the child answers (a client that hangs up does not free its
+	// request's place: the child still works on it). Default 1024.
+	ConcurrentRequests int
+	// ConcurrentRequestsPerClient bounds one client's requests in flight.
+	// Default 128, at most ConcurrentRequests.
+	ConcurrentRequestsPerClient int
+}
+
+// Default limits (see Limits).
+const (
+	DefaultSessionsPerClient           = 32
+	DefaultConcurrentRequests          = 1024
+	DefaultConcurrentRequestsPerClient = 128
+)
+
+// withDefaults fills in l's zero fields; maxSessions is the handler's
+// default for Sessions.
+func (l Limits) withDefaults(maxSessions int) Limits {
+	if l.Sessions == 0 {
+		l.Sessions = maxSessions
+	}
+	if l.SessionsPerClient == 0 {
+		l.SessionsPerClient = min(DefaultSessionsPerClient, l.Sessions)
+	}
+	if l.ConcurrentRequests == 0 {
+		l.ConcurrentRequests = DefaultConcurrentRequests
+	}
+	if l.ConcurrentRequestsPerClient == 0 {
+		l.ConcurrentRequestsPerClient = min(DefaultConcurrentRequestsPerClient, l.ConcurrentRequests)
+	}
+	return l
+}
+
+func (l Limits) validate() error {
+	if l.Sessions < 0 || l.SessionsPerClient < 0 || l.ConcurrentRequests < 0 || l.ConcurrentRequestsPerClient < 0 {
+		return fmt.Errorf("limits %+v: want numbers ≥ 0 (0: the default)", l)
+	}
+	if l.Sessions > 0 && l.SessionsPerClient > l.Sessions {
+		return fmt.Errorf("limits: sessions per client (%d) above the server's sessions (%d)", l.SessionsPerClient, l.Sessions)
+	}
+	if l.ConcurrentRequests > 0 && l.ConcurrentRequestsPerClient > l.ConcurrentRequests {
+		return fmt.Errorf("limits: concurrent requests per client (%d) above the server's (%d)", l.ConcurrentRequestsPerClient, l.ConcurrentRequests)
+	}
+	return nil
 }
 
 // Options tune a [Handler]. The zero value is usable.
@@ -52,13 +118,16 @@ type Options struct {
 	// Default: discard.
 	Logger *slog.Logger
 	// IdleTimeout ends a stdio session after this long without an HTTP
-	// request in progress for it. Default 10 minutes.
+	// request in progress for it. Default 2 minutes: most command-line
+	// clients never send DELETE, and their children would otherwise hold
+	// their memory that long after they exit. A client with its GET
+	// stream open is never idle.
 	IdleTimeout time.Duration
 	// MaxMessageBytes bounds one JSON-RPC message in either direction on
 	// stdio servers. Default 64 MiB.
 	MaxMessageBytes int64
-	// MaxSessions bounds concurrent sessions (children) per stdio server;
-	// over it, initialize gets 503. Default 256.
+	// MaxSessions bounds concurrent sessions (children) per stdio server
+	// whose Limits.Sessions is 0; over it, initialize gets 503. Default 256.
 	MaxSessions int
 	// KeepAlive is the interval of ": keepalive" comments on SSE streams.
 	// Default 20 s.
@@ -87,7 +156,7 @@ type Options struct {
 }
 
 const (
-	defaultIdleTimeout     = 10 * time.Minute
+	defaultIdleTimeout     = 2 * time.Minute
 	defaultMaxMessageBytes = 64 << 20
 	defaultMaxSessions     = 256
 	defaultKeepAlive       = 20 * time.Second
@@ -180,6 +249,12 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 func validate(sc ServerConfig) error {
 	if !namePattern.MatchString(sc.Name) {
 		return fmt.Errorf("invalid name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", sc.Name)
+	}
+	if err := sc.Limits.validate(); err != nil {
+		return err
+	}
+	if sc.Limits != (Limits{}) && sc.URL != "" {
+		return errors.New("limits apply to Command servers only")
 	}
 	if sc.Rate < 0 || sc.Burst < 0 || math.IsNaN(sc.Rate) || math.IsInf(sc.Rate, 0) {
 		return fmt.Errorf("rate %v and burst %d: want a number of requests per second ≥ 0 and a burst ≥ 0", sc.Rate, sc.Burst)

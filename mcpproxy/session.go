@@ -26,16 +26,20 @@ var (
 	errIdle     = errors.New("session idle timeout")
 	errShutdown = errors.New("agent shutting down")
 	errInitFail = errors.New("initialize failed")
+	errReplaced = errors.New("its client reached its session limit and this was its longest-idle session")
 )
 
 // session is one MCP session of a stdio server: one child process, the
 // requests in flight to it, and the SSE streams and replay buffer of
 // messages from it.
 type session struct {
-	id   string
-	srv  *stdioServer
-	log  *slog.Logger
-	proc *process
+	id  string
+	srv *stdioServer
+	// owner is the client that initialized the session (ClientHeader):
+	// to anyone else it does not exist.
+	owner string
+	log   *slog.Logger
+	proc  *process
 	// shared marks the one child of the stateless (2026-07-28) era, serving
 	// every client of the server at once: client ids may collide, and a
 	// message of the child that names no request belongs to no one client.
@@ -71,6 +75,7 @@ type call struct {
 	stream      *stream
 	clientToken []byte // exact progress token the client sent, if any
 	token       string // the progress token the child sees, if any
+	client      string // who sent it: counted in srv's limits until answered
 	// listen marks a subscriptions/listen request: its notifications name
 	// it by id in _meta, and so does its result.
 	listen bool
@@ -111,10 +116,11 @@ func newSessionID() string {
 	return hex.EncodeToString(b[:])
 }
 
-func newSession(srv *stdioServer, proc *process) *session {
+func newSession(srv *stdioServer, proc *process, owner string) *session {
 	id := newSessionID()
 	s := &session{
 		id:         id,
+		owner:      owner,
 		srv:        srv,
 		log:        srv.log.With("session", id[:8]),
 		proc:       proc,
@@ -209,6 +215,27 @@ func (s *session) leave() {
 	s.lastUsed = time.Now()
 }
 
+// idleSince reports whether no HTTP request for s is in progress, and since
+// when.
+func (s *session) idleSince() (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastUsed, !s.ended && s.active == 0
+}
+
+// endIfIdle ends s for reason unless an HTTP request for it is in progress.
+func (s *session) endIfIdle(reason error) bool {
+	s.mu.Lock()
+	idle := !s.ended && s.active == 0
+	s.mu.Unlock()
+	// A request entering now finds the session ended, as with the idle
+	// timeout: it gets 404 and the client starts a new session.
+	if idle {
+		s.end(reason)
+	}
+	return idle
+}
+
 func (s *session) checkIdle() {
 	idle := s.srv.h.opts.IdleTimeout
 	s.mu.Lock()
@@ -253,7 +280,7 @@ var errDuplicateID = errors.New("a request with this id is already in flight in 
 // write to the child: body with its id replaced by ours. Children see
 // small integer ids, so an id no float64 holds (or one that another
 // client used) comes back exactly as the client sent it.
-func (s *session) startCall(m *Message, body []byte) (*call, []byte, error) {
+func (s *session) startCall(m *Message, body []byte, client string) (*call, []byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {
@@ -262,8 +289,11 @@ func (s *session) startCall(m *Message, body []byte) (*call, []byte, error) {
 	if !s.shared && s.byClientID[string(m.ID)] != nil {
 		return nil, nil, errDuplicateID
 	}
+	if err := s.srv.takeCall(client); err != nil {
+		return nil, nil, err
+	}
 	s.nextID++
-	c := &call{clientID: m.ID, ourID: strconv.FormatInt(s.nextID, 10), listen: m.Method == "subscriptions/listen"}
+	c := &call{clientID: m.ID, ourID: strconv.FormatInt(s.nextID, 10), listen: m.Method == "subscriptions/listen", client: client}
 	c.stream = s.newStreamLocked()
 	c.stream.call = c
 	c.stream.attached = true
@@ -323,6 +353,9 @@ func (s *session) finishLocked(c *call, ev *event) {
 }
 
 func (s *session) forgetCallLocked(c *call) {
+	if s.pending[c.ourID] == c {
+		s.srv.releaseCall(c.client)
+	}
 	delete(s.pending, c.ourID)
 	if s.byClientID[string(c.clientID)] == c {
 		delete(s.byClientID, string(c.clientID))
