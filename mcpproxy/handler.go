@@ -132,6 +132,13 @@ type Options struct {
 	// KeepAlive is the interval of ": keepalive" comments on SSE streams.
 	// Default 20 s.
 	KeepAlive time.Duration
+	// WriteTimeout bounds one write of an SSE stream of a stdio server: a
+	// client that accepts no bytes for this long is cut (with a logged
+	// reason); its undelivered messages wait in the session's replay
+	// buffer for a resume with Last-Event-ID. While such a client holds
+	// a full replay buffer, the session's child is held back. Default 1
+	// minute.
+	WriteTimeout time.Duration
 	// KillGrace is how long a child may take to exit after its stdin is
 	// closed and it got SIGTERM, before its process group gets SIGKILL.
 	// Default 2 s.
@@ -161,6 +168,7 @@ const (
 	defaultMaxSessions     = 256
 	defaultKeepAlive       = 20 * time.Second
 	defaultKillGrace       = 2 * time.Second
+	defaultWriteTimeout    = time.Minute
 
 	// Replay buffer bounds per session (see the package comment).
 	replayMaxEvents = 1024
@@ -206,6 +214,9 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 	}
 	if opts.KillGrace <= 0 {
 		opts.KillGrace = defaultKillGrace
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = defaultWriteTimeout
 	}
 	h := &Handler{log: opts.Logger, opts: opts, servers: make(map[string]http.Handler), limits: make(map[string]*ratelimit.Limiter)}
 	if len(servers) == 0 {

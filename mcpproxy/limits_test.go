@@ -182,14 +182,16 @@ func TestSessionLimits(t *testing.T) {
 // session returns the live session with id sid.
 func (b *bridge) session(t *testing.T, sid string) *session {
 	t.Helper()
-	srv := b.h.servers["ts"].(*stdioServer)
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	s := srv.sessions[sid]
-	if s == nil {
-		t.Fatalf("no session %s", sid)
+	for _, srv := range b.h.stdio {
+		srv.mu.Lock()
+		s := srv.sessions[sid]
+		srv.mu.Unlock()
+		if s != nil {
+			return s
+		}
 	}
-	return s
+	t.Fatalf("no session %s", sid)
+	return nil
 }
 
 // TestSessionFloodFromOneClient: concurrent initializes from one client

@@ -57,7 +57,7 @@ func TestIDAndTokenMapping(t *testing.T) {
 	// From the child: progress and response get the client's bytes back.
 	s.fromChild([]byte(`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":0.5}}`))
 	s.fromChild([]byte(`{"jsonrpc":"2.0","id":1,"result":{"content":[]}}`))
-	evs, complete := s.eventsAfter(c.stream, c.stream.primed)
+	evs, complete, _ := s.eventsAfter(c.stream, c.stream.primed)
 	if len(evs) != 2 || !complete {
 		t.Fatalf("events %d complete %v", len(evs), complete)
 	}
@@ -124,7 +124,7 @@ func TestReplayBuffer(t *testing.T) {
 		t.Fatalf("a connected stream lost undelivered events: %d left", len(s.events))
 	}
 	// Delivered, they make room.
-	evs, _ := s.eventsAfter(live, 0)
+	evs, _, _ := s.eventsAfter(live, 0)
 	for _, ev := range evs[:20] {
 		s.markDelivered(ev)
 	}

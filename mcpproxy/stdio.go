@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,9 +22,6 @@ const (
 	headerVersion  = "Mcp-Protocol-Version"
 	headerLastID   = "Last-Event-Id"
 	sseRetryMillis = 2000
-	// writeTimeout bounds one SSE write: a client that stops reading
-	// releases its stream (and the buffered messages stay for a resume).
-	writeTimeout = time.Minute
 )
 
 // statelessVersion is the first revision without sessions; requests that
@@ -57,6 +55,20 @@ type stdioServer struct {
 	callMu      sync.Mutex // a leaf lock: taken under session locks
 	calls       int        // requests in flight to the children
 	clientCalls map[string]int
+
+	// peakBuffered is the largest replay buffer (bytes) a session of the
+	// server has had: what the bound promises, observable.
+	peakBuffered atomic.Int64
+}
+
+// noteBuffered records a session's replay buffer size.
+func (srv *stdioServer) noteBuffered(n int) {
+	for {
+		old := srv.peakBuffered.Load()
+		if int64(n) <= old || srv.peakBuffered.CompareAndSwap(old, int64(n)) {
+			return
+		}
+	}
 }
 
 func stdioSupported() error { return nil }
@@ -407,7 +419,7 @@ func (srv *stdioServer) serveCall(w http.ResponseWriter, r *http.Request, s *ses
 		}
 		return handedOut
 	}
-	sw := startSSE(w, r, st, st.primed)
+	sw := srv.startSSE(w, r, st, st.primed)
 	defer sw.finish()
 	if last := s.pump(r.Context(), sw, st, st.primed); init && last != nil && last.response && last.isError {
 		return false
@@ -515,7 +527,7 @@ func (srv *stdioServer) postStateless(w http.ResponseWriter, r *http.Request, m 
 			return
 		}
 	}
-	sw := startSSE(w, r, st, st.primed)
+	sw := srv.startSSE(w, r, st, st.primed)
 	defer sw.finish()
 	s.pump(r.Context(), sw, st, st.primed)
 }
@@ -591,7 +603,7 @@ func (srv *stdioServer) get(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.detach(st)
-	sw := startSSE(w, r, st, cursor)
+	sw := srv.startSSE(w, r, st, cursor)
 	defer sw.finish()
 	s.pump(r.Context(), sw, st, cursor)
 }
@@ -616,20 +628,21 @@ func (srv *stdioServer) delete(w http.ResponseWriter, r *http.Request) {
 
 // sseWriter writes one SSE stream.
 type sseWriter struct {
-	w  http.ResponseWriter
-	rc *http.ResponseController
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration // Options.WriteTimeout
 }
 
 // startSSE sends the stream's headers, the reconnection delay and (for
 // clients of 2025-11-25 or later, which expect it) a priming event whose id
 // lets the client resume from the stream's start.
-func startSSE(w http.ResponseWriter, r *http.Request, st *stream, cursor uint64) *sseWriter {
+func (srv *stdioServer) startSSE(w http.ResponseWriter, r *http.Request, st *stream, cursor uint64) *sseWriter {
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	sw := &sseWriter{w: w, rc: http.NewResponseController(w)}
+	sw := &sseWriter{w: w, rc: http.NewResponseController(w), timeout: srv.h.opts.WriteTimeout}
 	head := "retry: " + strconv.Itoa(sseRetryMillis) + "\n"
 	if v := r.Header.Get(headerVersion); v >= "2025-11-25" && v < statelessVersion {
 		head += "id: " + strconv.FormatInt(st.num, 10) + "." + strconv.FormatUint(cursor, 10) + "\ndata: \n"
@@ -639,7 +652,7 @@ func startSSE(w http.ResponseWriter, r *http.Request, st *stream, cursor uint64)
 }
 
 func (sw *sseWriter) write(parts ...[]byte) error {
-	_ = sw.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_ = sw.rc.SetWriteDeadline(time.Now().Add(sw.timeout))
 	for _, p := range parts {
 		if _, err := sw.w.Write(p); err != nil {
 			return err
