@@ -129,3 +129,117 @@ func TestSlowReaderBoundsBuffer(t *testing.T) {
 	debug.FreeOSMemory()
 	t.Logf("after the session: heap %d MiB (before: %d MiB), RSS %d MiB", heapAlloc()>>20, base>>20, vmRSS(t)>>20)
 }
+
+// TestStalledReaderCutAndResumes: a client that reads nothing of its GET
+// stream for WriteTimeout is cut, with a logged reason; the child flows
+// again (what the client missed beyond the replay window is dropped,
+// logged), and the client resumes with Last-Event-ID up to the end.
+func TestStalledReaderCutAndResumes(t *testing.T) {
+	const count, size = 1500, 16 << 10
+	b := newBridge(t, Options{WriteTimeout: 300 * time.Millisecond}, floodServer(count, size))
+	fb := &bridge{h: b.h, srv: b.srv, url: b.srv.URL + "/flood/mcp", logs: b.logs}
+	srv := b.h.servers["flood"].(*stdioServer)
+	sid := fb.initializeAs(t, "alice")
+	get := fb.openStream(t, sid, "alice")
+	if code, out := fb.status(t, http.MethodPost, sid, `{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}`, as("alice")...); code != http.StatusAccepted {
+		t.Fatalf("go: %d %s", code, out)
+	}
+	eventually(t, 30*time.Second, "the stalled stream cut", func() bool {
+		return b.logs.find("read nothing of its stream for the write timeout") != ""
+	})
+	eventually(t, 30*time.Second, "the child flowing again", func() bool {
+		return b.logs.find("server output flowing again") != ""
+	})
+	// What reached the client before the cut, up to its last whole event.
+	rd := newSSEReader(get.Body)
+	last, seen := "", 0
+	for {
+		ev, err := rd.next()
+		if err != nil {
+			break
+		}
+		if ev.data != "" {
+			seen++
+		}
+		last = ev.id
+	}
+	get.Body.Close()
+	t.Logf("read %d messages before the cut; resuming after %s", seen, last)
+
+	resumed := fb.do(t, http.MethodGet, sid, "", append(as("alice"), "Last-Event-ID", last)...)
+	defer resumed.Body.Close()
+	if resumed.StatusCode != http.StatusOK {
+		t.Fatalf("resume: %d %s", resumed.StatusCode, readBody(t, resumed))
+	}
+	rd, prev := newSSEReader(resumed.Body), 0
+	for {
+		ev := rd.nextData(t)
+		if strings.Contains(ev.data, `"data":"done"`) {
+			break
+		}
+		var n int
+		if _, err := fmt.Sscanf(ev.data[strings.Index(ev.data, `"data":"`)+8:], "%d ", &n); err != nil || n <= prev {
+			t.Fatalf("after message %d: %.120s", prev, ev.data)
+		}
+		prev = n
+	}
+	if prev < count-replayMaxEvents {
+		t.Fatalf("the resumed stream ended at message %d of %d", prev, count)
+	}
+	if peak := srv.peakBuffered.Load(); peak > replayMaxBytes+size+200 {
+		t.Fatalf("replay buffer reached %d bytes: over its bound of %d", peak, int64(replayMaxBytes))
+	}
+}
+
+// floodStatelessScript is a stateless-era stdio server: for its first
+// request (our id 1, progress token 1) it writes COUNT progress
+// notifications of SIZE bytes, then the answer, then "flood over" to
+// stderr; it reads nothing more until its stdin closes.
+const floodStatelessScript = `read -r req
+pad=$(head -c "$SIZE" /dev/zero | tr '\0' x)
+i=1
+while [ "$i" -le "$COUNT" ]; do
+	printf '{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":%d,"message":"%s"}}\n' "$i" "$pad"
+	i=$((i+1))
+done
+printf '%s\n' '{"jsonrpc":"2.0","id":1,"result":{"content":[]}}'
+echo "flood over" >&2
+cat >/dev/null
+`
+
+// TestStalledStatelessStreamIsCut: the stateless era's child is shared by
+// every client of the server, so a client that does not read its
+// request's stream is not allowed to hold it back: past the replay
+// buffer's bound that stream is cut and its request cancelled, logged,
+// and the child goes on.
+func TestStalledStatelessStreamIsCut(t *testing.T) {
+	const count, size = 1500, 16 << 10
+	sc := ServerConfig{Name: "flood", Command: []string{"/bin/sh", "-c", floodStatelessScript},
+		Env: map[string]string{"COUNT": strconv.Itoa(count), "SIZE": strconv.Itoa(size)}}
+	b := newBridge(t, Options{WriteTimeout: 300 * time.Millisecond}, sc)
+	srv := b.h.servers["flood"].(*stdioServer)
+	b.url = b.srv.URL + "/flood/mcp"
+	resp := b.statelessPost(t, "7", "tools/call", "slow", `{}`, `"tok"`)
+	defer resp.Body.Close()
+	if resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("stateless call: %d %s", resp.StatusCode, readBody(t, resp))
+	}
+	eventually(t, 30*time.Second, "the stalled stateless stream cut", func() bool {
+		return b.logs.find("stateless client is not reading its stream") != ""
+	})
+	eventually(t, 30*time.Second, "the shared child done with its flood", func() bool {
+		return b.logs.find("flood over") != ""
+	})
+	if peak := srv.peakBuffered.Load(); peak > replayMaxBytes+size+200 {
+		t.Fatalf("replay buffer reached %d bytes: over its bound of %d", peak, int64(replayMaxBytes))
+	}
+	srv.mu.Lock()
+	s := srv.shared
+	srv.mu.Unlock()
+	s.mu.Lock()
+	held, pending := s.bufBytes, len(s.pending)
+	s.mu.Unlock()
+	if held > replayMaxBytes || pending != 0 {
+		t.Fatalf("after the cut: %d bytes buffered, %d requests in flight", held, pending)
+	}
+}
