@@ -48,9 +48,9 @@ func clientName(client string) string {
 }
 
 // reserve takes a session place for owner (none for the shared child, which
-// is no one client's): under the server's limit, and under owner's, where
-// owner's longest-idle session makes room if owner has no place left.
-// release gives the place back.
+// is no one client's): under owner's limit, where owner's longest-idle
+// session makes room if owner has no place left, and under the server's.
+// releaseLocked gives the place back.
 func (srv *stdioServer) reserve(shared bool, owner string) error {
 	for range 3 { // a concurrent start may take the place an eviction made
 		srv.mu.Lock()
@@ -58,37 +58,38 @@ func (srv *stdioServer) reserve(shared bool, owner string) error {
 			srv.mu.Unlock()
 			return errClosing
 		}
+		if !shared && srv.perClient[owner] >= srv.lim.SessionsPerClient {
+			var mine []*session
+			for _, s := range srv.sessions {
+				if s.owner == owner && !s.shared {
+					mine = append(mine, s)
+				}
+			}
+			srv.mu.Unlock()
+			if !endLongestIdle(mine) {
+				break
+			}
+			continue
+		}
 		if n := len(srv.live) + srv.starting; n >= srv.lim.Sessions {
 			srv.mu.Unlock()
 			return &limitError{status: http.StatusServiceUnavailable, reason: reasonSessionLimit, limit: srv.lim.Sessions,
 				msg: fmt.Sprintf("server %q already has its maximum of %d sessions (limits.sessions); retry when one ends", srv.cfg.Name, srv.lim.Sessions)}
 		}
-		if shared || srv.perClient[owner] < srv.lim.SessionsPerClient {
-			srv.starting++ // so concurrent initializes cannot overshoot
-			if !shared {
-				srv.perClient[owner]++
-			}
-			srv.mu.Unlock()
-			return nil
-		}
-		var mine []*session
-		for _, s := range srv.sessions {
-			if s.owner == owner && !s.shared {
-				mine = append(mine, s)
-			}
+		srv.starting++ // so concurrent initializes cannot overshoot
+		if !shared {
+			srv.perClient[owner]++
 		}
 		srv.mu.Unlock()
-		if !endLongestIdle(mine) {
-			break
-		}
+		return nil
 	}
 	return &limitError{status: http.StatusTooManyRequests, reason: reasonClientSessionLimit, limit: srv.lim.SessionsPerClient,
 		msg: fmt.Sprintf("client %s already has its maximum of %d sessions on server %q, all of them busy (limits.sessions_per_client); end one with DELETE",
 			clientName(owner), srv.lim.SessionsPerClient, srv.cfg.Name)}
 }
 
-// release gives back a place reserve took for a session that did not
-// start; remove gives back a started session's.
+// releaseLocked gives back a place reserve took, for a session that did
+// not start or (from remove) one that ended.
 func (srv *stdioServer) releaseLocked(shared bool, owner string) {
 	if shared {
 		return
