@@ -11,6 +11,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -190,6 +191,8 @@ type Handler struct {
 	mu     sync.Mutex
 	closed bool
 	wg     sync.WaitGroup // per-session goroutines (stdout, stderr, reaper)
+	// release is the pending releaseMemorySoon, if any.
+	release *time.Timer
 }
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -375,6 +378,9 @@ func (h *Handler) isClosed() bool {
 func (h *Handler) Close() error {
 	h.mu.Lock()
 	h.closed = true
+	if h.release != nil && h.release.Stop() {
+		h.wg.Done()
+	}
 	h.mu.Unlock()
 	for _, s := range h.stdio {
 		s.closeAll()
@@ -384,6 +390,27 @@ func (h *Handler) Close() error {
 		p.close()
 	}
 	return nil
+}
+
+// releaseMemorySoon hands the heap a large replay buffer left behind back
+// to the operating system a second after a session ended, at most once a
+// second. Left to itself the runtime would collect it only at its next
+// forced collection (up to two minutes away on an idle agent) and return it
+// gradually after that: an agent's RSS is what its operators watch.
+func (h *Handler) releaseMemorySoon() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed || h.release != nil {
+		return
+	}
+	h.wg.Add(1)
+	h.release = time.AfterFunc(time.Second, func() {
+		defer h.wg.Done()
+		debug.FreeOSMemory()
+		h.mu.Lock()
+		h.release = nil
+		h.mu.Unlock()
+	})
 }
 
 // acquire reserves a place in the set of goroutines Close waits for, or

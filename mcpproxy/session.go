@@ -66,6 +66,7 @@ type session struct {
 	seq        uint64   // last event sequence number
 	events     []*event // replay buffer, in seq order
 	bufBytes   int
+	peakBytes  int // the largest bufBytes
 	dropped    int // undelivered events evicted
 	// room wakes readStdout when it holds the child's output back (see
 	// waitRoom): events were delivered, streams detached.
@@ -182,6 +183,12 @@ func (s *session) run() {
 	s.proc.stderr.Close()
 	s.end(fmt.Errorf("server process ended (%s)", exitReason(werr)))
 	s.log.Info("server process reaped", "pid", s.proc.pgid, "status", exitReason(werr))
+	s.mu.Lock()
+	large := s.peakBytes >= replayMaxBytes/2
+	s.mu.Unlock()
+	if large {
+		s.srv.h.releaseMemorySoon()
+	}
 }
 
 // end ends the session once: requests in flight get an error response, new
@@ -414,6 +421,7 @@ func (s *session) appendLocked(st *stream, ev *event) {
 	s.events = append(s.events, ev)
 	s.bufBytes += len(ev.data)
 	s.srv.noteBuffered(s.bufBytes)
+	s.peakBytes = max(s.peakBytes, s.bufBytes)
 	st.nEvents++
 	s.evictLocked()
 	select {
