@@ -149,9 +149,10 @@ func TestSlowReaderBoundsBuffer(t *testing.T) {
 }
 
 // TestStalledReaderCutAndResumes: a client that reads nothing of its GET
-// stream for WriteTimeout is cut, with a logged reason; the child flows
-// again (what the client missed beyond the replay window is dropped,
-// logged), and the client resumes with Last-Event-ID up to the end.
+// stream for WriteTimeout is cut, with a logged reason; the child is not
+// held back for it any longer (what the client missed beyond the replay
+// window is dropped, logged), and the client resumes with Last-Event-ID up
+// to the end.
 func TestStalledReaderCutAndResumes(t *testing.T) {
 	const count, size = 1500, 16 << 10
 	b := newBridge(t, Options{WriteTimeout: 300 * time.Millisecond}, floodServer(count, size))
@@ -164,9 +165,6 @@ func TestStalledReaderCutAndResumes(t *testing.T) {
 	}
 	eventually(t, 30*time.Second, "the stalled stream cut", func() bool {
 		return b.logs.find("read nothing of its stream for the write timeout") != ""
-	})
-	eventually(t, 30*time.Second, "the child flowing again", func() bool {
-		return b.logs.find("server output flowing again") != ""
 	})
 	// What reached the client before the cut, up to its last whole event.
 	rd := newSSEReader(get.Body)
@@ -234,7 +232,8 @@ func TestStalledStatelessStreamIsCut(t *testing.T) {
 	const count, size = 1500, 16 << 10
 	sc := ServerConfig{Name: "flood", Command: []string{"/bin/sh", "-c", floodStatelessScript},
 		Env: map[string]string{"COUNT": strconv.Itoa(count), "SIZE": strconv.Itoa(size)}}
-	b := newBridge(t, Options{WriteTimeout: 300 * time.Millisecond}, sc)
+	// The default write timeout: the bound, not the timeout, cuts here.
+	b := newBridge(t, Options{}, sc)
 	srv := b.h.servers["flood"].(*stdioServer)
 	b.url = b.srv.URL + "/flood/mcp"
 	resp := b.statelessPost(t, "7", "tools/call", "slow", `{}`, `"tok"`)
