@@ -716,16 +716,22 @@ func (s *session) fullLocked() (most *stream, n, size int) {
 	if len(s.events) < replayMaxEvents && s.bufBytes < replayMaxBytes {
 		return nil, 0, 0
 	}
-	per := make(map[*stream]int)
+	// A chatty child with no GET stream open keeps the buffer at its bound
+	// with events that may go: this scan, not the one below, runs then.
 	for _, ev := range s.events {
 		if !ev.delivered && ev.stream.attached {
 			n++
 			size += len(ev.data)
-			per[ev.stream] += len(ev.data)
 		}
 	}
 	if n < replayMaxEvents && size < replayMaxBytes {
 		return nil, 0, 0
+	}
+	per := make(map[*stream]int)
+	for _, ev := range s.events {
+		if !ev.delivered && ev.stream.attached {
+			per[ev.stream] += len(ev.data)
+		}
 	}
 	for st, b := range per {
 		if most == nil || b > per[most] {
