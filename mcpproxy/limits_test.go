@@ -286,3 +286,27 @@ func TestConcurrencyLimits(t *testing.T) {
 		}
 	}
 }
+
+const statelessMeta = `"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}`
+
+// TestStatelessConcurrencyLimit: the stateless era's shared child counts
+// each client's requests too.
+func TestStatelessConcurrencyLimit(t *testing.T) {
+	b := newBridgeLimits(t, Options{}, Limits{ConcurrentRequests: 4, ConcurrentRequestsPerClient: 1})
+	held := b.do(t, http.MethodPost, "", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{`+statelessMeta+`,"progressToken":"k"},"name":"progress","arguments":{"steps":1}}}`,
+		"Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/call", "Mcp-Name", "progress", ClientHeader, "alice")
+	defer held.Body.Close()
+	if held.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("held call: %d %s", held.StatusCode, readBody(t, held))
+	}
+	newSSEReader(held.Body).nextData(t)
+	echo := `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"_meta":{` + statelessMeta + `},"name":"echo","arguments":{"text":"x"}}}`
+	hdr := []string{"Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/call", "Mcp-Name", "echo"}
+	code, body := b.status(t, http.MethodPost, "", echo, append(hdr, ClientHeader, "alice")...)
+	if code != http.StatusTooManyRequests || reasonOf(t, body) != reasonClientConcurrencyLimit || !strings.Contains(body, `"id":2`) {
+		t.Fatalf("alice's second stateless call: %d %s", code, body)
+	}
+	if code, body := b.status(t, http.MethodPost, "", echo, append(hdr, ClientHeader, "bob")...); code != http.StatusOK {
+		t.Fatalf("bob's stateless call: %d %s", code, body)
+	}
+}
