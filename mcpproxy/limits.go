@@ -39,6 +39,12 @@ func writeLimit(w http.ResponseWriter, id []byte, e *limitError) {
 		map[string]any{"reason": e.reason, "limit": e.limit})
 }
 
+// refused logs a refusal: at debug level, as a flood of them would
+// otherwise flood the log too (the client sees the reason).
+func (srv *stdioServer) refused(e *limitError) {
+	srv.log.Debug("over a limit: refused", "reason", e.reason, "limit", e.limit, "why", e.msg)
+}
+
 // clientName is how logs and messages name a client identity.
 func clientName(client string) string {
 	if client == "" {

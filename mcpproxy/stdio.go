@@ -356,7 +356,7 @@ func (srv *stdioServer) initialize(w http.ResponseWriter, r *http.Request, m *Me
 // startError answers a request for which no child could be had.
 func (srv *stdioServer) startError(w http.ResponseWriter, id []byte, err error) {
 	if le, ok := asLimit(err); ok {
-		srv.log.Info("refused a session", "reason", le.reason, "why", le.msg)
+		srv.refused(le)
 		writeLimit(w, id, le)
 		return
 	}
@@ -379,6 +379,7 @@ func (srv *stdioServer) serveCall(w http.ResponseWriter, r *http.Request, s *ses
 	le, limited := asLimit(err)
 	switch {
 	case limited:
+		srv.refused(le)
 		writeLimit(w, m.ID, le)
 		return false
 	case errors.Is(err, errDuplicateID):
@@ -492,6 +493,7 @@ func (srv *stdioServer) postStateless(w http.ResponseWriter, r *http.Request, m 
 	}
 	c, line, err := s.startCall(m, body, clientOf(r))
 	if le, ok := asLimit(err); ok {
+		srv.refused(le)
 		writeLimit(w, id, le)
 		return
 	}
