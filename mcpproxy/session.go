@@ -194,10 +194,17 @@ func (s *session) run() {
 // end ends the session once: requests in flight get an error response, new
 // requests get 404, the child is asked to stop.
 func (s *session) end(reason error) {
+	s.endIf(reason, false)
+}
+
+// endIf ends the session as end does, but if onlyIdle, only while no HTTP
+// request for it is in progress (checked under the same lock, so none can
+// slip in between). It reports whether it ended the session.
+func (s *session) endIf(reason error, onlyIdle bool) bool {
 	s.mu.Lock()
-	if s.ended {
+	if s.ended || onlyIdle && s.active > 0 {
 		s.mu.Unlock()
-		return
+		return false
 	}
 	s.ended = true
 	s.idle.Stop()
@@ -210,6 +217,7 @@ func (s *session) end(reason error) {
 	s.srv.remove(s)
 	s.proc.stop(s.srv.h.opts.KillGrace)
 	s.log.Info("session ended", "reason", reason.Error(), "duration", time.Since(s.start).Round(time.Millisecond))
+	return true
 }
 
 // enter notes an HTTP request for the session; false if it has ended.
@@ -239,17 +247,11 @@ func (s *session) idleSince() (time.Time, bool) {
 	return s.lastUsed, !s.ended && s.active == 0
 }
 
-// endIfIdle ends s for reason unless an HTTP request for it is in progress.
+// endIfIdle ends s for reason unless an HTTP request for it is in
+// progress. A request arriving afterwards finds the session ended, as after
+// the idle timeout: it gets 404 and its client starts a new session.
 func (s *session) endIfIdle(reason error) bool {
-	s.mu.Lock()
-	idle := !s.ended && s.active == 0
-	s.mu.Unlock()
-	// A request entering now finds the session ended, as with the idle
-	// timeout: it gets 404 and the client starts a new session.
-	if idle {
-		s.end(reason)
-	}
-	return idle
+	return s.endIf(reason, true)
 }
 
 func (s *session) checkIdle() {
