@@ -183,10 +183,18 @@ func (s *session) run() {
 	s.proc.stderr.Close()
 	s.end(fmt.Errorf("server process ended (%s)", exitReason(werr)))
 	s.log.Info("server process reaped", "pid", s.proc.pgid, "status", exitReason(werr))
+	s.releaseIfOver()
+}
+
+// releaseIfOver hands a large replay buffer's memory back to the system
+// once the session is over: when its child is reaped, and again when a
+// writer that was stuck on a client that reads nothing gives up (it held
+// the session until then).
+func (s *session) releaseIfOver() {
 	s.mu.Lock()
-	large := s.peakBytes >= replayMaxBytes/2
+	over := s.ended && s.peakBytes >= replayMaxBytes/2
 	s.mu.Unlock()
-	if large {
+	if over {
 		s.srv.h.releaseMemorySoon()
 	}
 }
@@ -528,6 +536,7 @@ func (s *session) waitFirst(ctx context.Context, st *stream) *event {
 func (s *session) pump(ctx context.Context, sw *sseWriter, st *stream, cursor uint64) (last *event) {
 	ka := time.NewTicker(s.srv.h.opts.KeepAlive)
 	defer ka.Stop()
+	defer s.releaseIfOver()
 	// flush writes what is buffered; done means the stream is over.
 	flush := func() (done bool) {
 		evs, complete, cut := s.eventsAfter(st, cursor)
