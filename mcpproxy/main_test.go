@@ -111,11 +111,17 @@ type bridge struct {
 // is left.
 func newBridge(t *testing.T, opts Options, extra ...ServerConfig) *bridge {
 	t.Helper()
+	return newBridgeLimits(t, opts, Limits{}, extra...)
+}
+
+// newBridgeLimits is newBridge with limits for server "ts".
+func newBridgeLimits(t *testing.T, opts Options, lim Limits, extra ...ServerConfig) *bridge {
+	t.Helper()
 	logs := &logSink{}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(logs)
 	}
-	servers := append([]ServerConfig{{Name: "ts", Command: []string{testServerBin}, Env: map[string]string{"FIXTURE_VAR": "given"}}}, extra...)
+	servers := append([]ServerConfig{{Name: "ts", Command: []string{testServerBin}, Env: map[string]string{"FIXTURE_VAR": "given"}, Limits: lim}}, extra...)
 	h, err := NewHandler(servers, opts)
 	if err != nil {
 		t.Fatal(err)

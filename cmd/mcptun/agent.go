@@ -75,7 +75,9 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	offered := make([]tunnel.OfferedServer, len(cfg.Servers))
 	for i, s := range cfg.Servers {
 		servers[i] = mcpproxy.ServerConfig{Name: s.Name, Command: s.Command, Env: s.Env, Dir: s.Dir, URL: s.URL, Headers: s.Headers,
-			Rate: s.RateLimit.RequestsPerSecond, Burst: s.RateLimit.Burst}
+			Rate: s.RateLimit.RequestsPerSecond, Burst: s.RateLimit.Burst,
+			Limits: mcpproxy.Limits{Sessions: s.Limits.Sessions, SessionsPerClient: s.Limits.SessionsPerClient,
+				ConcurrentRequests: s.Limits.ConcurrentRequests, ConcurrentRequestsPerClient: s.Limits.ConcurrentRequestsPerClient}}
 		kind := "http"
 		if len(s.Command) > 0 {
 			kind = "stdio"

@@ -145,7 +145,7 @@ func TestLoadAgent(t *testing.T) {
 	require.Equal(t, filepath.Join(dir, "notes-server"), c.Servers[0].Command[0])
 	require.Equal(t, map[string]string{"NOTES_DIR": "/srv/notes"}, c.Servers[0].Env, "env names keep their case")
 	require.Equal(t, "Bearer internal", c.Servers[1].Headers["authorization"])
-	require.Equal(t, 10*time.Minute, c.IdleTimeout)
+	require.Equal(t, 2*time.Minute, c.IdleTimeout, "the documented default")
 	require.Equal(t, "native", c.Relay.Mux)
 }
 
@@ -158,6 +158,17 @@ func TestLoadAgentRateLimit(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, RateLimit{RequestsPerSecond: 7.5, Burst: 8}, c.Servers[1].RateLimit, "burst defaults to the rate, rounded up")
 	require.Zero(t, c.Servers[0].RateLimit, "no limit unless set")
+}
+
+func TestLoadAgentLimits(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "agent.token", "s3cret\n")
+	p := writeFile(t, dir, "agent.yaml", strings.Replace(validAgent, `env: {NOTES_DIR: /srv/notes}}`,
+		`limits: {sessions: 64, sessions_per_client: 4, concurrent_requests: 100, concurrent_requests_per_client: 10}}`, 1))
+	c, err := LoadAgent(p)
+	require.NoError(t, err)
+	require.Equal(t, ServerLimits{Sessions: 64, SessionsPerClient: 4, ConcurrentRequests: 100, ConcurrentRequestsPerClient: 10}, c.Servers[0].Limits)
+	require.Zero(t, c.Servers[1].Limits, "zero: mcpproxy's defaults")
 }
 
 func TestLoadAgentUpstreamNetworks(t *testing.T) {
@@ -205,6 +216,16 @@ func TestLoadAgentErrors(t *testing.T) {
 			"servers[1].rate_limit.requests_per_second", "> 0"},
 		{"bad upstream network", validAgent + "upstream_networks: [10.0.0.0/8, intranet]\n", "upstream_networks[1]", "is not a network"},
 		{"literal url outside", validAgent + "upstream_networks: [10.0.0.0/8]\n", "servers[1].url", "127.0.0.1 is outside upstream_networks"},
+		{"negative sessions", strings.Replace(validAgent, `env: {NOTES_DIR: /srv/notes}}`, `limits: {sessions: -1}}`, 1),
+			"servers[0].limits.sessions", "negative"},
+		{"per client above server", strings.Replace(validAgent, `env: {NOTES_DIR: /srv/notes}}`, `limits: {sessions: 8, sessions_per_client: 9}}`, 1),
+			"servers[0].limits.sessions_per_client", "more than the server's sessions (8)"},
+		{"requests per client above server", strings.Replace(validAgent, `env: {NOTES_DIR: /srv/notes}}`, `limits: {concurrent_requests: 8, concurrent_requests_per_client: 9}}`, 1),
+			"servers[0].limits.concurrent_requests_per_client", "more than"},
+		{"limits on a url server", strings.Replace(validAgent, `headers: {Authorization: "Bearer internal"}}`, `limits: {sessions: 3}}`, 1),
+			"servers[1].limits", "command servers only"},
+		{"limits typo", strings.Replace(validAgent, `env: {NOTES_DIR: /srv/notes}}`, `limits: {session: 3}}`, 1),
+			"", "session"},
 		{"server burst alone", strings.Replace(validAgent, `headers: {Authorization: "Bearer internal"}}`, `rate_limit: {burst: 5}}`, 1),
 			"servers[1].rate_limit.burst", "without requests_per_second"},
 		{"negative grace", validAgent + "shutdown_grace: -5s\n", "shutdown_grace", "must not be negative"},

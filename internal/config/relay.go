@@ -62,11 +62,11 @@ type RelayHTTP struct {
 
 // Defaults of the relay's client connection limits (http.*).
 const (
-	DefaultMaxConnections = 10000
-	DefaultHeaderTimeout  = 10 * time.Second
-	DefaultIdleTimeout    = 120 * time.Second
-	DefaultBodyTimeout    = 30 * time.Second
-	DefaultWriteTimeout   = 30 * time.Second
+	DefaultMaxConnections  = 10000
+	DefaultHeaderTimeout   = 10 * time.Second
+	DefaultHTTPIdleTimeout = 120 * time.Second
+	DefaultBodyTimeout     = 30 * time.Second
+	DefaultWriteTimeout    = 30 * time.Second
 )
 
 // RelayAgent is an agent allowed to connect.
@@ -222,7 +222,7 @@ type timeoutKey struct {
 func (h *RelayHTTP) timeouts() []timeoutKey {
 	return []timeoutKey{
 		{"http.header_timeout", &h.HeaderTimeout, DefaultHeaderTimeout},
-		{"http.idle_timeout", &h.IdleTimeout, DefaultIdleTimeout},
+		{"http.idle_timeout", &h.IdleTimeout, DefaultHTTPIdleTimeout},
 		{"http.body_timeout", &h.BodyTimeout, DefaultBodyTimeout},
 		{"http.write_timeout", &h.WriteTimeout, DefaultWriteTimeout},
 	}
