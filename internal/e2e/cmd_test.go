@@ -83,7 +83,7 @@ func TestCLIExitCodes(t *testing.T) {
 	}
 }
 
-// The roles exit 0 when told to stop, after saying so: the agent on
+// The roles exit 0 when told to stop, after draining: the agent on
 // SIGINT, the relay on SIGTERM (one deployment; both roles share main's
 // signal handling, so each signal is covered).
 func TestRolesExitCleanlyOnSignal(t *testing.T) {
@@ -101,7 +101,7 @@ func TestRolesExitCleanlyOnSignal(t *testing.T) {
 			t.Fatalf("%s did not exit within 30 s of %v", p.name, step.sig)
 		}
 		require.NoError(t, p.err, "%s exits 0 on %v", p.name, step.sig)
-		require.True(t, p.hasLine(regexpMust(p.name+" stopping")), "%s says it stops", p.name)
+		require.True(t, p.hasLine(regexpMust(p.name+" drained")), "%s says it drained", p.name)
 	}
 }
 
