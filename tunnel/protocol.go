@@ -47,6 +47,9 @@ const (
 	typeWelcome = "welcome"
 	typeRefused = "refused"
 	typeGoAway  = "goaway"
+	// typePing is the agent's heartbeat, sent every second after the
+	// welcome; relays ignore it (older relays ignore every agent frame).
+	typePing = "ping"
 )
 
 // Server kinds an agent may offer.

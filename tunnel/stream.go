@@ -34,6 +34,9 @@ type quicStream struct {
 	conn   *quic.Conn
 	wmu    sync.Mutex // held by Write and by the graceful part of Close
 	closed atomic.Bool
+	// onClose, if set, runs once when Close is first called (the relay
+	// counts a session's open streams with it).
+	onClose func()
 }
 
 var _ Stream = (*quicStream)(nil)
@@ -76,6 +79,9 @@ func (s *quicStream) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	if s.onClose != nil {
+		defer s.onClose()
+	}
 	s.st.CancelRead(streamCodeClosed)
 	if s.wmu.TryLock() {
 		// No Write in progress: end the write side with a FIN after the
@@ -112,7 +118,8 @@ func (s *quicStream) SetWriteDeadline(t time.Time) error { return s.st.SetWriteD
 // resets the stream.
 type yamuxStream struct {
 	*yamux.Stream
-	closed atomic.Bool
+	closed  atomic.Bool
+	onClose func() // as in quicStream
 }
 
 var _ Stream = (*yamuxStream)(nil)
@@ -158,8 +165,21 @@ func (s *yamuxStream) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	if s.onClose != nil {
+		defer s.onClose()
+	}
 	// A deadline in the past wakes a Read blocked in another goroutine;
 	// yamux's Close alone would leave it waiting for more input.
 	_ = s.Stream.SetReadDeadline(time.Unix(1, 0))
 	return s.Stream.Close()
+}
+
+// setOnClose sets st's close hook; st is fresh from this package.
+func setOnClose(st Stream, f func()) {
+	switch st := st.(type) {
+	case *quicStream:
+		st.onClose = f
+	case *yamuxStream:
+		st.onClose = f
+	}
 }

@@ -287,7 +287,7 @@ func TestBadHello(t *testing.T) {
 				t.Fatal(err)
 			}
 			cfg.Transport = TransportTCP
-			sess, err := dial(ctx, &cfg, cfg.Logger, false)
+			sess, err := dial(ctx, &cfg, cfg.Logger, nil, false)
 			if err != nil {
 				t.Fatal(err)
 			}
