@@ -122,6 +122,11 @@ func TestRelayCrashStatelessReset(t *testing.T) {
 	a := startAgent(t, cfg, "a:")
 	r1.waitEvent(t, "lab up")
 
+	// The session runs a while first: early on, QUIC's path MTU probes are
+	// big enough to draw a reset by themselves, later only the heartbeat
+	// is (found by removing the heartbeat: the agent then waited for its
+	// idle timeout). This wait is the scenario, not a condition.
+	<-time.After(8 * time.Second)
 	r1.udpConn.Close() // nothing more leaves this relay
 	r1.Close()
 	r2 := startRelay(t, ServerConfig{Listen: addr, DisableTCP: true})
