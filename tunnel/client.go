@@ -462,7 +462,7 @@ func finishConnect(hctx context.Context, sess Session, cfg *ClientConfig, log *s
 }
 
 // dial opens the transport. In auto mode it tries QUIC for QUICTimeout,
-// then TCP; with tcpFirst (QUIC failed recently) TCP first, then QUIC.
+// then TCP; with tcpFirst (QUIC failed last time) TCP first, then QUIC.
 func dial(ctx context.Context, cfg *ClientConfig, log *slog.Logger, qd *quicDialer, tcpFirst bool) (Session, error) {
 	switch cfg.Transport {
 	case TransportQUIC:
