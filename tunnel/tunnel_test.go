@@ -585,11 +585,15 @@ func TestSessionReplacement(t *testing.T) {
 	if err != nil || string(got) != "two:x" {
 		t.Fatalf("round trip after replacement: %q, %v", got, err)
 	}
-	select {
-	case ev := <-r.events:
-		t.Errorf("unexpected agent event %q", ev)
-	default:
-	}
+	// The replacement sent no "down": events are ordered, so one would
+	// come before the "down" of a2 leaving and then stand where the next
+	// "up" is expected.
+	a2.stop()
+	r.waitEvent(t, "lab down")
+	cfg3 := agentConfig(t, r.Addr())
+	cfg3.Transport = TransportTCP
+	startAgent(t, cfg3, "three:")
+	r.waitEvent(t, "lab up")
 }
 
 func TestServerCloseEndsSessions(t *testing.T) {
