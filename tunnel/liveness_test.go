@@ -270,3 +270,40 @@ func TestMoveBackToQUIC(t *testing.T) {
 	a2.stop()
 	r.waitEvent(t, "lab down")
 }
+
+// TestDrainBound: a replaced session's drain ends when its last stream
+// closes, or at the grace bound with the streams still open counted.
+func TestDrainBound(t *testing.T) {
+	ctx := testCtx(t)
+	r := startRelay(t, ServerConfig{})
+	startAgent(t, agentConfig(t, r.Addr()), "a:")
+	r.waitEvent(t, "lab up")
+	r.mu.Lock()
+	a := r.agents[testAgent]
+	r.mu.Unlock()
+	st, err := r.Dial(ctx, testAgent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if left := a.drain(ctx, 100*time.Millisecond); left != 1 {
+		t.Errorf("drain at the bound: %d streams left, want 1", left)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("drain with a 100 ms bound took %v", took)
+	}
+	if _, err := r.Dial(ctx, testAgent); err == nil {
+		t.Error("Dial on a draining session that is still the current one: no error")
+	}
+	done := make(chan int, 1)
+	go func() { done <- a.drain(ctx, time.Minute) }()
+	st.Close()
+	select {
+	case left := <-done:
+		if left != 0 {
+			t.Errorf("drain after the last stream closed: %d left", left)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("drain did not end when the last stream closed")
+	}
+}

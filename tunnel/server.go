@@ -713,18 +713,19 @@ func (s *Server) deregister(a *agentSession) {
 // Dial opens a stream to the named agent. The error wraps ErrAgentOffline
 // when the agent has no session or its session just ended.
 func (s *Server) Dial(ctx context.Context, agent string) (Stream, error) {
-	var a *agentSession
+	var a, draining *agentSession
 	for {
 		s.mu.Lock()
 		a = s.agents[agent]
 		s.mu.Unlock()
-		if a == nil {
+		if a == nil || a == draining {
 			return nil, fmt.Errorf("tunnel: dial agent %q: %w", agent, ErrAgentOffline)
 		}
 		if a.startStream() {
 			break
 		}
 		// Replaced after we looked it up: the registry has the newer one.
+		draining = a
 	}
 	st, err := a.sess.OpenStream(ctx)
 	if err != nil {
