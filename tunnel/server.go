@@ -768,6 +768,13 @@ func (s *Server) Offers(agent, server string) (online, offered bool) {
 	if !ok {
 		return false, false
 	}
+	select {
+	case <-a.sess.Done():
+		// Dead but not yet deregistered: the relay asks right after an
+		// exchange failed, and must hear "offline", as Dial would say.
+		return false, false
+	default:
+	}
 	for _, srv := range a.status.Servers {
 		if srv.Name == server {
 			return true, true

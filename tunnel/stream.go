@@ -47,10 +47,37 @@ func newQUICStream(st *quic.Stream, conn *quic.Conn) *quicStream {
 
 func (s *quicStream) Read(p []byte) (int, error) {
 	n, err := s.st.Read(p)
-	if err != nil && s.closed.Load() {
-		err = net.ErrClosed
+	if err != nil {
+		err = s.mapErr(err)
 	}
 	return n, err
+}
+
+// mapErr reports a stream closed by us as net.ErrClosed. When the whole
+// connection ended, it returns only once the connection's context is done
+// too (quic-go ends the streams first, an instant before), so a caller
+// asking the session at once, as the relay does to choose between "agent
+// offline" and "tunnel error", hears the truth.
+func (s *quicStream) mapErr(err error) error {
+	if s.closed.Load() {
+		return net.ErrClosed
+	}
+	if connEnded(err) {
+		<-s.conn.Context().Done()
+	}
+	return err
+}
+
+// connEnded reports the errors quic-go gives streams when their connection
+// closes.
+func connEnded(err error) bool {
+	var (
+		idle  *quic.IdleTimeoutError
+		reset *quic.StatelessResetError
+		app   *quic.ApplicationError
+		trans *quic.TransportError
+	)
+	return errors.As(err, &idle) || errors.As(err, &reset) || errors.As(err, &app) || errors.As(err, &trans)
 }
 
 func (s *quicStream) Write(p []byte) (int, error) {
@@ -60,8 +87,8 @@ func (s *quicStream) Write(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	n, err := s.st.Write(p)
-	if err != nil && s.closed.Load() {
-		err = net.ErrClosed
+	if err != nil {
+		err = s.mapErr(err)
 	}
 	return n, err
 }
