@@ -351,10 +351,13 @@ func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer, r
 		<-cs.readerDone
 	case <-ctx.Done():
 	case up = <-probed:
-		c.setCurrent(up)
-		c.log.Info("tunnel: QUIC works again; moving to it, the TCP session ends once its exchanges are done", "transport", up.Transport())
-		retiring.Go(func() { c.retire(ctx, cs, &wg) })
-		return nil, up
+		if up != nil {
+			c.setCurrent(up)
+			c.log.Info("tunnel: QUIC works again; moving to it, the TCP session ends once its exchanges are done", "transport", up.Transport())
+			retiring.Go(func() { c.retire(ctx, cs, &wg) })
+			return nil, up
+		}
+		// Closed empty: the prober stopped because ctx is done.
 	}
 	c.setCurrent(nil)
 	stopProbe()
