@@ -18,6 +18,7 @@ type gate struct {
 	tcp      net.Listener
 	relay    string
 	dropUDP  atomic.Bool
+	dropDown atomic.Bool // datagrams toward the agent only
 	stallMu  sync.Mutex
 	stalled  bool
 	resumeCh chan struct{} // closed when a stall ends
@@ -161,7 +162,7 @@ func (g *gate) relayToAgent(up *net.UDPConn, agent net.Addr) {
 			}
 			return
 		}
-		if g.dropUDP.Load() {
+		if g.dropUDP.Load() || g.dropDown.Load() {
 			continue
 		}
 		_, _ = g.udp.WriteTo(buf[:n], agent)

@@ -307,3 +307,33 @@ func TestDrainBound(t *testing.T) {
 		t.Fatal("drain did not end when the last stream closed")
 	}
 }
+
+// TestAgentStatelessReset: the agent gave up on a connection (its idle
+// timeout fired while the relay's packets were lost on the way) that the
+// relay still holds. When the relay next writes on it, the agent's socket
+// answers with a stateless reset from the agent's key, so the relay ends it
+// at once instead of at its own idle timeout.
+func TestAgentStatelessReset(t *testing.T) {
+	r := startRelay(t, ServerConfig{})
+	g := newGate(t, r.Addr())
+	cfg := agentConfig(t, g.Addr())
+	cfg.Transport = TransportQUIC
+	a := startAgent(t, cfg, "a:")
+	r.waitEvent(t, "lab up")
+	if err := a.WaitConnected(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+
+	g.dropDown.Store(true)
+	waitFor(t, "the agent to time out", func() bool { return !a.Connected() })
+	g.dropDown.Store(false)
+	// The agent reconnects from the same socket; the relay replaces the old
+	// session and sends it a goaway, which only the agent's socket hears.
+	r.waitEvent(t, "lab up")
+	waitFor(t, "the relay to end the old session on a stateless reset", func() bool {
+		return r.log.count(`reason=replaced`) == 1
+	})
+	if r.log.count(`reason=replaced duration=`) != 1 || r.log.count(`cause="received a stateless reset"`) != 1 {
+		t.Errorf("the old session did not end on the agent's stateless reset:\n%s", r.log)
+	}
+}

@@ -567,8 +567,38 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 		s.goAway(a, answer{Type: typeGoAway, Code: codeReplaced, Message: "another session authenticated as " + h.Agent})
 	}
 	s.deregister(a)
-	s.log.Info("tunnel: agent disconnected", "agent", h.Agent, "remote", remote, "transport", sess.Transport(),
-		"reason", why, "duration", time.Since(a.status.ConnectedAt).Round(time.Millisecond))
+	attrs := []any{"agent", h.Agent, "remote", remote, "transport", sess.Transport(),
+		"reason", why, "duration", time.Since(a.status.ConnectedAt).Round(time.Millisecond)}
+	if err := endCause(sess); err != nil {
+		attrs = append(attrs, "cause", err)
+	}
+	s.log.Info("tunnel: agent disconnected", attrs...)
+}
+
+// endCause says why a session the transport ended has ended (idle timeout,
+// stateless reset, the peer's close), or nil while it is up or when this
+// side closed it.
+func endCause(sess Session) error {
+	var err error
+	switch sess := sess.(type) {
+	case *quicSession:
+		err = context.Cause(sess.conn.Context())
+	case *yamuxSession:
+		err = sess.endCause()
+		if err == nil && sess.quic != nil {
+			err = context.Cause(sess.quic.Context())
+		}
+	}
+	// Not isClosedErr: quic-go's idle timeout and stateless reset errors
+	// unwrap to net.ErrClosed, and those are the causes worth logging.
+	var app *quic.ApplicationError
+	switch {
+	case err == nil, errors.Is(err, context.Canceled):
+		return nil
+	case errors.As(err, &app) && app.ErrorCode == 0 && !app.Remote:
+		return nil // this side closed it
+	}
+	return err
 }
 
 // readHello reads and checks the hello. A non-nil *RefusedError is to be sent
