@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -12,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/quic-go/quic-go"
 )
 
@@ -33,11 +33,13 @@ const (
 	DefaultQUICTimeout = 3 * time.Second
 	DefaultMinBackoff  = 500 * time.Millisecond
 	DefaultMaxBackoff  = 30 * time.Second
+	// In auto mode on TCP, QUIC is tried again in the background after a
+	// random wait in [DefaultQUICProbeMin, min(DefaultQUICProbeMax,
+	// DefaultQUICProbeMin·2^(n+1))) after the n-th failed try: 5 s to 10 s
+	// at first, then at least once every 10 minutes.
+	DefaultQUICProbeMin = 5 * time.Second
+	DefaultQUICProbeMax = 10 * time.Minute
 )
-
-// quicRetryAfter is how long auto mode goes to TCP first after QUIC failed
-// (see Client.Run).
-const quicRetryAfter = 10 * time.Minute
 
 // ClientConfig configures the agent end of the tunnel.
 type ClientConfig struct {
@@ -47,8 +49,9 @@ type ClientConfig struct {
 	// TLSConfig verifies the relay; build it with ClientTLS. An empty
 	// ServerName defaults to the host of Address.
 	TLSConfig *tls.Config
-	// Transport is "auto" (default: QUIC, falling back to TCP, and then
-	// TCP first on reconnects for 10 minutes), "quic" or "tcp".
+	// Transport is "auto" (default: QUIC, falling back to TCP; on TCP,
+	// QUIC is probed in the background and the session moves back to it
+	// once it connects), "quic" or "tcp".
 	Transport string
 	// Mux is "native" (default) or "yamux": yamux over one QUIC stream.
 	// It only affects QUIC; over TCP streams are always yamux streams.
@@ -64,8 +67,15 @@ type ClientConfig struct {
 	// HandshakeTimeout bounds one attempt: dial, TLS, hello and answer
 	// (default 10 s).
 	HandshakeTimeout time.Duration
-	// Clock drives the backoff waits; default the real clock.
+	// QUICProbeMin and QUICProbeMax bound the wait between background
+	// QUIC attempts while an auto session runs over TCP (defaults 5 s and
+	// 10 minutes), drawn like the reconnect backoff.
+	QUICProbeMin, QUICProbeMax time.Duration
+	// Clock drives the backoff and probe waits; default the real clock.
 	Clock Clock
+
+	// resetKey is the agent's QUIC stateless reset key, derived from Token.
+	resetKey *quic.StatelessResetKey
 }
 
 // normalize validates cfg and fills in defaults.
@@ -115,6 +125,18 @@ func (cfg ClientConfig) normalize() (ClientConfig, error) {
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.QUICProbeMin <= 0 {
+		cfg.QUICProbeMin = DefaultQUICProbeMin
+	}
+	if cfg.QUICProbeMax <= 0 {
+		cfg.QUICProbeMax = DefaultQUICProbeMax
+	}
+	if cfg.QUICProbeMin > cfg.QUICProbeMax {
+		return fail("QUICProbeMin %v exceeds QUICProbeMax %v", cfg.QUICProbeMin, cfg.QUICProbeMax)
+	}
+	if cfg.resetKey, err = agentResetKey(cfg.Token); err != nil {
+		return fail("%v", err)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = realClock{}
@@ -241,31 +263,41 @@ func (c *Client) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
 		return errors.New("tunnel: Client.Run called twice")
 	}
-	defer c.retiring.Wait() // they end with ctx
 	cfg := &c.cfg
+	// One UDP socket per address family for every QUIC attempt of this
+	// Run, so that the agent's stateless reset key can answer a relay
+	// still sending to a connection the agent has dropped.
+	qd := &quicDialer{key: cfg.resetKey}
+	defer qd.Close()
+	defer c.retiring.Wait() // retired sessions end with ctx, before qd closes
+
 	failures := 0
-	// In auto mode, after QUIC failed and TCP worked, reconnects go to
-	// TCP first for a while: where UDP is blocked, every reconnect would
-	// otherwise wait QUICTimeout for nothing. QUIC is tried again after
-	// quicRetryAfter, or whenever TCP fails.
-	var quicFailedAt time.Time
+	// In auto mode, after QUIC failed and TCP worked, reconnects go to TCP
+	// first: where UDP is blocked, every reconnect would otherwise wait
+	// QUICTimeout for nothing. Background probes (see serve) find out when
+	// QUIC works again; TCP failing also sends the next attempt to QUIC.
+	quicFailed := false
+	var next *clientSession // connected by a probe as its predecessor ended
 	for {
 		if c.draining.Load() {
 			// The agent is stopping: a new session would only be
 			// told to take no work.
+			if next != nil {
+				next.Close()
+			}
 			<-ctx.Done()
 			return nil
 		}
-		tcpFirst := cfg.Transport == TransportAuto && !quicFailedAt.IsZero() &&
-			cfg.Clock.Now().Sub(quicFailedAt) < quicRetryAfter
-		cs, err := connect(ctx, cfg, c.log, tcpFirst)
+		var cs *clientSession
+		var err error
+		if next != nil {
+			cs, next = next, nil
+		} else {
+			tcpFirst := cfg.Transport == TransportAuto && quicFailed
+			cs, err = connect(ctx, cfg, c.log, qd, tcpFirst)
+		}
 		if err == nil && cfg.Transport == TransportAuto {
-			switch tcp := cs.Transport() == TransportTCPYamux; {
-			case !tcp:
-				quicFailedAt = time.Time{}
-			case !tcpFirst:
-				quicFailedAt = cfg.Clock.Now()
-			}
+			quicFailed = cs.Transport() == TransportTCPYamux
 		}
 		if ctx.Err() != nil {
 			if cs != nil {
@@ -292,9 +324,17 @@ func (c *Client) Run(ctx context.Context) error {
 			c.log.Warn("tunnel: cannot connect to relay", "err", err, "retry_in", delay)
 		default:
 			start := cfg.Clock.Now()
-			cause := c.serve(ctx, cs)
+			cause, up := c.serve(ctx, cs, qd)
 			if ctx.Err() != nil {
+				if up != nil {
+					up.Close()
+				}
 				return nil
+			}
+			if up != nil {
+				// QUIC works again: serve the new session now.
+				next, quicFailed, failures = up, false, 0
+				continue
 			}
 			lived := cfg.Clock.Now().Sub(start)
 			if lived >= stableSession {
@@ -329,10 +369,14 @@ func (c *Client) Run(ctx context.Context) error {
 var errRelayDraining = errors.New("tunnel: relay is draining")
 
 // serve hands the relay's streams to the listener until the session or ctx
-// ends, or the relay drains, and returns why.
-func (c *Client) serve(ctx context.Context, cs *clientSession) error {
+// ends, or the relay drains, and returns why. In auto mode over TCP it also
+// probes QUIC in the background; when a probe connects, serve returns that
+// session as up at once and retires cs (the relay sends new exchanges to the
+// newer session and ends the old one when its streams are done). A session
+// of a draining relay is retired too: its exchanges in flight finish while
+// Run connects again.
+func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (cause error, up *clientSession) {
 	c.setCurrent(cs)
-	defer c.setCurrent(nil)
 	c.log.Info("tunnel: connected to relay", "transport", cs.Transport())
 	if c.draining.Load() {
 		// Drain ran before this session was current.
@@ -340,7 +384,7 @@ func (c *Client) serve(ctx context.Context, cs *clientSession) error {
 			c.log.Warn("tunnel: cannot tell the relay the agent drains", "err", err)
 		}
 	}
-	var wg sync.WaitGroup
+	var wg sync.WaitGroup // the stream acceptor
 	wg.Go(func() {
 		for {
 			st, err := cs.AcceptStream(ctx)
@@ -352,34 +396,111 @@ func (c *Client) serve(ctx context.Context, cs *clientSession) error {
 			}
 		}
 	})
+
+	var probed chan *clientSession // at most one session, then closed
+	var probing sync.WaitGroup
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	// stopProbe ends the prober and closes a session it connected too
+	// late to be used.
+	endProbe := func() {
+		stopProbe()
+		probing.Wait()
+		if probed != nil {
+			if s := <-probed; s != nil {
+				s.Close()
+			}
+		}
+	}
+	if c.cfg.Transport == TransportAuto && cs.Transport() == TransportTCPYamux {
+		probed = make(chan *clientSession, 1)
+		probing.Go(func() { c.probeQUIC(probeCtx, qd, probed) })
+	}
+
 	select {
 	case <-cs.Done():
 		// Let the control reader record why before Close muddles it.
 		<-cs.readerDone
 	case <-ctx.Done():
 	case <-cs.relayDraining:
-		c.retire(ctx, cs, &wg)
-		return errRelayDraining
+		c.setCurrent(nil)
+		endProbe()
+		c.retire(ctx, cs, &wg, 0)
+		return errRelayDraining, nil
+	case up = <-probed:
+		if up != nil {
+			stopProbe()
+			probing.Wait() // it returns once it has sent up
+			c.setCurrent(up)
+			c.log.Info("tunnel: QUIC works again; moving to it, the TCP session ends once its exchanges are done", "transport", up.Transport())
+			c.retire(ctx, cs, &wg, replaceGrace+2*lingerTimeout)
+			return nil, up
+		}
+		// Closed empty: the prober stopped because ctx is done.
 	}
+	c.setCurrent(nil)
+	stopProbe()
 	cs.Close()
 	wg.Wait()
-	return cs.Err()
+	probing.Wait()
+	if probed != nil {
+		// The prober has returned. A session it connected as this one
+		// ended is the next one.
+		up = <-probed
+	}
+	return cs.Err(), up
 }
 
-// retire keeps serving the session of a draining relay in the background
-// until the relay closes it (its exchanges in flight are done) or ctx
-// ends: the exchanges in flight on it finish while Run connects again.
-func (c *Client) retire(ctx context.Context, cs *clientSession, accepting *sync.WaitGroup) {
+// retire keeps serving a session that is being left (its relay drains, or
+// the agent moved back to QUIC) in the background until the relay closes
+// it (its exchanges in flight are done) or ctx ends. With bound > 0 the
+// agent closes it itself after that long, should the relay not.
+func (c *Client) retire(ctx context.Context, cs *clientSession, accepting *sync.WaitGroup, bound time.Duration) {
 	c.retired.Add(1)
 	c.retiring.Go(func() {
 		defer c.retired.Add(-1)
+		var timeout <-chan time.Time
+		if bound > 0 {
+			t := time.NewTimer(bound)
+			defer t.Stop()
+			timeout = t.C
+		}
 		select {
 		case <-cs.Done():
+			<-cs.readerDone
 		case <-ctx.Done():
+		case <-timeout:
+			c.log.Warn("tunnel: the relay kept the session it replaced open; closing it", "after", bound)
 		}
 		cs.Close()
 		accepting.Wait()
+		c.log.Info("tunnel: the previous session has ended", "transport", cs.Transport(), "cause", cs.Err())
 	})
+}
+
+// probeQUIC tries QUIC, in the background of a TCP session, with waits
+// drawn like the reconnect backoff between QUICProbeMin and QUICProbeMax.
+// It sends the first session that connects on out and returns; out is
+// closed when it returns.
+func (c *Client) probeQUIC(ctx context.Context, qd *quicDialer, out chan<- *clientSession) {
+	defer close(out)
+	cfg := &c.cfg
+	for n := 0; ; n++ {
+		wait := backoffDelay(n, cfg.QUICProbeMin, cfg.QUICProbeMax, rand.Float64())
+		select {
+		case <-ctx.Done():
+			return
+		case <-cfg.Clock.After(wait):
+		}
+		cs, err := connectQUIC(ctx, cfg, c.log, qd)
+		if err == nil {
+			out <- cs
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		c.log.Debug("tunnel: QUIC still does not connect; staying on TLS over TCP", "err", err)
+	}
 }
 
 // Connect makes one attempt to open an authenticated session with the
@@ -392,20 +513,37 @@ func Connect(ctx context.Context, cfg ClientConfig) (Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	cs, err := connect(ctx, &cfg, cfg.Logger.With("relay", cfg.Address, "agent", cfg.Name), false)
+	cs, err := connect(ctx, &cfg, cfg.Logger.With("relay", cfg.Address, "agent", cfg.Name), nil, false)
 	if err != nil {
 		return nil, err
 	}
 	return cs, nil
 }
 
-func connect(ctx context.Context, cfg *ClientConfig, log *slog.Logger, tcpFirst bool) (*clientSession, error) {
+// connect dials (see dial) and runs the handshake. qd nil gives a QUIC
+// session a UDP socket of its own, released with it.
+func connect(ctx context.Context, cfg *ClientConfig, log *slog.Logger, qd *quicDialer, tcpFirst bool) (*clientSession, error) {
 	hctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
 	defer cancel()
-	sess, err := dial(hctx, cfg, log, tcpFirst)
+	sess, err := dial(hctx, cfg, log, qd, tcpFirst)
 	if err != nil {
 		return nil, err
 	}
+	return finishConnect(hctx, sess, cfg, log)
+}
+
+// connectQUIC is connect over QUIC only, whatever cfg.Transport says.
+func connectQUIC(ctx context.Context, cfg *ClientConfig, log *slog.Logger, qd *quicDialer) (*clientSession, error) {
+	hctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
+	defer cancel()
+	sess, err := dialQUIC(hctx, cfg, log, qd)
+	if err != nil {
+		return nil, err
+	}
+	return finishConnect(hctx, sess, cfg, log)
+}
+
+func finishConnect(hctx context.Context, sess Session, cfg *ClientConfig, log *slog.Logger) (*clientSession, error) {
 	cs, err := handshake(hctx, sess, cfg, log)
 	if err != nil {
 		sess.Close()
@@ -415,11 +553,11 @@ func connect(ctx context.Context, cfg *ClientConfig, log *slog.Logger, tcpFirst 
 }
 
 // dial opens the transport. In auto mode it tries QUIC for QUICTimeout,
-// then TCP; with tcpFirst (QUIC failed recently) TCP first, then QUIC.
-func dial(ctx context.Context, cfg *ClientConfig, log *slog.Logger, tcpFirst bool) (Session, error) {
+// then TCP; with tcpFirst (QUIC failed last time) TCP first, then QUIC.
+func dial(ctx context.Context, cfg *ClientConfig, log *slog.Logger, qd *quicDialer, tcpFirst bool) (Session, error) {
 	switch cfg.Transport {
 	case TransportQUIC:
-		return dialQUIC(ctx, cfg, log)
+		return dialQUIC(ctx, cfg, log, qd)
 	case TransportTCP:
 		return dialTCP(ctx, cfg, log)
 	}
@@ -429,10 +567,10 @@ func dial(ctx context.Context, cfg *ClientConfig, log *slog.Logger, tcpFirst boo
 			return sess, err
 		}
 		log.Info("tunnel: TCP did not connect; trying QUIC again", "tcp_err", err)
-		return dialQUIC(ctx, cfg, log)
+		return dialQUIC(ctx, cfg, log, qd)
 	}
 	qctx, cancel := context.WithTimeout(ctx, cfg.QUICTimeout)
-	sess, qerr := dialQUIC(qctx, cfg, log)
+	sess, qerr := dialQUIC(qctx, cfg, log, qd)
 	cancel()
 	if qerr == nil {
 		return sess, nil
@@ -448,29 +586,57 @@ func dial(ctx context.Context, cfg *ClientConfig, log *slog.Logger, tcpFirst boo
 	return sess, nil
 }
 
-func dialQUIC(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session, error) {
+func dialQUIC(ctx context.Context, cfg *ClientConfig, log *slog.Logger, qd *quicDialer) (Session, error) {
 	alpn := ALPN
 	if cfg.Mux == MuxYamux {
 		alpn = alpnQUICYamux
 	}
-	conn, err := quic.DialAddr(ctx, cfg.Address, withALPN(cfg.TLSConfig, alpn), quicConfig())
-	if err != nil {
+	fail := func(err error) (Session, error) {
 		return nil, fmt.Errorf("tunnel: dial quic %s: %w", cfg.Address, err)
 	}
+	raddr, err := net.ResolveUDPAddr("udp", cfg.Address)
+	if err != nil {
+		return fail(err)
+	}
+	var tr *agentTransport
+	var own io.Closer // a socket for this session only, released with it
+	if qd != nil {
+		tr, err = qd.transport(raddr)
+	} else {
+		tr, err = newAgentTransport(raddr, cfg.resetKey)
+		own = tr
+	}
+	if err != nil {
+		return fail(err)
+	}
+	conn, err := tr.Dial(ctx, raddr, withALPN(cfg.TLSConfig, alpn), quicConfig())
+	if err != nil {
+		if own != nil {
+			own.Close()
+		}
+		return fail(err)
+	}
 	if cfg.Mux != MuxYamux {
-		return &quicSession{conn: conn}, nil
+		return &quicSession{conn: conn, tr: own}, nil
+	}
+	closeAll := func() {
+		conn.CloseWithError(0, "")
+		if own != nil {
+			own.Close()
+		}
 	}
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
-		conn.CloseWithError(0, "")
-		return nil, fmt.Errorf("tunnel: dial quic %s: open yamux stream: %w", cfg.Address, err)
+		closeAll()
+		return fail(fmt.Errorf("open yamux stream: %w", err))
 	}
-	mux, err := yamux.Client(newQUICStream(st, conn), yamuxConfig(log))
+	ys, err := newYamux(newQUICStream(st, conn), true, TransportQUICYamux, log)
 	if err != nil {
-		conn.CloseWithError(0, "")
-		return nil, fmt.Errorf("tunnel: dial quic %s: yamux: %w", cfg.Address, err)
+		closeAll()
+		return fail(fmt.Errorf("yamux: %w", err))
 	}
-	return &yamuxSession{mux: mux, transport: TransportQUICYamux, quic: conn}, nil
+	ys.quic, ys.tr = conn, own
+	return ys, nil
 }
 
 func dialTCP(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session, error) {
@@ -484,12 +650,83 @@ func dialTCP(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session,
 		c.Close()
 		return nil, fmt.Errorf("tunnel: dial tcp %s: tls: %w", cfg.Address, err)
 	}
-	mux, err := yamux.Client(tc, yamuxConfig(log))
+	ys, err := newYamux(tc, true, TransportTCPYamux, log)
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("tunnel: dial tcp %s: yamux: %w", cfg.Address, err)
 	}
-	return &yamuxSession{mux: mux, transport: TransportTCPYamux}, nil
+	return ys, nil
+}
+
+// agentTransport is a quic.Transport on a UDP socket of the agent's, with
+// the agent's stateless reset key.
+type agentTransport struct {
+	*quic.Transport
+	udp *net.UDPConn
+}
+
+func newAgentTransport(raddr *net.UDPAddr, key *quic.StatelessResetKey) (*agentTransport, error) {
+	laddr := &net.UDPAddr{IP: net.IPv4zero}
+	if raddr.IP.To4() == nil {
+		laddr.IP = net.IPv6unspecified
+	}
+	udp, err := net.ListenUDP("udp", laddr)
+	if err != nil {
+		return nil, err
+	}
+	return &agentTransport{Transport: &quic.Transport{Conn: udp, StatelessResetKey: key}, udp: udp}, nil
+}
+
+// Close closes the transport's connections and its socket (quic-go leaves
+// a socket it was given open).
+func (t *agentTransport) Close() error {
+	err := t.Transport.Close()
+	if cerr := t.udp.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// quicDialer keeps the agent's QUIC transports, one per address family,
+// across the attempts of one Client.Run.
+type quicDialer struct {
+	key *quic.StatelessResetKey
+
+	mu     sync.Mutex
+	v4, v6 *agentTransport
+	closed bool
+}
+
+func (d *quicDialer) transport(raddr *net.UDPAddr) (*agentTransport, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, net.ErrClosed
+	}
+	slot := &d.v4
+	if raddr.IP.To4() == nil {
+		slot = &d.v6
+	}
+	if *slot == nil {
+		t, err := newAgentTransport(raddr, d.key)
+		if err != nil {
+			return nil, err
+		}
+		*slot = t
+	}
+	return *slot, nil
+}
+
+func (d *quicDialer) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.closed = true
+	for _, t := range []*agentTransport{d.v4, d.v6} {
+		if t != nil {
+			t.Close()
+		}
+	}
+	return nil
 }
 
 // handshake opens the control stream, sends the hello and reads the answer.
@@ -520,8 +757,9 @@ func handshake(hctx context.Context, sess Session, cfg *ClientConfig, log *slog.
 		return nil, fmt.Errorf("tunnel: handshake with %s: relay answered %q, want welcome or refused", cfg.Address, truncate(a.Type, 32))
 	}
 	ctl.SetDeadline(time.Time{})
-	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), relayDraining: make(chan struct{})}
+	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), beatDone: make(chan struct{}), relayDraining: make(chan struct{})}
 	go cs.readControl() // owned by cs: Close waits for it
+	go cs.heartbeat()   // likewise
 	return cs, nil
 }
 
@@ -553,6 +791,7 @@ type clientSession struct {
 	ctl        Stream
 	log        *slog.Logger
 	readerDone chan struct{}
+	beatDone   chan struct{}
 	// relayDraining is closed when the relay says it drains.
 	relayDraining chan struct{}
 
@@ -579,6 +818,9 @@ func (cs *clientSession) readControl() {
 	for {
 		b, err := readFrame(cs.ctl)
 		if err != nil {
+			if ec, ok := cs.Session.(interface{ endCause() error }); ok && ec.endCause() != nil {
+				err = ec.endCause()
+			}
 			cs.setCause(fmt.Errorf("tunnel: control stream: %w", err))
 			cs.Session.Close()
 			return
@@ -612,6 +854,32 @@ func (cs *clientSession) readControl() {
 	}
 }
 
+// heartbeat sends a ping frame every heartbeatInterval until the session
+// ends. The relay needs no answer: the point is a packet at least every
+// interval that is big enough to draw a stateless reset from a relay that
+// restarted (QUIC's keep-alive PINGs are too small for one, RFC 9000
+// §10.3), and, over yamux, a sign of life the relay's watchdog counts.
+func (cs *clientSession) heartbeat() {
+	defer close(cs.beatDone)
+	t := time.NewTicker(heartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-cs.Session.Done():
+			return
+		case <-cs.readerDone:
+			return
+		case <-t.C:
+		}
+		// A write that cannot finish within the idle timeout means the
+		// session is dead; its transport says so too, moments later.
+		cs.ctl.SetWriteDeadline(time.Now().Add(idleTimeout))
+		if err := writeFrame(cs.ctl, answer{Type: typePing}); err != nil {
+			return
+		}
+	}
+}
+
 func (cs *clientSession) setCause(err error) {
 	cs.mu.Lock()
 	if cs.cause == nil {
@@ -631,6 +899,7 @@ func (cs *clientSession) Close() error {
 	cs.ctl.Close()
 	err := cs.Session.Close()
 	<-cs.readerDone
+	<-cs.beatDone
 	return err
 }
 

@@ -18,9 +18,31 @@
 //
 // The agent is always the yamux client and the relay the yamux server. With
 // transport "auto" the agent tries QUIC first and falls back to TCP when QUIC
-// has not completed its handshake within ClientConfig.QUICTimeout. Liveness
-// comes from the transport: QUIC keep-alives every 5 s with a 15 s idle
-// timeout, yamux pings every 5 s that fail after 10 s.
+// has not completed its handshake within ClientConfig.QUICTimeout.
+//
+// # Liveness
+//
+// A dead or frozen peer is noticed within 4.5 s on every transport: QUIC
+// sends a keep-alive PING after 1 s without a packet and ends the
+// connection after a 3.5 s idle timeout (which restarts at that PING, hence
+// 1 + 3.5 s at worst); over yamux a watchdog counts any byte from the peer
+// as a sign of life, pings after 1 s of silence and ends the session after
+// 3.5 s (yamux's own keep-alive is off: its ping answer can queue behind
+// data on a busy link). An idle session costs a small packet and its
+// acknowledgement per second. A killed peer on TCP is noticed at once from
+// the kernel's reset.
+//
+// Both ends send QUIC stateless resets (RFC 9000 §10.3) for connections they
+// do not know, so a peer that lost its state is told at the next packet
+// instead of waiting for the idle timeout. The relay derives its reset key
+// from its TLS private key and the agent from its token, each with
+// HKDF-SHA256 and a label of its own: the key is the same after a restart,
+// and neither secret is exposed. A restarted relay thus resets the agent's
+// connection at the agent's next heartbeat (below) and the agent reconnects
+// at once. (The agent keeps one UDP socket per address family for all its
+// QUIC sessions, so it can also reset a relay still sending to a connection
+// the agent dropped; a restarted agent process gets a new port and the
+// relay's packets reach nobody, so there the idle timeout is what tells.)
 //
 // # Handshake
 //
@@ -46,15 +68,26 @@
 // slot.
 //
 // After the welcome the control stream stays open for the life of the
-// session: when either side sees it end, the session is over. The relay may
-// send one more frame before closing it:
+// session: when either side sees it end, the session is over. The agent
+// sends
+//
+//	{"type":"ping"}
+//
+// every second. The relay does not answer: the point is a packet each
+// second big enough to draw a stateless reset from a restarted relay (QUIC's
+// own keep-alive PINGs are too small to be answered with one), and a sign
+// of life for the relay's yamux watchdog. The relay may send one more frame
+// before closing the stream:
 //
 //	{"type":"goaway","code":"replaced","message":"…"}
 //
 // when another session authenticated with the same agent name (the newest
-// session wins). An agent told it was replaced waits MaxBackoff before
-// reconnecting, so two agents misconfigured with one name do not evict each
-// other in a tight loop. Unknown frame types and unknown JSON fields are
+// session wins). New exchanges go to the newer session at once; the relay
+// sends the goaway once the replaced session's last stream has closed, or
+// after 30 s, so exchanges in flight finish. An agent told it was replaced
+// waits MaxBackoff before reconnecting, so two agents misconfigured with
+// one name do not evict each other in a tight loop, unless it replaced
+// itself (see Reconnecting). Unknown frame types and unknown JSON fields are
 // ignored, leaving room for later protocol revisions.
 //
 // # Draining
@@ -93,6 +126,16 @@
 //
 // Client.Run reconnects until its context ends, waiting between attempts a
 // random delay in [MinBackoff, min(MaxBackoff, MinBackoff·2^(n+1))) after the
-// n-th consecutive failure ("full jitter" above a floor). The count resets
-// once a session has lived at least 10 s.
+// n-th consecutive failure ("full jitter" above a floor, 0.5 s and 30 s by
+// default). The count resets once a session has lived at least 10 s.
+//
+// In auto mode, once QUIC has failed and TCP worked, reconnects try TCP
+// first (where UDP is blocked every reconnect would otherwise wait
+// QUICTimeout for nothing), and while a session runs over TCP the agent
+// tries QUIC in the background after random waits drawn the same way
+// between QUICProbeMin and QUICProbeMax (5 s to 10 s at first, then at
+// least every 10 minutes). When a QUIC session completes its handshake the
+// relay routes new exchanges to it; the TCP session ends when its last
+// exchange does (at most 30 s later) and the agent thinks nothing of the
+// goaway it gets there. Reconnects then try QUIC first again.
 package tunnel

@@ -56,6 +56,9 @@ const (
 	// typeDraining is the agent's only frame after the hello: it is
 	// shutting down, so the relay must route it no new exchanges.
 	typeDraining = "draining"
+	// typePing is the agent's heartbeat, sent every second after the
+	// welcome; relays ignore it (older relays ignore every agent frame).
+	typePing = "ping"
 )
 
 // Server kinds an agent may offer.

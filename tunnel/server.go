@@ -19,7 +19,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/quic-go/quic-go"
 
 	"github.com/mcptun/mcptun/internal/authguard"
@@ -40,6 +39,11 @@ const (
 	// for the agent to read it and hang up before closing the session
 	// itself: closing at once could discard the frame in flight.
 	lingerTimeout = 2 * time.Second
+	// replaceGrace bounds how long a replaced session keeps its streams:
+	// new exchanges go to the newer session at once, and the old one ends
+	// when its last stream closes or after this, whichever comes first.
+	// An agent moving from TCP back to QUIC relies on it.
+	replaceGrace = 30 * time.Second
 )
 
 // AgentCredential is an agent the relay accepts: its name and the SHA-256
@@ -135,9 +139,69 @@ type agentSession struct {
 	draining     atomic.Bool // the agent sent "draining"
 	ctlMu        sync.Mutex  // serialises the relay's frames after the welcome
 	toldDraining sync.Once   // the relay's goaway "draining" went out
+
+	// Streams opened by Dial and not yet closed, so that a replaced
+	// session can finish its exchanges before it ends.
+	mu        sync.Mutex
+	open      int
+	retiring  bool          // no more streams: Dial must look again
+	streamEnd chan struct{} // a token each time a stream closes while draining
+	closeHook func()        // streamClosed, bound once
 }
 
 func (a *agentSession) markReplaced() { a.replacedOnce.Do(func() { close(a.replaced) }) }
+
+// startStream counts a stream about to be opened; false means the session
+// is draining and takes no new streams.
+func (a *agentSession) startStream() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.retiring {
+		return false
+	}
+	a.open++
+	return true
+}
+
+func (a *agentSession) streamClosed() {
+	a.mu.Lock()
+	a.open--
+	draining := a.retiring
+	a.mu.Unlock()
+	if draining {
+		select {
+		case a.streamEnd <- struct{}{}:
+		default: // a wake-up is already pending; the waiter re-reads open
+		}
+	}
+}
+
+// drain stops new streams and waits until the open ones are closed, the
+// session ends or grace passes; it reports how many were still open.
+func (a *agentSession) drain(ctx context.Context, grace time.Duration) int {
+	a.mu.Lock()
+	a.retiring = true
+	a.mu.Unlock()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	for {
+		a.mu.Lock()
+		open := a.open
+		a.mu.Unlock()
+		if open <= 0 {
+			return 0
+		}
+		select {
+		case <-a.streamEnd:
+		case <-a.sess.Done():
+			return 0
+		case <-ctx.Done():
+			return open
+		case <-t.C:
+			return open
+		}
+	}
+}
 
 // Listen binds the relay's UDP and TCP sockets and serves agents in
 // goroutines owned by the Server until ctx ends or Close is called. Close
@@ -187,6 +251,13 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if _, err := rand.Read(s.dummy[:]); err != nil {
 		return nil, fmt.Errorf("tunnel: listen: %w", err)
 	}
+	resetKey, stableKey, err := relayResetKey(cfg.TLSConfig)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: listen: %w", err)
+	}
+	if !stableKey && !cfg.DisableQUIC {
+		s.log.Warn("tunnel: no TLS private key to derive the QUIC stateless reset key from; agents will notice a restarted relay only at their idle timeout")
+	}
 
 	tcpLn, udpConn, err := bind(cfg.Listen, !cfg.DisableTCP, !cfg.DisableQUIC)
 	if err != nil {
@@ -195,7 +266,10 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	s.tcpLn, s.udpConn = tcpLn, udpConn
 	if udpConn != nil {
 		s.addr = udpConn.LocalAddr().String()
-		s.qtr = &quic.Transport{Conn: udpConn}
+		// With the reset key derived from the TLS key, a restarted relay
+		// answers packets for connections it no longer knows with a
+		// stateless reset, and agents reconnect at once.
+		s.qtr = &quic.Transport{Conn: udpConn, StatelessResetKey: resetKey}
 		qc := quicConfig()
 		// A throttled source is refused at its first packet, before the
 		// handshake it would cost. (Only a completed handshake counts as
@@ -435,13 +509,13 @@ func (s *Server) serveTCP(c net.Conn, release func()) {
 		c.Close()
 		return
 	}
-	mux, err := yamux.Server(tc, yamuxConfig(s.log))
+	ys, err := newYamux(tc, false, TransportTCPYamux, s.log)
 	if err != nil {
 		s.log.Error("tunnel: yamux server", "err", err)
 		c.Close()
 		return
 	}
-	s.serveSession(hctx, &yamuxSession{mux: mux, transport: TransportTCPYamux}, release)
+	s.serveSession(hctx, ys, release)
 }
 
 func (s *Server) serveQUIC(conn *quic.Conn, release func()) {
@@ -464,13 +538,14 @@ func (s *Server) serveQUIC(conn *quic.Conn, release func()) {
 			closer.Close()
 			return
 		}
-		mux, err := yamux.Server(newQUICStream(st, conn), yamuxConfig(s.log))
+		ys, err := newYamux(newQUICStream(st, conn), false, TransportQUICYamux, s.log)
 		if err != nil {
 			s.log.Error("tunnel: yamux server", "err", err)
 			closer.Close()
 			return
 		}
-		s.serveSession(hctx, &yamuxSession{mux: mux, transport: TransportQUICYamux, quic: conn}, release)
+		ys.quic = conn
+		s.serveSession(hctx, ys, release)
 	default:
 		// crypto/tls only negotiates what we offered; this is a bug guard.
 		s.log.Error("tunnel: unexpected ALPN", "alpn", proto, "remote", conn.RemoteAddr())
@@ -515,10 +590,12 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 			Remote:      remote,
 			ConnectedAt: time.Now(),
 		},
-		sess:     sess,
-		ctl:      ctl,
-		replaced: make(chan struct{}),
+		sess:      sess,
+		ctl:       ctl,
+		replaced:  make(chan struct{}),
+		streamEnd: make(chan struct{}, 1),
 	}
+	a.closeHook = a.streamClosed
 	// Register before the welcome: once the agent believes it is
 	// connected, Dial must find it.
 	s.register(a)
@@ -542,11 +619,48 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 		why = "relay closing"
 	case <-a.replaced:
 		why = "replaced"
+		// New exchanges already go to the newer session; those in flight
+		// here finish first (an agent moving back to QUIC replaces its own
+		// TCP session this way).
+		if left := a.drain(s.ctx, replaceGrace); left > 0 {
+			s.log.Warn("tunnel: replaced session still had streams open; closing them", "agent", h.Agent,
+				"remote", remote, "streams", left, "grace", replaceGrace)
+		}
 		s.goAway(a, answer{Type: typeGoAway, Code: codeReplaced, Message: "another session authenticated as " + h.Agent})
 	}
 	s.deregister(a)
-	s.log.Info("tunnel: agent disconnected", "agent", h.Agent, "remote", remote, "transport", sess.Transport(),
-		"reason", why, "duration", time.Since(a.status.ConnectedAt).Round(time.Millisecond))
+	attrs := []any{"agent", h.Agent, "remote", remote, "transport", sess.Transport(),
+		"reason", why, "duration", time.Since(a.status.ConnectedAt).Round(time.Millisecond)}
+	if err := endCause(sess); err != nil {
+		attrs = append(attrs, "cause", err)
+	}
+	s.log.Info("tunnel: agent disconnected", attrs...)
+}
+
+// endCause says why a session the transport ended has ended (idle timeout,
+// stateless reset, the peer's close), or nil while it is up or when this
+// side closed it.
+func endCause(sess Session) error {
+	var err error
+	switch sess := sess.(type) {
+	case *quicSession:
+		err = context.Cause(sess.conn.Context())
+	case *yamuxSession:
+		err = sess.endCause()
+		if err == nil && sess.quic != nil {
+			err = context.Cause(sess.quic.Context())
+		}
+	}
+	// Not isClosedErr: quic-go's idle timeout and stateless reset errors
+	// unwrap to net.ErrClosed, and those are the causes worth logging.
+	var app *quic.ApplicationError
+	switch {
+	case err == nil, errors.Is(err, context.Canceled):
+		return nil
+	case errors.As(err, &app) && app.ErrorCode == 0 && !app.Remote:
+		return nil // this side closed it
+	}
+	return err
 }
 
 // readHello reads and checks the hello. A non-nil *RefusedError is to be sent
@@ -617,8 +731,9 @@ func (s *Server) linger(sess Session) {
 }
 
 // watchControl ends the session when the control stream ends, and notes
-// an agent that says it drains. Other frames are ignored, for later
-// protocol revisions.
+// an agent that says it drains. Other frames are ignored: the agent's
+// heartbeat pings need no answer (they keep packets flowing, see
+// heartbeatInterval), and unknown types leave room for later revisions.
 func (s *Server) watchControl(a *agentSession) {
 	for {
 		b, err := readFrame(a.ctl)
@@ -721,8 +836,16 @@ func (s *Server) register(a *agentSession) {
 	delete(s.drained, name)
 	s.mu.Unlock()
 	if old != nil {
-		s.log.Warn("tunnel: agent session replaced by a newer one", "agent", name,
-			"old_remote", old.status.Remote, "new_remote", a.status.Remote)
+		// From the same host this is the agent itself: a reconnect the
+		// relay had not noticed yet, or a move back to QUIC. From another
+		// host, two agents probably share a name.
+		level := slog.LevelWarn
+		if sameHost(old.status.Remote, a.status.Remote) {
+			level = slog.LevelInfo
+		}
+		s.log.Log(s.ctx, level, "tunnel: agent session replaced by a newer one", "agent", name,
+			"old_remote", old.status.Remote, "old_transport", old.status.Transport,
+			"new_remote", a.status.Remote, "new_transport", a.status.Transport)
 		old.markReplaced()
 	}
 	servers := make([]string, len(a.status.Servers))
@@ -756,14 +879,23 @@ func (s *Server) deregister(a *agentSession) {
 // Dial opens a stream to the named agent. The error wraps ErrAgentOffline
 // when the agent has no session or its session just ended.
 func (s *Server) Dial(ctx context.Context, agent string) (Stream, error) {
-	s.mu.Lock()
-	a := s.agents[agent]
-	s.mu.Unlock()
-	if a == nil {
-		return nil, fmt.Errorf("tunnel: dial agent %q: %w", agent, ErrAgentOffline)
+	var a, draining *agentSession
+	for {
+		s.mu.Lock()
+		a = s.agents[agent]
+		s.mu.Unlock()
+		if a == nil || a == draining {
+			return nil, fmt.Errorf("tunnel: dial agent %q: %w", agent, ErrAgentOffline)
+		}
+		if a.startStream() {
+			break
+		}
+		// Replaced after we looked it up: the registry has the newer one.
+		draining = a
 	}
 	st, err := a.sess.OpenStream(ctx)
 	if err != nil {
+		a.streamClosed()
 		select {
 		case <-a.sess.Done():
 			return nil, fmt.Errorf("tunnel: dial agent %q: %w (%w)", agent, ErrAgentOffline, err)
@@ -771,7 +903,15 @@ func (s *Server) Dial(ctx context.Context, agent string) (Stream, error) {
 		}
 		return nil, fmt.Errorf("tunnel: dial agent %q: open stream: %w", agent, err)
 	}
+	setOnClose(st, a.closeHook)
 	return st, nil
+}
+
+// sameHost reports whether two host:port strings name the same host.
+func sameHost(a, b string) bool {
+	ha, _, errA := net.SplitHostPort(a)
+	hb, _, errB := net.SplitHostPort(b)
+	return errA == nil && errB == nil && ha == hb
 }
 
 // Agent reports the named agent's current session, if it has one.
@@ -795,6 +935,13 @@ func (s *Server) Offers(agent, server string) (online, offered bool) {
 	a, ok := s.agents[agent]
 	if !ok {
 		return false, false
+	}
+	select {
+	case <-a.sess.Done():
+		// Dead but not yet deregistered: the relay asks right after an
+		// exchange failed, and must hear "offline", as Dial would say.
+		return false, false
+	default:
 	}
 	for _, srv := range a.status.Servers {
 		if srv.Name == server {

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -36,12 +39,26 @@ const (
 	TransportQUICYamux = "quic+yamux"
 )
 
+// Liveness, shared by both ends. A dead or frozen peer is noticed within
+// keepAlivePeriod + idleTimeout (4.5 s): QUIC sends a keep-alive PING once
+// nothing has arrived for keepAlivePeriod, and the idle timer restarts at
+// that PING, so the worst case is a peer that dies just after its last
+// packet. Over yamux the watchdog (yamuxSession.watch) pings after
+// keepAlivePeriod of silence and ends the session after idleTimeout. The
+// cost is one small packet (and its acknowledgement) per second on an idle
+// session, each way at most.
+const (
+	keepAlivePeriod = 1 * time.Second
+	idleTimeout     = 3500 * time.Millisecond
+	// heartbeatInterval paces the agent's ping frames on the control
+	// stream (see Client.heartbeat): packets large enough that a relay
+	// restarted from the same key answers them with a stateless reset, which
+	// QUIC's own keep-alive PINGs are too small to draw.
+	heartbeatInterval = 1 * time.Second
+)
+
 // Tuning shared by both ends.
 const (
-	keepAlivePeriod = 5 * time.Second
-	// quicIdleTimeout: with keep-alives every 5 s, a peer silent for 15 s is
-	// gone.
-	quicIdleTimeout = 15 * time.Second
 	// maxIncomingStreams bounds concurrent relay-opened streams per session;
 	// quic-go's default of 100 would throttle a busy agent.
 	maxIncomingStreams = 10000
@@ -49,8 +66,9 @@ const (
 	// bandwidth-delay product: 256 KiB (the default) caps a stream at
 	// 256 KiB per RTT, 16 MiB bloats buffers.
 	yamuxWindow = 4 << 20
-	// yamuxWriteTimeout also bounds the wait for a ping answer, so a dead
-	// TCP peer is noticed within keepAlivePeriod + yamuxWriteTimeout.
+	// yamuxWriteTimeout is yamux's bound on one frame waiting to be written
+	// (it fails that write, not the session). Liveness is the watchdog's
+	// business, so this may be long enough for a slow link's queue.
 	yamuxWriteTimeout = 10 * time.Second
 
 	// QUIC flow control. A stream whose reader stalls (a relay client that
@@ -74,7 +92,7 @@ const (
 func quicConfig() *quic.Config {
 	return &quic.Config{
 		KeepAlivePeriod:       keepAlivePeriod,
-		MaxIdleTimeout:        quicIdleTimeout,
+		MaxIdleTimeout:        idleTimeout,
 		MaxIncomingStreams:    maxIncomingStreams,
 		MaxIncomingUniStreams: -1, // the protocol uses none
 
@@ -87,8 +105,11 @@ func quicConfig() *quic.Config {
 
 func yamuxConfig(log *slog.Logger) *yamux.Config {
 	c := yamux.DefaultConfig()
-	c.EnableKeepAlive = true
-	c.KeepAliveInterval = keepAlivePeriod
+	// yamux's own keep-alive fails only when a ping's answer is overdue by
+	// ConnectionWriteTimeout, and an answer queued behind data on a busy
+	// link can be: the watchdog instead counts any byte from the peer as
+	// a sign of life.
+	c.EnableKeepAlive = false
 	c.ConnectionWriteTimeout = yamuxWriteTimeout
 	c.MaxStreamWindowSize = yamuxWindow
 	c.LogOutput = nil
@@ -113,6 +134,9 @@ func (l yamuxLogger) Println(v ...any) {
 // quicSession uses native QUIC streams.
 type quicSession struct {
 	conn *quic.Conn
+	// tr, if set, is a transport only this session uses (Connect's): Close
+	// releases it.
+	tr io.Closer
 }
 
 func (s *quicSession) OpenStream(ctx context.Context) (Stream, error) {
@@ -132,7 +156,11 @@ func (s *quicSession) AcceptStream(ctx context.Context) (Stream, error) {
 }
 
 func (s *quicSession) Close() error {
-	return s.conn.CloseWithError(0, "")
+	err := s.conn.CloseWithError(0, "")
+	if s.tr != nil {
+		_ = s.tr.Close()
+	}
+	return err
 }
 
 func (s *quicSession) Done() <-chan struct{} { return s.conn.Context().Done() }
@@ -142,10 +170,36 @@ func (s *quicSession) Transport() string     { return TransportQUIC }
 // yamuxSession multiplexes over a TLS connection or over one QUIC stream.
 type yamuxSession struct {
 	mux       *yamux.Session
+	conn      *activityConn
 	transport string
+	log       *slog.Logger
 	// quic is the connection under a quic+yamux session: yamux closing its
 	// stream leaves the connection up, so Close ends it too.
 	quic *quic.Conn
+	tr   io.Closer // as in quicSession
+
+	wg     sync.WaitGroup // the watchdog and its ping
+	silent atomic.Bool    // the watchdog ended the session
+}
+
+// newYamux starts yamux over conn as the client (the agent) or the server
+// (the relay), with the watchdog.
+func newYamux(conn net.Conn, client bool, transport string, log *slog.Logger) (*yamuxSession, error) {
+	ac := &activityConn{Conn: conn, start: time.Now()}
+	var mux *yamux.Session
+	var err error
+	if client {
+		mux, err = yamux.Client(ac, yamuxConfig(log))
+	} else {
+		mux, err = yamux.Server(ac, yamuxConfig(log))
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := &yamuxSession{mux: mux, conn: ac, transport: transport, log: log}
+	s.wg.Add(1)
+	go s.watch() // owned by s: Close waits for it
+	return s, nil
 }
 
 func (s *yamuxSession) OpenStream(ctx context.Context) (Stream, error) {
@@ -175,12 +229,90 @@ func (s *yamuxSession) Close() error {
 	if s.quic != nil {
 		_ = s.quic.CloseWithError(0, "")
 	}
+	if s.tr != nil {
+		_ = s.tr.Close()
+	}
+	s.wg.Wait()
 	return err
 }
 
 func (s *yamuxSession) Done() <-chan struct{} { return s.mux.CloseChan() }
 func (s *yamuxSession) RemoteAddr() net.Addr  { return s.mux.RemoteAddr() }
 func (s *yamuxSession) Transport() string     { return s.transport }
+
+// errPeerSilent is why the watchdog ended a session.
+var errPeerSilent = fmt.Errorf("tunnel: nothing received from the peer for %v", idleTimeout)
+
+// endCause reports why the session ended, when the transport knows better
+// than the stream that saw it.
+func (s *yamuxSession) endCause() error {
+	if s.silent.Load() {
+		return errPeerSilent
+	}
+	return nil
+}
+
+// watch is the session's liveness check: any byte from the peer counts.
+// After keepAlivePeriod of silence it pings (the peer's answer is a byte),
+// once a second while the silence lasts, and after idleTimeout it ends the
+// session. It wakes about once per keepAlivePeriod, busy or not.
+func (s *yamuxSession) watch() {
+	defer s.wg.Done()
+	pinging := make(chan struct{}, 1) // full while a ping is outstanding
+	t := time.NewTimer(keepAlivePeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.mux.CloseChan():
+			return
+		case <-t.C:
+		}
+		silent := s.conn.silentFor()
+		if silent >= idleTimeout {
+			s.silent.Store(true)
+			s.log.Debug("tunnel: peer silent; ending the session", "silent", silent.Round(time.Millisecond), "transport", s.transport)
+			_ = s.mux.Close()
+			return
+		}
+		next := keepAlivePeriod - silent
+		if silent >= keepAlivePeriod {
+			next = min(keepAlivePeriod, idleTimeout-silent)
+			select {
+			case pinging <- struct{}{}:
+				s.wg.Add(1) // s.wg is above zero while watch runs
+				go func() {
+					defer s.wg.Done()
+					// Returns on the answer, yamux's write timeout or the
+					// session's end; the answer's bytes are what counts.
+					_, _ = s.mux.Ping()
+					<-pinging
+				}()
+			default:
+				// The previous ping is still waiting for its answer.
+			}
+		}
+		t.Reset(next)
+	}
+}
+
+// activityConn notes when bytes last arrived from the peer.
+type activityConn struct {
+	net.Conn
+	start time.Time    // carries the monotonic clock reading
+	last  atomic.Int64 // nanoseconds after start of the last read with data
+}
+
+func (c *activityConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.last.Store(int64(time.Since(c.start)))
+	}
+	return n, err
+}
+
+func (c *activityConn) silentFor() time.Duration {
+	return time.Since(c.start) - time.Duration(c.last.Load())
+}
 
 // isClosedErr reports errors that mean "the session or listener was shut
 // down", which need no log line.

@@ -34,6 +34,9 @@ type quicStream struct {
 	conn   *quic.Conn
 	wmu    sync.Mutex // held by Write and by the graceful part of Close
 	closed atomic.Bool
+	// onClose, if set, runs once when Close is first called (the relay
+	// counts a session's open streams with it).
+	onClose func()
 }
 
 var _ Stream = (*quicStream)(nil)
@@ -44,10 +47,37 @@ func newQUICStream(st *quic.Stream, conn *quic.Conn) *quicStream {
 
 func (s *quicStream) Read(p []byte) (int, error) {
 	n, err := s.st.Read(p)
-	if err != nil && s.closed.Load() {
-		err = net.ErrClosed
+	if err != nil {
+		err = s.mapErr(err)
 	}
 	return n, err
+}
+
+// mapErr reports a stream closed by us as net.ErrClosed. When the whole
+// connection ended, it returns only once the connection's context is done
+// too (quic-go ends the streams first, an instant before), so a caller
+// asking the session at once, as the relay does to choose between "agent
+// offline" and "tunnel error", hears the truth.
+func (s *quicStream) mapErr(err error) error {
+	if s.closed.Load() {
+		return net.ErrClosed
+	}
+	if connEnded(err) {
+		<-s.conn.Context().Done()
+	}
+	return err
+}
+
+// connEnded reports the errors quic-go gives streams when their connection
+// closes.
+func connEnded(err error) bool {
+	var (
+		idle  *quic.IdleTimeoutError
+		reset *quic.StatelessResetError
+		app   *quic.ApplicationError
+		trans *quic.TransportError
+	)
+	return errors.As(err, &idle) || errors.As(err, &reset) || errors.As(err, &app) || errors.As(err, &trans)
 }
 
 func (s *quicStream) Write(p []byte) (int, error) {
@@ -57,8 +87,8 @@ func (s *quicStream) Write(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	n, err := s.st.Write(p)
-	if err != nil && s.closed.Load() {
-		err = net.ErrClosed
+	if err != nil {
+		err = s.mapErr(err)
 	}
 	return n, err
 }
@@ -75,6 +105,9 @@ func (s *quicStream) CloseWrite() error {
 func (s *quicStream) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
+	}
+	if s.onClose != nil {
+		defer s.onClose()
 	}
 	s.st.CancelRead(streamCodeClosed)
 	if s.wmu.TryLock() {
@@ -112,7 +145,8 @@ func (s *quicStream) SetWriteDeadline(t time.Time) error { return s.st.SetWriteD
 // resets the stream.
 type yamuxStream struct {
 	*yamux.Stream
-	closed atomic.Bool
+	closed  atomic.Bool
+	onClose func() // as in quicStream
 }
 
 var _ Stream = (*yamuxStream)(nil)
@@ -158,8 +192,21 @@ func (s *yamuxStream) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	if s.onClose != nil {
+		defer s.onClose()
+	}
 	// A deadline in the past wakes a Read blocked in another goroutine;
 	// yamux's Close alone would leave it waiting for more input.
 	_ = s.Stream.SetReadDeadline(time.Unix(1, 0))
 	return s.Stream.Close()
+}
+
+// setOnClose sets st's close hook; st is fresh from this package.
+func setOnClose(st Stream, f func()) {
+	switch st := st.(type) {
+	case *quicStream:
+		st.onClose = f
+	case *yamuxStream:
+		st.onClose = f
+	}
 }

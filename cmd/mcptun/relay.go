@@ -122,7 +122,11 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 			front.Lock()
 			h := front.h
 			front.Unlock()
-			if !up && h != nil {
+			// Down: the pooled streams are dead. Up: a newer session may
+			// have replaced one (an agent moving back to QUIC), and pooled
+			// streams of the old one would keep new exchanges on it and
+			// keep it from draining; exchanges in flight finish there.
+			if h != nil {
 				h.AgentDown(name)
 			}
 		},

@@ -1,0 +1,68 @@
+package tunnel
+
+import (
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+
+	"github.com/quic-go/quic-go"
+)
+
+// QUIC stateless resets (RFC 9000 §10.3) let an endpoint that lost a
+// connection's state (a crash, a restart) tell the peer at once that the
+// connection is gone, instead of the peer waiting for its idle timeout. The
+// reset token for a connection ID is derived from a key, so the key must be
+// the same after a restart: both ends derive theirs from a secret they
+// already have, with HKDF-SHA256 and a label per use, so no new secret or
+// setting is needed and the secret itself is never exposed.
+const (
+	relayResetLabel = "mcptun/1 relay quic stateless reset key"
+	agentResetLabel = "mcptun/1 agent quic stateless reset key"
+)
+
+// relayResetKey derives the relay's stateless reset key from the private
+// key of its first TLS certificate. ok is false when the configuration has
+// no such key (a GetCertificate callback): the key is then random and resets
+// work only while this process lives.
+func relayResetKey(cfg *tls.Config) (key *quic.StatelessResetKey, ok bool, err error) {
+	var secret []byte
+	if len(cfg.Certificates) > 0 && cfg.Certificates[0].PrivateKey != nil {
+		secret, err = x509.MarshalPKCS8PrivateKey(cfg.Certificates[0].PrivateKey)
+		if err != nil {
+			return nil, false, fmt.Errorf("tunnel: stateless reset key from the TLS private key: %w", err)
+		}
+	}
+	if secret == nil {
+		var k quic.StatelessResetKey
+		if _, err := rand.Read(k[:]); err != nil {
+			return nil, false, fmt.Errorf("tunnel: stateless reset key: %w", err)
+		}
+		return &k, false, nil
+	}
+	k, err := deriveResetKey(secret, relayResetLabel)
+	return k, err == nil, err
+}
+
+// agentResetKey derives the agent's stateless reset key from its token.
+// The relay stores only the token's SHA-256 and HKDF does not start from
+// that, so the relay cannot compute this key.
+func agentResetKey(token string) (*quic.StatelessResetKey, error) {
+	if token == "" {
+		return nil, errors.New("tunnel: stateless reset key: empty token")
+	}
+	return deriveResetKey([]byte(token), agentResetLabel)
+}
+
+func deriveResetKey(secret []byte, label string) (*quic.StatelessResetKey, error) {
+	b, err := hkdf.Key(sha256.New, secret, nil, label, len(quic.StatelessResetKey{}))
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: derive stateless reset key: %w", err)
+	}
+	var k quic.StatelessResetKey
+	copy(k[:], b)
+	return &k, nil
+}
