@@ -85,6 +85,7 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest
 	head := headPool.Get().(*Head)
 	dst := &answerWriter{w: w}
 	defer dst.discard()
+	idempotent := bytes.HasPrefix(req.Head, []byte("GET ")) || bytes.HasPrefix(req.Head, []byte("HEAD "))
 	for attempt := 0; ; attempt++ {
 		c, reused, err := f.get(ctx)
 		if err != nil {
@@ -105,10 +106,11 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest
 			return nil
 		}
 		stop()
+		sent := c.sent > 0
 		c.close()
-		if !retryable(ctx, reused && attempt == 0, req.Body != nil || req.ContentLength <= 0, err) {
+		if !retryable(ctx, attempt == 0, reused, req.Body != nil || req.ContentLength <= 0, sent, idempotent, err) {
 			headPool.Put(head)
-			return err
+			return markOutcome(err, sent)
 		}
 	}
 }
@@ -116,7 +118,7 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest
 // roundTripRaw writes the request and reads the final response head.
 func (f *Forwarder) roundTripRaw(c *conn, req *RawRequest, head *Head) (int, error) {
 	bw := writerPool.Get().(*bufio.Writer)
-	bw.Reset(c.Conn)
+	bw.Reset(c)
 	defer func() { bw.Reset(nil); writerPool.Put(bw) }()
 	bw.Write(req.Head)
 	if req.ContentLength >= 0 {
@@ -127,8 +129,8 @@ func (f *Forwarder) roundTripRaw(c *conn, req *RawRequest, head *Head) (int, err
 	case req.Body != nil:
 		bw.Write(req.Body)
 	case req.ContentLength > 0:
-		if err := copyExactly(bw, req.BodyReader, req.ContentLength); err != nil {
-			return 0, &UpstreamError{Op: "write body", Err: err}
+		if err := copyExactly(bw, clientBody{req.BodyReader}, req.ContentLength); err != nil {
+			return 0, bodyError(err)
 		}
 	}
 	if err := bw.Flush(); err != nil {
@@ -150,7 +152,7 @@ func (f *Forwarder) roundTripRaw(c *conn, req *RawRequest, head *Head) (int, err
 		}
 		switch {
 		case code == 101:
-			return 0, &UpstreamError{Op: "read response", Err: errors.New("upstream switched protocols")}
+			return 0, &UpstreamError{Op: "read response", Err: errSwitched}
 		case code < 200:
 			continue // interim answer (100 Continue, 103 Early Hints)
 		case head.OtherEncoding:
@@ -160,12 +162,14 @@ func (f *Forwarder) roundTripRaw(c *conn, req *RawRequest, head *Head) (int, err
 	}
 }
 
+var errSwitched = errors.New("upstream switched protocols")
+
 func copyExactly(w io.Writer, r io.Reader, n int64) error {
 	bp := copyPool.Get().(*[]byte)
 	defer copyPool.Put(bp)
 	m, err := io.CopyBuffer(writerOnly{w}, io.LimitReader(r, n), *bp)
 	if err == nil && m < n {
-		err = io.ErrUnexpectedEOF
+		err = errBodyShort
 	}
 	return err
 }
