@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -173,11 +174,47 @@ func (p *httpServer) errorHandler(w http.ResponseWriter, r *http.Request, err er
 		p.log.Debug("client went away during upstream exchange", "err", err)
 		return
 	}
-	p.log.Warn("upstream exchange failed", "method", r.Method, "err", err)
-	// The reason, not the error text: it would show internal addresses to
-	// the client.
-	writeError(w, http.StatusBadGateway, nil, codeInternal,
-		fmt.Sprintf("mcpproxy: upstream of server %q unreachable: %s", p.name, upstreamReason(err)))
+	status, code, reason, msg := p.failed(r.Method, err)
+	writeErrorData(w, status, nil, code, msg, map[string]string{"reason": reason})
+}
+
+// failed logs an exchange that failed before the upstream answered and
+// says what the client is told: the request's outcome is unknown once it
+// went out (it is never sent twice, see httpfwd), the upstream was not
+// reached before that, or the client's own body was broken or too big.
+// The message gives the reason, not the error text: that would show
+// internal addresses to the client.
+func (p *httpServer) failed(method string, err error) (status, code int, reason, msg string) {
+	var ue *httpfwd.UpstreamError
+	errors.As(err, &ue)
+	var tooBig *http.MaxBytesError
+	switch {
+	case ue != nil && ue.Body && errors.As(err, &tooBig):
+		p.log.Info("request body over the limit", "method", method, "limit", tooBig.Limit)
+		return http.StatusRequestEntityTooLarge, codeInvalidRequest, reasonBodyTooLarge,
+			fmt.Sprintf("mcpproxy: request body over %d bytes", tooBig.Limit)
+	case ue != nil && ue.Body:
+		p.log.Info("bad request body", "method", method, "err", err)
+		return http.StatusBadRequest, codeInvalidRequest, reasonBadRequest,
+			fmt.Sprintf("mcpproxy: reading the request body failed: %s", bodyReason(ue.Err))
+	case ue != nil && ue.OutcomeUnknown:
+		p.log.Warn("upstream connection broke after the request was sent; not sent again", "method", method, "err", err)
+		return http.StatusBadGateway, codeInternal, reasonOutcomeUnknown,
+			fmt.Sprintf("mcpproxy: the connection to the upstream of server %q broke after the request was sent and before an answer (%s): it may or may not have been carried out, and was not sent again",
+				p.name, upstreamReason(err))
+	}
+	p.log.Warn("upstream exchange failed", "method", method, "err", err)
+	return http.StatusBadGateway, codeInternal, reasonUpstreamUnreachable,
+		fmt.Sprintf("mcpproxy: upstream of server %q unreachable: %s", p.name, upstreamReason(err))
+}
+
+// bodyReason words a failure to read the client's body without echoing
+// more of it than the framing error says.
+func bodyReason(err error) string {
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return "it ended early"
+	}
+	return err.Error()
 }
 
 func upstreamReason(err error) string {

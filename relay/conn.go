@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
@@ -44,7 +45,7 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 	return &httpfwd.FastPath{
 		IdleTimeout:   ClientIdleTimeout,
 		HeaderTimeout: ClientHeaderTimeout,
-		BadRequest:    func(reason string) []byte { return errorJSON("bad_request", reason) },
+		BadRequest:    func(reason string) []byte { return errorJSON(reasonBadRequest, reason) },
 		Route: func(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 			rt, ok := h.fastRoute(head)
 			if !ok {
@@ -152,7 +153,11 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 		Req: httpfwd.RawRequest{Head: b},
 		Failed: func(err error) (int, string, []byte) {
 			status, reason, msg := h.forwardFailed(rt.client.Name, rt.agent, rt.server, err)
-			return status, "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n", errorJSON(reason, msg)
+			header := "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
+			if status == http.StatusServiceUnavailable {
+				header += "Retry-After: 5\r\n"
+			}
+			return status, header, errorJSON(reason, msg)
 		},
 		CutShort: func(err error) {
 			h.log.Debug("forward cut short", "client", rt.client.Name, "agent", rt.agent, "server", rt.server, "err", err)
