@@ -87,6 +87,9 @@ type conn struct {
 	// How alive probes the connection between exchanges; see probeOf.
 	probe probeKind
 	rc    syscall.RawConn
+	// early is set once the upstream answered before it had our whole
+	// request (earlyAnswer): the connection is not reused.
+	early bool
 }
 
 // Write counts what goes out, so a failure can tell whether the upstream
@@ -458,10 +461,19 @@ func (f *Forwarder) roundTrip(ctx context.Context, c *conn, r *http.Request, out
 		bw.Write(body)
 	case hasBody:
 		if err := writeBody(bw, r); err != nil {
-			return nil, bodyError(err)
+			ue := bodyError(err)
+			if !ue.Body {
+				if resp, ok := c.earlyResponse(ctx, r); ok {
+					return resp, nil
+				}
+			}
+			return nil, ue
 		}
 	}
 	if err := bw.Flush(); err != nil {
+		if resp, ok := c.earlyResponse(ctx, r); ok {
+			return resp, nil
+		}
 		return nil, &UpstreamError{Op: "write request", Err: err}
 	}
 	for op, interim := "read response", 0; ; op, interim = opAfterInterim, interim+1 {
@@ -518,6 +530,22 @@ func bodyError(err error) *UpstreamError {
 
 // errBodyShort is a body that ended before its Content-Length.
 var errBodyShort = fmt.Errorf("request body shorter than its Content-Length: %w", io.ErrUnexpectedEOF)
+
+// earlyResponse is earlyAnswer for Forward.
+func (c *conn) earlyResponse(ctx context.Context, r *http.Request) (*http.Response, bool) {
+	_ = c.SetReadDeadline(time.Now().Add(earlyAnswerWait))
+	resp, err := http.ReadResponse(c.br, r)
+	if ctx.Err() != nil {
+		return nil, false
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if err != nil || resp.StatusCode < 200 {
+		return nil, false
+	}
+	c.early = true
+	resp.Close = true
+	return resp, true
+}
 
 // writeBody copies the client's body: exactly ContentLength bytes, or chunked.
 func writeBody(bw *bufio.Writer, r *http.Request) error {

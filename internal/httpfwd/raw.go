@@ -95,7 +95,7 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest
 		// One hook for the whole exchange: cancelling ctx wakes whatever
 		// waits on c.
 		stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(aLongTimeAgo) })
-		code, err := f.roundTripRaw(c, req, head)
+		code, err := f.roundTripRaw(ctx, c, req, head)
 		if err == nil {
 			if err := f.copyRaw(dst, c, req, head, code, stop); err != nil {
 				// Cut short: let the client have what came, so it sees a
@@ -116,7 +116,7 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest
 }
 
 // roundTripRaw writes the request and reads the final response head.
-func (f *Forwarder) roundTripRaw(c *conn, req *RawRequest, head *Head) (int, error) {
+func (f *Forwarder) roundTripRaw(ctx context.Context, c *conn, req *RawRequest, head *Head) (int, error) {
 	bw := writerPool.Get().(*bufio.Writer)
 	bw.Reset(c)
 	defer func() { bw.Reset(nil); writerPool.Put(bw) }()
@@ -130,10 +130,19 @@ func (f *Forwarder) roundTripRaw(c *conn, req *RawRequest, head *Head) (int, err
 		bw.Write(req.Body)
 	case req.ContentLength > 0:
 		if err := copyExactly(bw, clientBody{req.BodyReader}, req.ContentLength); err != nil {
-			return 0, bodyError(err)
+			ue := bodyError(err)
+			if !ue.Body {
+				if code, ok := c.earlyAnswer(ctx, head); ok {
+					return code, nil
+				}
+			}
+			return 0, ue
 		}
 	}
 	if err := bw.Flush(); err != nil {
+		if code, ok := c.earlyAnswer(ctx, head); ok {
+			return code, nil
+		}
 		return 0, &UpstreamError{Op: "write request", Err: err}
 	}
 	for op, interim := "read response", 0; ; op, interim = opAfterInterim, interim+1 {
@@ -164,6 +173,39 @@ func (f *Forwarder) roundTripRaw(c *conn, req *RawRequest, head *Head) (int, err
 
 var errSwitched = errors.New("upstream switched protocols")
 
+// earlyAnswerWait bounds the wait for an answer on a connection whose
+// request could not be written whole.
+const earlyAnswerWait = 2 * time.Second
+
+// earlyAnswer reads the final answer head an upstream sent before it
+// stopped reading our request (413 for a body over its limit, as
+// net/http's server does, then closing): that answer is the exchange's,
+// not the failed write. It reports false if none came (within
+// earlyAnswerWait: the peer's answer, if any, was sent before the write
+// failed). The connection is not reused after it.
+func (c *conn) earlyAnswer(ctx context.Context, head *Head) (int, bool) {
+	_ = c.SetReadDeadline(time.Now().Add(earlyAnswerWait))
+	ok := func() bool {
+		if _, err := c.br.Peek(1); err != nil {
+			return false
+		}
+		return ReadHead(c.br, head) == nil
+	}()
+	if ctx.Err() != nil {
+		return 0, false
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if !ok {
+		return 0, false
+	}
+	code, err := head.StatusCode()
+	if err != nil || code < 200 || head.OtherEncoding {
+		return 0, false
+	}
+	c.early = true
+	return code, true
+}
+
 func copyExactly(w io.Writer, r io.Reader, n int64) error {
 	bp := copyPool.Get().(*[]byte)
 	defer copyPool.Put(bp)
@@ -180,7 +222,7 @@ func copyExactly(w io.Writer, r io.Reader, n int64) error {
 func (f *Forwarder) copyRaw(dst *answerWriter, c *conn, req *RawRequest, head *Head, code int, stop func() bool) error {
 	// Our side speaks HTTP/1.1 whatever the upstream spoke (the framing we
 	// write is 1.1's); an HTTP/1.0 upstream closes after the answer.
-	reuse := !head.Close && bytes.HasPrefix(head.Start, []byte("HTTP/1.1 "))
+	reuse := !head.Close && !c.early && bytes.HasPrefix(head.Start, []byte("HTTP/1.1 "))
 	dst.WriteString("HTTP/1.1")
 	dst.Write(head.Start[8:])
 	dst.WriteString("\r\n")
