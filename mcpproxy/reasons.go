@@ -14,7 +14,6 @@ const (
 	reasonNotFound            = "not_found"
 	reasonSessionNotFound     = "session_not_found"
 	reasonMethodNotAllowed    = "method_not_allowed"
-	reasonMethodNotFound      = "method_not_found"
 	reasonNotAcceptable       = "not_acceptable"
 	reasonStreamConflict      = "stream_conflict"
 	reasonBodyTooLarge        = "body_too_large"
@@ -41,8 +40,6 @@ func reasonFor(status, code int) string {
 		return reasonUnsupportedVersion
 	case codeSessionNotFound:
 		return reasonSessionNotFound
-	case codeMethodNotFound:
-		return reasonMethodNotFound
 	}
 	switch status {
 	case http.StatusBadRequest:
@@ -77,8 +74,13 @@ func reasonFor(status, code int) string {
 	return reasonInternal
 }
 
-// withReason returns data with a "reason" added if it has none.
+// withReason returns data with a "reason" added if it has none. A
+// method-not-found error is the bridge refusing a child's request: it goes
+// to the child, not to a client, and gets none.
 func withReason(data any, status, code int) any {
+	if code == codeMethodNotFound {
+		return data
+	}
 	switch d := data.(type) {
 	case nil:
 		return map[string]string{"reason": reasonFor(status, code)}
