@@ -86,3 +86,54 @@ func BenchmarkStdioBridge(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkURLServer measures one POST in a session through the agent to a
+// url: server, on the fast path, as the relay sends it (X-Mcptun-Client,
+// Mcp-Session-Id), over one keep-alive connection; the upstream answers
+// at once, so the agent's part shows.
+// Run: go test -run '^$' -bench URLServer ./mcpproxy
+func BenchmarkURLServer(b *testing.B) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		if r.Header.Get("Mcp-Session-Id") == "" {
+			w.Header().Set("Mcp-Session-Id", "s-1")
+		}
+		_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hello"}]}}`)
+	}))
+	defer up.Close()
+	h, err := NewHandler([]ServerConfig{{Name: "up", URL: up.URL + "/mcp"}}, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = h.Close() })
+	srv := serveLikeAgent(b, h)
+	client := srv.Client()
+	url := srv.URL + "/up/mcp"
+	post := func(sid, body string) *http.Response {
+		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("X-Mcptun-Client", "ci")
+		if sid != "" {
+			req.Header.Set("Mcp-Session-Id", sid)
+			req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b.Fatalf("POST: %d", resp.StatusCode)
+		}
+		return resp
+	}
+	sid := post("", initBody).Header.Get("Mcp-Session-Id")
+	const call = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}`
+	b.ReportAllocs()
+	for b.Loop() {
+		post(sid, call)
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"syscall"
 	"time"
 )
 
@@ -25,13 +24,13 @@ const (
 	probeDeadline
 )
 
-func probeOf(c net.Conn) (probeKind, syscall.RawConn) {
+func probeOf(c net.Conn) (probeKind, *socketPeek) {
 	if _, ok := c.(interface{ Context() context.Context }); ok {
 		return probeContext, nil
 	}
 	if canPeek {
 		if rc := rawConnOf(c); rc != nil {
-			return probeSocket, rc
+			return probeSocket, newSocketPeek(rc)
 		}
 	}
 	return probeDeadline, nil
@@ -49,7 +48,7 @@ func (c *conn) alive() bool {
 	}
 	switch c.probe {
 	case probeSocket:
-		return peekIdle(c.rc)
+		return c.peek.idle()
 	case probeContext:
 		return c.Conn.(interface{ Context() context.Context }).Context().Err() == nil
 	case probeDeadline:

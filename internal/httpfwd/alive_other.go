@@ -9,4 +9,8 @@ import "syscall"
 // finds only what the runtime already knows) and by their age.
 const canPeek = false
 
-func peekIdle(syscall.RawConn) bool { return true }
+type socketPeek struct{}
+
+func newSocketPeek(syscall.RawConn) *socketPeek { return nil }
+
+func (p *socketPeek) idle() bool { return true }

@@ -132,3 +132,32 @@ type discardConn struct{ net.Conn }
 
 func (discardConn) Write(p []byte) (int, error)      { return len(p), nil }
 func (discardConn) SetWriteDeadline(time.Time) error { return nil }
+
+// BenchmarkAlive measures the check of an idle pooled connection before
+// reuse (conn.alive): a non-blocking peek at a loopback TCP socket.
+// Run: go test -run '^$' -bench Alive ./internal/httpfwd
+func BenchmarkAlive(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	peer, err := ln.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer peer.Close()
+	c := &conn{Conn: nc, br: bufio.NewReader(nc)}
+	c.probe, c.peek = probeOf(nc)
+	defer c.close()
+	b.ReportAllocs()
+	for b.Loop() {
+		if !c.alive() {
+			b.Fatal("a live connection probed dead")
+		}
+	}
+}

@@ -86,7 +86,7 @@ type conn struct {
 	sent int64
 	// How alive probes the connection between exchanges; see probeOf.
 	probe probeKind
-	rc    syscall.RawConn
+	peek  *socketPeek
 	// early is set once the upstream answered before it had our whole
 	// request (earlyAnswer): the connection is not reused.
 	early bool
@@ -321,7 +321,7 @@ func (f *Forwarder) get(ctx context.Context) (*conn, bool, error) {
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(nc)
 	c := &conn{Conn: nc, br: br}
-	c.probe, c.rc = probeOf(nc)
+	c.probe, c.peek = probeOf(nc)
 	return c, false, nil
 }
 
