@@ -84,9 +84,13 @@ func (h *Handler) route(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 		// Not m itself in the closure: it points into the head, whose
 		// memory a parked exchange gives back.
 		method := httpfwd.MethodString(m)
+		req := httpfwd.RawRequest{Head: srv.appendHead(out, head, m, target)}
+		if x, handOff := srv.checkSession(head, method, &req); x != nil || handOff {
+			return x
+		}
 		return &httpfwd.Exchange{
 			Fwd: srv.fwd,
-			Req: httpfwd.RawRequest{Head: srv.appendHead(out, head, m, target)},
+			Req: req,
 			Failed: func(err error) (int, string, []byte) {
 				status, code, reason, msg := srv.failed(method, err)
 				return status, "Content-Type: application/json\r\nCache-Control: no-store\r\n",

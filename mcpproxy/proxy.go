@@ -37,6 +37,11 @@ type httpServer struct {
 	path        []byte
 	headerLines []byte
 	headerNames []string
+
+	// Who owns which of the upstream's sessions (urlsession.go), and
+	// sessionAnswer as a func value made once.
+	sessions        *urlSessions
+	onSessionAnswer func(*httpfwd.RawRequest, int, *httpfwd.Head)
 }
 
 func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
@@ -45,11 +50,13 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 		return nil, fmt.Errorf("invalid URL: %w", err)
 	}
 	p := &httpServer{
-		name:    sc.Name,
-		log:     h.log.With("server", sc.Name),
-		target:  target,
-		headers: make(http.Header, len(sc.Headers)),
+		name:     sc.Name,
+		log:      h.log.With("server", sc.Name),
+		target:   target,
+		headers:  make(http.Header, len(sc.Headers)),
+		sessions: newURLSessions(),
 	}
+	p.onSessionAnswer = p.sessionAnswer
 	for k, v := range sc.Headers {
 		p.headers.Set(k, v)
 	}
@@ -101,6 +108,21 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 }
 
 func (p *httpServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if sids := r.Header.Values(headerSession); len(sids) > 1 {
+		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: more than one Mcp-Session-Id header")
+		return
+	}
+	sid, client := r.Header.Get(headerSession), r.Header.Get(clientHeaderKey)
+	sw := &sessionWriter{ResponseWriter: w, p: p, client: client, sid: sid, method: r.Method}
+	if sid != "" {
+		state, owner := p.sessions.lookup([]byte(sid), []byte(client), time.Now())
+		if state == sessionForeign {
+			p.foreignSession(w, client, owner)
+			return
+		}
+		sw.unknown = state == sessionUnknown
+	}
+	w = sw
 	err := p.fwd.Forward(w, r, p.requestFor(r))
 	if err == nil {
 		return

@@ -37,6 +37,9 @@ type RawRequest struct {
 	// they are set to nil first, and the caller may give their memory
 	// back.
 	OnPark func()
+	// OnHead, if set, is told of the upstream's final answer head (and
+	// status code) before it is passed on; it must not keep h.
+	OnHead func(req *RawRequest, code int, h *Head)
 
 	streamed *countingReader // set by ReadBody for a body read while sending
 }
@@ -97,6 +100,9 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest
 		stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(aLongTimeAgo) })
 		code, err := f.roundTripRaw(ctx, c, req, head)
 		if err == nil {
+			if req.OnHead != nil {
+				req.OnHead(req, code, head)
+			}
 			if err := f.copyRaw(dst, c, req, head, code, stop); err != nil {
 				// Cut short: let the client have what came, so it sees a
 				// truncated answer rather than none.
