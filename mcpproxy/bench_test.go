@@ -1,12 +1,16 @@
 package mcpproxy
 
 import (
+	"bufio"
 	"bytes"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
 // BenchmarkPeek measures classifying one message without decoding it, as
@@ -135,5 +139,28 @@ func BenchmarkURLServer(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		post(sid, call)
+	}
+}
+
+// BenchmarkURLSessionCheck measures what session ownership adds to an
+// exchange in a session on a url: server: the header lookup and the
+// table's.
+// Run: go test -run '^$' -bench URLSessionCheck ./mcpproxy
+func BenchmarkURLSessionCheck(b *testing.B) {
+	var head httpfwd.Head
+	raw := "POST /up/mcp HTTP/1.1\r\nHost: dc1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n" +
+		"Mcp-Session-Id: 6f1c2a3b4d5e6f708192a3b4c5d6e7f8\r\nMcp-Protocol-Version: 2025-11-25\r\nX-Mcptun-Client: ci\r\nContent-Length: 2\r\n\r\n"
+	if err := httpfwd.ReadHead(bufio.NewReader(strings.NewReader(raw)), &head); err != nil {
+		b.Fatal(err)
+	}
+	p := &httpServer{sessions: newURLSessions()}
+	p.onSessionAnswer = p.sessionAnswer
+	p.sessions.bind("6f1c2a3b4d5e6f708192a3b4c5d6e7f8", "ci", time.Now())
+	var req httpfwd.RawRequest
+	b.ReportAllocs()
+	for b.Loop() {
+		if x, handOff := p.checkSession(&head, http.MethodPost, &req); x != nil || handOff {
+			b.Fatal("refused")
+		}
 	}
 }
