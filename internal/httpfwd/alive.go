@@ -57,7 +57,8 @@ func (c *conn) alive() bool {
 		}
 		var one [1]byte
 		n, err := c.Conn.Read(one[:])
-		if n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		var ne net.Error
+		if n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) && !(errors.As(err, &ne) && ne.Timeout()) {
 			return false
 		}
 		return c.Conn.SetReadDeadline(time.Time{}) == nil
