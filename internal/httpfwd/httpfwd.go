@@ -535,11 +535,7 @@ var errBodyShort = fmt.Errorf("request body shorter than its Content-Length: %w"
 func (c *conn) earlyResponse(ctx context.Context, r *http.Request) (*http.Response, bool) {
 	_ = c.SetReadDeadline(time.Now().Add(earlyAnswerWait))
 	resp, err := http.ReadResponse(c.br, r)
-	if ctx.Err() != nil {
-		return nil, false
-	}
-	_ = c.SetReadDeadline(time.Time{})
-	if err != nil || resp.StatusCode < 200 {
+	if !c.clearReadDeadline(ctx) || err != nil || resp.StatusCode < 200 {
 		return nil, false
 	}
 	c.early = true

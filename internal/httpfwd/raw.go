@@ -179,6 +179,22 @@ func (f *Forwarder) roundTripRaw(ctx context.Context, c *conn, req *RawRequest, 
 
 var errSwitched = errors.New("upstream switched protocols")
 
+// clearReadDeadline lifts earlyAnswer's read deadline unless ctx ended:
+// then the exchange's cancellation hook has set (or is setting) a deadline
+// in the past, which must stay. It reports false if ctx ended.
+func (c *conn) clearReadDeadline(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if ctx.Err() != nil {
+		// Cancelled in between: the hook's deadline may have been undone.
+		_ = c.SetDeadline(aLongTimeAgo)
+		return false
+	}
+	return true
+}
+
 // earlyAnswerWait bounds the wait for an answer on a connection whose
 // request could not be written whole.
 const earlyAnswerWait = 2 * time.Second
@@ -197,11 +213,7 @@ func (c *conn) earlyAnswer(ctx context.Context, head *Head) (int, bool) {
 		}
 		return ReadHead(c.br, head) == nil
 	}()
-	if ctx.Err() != nil {
-		return 0, false
-	}
-	_ = c.SetReadDeadline(time.Time{})
-	if !ok {
+	if !c.clearReadDeadline(ctx) || !ok {
 		return 0, false
 	}
 	code, err := head.StatusCode()
