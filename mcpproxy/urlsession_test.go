@@ -146,3 +146,10 @@ func TestURLSessionTable(t *testing.T) {
 	tab.bind("s4", "a", now.Add(urlSessionIdle+time.Minute))
 	require.Equal(t, 1, tab.len())
 }
+
+// TestUpstreamIdleTimeoutBelowKeepAlives pins the idle limit of pooled
+// connections to url: servers below the 5 s after which Node's, uvicorn's
+// and Apache's servers close idle connections (README: sent at most once).
+func TestUpstreamIdleTimeoutBelowKeepAlives(t *testing.T) {
+	require.Equal(t, 4*time.Second, upstreamIdleTimeout)
+}
