@@ -296,7 +296,7 @@ func codesInREADME(t *testing.T, path string) map[string]bool {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	require.NoError(t, err)
-	row := regexp.MustCompile("^\\| *[1-5][0-9][0-9] *\\|([^|]*)\\|")
+	row := regexp.MustCompile(`^\| *[1-5][0-9][0-9] *\|([^|]*)\|`)
 	code := regexp.MustCompile("`([a-z][a-z0-9_]*)`")
 	out := make(map[string]bool)
 	for _, line := range strings.Split(string(b), "\n") {
