@@ -456,19 +456,8 @@ func (f *Forwarder) roundTrip(ctx context.Context, c *conn, r *http.Request, out
 	default:
 		bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
 	}
-	switch {
-	case body != nil:
+	if body != nil {
 		bw.Write(body)
-	case hasBody:
-		if err := writeBody(bw, r); err != nil {
-			ue := bodyError(err)
-			if !ue.Body {
-				if resp, ok := c.earlyResponse(ctx, r); ok {
-					return resp, nil
-				}
-			}
-			return nil, ue
-		}
 	}
 	if err := bw.Flush(); err != nil {
 		if resp, ok := c.earlyResponse(ctx, r); ok {
@@ -476,6 +465,33 @@ func (f *Forwarder) roundTrip(ctx context.Context, c *conn, r *http.Request, out
 		}
 		return nil, &UpstreamError{Op: "write request", Err: err}
 	}
+	if body != nil || !hasBody {
+		return readFinalResponse(c, r)
+	}
+	// A streamed body is sent while the answer is awaited (see
+	// roundTripRaw).
+	s := c.sendBody(ctx, func() error {
+		if err := writeBody(bw, r); err != nil {
+			return bodyError(err)
+		}
+		if err := bw.Flush(); err != nil {
+			return &UpstreamError{Op: "write body", Err: err}
+		}
+		return nil
+	})
+	resp, err := readFinalResponse(c, r)
+	if err = s.finish(ctx, err); err != nil {
+		return nil, err
+	}
+	if c.early {
+		resp.Close = true
+	}
+	return resp, nil
+}
+
+// readFinalResponse reads the upstream's final answer head, skipping
+// interim ones.
+func readFinalResponse(c *conn, r *http.Request) (*http.Response, error) {
 	for op, interim := "read response", 0; ; op, interim = opAfterInterim, interim+1 {
 		if interim > maxInterim {
 			return nil, &UpstreamError{Op: op, Err: errTooManyInterim}

@@ -131,19 +131,9 @@ func (f *Forwarder) roundTripRaw(ctx context.Context, c *conn, req *RawRequest, 
 		writeContentLength(bw, req.ContentLength)
 	}
 	bw.WriteString("\r\n")
-	switch {
-	case req.Body != nil:
+	streamed := req.Body == nil && req.ContentLength > 0
+	if req.Body != nil {
 		bw.Write(req.Body)
-	case req.ContentLength > 0:
-		if err := copyExactly(bw, clientBody{req.BodyReader}, req.ContentLength); err != nil {
-			ue := bodyError(err)
-			if !ue.Body {
-				if code, ok := c.earlyAnswer(ctx, head); ok {
-					return code, nil
-				}
-			}
-			return 0, ue
-		}
 	}
 	if err := bw.Flush(); err != nil {
 		if code, ok := c.earlyAnswer(ctx, head); ok {
@@ -151,6 +141,28 @@ func (f *Forwarder) roundTripRaw(ctx context.Context, c *conn, req *RawRequest, 
 		}
 		return 0, &UpstreamError{Op: "write request", Err: err}
 	}
+	if !streamed {
+		return readFinalHead(c, head)
+	}
+	// A body streamed from the client is sent while the answer is awaited:
+	// an upstream may answer before it read it all (413) and stop reading,
+	// and a write blocked on a full window would never see that answer.
+	s := c.sendBody(ctx, func() error {
+		if err := copyExactly(bw, clientBody{req.BodyReader}, req.ContentLength); err != nil {
+			return bodyError(err)
+		}
+		if err := bw.Flush(); err != nil {
+			return &UpstreamError{Op: "write body", Err: err}
+		}
+		return nil
+	})
+	code, err := readFinalHead(c, head)
+	return code, s.finish(ctx, err)
+}
+
+// readFinalHead reads the upstream's final answer head into head, skipping
+// interim ones.
+func readFinalHead(c *conn, head *Head) (int, error) {
 	for op, interim := "read response", 0; ; op, interim = opAfterInterim, interim+1 {
 		if interim > maxInterim {
 			return 0, &UpstreamError{Op: op, Err: errTooManyInterim}
@@ -175,6 +187,68 @@ func (f *Forwarder) roundTripRaw(ctx context.Context, c *conn, req *RawRequest, 
 		}
 		return code, nil
 	}
+}
+
+// bodySender writes a streamed request body in a goroutine of its own
+// while the exchange's goroutine waits for the answer (as net/http's
+// Transport does). It is owned by that exchange: finish always waits for
+// it.
+type bodySender struct {
+	c    *conn
+	done chan error
+}
+
+// sendBody starts write. When it fails, the wait for the answer is
+// bounded: by earlyAnswerWait if writing upstream failed (the upstream's
+// answer, if any, is on its way), at once if reading the client's body did.
+func (c *conn) sendBody(ctx context.Context, write func() error) *bodySender {
+	s := &bodySender{c: c, done: make(chan error, 1)}
+	go func() {
+		err := write()
+		if err != nil {
+			var ue *UpstreamError
+			until := time.Now().Add(earlyAnswerWait)
+			if errors.As(err, &ue) && ue.Body {
+				until = aLongTimeAgo
+			}
+			if ctx.Err() == nil {
+				_ = c.SetReadDeadline(until)
+				if ctx.Err() != nil {
+					_ = c.SetDeadline(aLongTimeAgo)
+				}
+			}
+		}
+		s.done <- err
+	}()
+	return s
+}
+
+// finish ends the body's goroutine once the answer's head came (readErr
+// nil) or its wait failed, and says how the exchange went: an answer
+// before the whole body went out is the exchange's answer (the connection
+// is not reused after it); a client's broken body is its error before
+// anything else.
+func (s *bodySender) finish(ctx context.Context, readErr error) error {
+	_ = s.c.SetWriteDeadline(aLongTimeAgo)
+	berr := <-s.done
+	if !s.c.clearReadDeadline(ctx) {
+		if readErr == nil {
+			readErr = &UpstreamError{Op: "read response", Err: ctx.Err()}
+		}
+		return readErr
+	}
+	_ = s.c.SetWriteDeadline(time.Time{})
+	var ue *UpstreamError
+	switch {
+	case readErr == nil && berr != nil:
+		s.c.early = true
+		return nil
+	case readErr == nil:
+		return nil
+	case errors.As(berr, &ue) && ue.Body:
+		return berr
+	}
+	return readErr
 }
 
 var errSwitched = errors.New("upstream switched protocols")
