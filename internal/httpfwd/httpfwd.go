@@ -90,6 +90,8 @@ type conn struct {
 	// early is set once the upstream answered before it had our whole
 	// request (earlyAnswer): the connection is not reused.
 	early bool
+	// sender writes the exchange's streamed body, if any (bodySender).
+	sender *bodySender
 }
 
 // Write counts what goes out, so a failure can tell whether the upstream
@@ -470,7 +472,7 @@ func (f *Forwarder) roundTrip(ctx context.Context, c *conn, r *http.Request, out
 	}
 	// A streamed body is sent while the answer is awaited (see
 	// roundTripRaw).
-	s := c.sendBody(ctx, func() error {
+	s := c.sendBody(ctx, func(bw *bufio.Writer) error {
 		if err := writeBody(bw, r); err != nil {
 			return bodyError(err)
 		}
@@ -480,12 +482,10 @@ func (f *Forwarder) roundTrip(ctx context.Context, c *conn, r *http.Request, out
 		return nil
 	})
 	resp, err := readFinalResponse(c, r)
-	if err = s.finish(ctx, err); err != nil {
-		return nil, err
+	if err != nil {
+		return nil, s.finish(ctx, err)
 	}
-	if c.early {
-		resp.Close = true
-	}
+	s.answered(ctx)
 	return resp, nil
 }
 
@@ -622,7 +622,8 @@ func (f *Forwarder) copyResponse(ctx context.Context, w http.ResponseWriter, c *
 	}
 	err := copyBody(w, resp.Body, streaming)
 	_ = resp.Body.Close()
-	if !stop() || err != nil || resp.Close || r.Close {
+	whole := c.endBody(ctx)
+	if !stop() || err != nil || resp.Close || r.Close || !whole || c.early {
 		// The client left mid-answer, the copy failed, or either side
 		// asked to close: the connection's state is unknown, drop it.
 		c.close()

@@ -103,7 +103,7 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest
 			if req.OnHead != nil {
 				req.OnHead(req, code, head)
 			}
-			if err := f.copyRaw(dst, c, req, head, code, stop); err != nil {
+			if err := f.copyRaw(ctx, dst, c, req, head, code, stop); err != nil {
 				// Cut short: let the client have what came, so it sees a
 				// truncated answer rather than none.
 				_ = dst.Flush()
@@ -147,7 +147,7 @@ func (f *Forwarder) roundTripRaw(ctx context.Context, c *conn, req *RawRequest, 
 	// A body streamed from the client is sent while the answer is awaited:
 	// an upstream may answer before it read it all (413) and stop reading,
 	// and a write blocked on a full window would never see that answer.
-	s := c.sendBody(ctx, func() error {
+	s := c.sendBody(ctx, func(bw *bufio.Writer) error {
 		if err := copyExactly(bw, clientBody{req.BodyReader}, req.ContentLength); err != nil {
 			return bodyError(err)
 		}
@@ -157,7 +157,11 @@ func (f *Forwarder) roundTripRaw(ctx context.Context, c *conn, req *RawRequest, 
 		return nil
 	})
 	code, err := readFinalHead(c, head)
-	return code, s.finish(ctx, err)
+	if err != nil {
+		return 0, s.finish(ctx, err)
+	}
+	s.answered(ctx)
+	return code, nil
 }
 
 // readFinalHead reads the upstream's final answer head into head, skipping
@@ -190,65 +194,96 @@ func readFinalHead(c *conn, head *Head) (int, error) {
 }
 
 // bodySender writes a streamed request body in a goroutine of its own
-// while the exchange's goroutine waits for the answer (as net/http's
-// Transport does). It is owned by that exchange: finish always waits for
-// it.
+// while the exchange's goroutine waits for the answer and copies it (as
+// net/http's Transport does): an upstream may answer before it read the
+// whole body — a 413 after which it stops reading (a write blocked on it
+// would never see that answer), or an SSE head before it reads on (full
+// duplex). It is owned by the exchange, which ends it with finish (no
+// answer came) or end (the answer was passed on), and both wait for it.
 type bodySender struct {
 	c    *conn
 	done chan error
+
+	mu       sync.Mutex
+	headSeen bool // the answer's head came: no read deadline from here
 }
 
-// sendBody starts write. When it fails, the wait for the answer is
-// bounded: by earlyAnswerWait if writing upstream failed (the upstream's
-// answer, if any, is on its way), at once if reading the client's body did.
-func (c *conn) sendBody(ctx context.Context, write func() error) *bodySender {
+// sendBody starts write. When it fails before the answer's head came, the
+// wait for one is bounded: by earlyAnswerWait if writing upstream failed
+// (the upstream's answer, if any, is on its way), at once if reading the
+// client's body did.
+func (c *conn) sendBody(ctx context.Context, write func(*bufio.Writer) error) *bodySender {
 	s := &bodySender{c: c, done: make(chan error, 1)}
+	c.sender = s
 	go func() {
-		err := write()
+		// A writer of its own: the exchange's goes back to its pool when
+		// the answer's head came, this one may write on.
+		bw := writerPool.Get().(*bufio.Writer)
+		bw.Reset(c)
+		err := write(bw)
+		bw.Reset(nil)
+		writerPool.Put(bw)
 		if err != nil {
 			var ue *UpstreamError
 			until := time.Now().Add(earlyAnswerWait)
 			if errors.As(err, &ue) && ue.Body {
 				until = aLongTimeAgo
 			}
-			if ctx.Err() == nil {
+			s.mu.Lock()
+			if !s.headSeen && ctx.Err() == nil {
 				_ = c.SetReadDeadline(until)
 				if ctx.Err() != nil {
 					_ = c.SetDeadline(aLongTimeAgo)
 				}
 			}
+			s.mu.Unlock()
 		}
 		s.done <- err
 	}()
 	return s
 }
 
-// finish ends the body's goroutine once the answer's head came (readErr
-// nil) or its wait failed, and says how the exchange went: an answer
-// before the whole body went out is the exchange's answer (the connection
-// is not reused after it); a client's broken body is its error before
-// anything else.
-func (s *bodySender) finish(ctx context.Context, readErr error) error {
+// answered notes that the answer's head came: a deadline the goroutine
+// set for it is lifted, and it sets none from here.
+func (s *bodySender) answered(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.headSeen = true
+	s.c.clearReadDeadline(ctx)
+}
+
+// stop ends the goroutine (a write in progress fails) and returns its
+// error.
+func (s *bodySender) stop(ctx context.Context) error {
 	_ = s.c.SetWriteDeadline(aLongTimeAgo)
-	berr := <-s.done
-	if !s.c.clearReadDeadline(ctx) {
-		if readErr == nil {
-			readErr = &UpstreamError{Op: "read response", Err: ctx.Err()}
-		}
-		return readErr
+	err := <-s.done
+	s.c.sender = nil
+	if ctx.Err() == nil {
+		_ = s.c.SetWriteDeadline(time.Time{})
 	}
-	_ = s.c.SetWriteDeadline(time.Time{})
+	return err
+}
+
+// finish ends the goroutine when no answer came (readErr) and says why
+// the exchange failed: the client's broken body before anything else.
+func (s *bodySender) finish(ctx context.Context, readErr error) error {
+	berr := s.stop(ctx)
+	s.c.clearReadDeadline(ctx)
 	var ue *UpstreamError
-	switch {
-	case readErr == nil && berr != nil:
-		s.c.early = true
-		return nil
-	case readErr == nil:
-		return nil
-	case errors.As(berr, &ue) && ue.Body:
+	if errors.As(berr, &ue) && ue.Body {
 		return berr
 	}
 	return readErr
+}
+
+// endBody ends the goroutine of a streamed body, if any, once the answer
+// was passed on; it reports whether the whole body had gone out (else the
+// connection is not reused).
+func (c *conn) endBody(ctx context.Context) bool {
+	if c.sender == nil {
+		return true
+	}
+	return c.sender.stop(ctx) == nil
 }
 
 var errSwitched = errors.New("upstream switched protocols")
@@ -311,10 +346,10 @@ func copyExactly(w io.Writer, r io.Reader, n int64) error {
 // copyRaw writes the response head and body to dst, giving head back to
 // its pool in between (a stream holds none); stop removes the exchange's
 // cancellation hook.
-func (f *Forwarder) copyRaw(dst *answerWriter, c *conn, req *RawRequest, head *Head, code int, stop func() bool) error {
+func (f *Forwarder) copyRaw(ctx context.Context, dst *answerWriter, c *conn, req *RawRequest, head *Head, code int, stop func() bool) error {
 	// Our side speaks HTTP/1.1 whatever the upstream spoke (the framing we
 	// write is 1.1's); an HTTP/1.0 upstream closes after the answer.
-	reuse := !head.Close && !c.early && bytes.HasPrefix(head.Start, []byte("HTTP/1.1 "))
+	reuse := !head.Close && bytes.HasPrefix(head.Start, []byte("HTTP/1.1 "))
 	dst.WriteString("HTTP/1.1")
 	dst.Write(head.Start[8:])
 	dst.WriteString("\r\n")
@@ -374,7 +409,12 @@ func (f *Forwarder) copyRaw(dst *answerWriter, c *conn, req *RawRequest, head *H
 		err = copyFlushing(dst, c.br, -1, true)
 		reuse = false
 	}
-	if !stop() || err != nil || !reuse {
+	if !c.endBody(ctx) {
+		// Answered before the whole body went out: the rest of it is not
+		// sent, and the connection is not in a state to reuse.
+		reuse = false
+	}
+	if !stop() || err != nil || !reuse || c.early {
 		c.close()
 		return err
 	}
