@@ -199,7 +199,8 @@ func readFinalHead(c *conn, head *Head) (int, error) {
 // whole body — a 413 after which it stops reading (a write blocked on it
 // would never see that answer), or an SSE head before it reads on (full
 // duplex). It is owned by the exchange, which ends it with finish (no
-// answer came) or end (the answer was passed on), and both wait for it.
+// answer came) or conn.endBody (the answer was passed on); both wait for
+// it.
 type bodySender struct {
 	c    *conn
 	done chan error
