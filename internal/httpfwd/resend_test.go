@@ -1,9 +1,15 @@
 package httpfwd
 
 import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -56,4 +62,33 @@ func TestNoResendOnceSent(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestAliveKeepsTLSConnections: the idle check peeks at the socket under
+// a TLS connection; what TLS sends between exchanges in normal use (TLS
+// 1.3 session tickets come before the first answer) does not make a live
+// connection look dead: sequential exchanges share one connection.
+func TestAliveKeepsTLSConnections(t *testing.T) {
+	up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "ok")
+	}))
+	t.Cleanup(up.Close)
+	var dials atomic.Int32
+	cfg := up.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+	f := New(func(ctx context.Context) (net.Conn, error) {
+		dials.Add(1)
+		d := &tls.Dialer{Config: cfg}
+		return d.DialContext(ctx, "tcp", up.Listener.Addr().String())
+	}, Options{})
+	t.Cleanup(f.Close)
+	for range 10 {
+		var out bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+		err := f.ForwardRaw(ctx, &out, &RawRequest{Head: rawHead("POST", "/"), ContentLength: 2, Body: []byte("{}")})
+		cancel()
+		require.NoError(t, err)
+		require.True(t, strings.HasSuffix(out.String(), "ok"), out.String())
+	}
+	require.Equal(t, int32(1), dials.Load(), "one TLS connection for all exchanges")
 }
