@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/yamux"
 )
 
 // BenchmarkForward compares one small JSON exchange made directly, through
@@ -158,6 +160,41 @@ func BenchmarkAlive(b *testing.B) {
 	for b.Loop() {
 		if !c.alive() {
 			b.Fatal("a live connection probed dead")
+		}
+	}
+}
+
+// BenchmarkAliveYamux measures the idle check of a pooled yamux stream
+// (the relay's streams to an agent on the TCP fallback): a read with a
+// deadline in the past.
+// Run: go test -run '^$' -bench AliveYamux ./internal/httpfwd
+func BenchmarkAliveYamux(b *testing.B) {
+	c1, c2 := net.Pipe()
+	cfg := yamux.DefaultConfig()
+	cfg.LogOutput = io.Discard
+	client, err := yamux.Client(c1, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	server, err := yamux.Server(c2, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer server.Close()
+	st, err := client.OpenStream()
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &conn{Conn: st, br: bufio.NewReader(st)}
+	c.probe, c.peek = probeOf(st)
+	if c.probe != probeDeadline {
+		b.Fatalf("probe %d, want probeDeadline", c.probe)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !c.alive() {
+			b.Fatal("a live stream probed dead")
 		}
 	}
 }
