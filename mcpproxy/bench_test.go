@@ -1,12 +1,16 @@
 package mcpproxy
 
 import (
+	"bufio"
 	"bytes"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
 // BenchmarkPeek measures classifying one message without decoding it, as
@@ -84,5 +88,79 @@ func BenchmarkStdioBridge(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkURLServer measures one POST in a session through the agent to a
+// url: server, on the fast path, as the relay sends it (X-Mcptun-Client,
+// Mcp-Session-Id), over one keep-alive connection; the upstream answers
+// at once, so the agent's part shows.
+// Run: go test -run '^$' -bench URLServer ./mcpproxy
+func BenchmarkURLServer(b *testing.B) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		if r.Header.Get("Mcp-Session-Id") == "" {
+			w.Header().Set("Mcp-Session-Id", "s-1")
+		}
+		_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hello"}]}}`)
+	}))
+	defer up.Close()
+	h, err := NewHandler([]ServerConfig{{Name: "up", URL: up.URL + "/mcp"}}, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = h.Close() })
+	srv := serveLikeAgent(b, h)
+	client := srv.Client()
+	url := srv.URL + "/up/mcp"
+	post := func(sid, body string) *http.Response {
+		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("X-Mcptun-Client", "ci")
+		if sid != "" {
+			req.Header.Set("Mcp-Session-Id", sid)
+			req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b.Fatalf("POST: %d", resp.StatusCode)
+		}
+		return resp
+	}
+	sid := post("", initBody).Header.Get("Mcp-Session-Id")
+	const call = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}`
+	b.ReportAllocs()
+	for b.Loop() {
+		post(sid, call)
+	}
+}
+
+// BenchmarkURLSessionCheck measures what session ownership adds to an
+// exchange in a session on a url: server: the header lookup and the
+// table's.
+// Run: go test -run '^$' -bench URLSessionCheck ./mcpproxy
+func BenchmarkURLSessionCheck(b *testing.B) {
+	var head httpfwd.Head
+	raw := "POST /up/mcp HTTP/1.1\r\nHost: dc1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n" +
+		"Mcp-Session-Id: 6f1c2a3b4d5e6f708192a3b4c5d6e7f8\r\nMcp-Protocol-Version: 2025-11-25\r\nX-Mcptun-Client: ci\r\nContent-Length: 2\r\n\r\n"
+	if err := httpfwd.ReadHead(bufio.NewReader(strings.NewReader(raw)), &head); err != nil {
+		b.Fatal(err)
+	}
+	p := &httpServer{sessions: newURLSessions()}
+	p.onSessionAnswer = p.sessionAnswer
+	p.sessions.bind("6f1c2a3b4d5e6f708192a3b4c5d6e7f8", "ci", time.Now())
+	var req httpfwd.RawRequest
+	b.ReportAllocs()
+	for b.Loop() {
+		if x, handOff := p.checkSession(&head, http.MethodPost, &req); x != nil || handOff {
+			b.Fatal("refused")
+		}
 	}
 }

@@ -3,7 +3,6 @@ package mcpproxy
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"net/http"
 	"time"
@@ -52,7 +51,7 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 		IdleTimeout:   connIdleTimeout,
 		HeaderTimeout: connHeaderTimeout,
 		BadRequest: func(reason string) []byte {
-			return errorBody(nil, codeInvalidRequest, "mcpproxy: "+reason, nil)
+			return errorBodyStatus(nil, http.StatusBadRequest, codeInvalidRequest, "mcpproxy: "+reason, nil)
 		},
 		Route:  h.route,
 		Logger: h.log,
@@ -109,13 +108,17 @@ func (h *Handler) routeServer(name []byte, head *httpfwd.Head, out []byte) *http
 		// Not m itself in the closure: it points into the head, whose
 		// memory a parked exchange gives back.
 		method := httpfwd.MethodString(m)
+		req := httpfwd.RawRequest{Head: srv.appendHead(out, head, m, target)}
+		if x, handOff := srv.checkSession(head, method, &req); x != nil || handOff {
+			return x
+		}
 		return &httpfwd.Exchange{
 			Fwd: srv.fwd,
-			Req: httpfwd.RawRequest{Head: srv.appendHead(out, head, m, target)},
+			Req: req,
 			Failed: func(err error) (int, string, []byte) {
-				srv.log.Warn("upstream exchange failed", "method", method, "err", err)
-				return http.StatusBadGateway, "Content-Type: application/json\r\nCache-Control: no-store\r\n",
-					errorBody(nil, codeInternal, fmt.Sprintf("mcpproxy: upstream of server %q unreachable: %s", srv.name, upstreamReason(err)), nil)
+				status, code, reason, msg := srv.failed(method, err)
+				return status, "Content-Type: application/json\r\nCache-Control: no-store\r\n",
+					errorBodyStatus(nil, status, code, msg, map[string]string{"reason": reason})
 			},
 			CutShort: func(err error) { srv.log.Debug("upstream exchange ended early", "err", err) },
 		}

@@ -387,7 +387,7 @@ func (h *Handler) refuseOverLimit(w http.ResponseWriter, name string, wait time.
 	w.Header().Set("Retry-After", ratelimit.RetryAfter(wait))
 	writeErrorData(w, http.StatusTooManyRequests, nil, codeRateLimited,
 		fmt.Sprintf("mcpproxy: server %q is over its rate limit of %s; retry in %s", name, h.limits[name], wait.Round(time.Millisecond)),
-		map[string]string{"reason": "rate_limited"})
+		map[string]string{"reason": reasonRateLimited})
 }
 
 // Drain makes the handler refuse new exchanges (503, reason
@@ -504,11 +504,17 @@ type rpcError struct {
 	Data    any    `json:"data,omitempty"`
 }
 
-// errorBody renders a JSON-RPC error response; id nil means null.
+// errorBody renders a JSON-RPC error response; id nil means null. data
+// gets a "reason" if it has none (see reasonFor).
 func errorBody(id []byte, code int, msg string, data any) []byte {
+	return errorBodyStatus(id, 0, code, msg, data)
+}
+
+func errorBodyStatus(id []byte, status, code int, msg string, data any) []byte {
 	if id == nil {
 		id = []byte("null")
 	}
+	data = withReason(data, status, code)
 	e, err := json.Marshal(rpcError{Code: code, Message: msg, Data: data})
 	if err != nil { // data is always ours and marshalable
 		e, _ = json.Marshal(rpcError{Code: code, Message: msg})
@@ -529,5 +535,5 @@ func writeErrorData(w http.ResponseWriter, status int, id []byte, code int, msg 
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	_, _ = w.Write(errorBody(id, code, msg, data))
+	_, _ = w.Write(errorBodyStatus(id, status, code, msg, data))
 }

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // process is one stdio server child, leader of its own process group so
@@ -139,7 +141,12 @@ func exitReason(err error) string {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return "killed by " + ws.Signal().String()
+			// By name: Signal().String() is "killed" for SIGKILL, which
+			// made "killed by killed".
+			if name := unix.SignalName(ws.Signal()); name != "" {
+				return "killed by " + name
+			}
+			return fmt.Sprintf("killed by signal %d", int(ws.Signal()))
 		}
 		return fmt.Sprintf("exit status %d", ee.ExitCode())
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -36,6 +37,11 @@ type httpServer struct {
 	path        []byte
 	headerLines []byte
 	headerNames []string
+
+	// Who owns which of the upstream's sessions (urlsession.go), and
+	// sessionAnswer as a func value made once.
+	sessions        *urlSessions
+	onSessionAnswer func(*httpfwd.RawRequest, int, *httpfwd.Head)
 }
 
 func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
@@ -44,11 +50,13 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 		return nil, fmt.Errorf("invalid URL: %w", err)
 	}
 	p := &httpServer{
-		name:    sc.Name,
-		log:     h.log.With("server", sc.Name),
-		target:  target,
-		headers: make(http.Header, len(sc.Headers)),
+		name:     sc.Name,
+		log:      h.log.With("server", sc.Name),
+		target:   target,
+		headers:  make(http.Header, len(sc.Headers)),
+		sessions: newURLSessions(),
 	}
+	p.onSessionAnswer = p.sessionAnswer
 	for k, v := range sc.Headers {
 		p.headers.Set(k, v)
 	}
@@ -93,13 +101,33 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 		}}
 		dial = func(ctx context.Context) (net.Conn, error) { return tlsDialer.DialContext(ctx, "tcp", addr) }
 	}
-	// Many servers (Node's among them, after 5 s) close idle connections;
-	// a short idle limit keeps us from picking one they are closing.
-	p.fwd = httpfwd.New(dial, httpfwd.Options{MaxIdle: 256, IdleTimeout: 4 * time.Second})
+	p.fwd = httpfwd.New(dial, httpfwd.Options{MaxIdle: 256, IdleTimeout: upstreamIdleTimeout})
 	return p, nil
 }
 
+// upstreamIdleTimeout drops a pooled connection to a url: server idle this
+// long. Many servers close idle connections after 5 s (Node's
+// keepAliveTimeout: measured 6.0 s on Node 20; uvicorn, Apache); a shorter
+// limit keeps us from picking one they are closing, and a POST that fails
+// on one is not sent again (httpfwd).
+const upstreamIdleTimeout = 4 * time.Second
+
 func (p *httpServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if sids := r.Header.Values(headerSession); len(sids) > 1 {
+		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: more than one Mcp-Session-Id header")
+		return
+	}
+	sid, client := r.Header.Get(headerSession), r.Header.Get(clientHeaderKey)
+	sw := &sessionWriter{ResponseWriter: w, p: p, client: client, sid: sid, method: r.Method}
+	if sid != "" {
+		state, owner := p.sessions.lookup([]byte(sid), []byte(client), time.Now())
+		if state == sessionForeign {
+			p.foreignSession(w, client, owner)
+			return
+		}
+		sw.unknown = state == sessionUnknown
+	}
+	w = sw
 	err := p.fwd.Forward(w, r, p.requestFor(r))
 	if err == nil {
 		return
@@ -173,11 +201,47 @@ func (p *httpServer) errorHandler(w http.ResponseWriter, r *http.Request, err er
 		p.log.Debug("client went away during upstream exchange", "err", err)
 		return
 	}
-	p.log.Warn("upstream exchange failed", "method", r.Method, "err", err)
-	// The reason, not the error text: it would show internal addresses to
-	// the client.
-	writeError(w, http.StatusBadGateway, nil, codeInternal,
-		fmt.Sprintf("mcpproxy: upstream of server %q unreachable: %s", p.name, upstreamReason(err)))
+	status, code, reason, msg := p.failed(r.Method, err)
+	writeErrorData(w, status, nil, code, msg, map[string]string{"reason": reason})
+}
+
+// failed logs an exchange that failed before the upstream answered and
+// says what the client is told: the request's outcome is unknown once it
+// went out (it is never sent twice, see httpfwd), the upstream was not
+// reached before that, or the client's own body was broken or too big.
+// The message gives the reason, not the error text: that would show
+// internal addresses to the client.
+func (p *httpServer) failed(method string, err error) (status, code int, reason, msg string) {
+	var ue *httpfwd.UpstreamError
+	errors.As(err, &ue)
+	var tooBig *http.MaxBytesError
+	switch {
+	case ue != nil && ue.Body && errors.As(err, &tooBig):
+		p.log.Info("request body over the limit", "method", method, "limit", tooBig.Limit)
+		return http.StatusRequestEntityTooLarge, codeInvalidRequest, reasonBodyTooLarge,
+			fmt.Sprintf("mcpproxy: request body over %d bytes", tooBig.Limit)
+	case ue != nil && ue.Body:
+		p.log.Info("bad request body", "method", method, "err", err)
+		return http.StatusBadRequest, codeInvalidRequest, reasonBadRequest,
+			fmt.Sprintf("mcpproxy: reading the request body failed: %s", bodyReason(ue.Err))
+	case ue != nil && ue.OutcomeUnknown:
+		p.log.Warn("upstream connection broke after the request was sent; not sent again", "method", method, "err", err)
+		return http.StatusBadGateway, codeInternal, reasonOutcomeUnknown,
+			fmt.Sprintf("mcpproxy: the connection to the upstream of server %q broke after the request was sent and before an answer (%s): it may or may not have been carried out, and was not sent again",
+				p.name, upstreamReason(err))
+	}
+	p.log.Warn("upstream exchange failed", "method", method, "err", err)
+	return http.StatusBadGateway, codeInternal, reasonUpstreamUnreachable,
+		fmt.Sprintf("mcpproxy: upstream of server %q unreachable: %s", p.name, upstreamReason(err))
+}
+
+// bodyReason words a failure to read the client's body without echoing
+// more of it than the framing error says.
+func bodyReason(err error) string {
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return "it ended early"
+	}
+	return err.Error()
 }
 
 func upstreamReason(err error) string {
@@ -196,6 +260,8 @@ func upstreamReason(err error) string {
 		return "connection refused"
 	case errors.Is(err, syscall.ECONNRESET):
 		return "connection reset"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.EPIPE):
+		return "connection closed by the upstream"
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		return "host unreachable"
 	case errors.As(err, &dnsErr):

@@ -70,7 +70,7 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 		BodyTimeout:   h.limits.BodyTimeout,
 		WriteTimeout:  h.limits.WriteTimeout,
 		StallAfter:    ClientStallAfter,
-		BadRequest:    func(reason string) []byte { return errorJSON("bad_request", reason) },
+		BadRequest:    func(reason string) []byte { return errorJSON(reasonBadRequest, reason) },
 		ErrorBody:     errorJSON,
 		Cut: func(c net.Conn, reason string, err error) {
 			h.cutLog.log(h.log, slog.LevelDebug, "client cut", "reason", reason, "remote", c.RemoteAddr(), "err", err)
@@ -194,7 +194,11 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 		Req: httpfwd.RawRequest{Head: b},
 		Failed: func(err error) (int, string, []byte) {
 			status, reason, msg := h.forwardFailed(rt.client.Name, rt.agent, rt.server, err)
-			return status, "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n", errorJSON(reason, msg)
+			header := "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
+			if status == http.StatusServiceUnavailable {
+				header += "Retry-After: 5\r\n"
+			}
+			return status, header, errorJSON(reason, msg)
 		},
 		CutShort: func(err error) {
 			h.cutShort(rt.client.Name, rt.agent, rt.server, err)

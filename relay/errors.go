@@ -38,3 +38,16 @@ func errorJSON(reason, message string) []byte {
 	})
 	return append(body, '\n')
 }
+
+// Reasons of the answers a failed forward gets (forwardFailed); the
+// refusals' are in admit. README "Error answers" lists them all, and a
+// test keeps it in step with the code.
+const (
+	reasonBadRequest     = "bad_request"
+	reasonBodyTooLarge   = "body_too_large"
+	reasonOutcomeUnknown = "upstream_outcome_unknown"
+	reasonAgentOffline   = "agent_offline"
+	reasonTunnelError    = "tunnel_error"
+	reasonRelayShutdown  = "relay_shutdown"
+	reasonAgentShutdown  = "agent_shutdown"
+)

@@ -75,6 +75,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 		return
 	}
 	status, reason, msg := h.forwardFailed(client, agent, server, err)
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "5")
+	}
 	writeError(w, status, reason, msg)
 }
 
@@ -159,25 +162,46 @@ func (w *stallWriter) Flush() {
 func (w *stallWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // forwardFailed logs an exchange that failed before any answer came and
-// says what the client is told.
+// says what the client is told. Once (part of) the request went to the
+// agent, any failure is one answer whatever broke — the agent went away,
+// its stream was reset, the agent's own upstream died: the request may or
+// may not have been carried out, and it was not sent again (httpfwd). A
+// stream that could not be opened had nothing sent: the agent is offline
+// (or its tunnel cannot take a stream), and a retry is safe.
 func (h *Handler) forwardFailed(client, agent, server string, err error) (status int, reason, msg string) {
+	var ue *httpfwd.UpstreamError
+	errors.As(err, &ue)
+	var tooBig *http.MaxBytesError
 	switch {
+	case ue != nil && ue.Body && errors.As(err, &tooBig):
+		return http.StatusRequestEntityTooLarge, reasonBodyTooLarge, fmt.Sprintf("request body over %d bytes", tooBig.Limit)
+	case ue != nil && ue.Body:
+		h.log.Info("bad request body", "client", client, "agent", agent, "server", server, "err", err)
+		return http.StatusBadRequest, reasonBadRequest, fmt.Sprintf("reading the request body failed: %v", ue.Err)
 	case h.closed.Load():
 		// The relay cut the exchange: its shutdown grace ran out (or
 		// it was told to stop at once).
 		h.log.Warn("exchange cut by the relay's shutdown", "client", client, "agent", agent, "server", server, "err", err)
-		return http.StatusServiceUnavailable, "relay_shutdown",
+		return http.StatusServiceUnavailable, reasonRelayShutdown,
 			fmt.Sprintf("the relay shut down before agent %q answered (its shutdown grace period ran out, or it was told to stop at once); the request may have been carried out", agent)
 	case h.agentDraining(agent):
 		h.log.Warn("exchange cut by the agent's shutdown", "client", client, "agent", agent, "server", server, "err", err)
-		return http.StatusServiceUnavailable, "agent_shutdown",
+		return http.StatusServiceUnavailable, reasonAgentShutdown,
 			fmt.Sprintf("agent %q shut down before answering (its shutdown grace period ran out, or it was told to stop at once); the request may have been carried out", agent)
-	}
-	if online, _ := h.agents.Offers(agent, server); !online {
-		return http.StatusServiceUnavailable, "agent_offline", fmt.Sprintf("agent %q disconnected during the request", agent)
+	case ue != nil && ue.OutcomeUnknown:
+		why := "the tunnel stream broke"
+		if online, _ := h.agents.Offers(agent, server); !online {
+			why = fmt.Sprintf("agent %q disconnected", agent)
+		}
+		h.log.Warn("exchange broke after the request was sent; not sent again", "client", client, "agent", agent, "server", server, "err", err)
+		return http.StatusBadGateway, reasonOutcomeUnknown,
+			fmt.Sprintf("%s after the request was sent to %s/%s and before an answer: it may or may not have been carried out, and was not sent again", why, agent, server)
+	case ue != nil && ue.Op == "dial":
+		h.log.Warn("cannot open a tunnel stream", "client", client, "agent", agent, "server", server, "err", err)
+		return http.StatusServiceUnavailable, reasonAgentOffline, fmt.Sprintf("agent %q cannot be reached: %v", agent, err)
 	}
 	h.log.Warn("forward failed", "client", client, "agent", agent, "server", server, "err", err)
-	return http.StatusBadGateway, "tunnel_error", fmt.Sprintf("forwarding to %s/%s failed: %v", agent, server, err)
+	return http.StatusBadGateway, reasonTunnelError, fmt.Sprintf("forwarding to %s/%s failed: %v", agent, server, err)
 }
 
 // StalledClients reports, for metrics, how many clients of agent read

@@ -16,8 +16,12 @@
 //	     or the relay is (each with Retry-After); the connection cap
 //	     answers 503 too, see TooManyConnections
 //
+// and when a forward fails (forwardFailed): 400/413 for a body it cannot
+// read, 503 when no stream to the agent opens, 502 when the exchange broke
+// after the request went out (its outcome unknown; it is never sent again).
 // Every refusal carries a JSON-RPC shaped body whose message says why, so an
-// MCP client shows the reason. Everything else is forwarded as HTTP/1.1 on a
+// MCP client shows the reason, and error.data.reason, a stable code (the
+// README lists them all). Everything else is forwarded as HTTP/1.1 on a
 // tunnel stream: the path becomes /{server}/mcp, the client's Authorization
 // and cookies are removed (client credentials never reach internal servers)
 // and X-Mcptun-Client names the client for the agent's audit log. Streams are

@@ -111,8 +111,10 @@ func TestRelayKilledAndRestarted(t *testing.T) {
 	}
 }
 
-// TestAgentKilled: SIGKILL the agent; a call in flight and new calls get
-// 503 agent_offline within 5 s instead of hanging.
+// TestAgentKilled: SIGKILL the agent; within 5 s instead of hanging, new
+// calls get 503 agent_offline and the call in flight 502
+// upstream_outcome_unknown naming the agent's disconnection (it had gone
+// out: it may have run, so it is not 503's "retry is safe").
 func TestAgentKilled(t *testing.T) {
 	fixture := startProc(t, "http-fixture", nil, fixtureBin, "--http", "127.0.0.1:0")
 	httpURL := fixture.waitLine(t, regexp.MustCompile(`^listening (http://\S+)`), 20*time.Second)[1]
@@ -147,7 +149,7 @@ func TestAgentKilled(t *testing.T) {
 			select {
 			case err := <-inflight:
 				require.Error(t, err, "the call in flight fails")
-				require.Contains(t, err.Error(), "disconnected during the request", "the call in flight gets 503 agent_offline")
+				require.Contains(t, err.Error(), `agent \"dc1\" disconnected after the request was sent`, "the call in flight gets 502 upstream_outcome_unknown")
 				t.Logf("%s: the call in flight ended %v after the kill: %v", tc.name, time.Since(start).Round(time.Millisecond), err)
 			case <-time.After(noticePromise):
 				t.Fatalf("the call in flight was still hanging %v after the agent was killed", time.Since(start))

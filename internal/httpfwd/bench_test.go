@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/yamux"
 )
 
 // BenchmarkForward compares one small JSON exchange made directly, through
@@ -151,3 +153,67 @@ type discardConn struct{ net.Conn }
 
 func (discardConn) Write(p []byte) (int, error)      { return len(p), nil }
 func (discardConn) SetWriteDeadline(time.Time) error { return nil }
+
+// BenchmarkAlive measures the check of an idle pooled connection before
+// reuse (conn.alive): a non-blocking peek at a loopback TCP socket.
+// Run: go test -run '^$' -bench Alive ./internal/httpfwd
+func BenchmarkAlive(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	peer, err := ln.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer peer.Close()
+	c := &conn{Conn: nc, br: bufio.NewReader(nc)}
+	c.probe, c.peek = probeOf(nc)
+	defer c.close()
+	b.ReportAllocs()
+	for b.Loop() {
+		if !c.alive() {
+			b.Fatal("a live connection probed dead")
+		}
+	}
+}
+
+// BenchmarkAliveYamux measures the idle check of a pooled yamux stream
+// (the relay's streams to an agent on the TCP fallback): a read with a
+// deadline in the past.
+// Run: go test -run '^$' -bench AliveYamux ./internal/httpfwd
+func BenchmarkAliveYamux(b *testing.B) {
+	c1, c2 := net.Pipe()
+	cfg := yamux.DefaultConfig()
+	cfg.LogOutput = io.Discard
+	client, err := yamux.Client(c1, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	server, err := yamux.Server(c2, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer server.Close()
+	st, err := client.OpenStream()
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &conn{Conn: st, br: bufio.NewReader(st)}
+	c.probe, c.peek = probeOf(st)
+	if c.probe != probeDeadline {
+		b.Fatalf("probe %d, want probeDeadline", c.probe)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !c.alive() {
+			b.Fatal("a live stream probed dead")
+		}
+	}
+}

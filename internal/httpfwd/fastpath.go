@@ -184,7 +184,9 @@ func (p *FastPath) forward(cs *connState, head *Head, x *Exchange) bool {
 	var ue *UpstreamError
 	switch {
 	case err == nil:
-		return !gone
+		// An answer that came before the whole body was read (an early
+		// 413) leaves the rest of it on c: c cannot carry another.
+		return !gone && x.Req.BodyRead()
 	case gone:
 		return false // nobody is left to answer
 	case !errors.As(err, &ue):

@@ -12,9 +12,21 @@
 // every read so each event reaches the client when it is produced.
 //
 // A connection goes back to the pool only when the exchange ended cleanly
-// (body read to EOF, no Connection: close). A reused connection that fails
-// before any response byte arrived is retried once on a fresh one: the peer
-// closed it while idle and never saw the request.
+// (body read to EOF, no Connection: close).
+//
+// A request that may have reached the upstream is never sent twice, unless
+// it is a GET or HEAD: a POST is a tools/call as often as not, and a second
+// copy would run it twice. So the forwarder avoids stale connections rather
+// than retrying on them: a pooled connection idle longer than
+// Options.IdleTimeout is dropped, and one that is readable while idle (the
+// peer closed or reset it, or sent bytes nobody asked for) is dropped too
+// (alive). What then still fails after a byte of the request went out
+// (the peer closed in the instant between that check and our write, or it
+// read the request and died) is an *UpstreamError with OutcomeUnknown set:
+// the caller answers that the request may or may not have been carried out.
+// A request of which no byte was written is sent again on a fresh
+// connection once, whatever its method; a GET or HEAD also when a reused
+// connection was closed under it before any answer came.
 package httpfwd
 
 import (
@@ -68,6 +80,26 @@ type conn struct {
 	br       *bufio.Reader
 	idleFrom time.Time
 	pre      prefixReader // what br reads once the conn was parked
+
+	// sent counts the bytes of the exchange in progress written to the
+	// connection (Write): any at all, and the upstream may have the request.
+	sent int64
+	// How alive probes the connection between exchanges; see probeOf.
+	probe probeKind
+	peek  *socketPeek
+	// early is set once the upstream answered before it had our whole
+	// request (earlyAnswer): the connection is not reused.
+	early bool
+	// sender writes the exchange's streamed body, if any (bodySender).
+	sender *bodySender
+}
+
+// Write counts what goes out, so a failure can tell whether the upstream
+// may have seen the request.
+func (c *conn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.sent += int64(n)
+	return n, err
 }
 
 // park gives br's buffer back while the connection waits for its next
@@ -156,6 +188,15 @@ type Request struct {
 type UpstreamError struct {
 	Op  string // "dial", "write request", "read response", ...
 	Err error
+	// OutcomeUnknown is set when (part of) the request had been written
+	// and no answer came: the upstream may have carried it out, and it was
+	// not sent again (see the package comment). The caller must not say
+	// that it failed, only that its outcome is unknown.
+	OutcomeUnknown bool
+	// Body is set when reading the client's request body failed (its
+	// framing was broken, or it was over a limit): the client's fault,
+	// not the upstream's. Err is then the read's error.
+	Body bool
 }
 
 func (e *UpstreamError) Error() string { return "httpfwd: " + e.Op + ": " + e.Err.Error() }
@@ -179,9 +220,10 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, out Request)
 		}
 		body = (*bp)[:r.ContentLength]
 		if _, err := io.ReadFull(r.Body, body); err != nil {
-			return &UpstreamError{Op: "read client body", Err: err}
+			return &UpstreamError{Op: "read request body", Err: err, Body: true}
 		}
 	}
+	idempotent := r.Method == http.MethodGet || r.Method == http.MethodHead
 	for attempt := 0; ; attempt++ {
 		c, reused, err := f.get(ctx)
 		if err != nil {
@@ -191,11 +233,30 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, out Request)
 		if err == nil {
 			return f.copyResponse(ctx, w, c, r, resp)
 		}
+		sent := c.sent > 0
 		c.close()
-		if !retryable(ctx, reused && attempt == 0, body != nil || r.ContentLength == 0, err) {
-			return err
+		if !retryable(ctx, attempt == 0, reused, body != nil || r.ContentLength == 0, sent, idempotent, err) {
+			return markOutcome(err, sent)
 		}
 	}
+}
+
+// markOutcome sets OutcomeUnknown on a failure after a byte of the request
+// went out and before any answer came.
+func markOutcome(err error, sent bool) error {
+	var ue *UpstreamError
+	if sent && errors.As(err, &ue) && !ue.Body &&
+		(ue.Op == "write request" || ue.Op == "write body" || ue.Op == "read response" && noAnswer(ue.Err) || ue.Op == opAfterInterim) {
+		ue.OutcomeUnknown = true
+	}
+	return err
+}
+
+// noAnswer reports a read error that means nothing of an answer came (as
+// opposed to a head that was broken).
+func noAnswer(err error) bool {
+	var he *HeadError
+	return !errors.As(err, &he) && !errors.Is(err, errTooManyInterim) && !errors.Is(err, errSwitched)
 }
 
 // maxInterim bounds the interim (1xx) answers skipped before the final
@@ -210,12 +271,20 @@ var errTooManyInterim = errors.New("too many interim (1xx) answers")
 const opAfterInterim = "read response after interim answer"
 
 // retryable reports whether a failed exchange is sent again on a fresh
-// connection: only the first try on a reused connection that failed before
-// the upstream said anything (the peer closed it while it sat idle), with
-// the whole body still at hand.
-func retryable(ctx context.Context, reusedFirstTry, bodyAtHand bool, err error) bool {
+// connection, once, with the whole body still at hand: when no byte of it
+// was written (the upstream cannot have seen it), or, for a GET or HEAD, on
+// a reused connection that failed before the upstream said anything (the
+// peer closed it while it sat idle). A POST that went out is never sent
+// again: it may have been carried out (see the package comment).
+func retryable(ctx context.Context, firstTry, reused, bodyAtHand, sent, idempotent bool, err error) bool {
 	var ue *UpstreamError
-	return reusedFirstTry && bodyAtHand && ctx.Err() == nil && errors.As(err, &ue) &&
+	if !firstTry || !bodyAtHand || ctx.Err() != nil || !errors.As(err, &ue) || ue.Body {
+		return false
+	}
+	if !sent {
+		return ue.Op == "write request" || ue.Op == "write body"
+	}
+	return idempotent && reused &&
 		(ue.Op == "write request" || ue.Op == "read response" && closedByPeer(ue.Err))
 }
 
@@ -230,7 +299,7 @@ const maxBufferedBody = 1 << 20
 
 var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
 
-// get returns an idle connection or a new one.
+// get returns an idle connection that is still alive, or a new one.
 func (f *Forwarder) get(ctx context.Context) (*conn, bool, error) {
 	now := time.Now()
 	f.mu.Lock()
@@ -238,11 +307,11 @@ func (f *Forwarder) get(ctx context.Context) (*conn, bool, error) {
 		c := f.idle[n-1]
 		f.idle[n-1] = nil
 		f.idle = f.idle[:n-1]
-		if now.Sub(c.idleFrom) < f.idleTimeout {
-			f.mu.Unlock()
+		f.mu.Unlock()
+		if now.Sub(c.idleFrom) < f.idleTimeout && c.alive() {
+			c.sent = 0
 			return c, true, nil
 		}
-		f.mu.Unlock()
 		c.close()
 		f.mu.Lock()
 	}
@@ -253,7 +322,9 @@ func (f *Forwarder) get(ctx context.Context) (*conn, bool, error) {
 	}
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(nc)
-	return &conn{Conn: nc, br: br}, false, nil
+	c := &conn{Conn: nc, br: br}
+	c.probe, c.peek = probeOf(nc)
+	return c, false, nil
 }
 
 func (f *Forwarder) put(c *conn) {
@@ -351,7 +422,7 @@ func (f *Forwarder) roundTrip(ctx context.Context, c *conn, r *http.Request, out
 	defer stop()
 
 	bw := writerPool.Get().(*bufio.Writer)
-	bw.Reset(c.Conn)
+	bw.Reset(c)
 	defer func() { bw.Reset(nil); writerPool.Put(bw) }()
 	bw.WriteString(r.Method)
 	bw.WriteByte(' ')
@@ -387,17 +458,40 @@ func (f *Forwarder) roundTrip(ctx context.Context, c *conn, r *http.Request, out
 	default:
 		bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
 	}
-	switch {
-	case body != nil:
+	if body != nil {
 		bw.Write(body)
-	case hasBody:
-		if err := writeBody(bw, r); err != nil {
-			return nil, &UpstreamError{Op: "write body", Err: err}
-		}
 	}
 	if err := bw.Flush(); err != nil {
+		if resp, ok := c.earlyResponse(ctx, r); ok {
+			return resp, nil
+		}
 		return nil, &UpstreamError{Op: "write request", Err: err}
 	}
+	if body != nil || !hasBody {
+		return readFinalResponse(c, r)
+	}
+	// A streamed body is sent while the answer is awaited (see
+	// roundTripRaw).
+	s := c.sendBody(ctx, func(bw *bufio.Writer) error {
+		if err := writeBody(bw, r); err != nil {
+			return bodyError(err)
+		}
+		if err := bw.Flush(); err != nil {
+			return &UpstreamError{Op: "write body", Err: err}
+		}
+		return nil
+	})
+	resp, err := readFinalResponse(c, r)
+	if err != nil {
+		return nil, s.finish(ctx, err)
+	}
+	s.answered(ctx)
+	return resp, nil
+}
+
+// readFinalResponse reads the upstream's final answer head, skipping
+// interim ones.
+func readFinalResponse(c *conn, r *http.Request) (*http.Response, error) {
 	for op, interim := "read response", 0; ; op, interim = opAfterInterim, interim+1 {
 		if interim > maxInterim {
 			return nil, &UpstreamError{Op: op, Err: errTooManyInterim}
@@ -419,20 +513,67 @@ func (f *Forwarder) roundTrip(ctx context.Context, c *conn, r *http.Request, out
 	}
 }
 
+// readError marks an error reading the client's body, as opposed to
+// writing it upstream.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
+
+// clientBody reads the client's body and marks its errors (but EOF).
+type clientBody struct{ r io.Reader }
+
+func (b clientBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = &readError{err}
+	}
+	return n, err
+}
+
+// bodyError is the UpstreamError for a failure to pass the body on: the
+// client's (Body) when reading it failed or it ended short.
+func bodyError(err error) *UpstreamError {
+	var re *readError
+	switch {
+	case errors.As(err, &re):
+		return &UpstreamError{Op: "read request body", Err: re.err, Body: true}
+	case errors.Is(err, errBodyShort):
+		return &UpstreamError{Op: "read request body", Err: io.ErrUnexpectedEOF, Body: true}
+	}
+	return &UpstreamError{Op: "write body", Err: err}
+}
+
+// errBodyShort is a body that ended before its Content-Length.
+var errBodyShort = fmt.Errorf("request body shorter than its Content-Length: %w", io.ErrUnexpectedEOF)
+
+// earlyResponse is earlyAnswer for Forward.
+func (c *conn) earlyResponse(ctx context.Context, r *http.Request) (*http.Response, bool) {
+	_ = c.SetReadDeadline(time.Now().Add(earlyAnswerWait))
+	resp, err := http.ReadResponse(c.br, r)
+	if !c.clearReadDeadline(ctx) || err != nil || resp.StatusCode < 200 {
+		return nil, false
+	}
+	c.early = true
+	resp.Close = true
+	return resp, true
+}
+
 // writeBody copies the client's body: exactly ContentLength bytes, or chunked.
 func writeBody(bw *bufio.Writer, r *http.Request) error {
 	bp := copyPool.Get().(*[]byte)
 	defer copyPool.Put(bp)
+	body := clientBody{r.Body}
 	if r.ContentLength > 0 {
-		n, err := io.CopyBuffer(bw, io.LimitReader(r.Body, r.ContentLength), *bp)
+		n, err := io.CopyBuffer(bw, io.LimitReader(body, r.ContentLength), *bp)
 		if err == nil && n < r.ContentLength {
-			err = io.ErrUnexpectedEOF
+			err = errBodyShort
 		}
 		return err
 	}
 	buf := *bp
 	for {
-		n, err := r.Body.Read(buf)
+		n, err := body.Read(buf)
 		if n > 0 {
 			fmt.Fprintf(bw, "%x\r\n", n)
 			bw.Write(buf[:n])
@@ -481,7 +622,8 @@ func (f *Forwarder) copyResponse(ctx context.Context, w http.ResponseWriter, c *
 	}
 	err := copyBody(w, resp.Body, streaming)
 	_ = resp.Body.Close()
-	if !stop() || err != nil || resp.Close || r.Close {
+	whole := c.endBody(ctx)
+	if !stop() || err != nil || resp.Close || r.Close || !whole || c.early {
 		// The client left mid-answer, the copy failed, or either side
 		// asked to close: the connection's state is unknown, drop it.
 		c.close()

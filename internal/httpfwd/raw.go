@@ -37,6 +37,9 @@ type RawRequest struct {
 	// they are set to nil first, and the caller may give their memory
 	// back.
 	OnPark func()
+	// OnHead, if set, is told of the upstream's final answer head (and
+	// status code) before it is passed on; it must not keep h.
+	OnHead func(req *RawRequest, code int, h *Head)
 
 	streamed *countingReader // set by ReadBody for a body read while sending
 }
@@ -85,6 +88,7 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest
 	head := headPool.Get().(*Head)
 	dst := &answerWriter{w: w}
 	defer dst.discard()
+	idempotent := bytes.HasPrefix(req.Head, []byte("GET ")) || bytes.HasPrefix(req.Head, []byte("HEAD "))
 	for attempt := 0; ; attempt++ {
 		c, reused, err := f.get(ctx)
 		if err != nil {
@@ -94,9 +98,12 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest
 		// One hook for the whole exchange: cancelling ctx wakes whatever
 		// waits on c.
 		stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(aLongTimeAgo) })
-		code, err := f.roundTripRaw(c, req, head)
+		code, err := f.roundTripRaw(ctx, c, req, head)
 		if err == nil {
-			if err := f.copyRaw(dst, c, req, head, code, stop); err != nil {
+			if req.OnHead != nil {
+				req.OnHead(req, code, head)
+			}
+			if err := f.copyRaw(ctx, dst, c, req, head, code, stop); err != nil {
 				// Cut short: let the client have what came, so it sees a
 				// truncated answer rather than none.
 				_ = dst.Flush()
@@ -105,35 +112,61 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest
 			return nil
 		}
 		stop()
+		sent := c.sent > 0
 		c.close()
-		if !retryable(ctx, reused && attempt == 0, req.Body != nil || req.ContentLength <= 0, err) {
+		if !retryable(ctx, attempt == 0, reused, req.Body != nil || req.ContentLength <= 0, sent, idempotent, err) {
 			headPool.Put(head)
-			return err
+			return markOutcome(err, sent)
 		}
 	}
 }
 
 // roundTripRaw writes the request and reads the final response head.
-func (f *Forwarder) roundTripRaw(c *conn, req *RawRequest, head *Head) (int, error) {
+func (f *Forwarder) roundTripRaw(ctx context.Context, c *conn, req *RawRequest, head *Head) (int, error) {
 	bw := writerPool.Get().(*bufio.Writer)
-	bw.Reset(c.Conn)
+	bw.Reset(c)
 	defer func() { bw.Reset(nil); writerPool.Put(bw) }()
 	bw.Write(req.Head)
 	if req.ContentLength >= 0 {
 		writeContentLength(bw, req.ContentLength)
 	}
 	bw.WriteString("\r\n")
-	switch {
-	case req.Body != nil:
+	streamed := req.Body == nil && req.ContentLength > 0
+	if req.Body != nil {
 		bw.Write(req.Body)
-	case req.ContentLength > 0:
-		if err := copyExactly(bw, req.BodyReader, req.ContentLength); err != nil {
-			return 0, &UpstreamError{Op: "write body", Err: err}
-		}
 	}
 	if err := bw.Flush(); err != nil {
+		if code, ok := c.earlyAnswer(ctx, head); ok {
+			return code, nil
+		}
 		return 0, &UpstreamError{Op: "write request", Err: err}
 	}
+	if !streamed {
+		return readFinalHead(c, head)
+	}
+	// A body streamed from the client is sent while the answer is awaited:
+	// an upstream may answer before it read it all (413) and stop reading,
+	// and a write blocked on a full window would never see that answer.
+	s := c.sendBody(ctx, func(bw *bufio.Writer) error {
+		if err := copyExactly(bw, clientBody{req.BodyReader}, req.ContentLength); err != nil {
+			return bodyError(err)
+		}
+		if err := bw.Flush(); err != nil {
+			return &UpstreamError{Op: "write body", Err: err}
+		}
+		return nil
+	})
+	code, err := readFinalHead(c, head)
+	if err != nil {
+		return 0, s.finish(ctx, err)
+	}
+	s.answered(ctx)
+	return code, nil
+}
+
+// readFinalHead reads the upstream's final answer head into head, skipping
+// interim ones.
+func readFinalHead(c *conn, head *Head) (int, error) {
 	for op, interim := "read response", 0; ; op, interim = opAfterInterim, interim+1 {
 		if interim > maxInterim {
 			return 0, &UpstreamError{Op: op, Err: errTooManyInterim}
@@ -150,7 +183,7 @@ func (f *Forwarder) roundTripRaw(c *conn, req *RawRequest, head *Head) (int, err
 		}
 		switch {
 		case code == 101:
-			return 0, &UpstreamError{Op: "read response", Err: errors.New("upstream switched protocols")}
+			return 0, &UpstreamError{Op: "read response", Err: errSwitched}
 		case code < 200:
 			continue // interim answer (100 Continue, 103 Early Hints)
 		case head.OtherEncoding:
@@ -160,12 +193,153 @@ func (f *Forwarder) roundTripRaw(c *conn, req *RawRequest, head *Head) (int, err
 	}
 }
 
+// bodySender writes a streamed request body in a goroutine of its own
+// while the exchange's goroutine waits for the answer and copies it (as
+// net/http's Transport does): an upstream may answer before it read the
+// whole body — a 413 after which it stops reading (a write blocked on it
+// would never see that answer), or an SSE head before it reads on (full
+// duplex). It is owned by the exchange, which ends it with finish (no
+// answer came) or conn.endBody (the answer was passed on); both wait for
+// it.
+type bodySender struct {
+	c    *conn
+	done chan error
+
+	mu       sync.Mutex
+	headSeen bool // the answer's head came: no read deadline from here
+}
+
+// sendBody starts write. When it fails before the answer's head came, the
+// wait for one is bounded: by earlyAnswerWait if writing upstream failed
+// (the upstream's answer, if any, is on its way), at once if reading the
+// client's body did.
+func (c *conn) sendBody(ctx context.Context, write func(*bufio.Writer) error) *bodySender {
+	s := &bodySender{c: c, done: make(chan error, 1)}
+	c.sender = s
+	go func() {
+		// A writer of its own: the exchange's goes back to its pool when
+		// the answer's head came, this one may write on.
+		bw := writerPool.Get().(*bufio.Writer)
+		bw.Reset(c)
+		err := write(bw)
+		bw.Reset(nil)
+		writerPool.Put(bw)
+		if err != nil {
+			var ue *UpstreamError
+			until := time.Now().Add(earlyAnswerWait)
+			if errors.As(err, &ue) && ue.Body {
+				until = aLongTimeAgo
+			}
+			s.mu.Lock()
+			if !s.headSeen && ctx.Err() == nil {
+				_ = c.SetReadDeadline(until)
+				if ctx.Err() != nil {
+					_ = c.SetDeadline(aLongTimeAgo)
+				}
+			}
+			s.mu.Unlock()
+		}
+		s.done <- err
+	}()
+	return s
+}
+
+// answered notes that the answer's head came: a deadline the goroutine
+// set for it is lifted, and it sets none from here.
+func (s *bodySender) answered(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.headSeen = true
+	s.c.clearReadDeadline(ctx)
+}
+
+// stop ends the goroutine (a write in progress fails) and returns its
+// error.
+func (s *bodySender) stop(ctx context.Context) error {
+	_ = s.c.SetWriteDeadline(aLongTimeAgo)
+	err := <-s.done
+	s.c.sender = nil
+	if ctx.Err() == nil {
+		_ = s.c.SetWriteDeadline(time.Time{})
+	}
+	return err
+}
+
+// finish ends the goroutine when no answer came (readErr) and says why
+// the exchange failed: the client's broken body before anything else.
+func (s *bodySender) finish(ctx context.Context, readErr error) error {
+	berr := s.stop(ctx)
+	s.c.clearReadDeadline(ctx)
+	var ue *UpstreamError
+	if errors.As(berr, &ue) && ue.Body {
+		return berr
+	}
+	return readErr
+}
+
+// endBody ends the goroutine of a streamed body, if any, once the answer
+// was passed on; it reports whether the whole body had gone out (else the
+// connection is not reused).
+func (c *conn) endBody(ctx context.Context) bool {
+	if c.sender == nil {
+		return true
+	}
+	return c.sender.stop(ctx) == nil
+}
+
+var errSwitched = errors.New("upstream switched protocols")
+
+// clearReadDeadline lifts earlyAnswer's read deadline unless ctx ended:
+// then the exchange's cancellation hook has set (or is setting) a deadline
+// in the past, which must stay. It reports false if ctx ended.
+func (c *conn) clearReadDeadline(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if ctx.Err() != nil {
+		// Cancelled in between: the hook's deadline may have been undone.
+		_ = c.SetDeadline(aLongTimeAgo)
+		return false
+	}
+	return true
+}
+
+// earlyAnswerWait bounds the wait for an answer on a connection whose
+// request could not be written whole.
+const earlyAnswerWait = 2 * time.Second
+
+// earlyAnswer reads the final answer head an upstream sent before it
+// stopped reading our request (413 for a body over its limit, as
+// net/http's server does, then closing): that answer is the exchange's,
+// not the failed write. It reports false if none came (within
+// earlyAnswerWait: the peer's answer, if any, was sent before the write
+// failed). The connection is not reused after it.
+func (c *conn) earlyAnswer(ctx context.Context, head *Head) (int, bool) {
+	_ = c.SetReadDeadline(time.Now().Add(earlyAnswerWait))
+	ok := func() bool {
+		if _, err := c.br.Peek(1); err != nil {
+			return false
+		}
+		return ReadHead(c.br, head) == nil
+	}()
+	if !c.clearReadDeadline(ctx) || !ok {
+		return 0, false
+	}
+	code, err := head.StatusCode()
+	if err != nil || code < 200 || head.OtherEncoding {
+		return 0, false
+	}
+	c.early = true
+	return code, true
+}
+
 func copyExactly(w io.Writer, r io.Reader, n int64) error {
 	bp := copyPool.Get().(*[]byte)
 	defer copyPool.Put(bp)
 	m, err := io.CopyBuffer(writerOnly{w}, io.LimitReader(r, n), *bp)
 	if err == nil && m < n {
-		err = io.ErrUnexpectedEOF
+		err = errBodyShort
 	}
 	return err
 }
@@ -173,7 +347,7 @@ func copyExactly(w io.Writer, r io.Reader, n int64) error {
 // copyRaw writes the response head and body to dst, giving head back to
 // its pool in between (a stream holds none); stop removes the exchange's
 // cancellation hook.
-func (f *Forwarder) copyRaw(dst *answerWriter, c *conn, req *RawRequest, head *Head, code int, stop func() bool) error {
+func (f *Forwarder) copyRaw(ctx context.Context, dst *answerWriter, c *conn, req *RawRequest, head *Head, code int, stop func() bool) error {
 	// Our side speaks HTTP/1.1 whatever the upstream spoke (the framing we
 	// write is 1.1's); an HTTP/1.0 upstream closes after the answer.
 	reuse := !head.Close && bytes.HasPrefix(head.Start, []byte("HTTP/1.1 "))
@@ -236,7 +410,12 @@ func (f *Forwarder) copyRaw(dst *answerWriter, c *conn, req *RawRequest, head *H
 		err = copyFlushing(dst, c.br, -1, true)
 		reuse = false
 	}
-	if !stop() || err != nil || !reuse {
+	if !c.endBody(ctx) {
+		// Answered before the whole body went out: the rest of it is not
+		// sent, and the connection is not in a state to reuse.
+		reuse = false
+	}
+	if !stop() || err != nil || !reuse || c.early {
 		c.close()
 		return err
 	}

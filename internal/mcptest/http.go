@@ -42,6 +42,11 @@ type HTTPConfig struct {
 	AllowedOrigins []string
 	// Logger receives mcp-go's transport logs and refusals; nil discards.
 	Logger *slog.Logger
+	// HangUp, if set, is asked about every POST body: for one it picks
+	// the request is served in full (a tool call runs) and the connection
+	// closed instead of answering, as an upstream that dies between
+	// acting and answering.
+	HangUp func(body []byte) bool
 }
 
 // NewHTTPHandler serves s over Streamable HTTP at EndpointPath (other paths
@@ -68,6 +73,7 @@ func newHandler(s *server.MCPServer, cfg HTTPConfig) (http.Handler, *streamable)
 		hosts:   lowerAll(cfg.AllowedHosts),
 		origins: lowerAll(cfg.AllowedOrigins),
 		logger:  logger,
+		hangUp:  cfg.HangUp,
 	}
 	mux := http.NewServeMux()
 	mux.Handle(EndpointPath, g)
@@ -87,6 +93,7 @@ type guard struct {
 	hosts   []string
 	origins []string
 	logger  *slog.Logger
+	hangUp  func(body []byte) bool
 }
 
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -109,6 +116,10 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		r = r.WithContext(context.WithValue(r.Context(), rawMessageKey{}, body))
 		r.Body = io.NopCloser(bytes.NewReader(body))
+		if g.hangUp != nil && g.hangUp(body) {
+			hangUp(g.next, w, r)
+			return
+		}
 	}
 	g.next.ServeHTTP(w, r)
 }
