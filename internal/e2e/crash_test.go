@@ -149,7 +149,7 @@ func TestAgentKilled(t *testing.T) {
 			select {
 			case err := <-inflight:
 				require.Error(t, err, "the call in flight fails")
-				require.Contains(t, err.Error(), `agent \"dc1\" disconnected after the request was sent`, "the call in flight gets 502 upstream_outcome_unknown")
+				require.Contains(t, err.Error(), "disconnected after the request was sent", "the call in flight gets 502 upstream_outcome_unknown")
 				t.Logf("%s: the call in flight ended %v after the kill: %v", tc.name, time.Since(start).Round(time.Millisecond), err)
 			case <-time.After(noticePromise):
 				t.Fatalf("the call in flight was still hanging %v after the agent was killed", time.Since(start))
