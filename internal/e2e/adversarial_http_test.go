@@ -1,0 +1,524 @@
+package e2e
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// The attacks on the relay's HTTP front: who may call, what, and whether
+// the bytes on the wire can make the relay decide one thing and forward
+// another.
+
+// refusedByRelay sends one exchange with the given Authorization value (""
+// for none) and extra headers to path and asserts the relay's own refusal.
+func refusedByRelay(path, authorization string, status int, reason string, extra ...string) func(*testing.T, *advEnv) {
+	return func(t *testing.T, e *advEnv) {
+		c := e.dialHTTP(t)
+		h := mcpHeaders("", extra...)
+		if authorization != "" {
+			h = append(h, "Authorization: "+authorization)
+		}
+		c.send(httpReq(http.MethodPost, path, h, advInit(1)))
+		r := c.answer()
+		wantError(t, status, reason, r.StatusCode, r.Body)
+		if status == http.StatusUnauthorized {
+			require.Contains(t, r.Header.Get("WWW-Authenticate"), "Bearer", "401 names the scheme")
+		}
+	}
+}
+
+// badHead sends raw bytes and asserts a 400 (or status) answer, then the
+// connection closed: a malformed head leaves no state to continue from.
+func badHead(raw string, status int) func(*testing.T, *advEnv) {
+	return func(t *testing.T, e *advEnv) {
+		c := e.dialHTTP(t)
+		c.send(raw)
+		r := c.answer()
+		require.Equal(t, status, r.StatusCode, "body %.300s", r.Body)
+		require.NotContains(t, r.Body, `"result"`, "nothing was forwarded")
+		c.closed(10 * time.Second)
+	}
+}
+
+func authCases() []attack {
+	const wiki = "/dc1/wiki/mcp"
+	bearer := func(tok string) string { return "Bearer " + tok }
+	lookalike := strings.Replace(advAliceToken, "a", "\u0430", 1) // Cyrillic a
+	return []attack{
+		{category: "auth", name: "no_token", run: refusedByRelay(wiki, "", 401, "unauthorized")},
+		{category: "auth", name: "wrong_token", run: refusedByRelay(wiki, bearer("adv-mallory-0123456789abcdef"), 401, "unauthorized")},
+		{category: "auth", name: "agent_token_as_client_token", run: refusedByRelay(wiki, bearer(advDC1Token), 401, "unauthorized")},
+		{category: "auth", name: "token_hash_as_bearer", run: refusedByRelay(wiki, bearer(sha256Hex(advAliceToken)), 401, "unauthorized")},
+		{category: "auth", name: "token_with_one_byte_more", run: refusedByRelay(wiki, bearer(advAliceToken+"x"), 401, "unauthorized")},
+		{category: "auth", name: "token_prefix", run: refusedByRelay(wiki, bearer(advAliceToken[:len(advAliceToken)-1]), 401, "unauthorized")},
+		{category: "auth", name: "token_in_upper_case", run: refusedByRelay(wiki, bearer(strings.ToUpper(advAliceToken)), 401, "unauthorized")},
+		{category: "auth", name: "unicode_lookalike_token", run: refusedByRelay(wiki, bearer(lookalike), 401, "unauthorized")},
+		{category: "auth", name: "token_in_query_string", run: refusedByRelay(wiki+"?access_token="+advAliceToken, "", 401, "unauthorized")},
+		{category: "auth", name: "basic_auth_with_the_token", run: refusedByRelay(wiki,
+			"Basic "+base64.StdEncoding.EncodeToString([]byte("alice:"+advAliceToken)), 401, "unauthorized")},
+		{category: "auth", name: "other_scheme_with_the_token", run: refusedByRelay(wiki, "Token "+advAliceToken, 401, "unauthorized")},
+		{category: "auth", name: "scheme_without_token", run: refusedByRelay(wiki, "Bearer", 401, "unauthorized")},
+		{category: "auth", name: "empty_bearer", run: refusedByRelay(wiki, "Bearer  ", 401, "unauthorized")},
+		{category: "auth", name: "token_in_cookie", run: refusedByRelay(wiki, "", 401, "unauthorized", "Cookie: token="+advAliceToken)},
+		{category: "auth", name: "token_in_proxy_authorization", run: refusedByRelay(wiki, "", 401, "unauthorized", "Proxy-Authorization: "+bearer(advAliceToken))},
+		{category: "auth", name: "forged_client_header_without_token", run: refusedByRelay(wiki, "", 401, "unauthorized", "X-Mcptun-Client: alice")},
+		{category: "auth", name: "huge_authorization_header", run: refusedByRelay(wiki, bearer(strings.Repeat("A", 64<<10)), 401, "unauthorized")},
+		// Both paths (fast path and net/http) take the first
+		// Authorization line; a valid second one must not count.
+		{category: "auth", name: "valid_token_in_second_authorization_header", run: refusedByRelay(wiki,
+			bearer("adv-mallory-0123456789abcdef"), 401, "unauthorized", "Authorization: "+bearer(advAliceToken))},
+		{category: "auth", name: "oversized_authorization_header", run: func(t *testing.T, e *advEnv) {
+			badHead(httpReq(http.MethodPost, wiki, mcpHeaders("", "Authorization: Bearer "+strings.Repeat("A", 2<<20)), advInit(1)),
+				http.StatusRequestHeaderFieldsTooLarge)(t, e)
+		}},
+		{category: "auth", name: "nul_in_token", run: badHead(httpReq(http.MethodPost, wiki,
+			mcpHeaders("", "Authorization: Bearer "+advAliceToken+"\x00"), advInit(1)), http.StatusBadRequest)},
+	}
+}
+
+func scopeCases() []attack {
+	narrow := func(path string, status int, reason string, extra ...string) func(*testing.T, *advEnv) {
+		return refusedByRelay(path, "Bearer "+advNarrowToken, status, reason, extra...)
+	}
+	alice := func(path string, status int, reason string, extra ...string) func(*testing.T, *advEnv) {
+		return refusedByRelay(path, "Bearer "+advAliceToken, status, reason, extra...)
+	}
+	// notForwarded: whatever the relay answers to a path that names a
+	// server the client may not use, it is no answer of that server.
+	notForwarded := func(target string) func(*testing.T, *advEnv) {
+		return func(t *testing.T, e *advEnv) {
+			c := e.dialHTTP(t)
+			c.send(httpReq(http.MethodPost, target, mcpHeaders(advNarrowToken), advInit(1)))
+			r := c.answer()
+			require.GreaterOrEqual(t, r.StatusCode, 300, "refused or redirected, got %d %.300s", r.StatusCode, r.Body)
+			require.Empty(t, r.Header.Get("Mcp-Session-Id"), "no server minted a session")
+			require.NotContains(t, r.Body, `"result"`, "nothing was forwarded")
+			if loc := r.Header.Get("Location"); loc != "" {
+				// A redirect to the cleaned path is fine only because
+				// that path is refused in turn.
+				c2 := e.dialHTTP(t)
+				c2.send(httpReq(http.MethodPost, loc, mcpHeaders(advNarrowToken), advInit(1)))
+				r2 := c2.answer()
+				wantError(t, http.StatusForbidden, "forbidden", r2.StatusCode, r2.Body)
+			}
+		}
+	}
+	return []attack{
+		{category: "scope", name: "other_server_of_the_allowed_agent", run: narrow("/dc1/wiki/mcp", 403, "forbidden")},
+		{category: "scope", name: "allowed_server_name_on_another_agent", run: narrow("/dc2/notes/mcp", 403, "forbidden")},
+		{category: "scope", name: "agent_not_in_allow_list", run: alice("/dc3/notes/mcp", 403, "forbidden")},
+		{category: "scope", name: "server_the_agent_does_not_offer", run: alice("/dc1/secret/mcp", 404, "unknown_server")},
+		{category: "scope", name: "agent_name_in_upper_case", run: alice("/DC1/wiki/mcp", 403, "forbidden")},
+		{category: "scope", name: "server_name_in_upper_case", run: narrow("/dc1/NOTES/mcp", 403, "forbidden")},
+		{category: "scope", name: "dot_dot_segment", run: notForwarded("/dc1/notes/../wiki/mcp")},
+		{category: "scope", name: "encoded_dot_dot_segment", run: notForwarded("/dc1/notes/%2e%2e/wiki/mcp")},
+		{category: "scope", name: "encoded_slash_in_agent_segment", run: narrow("/dc1%2Fnotes/wiki/mcp", 403, "forbidden")},
+		{category: "scope", name: "encoded_slash_in_server_segment", run: notForwarded("/dc1/notes%2F..%2Fwiki/mcp")},
+		{category: "scope", name: "percent_encoded_names", run: narrow("/%64c1/%77iki/mcp", 403, "forbidden")},
+		{category: "scope", name: "double_slash", run: notForwarded("//dc1/wiki/mcp")},
+		{category: "scope", name: "backslash_traversal", run: narrow(`/dc1/notes\..\wiki/mcp`, 403, "forbidden")},
+		{category: "scope", name: "trailing_slash", run: alice("/dc1/wiki/mcp/", 404, "not_found")},
+		{category: "scope", name: "extra_segment_after_mcp", run: alice("/dc1/wiki/mcp/extra", 404, "not_found")},
+		{category: "scope", name: "allowed_path_in_query_string", run: narrow("/dc1/wiki/mcp?/dc1/notes/mcp", 403, "forbidden")},
+		{category: "scope", name: "absolute_form_target", run: narrow("http://relay.test/dc1/wiki/mcp", 403, "forbidden")},
+		{category: "scope", name: "absolute_form_to_another_authority", run: narrow("http://127.0.0.1:1/dc1/wiki/mcp", 403, "forbidden")},
+		{category: "scope", name: "foreign_origin_dns_rebinding", run: alice("/dc1/wiki/mcp", 403, "origin_not_allowed",
+			"Origin: http://evil.example", "Host: evil.example")},
+		{category: "scope", name: "loopback_origin_with_foreign_host", run: alice("/dc1/wiki/mcp", 403, "origin_not_allowed",
+			"Origin: http://127.0.0.1", "Host: relay.example.com")},
+		{category: "scope", name: "null_origin", run: alice("/dc1/wiki/mcp", 403, "origin_not_allowed", "Origin: null")},
+		{category: "scope", name: "two_host_headers", run: badHead(httpReq(http.MethodPost, "/dc1/notes/mcp",
+			mcpHeaders(advNarrowToken, "Host: a.example", "Host: b.example"), advInit(1)), http.StatusBadRequest)},
+		{category: "scope", name: "connect_to_an_internal_address", run: func(t *testing.T, e *advEnv) {
+			s := newSentinel(t)
+			c := e.dialHTTP(t)
+			c.send(fmt.Sprintf("CONNECT %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n\r\n", s.addr(), s.addr(), advAliceToken))
+			r := c.answer()
+			require.GreaterOrEqual(t, r.StatusCode, 400, "CONNECT refused: %d %.200s", r.StatusCode, r.Body)
+			require.Zero(t, s.conns.Load(), "the relay connected to the address")
+		}},
+	}
+}
+
+func smugglingCases() []attack {
+	const wiki = "/dc1/wiki/mcp"
+	init := advInit(1)
+	// pipelined asserts the statuses of requests sent in one write.
+	pipelined := func(reqs []string, statuses ...int) func(*testing.T, *advEnv) {
+		return func(t *testing.T, e *advEnv) {
+			c := e.dialHTTP(t)
+			c.send(strings.Join(reqs, ""))
+			for i, want := range statuses {
+				r := c.answer()
+				require.Equal(t, want, r.StatusCode, "answer %d of %d: %.300s", i+1, len(statuses), r.Body)
+			}
+		}
+	}
+	authorized := httpReq(http.MethodPost, wiki, mcpHeaders(advAliceToken), init)
+	return []attack{
+		{category: "smuggling", name: "content_length_and_transfer_encoding", run: badHead(httpReq(http.MethodPost, wiki,
+			mcpHeaders(advNarrowToken, "Content-Length: 4", "Transfer-Encoding: chunked"), "0\r\n\r\n"+httpReq(http.MethodPost, wiki, mcpHeaders(advNarrowToken), init)), 400)},
+		{category: "smuggling", name: "two_different_content_lengths", run: badHead(httpReq(http.MethodPost, wiki,
+			mcpHeaders(advAliceToken, fmt.Sprintf("Content-Length: %d", len(init)), "Content-Length: 0"), init), 400)},
+		{category: "smuggling", name: "bad_chunk_size", run: func(t *testing.T, e *advEnv) {
+			c := e.dialHTTP(t)
+			c.send(httpReq(http.MethodPost, wiki, mcpHeaders(advAliceToken, "Transfer-Encoding: chunked"), "zz\r\n"+init+"\r\n0\r\n\r\n"))
+			r := c.answer()
+			wantError(t, http.StatusBadRequest, "bad_request", r.StatusCode, r.Body)
+		}},
+		{category: "smuggling", name: "unsupported_transfer_encoding", run: badHead(httpReq(http.MethodPost, wiki,
+			mcpHeaders(advAliceToken, "Transfer-Encoding: gzip, chunked"), "0\r\n\r\n"), http.StatusNotImplemented)},
+		{category: "smuggling", name: "space_before_colon", run: badHead(httpReq(http.MethodPost, wiki,
+			mcpHeaders(advNarrowToken, "Transfer-Encoding : chunked"), init), 400)},
+		{category: "smuggling", name: "obsolete_line_folding", run: badHead(httpReq(http.MethodPost, wiki,
+			mcpHeaders(advNarrowToken, "X-Note: a", " Authorization: Bearer "+advAliceToken), init), 400)},
+		{category: "smuggling", name: "nul_in_header_value", run: badHead(httpReq(http.MethodPost, wiki,
+			mcpHeaders(advAliceToken, "X-Note: a\x00b"), init), 400)},
+		{category: "smuggling", name: "bare_cr_in_header_value", run: badHead(httpReq(http.MethodPost, wiki,
+			mcpHeaders(advNarrowToken, "X-Note: a\rAuthorization: Bearer "+advAliceToken), init), 400)},
+		{category: "smuggling", name: "http_0_9_request_line", run: func(t *testing.T, e *advEnv) {
+			c := e.dialHTTP(t)
+			c.send("GET " + wiki + "\r\n\r\n")
+			r := c.answer()
+			require.Equal(t, http.StatusBadRequest, r.StatusCode, "body %.200s", r.Body)
+			c.closed(10 * time.Second)
+		}},
+		{category: "smuggling", name: "http2_preface_on_http1_port", run: func(t *testing.T, e *advEnv) {
+			c := e.dialHTTP(t)
+			c.send("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+			r := c.answer()
+			require.GreaterOrEqual(t, r.StatusCode, 400, "body %.200s", r.Body)
+			c.closed(10 * time.Second)
+		}},
+		{category: "smuggling", name: "overlong_header_line", run: badHead(httpReq(http.MethodPost, wiki,
+			mcpHeaders(advAliceToken, "X-Long: "+strings.Repeat("x", 3<<20/2)), init), http.StatusRequestHeaderFieldsTooLarge)},
+		{category: "smuggling", name: "too_many_headers", run: func(t *testing.T, e *advEnv) {
+			h := mcpHeaders(advAliceToken)
+			for i := range 20000 {
+				h = append(h, fmt.Sprintf("X-H%05d: %s", i, strings.Repeat("v", 50)))
+			}
+			badHead(httpReq(http.MethodPost, wiki, h, init), http.StatusRequestHeaderFieldsTooLarge)(t, e)
+		}},
+		{category: "smuggling", name: "pipelined_request_to_a_server_out_of_scope", run: pipelined([]string{
+			httpReq(http.MethodPost, "/dc1/notes/mcp", mcpHeaders(advNarrowToken), `{"jsonrpc":"2.0","id":1,"method":"ping"}`),
+			httpReq(http.MethodPost, wiki, mcpHeaders(advNarrowToken), init),
+		}, http.StatusBadRequest, http.StatusForbidden)},
+		{category: "smuggling", name: "pipelined_request_without_token", run: pipelined([]string{
+			authorized, httpReq(http.MethodPost, wiki, mcpHeaders(""), init),
+		}, http.StatusOK, http.StatusUnauthorized)},
+		{category: "smuggling", name: "pipelined_after_a_refusal", run: pipelined([]string{
+			httpReq(http.MethodPost, wiki, mcpHeaders(advNarrowToken), init),
+			authorized,
+			httpReq(http.MethodPost, wiki, mcpHeaders(advNarrowToken), init),
+		}, http.StatusForbidden, http.StatusOK, http.StatusForbidden)},
+		{category: "smuggling", name: "request_hidden_after_a_short_content_length", run: func(t *testing.T, e *advEnv) {
+			hidden := httpReq(http.MethodPost, wiki, mcpHeaders(""), init)
+			raw := httpReq(http.MethodPost, wiki, mcpHeaders(advAliceToken, fmt.Sprintf("Content-Length: %d", len(init))), init) + hidden
+			pipelined([]string{raw}, http.StatusOK, http.StatusUnauthorized)(t, e)
+		}},
+		{category: "smuggling", name: "request_hidden_after_the_last_chunk", run: func(t *testing.T, e *advEnv) {
+			hidden := httpReq(http.MethodPost, wiki, mcpHeaders(advNarrowToken), init)
+			body := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(init), init)
+			raw := httpReq(http.MethodPost, wiki, mcpHeaders(advAliceToken, "Transfer-Encoding: chunked"), body) + hidden
+			pipelined([]string{raw}, http.StatusOK, http.StatusForbidden)(t, e)
+		}},
+		{category: "smuggling", name: "expect_continue_without_token", run: func(t *testing.T, e *advEnv) {
+			// The body is a request with a token: unread, it must not be
+			// taken for the next request.
+			hidden := httpReq(http.MethodPost, wiki, mcpHeaders(advAliceToken), init)
+			c := e.dialHTTP(t)
+			c.send(httpReq(http.MethodPost, wiki, mcpHeaders("", "Expect: 100-continue", fmt.Sprintf("Content-Length: %d", len(hidden))), hidden))
+			r := c.answer()
+			wantError(t, http.StatusUnauthorized, "unauthorized", r.StatusCode, r.Body)
+			c.closed(10 * time.Second)
+		}},
+		{category: "smuggling", name: "content_length_overflow", run: badHead(httpReq(http.MethodPost, wiki,
+			mcpHeaders(advAliceToken, "Content-Length: 99999999999999999999"), init), 400)},
+		{category: "smuggling", name: "negative_content_length", run: badHead(httpReq(http.MethodPost, wiki,
+			mcpHeaders(advAliceToken, "Content-Length: -1"), init), 400)},
+		{category: "smuggling", name: "signed_content_length", run: badHead(httpReq(http.MethodPost, wiki,
+			mcpHeaders(advAliceToken, fmt.Sprintf("Content-Length: +%d", len(init))), init), 400)},
+	}
+}
+
+func sessionCases() []attack {
+	const notes, wiki = "/dc1/notes/mcp", "/dc1/wiki/mcp"
+	const tcpNotes = "/dc2/notes/mcp"
+	// intrude: bob sends one exchange with alice's session; it must be as
+	// if the session did not exist, and alice's session must go on.
+	intrude := func(path, method string, body string, hdr map[string]string) func(*testing.T, *advEnv) {
+		return func(t *testing.T, e *advEnv) {
+			sid := e.initialize(t, path, advAliceToken)
+			r := e.do(t, method, path, advBobToken, sid, hdr, body)
+			wantRPCErrorStatus(t, http.StatusNotFound, r)
+			require.NotContains(t, r.Body, "intruder", "bob's call did not run in alice's session")
+			e.echoWorks(t, path, advAliceToken, sid, "alice's session goes on")
+		}
+	}
+	postIntrusion := advEcho(9, "intruder")
+	return []attack{
+		{category: "session", name: "post_into_another_clients_stdio_session", run: intrude(notes, http.MethodPost, postIntrusion, nil)},
+		{category: "session", name: "delete_another_clients_stdio_session", run: intrude(notes, http.MethodDelete, "", nil)},
+		{category: "session", name: "open_get_stream_of_another_clients_session", run: func(t *testing.T, e *advEnv) {
+			sid := e.initialize(t, notes, advAliceToken)
+			r := e.do(t, http.MethodGet, notes, advBobToken, sid, map[string]string{"Accept": "text/event-stream", "Content-Type": ""}, "")
+			wantRPCErrorStatus(t, http.StatusNotFound, r)
+			e.echoWorks(t, notes, advAliceToken, sid, "alice's session goes on")
+		}},
+		{category: "session", name: "resume_another_clients_stream_with_last_event_id", run: func(t *testing.T, e *advEnv) {
+			sid := e.initialize(t, notes, advAliceToken)
+			// An SSE answer, so its events enter the replay buffer.
+			r := e.do(t, http.MethodPost, notes, advAliceToken, sid,
+				map[string]string{"Accept": "text/event-stream, application/json"}, advEcho(3, "alice's secret result"))
+			require.Equal(t, http.StatusOK, r.StatusCode, r.Body)
+			require.Contains(t, r.Header.Get("Content-Type"), "text/event-stream")
+			first := ""
+			for _, l := range strings.Split(r.Body, "\n") {
+				if id, ok := strings.CutPrefix(l, "id: "); ok {
+					first = strings.TrimSpace(id)
+					break
+				}
+			}
+			require.NotEmpty(t, first, "alice's stream carries event ids: %s", r.Body)
+			g := e.do(t, http.MethodGet, notes, advBobToken, sid,
+				map[string]string{"Accept": "text/event-stream", "Content-Type": "", "Last-Event-ID": first}, "")
+			require.NotContains(t, g.Body, "alice's secret result", "bob replayed alice's result")
+			wantRPCErrorStatus(t, http.StatusNotFound, g)
+		}},
+		{category: "session", name: "post_into_another_clients_url_session", run: intrude(wiki, http.MethodPost, postIntrusion, nil)},
+		{category: "session", name: "delete_another_clients_url_session", run: intrude(wiki, http.MethodDelete, "", nil)},
+		{category: "session", name: "get_stream_of_another_clients_url_session", run: func(t *testing.T, e *advEnv) {
+			sid := e.initialize(t, wiki, advAliceToken)
+			r := e.do(t, http.MethodGet, wiki, advBobToken, sid, map[string]string{"Accept": "text/event-stream", "Content-Type": ""}, "")
+			wantRPCErrorStatus(t, http.StatusNotFound, r)
+		}},
+		{category: "session", name: "post_into_another_clients_session_over_tcp", run: intrude(tcpNotes, http.MethodPost, postIntrusion, nil)},
+		{category: "session", name: "delete_another_clients_session_over_tcp", run: intrude(tcpNotes, http.MethodDelete, "", nil)},
+		{category: "session", name: "forged_client_header_with_another_clients_session", run: intrude(notes, http.MethodPost, postIntrusion,
+			map[string]string{"X-Mcptun-Client": "alice"})},
+		{category: "session", name: "guessed_session_id", run: func(t *testing.T, e *advEnv) {
+			r := e.do(t, http.MethodPost, notes, advBobToken, strings.Repeat("0123456789abcdef", 2), nil, postIntrusion)
+			wantRPCErrorStatus(t, http.StatusNotFound, r)
+		}},
+		{category: "session", name: "session_id_without_token", run: func(t *testing.T, e *advEnv) {
+			sid := e.initialize(t, notes, advAliceToken)
+			r := e.do(t, http.MethodPost, notes, "", sid, nil, postIntrusion)
+			wantError(t, http.StatusUnauthorized, "unauthorized", r.StatusCode, r.Body)
+			e.echoWorks(t, notes, advAliceToken, sid, "alice's session goes on")
+		}},
+		{category: "session", name: "session_of_another_server", run: func(t *testing.T, e *advEnv) {
+			sid := e.initialize(t, notes, advAliceToken)
+			r := e.do(t, http.MethodPost, wiki, advAliceToken, sid, nil, postIntrusion)
+			wantRPCErrorStatus(t, http.StatusNotFound, r)
+		}},
+	}
+}
+
+// wantRPCErrorStatus asserts status with a JSON-RPC error body.
+func wantRPCErrorStatus(t *testing.T, status int, r rawResp) {
+	t.Helper()
+	require.Equal(t, status, r.StatusCode, "status; body %.300s", r.Body)
+	require.Contains(t, r.Body, `"error"`, "a JSON-RPC error body: %.300s", r.Body)
+}
+
+func exhaustionCases() []attack {
+	const notes, wiki = "/dc1/notes/mcp", "/dc1/wiki/mcp"
+	return []attack{
+		{category: "exhaustion", name: "message_over_the_size_limit", run: func(t *testing.T, e *advEnv) {
+			sid := e.initialize(t, notes, advBobToken)
+			c := e.dialHTTP(t)
+			// 64 MiB is the bridge's limit; the body is valid JSON-RPC
+			// up to its size.
+			pad := strings.Repeat("a", 64<<20+16)
+			body := `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{"text":"` + pad + `"}}}`
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				_ = c.c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+				_, _ = c.c.Write([]byte(httpReq(http.MethodPost, notes, mcpHeaders(advBobToken, "Mcp-Session-Id: "+sid), body)))
+			}()
+			r := c.answer()
+			c.c.Close()
+			<-done
+			wantError(t, http.StatusRequestEntityTooLarge, "", r.StatusCode, r.Body)
+			e.victimWorks(t, notes)
+		}},
+		{category: "exhaustion", name: "absurd_content_length", run: func(t *testing.T, e *advEnv) {
+			sid := e.initialize(t, notes, advBobToken)
+			c := e.dialHTTP(t)
+			c.send(httpReq(http.MethodPost, notes, mcpHeaders(advBobToken, "Mcp-Session-Id: "+sid, "Content-Length: 9223372036854775807"), `{"jsonrpc":`))
+			r := c.answer()
+			wantError(t, http.StatusRequestEntityTooLarge, "", r.StatusCode, r.Body)
+		}},
+		{category: "exhaustion", name: "deeply_nested_json", run: func(t *testing.T, e *advEnv) {
+			sid := e.initialize(t, notes, advBobToken)
+			r := e.do(t, http.MethodPost, notes, advBobToken, sid, nil,
+				`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":`+strings.Repeat("[", 1<<20)+strings.Repeat("]", 1<<20)+`}`)
+			require.Less(t, r.StatusCode, 500, "answered, not crashed: %.200s", r.Body)
+			e.victimWorks(t, notes)
+		}},
+		{category: "exhaustion", name: "second_get_stream_on_one_session", run: func(t *testing.T, e *advEnv) {
+			sid := e.initialize(t, notes, advBobToken)
+			c := e.dialHTTP(t)
+			c.send(httpReq(http.MethodGet, notes, []string{"Authorization: Bearer " + advBobToken, "Accept: text/event-stream",
+				"MCP-Protocol-Version: " + advProtocol, "Mcp-Session-Id: " + sid}, ""))
+			require.NoError(t, c.c.SetReadDeadline(time.Now().Add(20*time.Second)))
+			resp, err := http.ReadResponse(c.br, nil)
+			require.NoError(t, err)
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+			r := e.do(t, http.MethodGet, notes, advBobToken, sid, map[string]string{"Accept": "text/event-stream", "Content-Type": ""}, "")
+			wantRPCErrorStatus(t, http.StatusConflict, r)
+		}},
+		{category: "exhaustion", name: "many_small_requests_pipelined", run: func(t *testing.T, e *advEnv) {
+			const n = 200
+			var b strings.Builder
+			for range n {
+				b.WriteString(httpReq(http.MethodPost, wiki, mcpHeaders(advBobToken), advInit(1)))
+			}
+			c := e.dialHTTP(t)
+			go func() { _, _ = c.c.Write([]byte(b.String())) }()
+			for i := range n {
+				r := c.answer()
+				require.Equal(t, http.StatusOK, r.StatusCode, "answer %d: %.200s", i, r.Body)
+			}
+			e.victimWorks(t, wiki)
+		}},
+		{category: "exhaustion", name: "many_sessions_from_one_client", run: func(t *testing.T, e *advEnv) {
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			var sids []string
+			for range 16 {
+				wg.Go(func() {
+					r, err := e.doCtx(context.Background(), http.MethodPost, notes, advBobToken, "", nil, advInit(1))
+					if err == nil && r.Header.Get("Mcp-Session-Id") != "" {
+						mu.Lock()
+						sids = append(sids, r.Header.Get("Mcp-Session-Id"))
+						mu.Unlock()
+					}
+				})
+			}
+			defer func() {
+				for _, sid := range sids {
+					_, _ = e.doCtx(context.Background(), http.MethodDelete, notes, advBobToken, sid, nil, "")
+				}
+			}()
+			wg.Wait()
+			e.victimWorks(t, notes)
+		}},
+		{category: "exhaustion", name: "connection_flood", run: func(t *testing.T, e *advEnv) {
+			var conns []net.Conn
+			defer func() {
+				for _, c := range conns {
+					c.Close()
+				}
+			}()
+			for range 300 {
+				c, err := net.DialTimeout("tcp", e.httpAddr, 5*time.Second)
+				require.NoError(t, err)
+				conns = append(conns, c)
+			}
+			e.victimWorks(t, wiki)
+		}},
+		{category: "exhaustion", name: "half_sent_bodies", run: func(t *testing.T, e *advEnv) {
+			var conns []net.Conn
+			defer func() {
+				for _, c := range conns {
+					c.Close()
+				}
+			}()
+			for range 100 {
+				c, err := net.DialTimeout("tcp", e.httpAddr, 5*time.Second)
+				require.NoError(t, err)
+				conns = append(conns, c)
+				_, err = c.Write([]byte(httpReq(http.MethodPost, wiki, mcpHeaders(advBobToken, "Content-Length: 1000"), `{"jsonrpc":"2.0",`)))
+				require.NoError(t, err)
+			}
+			e.victimWorks(t, wiki)
+			e.victimWorks(t, notes)
+		}},
+	}
+}
+
+func slowClientCases() []attack {
+	// neverReads: clients that ask for large answers and never read them
+	// must cost only themselves: others' exchanges through the same agent
+	// go on.
+	neverReads := func(agent string) func(*testing.T, *advEnv) {
+		return func(t *testing.T, e *advEnv) {
+			wiki := "/" + agent + "/wiki/mcp"
+			for i := range 3 {
+				sid := e.initialize(t, wiki, advBobToken)
+				c := e.dialHTTP(t)
+				c.send(httpReq(http.MethodPost, wiki, mcpHeaders(advBobToken, "Mcp-Session-Id: "+sid),
+					fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"large_output","arguments":{"bytes":%d}}}`, i+10, 30<<20)))
+				// Read the head only; the body stays unread.
+				require.NoError(t, c.c.SetReadDeadline(time.Now().Add(20*time.Second)))
+				resp, err := http.ReadResponse(c.br, nil)
+				require.NoError(t, err)
+				require.Equal(t, http.StatusOK, resp.StatusCode)
+			}
+			// A generous bound: answers normally take milliseconds.
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			for _, p := range []string{"/" + agent + "/notes/mcp", wiki} {
+				r, err := e.doCtx(ctx, http.MethodPost, p, advAliceToken, "", nil, advInit(1))
+				require.NoError(t, err, "other clients of %s got no answer within 15 s while three clients did not read", agent)
+				require.Equal(t, http.StatusOK, r.StatusCode, "%s: %.300s", p, r.Body)
+				sid := r.Header.Get("Mcp-Session-Id")
+				r, err = e.doCtx(ctx, http.MethodPost, p, advAliceToken, sid, nil, advEcho(2, "victim unaffected"))
+				require.NoError(t, err, "other clients of %s got no answer within 15 s while three clients did not read", agent)
+				require.Contains(t, r.Body, "victim unaffected")
+				_, _ = e.doCtx(ctx, http.MethodDelete, p, advAliceToken, sid, nil, "")
+			}
+		}
+	}
+	return []attack{
+		{category: "slow", name: "clients_not_reading_large_answers_over_quic", run: neverReads("dc1")},
+		{category: "slow", name: "clients_not_reading_large_answers_over_tcp", run: neverReads("dc2")},
+		{category: "slow", name: "slowloris_head", slow: true, run: func(t *testing.T, e *advEnv) {
+			// One header byte every 200 ms: the head is cut once the
+			// header timeout (10 s) has passed since it began.
+			c := e.dialHTTP(t)
+			c.send("POST /dc1/wiki/mcp HTTP/1.1\r\nHost: relay.test\r\n")
+			start := time.Now()
+			stop := make(chan struct{})
+			wrote := make(chan struct{})
+			go func() {
+				defer close(wrote)
+				tick := time.NewTicker(200 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					select {
+					case <-stop:
+						return
+					case <-tick.C:
+						if _, err := c.c.Write([]byte("X")); err != nil {
+							return
+						}
+					}
+				}
+			}()
+			defer func() { close(stop); <-wrote }()
+			require.NoError(t, c.c.SetReadDeadline(time.Now().Add(25*time.Second)))
+			_, err := c.br.ReadByte()
+			for err == nil {
+				_, err = c.br.ReadByte()
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("a head sent byte by byte held the connection for %s", time.Since(start).Round(time.Second))
+			}
+			require.Less(t, time.Since(start), 20*time.Second, "cut within the 10 s header timeout (generous bound)")
+		}},
+	}
+}
