@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -24,10 +28,11 @@ import (
 func refusedByRelay(path, authorization string, status int, reason string, extra ...string) func(*testing.T, *advEnv) {
 	return func(t *testing.T, e *advEnv) {
 		c := e.dialHTTP(t)
-		h := mcpHeaders("", extra...)
+		h := mcpHeaders("")
 		if authorization != "" {
 			h = append(h, "Authorization: "+authorization)
 		}
+		h = append(h, extra...)
 		c.send(httpReq(http.MethodPost, path, h, advInit(1)))
 		r := c.answer()
 		wantError(t, status, reason, r.StatusCode, r.Body)
@@ -46,6 +51,26 @@ func badHead(raw string, status int) func(*testing.T, *advEnv) {
 		r := c.answer()
 		require.Equal(t, status, r.StatusCode, "body %.300s", r.Body)
 		require.NotContains(t, r.Body, `"result"`, "nothing was forwarded")
+		c.closed(10 * time.Second)
+	}
+}
+
+// headTooLarge sends a request whose head is over the relay's 1 MiB bound:
+// the relay answers 400 (bad_request, "head too large") without reading
+// on, and closes.
+func headTooLarge(raw string) func(*testing.T, *advEnv) {
+	return func(t *testing.T, e *advEnv) {
+		c := e.dialHTTP(t)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = c.c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+			_, _ = c.c.Write([]byte(raw)) // fails once the relay closes
+		}()
+		defer func() { c.c.Close(); <-done }()
+		r := c.answer()
+		wantError(t, http.StatusBadRequest, "bad_request", r.StatusCode, r.Body)
+		require.Contains(t, r.Body, "head too large")
 		c.closed(10 * time.Second)
 	}
 }
@@ -77,10 +102,8 @@ func authCases() []attack {
 		// Authorization line; a valid second one must not count.
 		{category: "auth", name: "valid_token_in_second_authorization_header", run: refusedByRelay(wiki,
 			bearer("adv-mallory-0123456789abcdef"), 401, "unauthorized", "Authorization: "+bearer(advAliceToken))},
-		{category: "auth", name: "oversized_authorization_header", run: func(t *testing.T, e *advEnv) {
-			badHead(httpReq(http.MethodPost, wiki, mcpHeaders("", "Authorization: Bearer "+strings.Repeat("A", 2<<20)), advInit(1)),
-				http.StatusRequestHeaderFieldsTooLarge)(t, e)
-		}},
+		{category: "auth", name: "oversized_authorization_header", run: headTooLarge(httpReq(http.MethodPost, wiki,
+			mcpHeaders("", "Authorization: Bearer "+strings.Repeat("A", 2<<20)), advInit(1)))},
 		{category: "auth", name: "nul_in_token", run: badHead(httpReq(http.MethodPost, wiki,
 			mcpHeaders("", "Authorization: Bearer "+advAliceToken+"\x00"), advInit(1)), http.StatusBadRequest)},
 	}
@@ -200,14 +223,14 @@ func smugglingCases() []attack {
 			require.GreaterOrEqual(t, r.StatusCode, 400, "body %.200s", r.Body)
 			c.closed(10 * time.Second)
 		}},
-		{category: "smuggling", name: "overlong_header_line", run: badHead(httpReq(http.MethodPost, wiki,
-			mcpHeaders(advAliceToken, "X-Long: "+strings.Repeat("x", 3<<20/2)), init), http.StatusRequestHeaderFieldsTooLarge)},
+		{category: "smuggling", name: "overlong_header_line", run: headTooLarge(httpReq(http.MethodPost, wiki,
+			mcpHeaders(advAliceToken, "X-Long: "+strings.Repeat("x", 3<<20/2)), init))},
 		{category: "smuggling", name: "too_many_headers", run: func(t *testing.T, e *advEnv) {
 			h := mcpHeaders(advAliceToken)
 			for i := range 20000 {
 				h = append(h, fmt.Sprintf("X-H%05d: %s", i, strings.Repeat("v", 50)))
 			}
-			badHead(httpReq(http.MethodPost, wiki, h, init), http.StatusRequestHeaderFieldsTooLarge)(t, e)
+			headTooLarge(httpReq(http.MethodPost, wiki, h, init))(t, e)
 		}},
 		{category: "smuggling", name: "pipelined_request_to_a_server_out_of_scope", run: pipelined([]string{
 			httpReq(http.MethodPost, "/dc1/notes/mcp", mcpHeaders(advNarrowToken), `{"jsonrpc":"2.0","id":1,"method":"ping"}`),
@@ -429,6 +452,51 @@ func exhaustionCases() []attack {
 			}
 			e.victimWorks(t, wiki)
 		}},
+		{category: "exhaustion", name: "descriptor_flood", run: func(t *testing.T, e *advEnv) {
+			// A relay of its own with 300 descriptors: 400 connections
+			// exhaust them; once they are gone, the front serves again.
+			dir := t.TempDir()
+			cfg := filepath.Join(dir, "relay.yaml")
+			require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`tunnel: {listen: "127.0.0.1:0", cert_file: %q, key_file: %q}
+http: {listen: "127.0.0.1:0"}
+agents: [{name: dc1, token_sha256: %q}]
+clients: [{name: alice, token_sha256: %q, allow: ["dc1/*"]}]
+`, e.relayCert, filepath.Join(e.dir, "relay.key"), sha256Hex(advDC1Token), sha256Hex(advAliceToken))), 0o600))
+			p := startProc(t, "relay (300 descriptors)", nil, "/bin/sh", "-c", `ulimit -n 300 && exec "$0" "$@"`, mcptunBin, "relay", "--config", cfg)
+			addr := strings.TrimPrefix(p.waitLine(t, relayStarted, 20*time.Second)[2], "http://")
+			var conns []net.Conn
+			closeAll := func() {
+				for _, c := range conns {
+					c.Close()
+				}
+				conns = nil
+			}
+			defer closeAll()
+			for range 400 {
+				c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+				require.NoError(t, err)
+				conns = append(conns, c)
+			}
+			closeAll()
+			healthy := func() bool {
+				c, err := net.DialTimeout("tcp", addr, time.Second)
+				if err != nil {
+					return false
+				}
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(time.Second))
+				if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+					return false
+				}
+				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					return false
+				}
+				resp.Body.Close()
+				return resp.StatusCode == http.StatusOK
+			}
+			require.Eventually(t, healthy, 10*time.Second, 50*time.Millisecond, "the relay's HTTP front serves again after the flood")
+		}},
 		{category: "exhaustion", name: "half_sent_bodies", run: func(t *testing.T, e *advEnv) {
 			var conns []net.Conn
 			defer func() {
@@ -461,11 +529,13 @@ func slowClientCases() []attack {
 				c := e.dialHTTP(t)
 				c.send(httpReq(http.MethodPost, wiki, mcpHeaders(advBobToken, "Mcp-Session-Id: "+sid),
 					fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"large_output","arguments":{"bytes":%d}}}`, i+10, 30<<20)))
-				// Read the head only; the body stays unread.
+				// Read the head and one byte of the body, then no more.
 				require.NoError(t, c.c.SetReadDeadline(time.Now().Add(20*time.Second)))
 				resp, err := http.ReadResponse(c.br, nil)
-				require.NoError(t, err)
+				require.NoError(t, err, "no answer for non-reading client %d: the ones before it stalled the agent's tunnel", i+1)
 				require.Equal(t, http.StatusOK, resp.StatusCode)
+				_, err = resp.Body.Read(make([]byte, 1))
+				require.NoError(t, err)
 			}
 			// A generous bound: answers normally take milliseconds.
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
