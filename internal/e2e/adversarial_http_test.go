@@ -294,7 +294,7 @@ func sessionCases() []attack {
 		{category: "session", name: "delete_another_clients_stdio_session", run: intrude(notes, http.MethodDelete, "", nil)},
 		{category: "session", name: "open_get_stream_of_another_clients_session", run: func(t *testing.T, e *advEnv) {
 			sid := e.initialize(t, notes, advAliceToken)
-			r := e.do(t, http.MethodGet, notes, advBobToken, sid, map[string]string{"Accept": "text/event-stream", "Content-Type": ""}, "")
+			r := e.openStream(t, notes, advBobToken, sid, nil)
 			wantRPCErrorStatus(t, http.StatusNotFound, r)
 			e.echoWorks(t, notes, advAliceToken, sid, "alice's session goes on")
 		}},
@@ -313,8 +313,7 @@ func sessionCases() []attack {
 				}
 			}
 			require.NotEmpty(t, first, "alice's stream carries event ids: %s", r.Body)
-			g := e.do(t, http.MethodGet, notes, advBobToken, sid,
-				map[string]string{"Accept": "text/event-stream", "Content-Type": "", "Last-Event-ID": first}, "")
+			g := e.openStream(t, notes, advBobToken, sid, map[string]string{"Last-Event-ID": first})
 			require.NotContains(t, g.Body, "alice's secret result", "bob replayed alice's result")
 			wantRPCErrorStatus(t, http.StatusNotFound, g)
 		}},
@@ -322,7 +321,7 @@ func sessionCases() []attack {
 		{category: "session", name: "delete_another_clients_url_session", run: intrude(wiki, http.MethodDelete, "", nil)},
 		{category: "session", name: "get_stream_of_another_clients_url_session", run: func(t *testing.T, e *advEnv) {
 			sid := e.initialize(t, wiki, advAliceToken)
-			r := e.do(t, http.MethodGet, wiki, advBobToken, sid, map[string]string{"Accept": "text/event-stream", "Content-Type": ""}, "")
+			r := e.openStream(t, wiki, advBobToken, sid, nil)
 			wantRPCErrorStatus(t, http.StatusNotFound, r)
 		}},
 		{category: "session", name: "post_into_another_clients_session_over_tcp", run: intrude(tcpNotes, http.MethodPost, postIntrusion, nil)},
@@ -345,6 +344,37 @@ func sessionCases() []attack {
 			wantRPCErrorStatus(t, http.StatusNotFound, r)
 		}},
 	}
+}
+
+// openStream sends a GET for the session's stream and returns its status
+// and, unless it is an open event stream, its body; an event stream is
+// returned with what arrived within 2 s (it would not end by itself).
+func (e *advEnv) openStream(t *testing.T, path, token, sid string, hdr map[string]string) rawResp {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.relayURL+path, nil)
+	require.NoError(t, err)
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("MCP-Protocol-Version", advProtocol)
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Mcp-Session-Id", sid)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := e.hc.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return rawResp{resp.StatusCode, resp.Header, string(b)}
+	}
+	var got strings.Builder
+	stop := time.AfterFunc(2*time.Second, cancel)
+	defer stop.Stop()
+	_, _ = io.Copy(&got, resp.Body)
+	return rawResp{resp.StatusCode, resp.Header, got.String()}
 }
 
 // wantRPCErrorStatus asserts status with a JSON-RPC error body.
@@ -399,7 +429,7 @@ func exhaustionCases() []attack {
 			resp, err := http.ReadResponse(c.br, nil)
 			require.NoError(t, err)
 			require.Equal(t, http.StatusOK, resp.StatusCode)
-			r := e.do(t, http.MethodGet, notes, advBobToken, sid, map[string]string{"Accept": "text/event-stream", "Content-Type": ""}, "")
+			r := e.openStream(t, notes, advBobToken, sid, nil)
 			wantRPCErrorStatus(t, http.StatusConflict, r)
 		}},
 		{category: "exhaustion", name: "many_small_requests_pipelined", run: func(t *testing.T, e *advEnv) {
@@ -477,6 +507,13 @@ clients: [{name: alice, token_sha256: %q, allow: ["dc1/*"]}]
 				require.NoError(t, err)
 				conns = append(conns, c)
 			}
+			// Hold them until the relay has taken most of its descriptors.
+			fds := func() int {
+				ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid))
+				return len(ents)
+			}
+			require.Eventually(t, func() bool { return fds() >= 200 }, 10*time.Second, 20*time.Millisecond,
+				"the relay accepted the flood (descriptors open: %d)", fds())
 			closeAll()
 			healthy := func() bool {
 				c, err := net.DialTimeout("tcp", addr, time.Second)
