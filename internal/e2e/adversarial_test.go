@@ -123,8 +123,29 @@ func TestAdversarial(t *testing.T) {
 			ran++
 		}
 	}
+	// The summary, once every case has ended: the categories run in
+	// parallel with each other (so the cases that wait out a timeout of
+	// the system overlap), the cases of one category in order, except
+	// its slow ones, which run in parallel after the others.
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if ran+pending == 0 {
+			return // filtered to nothing
+		}
+		line := fmt.Sprintf("adversarial suite: %d cases, %d failed", ran+pending, failed)
+		if pending > 0 {
+			line += fmt.Sprintf(", %d pending", pending)
+		}
+		t.Log(line)
+		fmt.Println(line)
+		for _, f := range failures {
+			t.Errorf("adversarial case failed: %s", f)
+		}
+	})
 	for _, cat := range advCategories {
 		t.Run(cat, func(t *testing.T) {
+			t.Parallel()
 			for _, slow := range []bool{false, true} {
 				for _, c := range cases {
 					if c.category != cat || c.slow != slow {
@@ -143,20 +164,6 @@ func TestAdversarial(t *testing.T) {
 				}
 			}
 		})
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if ran+pending == 0 {
-		return // filtered to nothing
-	}
-	line := fmt.Sprintf("adversarial suite: %d cases, %d failed", ran+pending, failed)
-	if pending > 0 {
-		line += fmt.Sprintf(", %d pending", pending)
-	}
-	t.Log(line)
-	fmt.Println(line)
-	for _, f := range failures {
-		t.Errorf("adversarial case failed: %s", f)
 	}
 }
 
