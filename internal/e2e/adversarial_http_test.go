@@ -468,6 +468,22 @@ func exhaustionCases() []attack {
 			wg.Wait()
 			e.victimWorks(t, notes)
 		}},
+		{category: "exhaustion", name: "one_client_over_its_session_limit", run: func(t *testing.T, e *advEnv) {
+			// An agent whose notes server allows two sessions per client:
+			// bob's third is refused naming the limit, alice still gets in.
+			e.startAgent(t, "dc4", advDC4Token, fmt.Sprintf("{address: %q, ca_file: %q, transport: quic}", e.tunnelAddr, e.relayCert),
+				fmt.Sprintf("  - {name: notes, command: [%q, \"--stdio\"], limits: {sessions_per_client: 2}}\n", fixtureBin), "")
+			waitStatus(t, e.relayURL+"/dc4/notes/mcp", func(code int) bool { return code != http.StatusServiceUnavailable }, 30*time.Second)
+			const dc4 = "/dc4/notes/mcp"
+			e.initialize(t, dc4, advBobToken)
+			e.initialize(t, dc4, advBobToken)
+			r := e.do(t, http.MethodPost, dc4, advBobToken, "", nil, advInit(1))
+			require.Contains(t, []int{http.StatusTooManyRequests, http.StatusServiceUnavailable}, r.StatusCode, "body %.300s", r.Body)
+			require.Empty(t, r.Header.Get("Mcp-Session-Id"))
+			wantError(t, r.StatusCode, "", r.StatusCode, r.Body)
+			require.Regexp(t, `"reason":"[a-z_]+"`, r.Body, "the refusal names its reason")
+			e.victimWorks(t, dc4)
+		}},
 		{category: "exhaustion", name: "connection_flood", run: func(t *testing.T, e *advEnv) {
 			var conns []net.Conn
 			defer func() {

@@ -64,6 +64,7 @@ const (
 	advDC1Token    = "adv-agent-dc1-0123456789"
 	advDC2Token    = "adv-agent-dc2-0123456789"
 	advDC3Token    = "adv-agent-dc3-0123456789" // no real agent: the impersonation cases use it
+	advDC4Token    = "adv-agent-dc4-0123456789" // an agent with per-client limits, started by its case
 )
 
 // attack is one case of the suite.
@@ -199,12 +200,13 @@ agents:
   - {name: dc1, token_sha256: %q}
   - {name: dc2, token_sha256: %q}
   - {name: dc3, token_sha256: %q}
+  - {name: dc4, token_sha256: %q}
 clients:
-  - {name: alice, token_sha256: %q, allow: ["dc1/*", "dc2/*"]}
-  - {name: bob, token_sha256: %q, allow: ["dc1/*", "dc2/*"]}
+  - {name: alice, token_sha256: %q, allow: ["dc1/*", "dc2/*", "dc4/*"]}
+  - {name: bob, token_sha256: %q, allow: ["dc1/*", "dc2/*", "dc4/*"]}
   - {name: narrow, token_sha256: %q, allow: ["dc1/notes"]}
 log: {level: debug}
-`, sha256Hex(advDC1Token), sha256Hex(advDC2Token), sha256Hex(advDC3Token),
+`, sha256Hex(advDC1Token), sha256Hex(advDC2Token), sha256Hex(advDC3Token), sha256Hex(advDC4Token),
 		sha256Hex(advAliceToken), sha256Hex(advBobToken), sha256Hex(advNarrowToken))), 0o600))
 	e.relay = startProc(t, "relay", nil, mcptunBin, "relay", "--config", relayYAML)
 	m := e.relay.waitLine(t, relayStarted, 20*time.Second)
@@ -227,7 +229,7 @@ log: {level: debug}
 	e.relay.waitLine(t, regexp.MustCompile(`agent connected.*agent=dc1.*transport=quic\b`), 5*time.Second)
 	e.relay.waitLine(t, regexp.MustCompile(`agent connected.*agent=dc2.*transport=tcp\+yamux`), 5*time.Second)
 	t.Cleanup(func() {
-		for _, secret := range []string{advAliceToken, advBobToken, advNarrowToken, advDC1Token, advDC2Token, advDC3Token} {
+		for _, secret := range []string{advAliceToken, advBobToken, advNarrowToken, advDC1Token, advDC2Token, advDC3Token, advDC4Token} {
 			if e.relay.hasLine(regexp.MustCompile(regexp.QuoteMeta(secret))) {
 				t.Errorf("the relay logged a secret (%.12s...)", secret)
 			}
