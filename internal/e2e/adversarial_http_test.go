@@ -473,8 +473,8 @@ func exhaustionCases() []attack {
 			// bob's third is refused naming the limit, alice still gets in.
 			e.startAgent(t, "dc4", advDC4Token, fmt.Sprintf("{address: %q, ca_file: %q, transport: quic}", e.tunnelAddr, e.relayCert),
 				fmt.Sprintf("  - {name: notes, command: [%q, \"--stdio\"], limits: {sessions_per_client: 2}}\n", fixtureBin), "")
-			waitStatus(t, e.relayURL+"/dc4/notes/mcp", func(code int) bool { return code != http.StatusServiceUnavailable }, 30*time.Second)
 			const dc4 = "/dc4/notes/mcp"
+			e.waitOnline(t, dc4)
 			e.initialize(t, dc4, advBobToken)
 			e.initialize(t, dc4, advBobToken)
 			r := e.do(t, http.MethodPost, dc4, advBobToken, "", nil, advInit(1))

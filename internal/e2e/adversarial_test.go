@@ -223,7 +223,7 @@ log: {level: debug}
 	e.startAgent(t, "dc2", advDC2Token, fmt.Sprintf("{address: %q, ca_file: %q, transport: tcp}", e.tunnelAddr, e.relayCert), servers, "")
 	for _, a := range []string{"dc1", "dc2"} {
 		for _, s := range []string{"notes", "wiki"} {
-			waitStatus(t, e.relayURL+"/"+a+"/"+s+"/mcp", func(code int) bool { return code != http.StatusServiceUnavailable }, 30*time.Second)
+			e.waitOnline(t, "/"+a+"/"+s+"/mcp")
 		}
 	}
 	e.relay.waitLine(t, regexp.MustCompile(`agent connected.*agent=dc1.*transport=quic\b`), 5*time.Second)
@@ -251,6 +251,24 @@ func (e *advEnv) startAgent(t *testing.T, name, token, relay, servers, extra str
 	path := filepath.Join(dir, "agent.yaml")
 	require.NoError(t, os.WriteFile(path, []byte(cfg), 0o600))
 	return startProc(t, "agent "+name, nil, mcptunBin, "agent", "--config", path)
+}
+
+// waitOnline waits until the relay routes path: its agent is connected and
+// offers the server (a ping without a session then gets the server's own
+// answer, not the relay's refusal).
+func (e *advEnv) waitOnline(t *testing.T, path string) {
+	t.Helper()
+	last := ""
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := e.doCtx(ctx, http.MethodPost, path, advAliceToken, "", nil, `{"jsonrpc":"2.0","id":1,"method":"ping"}`)
+		if err != nil {
+			return false
+		}
+		last = r.Body
+		return !strings.Contains(r.Body, `"reason":"agent_offline"`) && !strings.Contains(r.Body, `"reason":"unknown_server"`)
+	}, 30*time.Second, 20*time.Millisecond, "%s not routed (last answer %.200s)", path, last)
 }
 
 // --- MCP helpers -----------------------------------------------------------
