@@ -53,6 +53,7 @@ var pendingFixes = map[string]string{
 	"smuggling/bad_chunk_size":                                  "issue 11 defect 12 (bad chunk size is 400, not 502)",
 	"exhaustion/absurd_content_length":                          "issue 11 defect 12 (a declared body over the limit is 413 at once)",
 	"exhaustion/descriptor_flood":                               "issue 11 defect 5 (accept errors back off and continue)",
+	"exhaustion/one_client_over_its_session_limit":              "issue 11 defect 6 (servers[].limits in agent.yaml)",
 }
 
 // Credentials of the suite's deployment. Each agent has its own token, so
