@@ -139,7 +139,8 @@ func scopeCases() []attack {
 	return []attack{
 		{category: "scope", name: "other_server_of_the_allowed_agent", run: narrow("/dc1/wiki/mcp", 403, "forbidden")},
 		{category: "scope", name: "allowed_server_name_on_another_agent", run: narrow("/dc2/notes/mcp", 403, "forbidden")},
-		{category: "scope", name: "agent_not_in_allow_list", run: alice("/dc3/notes/mcp", 403, "forbidden")},
+		{category: "scope", name: "agent_not_in_allow_list", run: narrow("/dc3/notes/mcp", 403, "forbidden")},
+		{category: "scope", name: "agent_not_in_the_relays_config", run: alice("/dc9/notes/mcp", 403, "forbidden")},
 		{category: "scope", name: "server_the_agent_does_not_offer", run: alice("/dc1/secret/mcp", 404, "unknown_server")},
 		{category: "scope", name: "agent_name_in_upper_case", run: alice("/DC1/wiki/mcp", 403, "forbidden")},
 		{category: "scope", name: "server_name_in_upper_case", run: narrow("/dc1/NOTES/mcp", 403, "forbidden")},

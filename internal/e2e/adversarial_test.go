@@ -203,7 +203,7 @@ agents:
   - {name: dc3, token_sha256: %q}
   - {name: dc4, token_sha256: %q}
 clients:
-  - {name: alice, token_sha256: %q, allow: ["dc1/*", "dc2/*", "dc4/*"]}
+  - {name: alice, token_sha256: %q, allow: ["dc1/*", "dc2/*", "dc3/*", "dc4/*"]}
   - {name: bob, token_sha256: %q, allow: ["dc1/*", "dc2/*", "dc4/*"]}
   - {name: narrow, token_sha256: %q, allow: ["dc1/notes"]}
 log: {level: debug}
