@@ -23,28 +23,28 @@ import (
 // the bytes on the wire can make the relay decide one thing and forward
 // another.
 
-// refusedByRelay sends one exchange with the given Authorization value (""
+// advRefusedByRelay sends one exchange with the given Authorization value (""
 // for none) and extra headers to path and asserts the relay's own refusal.
-func refusedByRelay(path, authorization string, status int, reason string, extra ...string) func(*testing.T, *advEnv) {
+func advRefusedByRelay(path, authorization string, status int, reason string, extra ...string) func(*testing.T, *advEnv) {
 	return func(t *testing.T, e *advEnv) {
 		c := e.dialHTTP(t)
-		h := mcpHeaders("")
+		h := advMCPHeaders("")
 		if authorization != "" {
 			h = append(h, "Authorization: "+authorization)
 		}
 		h = append(h, extra...)
-		c.send(httpReq(http.MethodPost, path, h, advInit(1)))
+		c.send(advHTTPReq(http.MethodPost, path, h, advInit(1)))
 		r := c.answer()
-		wantError(t, status, reason, r.StatusCode, r.Body)
+		advWantError(t, status, reason, r.StatusCode, r.Body)
 		if status == http.StatusUnauthorized {
 			require.Contains(t, r.Header.Get("WWW-Authenticate"), "Bearer", "401 names the scheme")
 		}
 	}
 }
 
-// badHead sends raw bytes and asserts a 400 (or status) answer, then the
+// advBadHead sends raw bytes and asserts a 400 (or status) answer, then the
 // connection closed: a malformed head leaves no state to continue from.
-func badHead(raw string, status int) func(*testing.T, *advEnv) {
+func advBadHead(raw string, status int) func(*testing.T, *advEnv) {
 	return func(t *testing.T, e *advEnv) {
 		c := e.dialHTTP(t)
 		c.send(raw)
@@ -55,10 +55,10 @@ func badHead(raw string, status int) func(*testing.T, *advEnv) {
 	}
 }
 
-// headTooLarge sends a request whose head is over the relay's 1 MiB bound:
+// advHeadTooLarge sends a request whose head is over the relay's 1 MiB bound:
 // the relay answers 400 (bad_request, "head too large") without reading
 // on, and closes.
-func headTooLarge(raw string) func(*testing.T, *advEnv) {
+func advHeadTooLarge(raw string) func(*testing.T, *advEnv) {
 	return func(t *testing.T, e *advEnv) {
 		c := e.dialHTTP(t)
 		done := make(chan struct{})
@@ -69,59 +69,59 @@ func headTooLarge(raw string) func(*testing.T, *advEnv) {
 		}()
 		defer func() { c.c.Close(); <-done }()
 		r := c.answer()
-		wantError(t, http.StatusBadRequest, "bad_request", r.StatusCode, r.Body)
+		advWantError(t, http.StatusBadRequest, "bad_request", r.StatusCode, r.Body)
 		require.Contains(t, r.Body, "head too large")
 		c.closed(10 * time.Second)
 	}
 }
 
-func authCases() []attack {
+func authCases() []advAttack {
 	const wiki = "/dc1/wiki/mcp"
 	bearer := func(tok string) string { return "Bearer " + tok }
 	lookalike := strings.Replace(advAliceToken, "a", "\u0430", 1) // Cyrillic a
-	return []attack{
-		{category: "auth", name: "no_token", run: refusedByRelay(wiki, "", 401, "unauthorized")},
-		{category: "auth", name: "wrong_token", run: refusedByRelay(wiki, bearer("adv-mallory-0123456789abcdef"), 401, "unauthorized")},
-		{category: "auth", name: "agent_token_as_client_token", run: refusedByRelay(wiki, bearer(advDC1Token), 401, "unauthorized")},
-		{category: "auth", name: "token_hash_as_bearer", run: refusedByRelay(wiki, bearer(sha256Hex(advAliceToken)), 401, "unauthorized")},
-		{category: "auth", name: "token_with_one_byte_more", run: refusedByRelay(wiki, bearer(advAliceToken+"x"), 401, "unauthorized")},
-		{category: "auth", name: "token_prefix", run: refusedByRelay(wiki, bearer(advAliceToken[:len(advAliceToken)-1]), 401, "unauthorized")},
-		{category: "auth", name: "token_in_upper_case", run: refusedByRelay(wiki, bearer(strings.ToUpper(advAliceToken)), 401, "unauthorized")},
-		{category: "auth", name: "unicode_lookalike_token", run: refusedByRelay(wiki, bearer(lookalike), 401, "unauthorized")},
-		{category: "auth", name: "token_in_query_string", run: refusedByRelay(wiki+"?access_token="+advAliceToken, "", 401, "unauthorized")},
-		{category: "auth", name: "basic_auth_with_the_token", run: refusedByRelay(wiki,
+	return []advAttack{
+		{category: "auth", name: "no_token", run: advRefusedByRelay(wiki, "", 401, "unauthorized")},
+		{category: "auth", name: "wrong_token", run: advRefusedByRelay(wiki, bearer("adv-mallory-0123456789abcdef"), 401, "unauthorized")},
+		{category: "auth", name: "agent_token_as_client_token", run: advRefusedByRelay(wiki, bearer(advDC1Token), 401, "unauthorized")},
+		{category: "auth", name: "token_hash_as_bearer", run: advRefusedByRelay(wiki, bearer(sha256Hex(advAliceToken)), 401, "unauthorized")},
+		{category: "auth", name: "token_with_one_byte_more", run: advRefusedByRelay(wiki, bearer(advAliceToken+"x"), 401, "unauthorized")},
+		{category: "auth", name: "token_prefix", run: advRefusedByRelay(wiki, bearer(advAliceToken[:len(advAliceToken)-1]), 401, "unauthorized")},
+		{category: "auth", name: "token_in_upper_case", run: advRefusedByRelay(wiki, bearer(strings.ToUpper(advAliceToken)), 401, "unauthorized")},
+		{category: "auth", name: "unicode_lookalike_token", run: advRefusedByRelay(wiki, bearer(lookalike), 401, "unauthorized")},
+		{category: "auth", name: "token_in_query_string", run: advRefusedByRelay(wiki+"?access_token="+advAliceToken, "", 401, "unauthorized")},
+		{category: "auth", name: "basic_auth_with_the_token", run: advRefusedByRelay(wiki,
 			"Basic "+base64.StdEncoding.EncodeToString([]byte("alice:"+advAliceToken)), 401, "unauthorized")},
-		{category: "auth", name: "other_scheme_with_the_token", run: refusedByRelay(wiki, "Token "+advAliceToken, 401, "unauthorized")},
-		{category: "auth", name: "scheme_without_token", run: refusedByRelay(wiki, "Bearer", 401, "unauthorized")},
-		{category: "auth", name: "empty_bearer", run: refusedByRelay(wiki, "Bearer  ", 401, "unauthorized")},
-		{category: "auth", name: "token_in_cookie", run: refusedByRelay(wiki, "", 401, "unauthorized", "Cookie: token="+advAliceToken)},
-		{category: "auth", name: "token_in_proxy_authorization", run: refusedByRelay(wiki, "", 401, "unauthorized", "Proxy-Authorization: "+bearer(advAliceToken))},
-		{category: "auth", name: "forged_client_header_without_token", run: refusedByRelay(wiki, "", 401, "unauthorized", "X-Mcptun-Client: alice")},
-		{category: "auth", name: "huge_authorization_header", run: refusedByRelay(wiki, bearer(strings.Repeat("A", 64<<10)), 401, "unauthorized")},
+		{category: "auth", name: "other_scheme_with_the_token", run: advRefusedByRelay(wiki, "Token "+advAliceToken, 401, "unauthorized")},
+		{category: "auth", name: "scheme_without_token", run: advRefusedByRelay(wiki, "Bearer", 401, "unauthorized")},
+		{category: "auth", name: "empty_bearer", run: advRefusedByRelay(wiki, "Bearer  ", 401, "unauthorized")},
+		{category: "auth", name: "token_in_cookie", run: advRefusedByRelay(wiki, "", 401, "unauthorized", "Cookie: token="+advAliceToken)},
+		{category: "auth", name: "token_in_proxy_authorization", run: advRefusedByRelay(wiki, "", 401, "unauthorized", "Proxy-Authorization: "+bearer(advAliceToken))},
+		{category: "auth", name: "forged_client_header_without_token", run: advRefusedByRelay(wiki, "", 401, "unauthorized", "X-Mcptun-Client: alice")},
+		{category: "auth", name: "huge_authorization_header", run: advRefusedByRelay(wiki, bearer(strings.Repeat("A", 64<<10)), 401, "unauthorized")},
 		// Both paths (fast path and net/http) take the first
 		// Authorization line; a valid second one must not count.
-		{category: "auth", name: "valid_token_in_second_authorization_header", run: refusedByRelay(wiki,
+		{category: "auth", name: "valid_token_in_second_authorization_header", run: advRefusedByRelay(wiki,
 			bearer("adv-mallory-0123456789abcdef"), 401, "unauthorized", "Authorization: "+bearer(advAliceToken))},
-		{category: "auth", name: "oversized_authorization_header", run: headTooLarge(httpReq(http.MethodPost, wiki,
-			mcpHeaders("", "Authorization: Bearer "+strings.Repeat("A", 2<<20)), advInit(1)))},
-		{category: "auth", name: "nul_in_token", run: badHead(httpReq(http.MethodPost, wiki,
-			mcpHeaders("", "Authorization: Bearer "+advAliceToken+"\x00"), advInit(1)), http.StatusBadRequest)},
+		{category: "auth", name: "oversized_authorization_header", run: advHeadTooLarge(advHTTPReq(http.MethodPost, wiki,
+			advMCPHeaders("", "Authorization: Bearer "+strings.Repeat("A", 2<<20)), advInit(1)))},
+		{category: "auth", name: "nul_in_token", run: advBadHead(advHTTPReq(http.MethodPost, wiki,
+			advMCPHeaders("", "Authorization: Bearer "+advAliceToken+"\x00"), advInit(1)), http.StatusBadRequest)},
 	}
 }
 
-func scopeCases() []attack {
+func scopeCases() []advAttack {
 	narrow := func(path string, status int, reason string, extra ...string) func(*testing.T, *advEnv) {
-		return refusedByRelay(path, "Bearer "+advNarrowToken, status, reason, extra...)
+		return advRefusedByRelay(path, "Bearer "+advNarrowToken, status, reason, extra...)
 	}
 	alice := func(path string, status int, reason string, extra ...string) func(*testing.T, *advEnv) {
-		return refusedByRelay(path, "Bearer "+advAliceToken, status, reason, extra...)
+		return advRefusedByRelay(path, "Bearer "+advAliceToken, status, reason, extra...)
 	}
 	// notForwarded: whatever the relay answers to a path that names a
 	// server the client may not use, it is no answer of that server.
 	notForwarded := func(target string) func(*testing.T, *advEnv) {
 		return func(t *testing.T, e *advEnv) {
 			c := e.dialHTTP(t)
-			c.send(httpReq(http.MethodPost, target, mcpHeaders(advNarrowToken), advInit(1)))
+			c.send(advHTTPReq(http.MethodPost, target, advMCPHeaders(advNarrowToken), advInit(1)))
 			r := c.answer()
 			require.GreaterOrEqual(t, r.StatusCode, 300, "refused or redirected, got %d %.300s", r.StatusCode, r.Body)
 			require.Empty(t, r.Header.Get("Mcp-Session-Id"), "no server minted a session")
@@ -130,13 +130,13 @@ func scopeCases() []attack {
 				// A redirect to the cleaned path is fine only because
 				// that path is refused in turn.
 				c2 := e.dialHTTP(t)
-				c2.send(httpReq(http.MethodPost, loc, mcpHeaders(advNarrowToken), advInit(1)))
+				c2.send(advHTTPReq(http.MethodPost, loc, advMCPHeaders(advNarrowToken), advInit(1)))
 				r2 := c2.answer()
-				wantError(t, http.StatusForbidden, "forbidden", r2.StatusCode, r2.Body)
+				advWantError(t, http.StatusForbidden, "forbidden", r2.StatusCode, r2.Body)
 			}
 		}
 	}
-	return []attack{
+	return []advAttack{
 		{category: "scope", name: "other_server_of_the_allowed_agent", run: narrow("/dc1/wiki/mcp", 403, "forbidden")},
 		{category: "scope", name: "allowed_server_name_on_another_agent", run: narrow("/dc2/notes/mcp", 403, "forbidden")},
 		{category: "scope", name: "agent_not_in_allow_list", run: narrow("/dc3/notes/mcp", 403, "forbidden")},
@@ -161,10 +161,10 @@ func scopeCases() []attack {
 		{category: "scope", name: "loopback_origin_with_foreign_host", run: alice("/dc1/wiki/mcp", 403, "origin_not_allowed",
 			"Origin: http://127.0.0.1", "Host: relay.example.com")},
 		{category: "scope", name: "null_origin", run: alice("/dc1/wiki/mcp", 403, "origin_not_allowed", "Origin: null")},
-		{category: "scope", name: "two_host_headers", run: badHead(httpReq(http.MethodPost, "/dc1/notes/mcp",
-			mcpHeaders(advNarrowToken, "Host: a.example", "Host: b.example"), advInit(1)), http.StatusBadRequest)},
+		{category: "scope", name: "two_host_headers", run: advBadHead(advHTTPReq(http.MethodPost, "/dc1/notes/mcp",
+			advMCPHeaders(advNarrowToken, "Host: a.example", "Host: b.example"), advInit(1)), http.StatusBadRequest)},
 		{category: "scope", name: "connect_to_an_internal_address", run: func(t *testing.T, e *advEnv) {
-			s := newSentinel(t)
+			s := advNewSentinel(t)
 			c := e.dialHTTP(t)
 			c.send(fmt.Sprintf("CONNECT %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n\r\n", s.addr(), s.addr(), advAliceToken))
 			r := c.answer()
@@ -174,7 +174,7 @@ func scopeCases() []attack {
 	}
 }
 
-func smugglingCases() []attack {
+func smugglingCases() []advAttack {
 	const wiki = "/dc1/wiki/mcp"
 	init := advInit(1)
 	// pipelined asserts the statuses of requests sent in one write.
@@ -188,28 +188,28 @@ func smugglingCases() []attack {
 			}
 		}
 	}
-	authorized := httpReq(http.MethodPost, wiki, mcpHeaders(advAliceToken), init)
-	return []attack{
-		{category: "smuggling", name: "content_length_and_transfer_encoding", run: badHead(httpReq(http.MethodPost, wiki,
-			mcpHeaders(advNarrowToken, "Content-Length: 4", "Transfer-Encoding: chunked"), "0\r\n\r\n"+httpReq(http.MethodPost, wiki, mcpHeaders(advNarrowToken), init)), 400)},
-		{category: "smuggling", name: "two_different_content_lengths", run: badHead(httpReq(http.MethodPost, wiki,
-			mcpHeaders(advAliceToken, fmt.Sprintf("Content-Length: %d", len(init)), "Content-Length: 0"), init), 400)},
+	authorized := advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advAliceToken), init)
+	return []advAttack{
+		{category: "smuggling", name: "content_length_and_transfer_encoding", run: advBadHead(advHTTPReq(http.MethodPost, wiki,
+			advMCPHeaders(advNarrowToken, "Content-Length: 4", "Transfer-Encoding: chunked"), "0\r\n\r\n"+advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advNarrowToken), init)), 400)},
+		{category: "smuggling", name: "two_different_content_lengths", run: advBadHead(advHTTPReq(http.MethodPost, wiki,
+			advMCPHeaders(advAliceToken, fmt.Sprintf("Content-Length: %d", len(init)), "Content-Length: 0"), init), 400)},
 		{category: "smuggling", name: "bad_chunk_size", run: func(t *testing.T, e *advEnv) {
 			c := e.dialHTTP(t)
-			c.send(httpReq(http.MethodPost, wiki, mcpHeaders(advAliceToken, "Transfer-Encoding: chunked"), "zz\r\n"+init+"\r\n0\r\n\r\n"))
+			c.send(advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advAliceToken, "Transfer-Encoding: chunked"), "zz\r\n"+init+"\r\n0\r\n\r\n"))
 			r := c.answer()
-			wantError(t, http.StatusBadRequest, "bad_request", r.StatusCode, r.Body)
+			advWantError(t, http.StatusBadRequest, "bad_request", r.StatusCode, r.Body)
 		}},
-		{category: "smuggling", name: "unsupported_transfer_encoding", run: badHead(httpReq(http.MethodPost, wiki,
-			mcpHeaders(advAliceToken, "Transfer-Encoding: gzip, chunked"), "0\r\n\r\n"), http.StatusNotImplemented)},
-		{category: "smuggling", name: "space_before_colon", run: badHead(httpReq(http.MethodPost, wiki,
-			mcpHeaders(advNarrowToken, "Transfer-Encoding : chunked"), init), 400)},
-		{category: "smuggling", name: "obsolete_line_folding", run: badHead(httpReq(http.MethodPost, wiki,
-			mcpHeaders(advNarrowToken, "X-Note: a", " Authorization: Bearer "+advAliceToken), init), 400)},
-		{category: "smuggling", name: "nul_in_header_value", run: badHead(httpReq(http.MethodPost, wiki,
-			mcpHeaders(advAliceToken, "X-Note: a\x00b"), init), 400)},
-		{category: "smuggling", name: "bare_cr_in_header_value", run: badHead(httpReq(http.MethodPost, wiki,
-			mcpHeaders(advNarrowToken, "X-Note: a\rAuthorization: Bearer "+advAliceToken), init), 400)},
+		{category: "smuggling", name: "unsupported_transfer_encoding", run: advBadHead(advHTTPReq(http.MethodPost, wiki,
+			advMCPHeaders(advAliceToken, "Transfer-Encoding: gzip, chunked"), "0\r\n\r\n"), http.StatusNotImplemented)},
+		{category: "smuggling", name: "space_before_colon", run: advBadHead(advHTTPReq(http.MethodPost, wiki,
+			advMCPHeaders(advNarrowToken, "Transfer-Encoding : chunked"), init), 400)},
+		{category: "smuggling", name: "obsolete_line_folding", run: advBadHead(advHTTPReq(http.MethodPost, wiki,
+			advMCPHeaders(advNarrowToken, "X-Note: a", " Authorization: Bearer "+advAliceToken), init), 400)},
+		{category: "smuggling", name: "nul_in_header_value", run: advBadHead(advHTTPReq(http.MethodPost, wiki,
+			advMCPHeaders(advAliceToken, "X-Note: a\x00b"), init), 400)},
+		{category: "smuggling", name: "bare_cr_in_header_value", run: advBadHead(advHTTPReq(http.MethodPost, wiki,
+			advMCPHeaders(advNarrowToken, "X-Note: a\rAuthorization: Bearer "+advAliceToken), init), 400)},
 		{category: "smuggling", name: "http_0_9_request_line", run: func(t *testing.T, e *advEnv) {
 			c := e.dialHTTP(t)
 			c.send("GET " + wiki + "\r\n\r\n")
@@ -224,58 +224,58 @@ func smugglingCases() []attack {
 			require.GreaterOrEqual(t, r.StatusCode, 400, "body %.200s", r.Body)
 			c.closed(10 * time.Second)
 		}},
-		{category: "smuggling", name: "overlong_header_line", run: headTooLarge(httpReq(http.MethodPost, wiki,
-			mcpHeaders(advAliceToken, "X-Long: "+strings.Repeat("x", 3<<20/2)), init))},
+		{category: "smuggling", name: "overlong_header_line", run: advHeadTooLarge(advHTTPReq(http.MethodPost, wiki,
+			advMCPHeaders(advAliceToken, "X-Long: "+strings.Repeat("x", 3<<20/2)), init))},
 		{category: "smuggling", name: "too_many_headers", run: func(t *testing.T, e *advEnv) {
-			h := mcpHeaders(advAliceToken)
+			h := advMCPHeaders(advAliceToken)
 			for i := range 20000 {
 				h = append(h, fmt.Sprintf("X-H%05d: %s", i, strings.Repeat("v", 50)))
 			}
-			headTooLarge(httpReq(http.MethodPost, wiki, h, init))(t, e)
+			advHeadTooLarge(advHTTPReq(http.MethodPost, wiki, h, init))(t, e)
 		}},
 		{category: "smuggling", name: "pipelined_request_to_a_server_out_of_scope", run: pipelined([]string{
-			httpReq(http.MethodPost, "/dc1/notes/mcp", mcpHeaders(advNarrowToken), `{"jsonrpc":"2.0","id":1,"method":"ping"}`),
-			httpReq(http.MethodPost, wiki, mcpHeaders(advNarrowToken), init),
+			advHTTPReq(http.MethodPost, "/dc1/notes/mcp", advMCPHeaders(advNarrowToken), `{"jsonrpc":"2.0","id":1,"method":"ping"}`),
+			advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advNarrowToken), init),
 		}, http.StatusBadRequest, http.StatusForbidden)},
 		{category: "smuggling", name: "pipelined_request_without_token", run: pipelined([]string{
-			authorized, httpReq(http.MethodPost, wiki, mcpHeaders(""), init),
+			authorized, advHTTPReq(http.MethodPost, wiki, advMCPHeaders(""), init),
 		}, http.StatusOK, http.StatusUnauthorized)},
 		{category: "smuggling", name: "pipelined_after_a_refusal", run: pipelined([]string{
-			httpReq(http.MethodPost, wiki, mcpHeaders(advNarrowToken), init),
+			advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advNarrowToken), init),
 			authorized,
-			httpReq(http.MethodPost, wiki, mcpHeaders(advNarrowToken), init),
+			advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advNarrowToken), init),
 		}, http.StatusForbidden, http.StatusOK, http.StatusForbidden)},
 		{category: "smuggling", name: "request_hidden_after_a_short_content_length", run: func(t *testing.T, e *advEnv) {
-			hidden := httpReq(http.MethodPost, wiki, mcpHeaders(""), init)
-			raw := httpReq(http.MethodPost, wiki, mcpHeaders(advAliceToken, fmt.Sprintf("Content-Length: %d", len(init))), init) + hidden
+			hidden := advHTTPReq(http.MethodPost, wiki, advMCPHeaders(""), init)
+			raw := advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advAliceToken, fmt.Sprintf("Content-Length: %d", len(init))), init) + hidden
 			pipelined([]string{raw}, http.StatusOK, http.StatusUnauthorized)(t, e)
 		}},
 		{category: "smuggling", name: "request_hidden_after_the_last_chunk", run: func(t *testing.T, e *advEnv) {
-			hidden := httpReq(http.MethodPost, wiki, mcpHeaders(advNarrowToken), init)
+			hidden := advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advNarrowToken), init)
 			body := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(init), init)
-			raw := httpReq(http.MethodPost, wiki, mcpHeaders(advAliceToken, "Transfer-Encoding: chunked"), body) + hidden
+			raw := advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advAliceToken, "Transfer-Encoding: chunked"), body) + hidden
 			pipelined([]string{raw}, http.StatusOK, http.StatusForbidden)(t, e)
 		}},
 		{category: "smuggling", name: "expect_continue_without_token", run: func(t *testing.T, e *advEnv) {
 			// The body is a request with a token: unread, it must not be
 			// taken for the next request.
-			hidden := httpReq(http.MethodPost, wiki, mcpHeaders(advAliceToken), init)
+			hidden := advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advAliceToken), init)
 			c := e.dialHTTP(t)
-			c.send(httpReq(http.MethodPost, wiki, mcpHeaders("", "Expect: 100-continue", fmt.Sprintf("Content-Length: %d", len(hidden))), hidden))
+			c.send(advHTTPReq(http.MethodPost, wiki, advMCPHeaders("", "Expect: 100-continue", fmt.Sprintf("Content-Length: %d", len(hidden))), hidden))
 			r := c.answer()
-			wantError(t, http.StatusUnauthorized, "unauthorized", r.StatusCode, r.Body)
+			advWantError(t, http.StatusUnauthorized, "unauthorized", r.StatusCode, r.Body)
 			c.closed(10 * time.Second)
 		}},
-		{category: "smuggling", name: "content_length_overflow", run: badHead(httpReq(http.MethodPost, wiki,
-			mcpHeaders(advAliceToken, "Content-Length: 99999999999999999999"), init), 400)},
-		{category: "smuggling", name: "negative_content_length", run: badHead(httpReq(http.MethodPost, wiki,
-			mcpHeaders(advAliceToken, "Content-Length: -1"), init), 400)},
-		{category: "smuggling", name: "signed_content_length", run: badHead(httpReq(http.MethodPost, wiki,
-			mcpHeaders(advAliceToken, fmt.Sprintf("Content-Length: +%d", len(init))), init), 400)},
+		{category: "smuggling", name: "content_length_overflow", run: advBadHead(advHTTPReq(http.MethodPost, wiki,
+			advMCPHeaders(advAliceToken, "Content-Length: 99999999999999999999"), init), 400)},
+		{category: "smuggling", name: "negative_content_length", run: advBadHead(advHTTPReq(http.MethodPost, wiki,
+			advMCPHeaders(advAliceToken, "Content-Length: -1"), init), 400)},
+		{category: "smuggling", name: "signed_content_length", run: advBadHead(advHTTPReq(http.MethodPost, wiki,
+			advMCPHeaders(advAliceToken, fmt.Sprintf("Content-Length: +%d", len(init))), init), 400)},
 	}
 }
 
-func sessionCases() []attack {
+func sessionCases() []advAttack {
 	const notes, wiki = "/dc1/notes/mcp", "/dc1/wiki/mcp"
 	const tcpNotes = "/dc2/notes/mcp"
 	// intrude: bob sends one exchange with alice's session; it must be as
@@ -284,19 +284,19 @@ func sessionCases() []attack {
 		return func(t *testing.T, e *advEnv) {
 			sid := e.initialize(t, path, advAliceToken)
 			r := e.do(t, method, path, advBobToken, sid, hdr, body)
-			wantRPCErrorStatus(t, http.StatusNotFound, r)
+			advWantRPCErrorStatus(t, http.StatusNotFound, r)
 			require.NotContains(t, r.Body, "intruder", "bob's call did not run in alice's session")
 			e.echoWorks(t, path, advAliceToken, sid, "alice's session goes on")
 		}
 	}
 	postIntrusion := advEcho(9, "intruder")
-	return []attack{
+	return []advAttack{
 		{category: "session", name: "post_into_another_clients_stdio_session", run: intrude(notes, http.MethodPost, postIntrusion, nil)},
 		{category: "session", name: "delete_another_clients_stdio_session", run: intrude(notes, http.MethodDelete, "", nil)},
 		{category: "session", name: "open_get_stream_of_another_clients_session", run: func(t *testing.T, e *advEnv) {
 			sid := e.initialize(t, notes, advAliceToken)
 			r := e.openStream(t, notes, advBobToken, sid, nil)
-			wantRPCErrorStatus(t, http.StatusNotFound, r)
+			advWantRPCErrorStatus(t, http.StatusNotFound, r)
 			e.echoWorks(t, notes, advAliceToken, sid, "alice's session goes on")
 		}},
 		{category: "session", name: "resume_another_clients_stream_with_last_event_id", run: func(t *testing.T, e *advEnv) {
@@ -316,14 +316,14 @@ func sessionCases() []attack {
 			require.NotEmpty(t, first, "alice's stream carries event ids: %s", r.Body)
 			g := e.openStream(t, notes, advBobToken, sid, map[string]string{"Last-Event-ID": first})
 			require.NotContains(t, g.Body, "alice's secret result", "bob replayed alice's result")
-			wantRPCErrorStatus(t, http.StatusNotFound, g)
+			advWantRPCErrorStatus(t, http.StatusNotFound, g)
 		}},
 		{category: "session", name: "post_into_another_clients_url_session", run: intrude(wiki, http.MethodPost, postIntrusion, nil)},
 		{category: "session", name: "delete_another_clients_url_session", run: intrude(wiki, http.MethodDelete, "", nil)},
 		{category: "session", name: "get_stream_of_another_clients_url_session", run: func(t *testing.T, e *advEnv) {
 			sid := e.initialize(t, wiki, advAliceToken)
 			r := e.openStream(t, wiki, advBobToken, sid, nil)
-			wantRPCErrorStatus(t, http.StatusNotFound, r)
+			advWantRPCErrorStatus(t, http.StatusNotFound, r)
 		}},
 		{category: "session", name: "post_into_another_clients_session_over_tcp", run: intrude(tcpNotes, http.MethodPost, postIntrusion, nil)},
 		{category: "session", name: "delete_another_clients_session_over_tcp", run: intrude(tcpNotes, http.MethodDelete, "", nil)},
@@ -331,18 +331,18 @@ func sessionCases() []attack {
 			map[string]string{"X-Mcptun-Client": "alice"})},
 		{category: "session", name: "guessed_session_id", run: func(t *testing.T, e *advEnv) {
 			r := e.do(t, http.MethodPost, notes, advBobToken, strings.Repeat("0123456789abcdef", 2), nil, postIntrusion)
-			wantRPCErrorStatus(t, http.StatusNotFound, r)
+			advWantRPCErrorStatus(t, http.StatusNotFound, r)
 		}},
 		{category: "session", name: "session_id_without_token", run: func(t *testing.T, e *advEnv) {
 			sid := e.initialize(t, notes, advAliceToken)
 			r := e.do(t, http.MethodPost, notes, "", sid, nil, postIntrusion)
-			wantError(t, http.StatusUnauthorized, "unauthorized", r.StatusCode, r.Body)
+			advWantError(t, http.StatusUnauthorized, "unauthorized", r.StatusCode, r.Body)
 			e.echoWorks(t, notes, advAliceToken, sid, "alice's session goes on")
 		}},
 		{category: "session", name: "session_of_another_server", run: func(t *testing.T, e *advEnv) {
 			sid := e.initialize(t, notes, advAliceToken)
 			r := e.do(t, http.MethodPost, wiki, advAliceToken, sid, nil, postIntrusion)
-			wantRPCErrorStatus(t, http.StatusNotFound, r)
+			advWantRPCErrorStatus(t, http.StatusNotFound, r)
 		}},
 	}
 }
@@ -378,16 +378,16 @@ func (e *advEnv) openStream(t *testing.T, path, token, sid string, hdr map[strin
 	return rawResp{resp.StatusCode, resp.Header, got.String()}
 }
 
-// wantRPCErrorStatus asserts status with a JSON-RPC error body.
-func wantRPCErrorStatus(t *testing.T, status int, r rawResp) {
+// advWantRPCErrorStatus asserts status with a JSON-RPC error body.
+func advWantRPCErrorStatus(t *testing.T, status int, r rawResp) {
 	t.Helper()
 	require.Equal(t, status, r.StatusCode, "status; body %.300s", r.Body)
 	require.Contains(t, r.Body, `"error"`, "a JSON-RPC error body: %.300s", r.Body)
 }
 
-func exhaustionCases() []attack {
+func exhaustionCases() []advAttack {
 	const notes, wiki = "/dc1/notes/mcp", "/dc1/wiki/mcp"
-	return []attack{
+	return []advAttack{
 		{category: "exhaustion", name: "message_over_the_size_limit", run: func(t *testing.T, e *advEnv) {
 			sid := e.initialize(t, notes, advBobToken)
 			c := e.dialHTTP(t)
@@ -399,20 +399,20 @@ func exhaustionCases() []attack {
 			go func() {
 				defer close(done)
 				_ = c.c.SetWriteDeadline(time.Now().Add(30 * time.Second))
-				_, _ = c.c.Write([]byte(httpReq(http.MethodPost, notes, mcpHeaders(advBobToken, "Mcp-Session-Id: "+sid), body)))
+				_, _ = c.c.Write([]byte(advHTTPReq(http.MethodPost, notes, advMCPHeaders(advBobToken, "Mcp-Session-Id: "+sid), body)))
 			}()
 			r := c.answer()
 			c.c.Close()
 			<-done
-			wantError(t, http.StatusRequestEntityTooLarge, "", r.StatusCode, r.Body)
+			advWantError(t, http.StatusRequestEntityTooLarge, "", r.StatusCode, r.Body)
 			e.victimWorks(t, notes)
 		}},
 		{category: "exhaustion", name: "absurd_content_length", run: func(t *testing.T, e *advEnv) {
 			sid := e.initialize(t, notes, advBobToken)
 			c := e.dialHTTP(t)
-			c.send(httpReq(http.MethodPost, notes, mcpHeaders(advBobToken, "Mcp-Session-Id: "+sid, "Content-Length: 9223372036854775807"), `{"jsonrpc":`))
+			c.send(advHTTPReq(http.MethodPost, notes, advMCPHeaders(advBobToken, "Mcp-Session-Id: "+sid, "Content-Length: 9223372036854775807"), `{"jsonrpc":`))
 			r := c.answer()
-			wantError(t, http.StatusRequestEntityTooLarge, "", r.StatusCode, r.Body)
+			advWantError(t, http.StatusRequestEntityTooLarge, "", r.StatusCode, r.Body)
 		}},
 		{category: "exhaustion", name: "deeply_nested_json", run: func(t *testing.T, e *advEnv) {
 			sid := e.initialize(t, notes, advBobToken)
@@ -424,20 +424,20 @@ func exhaustionCases() []attack {
 		{category: "exhaustion", name: "second_get_stream_on_one_session", run: func(t *testing.T, e *advEnv) {
 			sid := e.initialize(t, notes, advBobToken)
 			c := e.dialHTTP(t)
-			c.send(httpReq(http.MethodGet, notes, []string{"Authorization: Bearer " + advBobToken, "Accept: text/event-stream",
+			c.send(advHTTPReq(http.MethodGet, notes, []string{"Authorization: Bearer " + advBobToken, "Accept: text/event-stream",
 				"MCP-Protocol-Version: " + advProtocol, "Mcp-Session-Id: " + sid}, ""))
 			require.NoError(t, c.c.SetReadDeadline(time.Now().Add(20*time.Second)))
 			resp, err := http.ReadResponse(c.br, nil)
 			require.NoError(t, err)
 			require.Equal(t, http.StatusOK, resp.StatusCode)
 			r := e.openStream(t, notes, advBobToken, sid, nil)
-			wantRPCErrorStatus(t, http.StatusConflict, r)
+			advWantRPCErrorStatus(t, http.StatusConflict, r)
 		}},
 		{category: "exhaustion", name: "many_small_requests_pipelined", run: func(t *testing.T, e *advEnv) {
 			const n = 200
 			var b strings.Builder
 			for range n {
-				b.WriteString(httpReq(http.MethodPost, wiki, mcpHeaders(advBobToken), advInit(1)))
+				b.WriteString(advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advBobToken), advInit(1)))
 			}
 			c := e.dialHTTP(t)
 			go func() { _, _ = c.c.Write([]byte(b.String())) }()
@@ -481,7 +481,7 @@ func exhaustionCases() []attack {
 			r := e.do(t, http.MethodPost, dc4, advBobToken, "", nil, advInit(1))
 			require.Contains(t, []int{http.StatusTooManyRequests, http.StatusServiceUnavailable}, r.StatusCode, "body %.300s", r.Body)
 			require.Empty(t, r.Header.Get("Mcp-Session-Id"))
-			wantError(t, r.StatusCode, "", r.StatusCode, r.Body)
+			advWantError(t, r.StatusCode, "", r.StatusCode, r.Body)
 			require.Regexp(t, `"reason":"[a-z_]+"`, r.Body, "the refusal names its reason")
 			e.victimWorks(t, dc4)
 		}},
@@ -562,7 +562,7 @@ clients: [{name: alice, token_sha256: %q, allow: ["dc1/*"]}]
 				c, err := net.DialTimeout("tcp", e.httpAddr, 5*time.Second)
 				require.NoError(t, err)
 				conns = append(conns, c)
-				_, err = c.Write([]byte(httpReq(http.MethodPost, wiki, mcpHeaders(advBobToken, "Content-Length: 1000"), `{"jsonrpc":"2.0",`)))
+				_, err = c.Write([]byte(advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advBobToken, "Content-Length: 1000"), `{"jsonrpc":"2.0",`)))
 				require.NoError(t, err)
 			}
 			e.victimWorks(t, wiki)
@@ -571,7 +571,7 @@ clients: [{name: alice, token_sha256: %q, allow: ["dc1/*"]}]
 	}
 }
 
-func slowClientCases() []attack {
+func slowClientCases() []advAttack {
 	// neverReads: clients that ask for large answers and never read them
 	// must cost only themselves: others' exchanges through the same agent
 	// go on.
@@ -584,7 +584,7 @@ func slowClientCases() []attack {
 				// A small receive buffer: the backlog stays in the relay
 				// and the tunnel, not in this socket.
 				require.NoError(t, c.c.(*net.TCPConn).SetReadBuffer(4<<10))
-				c.send(httpReq(http.MethodPost, wiki, mcpHeaders(advBobToken, "Mcp-Session-Id: "+sid),
+				c.send(advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advBobToken, "Mcp-Session-Id: "+sid),
 					fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"large_output","arguments":{"bytes":%d}}}`, i+10, 16<<20)))
 				// Read the head and one byte of the body, then no more.
 				require.NoError(t, c.c.SetReadDeadline(time.Now().Add(20*time.Second)))
@@ -609,7 +609,7 @@ func slowClientCases() []attack {
 			}
 		}
 	}
-	return []attack{
+	return []advAttack{
 		{category: "slow", name: "clients_not_reading_large_answers_over_quic", run: neverReads("dc1")},
 		{category: "slow", name: "clients_not_reading_large_answers_over_tcp", run: neverReads("dc2")},
 		{category: "slow", name: "slowloris_head", slow: true, run: func(t *testing.T, e *advEnv) {

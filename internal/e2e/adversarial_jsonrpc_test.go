@@ -14,13 +14,13 @@ import (
 
 // JSON-RPC error codes the bridge answers with.
 const (
-	rpcParseError     = -32700
-	rpcInvalidRequest = -32600
-	rpcHeaderMismatch = -32020
-	rpcBadVersion     = -32022
+	advRpcParseError     = -32700
+	advRpcInvalidRequest = -32600
+	advRpcHeaderMismatch = -32020
+	advRpcBadVersion     = -32022
 )
 
-func jsonrpcCases() []attack {
+func jsonrpcCases() []advAttack {
 	const notes = "/dc1/notes/mcp"
 	// inSession posts body in a fresh session of alice's and asserts the
 	// answer; the session must still work afterwards.
@@ -29,7 +29,7 @@ func jsonrpcCases() []attack {
 			sid := e.initialize(t, notes, advAliceToken)
 			r := e.do(t, http.MethodPost, notes, advAliceToken, sid, hdr, body)
 			if code != 0 {
-				wantRPCError(t, status, code, r)
+				advWantRPCError(t, status, code, r)
 			} else {
 				require.Equal(t, status, r.StatusCode, "body %.300s", r.Body)
 			}
@@ -44,22 +44,22 @@ func jsonrpcCases() []attack {
 				h[k] = v
 			}
 			r := e.do(t, http.MethodPost, notes, advAliceToken, "", h, body)
-			wantRPCError(t, status, code, r)
+			advWantRPCError(t, status, code, r)
 		}
 	}
 	call := `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}`
-	return []attack{
-		{category: "jsonrpc", name: "invalid_json", run: inSession(`{"jsonrpc":"2.0","id":1,"method":`, nil, 400, rpcParseError)},
-		{category: "jsonrpc", name: "empty_body", run: inSession(``, nil, 400, rpcParseError)},
-		{category: "jsonrpc", name: "trailing_garbage", run: inSession(`{"jsonrpc":"2.0","id":1,"method":"ping"} {"jsonrpc":"2.0","id":2,"method":"ping"}`, nil, 400, rpcParseError)},
-		{category: "jsonrpc", name: "batch_array", run: inSession(`[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]`, nil, 400, rpcInvalidRequest)},
-		{category: "jsonrpc", name: "missing_jsonrpc_member", run: inSession(`{"id":1,"method":"ping"}`, nil, 400, rpcInvalidRequest)},
-		{category: "jsonrpc", name: "wrong_jsonrpc_version", run: inSession(`{"jsonrpc":"1.0","id":1,"method":"ping"}`, nil, 400, rpcInvalidRequest)},
-		{category: "jsonrpc", name: "null_id_request", run: inSession(`{"jsonrpc":"2.0","id":null,"method":"ping"}`, nil, 400, rpcInvalidRequest)},
-		{category: "jsonrpc", name: "object_id", run: inSession(`{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}`, nil, 400, rpcInvalidRequest)},
-		{category: "jsonrpc", name: "method_not_a_string", run: inSession(`{"jsonrpc":"2.0","id":1,"method":42}`, nil, 400, rpcInvalidRequest)},
-		{category: "jsonrpc", name: "repeated_id_member", run: inSession(`{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}`, nil, 400, rpcInvalidRequest)},
-		{category: "jsonrpc", name: "method_member_differing_in_case", run: inSession(`{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call"}`, nil, 400, rpcInvalidRequest)},
+	return []advAttack{
+		{category: "jsonrpc", name: "invalid_json", run: inSession(`{"jsonrpc":"2.0","id":1,"method":`, nil, 400, advRpcParseError)},
+		{category: "jsonrpc", name: "empty_body", run: inSession(``, nil, 400, advRpcParseError)},
+		{category: "jsonrpc", name: "trailing_garbage", run: inSession(`{"jsonrpc":"2.0","id":1,"method":"ping"} {"jsonrpc":"2.0","id":2,"method":"ping"}`, nil, 400, advRpcParseError)},
+		{category: "jsonrpc", name: "batch_array", run: inSession(`[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]`, nil, 400, advRpcInvalidRequest)},
+		{category: "jsonrpc", name: "missing_jsonrpc_member", run: inSession(`{"id":1,"method":"ping"}`, nil, 400, advRpcInvalidRequest)},
+		{category: "jsonrpc", name: "wrong_jsonrpc_version", run: inSession(`{"jsonrpc":"1.0","id":1,"method":"ping"}`, nil, 400, advRpcInvalidRequest)},
+		{category: "jsonrpc", name: "null_id_request", run: inSession(`{"jsonrpc":"2.0","id":null,"method":"ping"}`, nil, 400, advRpcInvalidRequest)},
+		{category: "jsonrpc", name: "object_id", run: inSession(`{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}`, nil, 400, advRpcInvalidRequest)},
+		{category: "jsonrpc", name: "method_not_a_string", run: inSession(`{"jsonrpc":"2.0","id":1,"method":42}`, nil, 400, advRpcInvalidRequest)},
+		{category: "jsonrpc", name: "repeated_id_member", run: inSession(`{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}`, nil, 400, advRpcInvalidRequest)},
+		{category: "jsonrpc", name: "method_member_differing_in_case", run: inSession(`{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call"}`, nil, 400, advRpcInvalidRequest)},
 		{category: "jsonrpc", name: "huge_string_id", run: func(t *testing.T, e *advEnv) {
 			// The id passes back byte for byte, however long.
 			sid := e.initialize(t, notes, advAliceToken)
@@ -71,19 +71,19 @@ func jsonrpcCases() []attack {
 		}},
 		{category: "jsonrpc", name: "request_method_sent_as_notification", run: inSession(`{"jsonrpc":"2.0","method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}`, nil, 202, 0)},
 		{category: "jsonrpc", name: "client_sends_a_response_nobody_asked_for", run: inSession(`{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}`, nil, 202, 0)},
-		{category: "jsonrpc", name: "invalid_protocol_version_header", run: inSession(call, map[string]string{"MCP-Protocol-Version": "1999-01-01"}, 400, rpcBadVersion)},
+		{category: "jsonrpc", name: "invalid_protocol_version_header", run: inSession(call, map[string]string{"MCP-Protocol-Version": "1999-01-01"}, 400, advRpcBadVersion)},
 		{category: "jsonrpc", name: "wrong_content_type", run: inSession(call, map[string]string{"Content-Type": "text/plain"}, http.StatusUnsupportedMediaType, 0)},
 		{category: "jsonrpc", name: "accept_allows_neither_json_nor_sse", run: inSession(call, map[string]string{"Accept": "text/html"}, http.StatusNotAcceptable, 0)},
 		{category: "jsonrpc", name: "request_without_session", run: func(t *testing.T, e *advEnv) {
 			r := e.do(t, http.MethodPost, notes, advAliceToken, "", nil, call)
-			wantRPCErrorStatus(t, http.StatusBadRequest, r)
+			advWantRPCErrorStatus(t, http.StatusBadRequest, r)
 		}},
 		{category: "jsonrpc", name: "stateless_method_header_mismatch", run: stateless(call,
-			map[string]string{"Mcp-Method": "tools/list"}, 400, rpcHeaderMismatch)},
-		{category: "jsonrpc", name: "stateless_method_header_missing", run: stateless(call, nil, 400, rpcHeaderMismatch)},
+			map[string]string{"Mcp-Method": "tools/list"}, 400, advRpcHeaderMismatch)},
+		{category: "jsonrpc", name: "stateless_method_header_missing", run: stateless(call, nil, 400, advRpcHeaderMismatch)},
 		{category: "jsonrpc", name: "stateless_name_header_mismatch", run: stateless(call,
-			map[string]string{"Mcp-Method": "tools/call", "Mcp-Name": "large_output"}, 400, rpcHeaderMismatch)},
+			map[string]string{"Mcp-Method": "tools/call", "Mcp-Name": "large_output"}, 400, advRpcHeaderMismatch)},
 		{category: "jsonrpc", name: "stateless_resume_with_last_event_id", run: stateless(call,
-			map[string]string{"Mcp-Method": "tools/call", "Mcp-Name": "echo", "Last-Event-ID": "1.1"}, 400, rpcHeaderMismatch)},
+			map[string]string{"Mcp-Method": "tools/call", "Mcp-Name": "echo", "Last-Event-ID": "1.1"}, 400, advRpcHeaderMismatch)},
 	}
 }

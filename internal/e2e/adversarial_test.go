@@ -68,8 +68,8 @@ const (
 	advDC4Token    = "adv-agent-dc4-0123456789" // an agent with per-client limits, started by its case
 )
 
-// attack is one case of the suite.
-type attack struct {
+// advAttack is one case of the suite.
+type advAttack struct {
 	category string
 	name     string
 	// slow cases wait on a timeout of the system under test; they run in
@@ -78,14 +78,14 @@ type attack struct {
 	run  func(t *testing.T, e *advEnv)
 }
 
-func (a attack) id() string { return a.category + "/" + a.name }
+func (a advAttack) id() string { return a.category + "/" + a.name }
 
 // advCategories is the order the categories run in.
 var advCategories = []string{"auth", "scope", "smuggling", "session", "exhaustion", "slow", "jsonrpc", "agent", "relay", "reach"}
 
-func adversarialCases() []attack {
-	var all []attack
-	for _, group := range [][]attack{
+func adversarialCases() []advAttack {
+	var all []advAttack
+	for _, group := range [][]advAttack{
 		authCases(), scopeCases(), smugglingCases(), sessionCases(), exhaustionCases(),
 		slowClientCases(), jsonrpcCases(), agentImpersonationCases(), relayImpersonationCases(), reachCases(),
 	} {
@@ -181,9 +181,9 @@ type advEnv struct {
 	wikiURL    string // the HTTP fixture, direct
 	hc         *http.Client
 
-	reachOnce sync.Once
-	reachEnv  *reachEnv
-	reachErr  error
+	reachOnce   sync.Once
+	advReachEnv *advReachEnv
+	reachErr    error
 }
 
 func startAdvEnv(t *testing.T) *advEnv {
@@ -368,10 +368,10 @@ func (e *advEnv) victimWorks(t *testing.T, path string) {
 	e.echoWorks(t, path, advAliceToken, sid, "victim unaffected")
 }
 
-// wantError asserts an answer's status and, when reason is set, its
+// advWantError asserts an answer's status and, when reason is set, its
 // JSON-RPC error body's data.reason; with no reason, that the body is a
 // JSON-RPC error at all.
-func wantError(t *testing.T, status int, reason string, gotStatus int, body string) {
+func advWantError(t *testing.T, status int, reason string, gotStatus int, body string) {
 	t.Helper()
 	require.Equal(t, status, gotStatus, "status; body %.300s", body)
 	var b struct {
@@ -391,9 +391,9 @@ func wantError(t *testing.T, status int, reason string, gotStatus int, body stri
 	}
 }
 
-// wantRPCError asserts the status and the JSON-RPC error code of an answer
+// advWantRPCError asserts the status and the JSON-RPC error code of an answer
 // the agent's MCP endpoint made.
-func wantRPCError(t *testing.T, status, code int, r rawResp) {
+func advWantRPCError(t *testing.T, status, code int, r rawResp) {
 	t.Helper()
 	require.Equal(t, status, r.StatusCode, "status; body %.300s", r.Body)
 	var b struct {
@@ -408,23 +408,23 @@ func wantRPCError(t *testing.T, status, code int, r rawResp) {
 
 // --- raw HTTP/1.1 ---------------------------------------------------------
 
-// rawConn is a client connection to the relay's HTTP front on which the
+// advRawConn is a client connection to the relay's HTTP front on which the
 // test writes exact bytes.
-type rawConn struct {
+type advRawConn struct {
 	t  *testing.T
 	c  net.Conn
 	br *bufio.Reader
 }
 
-func (e *advEnv) dialHTTP(t *testing.T) *rawConn {
+func (e *advEnv) dialHTTP(t *testing.T) *advRawConn {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", e.httpAddr, 5*time.Second)
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
-	return &rawConn{t: t, c: c, br: bufio.NewReader(c)}
+	return &advRawConn{t: t, c: c, br: bufio.NewReader(c)}
 }
 
-func (r *rawConn) send(s string) {
+func (r *advRawConn) send(s string) {
 	r.t.Helper()
 	require.NoError(r.t, r.c.SetWriteDeadline(time.Now().Add(10*time.Second)))
 	_, err := io.WriteString(r.c, s)
@@ -432,7 +432,7 @@ func (r *rawConn) send(s string) {
 }
 
 // answer reads one response (head and body) within 20 s.
-func (r *rawConn) answer() rawResp {
+func (r *advRawConn) answer() rawResp {
 	r.t.Helper()
 	require.NoError(r.t, r.c.SetReadDeadline(time.Now().Add(20*time.Second)))
 	resp, err := http.ReadResponse(r.br, nil)
@@ -445,7 +445,7 @@ func (r *rawConn) answer() rawResp {
 
 // closed asserts that the relay closes the connection within d without
 // sending anything more.
-func (r *rawConn) closed(d time.Duration) {
+func (r *advRawConn) closed(d time.Duration) {
 	r.t.Helper()
 	require.NoError(r.t, r.c.SetReadDeadline(time.Now().Add(d)))
 	b, err := r.br.ReadByte()
@@ -459,9 +459,9 @@ func (r *rawConn) closed(d time.Duration) {
 	}
 }
 
-// httpReq renders a request; headers are full lines without CRLF. A
+// advHTTPReq renders a request; headers are full lines without CRLF. A
 // Content-Length is added for a body unless a header sets framing.
-func httpReq(method, target string, headers []string, body string) string {
+func advHTTPReq(method, target string, headers []string, body string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\n", method, target)
 	framed := false
@@ -490,9 +490,9 @@ func httpReq(method, target string, headers []string, body string) string {
 	return b.String()
 }
 
-// mcpHeaders are what an MCP client sends, with the bearer token of tok
+// advMCPHeaders are what an MCP client sends, with the bearer token of tok
 // ("" for none).
-func mcpHeaders(tok string, extra ...string) []string {
+func advMCPHeaders(tok string, extra ...string) []string {
 	h := []string{"Content-Type: application/json", "Accept: application/json, text/event-stream", "MCP-Protocol-Version: " + advProtocol}
 	if tok != "" {
 		h = append(h, "Authorization: Bearer "+tok)
@@ -502,19 +502,19 @@ func mcpHeaders(tok string, extra ...string) []string {
 
 // --- a listener that must never be reached ---------------------------------
 
-// sentinel counts connections to an address nothing in the deployment may
+// advSentinel counts connections to an address nothing in the deployment may
 // reach; each case that uses one asserts it stayed at zero.
-type sentinel struct {
+type advSentinel struct {
 	ln    net.Listener
 	conns atomic.Int64
 	done  chan struct{}
 }
 
-func newSentinel(t *testing.T) *sentinel {
+func advNewSentinel(t *testing.T) *advSentinel {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	s := &sentinel{ln: ln, done: make(chan struct{})}
+	s := &advSentinel{ln: ln, done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		for {
@@ -530,11 +530,11 @@ func newSentinel(t *testing.T) *sentinel {
 	return s
 }
 
-func (s *sentinel) addr() string { return s.ln.Addr().String() }
+func (s *advSentinel) addr() string { return s.ln.Addr().String() }
 
 // --- misc ------------------------------------------------------------------
 
-// insecureTLS is what an attacker that verifies nothing uses.
-func insecureTLS(alpn ...string) *tls.Config {
+// advInsecureTLS is what an attacker that verifies nothing uses.
+func advInsecureTLS(alpn ...string) *tls.Config {
 	return &tls.Config{InsecureSkipVerify: true, NextProtos: alpn, MinVersion: tls.VersionTLS12} //nolint:gosec // the attacker's side
 }

@@ -38,35 +38,35 @@ import (
 
 // --- agent impersonation, against the real relay ------------------------
 
-// tunnelConn is an attacker's connection to the relay's tunnel port with
+// advTunnelConn is an attacker's connection to the relay's tunnel port with
 // one stream open on it, speaking frames by hand.
-type tunnelConn struct {
+type advTunnelConn struct {
 	st    io.ReadWriteCloser
 	close func()
 }
 
-func dialTunnelRaw(t *testing.T, e *advEnv, transport string) *tunnelConn {
+func advDialTunnelRaw(t *testing.T, e *advEnv, transport string) *advTunnelConn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	switch transport {
 	case "quic":
-		conn, err := quic.DialAddr(ctx, e.tunnelAddr, insecureTLS(tunnel.ALPN), &quic.Config{})
+		conn, err := quic.DialAddr(ctx, e.tunnelAddr, advInsecureTLS(tunnel.ALPN), &quic.Config{})
 		require.NoError(t, err)
 		st, err := conn.OpenStreamSync(ctx)
 		require.NoError(t, err)
-		tc := &tunnelConn{st: st, close: func() { conn.CloseWithError(0, "") }}
+		tc := &advTunnelConn{st: st, close: func() { conn.CloseWithError(0, "") }}
 		t.Cleanup(tc.close)
 		return tc
 	case "tcp":
-		d := tls.Dialer{Config: insecureTLS(tunnel.ALPN)}
+		d := tls.Dialer{Config: advInsecureTLS(tunnel.ALPN)}
 		c, err := d.DialContext(ctx, "tcp", e.tunnelAddr)
 		require.NoError(t, err)
 		mux, err := yamux.Client(c, nil)
 		require.NoError(t, err)
 		st, err := mux.OpenStream()
 		require.NoError(t, err)
-		tc := &tunnelConn{st: st, close: func() { mux.Close(); c.Close() }}
+		tc := &advTunnelConn{st: st, close: func() { mux.Close(); c.Close() }}
 		t.Cleanup(tc.close)
 		return tc
 	}
@@ -74,22 +74,22 @@ func dialTunnelRaw(t *testing.T, e *advEnv, transport string) *tunnelConn {
 	return nil
 }
 
-func writeTunnelFrame(t *testing.T, w io.Writer, body []byte) {
+func advWriteTunnelFrame(t *testing.T, w io.Writer, body []byte) {
 	t.Helper()
 	buf := binary.BigEndian.AppendUint32(nil, uint32(len(body)))
 	_, err := w.Write(append(buf, body...))
 	require.NoError(t, err, "write frame")
 }
 
-type relayAnswer struct {
+type advRelayAnswer struct {
 	Type, Code, Message string
 }
 
-// readRelayAnswer reads the relay's frame (within 15 s).
-func readRelayAnswer(t *testing.T, st io.Reader) relayAnswer {
+// advReadRelayAnswer reads the relay's frame (within 15 s).
+func advReadRelayAnswer(t *testing.T, st io.Reader) advRelayAnswer {
 	t.Helper()
 	type res struct {
-		a   relayAnswer
+		a   advRelayAnswer
 		err error
 	}
 	ch := make(chan res, 1)
@@ -109,7 +109,7 @@ func readRelayAnswer(t *testing.T, st io.Reader) relayAnswer {
 			ch <- res{err: fmt.Errorf("read frame: %w", err)}
 			return
 		}
-		var a relayAnswer
+		var a advRelayAnswer
 		ch <- res{a: a, err: json.Unmarshal(b, &a)}
 	}()
 	select {
@@ -119,45 +119,45 @@ func readRelayAnswer(t *testing.T, st io.Reader) relayAnswer {
 	case <-time.After(15 * time.Second):
 		t.Fatal("no answer from the relay within 15 s")
 	}
-	return relayAnswer{}
+	return advRelayAnswer{}
 }
 
-// helloRefused sends a hello (any JSON value) and asserts the refusal code.
-func helloRefused(transport string, hello any, code string) func(*testing.T, *advEnv) {
+// advHelloRefused sends a hello (any JSON value) and asserts the refusal code.
+func advHelloRefused(transport string, advHello any, code string) func(*testing.T, *advEnv) {
 	return func(t *testing.T, e *advEnv) {
-		c := dialTunnelRaw(t, e, transport)
-		b, err := json.Marshal(hello)
+		c := advDialTunnelRaw(t, e, transport)
+		b, err := json.Marshal(advHello)
 		require.NoError(t, err)
-		writeTunnelFrame(t, c.st, b)
-		a := readRelayAnswer(t, c.st)
+		advWriteTunnelFrame(t, c.st, b)
+		a := advReadRelayAnswer(t, c.st)
 		require.Equal(t, "refused", a.Type, "answer %+v", a)
 		require.Equal(t, code, a.Code, "answer %+v", a)
 		require.NotEmpty(t, a.Message)
 	}
 }
 
-func hello(agent, token string) map[string]any {
+func advHello(agent, token string) map[string]any {
 	return map[string]any{"type": "hello", "version": tunnel.ProtocolVersion, "agent": agent, "token": token,
 		"servers": []map[string]string{{"name": "notes", "kind": "stdio"}}}
 }
 
-// connectAs opens an authenticated tunnel session with the relay the way
+// advConnectAs opens an authenticated tunnel session with the relay the way
 // an agent does.
-func connectAs(t *testing.T, e *advEnv, name, token, transport string) (tunnel.Session, error) {
+func advConnectAs(t *testing.T, e *advEnv, name, token, transport string) (tunnel.Session, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return tunnel.Connect(ctx, tunnel.ClientConfig{
-		Name: name, Address: e.tunnelAddr, Token: token, TLSConfig: insecureTLS(),
+		Name: name, Address: e.tunnelAddr, Token: token, TLSConfig: advInsecureTLS(),
 		Transport: transport, Servers: []tunnel.OfferedServer{{Name: "notes", Kind: tunnel.KindStdio}},
 		Logger: slog.New(slog.DiscardHandler),
 	})
 }
 
-func agentImpersonationCases() []attack {
+func agentImpersonationCases() []advAttack {
 	refusedConnect := func(name, token, transport string) func(*testing.T, *advEnv) {
 		return func(t *testing.T, e *advEnv) {
-			s, err := connectAs(t, e, name, token, transport)
+			s, err := advConnectAs(t, e, name, token, transport)
 			if s != nil {
 				s.Close()
 			}
@@ -170,13 +170,13 @@ func agentImpersonationCases() []attack {
 	for i := range servers {
 		servers[i] = map[string]string{"name": fmt.Sprintf("s%d", i), "kind": "stdio"}
 	}
-	tooMany := hello("dc3", advDC3Token)
+	tooMany := advHello("dc3", advDC3Token)
 	tooMany["servers"] = servers
-	future := hello("dc3", advDC3Token)
+	future := advHello("dc3", advDC3Token)
 	future["version"] = 99
-	notHello := hello("dc3", advDC3Token)
+	notHello := advHello("dc3", advDC3Token)
 	notHello["type"] = "welcome"
-	return []attack{
+	return []advAttack{
 		{category: "agent", name: "wrong_token_over_quic", run: refusedConnect("dc3", "adv-wrong-token-0123456789", "quic")},
 		{category: "agent", name: "wrong_token_over_tcp", run: refusedConnect("dc3", "adv-wrong-token-0123456789", "tcp")},
 		{category: "agent", name: "unknown_agent_name", run: refusedConnect("dc9", advDC3Token, "quic")},
@@ -188,33 +188,33 @@ func agentImpersonationCases() []attack {
 			e.victimWorks(t, "/dc1/notes/mcp")
 		}},
 		{category: "agent", name: "oversized_frame", run: func(t *testing.T, e *advEnv) {
-			c := dialTunnelRaw(t, e, "tcp")
+			c := advDialTunnelRaw(t, e, "tcp")
 			_, err := c.st.Write([]byte{0xff, 0xff, 0xff, 0xff, '{'})
 			require.NoError(t, err)
-			a := readRelayAnswer(t, c.st)
-			require.Equal(t, relayAnswer{Type: "refused", Code: tunnel.CodeBadHello, Message: a.Message}, a)
+			a := advReadRelayAnswer(t, c.st)
+			require.Equal(t, advRelayAnswer{Type: "refused", Code: tunnel.CodeBadHello, Message: a.Message}, a)
 		}},
 		{category: "agent", name: "garbage_before_hello", run: func(t *testing.T, e *advEnv) {
-			c := dialTunnelRaw(t, e, "quic")
-			b, _ := json.Marshal(hello("dc3", advDC3Token))
+			c := advDialTunnelRaw(t, e, "quic")
+			b, _ := json.Marshal(advHello("dc3", advDC3Token))
 			_, err := c.st.Write(append([]byte("GET / HTTP/1.1\r\n\r\n"), b...))
 			require.NoError(t, err)
-			a := readRelayAnswer(t, c.st)
-			require.Equal(t, relayAnswer{Type: "refused", Code: tunnel.CodeBadHello, Message: a.Message}, a)
+			a := advReadRelayAnswer(t, c.st)
+			require.Equal(t, advRelayAnswer{Type: "refused", Code: tunnel.CodeBadHello, Message: a.Message}, a)
 		}},
 		{category: "agent", name: "hello_that_is_not_json", run: func(t *testing.T, e *advEnv) {
-			c := dialTunnelRaw(t, e, "tcp")
-			writeTunnelFrame(t, c.st, []byte("hello, it's dc1"))
-			a := readRelayAnswer(t, c.st)
-			require.Equal(t, relayAnswer{Type: "refused", Code: tunnel.CodeBadHello, Message: a.Message}, a)
+			c := advDialTunnelRaw(t, e, "tcp")
+			advWriteTunnelFrame(t, c.st, []byte("advHello, it's dc1"))
+			a := advReadRelayAnswer(t, c.st)
+			require.Equal(t, advRelayAnswer{Type: "refused", Code: tunnel.CodeBadHello, Message: a.Message}, a)
 		}},
-		{category: "agent", name: "first_frame_not_a_hello", run: helloRefused("quic", notHello, tunnel.CodeBadHello)},
-		{category: "agent", name: "unsupported_protocol_version", run: helloRefused("quic", future, tunnel.CodeUnsupportedVersion)},
-		{category: "agent", name: "invalid_agent_name", run: helloRefused("tcp", hello("../dc1", advDC1Token), tunnel.CodeBadHello)},
-		{category: "agent", name: "too_many_servers", run: helloRefused("quic", tooMany, tunnel.CodeBadHello)},
-		{category: "agent", name: "oversized_token", run: helloRefused("tcp", hello("dc3", strings.Repeat("t", 5000)), tunnel.CodeBadHello)},
+		{category: "agent", name: "first_frame_not_a_hello", run: advHelloRefused("quic", notHello, tunnel.CodeBadHello)},
+		{category: "agent", name: "unsupported_protocol_version", run: advHelloRefused("quic", future, tunnel.CodeUnsupportedVersion)},
+		{category: "agent", name: "invalid_agent_name", run: advHelloRefused("tcp", advHello("../dc1", advDC1Token), tunnel.CodeBadHello)},
+		{category: "agent", name: "too_many_servers", run: advHelloRefused("quic", tooMany, tunnel.CodeBadHello)},
+		{category: "agent", name: "oversized_token", run: advHelloRefused("tcp", advHello("dc3", strings.Repeat("t", 5000)), tunnel.CodeBadHello)},
 		{category: "agent", name: "wrong_alpn_over_tcp", run: func(t *testing.T, e *advEnv) {
-			c, err := tls.Dial("tcp", e.tunnelAddr, insecureTLS("h2"))
+			c, err := tls.Dial("tcp", e.tunnelAddr, advInsecureTLS("h2"))
 			if c != nil {
 				c.Close()
 			}
@@ -223,7 +223,7 @@ func agentImpersonationCases() []attack {
 		{category: "agent", name: "wrong_alpn_over_quic", run: func(t *testing.T, e *advEnv) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			conn, err := quic.DialAddr(ctx, e.tunnelAddr, insecureTLS("h3"), &quic.Config{})
+			conn, err := quic.DialAddr(ctx, e.tunnelAddr, advInsecureTLS("h3"), &quic.Config{})
 			if conn != nil {
 				conn.CloseWithError(0, "")
 			}
@@ -241,7 +241,7 @@ func agentImpersonationCases() []attack {
 			require.NotContains(t, string(b), "HTTP/1.1 2", "no HTTP answer from the tunnel port")
 		}},
 		{category: "agent", name: "agent_opens_a_stream_to_the_relay", run: func(t *testing.T, e *advEnv) {
-			s, err := connectAs(t, e, "dc3", advDC3Token, "quic")
+			s, err := advConnectAs(t, e, "dc3", advDC3Token, "quic")
 			require.NoError(t, err)
 			defer s.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -259,10 +259,10 @@ func agentImpersonationCases() []attack {
 		{category: "agent", name: "second_session_with_the_same_name_replaces_the_first", run: func(t *testing.T, e *advEnv) {
 			// Documented behaviour: whoever holds the agent's credential
 			// may take its name over; the older session is told and ends.
-			first, err := connectAs(t, e, "dc3", advDC3Token, "tcp")
+			first, err := advConnectAs(t, e, "dc3", advDC3Token, "tcp")
 			require.NoError(t, err)
 			defer first.Close()
-			second, err := connectAs(t, e, "dc3", advDC3Token, "quic")
+			second, err := advConnectAs(t, e, "dc3", advDC3Token, "quic")
 			require.NoError(t, err)
 			defer second.Close()
 			select {
@@ -302,7 +302,7 @@ func agentImpersonationCases() []attack {
 		{category: "agent", name: "tls_connection_that_never_sends_a_hello", slow: true, run: func(t *testing.T, e *advEnv) {
 			// A yamux session that answers the relay's pings but opens no
 			// control stream: only the handshake timeout ends it.
-			c, err := tls.Dial("tcp", e.tunnelAddr, insecureTLS(tunnel.ALPN))
+			c, err := tls.Dial("tcp", e.tunnelAddr, advInsecureTLS(tunnel.ALPN))
 			require.NoError(t, err)
 			defer c.Close()
 			mux, err := yamux.Client(c, nil)
@@ -319,7 +319,7 @@ func agentImpersonationCases() []attack {
 		{category: "agent", name: "quic_connection_that_never_sends_a_hello", slow: true, run: func(t *testing.T, e *advEnv) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			conn, err := quic.DialAddr(ctx, e.tunnelAddr, insecureTLS(tunnel.ALPN), &quic.Config{MaxIdleTimeout: time.Minute})
+			conn, err := quic.DialAddr(ctx, e.tunnelAddr, advInsecureTLS(tunnel.ALPN), &quic.Config{MaxIdleTimeout: time.Minute})
 			require.NoError(t, err)
 			defer conn.CloseWithError(0, "")
 			select {
@@ -333,9 +333,9 @@ func agentImpersonationCases() []attack {
 
 // --- relay impersonation: the real agent against a relay that is not --
 
-// fakeRelay listens with a certificate that is not the relay's and counts
+// advFakeRelay listens with a certificate that is not the relay's and counts
 // what reaches it: TLS handshakes completed and bytes after them.
-type fakeRelay struct {
+type advFakeRelay struct {
 	addr        string
 	certPEM     []byte
 	handshakes  atomic.Int64
@@ -344,14 +344,14 @@ type fakeRelay struct {
 	wg          sync.WaitGroup
 }
 
-func startFakeRelay(t *testing.T, transport string) *fakeRelay {
+func advStartFakeRelay(t *testing.T, transport string) *advFakeRelay {
 	t.Helper()
 	certPEM, keyPEM, err := devcert.Generate("127.0.0.1", "localhost")
 	require.NoError(t, err)
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	require.NoError(t, err)
 	conf := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{tunnel.ALPN}, MinVersion: tls.VersionTLS13}
-	f := &fakeRelay{certPEM: certPEM}
+	f := &advFakeRelay{certPEM: certPEM}
 	switch transport {
 	case "tcp":
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -413,13 +413,13 @@ func startFakeRelay(t *testing.T, transport string) *fakeRelay {
 	return f
 }
 
-func relayImpersonationCases() []attack {
+func relayImpersonationCases() []advAttack {
 	// refuses starts an agent configured by relayConf (a function of the
 	// fake relay, the real relay's certificate file and the agent's
 	// directory) against a fake relay and asserts it refuses to talk.
-	refuses := func(transport string, relayConf func(f *fakeRelay, realCert, dir string) string, why *regexp.Regexp) func(*testing.T, *advEnv) {
+	refuses := func(transport string, relayConf func(f *advFakeRelay, realCert, dir string) string, why *regexp.Regexp) func(*testing.T, *advEnv) {
 		return func(t *testing.T, e *advEnv) {
-			f := startFakeRelay(t, transport)
+			f := advStartFakeRelay(t, transport)
 			dir := t.TempDir()
 			p := e.startAgent(t, "dc1", advDC1Token, relayConf(f, e.relayCert, dir),
 				fmt.Sprintf("  - {name: notes, command: [%q, \"--stdio\"]}\n", fixtureBin), "")
@@ -432,18 +432,18 @@ func relayImpersonationCases() []attack {
 			require.Zero(t, f.appBytes.Load(), "the agent sent the fake relay its hello")
 		}
 	}
-	caFile := func(transport string) func(*fakeRelay, string, string) string {
-		return func(f *fakeRelay, realCert, _ string) string {
+	caFile := func(transport string) func(*advFakeRelay, string, string) string {
+		return func(f *advFakeRelay, realCert, _ string) string {
 			return fmt.Sprintf("{address: %q, ca_file: %q, transport: %s}", f.addr, realCert, transport)
 		}
 	}
-	pin := func(transport string) func(*fakeRelay, string, string) string {
-		return func(f *fakeRelay, realCert, _ string) string {
-			return fmt.Sprintf("{address: %q, pin_sha256: %q, transport: %s}", f.addr, pinOf(realCert), transport)
+	pin := func(transport string) func(*advFakeRelay, string, string) string {
+		return func(f *advFakeRelay, realCert, _ string) string {
+			return fmt.Sprintf("{address: %q, pin_sha256: %q, transport: %s}", f.addr, advPinOf(realCert), transport)
 		}
 	}
-	wrongName := func(transport string) func(*fakeRelay, string, string) string {
-		return func(f *fakeRelay, _, dir string) string {
+	wrongName := func(transport string) func(*advFakeRelay, string, string) string {
+		return func(f *advFakeRelay, _, dir string) string {
 			// The agent trusts the fake's certificate, but it was issued
 			// for other names than the one the agent expects.
 			p := filepath.Join(dir, "fake.crt")
@@ -455,7 +455,7 @@ func relayImpersonationCases() []attack {
 	}
 	certErr := regexp.MustCompile(`(x509|certificate)`)
 	pinErr := regexp.MustCompile(`pin`)
-	return []attack{
+	return []advAttack{
 		{category: "relay", name: "other_certificate_than_ca_file_over_tcp", run: refuses("tcp", caFile("tcp"), certErr)},
 		{category: "relay", name: "other_certificate_than_ca_file_over_quic", run: refuses("quic", caFile("quic"), certErr)},
 		{category: "relay", name: "other_key_than_pinned_over_tcp", run: refuses("tcp", pin("tcp"), pinErr)},
@@ -465,8 +465,8 @@ func relayImpersonationCases() []attack {
 	}
 }
 
-// pinOf is the pin_sha256 of the certificate in a PEM file.
-func pinOf(certFile string) string {
+// advPinOf is the pin_sha256 of the certificate in a PEM file.
+func advPinOf(certFile string) string {
 	b, err := os.ReadFile(certFile)
 	if err != nil {
 		panic(err)
@@ -481,25 +481,25 @@ func pinOf(certFile string) string {
 
 // --- the agent reaches only what its config names -----------------------
 
-// reachEnv is an agent dialing a relay the test controls (tunnel.Listen in
+// advReachEnv is an agent dialing a relay the test controls (tunnel.Listen in
 // this process), so the test can send the agent what the real relay never
 // would. Its config names a stdio server and a URL server whose host name
 // resolves outside upstream_networks, at a sentinel address.
-type reachEnv struct {
-	srv      *tunnel.Server
-	sentinel *sentinel
+type advReachEnv struct {
+	srv         *tunnel.Server
+	advSentinel *advSentinel
 }
 
 // reach starts the reach agent the first time a case needs it; it lives
 // until the suite ends.
-func (e *advEnv) reach(t *testing.T) *reachEnv {
+func (e *advEnv) reach(t *testing.T) *advReachEnv {
 	t.Helper()
-	e.reachOnce.Do(func() { e.reachEnv, e.reachErr = e.startReach() })
+	e.reachOnce.Do(func() { e.advReachEnv, e.reachErr = e.startReach() })
 	require.NoError(t, e.reachErr)
-	return e.reachEnv
+	return e.advReachEnv
 }
 
-func (e *advEnv) startReach() (*reachEnv, error) {
+func (e *advEnv) startReach() (*advReachEnv, error) {
 	t := e.root
 	certPEM, keyPEM, err := devcert.Generate("127.0.0.1", "localhost")
 	if err != nil {
@@ -533,7 +533,7 @@ func (e *advEnv) startReach() (*reachEnv, error) {
 		return nil, err
 	}
 	t.Cleanup(func() { srv.Close() })
-	s := newSentinel(t)
+	s := advNewSentinel(t)
 	_, port, _ := net.SplitHostPort(s.addr())
 	e.startAgent(t, "dc1", advDC1Token, fmt.Sprintf("{address: %q, ca_file: %q, transport: quic}", srv.Addr(), caFile),
 		fmt.Sprintf("  - {name: notes, command: [%q, \"--stdio\"]}\n  - {name: fenced, url: \"http://localhost:%s/mcp\"}\n", fixtureBin, port),
@@ -543,12 +543,12 @@ func (e *advEnv) startReach() (*reachEnv, error) {
 	case <-time.After(30 * time.Second):
 		return nil, errors.New("the reach agent did not connect to the test's relay within 30 s")
 	}
-	return &reachEnv{srv: srv, sentinel: s}, nil
+	return &advReachEnv{srv: srv, advSentinel: s}, nil
 }
 
 // ask sends raw HTTP on a new tunnel stream to the agent and reads the
 // answer.
-func (r *reachEnv) ask(t *testing.T, raw string) rawResp {
+func (r *advReachEnv) ask(t *testing.T, raw string) rawResp {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -566,33 +566,33 @@ func (r *reachEnv) ask(t *testing.T, raw string) rawResp {
 	return rawResp{resp.StatusCode, resp.Header, string(b)}
 }
 
-func reachCases() []attack {
-	asks := func(build func(sentinel string) string, status int, body string) func(*testing.T, *advEnv) {
+func reachCases() []advAttack {
+	asks := func(build func(advSentinel string) string, status int, body string) func(*testing.T, *advEnv) {
 		return func(t *testing.T, e *advEnv) {
 			r := e.reach(t)
-			before := r.sentinel.conns.Load()
-			a := r.ask(t, build(r.sentinel.addr()))
+			before := r.advSentinel.conns.Load()
+			a := r.ask(t, build(r.advSentinel.addr()))
 			require.Equal(t, status, a.StatusCode, "body %.300s", a.Body)
 			require.Contains(t, a.Body, body)
-			require.Equal(t, before, r.sentinel.conns.Load(), "the agent connected to an address outside its config")
+			require.Equal(t, before, r.advSentinel.conns.Load(), "the agent connected to an address outside its config")
 		}
 	}
 	req := func(method, target string, extra ...string) func(string) string {
-		return func(sentinel string) string {
+		return func(advSentinel string) string {
 			h := []string{"Content-Type: application/json", "Accept: application/json, text/event-stream", "X-Mcptun-Client: alice"}
 			host := "Host: dc1" // what the relay sends
 			for _, x := range extra {
-				x = strings.ReplaceAll(x, "SENTINEL", sentinel)
+				x = strings.ReplaceAll(x, "SENTINEL", advSentinel)
 				if strings.HasPrefix(x, "Host:") {
 					host = x
 				} else {
 					h = append(h, x)
 				}
 			}
-			return httpReq(method, strings.ReplaceAll(target, "SENTINEL", sentinel), append([]string{host}, h...), advInit(1))
+			return advHTTPReq(method, strings.ReplaceAll(target, "SENTINEL", advSentinel), append([]string{host}, h...), advInit(1))
 		}
 	}
-	return []attack{
+	return []advAttack{
 		{category: "reach", name: "server_not_in_the_agents_config", run: asks(req("POST", "/secret/mcp"), 404, "no MCP server")},
 		{category: "reach", name: "absolute_form_to_an_internal_address", run: asks(req("POST", "http://SENTINEL/mcp"), 404, "no MCP server")},
 		{category: "reach", name: "dot_dot_out_of_a_server", run: asks(req("POST", "/notes/../../mcp"), 404, "no MCP server")},
