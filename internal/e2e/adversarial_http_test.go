@@ -575,16 +575,17 @@ func slowClientCases() []advAttack {
 	// neverReads: clients that ask for large answers and never read them
 	// must cost only themselves: others' exchanges through the same agent
 	// go on.
-	neverReads := func(agent string) func(*testing.T, *advEnv) {
+	neverReads := func(agent, server string) func(*testing.T, *advEnv) {
 		return func(t *testing.T, e *advEnv) {
+			hog := "/" + agent + "/" + server + "/mcp"
 			wiki := "/" + agent + "/wiki/mcp"
 			for i := range 3 {
-				sid := e.initialize(t, wiki, advBobToken)
+				sid := e.initialize(t, hog, advBobToken)
 				c := e.dialHTTP(t)
 				// A small receive buffer: the backlog stays in the relay
 				// and the tunnel, not in this socket.
 				require.NoError(t, c.c.(*net.TCPConn).SetReadBuffer(4<<10))
-				c.send(advHTTPReq(http.MethodPost, wiki, advMCPHeaders(advBobToken, "Mcp-Session-Id: "+sid),
+				c.send(advHTTPReq(http.MethodPost, hog, advMCPHeaders(advBobToken, "Mcp-Session-Id: "+sid),
 					fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"large_output","arguments":{"bytes":%d}}}`, i+10, 16<<20)))
 				// Read the head and one byte of the body, then no more.
 				require.NoError(t, c.c.SetReadDeadline(time.Now().Add(20*time.Second)))
@@ -610,8 +611,10 @@ func slowClientCases() []advAttack {
 		}
 	}
 	return []advAttack{
-		{category: "slow", name: "clients_not_reading_large_answers_over_quic", run: neverReads("dc1")},
-		{category: "slow", name: "clients_not_reading_large_answers_over_tcp", run: neverReads("dc2")},
+		{category: "slow", name: "clients_not_reading_large_answers_over_quic", run: neverReads("dc1", "wiki")},
+		{category: "slow", name: "clients_not_reading_large_answers_over_tcp", run: neverReads("dc2", "wiki")},
+		{category: "slow", name: "clients_not_reading_large_stdio_answers_over_quic", run: neverReads("dc1", "notes")},
+		{category: "slow", name: "clients_not_reading_large_stdio_answers_over_tcp", run: neverReads("dc2", "notes")},
 		{category: "slow", name: "slowloris_head", slow: true, run: func(t *testing.T, e *advEnv) {
 			// One header byte every 200 ms: the head is cut once the
 			// header timeout (10 s) has passed since it began.

@@ -50,6 +50,7 @@ var pendingFixes = map[string]string{
 	"session/delete_another_clients_session_over_tcp":           "issue 11 defect 4 (sessions bound to their client)",
 	"session/forged_client_header_with_another_clients_session": "issue 11 defect 4 (sessions bound to their client)",
 	"slow/clients_not_reading_large_answers_over_quic":          "issue 11 defect 1 (a slow reader stalls every stream over QUIC)",
+	"slow/clients_not_reading_large_stdio_answers_over_quic":    "issue 11 defect 1 (a slow reader stalls every stream over QUIC)",
 	"smuggling/bad_chunk_size":                                  "issue 11 defect 12 (bad chunk size is 400, not 502)",
 	"exhaustion/absurd_content_length":                          "issue 11 defect 12 (a declared body over the limit is 413 at once)",
 	"exhaustion/descriptor_flood":                               "issue 11 defect 5 (accept errors back off and continue)",
