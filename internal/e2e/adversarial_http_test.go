@@ -611,10 +611,10 @@ func slowClientCases() []advAttack {
 		}
 	}
 	return []advAttack{
-		{category: "slow", name: "clients_not_reading_large_answers_over_quic", run: neverReads("dc1", "wiki")},
-		{category: "slow", name: "clients_not_reading_large_answers_over_tcp", run: neverReads("dc2", "wiki")},
-		{category: "slow", name: "clients_not_reading_large_stdio_answers_over_quic", run: neverReads("dc1", "notes")},
-		{category: "slow", name: "clients_not_reading_large_stdio_answers_over_tcp", run: neverReads("dc2", "notes")},
+		{category: "slow", name: "clients_not_reading_large_answers_over_quic", slow: true, run: neverReads("dc1", "wiki")},
+		{category: "slow", name: "clients_not_reading_large_answers_over_tcp", slow: true, run: neverReads("dc2", "wiki")},
+		{category: "slow", name: "clients_not_reading_large_stdio_answers_over_quic", slow: true, run: neverReads("dc1", "notes")},
+		{category: "slow", name: "clients_not_reading_large_stdio_answers_over_tcp", slow: true, run: neverReads("dc2", "notes")},
 		{category: "slow", name: "slowloris_head", slow: true, run: func(t *testing.T, e *advEnv) {
 			// One header byte every 200 ms: the head is cut once the
 			// header timeout (10 s) has passed since it began.
