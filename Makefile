@@ -26,7 +26,7 @@ test: tools
 adversarial:
 	@out=$$(mktemp); \
 	if $(GO) test -race -count=1 -timeout 10m -run '^TestAdversarial$$' -v ./internal/e2e >"$$out" 2>&1; then \
-		grep '^adversarial suite:' "$$out"; rm -f "$$out"; \
+		grep -o 'adversarial suite: .*' "$$out" | tail -n 1; rm -f "$$out"; \
 	else \
 		cat "$$out"; rm -f "$$out"; exit 1; \
 	fi
