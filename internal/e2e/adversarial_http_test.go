@@ -579,6 +579,22 @@ func slowClientCases() []advAttack {
 		return func(t *testing.T, e *advEnv) {
 			hog := "/" + agent + "/" + server + "/mcp"
 			wiki := "/" + agent + "/wiki/mcp"
+			var hogs []*advRawConn
+			var bodies []io.Reader
+			// In the end the non-reading clients read their answers to the
+			// end (or to where the relay cut them), so no exchange is left
+			// in flight for the agent's shutdown to wait on.
+			defer func() {
+				for i, c := range hogs {
+					_ = c.c.SetReadDeadline(time.Now().Add(60 * time.Second))
+					_, err := io.Copy(io.Discard, bodies[i])
+					var ne net.Error
+					if errors.As(err, &ne) && ne.Timeout() {
+						t.Errorf("non-reading client %d: its answer neither completed nor was cut within 60 s of reading again", i+1)
+					}
+					c.c.Close()
+				}
+			}()
 			for i := range 3 {
 				sid := e.initialize(t, hog, advBobToken)
 				c := e.dialHTTP(t)
@@ -594,6 +610,8 @@ func slowClientCases() []advAttack {
 				require.Equal(t, http.StatusOK, resp.StatusCode)
 				_, err = resp.Body.Read(make([]byte, 1))
 				require.NoError(t, err)
+				hogs = append(hogs, c)
+				bodies = append(bodies, resp.Body)
 			}
 			// A generous bound: answers normally take milliseconds.
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
