@@ -586,6 +586,8 @@ func slowClientCases() []advAttack {
 			// in flight for the agent's shutdown to wait on.
 			defer func() {
 				for i, c := range hogs {
+					// A 4 KiB window would crawl (an ACK per delayed-ACK tick).
+					_ = c.c.(*net.TCPConn).SetReadBuffer(4 << 20)
 					_ = c.c.SetReadDeadline(time.Now().Add(60 * time.Second))
 					_, err := io.Copy(io.Discard, bodies[i])
 					var ne net.Error
