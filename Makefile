@@ -1,10 +1,10 @@
-# mcptun — common tasks. `make test` is what CI runs (via .ci/run).
+# mcptun — common tasks. `make ci` is what CI runs (via .ci/run).
 GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 TOOLS    := .tools
 
-.PHONY: build test test-short adversarial demo bench bench-lossy bench-go lint fuzz tools clean
+.PHONY: build ci test test-short adversarial cross demo bench bench-lossy bench-go lint fuzz tools clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/mcptun ./cmd/mcptun
@@ -13,6 +13,15 @@ build:
 # .tools/ (idempotent; a no-op once installed).
 tools:
 	bash .ci/install-tools.sh
+
+# What CI runs (.ci/run calls exactly this; the README's test command):
+# lint, the builds for the other platforms, every fuzz target for a few
+# seconds, then the full test suite. The budget is 10 minutes on 2 cores.
+ci: lint cross
+	$(MAKE) fuzz FUZZTIME=$(CI_FUZZTIME)
+	$(MAKE) test
+
+CI_FUZZTIME ?= 3s
 
 # The full test suite, race detector on, every tool required (nothing skips).
 # The adversarial suite runs last, on its own, so its summary line shows.
@@ -47,12 +56,29 @@ bench-lossy: build
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
+# staticcheck at a pinned version, built from the Go module proxy (cached
+# after the first run).
+STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 lint:
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above"; exit 1)
 	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+# Both roles (one binary) for the other platforms the README lists, so the
+# files only they compile (process_bsd.go, hupwatch_other.go,
+# stdio_nounix.go) cannot rot.
+CROSS ?= darwin/amd64 freebsd/amd64 windows/amd64
+cross:
+	@for p in $(CROSS); do \
+		echo "== build ./cmd/mcptun for $$p"; \
+		GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -o /dev/null ./cmd/mcptun || exit 1; \
+	done
 
 # Every fuzz target in the tree, FUZZTIME each (found by name, so a new
-# one is never left out).
+# one is never left out). An input that fails is written to the package's
+# testdata/fuzz/FuzzName/, where `make test` runs it from then on: commit it
+# with the fix.
 FUZZTIME ?= 30s
 fuzz:
 	@grep -rl --include='*_test.go' '^func Fuzz' . | sort | while read -r f; do \

@@ -60,12 +60,36 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 }
 
 // route takes an exchange for a URL server (forwarded) or a stdio server
-// (answered on the connection by the bridge's ServeHTTP).
+// (answered on the connection by the bridge's ServeHTTP), counted in
+// flight unless it is a GET stream; after Drain it refuses it.
 func (h *Handler) route(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 	name, ok := fastServer(head)
 	if !ok || h.isClosed() {
 		return nil
 	}
+	m, _, _, _ := head.RequestLine()
+	counted := string(m) != http.MethodGet
+	if counted && !h.inflight.Enter() || !counted && h.inflight.Draining() {
+		if head.ContentLength > httpfwd.MaxHeldBody {
+			return nil // ServeHTTP refuses it
+		}
+		return &httpfwd.Exchange{Serve: func(_ context.Context, w http.ResponseWriter, _ *httpfwd.Head, _ []byte) {
+			h.refuseDraining(w)
+		}}
+	}
+	x := h.routeServer(name, head, out)
+	if counted {
+		if x == nil {
+			h.inflight.Leave()
+		} else {
+			x.Done = h.leave
+		}
+	}
+	return x
+}
+
+// routeServer is route for an admitted exchange for server name.
+func (h *Handler) routeServer(name []byte, head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 	// An exchange route takes is counted against the server's rate limit
 	// here; one it declines, by ServeHTTP (never both).
 	limit := h.limits[string(name)]
@@ -99,9 +123,8 @@ func (h *Handler) route(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 		if !servable(head) {
 			return nil
 		}
-		if wait, ok := limit.Take(); !ok {
-			return h.overLimit(string(name), wait)
-		}
+		// Counted by the bridge, once it has nothing to refuse the
+		// exchange for (stdioServer.admit).
 		return &httpfwd.Exchange{Serve: srv.serveFast}
 	}
 	return nil

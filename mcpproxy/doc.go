@@ -39,6 +39,16 @@
 //     Its stderr is logged line by line (at most 1 KiB a line) with the
 //     server name and the session id's first 8 characters.
 //
+//   - Ownership and limits. A session belongs to the client that sent its
+//     initialize (ClientHeader, set by the relay; none is one anonymous
+//     client): for any other client its id gets the 404 of an unknown
+//     session, on POST, GET and DELETE alike. ServerConfig.Limits bound a
+//     server's sessions and requests in flight, in all (503,
+//     error.data.reason session_limit, concurrency_limit) and per client
+//     (429, client_session_limit, client_concurrency_limit); a client at
+//     its session limit ends its own longest-idle session to make room
+//     before it is refused.
+//
 //   - Errors. A POST without a session (other than initialize) is 400, an
 //     unknown or ended session 404 (clients re-initialize on 404), an
 //     MCP-Protocol-Version other than 2024-11-05, 2025-03-26, 2025-06-18,
@@ -95,7 +105,13 @@
 //     messages wait in the session's replay buffer. The buffer keeps the
 //     last 1024 events and 8 MiB, oldest first out; an event a connected
 //     client has not yet received is never dropped, and dropping one that
-//     no client received is logged. Idle streams get ": keepalive"
+//     no client received is logged. The bound holds for connected streams
+//     too: while undelivered events of connected streams fill it, the
+//     child's stdout is not read (backpressure: the child blocks, nothing
+//     is lost); a client that accepts nothing for WriteTimeout is cut, its
+//     events left for a resume. The stateless era's shared child is never
+//     held back: the stream furthest behind is cut and its request
+//     cancelled instead. Idle streams get ": keepalive"
 //     comments every KeepAlive (20 s); SSE responses carry Cache-Control:
 //     no-cache and X-Accel-Buffering: no.
 //

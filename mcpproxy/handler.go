@@ -1,6 +1,7 @@
 package mcpproxy
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +46,72 @@ type ServerConfig struct {
 	// limit, whatever the relay allows.
 	Rate  float64
 	Burst int
+	// Limits bound the sessions and requests of a Command server, in all
+	// and per client; zero fields take their defaults.
+	Limits Limits
+}
+
+// Limits bound what one stdio (Command) server takes from the agent, and
+// what one client may take of it: a client is the identity the relay
+// verified (ClientHeader). Over a limit the bridge refuses with 503 (the
+// server's limit) or 429 (the client's), error.data.reason naming which.
+// Zero means the default.
+type Limits struct {
+	// Sessions bounds the server's sessions (children) from all clients
+	// together, the stateless era's shared child included. Default
+	// Options.MaxSessions (256).
+	Sessions int
+	// SessionsPerClient bounds one client's sessions. A client at its
+	// limit that starts another session ends its own longest-idle one (no
+	// request in progress) to make room; only when all its sessions are
+	// busy is it refused. Default 32, at most Sessions.
+	SessionsPerClient int
+	// ConcurrentRequests bounds the JSON-RPC requests in flight to the
+	// server's children from all clients together, counted from the POST
+	// until the child answers (a client that hangs up does not free its
+	// request's place: the child still works on it). Default 1024.
+	ConcurrentRequests int
+	// ConcurrentRequestsPerClient bounds one client's requests in flight.
+	// Default 128, at most ConcurrentRequests.
+	ConcurrentRequestsPerClient int
+}
+
+// Default limits (see Limits).
+const (
+	DefaultSessionsPerClient           = 32
+	DefaultConcurrentRequests          = 1024
+	DefaultConcurrentRequestsPerClient = 128
+)
+
+// withDefaults fills in l's zero fields; maxSessions is the handler's
+// default for Sessions.
+func (l Limits) withDefaults(maxSessions int) Limits {
+	if l.Sessions == 0 {
+		l.Sessions = maxSessions
+	}
+	if l.SessionsPerClient == 0 {
+		l.SessionsPerClient = min(DefaultSessionsPerClient, l.Sessions)
+	}
+	if l.ConcurrentRequests == 0 {
+		l.ConcurrentRequests = DefaultConcurrentRequests
+	}
+	if l.ConcurrentRequestsPerClient == 0 {
+		l.ConcurrentRequestsPerClient = min(DefaultConcurrentRequestsPerClient, l.ConcurrentRequests)
+	}
+	return l
+}
+
+func (l Limits) validate() error {
+	if l.Sessions < 0 || l.SessionsPerClient < 0 || l.ConcurrentRequests < 0 || l.ConcurrentRequestsPerClient < 0 {
+		return fmt.Errorf("limits %+v: want numbers ≥ 0 (0: the default)", l)
+	}
+	if l.Sessions > 0 && l.SessionsPerClient > l.Sessions {
+		return fmt.Errorf("limits: sessions per client (%d) above the server's sessions (%d)", l.SessionsPerClient, l.Sessions)
+	}
+	if l.ConcurrentRequests > 0 && l.ConcurrentRequestsPerClient > l.ConcurrentRequests {
+		return fmt.Errorf("limits: concurrent requests per client (%d) above the server's (%d)", l.ConcurrentRequestsPerClient, l.ConcurrentRequests)
+	}
+	return nil
 }
 
 // Options tune a [Handler]. The zero value is usable.
@@ -52,17 +120,27 @@ type Options struct {
 	// Default: discard.
 	Logger *slog.Logger
 	// IdleTimeout ends a stdio session after this long without an HTTP
-	// request in progress for it. Default 10 minutes.
+	// request in progress for it. Default 2 minutes: most command-line
+	// clients never send DELETE, and their children would otherwise hold
+	// their memory that long after they exit. A client with its GET
+	// stream open is never idle.
 	IdleTimeout time.Duration
 	// MaxMessageBytes bounds one JSON-RPC message in either direction on
 	// stdio servers. Default 64 MiB.
 	MaxMessageBytes int64
-	// MaxSessions bounds concurrent sessions (children) per stdio server;
-	// over it, initialize gets 503. Default 256.
+	// MaxSessions bounds concurrent sessions (children) per stdio server
+	// whose Limits.Sessions is 0; over it, initialize gets 503. Default 256.
 	MaxSessions int
 	// KeepAlive is the interval of ": keepalive" comments on SSE streams.
 	// Default 20 s.
 	KeepAlive time.Duration
+	// WriteTimeout bounds one write of an SSE stream of a stdio server: a
+	// client that accepts no bytes for this long is cut (with a logged
+	// reason); its undelivered messages wait in the session's replay
+	// buffer for a resume with Last-Event-ID. While such a client holds
+	// a full replay buffer, the session's child is held back. Default 1
+	// minute.
+	WriteTimeout time.Duration
 	// KillGrace is how long a child may take to exit after its stdin is
 	// closed and it got SIGTERM, before its process group gets SIGKILL.
 	// Default 2 s.
@@ -87,11 +165,12 @@ type Options struct {
 }
 
 const (
-	defaultIdleTimeout     = 10 * time.Minute
+	defaultIdleTimeout     = 2 * time.Minute
 	defaultMaxMessageBytes = 64 << 20
 	defaultMaxSessions     = 256
 	defaultKeepAlive       = 20 * time.Second
 	defaultKillGrace       = 2 * time.Second
+	defaultWriteTimeout    = time.Minute
 
 	// Replay buffer bounds per session (see the package comment).
 	replayMaxEvents = 1024
@@ -109,10 +188,16 @@ type Handler struct {
 	fast    *httpfwd.FastPath // see conn.go
 	stdio   []*stdioServer
 	proxies []*httpServer
+	// inflight counts the exchanges in progress, GET streams aside (they
+	// never end by themselves), so a draining agent knows when it is done.
+	inflight *httpfwd.Inflight
+	leave    func() // inflight.Leave, made once
 
 	mu     sync.Mutex
 	closed bool
 	wg     sync.WaitGroup // per-session goroutines (stdout, stderr, reaper)
+	// release is the pending releaseMemorySoon, if any.
+	release *time.Timer
 }
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -138,7 +223,12 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 	if opts.KillGrace <= 0 {
 		opts.KillGrace = defaultKillGrace
 	}
-	h := &Handler{log: opts.Logger, opts: opts, servers: make(map[string]http.Handler), limits: make(map[string]*ratelimit.Limiter)}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = defaultWriteTimeout
+	}
+	h := &Handler{log: opts.Logger, opts: opts, servers: make(map[string]http.Handler), limits: make(map[string]*ratelimit.Limiter),
+		inflight: httpfwd.NewInflight()}
+	h.leave = h.inflight.Leave
 	if len(servers) == 0 {
 		return nil, errors.New("mcpproxy: no servers configured")
 	}
@@ -181,6 +271,12 @@ func validate(sc ServerConfig) error {
 	if !namePattern.MatchString(sc.Name) {
 		return fmt.Errorf("invalid name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", sc.Name)
 	}
+	if err := sc.Limits.validate(); err != nil {
+		return err
+	}
+	if sc.Limits != (Limits{}) && sc.URL != "" {
+		return errors.New("limits apply to Command servers only")
+	}
 	if sc.Rate < 0 || sc.Burst < 0 || math.IsNaN(sc.Rate) || math.IsInf(sc.Rate, 0) {
 		return fmt.Errorf("rate %v and burst %d: want a number of requests per second ≥ 0 and a burst ≥ 0", sc.Rate, sc.Burst)
 	}
@@ -192,7 +288,7 @@ func validate(sc ServerConfig) error {
 			return errors.New("empty program name in Command")
 		}
 		if len(sc.Headers) > 0 {
-			return errors.New("Headers apply to URL servers only")
+			return errors.New("headers apply to URL servers only")
 		}
 		for k := range sc.Env {
 			if k == "" || strings.ContainsAny(k, "=\x00") {
@@ -208,7 +304,7 @@ func validate(sc ServerConfig) error {
 			return fmt.Errorf("invalid URL %q: want http:// or https:// with a host", sc.URL)
 		}
 		if len(sc.Env) > 0 || sc.Dir != "" {
-			return errors.New("Env and Dir apply to Command servers only")
+			return errors.New("env and dir apply to Command servers only")
 		}
 		for k, v := range sc.Headers {
 			if !validHeaderName(k) {
@@ -262,9 +358,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, nil, codeInternal, "mcpproxy: shutting down")
 		return
 	}
-	if wait, ok := h.limits[name].Take(); !ok {
-		h.refuseOverLimit(w, name, wait)
-		return
+	if r.Method == http.MethodGet {
+		if h.inflight.Draining() {
+			h.refuseDraining(w)
+			return
+		}
+	} else {
+		if !h.inflight.Enter() {
+			h.refuseDraining(w)
+			return
+		}
+		defer h.inflight.Leave()
+	}
+	// A stdio server's bridge takes from the allowance itself, once it
+	// has nothing to refuse the exchange for (stdioServer.admit).
+	if _, bridged := srv.(*stdioServer); !bridged {
+		if wait, ok := h.limits[name].Take(); !ok {
+			h.refuseOverLimit(w, name, wait)
+			return
+		}
 	}
 	srv.ServeHTTP(w, r)
 }
@@ -278,6 +390,30 @@ func (h *Handler) refuseOverLimit(w http.ResponseWriter, name string, wait time.
 		map[string]string{"reason": "rate_limited"})
 }
 
+// Drain makes the handler refuse new exchanges (503, reason
+// agent_draining, with Retry-After) while those in progress go on; Wait
+// says when they are done. The relay, told by the tunnel, sends none
+// after a moment: this covers the exchanges already on their way.
+func (h *Handler) Drain() { h.inflight.Drain() }
+
+// Draining reports whether Drain was called: the agent is not ready.
+func (h *Handler) Draining() bool { return h.inflight.Draining() }
+
+// Wait returns nil once no exchange is in progress (open GET streams
+// aside), or ctx's error.
+func (h *Handler) Wait(ctx context.Context) error { return h.inflight.Wait(ctx) }
+
+// InFlight is the number of exchanges in progress, open GET streams aside.
+func (h *Handler) InFlight() int { return h.inflight.Count() }
+
+// refuseDraining answers an exchange that arrived after Drain.
+func (h *Handler) refuseDraining(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "5")
+	writeErrorData(w, http.StatusServiceUnavailable, nil, codeDraining,
+		"mcpproxy: the agent is shutting down and takes no new requests; try again shortly",
+		map[string]string{"reason": "agent_draining"})
+}
+
 func (h *Handler) isClosed() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -289,6 +425,9 @@ func (h *Handler) isClosed() bool {
 func (h *Handler) Close() error {
 	h.mu.Lock()
 	h.closed = true
+	if h.release != nil && h.release.Stop() {
+		h.wg.Done()
+	}
 	h.mu.Unlock()
 	for _, s := range h.stdio {
 		s.closeAll()
@@ -298,6 +437,27 @@ func (h *Handler) Close() error {
 		p.close()
 	}
 	return nil
+}
+
+// releaseMemorySoon hands the heap a large replay buffer left behind back
+// to the operating system a second after a session ended, at most once a
+// second. Left to itself the runtime would collect it only at its next
+// forced collection (up to two minutes away on an idle agent) and return it
+// gradually after that: an agent's RSS is what its operators watch.
+func (h *Handler) releaseMemorySoon() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed || h.release != nil {
+		return
+	}
+	h.wg.Add(1)
+	h.release = time.AfterFunc(time.Second, func() {
+		defer h.wg.Done()
+		debug.FreeOSMemory()
+		h.mu.Lock()
+		h.release = nil
+		h.mu.Unlock()
+	})
 }
 
 // acquire reserves a place in the set of goroutines Close waits for, or
@@ -333,6 +493,9 @@ const (
 	// the relay's code for its own refusals, whose data.reason tells them
 	// apart.
 	codeRateLimited = -32000
+	// codeDraining refuses an exchange that came after the agent began
+	// to drain, as the relay's own refusals do (data.reason tells).
+	codeDraining = -32000
 )
 
 type rpcError struct {

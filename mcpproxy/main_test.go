@@ -21,33 +21,28 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/mcptun/mcptun/internal/httpfwd"
+	"github.com/mcptun/mcptun/internal/leakcheck"
 )
 
 // testServerBin is the fixture stdio MCP server (internal/testserver),
 // built once for the package's tests.
 var testServerBin string
 
+// TestMain builds the fixture into the run's directory, runs the tests,
+// and then, passed or failed, fails the run if a stdio child (in a process
+// group of its own, so no group kill reaches it), a listening socket or a
+// goroutine is left (see leakcheck).
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "mcpproxy-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	testServerBin = filepath.Join(dir, "testserver")
-	build := exec.Command("go", "build", "-o", testServerBin, "./internal/testserver")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building the test server:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
-		os.RemoveAll(dir)
-		os.Exit(code)
-	}))
+	leakcheck.Run(m, leakcheck.Options{Setup: func(dir string) error {
+		testServerBin = filepath.Join(dir, "testserver")
+		build := exec.Command("go", "build", "-o", testServerBin, "./internal/testserver")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("building the test server: %w", err)
+		}
+		return nil
+	}})
 }
 
 // logSink is a slog handler that keeps records for assertions.
@@ -116,11 +111,17 @@ type bridge struct {
 // is left.
 func newBridge(t *testing.T, opts Options, extra ...ServerConfig) *bridge {
 	t.Helper()
+	return newBridgeLimits(t, opts, Limits{}, extra...)
+}
+
+// newBridgeLimits is newBridge with limits for server "ts".
+func newBridgeLimits(t *testing.T, opts Options, lim Limits, extra ...ServerConfig) *bridge {
+	t.Helper()
 	logs := &logSink{}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(logs)
 	}
-	servers := append([]ServerConfig{{Name: "ts", Command: []string{testServerBin}, Env: map[string]string{"FIXTURE_VAR": "given"}}}, extra...)
+	servers := append([]ServerConfig{{Name: "ts", Command: []string{testServerBin}, Env: map[string]string{"FIXTURE_VAR": "given"}, Limits: lim}}, extra...)
 	h, err := NewHandler(servers, opts)
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,16 +27,20 @@ var (
 	errIdle     = errors.New("session idle timeout")
 	errShutdown = errors.New("agent shutting down")
 	errInitFail = errors.New("initialize failed")
+	errReplaced = errors.New("its client reached its session limit and this was its longest-idle session")
 )
 
 // session is one MCP session of a stdio server: one child process, the
 // requests in flight to it, and the SSE streams and replay buffer of
 // messages from it.
 type session struct {
-	id   string
-	srv  *stdioServer
-	log  *slog.Logger
-	proc *process
+	id  string
+	srv *stdioServer
+	// owner is the client that initialized the session (ClientHeader):
+	// to anyone else it does not exist.
+	owner string
+	log   *slog.Logger
+	proc  *process
 	// shared marks the one child of the stateless (2026-07-28) era, serving
 	// every client of the server at once: client ids may collide, and a
 	// message of the child that names no request belongs to no one client.
@@ -61,7 +66,12 @@ type session struct {
 	seq        uint64   // last event sequence number
 	events     []*event // replay buffer, in seq order
 	bufBytes   int
+	peakBytes  int // the largest bufBytes
 	dropped    int // undelivered events evicted
+	// room wakes readStdout when it holds the child's output back (see
+	// waitRoom): events were delivered, streams detached.
+	room     chan struct{}
+	heldBack bool // readStdout waits for room (logged once per episode)
 }
 
 // call is a client request in flight to the child.
@@ -71,6 +81,7 @@ type call struct {
 	stream      *stream
 	clientToken []byte // exact progress token the client sent, if any
 	token       string // the progress token the child sees, if any
+	client      string // who sent it: counted in srv's limits until answered
 	// listen marks a subscriptions/listen request: its notifications name
 	// it by id in _meta, and so does its result.
 	listen bool
@@ -87,6 +98,9 @@ type stream struct {
 	complete bool          // the final response is in the buffer
 	primed   uint64        // seq when the stream started: its events come after
 	nEvents  int           // its events in the replay buffer
+	// cut marks a stream of the shared child whose client fell too far
+	// behind: its events are gone and its writer ends.
+	cut bool
 }
 
 // event is one message on a stream.
@@ -111,10 +125,11 @@ func newSessionID() string {
 	return hex.EncodeToString(b[:])
 }
 
-func newSession(srv *stdioServer, proc *process) *session {
+func newSession(srv *stdioServer, proc *process, owner string) *session {
 	id := newSessionID()
 	s := &session{
 		id:         id,
+		owner:      owner,
 		srv:        srv,
 		log:        srv.log.With("session", id[:8]),
 		proc:       proc,
@@ -126,6 +141,7 @@ func newSession(srv *stdioServer, proc *process) *session {
 		byClientID: make(map[string]*call),
 		tokens:     make(map[string]*call),
 		streams:    make(map[int64]*stream),
+		room:       make(chan struct{}, 1),
 	}
 	s.standalone = s.newStreamLocked()
 	s.idle = time.AfterFunc(srv.h.opts.IdleTimeout, s.checkIdle)
@@ -167,15 +183,36 @@ func (s *session) run() {
 	s.proc.stderr.Close()
 	s.end(fmt.Errorf("server process ended (%s)", exitReason(werr)))
 	s.log.Info("server process reaped", "pid", s.proc.pgid, "status", exitReason(werr))
+	s.releaseIfOver()
+}
+
+// releaseIfOver hands a large replay buffer's memory back to the system
+// once the session is over: when its child is reaped, and again when a
+// writer that was stuck on a client that reads nothing gives up (it held
+// the session until then).
+func (s *session) releaseIfOver() {
+	s.mu.Lock()
+	over := s.ended && s.peakBytes >= replayMaxBytes/2
+	s.mu.Unlock()
+	if over {
+		s.srv.h.releaseMemorySoon()
+	}
 }
 
 // end ends the session once: requests in flight get an error response, new
 // requests get 404, the child is asked to stop.
 func (s *session) end(reason error) {
+	s.endIf(reason, false)
+}
+
+// endIf ends the session as end does, but if onlyIdle, only while no HTTP
+// request for it is in progress (checked under the same lock, so none can
+// slip in between). It reports whether it ended the session.
+func (s *session) endIf(reason error, onlyIdle bool) bool {
 	s.mu.Lock()
-	if s.ended {
+	if s.ended || onlyIdle && s.active > 0 {
 		s.mu.Unlock()
-		return
+		return false
 	}
 	s.ended = true
 	s.idle.Stop()
@@ -188,6 +225,7 @@ func (s *session) end(reason error) {
 	s.srv.remove(s)
 	s.proc.stop(s.srv.h.opts.KillGrace)
 	s.log.Info("session ended", "reason", reason.Error(), "duration", time.Since(s.start).Round(time.Millisecond))
+	return true
 }
 
 // enter notes an HTTP request for the session; false if it has ended.
@@ -207,6 +245,21 @@ func (s *session) leave() {
 	defer s.mu.Unlock()
 	s.active--
 	s.lastUsed = time.Now()
+}
+
+// idleSince reports whether no HTTP request for s is in progress, and since
+// when.
+func (s *session) idleSince() (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastUsed, !s.ended && s.active == 0
+}
+
+// endIfIdle ends s for reason unless an HTTP request for it is in
+// progress. A request arriving afterwards finds the session ended, as after
+// the idle timeout: it gets 404 and its client starts a new session.
+func (s *session) endIfIdle(reason error) bool {
+	return s.endIf(reason, true)
 }
 
 func (s *session) checkIdle() {
@@ -253,7 +306,7 @@ var errDuplicateID = errors.New("a request with this id is already in flight in 
 // write to the child: body with its id replaced by ours. Children see
 // small integer ids, so an id no float64 holds (or one that another
 // client used) comes back exactly as the client sent it.
-func (s *session) startCall(m *Message, body []byte) (*call, []byte, error) {
+func (s *session) startCall(m *Message, body []byte, client string) (*call, []byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {
@@ -262,8 +315,11 @@ func (s *session) startCall(m *Message, body []byte) (*call, []byte, error) {
 	if !s.shared && s.byClientID[string(m.ID)] != nil {
 		return nil, nil, errDuplicateID
 	}
+	if err := s.srv.takeCall(client); err != nil {
+		return nil, nil, err
+	}
 	s.nextID++
-	c := &call{clientID: m.ID, ourID: strconv.FormatInt(s.nextID, 10), listen: m.Method == "subscriptions/listen"}
+	c := &call{clientID: m.ID, ourID: strconv.FormatInt(s.nextID, 10), listen: m.Method == "subscriptions/listen", client: client}
 	c.stream = s.newStreamLocked()
 	c.stream.call = c
 	c.stream.attached = true
@@ -323,6 +379,9 @@ func (s *session) finishLocked(c *call, ev *event) {
 }
 
 func (s *session) forgetCallLocked(c *call) {
+	if s.pending[c.ourID] == c {
+		s.srv.releaseCall(c.client)
+	}
 	delete(s.pending, c.ourID)
 	if s.byClientID[string(c.clientID)] == c {
 		delete(s.byClientID, string(c.clientID))
@@ -338,9 +397,21 @@ func (s *session) forgetCallLocked(c *call) {
 // client closing its stream means exactly this.
 func (s *session) cancel(c *call, reason string) {
 	s.mu.Lock()
-	if s.pending[c.ourID] != c {
-		s.mu.Unlock()
+	line := s.cancelLocked(c, reason)
+	s.mu.Unlock()
+	if line == nil {
 		return
+	}
+	if err := s.writeLine(line); err != nil {
+		s.log.Debug("cannot pass on a cancellation", "err", err)
+	}
+}
+
+// cancelLocked abandons c, if still in flight, and returns the
+// notifications/cancelled line for the child (nil if c was not in flight).
+func (s *session) cancelLocked(c *call, reason string) []byte {
+	if s.pending[c.ourID] != c {
+		return nil
 	}
 	s.forgetCallLocked(c)
 	s.forgetLocked(c.stream)
@@ -348,12 +419,8 @@ func (s *session) cancel(c *call, reason string) {
 		clear(s.cancelled) // only spares a log line
 	}
 	s.cancelled[c.ourID] = true
-	s.mu.Unlock()
 	r, _ := json.Marshal(reason)
-	line := `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":` + c.ourID + `,"reason":` + string(r) + "}}\n"
-	if err := s.writeLine([]byte(line)); err != nil {
-		s.log.Debug("cannot pass on a cancellation", "err", err)
-	}
+	return []byte(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":` + c.ourID + `,"reason":` + string(r) + "}}\n")
 }
 
 // appendLocked adds an event for st to the replay buffer and wakes its
@@ -363,6 +430,8 @@ func (s *session) appendLocked(st *stream, ev *event) {
 	ev.seq, ev.stream = s.seq, st
 	s.events = append(s.events, ev)
 	s.bufBytes += len(ev.data)
+	s.srv.noteBuffered(s.bufBytes)
+	s.peakBytes = max(s.peakBytes, s.bufBytes)
 	st.nEvents++
 	s.evictLocked()
 	select {
@@ -425,7 +494,7 @@ func (s *session) forgetLocked(st *stream) {
 
 // eventsAfter returns st's events after seq cursor, and whether st's final
 // response is in the buffer.
-func (s *session) eventsAfter(st *stream, cursor uint64) (evs []*event, complete bool) {
+func (s *session) eventsAfter(st *stream, cursor uint64) (evs []*event, complete, cut bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, ev := range s.events {
@@ -433,15 +502,19 @@ func (s *session) eventsAfter(st *stream, cursor uint64) (evs []*event, complete
 			evs = append(evs, ev)
 		}
 	}
-	return evs, st.complete
+	return evs, st.complete, st.cut
 }
 
 // waitFirst waits for the first event of a POST stream; nil if the client
 // left first.
 func (s *session) waitFirst(ctx context.Context, st *stream) *event {
 	for {
-		if evs, _ := s.eventsAfter(st, st.primed); len(evs) > 0 {
+		evs, _, cut := s.eventsAfter(st, st.primed)
+		if len(evs) > 0 {
 			return evs[0]
+		}
+		if cut {
+			return nil
 		}
 		select {
 		case <-st.wake:
@@ -449,7 +522,7 @@ func (s *session) waitFirst(ctx context.Context, st *stream) *event {
 			return nil
 		case <-s.done:
 			// end answered every call in flight before closing done.
-			if evs, _ := s.eventsAfter(st, st.primed); len(evs) > 0 {
+			if evs, _, _ := s.eventsAfter(st, st.primed); len(evs) > 0 {
 				return evs[0]
 			}
 			return nil
@@ -463,12 +536,21 @@ func (s *session) waitFirst(ctx context.Context, st *stream) *event {
 func (s *session) pump(ctx context.Context, sw *sseWriter, st *stream, cursor uint64) (last *event) {
 	ka := time.NewTicker(s.srv.h.opts.KeepAlive)
 	defer ka.Stop()
+	defer s.releaseIfOver()
 	// flush writes what is buffered; done means the stream is over.
 	flush := func() (done bool) {
-		evs, complete := s.eventsAfter(st, cursor)
+		evs, complete, cut := s.eventsAfter(st, cursor)
+		if cut {
+			return true
+		}
 		for _, ev := range evs {
 			if err := sw.event(ev); err != nil {
-				s.log.Debug("SSE client went away", "stream", st.num, "err", err)
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					s.log.Warn("client read nothing of its stream for the write timeout: cut it; its messages wait in the replay buffer for a resume with Last-Event-ID",
+						"stream", st.num, "timeout", s.srv.h.opts.WriteTimeout, "next_event", ev.id())
+				} else {
+					s.log.Debug("SSE client went away", "stream", st.num, "err", err)
+				}
 				return true
 			}
 			s.markDelivered(ev)
@@ -532,6 +614,17 @@ func (s *session) markDelivered(ev *event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ev.delivered = true
+	s.roomLocked()
+}
+
+// roomLocked wakes readStdout if it waits for room in the replay buffer.
+func (s *session) roomLocked() {
+	if s.heldBack {
+		select {
+		case s.room <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // discard removes a delivered plain-JSON answer from the replay buffer:
@@ -545,6 +638,7 @@ func (s *session) discard(ev *event) {
 			s.bufBytes -= len(ev.data)
 			ev.stream.nEvents--
 			s.forgetLocked(ev.stream)
+			s.roomLocked()
 			return
 		}
 	}
@@ -578,6 +672,120 @@ func (s *session) detach(st *stream) {
 	}
 	s.forgetLocked(st)
 	s.evictLocked()
+	s.roomLocked()
+}
+
+// waitRoom holds the child's output back while the replay buffer is full
+// of events that may not be dropped: undelivered events of streams a
+// client is connected to. The bound (replayMaxEvents, replayMaxBytes)
+// holds for them as for the rest, give or take the one message that
+// crossed it, however fast the child writes and however slowly a client
+// reads. Reading stops, the pipe fills and the child blocks on its next
+// write: backpressure, so a slow reader loses nothing. A client that
+// reads nothing at all is cut by the write timeout (its messages wait in
+// the buffer, within its bound, for a resume), which makes room again.
+//
+// The shared child of the stateless era serves every client of the
+// server, so it is never held back for one: the stream furthest behind is
+// cut instead and its request cancelled (these streams are not
+// resumable), with a logged reason.
+func (s *session) waitRoom() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for !s.ended {
+		s.evictLocked() // delivered events make room only once evicted
+		st, n, size := s.fullLocked()
+		if st == nil {
+			if s.heldBack {
+				s.heldBack = false
+				s.log.Info("server output flowing again")
+			}
+			return
+		}
+		if s.shared {
+			s.cutLocked(st, n, size)
+			continue
+		}
+		if !s.heldBack {
+			s.heldBack = true
+			s.log.Warn("a client is not reading its stream: holding the server's output back until it does (or its write times out)",
+				"stream", st.num, "waiting_events", n, "waiting_bytes", size)
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.room:
+		case <-s.done:
+		}
+		s.mu.Lock()
+	}
+}
+
+// fullLocked reports whether the events that may not be dropped fill the
+// replay buffer's bound; if so, it returns the stream with the most of
+// them, and their number and size in all.
+func (s *session) fullLocked() (most *stream, n, size int) {
+	if len(s.events) < replayMaxEvents && s.bufBytes < replayMaxBytes {
+		return nil, 0, 0
+	}
+	// A chatty child with no GET stream open keeps the buffer at its bound
+	// with events that may go: this scan, not the one below, runs then.
+	for _, ev := range s.events {
+		if !ev.delivered && ev.stream.attached {
+			n++
+			size += len(ev.data)
+		}
+	}
+	if n < replayMaxEvents && size < replayMaxBytes {
+		return nil, 0, 0
+	}
+	per := make(map[*stream]int)
+	for _, ev := range s.events {
+		if !ev.delivered && ev.stream.attached {
+			per[ev.stream] += len(ev.data)
+		}
+	}
+	for st, b := range per {
+		if most == nil || b > per[most] {
+			most = st
+		}
+	}
+	return most, n, size
+}
+
+// cutLocked ends stream st of the shared child: its events are dropped,
+// its writer ends and its request is cancelled.
+func (s *session) cutLocked(st *stream, n, size int) {
+	s.log.Warn("a stateless client is not reading its stream: cut it and cancelled its request (the shared server is never held back for one client)",
+		"stream", st.num, "waiting_events", n, "waiting_bytes", size)
+	st.cut = true
+	s.events = slices.DeleteFunc(s.events, func(ev *event) bool {
+		if ev.stream != st {
+			return false
+		}
+		s.bufBytes -= len(ev.data)
+		st.nEvents--
+		return true
+	})
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
+	if st.call == nil {
+		return
+	}
+	line := s.cancelLocked(st.call, "the client was not reading the request's stream")
+	if line == nil {
+		return
+	}
+	// Not under s.mu, and not from readStdout's goroutine, which the
+	// child may be blocked on: as strayLocked.
+	s.srv.h.wg.Add(1)
+	go func() {
+		defer s.srv.h.wg.Done()
+		if err := s.writeLine(line); err != nil {
+			s.log.Debug("cannot pass on a cancellation", "err", err)
+		}
+	}()
 }
 
 // fromChild routes one line the child wrote to stdout.
@@ -721,6 +929,7 @@ func (s *session) readStdout() {
 		} else if len(msg) > 0 {
 			if line := bytes.TrimSpace(msg); len(line) > 0 {
 				s.fromChild(line)
+				s.waitRoom()
 			}
 			msg = nil
 		}

@@ -12,9 +12,9 @@ import (
 // bareSession is a session with no child, for the bookkeeping alone.
 func bareSession(t *testing.T, logs *logSink) *session {
 	t.Helper()
-	h := &Handler{opts: Options{IdleTimeout: time.Hour, KeepAlive: time.Hour}}
-	srv := &stdioServer{h: h, cfg: ServerConfig{Name: "bare"}, log: slog.New(logs)}
-	s := newSession(srv, nil)
+	h := &Handler{log: slog.New(logs), opts: Options{IdleTimeout: time.Hour, KeepAlive: time.Hour, MaxSessions: defaultMaxSessions}}
+	srv := newStdioServer(h, ServerConfig{Name: "bare"})
+	s := newSession(srv, nil, "")
 	t.Cleanup(func() { s.idle.Stop() })
 	return s
 }
@@ -31,14 +31,14 @@ func mustPeek(t *testing.T, s string) *Message {
 func TestIDAndTokenMapping(t *testing.T) {
 	s := bareSession(t, &logSink{})
 	body := `{"jsonrpc":"2.0","id":9007199254740993,"method":"tools/call","params":{"_meta":{"progressToken":"tok\u00e9"},"name":"x"}}`
-	c, line, err := s.startCall(mustPeek(t, body), []byte(body))
+	c, line, err := s.startCall(mustPeek(t, body), []byte(body), "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":1},"name":"x"}}` + "\n"; string(line) != want {
 		t.Fatalf("line to child:\n%s\nwant\n%s", line, want)
 	}
-	if _, _, err := s.startCall(mustPeek(t, body), []byte(body)); err != errDuplicateID {
+	if _, _, err := s.startCall(mustPeek(t, body), []byte(body), ""); err != errDuplicateID {
 		t.Fatalf("same id in flight: %v", err)
 	}
 
@@ -57,7 +57,7 @@ func TestIDAndTokenMapping(t *testing.T) {
 	// From the child: progress and response get the client's bytes back.
 	s.fromChild([]byte(`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":0.5}}`))
 	s.fromChild([]byte(`{"jsonrpc":"2.0","id":1,"result":{"content":[]}}`))
-	evs, complete := s.eventsAfter(c.stream, c.stream.primed)
+	evs, complete, _ := s.eventsAfter(c.stream, c.stream.primed)
 	if len(evs) != 2 || !complete {
 		t.Fatalf("events %d complete %v", len(evs), complete)
 	}
@@ -78,7 +78,7 @@ func TestRouting(t *testing.T) {
 	s := bareSession(t, logs)
 	start := func(id int) *call {
 		body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"m"}`, id)
-		c, _, err := s.startCall(mustPeek(t, body), []byte(body))
+		c, _, err := s.startCall(mustPeek(t, body), []byte(body), "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +124,7 @@ func TestReplayBuffer(t *testing.T) {
 		t.Fatalf("a connected stream lost undelivered events: %d left", len(s.events))
 	}
 	// Delivered, they make room.
-	evs, _ := s.eventsAfter(live, 0)
+	evs, _, _ := s.eventsAfter(live, 0)
 	for _, ev := range evs[:20] {
 		s.markDelivered(ev)
 	}

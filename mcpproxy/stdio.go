@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,9 +22,6 @@ const (
 	headerVersion  = "Mcp-Protocol-Version"
 	headerLastID   = "Last-Event-Id"
 	sseRetryMillis = 2000
-	// writeTimeout bounds one SSE write: a client that stops reading
-	// releases its stream (and the buffered messages stay for a resume).
-	writeTimeout = time.Minute
 )
 
 // statelessVersion is the first revision without sessions; requests that
@@ -41,6 +39,7 @@ type stdioServer struct {
 	h   *Handler
 	cfg ServerConfig
 	log *slog.Logger
+	lim Limits // with defaults
 
 	mu       sync.Mutex
 	closed   bool
@@ -48,43 +47,57 @@ type stdioServer struct {
 	live     map[*session]struct{} // every session with a child
 	starting int                   // children being started
 	shared   *session              // the stateless era's child, if running
+	// perClient counts each owner's sessions, those starting included.
+	perClient map[string]int
 
 	sharedMu sync.Mutex // one shared child starts at a time
+
+	callMu      sync.Mutex // a leaf lock: taken under session locks
+	calls       int        // requests in flight to the children
+	clientCalls map[string]int
+
+	// peakBuffered is the largest replay buffer (bytes) a session of the
+	// server has had: what the bound promises, observable.
+	peakBuffered atomic.Int64
+}
+
+// noteBuffered records a session's replay buffer size.
+func (srv *stdioServer) noteBuffered(n int) {
+	for {
+		old := srv.peakBuffered.Load()
+		if int64(n) <= old || srv.peakBuffered.CompareAndSwap(old, int64(n)) {
+			return
+		}
+	}
 }
 
 func stdioSupported() error { return nil }
 
 func newStdioServer(h *Handler, sc ServerConfig) *stdioServer {
 	return &stdioServer{
-		h:        h,
-		cfg:      sc,
-		log:      h.log.With("server", sc.Name),
-		sessions: make(map[string]*session),
-		live:     make(map[*session]struct{}),
+		h:           h,
+		cfg:         sc,
+		log:         h.log.With("server", sc.Name),
+		lim:         sc.Limits.withDefaults(h.opts.MaxSessions),
+		sessions:    make(map[string]*session),
+		live:        make(map[*session]struct{}),
+		perClient:   make(map[string]int),
+		clientCalls: make(map[string]int),
 	}
 }
 
-var (
-	errTooManySessions = errors.New("too many sessions")
-	errClosing         = errors.New("shutting down")
-)
+var errClosing = errors.New("shutting down")
 
-// startSession starts a child for a new session.
-func (srv *stdioServer) startSession(shared bool) (*session, error) {
-	srv.mu.Lock()
-	if srv.closed {
-		srv.mu.Unlock()
-		return nil, errClosing
+// startSession starts a child for a new session of owner, or the shared
+// child of the stateless era.
+func (srv *stdioServer) startSession(shared bool, owner string) (*session, error) {
+	if err := srv.reserve(shared, owner); err != nil {
+		return nil, err
 	}
-	if len(srv.live)+srv.starting >= srv.h.opts.MaxSessions {
-		srv.mu.Unlock()
-		return nil, errTooManySessions
-	}
-	srv.starting++ // so concurrent initializes cannot overshoot
-	srv.mu.Unlock()
 	unreserve := func() {
 		srv.mu.Lock()
 		srv.starting--
+		srv.releaseLocked(shared, owner)
 		srv.mu.Unlock()
 	}
 	if !srv.h.acquire() {
@@ -97,7 +110,7 @@ func (srv *stdioServer) startSession(shared bool) (*session, error) {
 		unreserve()
 		return nil, err
 	}
-	s := newSession(srv, proc)
+	s := newSession(srv, proc, owner)
 	s.shared = shared
 	srv.mu.Lock()
 	srv.starting--
@@ -124,7 +137,7 @@ func (srv *stdioServer) sharedSession() (*session, error) {
 	if s != nil {
 		return s, nil
 	}
-	s, err := srv.startSession(true)
+	s, err := srv.startSession(true, "")
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +155,10 @@ func (srv *stdioServer) remove(s *session) {
 	if srv.shared == s {
 		srv.shared = nil
 	}
-	delete(srv.live, s)
+	if _, ok := srv.live[s]; ok {
+		delete(srv.live, s)
+		srv.releaseLocked(s.shared, s.owner)
+	}
 	if srv.sessions[s.id] == s {
 		delete(srv.sessions, s.id)
 	}
@@ -157,10 +173,17 @@ func (srv *stdioServer) register(s *session) {
 	}
 }
 
-func (srv *stdioServer) lookup(id string) *session {
+// lookup returns the session with id if client owns it. A session of
+// another client is not found, exactly as one that never existed: a
+// session id that leaked (a log, a shared proxy) gives no one else its
+// results, its stream or the power to end it.
+func (srv *stdioServer) lookup(id, client string) *session {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
-	return srv.sessions[id]
+	if s := srv.sessions[id]; s != nil && s.owner == client {
+		return s
+	}
+	return nil
 }
 
 func (srv *stdioServer) closeAll() {
@@ -195,6 +218,19 @@ func (srv *stdioServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, nil, codeInvalidRequest,
 			fmt.Sprintf("mcpproxy: method %s not allowed: use POST, GET or DELETE", r.Method))
 	}
+}
+
+// admit takes the exchange from the server's rate limit, called where the
+// bridge has found nothing to refuse it for and is about to hand it to a
+// child: an exchange refused for any other reason (Origin, version,
+// headers, body, unknown session) takes nothing from the allowance. False
+// means it answered 429.
+func (srv *stdioServer) admit(w http.ResponseWriter) bool {
+	wait, ok := srv.h.limits[srv.cfg.Name].Take()
+	if !ok {
+		srv.h.refuseOverLimit(w, srv.cfg.Name, wait)
+	}
+	return ok
 }
 
 // codeSessionNotFound is what the TypeScript SDK answers for an unknown
@@ -286,6 +322,9 @@ func (srv *stdioServer) post(w http.ResponseWriter, r *http.Request) {
 	}
 	if sid == "" {
 		if m.Kind == KindRequest && m.Method == "initialize" {
+			if !srv.admit(w) {
+				return
+			}
 			srv.initialize(w, r, &m, body)
 			return
 		}
@@ -293,12 +332,15 @@ func (srv *stdioServer) post(w http.ResponseWriter, r *http.Request) {
 			"mcpproxy: missing Mcp-Session-Id header: send initialize first")
 		return
 	}
-	s := srv.lookup(sid)
+	s := srv.lookup(sid, clientOf(r))
 	if s == nil || !s.enter() {
 		notFound(w, requestID(&m))
 		return
 	}
 	defer s.leave()
+	if !srv.admit(w) {
+		return
+	}
 	if m.Kind == KindRequest {
 		srv.serveCall(w, r, s, &m, body, false)
 		return
@@ -316,7 +358,7 @@ func (srv *stdioServer) post(w http.ResponseWriter, r *http.Request) {
 }
 
 func (srv *stdioServer) initialize(w http.ResponseWriter, r *http.Request, m *Message, body []byte) {
-	s, err := srv.startSession(false)
+	s, err := srv.startSession(false, clientOf(r))
 	if err != nil {
 		srv.startError(w, m.ID, err)
 		return
@@ -332,10 +374,12 @@ func (srv *stdioServer) initialize(w http.ResponseWriter, r *http.Request, m *Me
 
 // startError answers a request for which no child could be had.
 func (srv *stdioServer) startError(w http.ResponseWriter, id []byte, err error) {
+	if le, ok := asLimit(err); ok {
+		srv.refused(le)
+		writeLimit(w, id, le)
+		return
+	}
 	switch {
-	case errors.Is(err, errTooManySessions):
-		writeError(w, http.StatusServiceUnavailable, id, codeInternal,
-			fmt.Sprintf("mcpproxy: server %q already has its maximum of %d sessions", srv.cfg.Name, srv.h.opts.MaxSessions))
 	case errors.Is(err, errClosing):
 		writeError(w, http.StatusServiceUnavailable, id, codeInternal, "mcpproxy: shutting down")
 	default:
@@ -350,8 +394,13 @@ func (srv *stdioServer) startError(w http.ResponseWriter, id []byte, err error) 
 // everything for it up to the response. For initialize it reports whether
 // the session id went to the client.
 func (srv *stdioServer) serveCall(w http.ResponseWriter, r *http.Request, s *session, m *Message, body []byte, init bool) (handedOut bool) {
-	c, line, err := s.startCall(m, body)
+	c, line, err := s.startCall(m, body, clientOf(r))
+	le, limited := asLimit(err)
 	switch {
+	case limited:
+		srv.refused(le)
+		writeLimit(w, m.ID, le)
+		return false
 	case errors.Is(err, errDuplicateID):
 		writeError(w, http.StatusBadRequest, m.ID, codeInvalidRequest, "mcpproxy: "+err.Error())
 		return false
@@ -390,7 +439,7 @@ func (srv *stdioServer) serveCall(w http.ResponseWriter, r *http.Request, s *ses
 		}
 		return handedOut
 	}
-	sw := startSSE(w, r, st, st.primed)
+	sw := srv.startSSE(w, r, st, st.primed)
 	defer sw.finish()
 	if last := s.pump(r.Context(), sw, st, st.primed); init && last != nil && last.response && last.isError {
 		return false
@@ -432,6 +481,9 @@ func (srv *stdioServer) postStateless(w http.ResponseWriter, r *http.Request, m 
 			return
 		}
 	}
+	if !srv.admit(w) {
+		return
+	}
 	var s *session
 	for range 2 { // the shared child may end between lookup and enter
 		var err error
@@ -461,7 +513,12 @@ func (srv *stdioServer) postStateless(w http.ResponseWriter, r *http.Request, m 
 		w.WriteHeader(http.StatusAccepted)
 		return
 	}
-	c, line, err := s.startCall(m, body)
+	c, line, err := s.startCall(m, body, clientOf(r))
+	if le, ok := asLimit(err); ok {
+		srv.refused(le)
+		writeLimit(w, id, le)
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusBadGateway, id, codeServerGone, "mcpproxy: "+err.Error())
 		return
@@ -494,7 +551,7 @@ func (srv *stdioServer) postStateless(w http.ResponseWriter, r *http.Request, m 
 			return
 		}
 	}
-	sw := startSSE(w, r, st, st.primed)
+	sw := srv.startSSE(w, r, st, st.primed)
 	defer sw.finish()
 	s.pump(r.Context(), sw, st, st.primed)
 }
@@ -553,7 +610,7 @@ func (srv *stdioServer) get(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: missing Mcp-Session-Id header")
 		return
 	}
-	s := srv.lookup(sid)
+	s := srv.lookup(sid, clientOf(r))
 	if s == nil || !s.enter() {
 		notFound(w, nil)
 		return
@@ -564,13 +621,16 @@ func (srv *stdioServer) get(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: "+err.Error())
 		return
 	}
+	if !srv.admit(w) {
+		return
+	}
 	if !s.attach(st) {
 		writeError(w, http.StatusConflict, nil, codeInvalidRequest,
 			fmt.Sprintf("mcpproxy: stream %d of this session already has a connected client", st.num))
 		return
 	}
 	defer s.detach(st)
-	sw := startSSE(w, r, st, cursor)
+	sw := srv.startSSE(w, r, st, cursor)
 	defer sw.finish()
 	s.pump(r.Context(), sw, st, cursor)
 }
@@ -584,9 +644,12 @@ func (srv *stdioServer) delete(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: missing Mcp-Session-Id header")
 		return
 	}
-	s := srv.lookup(sid)
+	s := srv.lookup(sid, clientOf(r))
 	if s == nil {
 		notFound(w, nil)
+		return
+	}
+	if !srv.admit(w) {
 		return
 	}
 	s.end(errDeleted)
@@ -595,20 +658,21 @@ func (srv *stdioServer) delete(w http.ResponseWriter, r *http.Request) {
 
 // sseWriter writes one SSE stream.
 type sseWriter struct {
-	w  http.ResponseWriter
-	rc *http.ResponseController
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration // Options.WriteTimeout
 }
 
 // startSSE sends the stream's headers, the reconnection delay and (for
 // clients of 2025-11-25 or later, which expect it) a priming event whose id
 // lets the client resume from the stream's start.
-func startSSE(w http.ResponseWriter, r *http.Request, st *stream, cursor uint64) *sseWriter {
+func (srv *stdioServer) startSSE(w http.ResponseWriter, r *http.Request, st *stream, cursor uint64) *sseWriter {
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	sw := &sseWriter{w: w, rc: http.NewResponseController(w)}
+	sw := &sseWriter{w: w, rc: http.NewResponseController(w), timeout: srv.h.opts.WriteTimeout}
 	head := "retry: " + strconv.Itoa(sseRetryMillis) + "\n"
 	if v := r.Header.Get(headerVersion); v >= "2025-11-25" && v < statelessVersion {
 		head += "id: " + strconv.FormatInt(st.num, 10) + "." + strconv.FormatUint(cursor, 10) + "\ndata: \n"
@@ -618,7 +682,7 @@ func startSSE(w http.ResponseWriter, r *http.Request, st *stream, cursor uint64)
 }
 
 func (sw *sseWriter) write(parts ...[]byte) error {
-	_ = sw.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_ = sw.rc.SetWriteDeadline(time.Now().Add(sw.timeout))
 	for _, p := range parts {
 		if _, err := sw.w.Write(p); err != nil {
 			return err

@@ -442,7 +442,8 @@ func TestNoOrphans(t *testing.T) {
 func TestMaxSessions(t *testing.T) {
 	b := newBridge(t, Options{MaxSessions: 1})
 	sid := b.initialize(t)
-	resp := b.do(t, http.MethodPost, "", initBody)
+	// Another client: the same one would replace its idle session.
+	resp := b.do(t, http.MethodPost, "", initBody, ClientHeader, "other")
 	if body := readBody(t, resp); resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "maximum of 1 sessions") {
 		t.Fatalf("second session: %d %s", resp.StatusCode, body)
 	}

@@ -3,9 +3,14 @@ package relay
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"log/slog"
 	"net"
+	"net/http"
+	"net/netip"
 	"time"
 
+	"github.com/mcptun/mcptun/internal/authguard"
 	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
@@ -30,8 +35,26 @@ import (
 // long.
 const ClientIdleTimeout = 2 * time.Minute
 
-// ClientHeaderTimeout bounds reading a request head once it has begun.
+// ClientHeaderTimeout bounds reading a request head once it has begun,
+// and the wait for the first one on a new connection.
 const ClientHeaderTimeout = 10 * time.Second
+
+// ClientBodyTimeout cuts a request body that makes no progress this long.
+const ClientBodyTimeout = 30 * time.Second
+
+// ClientWriteTimeout cuts a client that accepts no bytes of its answer
+// this long.
+const ClientWriteTimeout = 30 * time.Second
+
+// TooManyConnections is the whole answer a client connection over
+// http.max_connections gets (503, reason too_many_connections) before it
+// is closed: see httpfwd.ConnServer.Busy.
+func TooManyConnections(max int) []byte {
+	body := errorJSON("too_many_connections",
+		fmt.Sprintf("the relay has its maximum of %d client connections open; retry shortly", max))
+	return fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"+
+		"X-Content-Type-Options: nosniff\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+}
 
 // ServeConn serves the client connection c (an httpfwd.ServeConnFunc): it
 // forwards the exchanges the relay admits and returns nil once c is done, or
@@ -42,11 +65,18 @@ func (h *Handler) ServeConn(ctx context.Context, c net.Conn) net.Conn {
 
 func (h *Handler) newFastPath() *httpfwd.FastPath {
 	return &httpfwd.FastPath{
-		IdleTimeout:   ClientIdleTimeout,
-		HeaderTimeout: ClientHeaderTimeout,
+		IdleTimeout:   h.limits.IdleTimeout,
+		HeaderTimeout: h.limits.HeaderTimeout,
+		BodyTimeout:   h.limits.BodyTimeout,
+		WriteTimeout:  h.limits.WriteTimeout,
+		StallAfter:    ClientStallAfter,
 		BadRequest:    func(reason string) []byte { return errorJSON("bad_request", reason) },
-		Route: func(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
-			rt, ok := h.fastRoute(head)
+		ErrorBody:     errorJSON,
+		Cut: func(c net.Conn, reason string, err error) {
+			h.cutLog.log(h.log, slog.LevelDebug, "client cut", "reason", reason, "remote", c.RemoteAddr(), "err", err)
+		},
+		RouteConn: func(c net.Conn, head *httpfwd.Head, out []byte) *httpfwd.Exchange {
+			rt, ok := h.fastRoute(authguard.AddrOf(c.RemoteAddr()), head)
 			if !ok {
 				return nil
 			}
@@ -60,11 +90,12 @@ type route struct {
 	client        *client
 	agent, server string
 	method        []byte
+	counted       bool // in h.inflight: Exchange.Done counts it out
 }
 
 // fastRoute admits an exchange the fast path takes, or reports false: then
 // net/http serves it (and answers any refusal).
-func (h *Handler) fastRoute(head *httpfwd.Head) (route, bool) {
+func (h *Handler) fastRoute(src netip.Addr, head *httpfwd.Head) (route, bool) {
 	method, target, version, err := head.RequestLine()
 	if err != nil || string(version) != "HTTP/1.1" || head.Chunked || head.OtherEncoding || head.ConnTokens > 0 {
 		return route{}, false
@@ -99,11 +130,18 @@ func (h *Handler) fastRoute(head *httpfwd.Head) (route, bool) {
 	if !ok {
 		return route{}, false
 	}
-	client, ref := h.admit(string(origin), string(auth), string(host), agent, server)
+	client, ref := h.admit(src, string(origin), string(auth), string(host), agent, server)
 	if ref != nil {
 		return route{}, false
 	}
-	return route{client: client, agent: agent, server: server, method: method}, true
+	// GET streams are not counted in flight (see Handler.inflight); a
+	// drain that began since admit sends the exchange to net/http, which
+	// refuses it.
+	counted := string(method) != http.MethodGet
+	if counted && !h.inflight.Enter() {
+		return route{}, false
+	}
+	return route{client: client, agent: agent, server: server, method: method, counted: counted}, true
 }
 
 // splitMCPPath matches /{agent}/{server}/mcp with plain segments; anything
@@ -143,6 +181,10 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 	b = append(b, ClientHeader+": "...)
 	b = append(b, rt.client.Name...)
 	b = append(b, "\r\n"...)
+	var done func()
+	if rt.counted {
+		done = h.leave
+	}
 	// The closures below hold rt for as long as the exchange lasts; the
 	// method points into the head, whose memory a parked exchange gives
 	// back (httpfwd.RawRequest.OnPark).
@@ -155,8 +197,10 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 			return status, "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n", errorJSON(reason, msg)
 		},
 		CutShort: func(err error) {
-			h.log.Debug("forward cut short", "client", rt.client.Name, "agent", rt.agent, "server", rt.server, "err", err)
+			h.cutShort(rt.client.Name, rt.agent, rt.server, err)
 		},
+		Done:   done,
+		Stalls: h.stallBudget(rt.agent),
 	}
 }
 

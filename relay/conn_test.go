@@ -718,10 +718,14 @@ func TestConnAgentFails(t *testing.T) {
 // connection is closed at once, an exchange under way is finished first.
 func TestConnShutdown(t *testing.T) {
 	arrived, release := make(chan struct{}), make(chan struct{})
+	// answered is set once the blocked exchange's handler has written its
+	// answer; Shutdown must not return before.
+	var answered atomic.Bool
 	f := newConnFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("X-Block") != "" {
 			arrived <- struct{}{}
 			<-release
+			defer answered.Store(true)
 		}
 		_, _ = io.WriteString(w, "done "+r.Header.Get("X-Block"))
 	}))
@@ -738,16 +742,17 @@ func TestConnShutdown(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), connTimeout)
 		defer cancel()
-		shutdown <- f.fast.Shutdown(ctx)
+		err := f.fast.Shutdown(ctx)
+		// Checked where Shutdown returns, so an early return is caught
+		// however soon or late it comes, not only within a test's glance.
+		if err == nil && !answered.Load() {
+			err = errors.New("Shutdown returned with an exchange under way")
+		}
+		shutdown <- err
 	}()
 	idle.requireClosed()
 	_, err := net.Dial("tcp", f.addr)
 	require.Error(t, err, "no longer accepting")
-	select {
-	case err := <-shutdown:
-		t.Fatalf("Shutdown returned (%v) with an exchange under way", err)
-	default:
-	}
 
 	close(release)
 	resp, body = busy.read("POST")

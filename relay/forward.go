@@ -4,8 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
 )
@@ -16,6 +23,26 @@ var dropHeaders = []string{"Authorization", "Cookie", ClientHeader}
 
 // forward sends the exchange to the agent over a pooled tunnel stream.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent, server string) {
+	if r.Method != http.MethodGet {
+		if !h.inflight.Enter() {
+			w.Header().Set("Retry-After", relayDraining.value)
+			writeError(w, relayDraining.status, relayDraining.reason, relayDraining.msg)
+			return
+		}
+		defer h.inflight.Leave()
+	}
+	rc := http.NewResponseController(w)
+	// net/http's server has no timeouts that measure progress (its
+	// ReadTimeout and WriteTimeout bound a whole exchange, and a GET stream
+	// lasts for hours), so each read of the body and each write of the
+	// answer gets a deadline of its own.
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &stallBody{ReadCloser: r.Body, rc: rc, timeout: h.limits.BodyTimeout}
+	}
+	tw := &stallWriter{ResponseWriter: w, rc: rc, timeout: h.limits.WriteTimeout}
+	tw.watch.Watch(h.stallBudget(agent), ClientStallAfter, func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
+	defer tw.watch.Stop()
+	w = tw
 	err := h.forwarder(agent).Forward(w, r, httpfwd.Request{
 		Host:       agent,
 		RequestURI: "/" + server + "/mcp",
@@ -25,28 +52,154 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 	if err == nil {
 		return
 	}
-	if r.Context().Err() != nil {
+	if tw.stalled != nil {
+		err = tw.stalled
+	}
+	if errors.Is(err, httpfwd.ErrBodyStalled) {
+		// Before the check below: net/http cancels the request's context
+		// on any failed read of the connection, this one too.
+		h.cutLog.log(h.log, slog.LevelDebug, "client cut", "reason", "body_timeout", "client", client, "agent", agent, "server", server,
+			"remote", r.RemoteAddr, "body_timeout", h.limits.BodyTimeout)
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusRequestTimeout, "body_timeout", fmt.Sprintf("the request body made no progress for %s", h.limits.BodyTimeout))
+		return
+	}
+	if r.Context().Err() != nil && !errors.Is(err, httpfwd.ErrClientStalled) {
 		// The client went away; nobody is left to answer.
 		return
 	}
 	var ue *httpfwd.UpstreamError
 	if !errors.As(err, &ue) {
 		// The answer had begun: all we can do is cut it short.
-		h.log.Debug("forward cut short", "client", client, "agent", agent, "server", server, "err", err)
+		h.cutShort(client, agent, server, err)
 		return
 	}
 	status, reason, msg := h.forwardFailed(client, agent, server, err)
 	writeError(w, status, reason, msg)
 }
 
+// cutShort logs an answer cut short after it began: a client that took
+// nothing for the write timeout is worth a warning (it held a tunnel
+// stream and its share of the agent's window until then), anything else
+// (the agent or the client went away) is routine.
+func (h *Handler) cutShort(client, agent, server string, err error) {
+	switch {
+	case errors.Is(err, httpfwd.ErrClientBacklog):
+		h.cutLog.log(h.log, slog.LevelWarn, "slow client cut", "reason", "backlog", "client", client, "agent", agent, "server", server,
+			"stalled_clients", h.stallN)
+		return
+	case errors.Is(err, httpfwd.ErrClientStalled):
+		h.cutLog.log(h.log, slog.LevelWarn, "slow client cut", "reason", "write_timeout", "client", client, "agent", agent, "server", server,
+			"write_timeout", h.limits.WriteTimeout)
+		return
+	}
+	h.log.Debug("forward cut short", "client", client, "agent", agent, "server", server, "err", err)
+}
+
+// stallBody gives each read of a request body on net/http's path the body
+// timeout to bring something.
+type stallBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (b *stallBody) Read(p []byte) (int, error) {
+	_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("%w (%s): %w", httpfwd.ErrBodyStalled, b.timeout, err)
+	}
+	return n, err
+}
+
+// stallWriter gives each write and flush of an answer on net/http's path
+// the write timeout to get some bytes accepted. stalled keeps the first
+// such failure: net/http's Flush reports none.
+type stallWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+	watch   httpfwd.StallWatch
+	stalled error
+}
+
+func (w *stallWriter) check(err error, cut bool) error {
+	switch {
+	case err == nil:
+		return nil
+	case cut:
+		err = fmt.Errorf("%w: %w", httpfwd.ErrClientBacklog, err)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		err = fmt.Errorf("%w (%s): %w", httpfwd.ErrClientStalled, w.timeout, err)
+	default:
+		return err
+	}
+	if w.stalled == nil {
+		w.stalled = err
+	}
+	return err
+}
+
+func (w *stallWriter) Write(p []byte) (int, error) {
+	_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	w.watch.Begin()
+	n, err := w.ResponseWriter.Write(p)
+	return n, w.check(err, w.watch.End())
+}
+
+func (w *stallWriter) Flush() {
+	_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	w.watch.Begin()
+	err := w.rc.Flush()
+	_ = w.check(err, w.watch.End())
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (w *stallWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
 // forwardFailed logs an exchange that failed before any answer came and
 // says what the client is told.
 func (h *Handler) forwardFailed(client, agent, server string, err error) (status int, reason, msg string) {
+	switch {
+	case h.closed.Load():
+		// The relay cut the exchange: its shutdown grace ran out (or
+		// it was told to stop at once).
+		h.log.Warn("exchange cut by the relay's shutdown", "client", client, "agent", agent, "server", server, "err", err)
+		return http.StatusServiceUnavailable, "relay_shutdown",
+			fmt.Sprintf("the relay shut down before agent %q answered (its shutdown grace period ran out, or it was told to stop at once); the request may have been carried out", agent)
+	case h.agentDraining(agent):
+		h.log.Warn("exchange cut by the agent's shutdown", "client", client, "agent", agent, "server", server, "err", err)
+		return http.StatusServiceUnavailable, "agent_shutdown",
+			fmt.Sprintf("agent %q shut down before answering (its shutdown grace period ran out, or it was told to stop at once); the request may have been carried out", agent)
+	}
 	if online, _ := h.agents.Offers(agent, server); !online {
 		return http.StatusServiceUnavailable, "agent_offline", fmt.Sprintf("agent %q disconnected during the request", agent)
 	}
 	h.log.Warn("forward failed", "client", client, "agent", agent, "server", server, "err", err)
 	return http.StatusBadGateway, "tunnel_error", fmt.Sprintf("forwarding to %s/%s failed: %v", agent, server, err)
+}
+
+// StalledClients reports, for metrics, how many clients of agent read
+// nothing now (each holding a place in its stall budget) and how many
+// were cut for want of one.
+func (h *Handler) StalledClients(agent string) (stalled int64, cut uint64) {
+	b := h.stallBudget(agent)
+	return b.Stalled(), b.Cuts()
+}
+
+// stallBudget returns the agent's budget of clients that read nothing.
+// It outlives the agent's sessions: exchanges give their places back to
+// it whenever they end.
+func (h *Handler) stallBudget(agent string) *httpfwd.StallBudget {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	b := h.stalls[agent]
+	if b == nil {
+		b = httpfwd.NewStallBudget(h.stallN)
+		h.stalls[agent] = b
+	}
+	return b
 }
 
 // forwarder returns the agent's stream pool.
@@ -61,4 +214,34 @@ func (h *Handler) forwarder(agent string) *httpfwd.Forwarder {
 	}, httpfwd.Options{MaxIdle: 1024})
 	h.forwarders[agent] = f
 	return f
+}
+
+// logLimit caps a kind of log line that clients can cause at will (cuts,
+// failed authentication), so that the log cannot be flooded: up to
+// logBurst lines at once, logRate a second after that; the lines left out
+// are counted in the next one's "suppressed".
+type logLimit struct {
+	lim        *rate.Limiter
+	suppressed atomic.Int64
+}
+
+const (
+	logRate  = 5
+	logBurst = 20
+)
+
+func newLogLimit() *logLimit { return &logLimit{lim: rate.NewLimiter(logRate, logBurst)} }
+
+func (l *logLimit) log(log *slog.Logger, level slog.Level, msg string, args ...any) {
+	if !log.Enabled(context.Background(), level) {
+		return
+	}
+	if !l.lim.Allow() {
+		l.suppressed.Add(1)
+		return
+	}
+	if n := l.suppressed.Swap(0); n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	log.Log(context.Background(), level, msg, args...)
 }

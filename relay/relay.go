@@ -9,8 +9,12 @@
 //	403  token valid but agent/server outside the client's allow patterns,
 //	     or a browser Origin that is not allowed (DNS rebinding)
 //	404  unknown agent, or a server the connected agent does not offer
-//	429  the client is over its rate limit (with Retry-After)
-//	503  the agent is known but not connected
+//	408  the request body made no progress for the body timeout
+//	429  the client is over its rate limit, or its address sent too many
+//	     wrong tokens (auth_throttled), with Retry-After
+//	503  the agent is known but not connected, the agent is shutting down,
+//	     or the relay is (each with Retry-After); the connection cap
+//	     answers 503 too, see TooManyConnections
 //
 // Every refusal carries a JSON-RPC shaped body whose message says why, so an
 // MCP client shows the reason. Everything else is forwarded as HTTP/1.1 on a
@@ -34,11 +38,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/mcptun/mcptun/internal/authguard"
 	"github.com/mcptun/mcptun/internal/httpfwd"
 	"github.com/mcptun/mcptun/internal/ratelimit"
 )
@@ -53,6 +60,13 @@ type Agents interface {
 	Offers(agent, server string) (online, offered bool)
 	// Dial opens a stream to a connected agent.
 	Dial(ctx context.Context, agent string) (net.Conn, error)
+}
+
+// DrainingAgents is what Agents may also offer: whether a connected agent
+// said it is shutting down. The relay routes such an agent no new
+// exchanges (503 agent_draining); without it, none ever is.
+type DrainingAgents interface {
+	AgentDraining(agent string) bool
 }
 
 // Client is an MCP client allowed to use the relay.
@@ -85,6 +99,61 @@ type Config struct {
 	// besides loopback ones; "*" allows any.
 	AllowedOrigins []string
 	Logger         *slog.Logger
+	// Limits bound what a client connection may hold; zero fields take
+	// the defaults.
+	Limits Limits
+	// AuthGuard throttles and logs wrong bearer tokens per source address
+	// (nil: one with authguard's defaults, logging to Logger).
+	AuthGuard *authguard.Guard
+	// MaxStalledPerAgent bounds the answers of one agent whose clients have
+	// read nothing for ClientStallAfter, at once (default
+	// DefaultMaxStalledPerAgent); a client that would be one more is cut
+	// at once (see httpfwd.StallBudget).
+	MaxStalledPerAgent int
+}
+
+// DefaultMaxStalledPerAgent keeps what stalled clients hold of an agent's
+// tunnel connection at half its QUIC window: 32 streams of at most 1 MiB
+// unread each against 64 MiB (see tunnel's quicConnWindow).
+const DefaultMaxStalledPerAgent = 32
+
+// ClientStallAfter is how long a write to a client may be blocked before
+// the client counts as reading nothing (see Config.MaxStalledPerAgent).
+const ClientStallAfter = time.Second
+
+// Limits bound client connections (relay.yaml http.*).
+type Limits struct {
+	// HeaderTimeout bounds the wait for a request head: on a new
+	// connection from accept, on a kept-alive one from its first byte
+	// (default ClientHeaderTimeout).
+	HeaderTimeout time.Duration
+	// IdleTimeout closes a connection idle between exchanges (default
+	// ClientIdleTimeout).
+	IdleTimeout time.Duration
+	// BodyTimeout cuts a request body that makes no progress this long,
+	// with 408 body_timeout (default ClientBodyTimeout).
+	BodyTimeout time.Duration
+	// WriteTimeout cuts a client that accepts no bytes of its answer this
+	// long (default ClientWriteTimeout): a GET stream nobody reads must not
+	// hold its tunnel stream, and the agent's flow-control window, for
+	// ever.
+	WriteTimeout time.Duration
+}
+
+func (l *Limits) defaults() {
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{
+		{&l.HeaderTimeout, ClientHeaderTimeout},
+		{&l.IdleTimeout, ClientIdleTimeout},
+		{&l.BodyTimeout, ClientBodyTimeout},
+		{&l.WriteTimeout, ClientWriteTimeout},
+	} {
+		if *d.v <= 0 {
+			*d.v = d.def
+		}
+	}
 }
 
 // Handler is the relay's HTTP front. It is safe for concurrent use.
@@ -97,9 +166,22 @@ type Handler struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	fast    *httpfwd.FastPath // see conn.go
+	// draining is the tunnel's news of agents shutting down (nil: none).
+	draining DrainingAgents
+	// inflight counts the exchanges forwarded, but not GET streams:
+	// those never end by themselves, so a drain does not wait for them
+	// (they end when the relay closes, and clients resume them).
+	inflight *httpfwd.Inflight
+	leave    func()      // inflight.Leave, made once
+	closed   atomic.Bool // Close was called: failures are the relay's doing
+	limits   Limits
+	cutLog   *logLimit // clients cut for a timeout
+	guard    *authguard.Guard
+	stallN   int
 
 	mu         sync.Mutex
 	forwarders map[string]*httpfwd.Forwarder // per agent, so one agent's reconnect drops only its streams
+	stalls     map[string]*httpfwd.StallBudget
 }
 
 // NewHandler returns the relay's HTTP handler.
@@ -113,9 +195,24 @@ func NewHandler(cfg Config) (*Handler, error) {
 		origins:    make(map[string]bool),
 		log:        cfg.Logger,
 		forwarders: make(map[string]*httpfwd.Forwarder),
+		inflight:   httpfwd.NewInflight(),
+		limits:     cfg.Limits,
+		cutLog:     newLogLimit(),
+		guard:      cfg.AuthGuard,
+		stallN:     cfg.MaxStalledPerAgent,
+		stalls:     make(map[string]*httpfwd.StallBudget),
 	}
+	h.leave = h.inflight.Leave
+	h.draining, _ = cfg.Agents.(DrainingAgents)
+	if h.stallN <= 0 {
+		h.stallN = DefaultMaxStalledPerAgent
+	}
+	h.limits.defaults()
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.guard == nil {
+		h.guard = authguard.New(authguard.Config{What: "bearer token", Logger: h.log})
 	}
 	for _, a := range cfg.KnownAgents {
 		h.known[a] = true
@@ -148,7 +245,31 @@ func NewHandler(cfg Config) (*Handler, error) {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Every answer on net/http's path is bounded by the write timeout (a
+	// forwarded one per write, see stallWriter); net/http's server would
+	// otherwise keep a deadline left from an earlier exchange.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.limits.WriteTimeout))
 	h.mux.ServeHTTP(w, r)
+}
+
+// Drain makes the relay refuse new exchanges, with 503 relay_draining,
+// Retry-After and Connection: close, while the exchanges in flight go on.
+// Wait says when they are done.
+func (h *Handler) Drain() { h.inflight.Drain() }
+
+// Draining reports whether Drain was called: the relay is not ready.
+func (h *Handler) Draining() bool { return h.inflight.Draining() }
+
+// Wait returns nil once no exchange is in flight (open GET streams aside),
+// or ctx's error.
+func (h *Handler) Wait(ctx context.Context) error { return h.inflight.Wait(ctx) }
+
+// InFlight is the number of exchanges in flight, open GET streams aside.
+func (h *Handler) InFlight() int { return h.inflight.Count() }
+
+// agentDraining reports whether agent said it is shutting down.
+func (h *Handler) agentDraining(agent string) bool {
+	return h.draining != nil && h.draining.AgentDraining(agent)
 }
 
 // AgentDown drops the pooled streams of an agent whose session ended.
@@ -162,8 +283,11 @@ func (h *Handler) AgentDown(agent string) {
 	}
 }
 
-// Close releases pooled streams.
+// Close releases pooled streams. Exchanges still in flight fail when the
+// tunnel under them closes; those not answered yet get 503
+// relay_shutdown.
 func (h *Handler) Close() error {
+	h.closed.Store(true)
 	h.mu.Lock()
 	fs := h.forwarders
 	h.forwarders = make(map[string]*httpfwd.Forwarder)
@@ -174,10 +298,26 @@ func (h *Handler) Close() error {
 	return nil
 }
 
+// AuthGuard returns the guard against token guessing (for its Stats).
+func (h *Handler) AuthGuard() *authguard.Guard { return h.guard }
+
 func (h *Handler) serveMCP(w http.ResponseWriter, r *http.Request) {
+	if h.inflight.Draining() {
+		// This connection's next exchange would be refused too.
+		w.Header().Set("Connection", "close")
+	}
 	agent, server := r.PathValue("agent"), r.PathValue("server")
-	client, ref := h.admit(r.Header.Get("Origin"), r.Header.Get("Authorization"), r.Host, agent, server)
+	src := authguard.ParseAddr(r.RemoteAddr)
+	client, ref := h.admit(src, r.Header.Get("Origin"), r.Header.Get("Authorization"), r.Host, agent, server)
 	if ref != nil {
+		// Counted here, not in admit: every refusal is answered here
+		// (the fast path hands them over), and only once.
+		switch {
+		case ref.wrongToken:
+			h.guard.Failed(src, "agent", agent, "server", server)
+		case ref.reason == "auth_throttled":
+			h.guard.Refused(src)
+		}
 		if ref.logMsg != "" {
 			h.log.Log(r.Context(), ref.logLevel, ref.logMsg, ref.logArgs...)
 		}
@@ -198,25 +338,39 @@ type refusal struct {
 	logLevel      slog.Level
 	logMsg        string
 	logArgs       []any
+	wrongToken    bool // a bearer token was sent and matches no client
 }
 
 // admit decides whether a client's exchange with agent/server goes
-// through, from the headers that decide it: the client, or why not.
-func (h *Handler) admit(origin, authorization, host, agent, server string) (*client, *refusal) {
+// through, from the source address and the headers that decide it: the
+// client, or why not. It only looks (serveMCP counts refusals).
+func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, server string) (*client, *refusal) {
+	if h.inflight.Draining() {
+		return nil, relayDraining
+	}
 	if !h.originAllowed(origin, host) {
 		return nil, &refusal{status: http.StatusForbidden, reason: "origin_not_allowed",
 			msg:      fmt.Sprintf("origin %q is not allowed (add it to http.allowed_origins)", origin),
 			logLevel: slog.LevelWarn, logMsg: "refused foreign origin",
 			logArgs: []any{"origin", origin, "host", host, "agent", agent, "server", server}}
 	}
+	// Before the token is looked at: a guess that happens to be right
+	// must not go through either, or guessing would not be slowed.
+	if wait, ok := h.guard.Check(src); !ok {
+		return nil, &refusal{status: http.StatusTooManyRequests, reason: "auth_throttled",
+			msg: fmt.Sprintf("too many failed authentications from your address; retry in %s",
+				wait.Round(time.Second)+time.Second),
+			header: "Retry-After", value: ratelimit.RetryAfter(wait)}
+	}
 	client, challenge := h.authenticate(authorization)
 	if client == nil {
 		msg := "missing bearer token: send Authorization: Bearer <token>"
-		if strings.Contains(challenge, "invalid_token") {
+		wrong := strings.Contains(challenge, "invalid_token")
+		if wrong {
 			msg = "invalid bearer token"
 		}
 		return nil, &refusal{status: http.StatusUnauthorized, reason: "unauthorized", msg: msg,
-			header: "WWW-Authenticate", value: challenge}
+			header: "WWW-Authenticate", value: challenge, wrongToken: wrong}
 	}
 	if !client.allowed(agent, server) {
 		return nil, &refusal{status: http.StatusForbidden, reason: "forbidden",
@@ -237,6 +391,11 @@ func (h *Handler) admit(origin, authorization, host, agent, server string) (*cli
 		return nil, &refusal{status: http.StatusNotFound, reason: "unknown_server",
 			msg: fmt.Sprintf("agent %q offers no server named %q", agent, server)}
 	}
+	if h.agentDraining(agent) {
+		return nil, &refusal{status: http.StatusServiceUnavailable, reason: "agent_draining",
+			msg:    fmt.Sprintf("agent %q is shutting down and takes no new requests; try again shortly", agent),
+			header: "Retry-After", value: drainRetryAfter}
+	}
 	// Last: an exchange refused for another reason takes no token.
 	if wait, ok := client.limiter.Take(); !ok {
 		return nil, &refusal{status: http.StatusTooManyRequests, reason: "rate_limited",
@@ -248,6 +407,16 @@ func (h *Handler) admit(origin, authorization, host, agent, server string) (*cli
 	}
 	return client, nil
 }
+
+// drainRetryAfter is the Retry-After of refusals by a draining relay or
+// agent: about the time a restart takes.
+const drainRetryAfter = "5"
+
+// relayDraining refuses every exchange once the relay drains: the client
+// should go to another relay, or come back once this one restarted.
+var relayDraining = &refusal{status: http.StatusServiceUnavailable, reason: "relay_draining",
+	msg:    "the relay is shutting down and takes no new requests; try again shortly",
+	header: "Retry-After", value: drainRetryAfter}
 
 // authenticate returns the client whose token the request carries, or nil and
 // the WWW-Authenticate challenge to send.

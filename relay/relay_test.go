@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,9 +28,25 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // connections, standing in for the tunnel (which has its own tests and the
 // end-to-end tests in cmd/mcptun).
 type pipeAgents struct {
-	mu      sync.Mutex
-	servers map[string][]string
-	ln      *pipeListener
+	mu       sync.Mutex
+	servers  map[string][]string
+	draining map[string]bool // agents that said they drain
+	ln       *pipeListener
+}
+
+func (p *pipeAgents) AgentDraining(agent string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.draining[agent]
+}
+
+func (p *pipeAgents) setDraining(agent string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.draining == nil {
+		p.draining = make(map[string]bool)
+	}
+	p.draining[agent] = true
 }
 
 func (p *pipeAgents) Offers(agent, server string) (bool, bool) {
@@ -290,7 +307,7 @@ func BenchmarkAdmit(b *testing.B) {
 			require.NoError(b, err)
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, ref := h.admit("", "Bearer ci-token", "relay", "dc1", "notes"); ref != nil {
+				if _, ref := h.admit(netip.MustParseAddr("127.0.0.1"), "", "Bearer ci-token", "relay", "dc1", "notes"); ref != nil {
 					b.Fatal(ref.msg)
 				}
 			}

@@ -138,6 +138,14 @@ type Client struct {
 	ln      *listener
 	running atomic.Bool
 
+	// draining: Drain was called; no session is made after the current.
+	draining atomic.Bool
+	// Sessions with a draining relay, still serving the exchanges in
+	// flight on them while Run connects again: how many, and their
+	// goroutines, which Run waits for.
+	retired  atomic.Int32
+	retiring sync.WaitGroup
+
 	mu      sync.Mutex
 	cur     *clientSession
 	changed chan struct{} // closed and replaced whenever cur changes
@@ -197,6 +205,27 @@ func (c *Client) WaitConnected(ctx context.Context) error {
 	}
 }
 
+// Drain tells the relay that the agent is shutting down (a "draining"
+// frame on the control stream), so that it routes the agent no new
+// exchanges; the session stays up for those in flight until Run's context
+// ends. After Drain the Client makes no new session. The error is that of
+// sending the frame; without a session there is nobody to tell.
+func (c *Client) Drain() error {
+	if c.draining.Swap(true) {
+		return nil
+	}
+	c.mu.Lock()
+	cs := c.cur
+	c.mu.Unlock()
+	if cs == nil {
+		return nil
+	}
+	return cs.sendDraining()
+}
+
+// Draining reports whether Drain was called.
+func (c *Client) Draining() bool { return c.draining.Load() }
+
 func (c *Client) setCurrent(cs *clientSession) {
 	c.mu.Lock()
 	c.cur = cs
@@ -212,6 +241,7 @@ func (c *Client) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
 		return errors.New("tunnel: Client.Run called twice")
 	}
+	defer c.retiring.Wait() // they end with ctx
 	cfg := &c.cfg
 	failures := 0
 	// In auto mode, after QUIC failed and TCP worked, reconnects go to
@@ -220,6 +250,12 @@ func (c *Client) Run(ctx context.Context) error {
 	// quicRetryAfter, or whenever TCP fails.
 	var quicFailedAt time.Time
 	for {
+		if c.draining.Load() {
+			// The agent is stopping: a new session would only be
+			// told to take no work.
+			<-ctx.Done()
+			return nil
+		}
 		tcpFirst := cfg.Transport == TransportAuto && !quicFailedAt.IsZero() &&
 			cfg.Clock.Now().Sub(quicFailedAt) < quicRetryAfter
 		cs, err := connect(ctx, cfg, c.log, tcpFirst)
@@ -244,6 +280,12 @@ func (c *Client) Run(ctx context.Context) error {
 			// Retrying sooner cannot help until someone fixes the config.
 			delay = cfg.MaxBackoff
 			c.log.Error("relay refused: "+ref.describe(), "code", ref.Code, "retry_in", delay)
+		case err != nil && c.retired.Load() > 0:
+			// The relay we left is draining and its replacement is not
+			// up yet: keep trying at the shortest pace, to find the
+			// replacement as soon as it is.
+			delay = backoffDelay(0, cfg.MinBackoff, cfg.MaxBackoff, rand.Float64())
+			c.log.Debug("tunnel: relay draining; its replacement does not answer yet", "err", err, "retry_in", delay)
 		case err != nil:
 			delay = backoffDelay(failures, cfg.MinBackoff, cfg.MaxBackoff, rand.Float64())
 			failures++
@@ -258,10 +300,17 @@ func (c *Client) Run(ctx context.Context) error {
 			if lived >= stableSession {
 				failures = 0
 			}
-			if errors.Is(cause, ErrReplaced) {
+			switch {
+			case errors.Is(cause, errRelayDraining):
+				// Unlike "replaced", nothing is wrong: connect again
+				// soon, to the relay's replacement.
+				failures = 0
+				delay = backoffDelay(0, cfg.MinBackoff, cfg.MaxBackoff, rand.Float64())
+				c.log.Info("tunnel: relay is draining; connecting again", "retry_in", delay)
+			case errors.Is(cause, ErrReplaced):
 				delay = cfg.MaxBackoff
 				c.log.Error("tunnel: relay replaced this session: another agent connected with the same name", "retry_in", delay)
-			} else {
+			default:
 				delay = backoffDelay(failures, cfg.MinBackoff, cfg.MaxBackoff, rand.Float64())
 				failures++
 				c.log.Warn("tunnel: disconnected from relay", "err", cause, "lived", lived.Round(time.Millisecond), "retry_in", delay)
@@ -275,12 +324,22 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
+// errRelayDraining ends serve when the relay said it drains; the session
+// itself lives on (see Client.retire).
+var errRelayDraining = errors.New("tunnel: relay is draining")
+
 // serve hands the relay's streams to the listener until the session or ctx
-// ends, and returns why the session ended.
+// ends, or the relay drains, and returns why.
 func (c *Client) serve(ctx context.Context, cs *clientSession) error {
 	c.setCurrent(cs)
 	defer c.setCurrent(nil)
 	c.log.Info("tunnel: connected to relay", "transport", cs.Transport())
+	if c.draining.Load() {
+		// Drain ran before this session was current.
+		if err := cs.sendDraining(); err != nil {
+			c.log.Warn("tunnel: cannot tell the relay the agent drains", "err", err)
+		}
+	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for {
@@ -298,10 +357,29 @@ func (c *Client) serve(ctx context.Context, cs *clientSession) error {
 		// Let the control reader record why before Close muddles it.
 		<-cs.readerDone
 	case <-ctx.Done():
+	case <-cs.relayDraining:
+		c.retire(ctx, cs, &wg)
+		return errRelayDraining
 	}
 	cs.Close()
 	wg.Wait()
 	return cs.Err()
+}
+
+// retire keeps serving the session of a draining relay in the background
+// until the relay closes it (its exchanges in flight are done) or ctx
+// ends: the exchanges in flight on it finish while Run connects again.
+func (c *Client) retire(ctx context.Context, cs *clientSession, accepting *sync.WaitGroup) {
+	c.retired.Add(1)
+	c.retiring.Go(func() {
+		defer c.retired.Add(-1)
+		select {
+		case <-cs.Done():
+		case <-ctx.Done():
+		}
+		cs.Close()
+		accepting.Wait()
+	})
 }
 
 // Connect makes one attempt to open an authenticated session with the
@@ -442,7 +520,7 @@ func handshake(hctx context.Context, sess Session, cfg *ClientConfig, log *slog.
 		return nil, fmt.Errorf("tunnel: handshake with %s: relay answered %q, want welcome or refused", cfg.Address, truncate(a.Type, 32))
 	}
 	ctl.SetDeadline(time.Time{})
-	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{})}
+	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), relayDraining: make(chan struct{})}
 	go cs.readControl() // owned by cs: Close waits for it
 	return cs, nil
 }
@@ -475,9 +553,25 @@ type clientSession struct {
 	ctl        Stream
 	log        *slog.Logger
 	readerDone chan struct{}
+	// relayDraining is closed when the relay says it drains.
+	relayDraining chan struct{}
 
 	mu    sync.Mutex
 	cause error
+
+	drainOnce sync.Once
+	drainErr  error
+}
+
+// sendDraining tells the relay, once, that the agent drains.
+func (cs *clientSession) sendDraining() error {
+	cs.drainOnce.Do(func() {
+		// The only frame the agent writes after the hello: no lock.
+		cs.ctl.SetWriteDeadline(time.Now().Add(lingerTimeout))
+		cs.drainErr = writeFrame(cs.ctl, answer{Type: typeDraining})
+		cs.ctl.SetWriteDeadline(time.Time{})
+	})
+	return cs.drainErr
 }
 
 func (cs *clientSession) readControl() {
@@ -492,6 +586,17 @@ func (cs *clientSession) readControl() {
 		a, err := decodeAnswer(b)
 		if err != nil {
 			cs.log.Debug("tunnel: ignoring control frame", "err", err)
+			continue
+		}
+		if a.Type == typeGoAway && a.Code == codeDraining {
+			// The session lives on for the exchanges in flight; the
+			// relay ends it when they are done.
+			select {
+			case <-cs.relayDraining:
+			default:
+				cs.log.Info("tunnel: relay is draining", "message", truncate(a.Message, 200))
+				close(cs.relayDraining)
+			}
 			continue
 		}
 		if a.Type == typeGoAway {

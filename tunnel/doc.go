@@ -57,6 +57,29 @@
 // other in a tight loop. Unknown frame types and unknown JSON fields are
 // ignored, leaving room for later protocol revisions.
 //
+// # Draining
+//
+// A relay that is shutting down (Server.Drain) stops accepting agent
+// connections and sends, without closing anything,
+//
+//	{"type":"goaway","code":"draining","message":"…"}
+//
+// It opens no new streams on the session and closes it once the exchanges
+// in flight are done (or its grace period ends). The agent keeps that
+// session serving its streams and at once connects again (to another
+// relay, or to the relay's replacement once it is up), retrying at the
+// shortest backoff while the old session lasts: "draining" is not
+// "replaced", and costs no MaxBackoff wait.
+//
+// An agent that is shutting down (Client.Drain) sends, after the welcome,
+// its only frame:
+//
+//	{"type":"draining"}
+//
+// The relay then routes it no new exchanges (Server.AgentDraining) while
+// the streams in flight finish; the agent makes no new session after it.
+// A relay that does not know the frame ignores it.
+//
 // # Streams
 //
 // Every later stream is opened by the relay (Server.Dial) and accepted by the

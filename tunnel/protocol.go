@@ -33,7 +33,13 @@ const (
 )
 
 // goaway codes.
-const codeReplaced = "replaced"
+const (
+	codeReplaced = "replaced"
+	// codeDraining: the relay is shutting down. It opens no new streams
+	// on the session and closes it once the exchanges in flight are done;
+	// the agent connects again (to the relay's replacement) meanwhile.
+	codeDraining = "draining"
+)
 
 // Limits on what an agent may offer, so one hello cannot bloat the relay.
 const (
@@ -47,6 +53,9 @@ const (
 	typeWelcome = "welcome"
 	typeRefused = "refused"
 	typeGoAway  = "goaway"
+	// typeDraining is the agent's only frame after the hello: it is
+	// shutting down, so the relay must route it no new exchanges.
+	typeDraining = "draining"
 )
 
 // Server kinds an agent may offer.

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"github.com/quic-go/quic-go"
+
+	"github.com/mcptun/mcptun/internal/authguard"
 )
 
 // ErrAgentOffline is returned, wrapped, by Server.Dial when the agent has no
@@ -67,6 +70,9 @@ type ServerConfig struct {
 	// HandshakeTimeout bounds TLS, mux setup, hello and answer together;
 	// default DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// AuthGuard throttles and logs refused handshakes per source address
+	// (nil: one with authguard's defaults, logging to Logger).
+	AuthGuard *authguard.Guard
 }
 
 // AgentStatus describes a connected agent.
@@ -76,6 +82,8 @@ type AgentStatus struct {
 	Transport   string          `json:"transport"`
 	Remote      string          `json:"remote"`
 	ConnectedAt time.Time       `json:"connected_at"`
+	// Draining: the agent said it is shutting down (see Server.Draining).
+	Draining bool `json:"draining"`
 }
 
 func (a AgentStatus) clone() AgentStatus {
@@ -105,12 +113,17 @@ type Server struct {
 	slots     chan struct{}
 	closeOnce sync.Once
 	lastDrop  atomic.Int64 // unix nanos of the last "dropping connection" log line
+	draining  atomic.Bool  // Drain was called
+	guard     *authguard.Guard
 
 	notifyMu sync.Mutex // serialises registry changes with their callbacks
 	mu       sync.Mutex
 	agents   map[string]*agentSession
-	conns    map[io.Closer]struct{} // every connection still open, so Close can end it
-	closing  bool
+	// drained names the agents whose last session, now ended, had said
+	// the agent drains: a failure seen late still reads as its shutdown.
+	drained map[string]bool
+	conns   map[io.Closer]struct{} // every connection still open, so Close can end it
+	closing bool
 }
 
 type agentSession struct {
@@ -119,6 +132,9 @@ type agentSession struct {
 	ctl          Stream
 	replaced     chan struct{}
 	replacedOnce sync.Once
+	draining     atomic.Bool // the agent sent "draining"
+	ctlMu        sync.Mutex  // serialises the relay's frames after the welcome
+	toldDraining sync.Once   // the relay's goaway "draining" went out
 }
 
 func (a *agentSession) markReplaced() { a.replacedOnce.Do(func() { close(a.replaced) }) }
@@ -155,10 +171,15 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		tcpTLS:    withALPN(cfg.TLSConfig, ALPN),
 		slots:     make(chan struct{}, maxPendingHandshakes),
 		agents:    make(map[string]*agentSession),
+		drained:   make(map[string]bool),
 		conns:     make(map[io.Closer]struct{}),
+		guard:     cfg.AuthGuard,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.guard == nil {
+		s.guard = authguard.New(authguard.Config{What: "agent handshake", Logger: s.log})
 	}
 	if s.hsTimeout <= 0 {
 		s.hsTimeout = DefaultHandshakeTimeout
@@ -175,7 +196,19 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if udpConn != nil {
 		s.addr = udpConn.LocalAddr().String()
 		s.qtr = &quic.Transport{Conn: udpConn}
-		s.qln, err = s.qtr.Listen(withALPN(cfg.TLSConfig, ALPN, alpnQUICYamux), quicConfig())
+		qc := quicConfig()
+		// A throttled source is refused at its first packet, before the
+		// handshake it would cost. (Only a completed handshake counts as
+		// a failure, so a spoofed address cannot get a victim throttled.)
+		// Not counted in the guard's Throttled: the client sends its
+		// Initial again, and each comes here.
+		qc.GetConfigForClient = func(info *quic.ClientInfo) (*quic.Config, error) {
+			if _, ok := s.guard.Check(authguard.AddrOf(info.RemoteAddr)); !ok {
+				return nil, errThrottled
+			}
+			return qc, nil
+		}
+		s.qln, err = s.qtr.Listen(withALPN(cfg.TLSConfig, ALPN, alpnQUICYamux), qc)
 		if err != nil {
 			s.qtr.Close()
 			udpConn.Close()
@@ -307,6 +340,18 @@ func (s *Server) untrack(c io.Closer) {
 	s.mu.Unlock()
 }
 
+var errThrottled = errors.New("tunnel: too many refused handshakes from this address")
+
+// admitSource reports whether src may try a handshake now (see
+// authguard), counting it if not.
+func (s *Server) admitSource(src netip.Addr) bool {
+	if _, ok := s.guard.Check(src); ok {
+		return true
+	}
+	s.guard.Refused(src)
+	return false
+}
+
 // takeSlot reserves a handshake slot; the returned release is idempotent.
 func (s *Server) takeSlot(remote net.Addr) (release func(), ok bool) {
 	select {
@@ -338,6 +383,12 @@ func (s *Server) acceptTCP() {
 			}
 			continue
 		}
+		// A source refused too often is dropped before TLS: a guess
+		// costs it a connection, not the relay a handshake.
+		if src := authguard.AddrOf(c.RemoteAddr()); !s.admitSource(src) {
+			c.Close()
+			continue
+		}
 		release, ok := s.takeSlot(c.RemoteAddr())
 		if !ok {
 			c.Close()
@@ -355,6 +406,10 @@ func (s *Server) acceptQUIC() {
 				s.log.Error("tunnel: accept quic", "err", err)
 			}
 			return
+		}
+		if src := authguard.AddrOf(conn.RemoteAddr()); !s.admitSource(src) {
+			conn.CloseWithError(quic.ApplicationErrorCode(quic.ConnectionRefused), "too many refused handshakes from this address; retry later")
+			continue
 		}
 		release, ok := s.takeSlot(conn.RemoteAddr())
 		if !ok {
@@ -443,8 +498,11 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 		return
 	}
 	if ref != nil {
-		s.log.Warn("tunnel: refused agent", "agent", truncate(h.Agent, 64), "remote", remote,
+		// Per attempt at debug only: the guard's line (one per source per
+		// interval, with a count) is the one that cannot flood the log.
+		s.log.Debug("tunnel: refused agent", "agent", truncate(h.Agent, 64), "remote", remote,
 			"transport", sess.Transport(), "code", ref.Code, "reason", reason)
+		s.guard.Failed(authguard.AddrOf(sess.RemoteAddr()), "claimed", truncate(h.Agent, 64), "refusal", ref.Code)
 		s.refuse(sess, ctl, ref)
 		return
 	}
@@ -472,6 +530,10 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	ctl.SetDeadline(time.Time{})
 	s.wg.Go(func() { s.refuseStreams(a) })
 	s.wg.Go(func() { s.watchControl(a) })
+	if s.draining.Load() {
+		// Welcomed while Drain looked at the registry: tell it here.
+		s.tellDraining(a)
+	}
 
 	why := "session ended"
 	select {
@@ -533,8 +595,11 @@ func (s *Server) refuse(sess Session, ctl Stream, ref *RefusedError) {
 }
 
 func (s *Server) goAway(a *agentSession, msg answer) {
+	a.ctlMu.Lock()
 	a.ctl.SetWriteDeadline(time.Now().Add(lingerTimeout))
-	if err := writeFrame(a.ctl, msg); err != nil {
+	err := writeFrame(a.ctl, msg)
+	a.ctlMu.Unlock()
+	if err != nil {
 		return
 	}
 	a.ctl.CloseWrite()
@@ -551,18 +616,86 @@ func (s *Server) linger(sess Session) {
 	}
 }
 
-// watchControl ends the session when the control stream ends. Frames the
-// agent sends are ignored: this version defines none after the hello.
+// watchControl ends the session when the control stream ends, and notes
+// an agent that says it drains. Other frames are ignored, for later
+// protocol revisions.
 func (s *Server) watchControl(a *agentSession) {
 	for {
-		if _, err := readFrame(a.ctl); err != nil {
+		b, err := readFrame(a.ctl)
+		if err != nil {
 			if !isClosedErr(err) && !errors.Is(err, io.EOF) {
 				s.log.Debug("tunnel: control stream ended", "agent", a.status.Name, "err", err)
 			}
 			a.sess.Close()
 			return
 		}
+		if f, err := decodeAnswer(b); err == nil && f.Type == typeDraining && !a.draining.Swap(true) {
+			s.log.Info("tunnel: agent draining: routing it no new exchanges", "agent", a.status.Name, "remote", a.status.Remote)
+		}
 	}
+}
+
+// Drain prepares the relay's shutdown: it stops accepting agent
+// connections and tells every connected agent, with goaway "draining",
+// that the relay opens it no new streams and will close the session. The
+// sessions stay up, so the exchanges in flight on them can finish, until
+// Close. An agent that would connect now has to wait for the relay's
+// replacement; a session that completes its handshake meanwhile is told
+// at once.
+func (s *Server) Drain() {
+	if s.draining.Swap(true) {
+		return
+	}
+	if s.tcpLn != nil {
+		s.tcpLn.Close()
+	}
+	if s.qln != nil {
+		// Established connections are unaffected; handshakes in
+		// progress are refused.
+		s.qln.Close()
+	}
+	s.mu.Lock()
+	agents := make([]*agentSession, 0, len(s.agents))
+	for _, a := range s.agents {
+		agents = append(agents, a)
+	}
+	s.mu.Unlock()
+	for _, a := range agents {
+		// In parallel: an agent that does not read its control stream
+		// must not delay the others' notice.
+		s.wg.Go(func() { s.tellDraining(a) })
+	}
+	s.log.Info("tunnel: draining: told agents, accepting no new ones", "agents", len(agents))
+}
+
+// tellDraining sends goaway "draining" once. The control stream stays open
+// for the agent's own "draining" frame and the session's end.
+func (s *Server) tellDraining(a *agentSession) {
+	a.toldDraining.Do(func() {
+		a.ctlMu.Lock()
+		defer a.ctlMu.Unlock()
+		a.ctl.SetWriteDeadline(time.Now().Add(lingerTimeout))
+		defer a.ctl.SetWriteDeadline(time.Time{})
+		if err := writeFrame(a.ctl, answer{Type: typeGoAway, Code: codeDraining,
+			Message: "the relay is shutting down; connect again"}); err != nil {
+			s.log.Debug("tunnel: cannot tell agent the relay drains", "agent", a.status.Name, "err", err)
+		}
+	})
+}
+
+// Draining reports whether Drain was called.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// AgentDraining reports whether the named agent said it is shutting down:
+// its current session did (it finishes the exchanges it has and must get
+// no new ones), or, with no session now, its last one did.
+func (s *Server) AgentDraining(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a := s.agents[name]; a != nil {
+		return a.draining.Load()
+	}
+	return s.drained[name]
 }
 
 // refuseStreams resets streams the agent opens: the relay only ever opens
@@ -585,6 +718,7 @@ func (s *Server) register(a *agentSession) {
 	s.mu.Lock()
 	old := s.agents[name]
 	s.agents[name] = a
+	delete(s.drained, name)
 	s.mu.Unlock()
 	if old != nil {
 		s.log.Warn("tunnel: agent session replaced by a newer one", "agent", name,
@@ -609,6 +743,9 @@ func (s *Server) deregister(a *agentSession) {
 	current := s.agents[a.status.Name] == a
 	if current {
 		delete(s.agents, a.status.Name)
+		if a.draining.Load() {
+			s.drained[a.status.Name] = true
+		}
 	}
 	s.mu.Unlock()
 	if current && s.onChange != nil {
@@ -645,7 +782,9 @@ func (s *Server) Agent(name string) (AgentStatus, bool) {
 	if !ok {
 		return AgentStatus{}, false
 	}
-	return a.status.clone(), true
+	st := a.status.clone()
+	st.Draining = a.draining.Load()
+	return st, true
 }
 
 // Offers reports whether agent is connected and whether it offers server,
@@ -670,7 +809,9 @@ func (s *Server) Agents() []AgentStatus {
 	s.mu.Lock()
 	out := make([]AgentStatus, 0, len(s.agents))
 	for _, a := range s.agents {
-		out = append(out, a.status.clone())
+		st := a.status.clone()
+		st.Draining = a.draining.Load()
+		out = append(out, st)
 	}
 	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b AgentStatus) int { return strings.Compare(a.Name, b.Name) })

@@ -52,6 +52,23 @@ const (
 	// yamuxWriteTimeout also bounds the wait for a ping answer, so a dead
 	// TCP peer is noticed within keepAlivePeriod + yamuxWriteTimeout.
 	yamuxWriteTimeout = 10 * time.Second
+
+	// QUIC flow control. A stream whose reader stalls (a relay client that
+	// reads nothing of its GET stream) keeps its unread bytes, up to its
+	// stream window, charged to the connection's window too: with quic-go's
+	// defaults (streams up to 6 MiB, the connection from 768 KiB up to
+	// 15 MiB) three stalled streams used the whole connection window and
+	// every other stream of the agent stopped. So a stream's window is kept
+	// small against the connection's, and the connection's is granted in
+	// full from the start (auto-tuning grows it only while data is read
+	// fast, which stalled streams do not do): 64 stalled streams fit before
+	// the connection feels it, and the relay cuts stalled clients after
+	// http.write_timeout. 1 MiB per stream is still ~50 MB/s at a 20 ms RTT.
+	// The windows are credit, not memory: memory is what is received and
+	// not yet read.
+	quicStreamWindowInitial = 512 << 10
+	quicStreamWindowMax     = 1 << 20
+	quicConnWindow          = 64 << 20
 )
 
 func quicConfig() *quic.Config {
@@ -60,6 +77,11 @@ func quicConfig() *quic.Config {
 		MaxIdleTimeout:        quicIdleTimeout,
 		MaxIncomingStreams:    maxIncomingStreams,
 		MaxIncomingUniStreams: -1, // the protocol uses none
+
+		InitialStreamReceiveWindow:     quicStreamWindowInitial,
+		MaxStreamReceiveWindow:         quicStreamWindowMax,
+		InitialConnectionReceiveWindow: quicConnWindow,
+		MaxConnectionReceiveWindow:     quicConnWindow,
 	}
 }
 

@@ -31,13 +31,18 @@ func newAgentCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ra, err := startAgent(cmd.Context(), cfg, log)
+			logWarnings(log, cfg.Warnings)
+			// The first signal ends ctx and starts the drain; the agent
+			// itself runs on until the drain is over.
+			ctx := cmd.Context()
+			ra, err := startAgent(context.WithoutCancel(ctx), cfg, log)
 			if err != nil {
 				return err
 			}
-			<-cmd.Context().Done()
-			log.Info("agent stopping")
-			return ra.Close()
+			<-ctx.Done()
+			grace, stop := drainContext(cfg.ShutdownGrace, log)
+			defer stop()
+			return ra.Shutdown(grace, log)
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "agent.yaml", "agent configuration file")
@@ -70,7 +75,9 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	offered := make([]tunnel.OfferedServer, len(cfg.Servers))
 	for i, s := range cfg.Servers {
 		servers[i] = mcpproxy.ServerConfig{Name: s.Name, Command: s.Command, Env: s.Env, Dir: s.Dir, URL: s.URL, Headers: s.Headers,
-			Rate: s.RateLimit.RequestsPerSecond, Burst: s.RateLimit.Burst}
+			Rate: s.RateLimit.RequestsPerSecond, Burst: s.RateLimit.Burst,
+			Limits: mcpproxy.Limits{Sessions: s.Limits.Sessions, SessionsPerClient: s.Limits.SessionsPerClient,
+				ConcurrentRequests: s.Limits.ConcurrentRequests, ConcurrentRequestsPerClient: s.Limits.ConcurrentRequestsPerClient}}
 		kind := "http"
 		if len(s.Command) > 0 {
 			kind = "stdio"
@@ -135,14 +142,51 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	return ra, nil
 }
 
-// Close disconnects from the relay, ends all MCP sessions (killing their
-// children) and waits.
-func (ra *runningAgent) Close() error {
+// Shutdown drains the agent, then closes it: the relay is told to route it
+// no new exchanges (those that still come get 503 agent_draining), and the
+// exchanges in progress — stdio calls, calls to url servers — finish until
+// grace ends. Open GET streams are not waited for: they end with the agent.
+func (ra *runningAgent) Shutdown(grace context.Context, log *slog.Logger) error {
+	start := time.Now()
+	ra.handler.Drain()
+	if err := ra.Client.Drain(); err != nil {
+		log.Warn("cannot tell the relay the agent drains", "err", err)
+	}
+	log.Info("agent draining", "in_flight", ra.handler.InFlight(), "grace", graceLeft(grace))
+	flush := time.Duration(0)
+	if err := ra.handler.Wait(grace); err != nil {
+		log.Warn("agent shutdown grace over: cutting the exchanges still in progress",
+			"in_flight", ra.handler.InFlight(), "waited", time.Since(start).Round(time.Millisecond))
+		flush = cutFlush
+	} else {
+		log.Info("agent drained", "took", time.Since(start).Round(time.Millisecond))
+	}
+	return ra.close(flush)
+}
+
+// cutFlush is how long an agent whose grace ran out gives the error
+// answers of the stdio calls it cut to go out (they are written at once;
+// this is a bound) before it closes the streams, which also cuts the calls
+// to url servers still running.
+const cutFlush = 500 * time.Millisecond
+
+// Close ends all MCP sessions (killing their children; their calls in
+// progress are answered with an error), disconnects from the relay and
+// waits.
+func (ra *runningAgent) Close() error { return ra.close(closeTimeout) }
+
+// close is Close giving the answers being written up to flush to go out
+// before the streams and the tunnel close.
+func (ra *runningAgent) close(flush time.Duration) error {
+	err := ra.handler.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), flush)
+	defer cancel()
+	_ = ra.serve.Shutdown(ctx)
+	if ra.http.Shutdown(ctx) != nil {
+		_ = ra.http.Close()
+	}
 	ra.cancel()
 	_ = ra.Client.Listener().Close()
-	_ = ra.serve.Close()
-	_ = ra.http.Close()
-	err := ra.handler.Close()
 	ra.debug.Close()
 	ra.wg.Wait()
 	return err

@@ -6,10 +6,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -83,15 +85,19 @@ func newCheckCmd() *cobra.Command {
 				return fmt.Errorf("check: give --relay FILE and/or --agent FILE")
 			}
 			if relayPath != "" {
-				if _, err := config.LoadRelay(relayPath); err != nil {
+				c, err := config.LoadRelay(relayPath)
+				if err != nil {
 					return err
 				}
+				printWarnings(cmd.ErrOrStderr(), c.Warnings)
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", relayPath)
 			}
 			if agentPath != "" {
-				if _, err := config.LoadAgent(agentPath); err != nil {
+				c, err := config.LoadAgent(agentPath)
+				if err != nil {
 					return err
 				}
+				printWarnings(cmd.ErrOrStderr(), c.Warnings)
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", agentPath)
 			}
 			return nil
@@ -100,4 +106,55 @@ func newCheckCmd() *cobra.Command {
 	cmd.Flags().StringVar(&relayPath, "relay", "", "relay configuration file")
 	cmd.Flags().StringVar(&agentPath, "agent", "", "agent configuration file")
 	return cmd
+}
+
+// closeTimeout bounds closing a role once its drain is over: the answers
+// still being written (errors for what the drain cut) get this long.
+const closeTimeout = 2 * time.Second
+
+// drainContext is the context of a drain that began with a SIGINT or
+// SIGTERM: it ends when grace has passed, or at once when another of these
+// signals comes (the operator will not wait). stop releases it.
+func drainContext(grace time.Duration, log *slog.Logger) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case s := <-sig:
+			log.Warn("second signal: cutting the drain short", "signal", s.String())
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		cancel()
+		<-done
+		signal.Stop(sig)
+	}
+}
+
+// graceLeft is the time until ctx's deadline, for logs.
+func graceLeft(ctx context.Context) time.Duration {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return 0
+	}
+	return time.Until(dl).Round(time.Millisecond)
+}
+
+// printWarnings prints the problems a configuration loaded with, for check.
+func printWarnings(w io.Writer, warnings []*config.Error) {
+	for _, e := range warnings {
+		fmt.Fprintf(w, "warning: %v\n", e)
+	}
+}
+
+// logWarnings logs the problems a configuration loaded with, at start.
+func logWarnings(log *slog.Logger, warnings []*config.Error) {
+	for _, e := range warnings {
+		log.Warn("config: "+e.Reason, "file", e.File, "key", e.Key)
+	}
 }

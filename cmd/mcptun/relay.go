@@ -33,6 +33,7 @@ func newRelayCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			logWarnings(log, cfg.Warnings)
 			ctx := cmd.Context()
 			tlsCert, err := tls.LoadX509KeyPair(cfg.Tunnel.CertFile, cfg.Tunnel.KeyFile)
 			if err != nil {
@@ -46,13 +47,16 @@ func newRelayCmd() *cobra.Command {
 				}
 				httpCert = &c
 			}
-			rr, err := startRelay(ctx, cfg, tlsCert, httpCert, log)
+			// The first signal ends ctx and starts the drain; the relay
+			// itself runs on until the drain is over.
+			rr, err := startRelay(context.WithoutCancel(ctx), cfg, tlsCert, httpCert, log)
 			if err != nil {
 				return err
 			}
 			<-ctx.Done()
-			log.Info("relay stopping")
-			return rr.Close()
+			grace, stop := drainContext(cfg.ShutdownGrace, log)
+			defer stop()
+			return rr.Shutdown(grace, log)
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "relay.yaml", "relay configuration file")
@@ -65,6 +69,7 @@ type runningRelay struct {
 	Handler *relay.Handler
 	HTTPURL string // base URL of the HTTP front, e.g. http://127.0.0.1:8080
 
+	ln    net.Listener // the HTTP front's
 	fast  *httpfwd.ConnServer
 	http  *http.Server
 	debug *debugServer
@@ -82,7 +87,10 @@ func (a tunnelAgents) Dial(ctx context.Context, agent string) (net.Conn, error) 
 	return a.srv.Dial(ctx, agent)
 }
 
+func (a tunnelAgents) AgentDraining(agent string) bool { return a.srv.AgentDraining(agent) }
+
 func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certificate, httpCert *tls.Certificate, log *slog.Logger) (*runningRelay, error) {
+	cfg.HTTP.SetLimitDefaults() // a config made in code (demo) was not validated
 	creds := make([]tunnel.AgentCredential, len(cfg.Agents))
 	known := make([]string, len(cfg.Agents))
 	for i, a := range cfg.Agents {
@@ -129,6 +137,12 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 		Clients:        clients,
 		AllowedOrigins: cfg.HTTP.AllowedOrigins,
 		Logger:         log.With("component", "http"),
+		Limits: relay.Limits{
+			HeaderTimeout: cfg.HTTP.HeaderTimeout,
+			IdleTimeout:   cfg.HTTP.IdleTimeout,
+			BodyTimeout:   cfg.HTTP.BodyTimeout,
+			WriteTimeout:  cfg.HTTP.WriteTimeout,
+		},
 	})
 	if err != nil {
 		_ = ts.Close()
@@ -150,13 +164,17 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{*httpCert}, MinVersion: tls.VersionTLS12})
 	}
 	rr.HTTPURL = scheme + "://" + ln.Addr().String()
+	rr.ln = ln
 	// Admitted MCP exchanges are forwarded on the client connection
 	// itself; the http.Server serves the rest (see relay.Handler.ServeConn).
 	rr.fast = httpfwd.NewConnServer(h.ServeConn, ln.Addr())
+	rr.fast.MaxConns = cfg.HTTP.MaxConnections
+	rr.fast.Busy = relay.TooManyConnections(cfg.HTTP.MaxConnections)
+	rr.fast.Logger = log.With("component", "http")
 	rr.http = &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: relay.ClientHeaderTimeout,
-		IdleTimeout:       relay.ClientIdleTimeout,
+		ReadHeaderTimeout: cfg.HTTP.HeaderTimeout,
+		IdleTimeout:       cfg.HTTP.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	serveFront(&rr.wg, log.With("component", "http"), rr.fast, rr.http, ln)
@@ -171,17 +189,42 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	return rr, nil
 }
 
-// Close stops accepting, ends agent sessions and waits for the servers.
+// Shutdown drains the relay, then closes it: new exchanges get 503
+// relay_draining, no new client connection or agent is accepted, agents
+// are told (so they connect again elsewhere, or to the relay's
+// replacement), and the exchanges in flight finish until grace ends. Open
+// GET streams are not waited for: they end with the relay, and clients
+// resume them with Last-Event-ID.
+func (rr *runningRelay) Shutdown(grace context.Context, log *slog.Logger) error {
+	start := time.Now()
+	rr.Handler.Drain()
+	rr.Tunnel.Drain()
+	// Stop accepting; connections already open are answered 503 (and
+	// closed) if they send another request.
+	_ = rr.ln.Close()
+	log.Info("relay draining", "in_flight", rr.Handler.InFlight(), "grace", graceLeft(grace))
+	if err := rr.Handler.Wait(grace); err != nil {
+		log.Warn("relay shutdown grace over: cutting the exchanges still in flight",
+			"in_flight", rr.Handler.InFlight(), "waited", time.Since(start).Round(time.Millisecond))
+	} else {
+		log.Info("relay drained", "took", time.Since(start).Round(time.Millisecond))
+	}
+	return rr.Close()
+}
+
+// Close ends agent sessions, which cuts the exchanges in flight (answered
+// 503 relay_shutdown where no answer began), closes client connections
+// and waits for the servers.
 func (rr *runningRelay) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	rr.Handler.Close()
+	err := rr.Tunnel.Close()
+	// What is left are answers being written: give them a moment.
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
-	// Long SSE streams never go idle: after a grace period, cut them.
 	_ = rr.fast.Shutdown(ctx)
 	if err := rr.http.Shutdown(ctx); err != nil {
 		_ = rr.http.Close()
 	}
-	err := rr.Tunnel.Close()
-	rr.Handler.Close()
 	rr.debug.Close()
 	rr.wg.Wait()
 	return err

@@ -3,9 +3,11 @@ package benchmatrix
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -71,7 +73,8 @@ func run(name string, args ...string) error {
 }
 
 // buildLab makes namespace ns and the impaired link to it. It fails
-// rather than touch a namespace or address that already exists.
+// rather than touch a namespace or address that already exists, but for
+// the leftovers of a lab whose owner died (see removeStaleLabs).
 func buildLab(ns string, cfg LinkConfig) (lab *netLab, err error) {
 	if os.Geteuid() != 0 {
 		return nil, ErrNotRoot
@@ -80,6 +83,9 @@ func buildLab(ns string, cfg LinkConfig) (lab *netLab, err error) {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("lossy lab: %s not found (apt-get install -y iproute2): %w", tool, err)
 		}
+	}
+	if _, err := removeStaleLabs(); err != nil {
+		return nil, fmt.Errorf("lossy lab: %w", err)
 	}
 	if _, err := os.Stat("/run/netns/" + ns); err == nil {
 		return nil, fmt.Errorf("lossy lab: network namespace %s already exists", ns)
@@ -116,6 +122,79 @@ func buildLab(ns string, cfg LinkConfig) (lab *netLab, err error) {
 	lab.Emulator = fmt.Sprintf("user-space emulator on TUN devices (tc netem unavailable on this kernel): delay %s, loss %g%% each way, queue %d packets",
 		cfg.Delay, cfg.Loss*100, cfg.Limit)
 	return lab, nil
+}
+
+// staleLabName matches the namespaces our labs are named with: the
+// harness's (.ci/bench.sh: mcptunbench-PID) and the tests'
+// (mcptunbenchtest-PID, mcptunbenchtest2-PID), PID being the owner's.
+var staleLabName = regexp.MustCompile(`^mcptunbench(?:test2?)?-([0-9]+)$`)
+
+// removeStaleLabs deletes the namespaces of labs whose owner was killed
+// before it could clean up (SIGKILL, a crashed test binary): a veth
+// pair's root end keeps the lab's address while its namespace exists, so
+// every later lab on the host would refuse to start. A namespace is stale
+// only if its owner's PID is gone, no process runs inside it, and no live
+// process names it on its command line (a benchmatrix still running its
+// lossy section after its harness died). It returns the names removed.
+func removeStaleLabs() ([]string, error) {
+	entries, err := os.ReadDir("/run/netns")
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list network namespaces: %w", err)
+	}
+	var removed []string
+	for _, e := range entries {
+		m := staleLabName.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		ns := e.Name()
+		if _, err := os.Stat("/proc/" + m[1]); err == nil {
+			continue // the owner lives
+		}
+		if out, err := exec.Command("ip", "netns", "pids", ns).Output(); err != nil || strings.TrimSpace(string(out)) != "" {
+			continue // in use, or cannot tell
+		}
+		if namedByLiveProcess(ns) {
+			continue
+		}
+		// The root end first: the kernel tears a deleted namespace (and
+		// the pair with it) down asynchronously, while deleting one end of
+		// a pair removes both at once, and with them the address.
+		lab := &netLab{NS: ns}
+		if root, _ := lab.devNames(); root != "" {
+			if _, err := os.Stat("/sys/class/net/" + root); err == nil {
+				if err := run("ip", "link", "del", root); err != nil {
+					return removed, fmt.Errorf("remove stale lab: %w", err)
+				}
+			}
+		}
+		if err := run("ip", "netns", "del", ns); err != nil {
+			return removed, fmt.Errorf("remove stale lab: %w", err)
+		}
+		removed = append(removed, ns)
+	}
+	return removed, nil
+}
+
+// namedByLiveProcess reports whether a live process has word as one of
+// its arguments.
+func namedByLiveProcess(word string) bool {
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		b, err := os.ReadFile("/proc/" + p.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		for _, arg := range strings.Split(string(b), "\x00") {
+			if arg == word {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // devNames derives interface names (at most 15 bytes) from the namespace.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -131,4 +132,41 @@ func TestBuildLabRefusesExistingNamespace(t *testing.T) {
 	defer func() { _ = run("ip", "netns", "del", ns) }()
 	_, err := buildLab(ns, LinkConfig{Delay: time.Millisecond})
 	assert.ErrorContains(t, err, "already exists")
+}
+
+// A lab whose owner was killed (here: a namespace named for a process that
+// has exited, with a veth pair whose root end holds the lab's address, as a
+// netem lab leaves it) does not stop the next lab: buildLab removes it.
+// A namespace of a live owner is left alone.
+func TestBuildLabRemovesStaleLab(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	dead := exec.Command("true")
+	require.NoError(t, dead.Run())
+	stale := fmt.Sprintf("mcptunbenchtest-%d", dead.Process.Pid)
+	live := fmt.Sprintf("mcptunbenchtest2-%d", os.Getpid())
+	require.NoError(t, run("ip", "netns", "add", stale))
+	defer func() {
+		if _, err := os.Stat("/run/netns/" + stale); err == nil {
+			_ = run("ip", "netns", "del", stale)
+		}
+	}()
+	require.NoError(t, run("ip", "netns", "add", live))
+	defer func() { _ = run("ip", "netns", "del", live) }()
+	crashed := &netLab{NS: stale}
+	root, inside := crashed.devNames()
+	require.NoError(t, run("ip", "link", "add", root, "type", "veth", "peer", "name", inside, "netns", stale))
+	require.NoError(t, run("ip", "addr", "add", labRootAddr+labPrefix, "dev", root))
+
+	ns := fmt.Sprintf("mcptunbenchtest-%d", os.Getpid())
+	lab, err := buildLab(ns, LinkConfig{Delay: time.Millisecond})
+	require.NoError(t, err, "a crashed lab's leftovers must not stop the next one")
+	require.NoError(t, lab.Close())
+	_, err = os.Stat("/run/netns/" + stale)
+	assert.True(t, os.IsNotExist(err), "the stale namespace is removed")
+	_, err = os.Stat("/sys/class/net/" + root)
+	assert.True(t, os.IsNotExist(err), "the stale root-side device is gone with it")
+	_, err = os.Stat("/run/netns/" + live)
+	assert.NoError(t, err, "a live owner's namespace is left alone")
 }

@@ -17,7 +17,7 @@ type Agent struct {
 	Relay   AgentRelay    `mapstructure:"relay"`
 	Servers []AgentServer `mapstructure:"servers"`
 	// IdleTimeout ends a stdio MCP session (and its child) after this long
-	// without a request.
+	// without a request. Default DefaultIdleTimeout.
 	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
 	// AllowedOrigins lists browser origins the agent's stdio bridge accepts
 	// besides loopback ones (defence in depth behind the relay's check).
@@ -29,6 +29,13 @@ type Agent struct {
 	UpstreamPrefixes []netip.Prefix `mapstructure:"-"`
 	Log              Log            `mapstructure:"log"`
 	Debug            Debug          `mapstructure:"debug"`
+	// ShutdownGrace is how long an agent told to stop (SIGTERM, SIGINT)
+	// lets the exchanges in flight finish before it cuts them, stops its
+	// stdio servers and exits.
+	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+	// Warnings are problems that do not stop the agent (a world-readable
+	// token file); check prints them and the agent logs them at start.
+	Warnings []*Error `mapstructure:"-"`
 }
 
 // AgentRelay says how to reach and trust the relay.
@@ -58,7 +65,49 @@ type AgentServer struct {
 	// RateLimit bounds the exchanges the server receives from all
 	// clients together.
 	RateLimit RateLimit `mapstructure:"rate_limit"`
+	// Limits bound a command server's sessions and requests in flight, in
+	// all and per client (zero: the default, see mcpproxy.Limits).
+	Limits ServerLimits `mapstructure:"limits"`
 }
+
+// ServerLimits is servers[].limits. Zero fields take mcpproxy's defaults
+// (sessions 256, sessions_per_client 32, concurrent_requests 1024,
+// concurrent_requests_per_client 128).
+type ServerLimits struct {
+	Sessions                    int `mapstructure:"sessions"`
+	SessionsPerClient           int `mapstructure:"sessions_per_client"`
+	ConcurrentRequests          int `mapstructure:"concurrent_requests"`
+	ConcurrentRequestsPerClient int `mapstructure:"concurrent_requests_per_client"`
+}
+
+func (l *ServerLimits) validate(p *problems, key string, command bool) {
+	if *l != (ServerLimits{}) && !command {
+		p.add(key, "limits apply to command servers only")
+		return
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"sessions", l.Sessions}, {"sessions_per_client", l.SessionsPerClient},
+		{"concurrent_requests", l.ConcurrentRequests}, {"concurrent_requests_per_client", l.ConcurrentRequestsPerClient}} {
+		if f.v < 0 {
+			p.add(key+"."+f.name, "must not be negative, not %d (0 or unset: the default)", f.v)
+		}
+	}
+	if l.Sessions > 0 && l.SessionsPerClient > l.Sessions {
+		p.add(key+".sessions_per_client", "%d is more than the server's sessions (%d)", l.SessionsPerClient, l.Sessions)
+	}
+	if l.ConcurrentRequests > 0 && l.ConcurrentRequestsPerClient > l.ConcurrentRequests {
+		p.add(key+".concurrent_requests_per_client", "%d is more than the server's concurrent_requests (%d)", l.ConcurrentRequestsPerClient, l.ConcurrentRequests)
+	}
+}
+
+// DefaultIdleTimeout is idle_timeout's default: short, because clients
+// that never send DELETE (most command-line clients) would otherwise keep
+// a child — often a Node.js process of 100 MB or more — for that long
+// after they exit. Clients that keep their GET stream open (the usual
+// interactive ones) are never idle; others start a new session on 404.
+const DefaultIdleTimeout = 2 * time.Minute
 
 // LoadAgent reads and validates an agent configuration file, including
 // reading the token from token_file.
@@ -71,10 +120,12 @@ func LoadAgent(path string) (*Agent, error) {
 		return nil, err
 	}
 	p := &problems{file: path}
+	checkConfigMode(p, path)
 	c.validate(p, path)
 	if err := p.err(); err != nil {
 		return nil, err
 	}
+	c.Warnings = p.warnings
 	return &c, nil
 }
 
@@ -86,6 +137,7 @@ func (c *Agent) validate(p *problems, path string) {
 		p.add("relay.token_file", "set either token_file or %s, not both", envName("relay.token"))
 	case c.Relay.TokenFile != "":
 		c.Relay.TokenFile = resolve(path, c.Relay.TokenFile)
+		checkSecretMode(p, "relay.token_file", c.Relay.TokenFile)
 		c.Relay.Token = readSecret(p, "relay.token_file", c.Relay.TokenFile)
 	case c.Relay.Token == "":
 		p.add("relay.token_file", "required: the agent's credential (or set %s)", envName("relay.token"))
@@ -122,6 +174,7 @@ func (c *Agent) validate(p *problems, path string) {
 		key := fmt.Sprintf("servers[%d]", i)
 		checkNamed(p, key+".name", "server", s.Name, seen)
 		s.RateLimit.validate(p, key+".rate_limit")
+		s.Limits.validate(p, key+".limits", len(s.Command) > 0)
 		switch {
 		case len(s.Command) > 0 && s.URL != "":
 			p.add(key, "set command (stdio server) or url (HTTP server), not both")
@@ -147,7 +200,7 @@ func (c *Agent) validate(p *problems, path string) {
 		}
 	}
 	if c.IdleTimeout == 0 {
-		c.IdleTimeout = 10 * time.Minute
+		c.IdleTimeout = DefaultIdleTimeout
 	}
 	if c.IdleTimeout < time.Second {
 		p.add("idle_timeout", "must be at least 1s, not %s", c.IdleTimeout)
@@ -181,6 +234,7 @@ func (c *Agent) validate(p *problems, path string) {
 	if c.Debug.PprofListen != "" {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
 	}
+	checkShutdownGrace(p, &c.ShutdownGrace)
 }
 
 // restoreEnvCase puts back the case of environment variable names in

@@ -47,8 +47,9 @@ func (e *Error) Error() string {
 
 // problems collects Errors for one file.
 type problems struct {
-	file string
-	errs []error
+	file     string
+	errs     []error
+	warnings []*Error // see warn
 }
 
 func (p *problems) add(key, format string, args ...any) {

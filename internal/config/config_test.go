@@ -101,6 +101,8 @@ func TestLoadRelayErrors(t *testing.T) {
 			"clients[0].rate_limit.burst", "without requests_per_second"},
 		{"rate typo", strings.Replace(validRelay, `allow: ["dc1/*", "*/wiki"]}`, `allow: ["dc1/*"], rate_limit: {rps: 10}}`, 1),
 			"", "rps"},
+		{"negative grace", validRelay + "shutdown_grace: -1s\n", "shutdown_grace", "must not be negative"},
+		{"grace not a duration", validRelay + "shutdown_grace: soon\n", "", "shutdown_grace"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -143,7 +145,7 @@ func TestLoadAgent(t *testing.T) {
 	require.Equal(t, filepath.Join(dir, "notes-server"), c.Servers[0].Command[0])
 	require.Equal(t, map[string]string{"NOTES_DIR": "/srv/notes"}, c.Servers[0].Env, "env names keep their case")
 	require.Equal(t, "Bearer internal", c.Servers[1].Headers["authorization"])
-	require.Equal(t, 10*time.Minute, c.IdleTimeout)
+	require.Equal(t, 2*time.Minute, c.IdleTimeout, "the documented default")
 	require.Equal(t, "native", c.Relay.Mux)
 }
 
@@ -156,6 +158,17 @@ func TestLoadAgentRateLimit(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, RateLimit{RequestsPerSecond: 7.5, Burst: 8}, c.Servers[1].RateLimit, "burst defaults to the rate, rounded up")
 	require.Zero(t, c.Servers[0].RateLimit, "no limit unless set")
+}
+
+func TestLoadAgentLimits(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "agent.token", "s3cret\n")
+	p := writeFile(t, dir, "agent.yaml", strings.Replace(validAgent, `env: {NOTES_DIR: /srv/notes}}`,
+		`limits: {sessions: 64, sessions_per_client: 4, concurrent_requests: 100, concurrent_requests_per_client: 10}}`, 1))
+	c, err := LoadAgent(p)
+	require.NoError(t, err)
+	require.Equal(t, ServerLimits{Sessions: 64, SessionsPerClient: 4, ConcurrentRequests: 100, ConcurrentRequestsPerClient: 10}, c.Servers[0].Limits)
+	require.Zero(t, c.Servers[1].Limits, "zero: mcpproxy's defaults")
 }
 
 func TestLoadAgentUpstreamNetworks(t *testing.T) {
@@ -203,8 +216,20 @@ func TestLoadAgentErrors(t *testing.T) {
 			"servers[1].rate_limit.requests_per_second", "> 0"},
 		{"bad upstream network", validAgent + "upstream_networks: [10.0.0.0/8, intranet]\n", "upstream_networks[1]", "is not a network"},
 		{"literal url outside", validAgent + "upstream_networks: [10.0.0.0/8]\n", "servers[1].url", "127.0.0.1 is outside upstream_networks"},
+		{"negative sessions", strings.Replace(validAgent, `env: {NOTES_DIR: /srv/notes}}`, `limits: {sessions: -1}}`, 1),
+			"servers[0].limits.sessions", "negative"},
+		{"per client above server", strings.Replace(validAgent, `env: {NOTES_DIR: /srv/notes}}`, `limits: {sessions: 8, sessions_per_client: 9}}`, 1),
+			"servers[0].limits.sessions_per_client", "more than the server's sessions (8)"},
+		{"requests per client above server", strings.Replace(validAgent, `env: {NOTES_DIR: /srv/notes}}`, `limits: {concurrent_requests: 8, concurrent_requests_per_client: 9}}`, 1),
+			"servers[0].limits.concurrent_requests_per_client", "more than"},
+		{"limits on a url server", strings.Replace(validAgent, `headers: {Authorization: "Bearer internal"}}`, `limits: {sessions: 3}}`, 1),
+			"servers[1].limits", "command servers only"},
+		{"limits typo", strings.Replace(validAgent, `env: {NOTES_DIR: /srv/notes}}`, `limits: {session: 3}}`, 1),
+			"", "session"},
 		{"server burst alone", strings.Replace(validAgent, `headers: {Authorization: "Bearer internal"}}`, `rate_limit: {burst: 5}}`, 1),
 			"servers[1].rate_limit.burst", "without requests_per_second"},
+		{"negative grace", validAgent + "shutdown_grace: -5s\n", "shutdown_grace", "must not be negative"},
+		{"grace without unit", validAgent + "shutdown_grace: 30\n", "shutdown_grace", "give a unit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -251,4 +276,62 @@ func FuzzLoad(f *testing.F) {
 			}
 		}
 	})
+}
+
+// shutdown_grace defaults to 30 s in both files and takes a duration.
+func TestShutdownGrace(t *testing.T) {
+	for _, tc := range []struct {
+		extra string
+		want  time.Duration
+	}{
+		{"", 30 * time.Second},
+		{"shutdown_grace: 1s\n", time.Second},
+		{"shutdown_grace: 2m\n", 2 * time.Minute},
+	} {
+		dir := t.TempDir()
+		writeFile(t, dir, "agent.token", "s3cret")
+		r, err := LoadRelay(writeFile(t, dir, "relay.yaml", strings.ReplaceAll(validRelay, "HASH", hashA)+tc.extra))
+		require.NoError(t, err, tc.extra)
+		require.Equal(t, tc.want, r.ShutdownGrace, "relay %q", tc.extra)
+		a, err := LoadAgent(writeFile(t, dir, "agent.yaml", validAgent+tc.extra))
+		require.NoError(t, err, tc.extra)
+		require.Equal(t, tc.want, a.ShutdownGrace, "agent %q", tc.extra)
+	}
+}
+
+// The client connection limits: documented defaults, values taken, and
+// bad values named by key.
+func TestLoadRelayHTTPLimits(t *testing.T) {
+	load := func(http string) (*Relay, error) {
+		body := strings.Replace(validRelay, `http: {listen: "127.0.0.1:8080"}`, `http: {listen: "127.0.0.1:8080"`+http+`}`, 1)
+		return LoadRelay(writeFile(t, t.TempDir(), "relay.yaml", strings.ReplaceAll(body, "HASH", hashA)))
+	}
+	c, err := load("")
+	require.NoError(t, err)
+	require.Equal(t, 10000, c.HTTP.MaxConnections)
+	require.Equal(t, 10*time.Second, c.HTTP.HeaderTimeout)
+	require.Equal(t, 120*time.Second, c.HTTP.IdleTimeout)
+	require.Equal(t, 30*time.Second, c.HTTP.BodyTimeout)
+	require.Equal(t, 30*time.Second, c.HTTP.WriteTimeout)
+
+	c, err = load(", max_connections: 50, header_timeout: 2s, idle_timeout: 1m, body_timeout: 5s, write_timeout: 7s")
+	require.NoError(t, err)
+	require.Equal(t, 50, c.HTTP.MaxConnections)
+	require.Equal(t, 2*time.Second, c.HTTP.HeaderTimeout)
+	require.Equal(t, time.Minute, c.HTTP.IdleTimeout)
+	require.Equal(t, 5*time.Second, c.HTTP.BodyTimeout)
+	require.Equal(t, 7*time.Second, c.HTTP.WriteTimeout)
+
+	for _, tc := range []struct{ http, want string }{
+		{", max_connections: -1", "http.max_connections: must be a number of connections"},
+		{", header_timeout: 10ms", "http.header_timeout: must be at least 1s"},
+		{", idle_timeout: -5s", "http.idle_timeout: must be at least 1s"},
+		{", body_timeout: 500ms", "http.body_timeout: must be at least 1s"},
+		{", write_timeout: 1ns", "http.write_timeout: must be at least 1s"},
+		{", write_timeout: soon", "write_timeout"},
+	} {
+		_, err := load(tc.http)
+		require.ErrorContains(t, err, tc.want, tc.http)
+		require.ErrorContains(t, err, "relay.yaml", tc.http)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"time"
 )
 
 // Relay is the relay's configuration (relay.yaml).
@@ -14,7 +15,16 @@ type Relay struct {
 	Clients []RelayClient `mapstructure:"clients"`
 	Log     Log           `mapstructure:"log"`
 	Debug   Debug         `mapstructure:"debug"`
+	// ShutdownGrace is how long a relay told to stop (SIGTERM, SIGINT)
+	// lets the exchanges in flight finish before it cuts them and exits.
+	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+	// Warnings are problems that do not stop the relay (a world-readable
+	// key file); check prints them and the relay logs them at start.
+	Warnings []*Error `mapstructure:"-"`
 }
+
+// DefaultShutdownGrace is shutdown_grace when the file does not set it.
+const DefaultShutdownGrace = 30 * time.Second
 
 // RelayTunnel is where agents connect: QUIC on UDP and TLS on TCP, same port.
 type RelayTunnel struct {
@@ -33,7 +43,31 @@ type RelayHTTP struct {
 	// AllowedOrigins lists browser origins allowed besides loopback ones
 	// (on a loopback Host); a request with any other Origin is refused (403).
 	AllowedOrigins []string `mapstructure:"allowed_origins"`
+	// Limits on client connections; zero values take the defaults below.
+	//
+	// MaxConnections caps concurrent client connections; one over it is
+	// answered 503 (too_many_connections) and closed.
+	MaxConnections int `mapstructure:"max_connections"`
+	// HeaderTimeout bounds the wait for a request head: on a new
+	// connection from accept, on a kept-alive one from its first byte.
+	HeaderTimeout time.Duration `mapstructure:"header_timeout"`
+	// IdleTimeout closes a connection idle between exchanges.
+	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
+	// BodyTimeout cuts a request whose body makes no progress this long.
+	BodyTimeout time.Duration `mapstructure:"body_timeout"`
+	// WriteTimeout cuts a client that accepts no bytes of its answer this
+	// long (a GET stream nobody reads).
+	WriteTimeout time.Duration `mapstructure:"write_timeout"`
 }
+
+// Defaults of the relay's client connection limits (http.*).
+const (
+	DefaultMaxConnections  = 10000
+	DefaultHeaderTimeout   = 10 * time.Second
+	DefaultHTTPIdleTimeout = 120 * time.Second
+	DefaultBodyTimeout     = 30 * time.Second
+	DefaultWriteTimeout    = 30 * time.Second
+)
 
 // RelayAgent is an agent allowed to connect.
 type RelayAgent struct {
@@ -76,10 +110,12 @@ func LoadRelay(path string) (*Relay, error) {
 		return nil, err
 	}
 	p := &problems{file: path}
+	checkConfigMode(p, path)
 	c.validate(p, path)
 	if err := p.err(); err != nil {
 		return nil, err
 	}
+	c.Warnings = p.warnings
 	return &c, nil
 }
 
@@ -93,6 +129,7 @@ func (c *Relay) validate(p *problems, path string) {
 	}
 	c.Tunnel.CertFile = resolve(path, c.Tunnel.CertFile)
 	c.Tunnel.KeyFile = resolve(path, c.Tunnel.KeyFile)
+	checkSecretMode(p, "tunnel.key_file", c.Tunnel.KeyFile)
 
 	checkHostPort(p, "http.listen", c.HTTP.Listen)
 	if (c.HTTP.CertFile == "") != (c.HTTP.KeyFile == "") {
@@ -100,7 +137,11 @@ func (c *Relay) validate(p *problems, path string) {
 	}
 	c.HTTP.CertFile = resolve(path, c.HTTP.CertFile)
 	c.HTTP.KeyFile = resolve(path, c.HTTP.KeyFile)
+	if c.HTTP.KeyFile != c.Tunnel.KeyFile { // one file, one report
+		checkSecretMode(p, "http.key_file", c.HTTP.KeyFile)
+	}
 	checkOrigins(p, "http.allowed_origins", c.HTTP.AllowedOrigins)
+	c.HTTP.validateLimits(p)
 
 	if len(c.Agents) == 0 {
 		p.add("agents", "at least one agent is required")
@@ -129,6 +170,61 @@ func (c *Relay) validate(p *problems, path string) {
 	c.Log.validate(p)
 	if c.Debug.PprofListen != "" {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
+	}
+	checkShutdownGrace(p, &c.ShutdownGrace)
+}
+
+// checkShutdownGrace validates shutdown_grace and fills in its default.
+func checkShutdownGrace(p *problems, d *time.Duration) {
+	switch {
+	case *d < 0:
+		p.add("shutdown_grace", "must not be negative, not %s (0 or unset: %s)", *d, DefaultShutdownGrace)
+	case *d == 0:
+		*d = DefaultShutdownGrace
+	case *d < time.Millisecond:
+		// A bare number is nanoseconds: surely not what was meant.
+		p.add("shutdown_grace", "%s is less than a millisecond: give a unit, such as 30s", *d)
+	}
+}
+
+// validateLimits checks the connection limits and fills in defaults.
+func (h *RelayHTTP) validateLimits(p *problems) {
+	if h.MaxConnections < 0 {
+		p.add("http.max_connections", "must be a number of connections, > 0 (or 0: the default %d), not %d", DefaultMaxConnections, h.MaxConnections)
+	}
+	for _, d := range h.timeouts() {
+		if *d.v != 0 && *d.v < time.Second {
+			p.add(d.key, "must be at least 1s (or left out: the default %s), not %s", d.def, *d.v)
+		}
+	}
+	h.SetLimitDefaults()
+}
+
+// SetLimitDefaults gives the connection limits left at zero their
+// defaults (for a RelayHTTP made in code, not loaded).
+func (h *RelayHTTP) SetLimitDefaults() {
+	if h.MaxConnections == 0 {
+		h.MaxConnections = DefaultMaxConnections
+	}
+	for _, d := range h.timeouts() {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+}
+
+type timeoutKey struct {
+	key string
+	v   *time.Duration
+	def time.Duration
+}
+
+func (h *RelayHTTP) timeouts() []timeoutKey {
+	return []timeoutKey{
+		{"http.header_timeout", &h.HeaderTimeout, DefaultHeaderTimeout},
+		{"http.idle_timeout", &h.IdleTimeout, DefaultHTTPIdleTimeout},
+		{"http.body_timeout", &h.BodyTimeout, DefaultBodyTimeout},
+		{"http.write_timeout", &h.WriteTimeout, DefaultWriteTimeout},
 	}
 }
 

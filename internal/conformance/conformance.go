@@ -143,7 +143,9 @@ func (r *Results) Diff(other *Results) string {
 // CheckExpected compares the failed scenarios with the expected ones (for
 // example from LoadExpectedFailures) the way the suite's --expected-failures
 // does: an unexpected failure and an expected failure that now passes (a
-// stale entry) are both errors.
+// stale entry) are both errors, and so is an expected failure that did not
+// run at all (renamed or dropped by the suite), which would otherwise hide
+// for good behind the list.
 func (r *Results) CheckExpected(expected []string) error {
 	var errs []error
 	failed := r.Failed()
@@ -154,7 +156,10 @@ func (r *Results) CheckExpected(expected []string) error {
 	}
 	for _, n := range expected {
 		s, ran := r.Scenarios[n]
-		if ran && s.OK() {
+		switch {
+		case !ran:
+			errs = append(errs, fmt.Errorf("scenario %s is listed as an expected failure but did not run", n))
+		case s.OK():
 			errs = append(errs, fmt.Errorf("scenario %s passed but is listed as an expected failure", n))
 		}
 	}

@@ -144,6 +144,11 @@ func TestReadChecksAndCheckExpected(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "crashed failed unexpectedly") || !strings.Contains(err.Error(), "ping passed") {
 		t.Fatalf("CheckExpected: %v", err)
 	}
+	// An expected failure the run never had is a stale entry too.
+	err = res.CheckExpected([]string{"tools-call-error", "crashed", "renamed-away"})
+	if err == nil || !strings.Contains(err.Error(), "renamed-away is listed as an expected failure but did not run") {
+		t.Fatalf("CheckExpected with an entry that did not run: %v", err)
+	}
 	table := res.Table()
 	if !strings.Contains(table, "X: boom") || strings.Contains(table, "passed,") {
 		t.Fatalf("table:\n%s", table)

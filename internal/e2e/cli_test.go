@@ -4,8 +4,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -126,5 +128,71 @@ func TestSystemdUnits(t *testing.T) {
 			_, err := os.Stat(filepath.Join("..", "..", "examples", filepath.Base(argv[i])))
 			require.NoError(t, err, "%s: %s is named like a shipped example config", u, argv[i])
 		}
+	}
+}
+
+// TestSecretFileModes: a key or token file others can write stops `check`
+// and the role at start; one every user can read passes with a warning
+// from both. Each message names the file and the chmod that fixes it.
+func TestSecretFileModes(t *testing.T) {
+	d := &deployment{dir: t.TempDir()}
+	relayYAML := writeRelayConfig(t, d.dir, relayOpts{})
+	key := filepath.Join(d.dir, "relay.key")
+	d.tunnelAddr = "127.0.0.1:1"
+	d.writeAgentConfig(t, agentOpts{transport: "tcp"})
+	token := filepath.Join(d.dir, "agent.token")
+
+	exitCode := func(err error) int {
+		t.Helper()
+		if err == nil {
+			return 0
+		}
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee)
+		return ee.ExitCode()
+	}
+	for _, tc := range []struct {
+		name      string
+		file      string
+		mode      os.FileMode
+		check     []string // the check command's arguments
+		start     []string // the role's
+		wantCode  int
+		wantLines []string
+	}{
+		{"relay key readable by all", key, 0o644, []string{"--relay", relayYAML}, []string{"relay", "--config", relayYAML}, 0,
+			[]string{relayYAML + ": tunnel.key_file: secret file " + key + " is readable by every user (mode 0644); fix with: chmod 600 " + key}},
+		{"relay key writable by group", key, 0o660, []string{"--relay", relayYAML}, []string{"relay", "--config", relayYAML}, 1,
+			[]string{relayYAML + ": tunnel.key_file: secret file " + key + " is writable by group (mode 0660)", "fix with: chmod 600 " + key}},
+		{"agent token writable by others", token, 0o602, []string{"--agent", d.agentYAML}, []string{"agent", "--config", d.agentYAML}, 1,
+			[]string{d.agentYAML + ": relay.token_file: secret file " + token + " is writable by others (mode 0602)", "fix with: chmod 600 " + token}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.NoError(t, os.Chmod(tc.file, tc.mode))
+			t.Cleanup(func() { _ = os.Chmod(tc.file, 0o600) })
+			cmd := exec.Command(mcptunBin, append([]string{"check"}, tc.check...)...)
+			var stdout, stderr strings.Builder
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			require.Equal(t, tc.wantCode, exitCode(err), "check: %s%s", stdout.String(), stderr.String())
+			for _, l := range tc.wantLines {
+				require.Contains(t, stderr.String(), l)
+			}
+			if tc.wantCode == 0 {
+				require.Contains(t, stderr.String(), "warning: config ")
+				require.Contains(t, stdout.String(), ": ok")
+				// At start: logged, and the role runs.
+				p := startProc(t, "relay", nil, mcptunBin, tc.start...)
+				p.waitLine(t, relayStarted, 20*time.Second)
+				require.True(t, p.hasLine(regexp.MustCompile(`level=WARN .*readable by every user.*chmod 600`)), "no warning at start:\n%s", p.out)
+				p.stop(t)
+				return
+			}
+			out, err := exec.Command(mcptunBin, tc.start...).CombinedOutput()
+			require.Equal(t, 1, exitCode(err), "start: %s", out)
+			for _, l := range tc.wantLines {
+				require.Contains(t, string(out), l)
+			}
+		})
 	}
 }

@@ -168,6 +168,26 @@ func rawDo(t *testing.T, method, url, token, session, body string) rawResp {
 	return rawResp{resp.StatusCode, resp.Header, string(b)}
 }
 
+// udpSinkWithFreeTCPPort binds a UDP port whose TCP twin is free at that
+// moment: the relay then listens on TCP there. Other processes on a shared
+// machine take ports too, so a port whose TCP twin is taken is passed over
+// (the relay failing with "address already in use" was this test's flake).
+func udpSinkWithFreeTCPPort(t *testing.T) net.PacketConn {
+	t.Helper()
+	for range 20 {
+		sink, err := net.ListenPacket("udp", "127.0.0.1:0")
+		require.NoError(t, err)
+		ln, err := net.Listen("tcp", sink.LocalAddr().String())
+		if err == nil {
+			require.NoError(t, ln.Close())
+			return sink
+		}
+		sink.Close()
+	}
+	t.Fatal("no UDP port with a free TCP twin in 20 tries")
+	return nil
+}
+
 // TestTransports runs the MCP flow over every transport, to a stdio and an
 // HTTP upstream.
 func TestTransports(t *testing.T) {
@@ -189,8 +209,7 @@ func TestTransports(t *testing.T) {
 				// The relay serves TCP only; its UDP port is held by a
 				// socket that swallows every datagram, so QUIC hangs
 				// rather than failing fast, and auto must fall back.
-				sink, err := net.ListenPacket("udp", "127.0.0.1:0")
-				require.NoError(t, err)
+				sink := udpSinkWithFreeTCPPort(t)
 				sinkDone := make(chan struct{})
 				go func() {
 					defer close(sinkDone)

@@ -3,8 +3,10 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -399,14 +401,30 @@ func TestByteFidelityStdio(t *testing.T) {
 	d.waitOnline(t, "echo")
 	url := d.relayURL + "/dc1/echo/mcp"
 
-	// waitLogged waits until the child logged a line matching re.
-	waitLogged := func(t *testing.T, re *regexp.Regexp) []string {
+	// logSize is where the child's next line will start in its log.
+	logSize := func(t *testing.T) int {
+		t.Helper()
+		b, err := os.ReadFile(log)
+		if errors.Is(err, fs.ErrNotExist) {
+			return 0
+		}
+		require.NoError(t, err)
+		return len(b)
+	}
+	// waitLogged waits until the child logged a line matching re at or
+	// after offset from, so that a line an earlier step logged (the
+	// session era's copy of the same message) cannot satisfy it.
+	waitLogged := func(t *testing.T, from int, re *regexp.Regexp) []string {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
 		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			b, _ := os.ReadFile(log)
+			if len(b) < from {
+				t.Fatalf("the child's log shrank below offset %d", from)
+			}
+			b = b[from:]
 			for _, line := range strings.Split(string(b), "\n") {
 				if m := re.FindStringSubmatch(line); m != nil {
 					return m
@@ -445,13 +463,16 @@ func TestByteFidelityStdio(t *testing.T) {
 						require.NoError(t, json.Unmarshal([]byte(fc.clientBytes()), &m))
 						hdr = append(hdr, "Mcp-Method", m.Method, "Mcp-Name", m.Params.Name)
 					}
+					from := logSize(t)
 					resp := fidelityPost(t, url, fc.clientBytes(), hdr...)
 					require.Equal(t, http.StatusOK, resp.StatusCode, resp.Body)
 
-					// The child saw the client's bytes but for id and token.
-					m := waitLogged(t, fc.serverPattern())
+					// The child saw the client's bytes but for id and token,
+					// which are the bridge's own small integers.
+					m := waitLogged(t, from, fc.serverPattern())
+					requireBridgeNumber(t, m[1], fc.id, "request id")
 					if fc.token != "" {
-						require.Len(t, m, 3)
+						requireBridgeNumber(t, m[2], fc.token, "progress token")
 					}
 
 					var want []string
@@ -474,11 +495,12 @@ func TestByteFidelityStdio(t *testing.T) {
 					}
 					switch {
 					case fc.answer != "" && era.name == "stateless":
-						waitLogged(t, regexp.MustCompile(`^\{"jsonrpc":"2.0","id":"srv-1","error":\{"code":-32601,`))
+						waitLogged(t, from, regexp.MustCompile(`^\{"jsonrpc":"2.0","id":"srv-1","error":\{"code":-32601,`))
 					case fc.answer != "":
+						from := logSize(t)
 						r := fidelityPost(t, url, fc.answer, hdr...)
 						require.Equal(t, http.StatusAccepted, r.StatusCode, r.Body)
-						waitLogged(t, regexp.MustCompile("^"+regexp.QuoteMeta(fc.answer)+"$"))
+						waitLogged(t, from, regexp.MustCompile("^"+regexp.QuoteMeta(fc.answer)+"$"))
 					}
 				})
 			}
@@ -489,10 +511,23 @@ func TestByteFidelityStdio(t *testing.T) {
 				if era.name == "stateless" {
 					hdr = append(hdr, "Mcp-Method", "x-vendor/notify")
 				}
+				from := logSize(t)
 				r := fidelityPost(t, url, n, hdr...)
 				require.Equal(t, http.StatusAccepted, r.StatusCode, r.Body)
-				waitLogged(t, regexp.MustCompile("^"+regexp.QuoteMeta(n)+"$"))
+				waitLogged(t, from, regexp.MustCompile("^"+regexp.QuoteMeta(n)+"$"))
 			})
 		})
 	}
+}
+
+// requireBridgeNumber checks that got, what a stdio child saw in place of
+// the client's id or progress token (client), is one of the bridge's own:
+// a small non-negative integer in canonical form, never the client's value.
+func requireBridgeNumber(t *testing.T, got, client, what string) {
+	t.Helper()
+	n, err := strconv.ParseUint(got, 10, 32)
+	require.NoError(t, err, "%s %q at the child is not a small integer", what, got)
+	require.Equal(t, strconv.FormatUint(n, 10), got, "%s %q at the child is not canonical", what, got)
+	require.Less(t, n, uint64(1<<20), "%s %d at the child is not one of the bridge's small integers", what, n)
+	require.NotEqual(t, client, got, "the child saw the client's %s", what)
 }

@@ -210,6 +210,8 @@ type relayOpts struct {
 	tunnelListen string // default 127.0.0.1:0
 	disableQUIC  bool
 	agentHash    string // default hash of agentToken
+	extra        string // top-level YAML lines added to relay.yaml
+	http         string // more keys of the http section, YAML flow style: "write_timeout: 5s"
 }
 
 func writeRelayConfig(t *testing.T, dir string, o relayOpts) string {
@@ -226,15 +228,19 @@ func writeRelayConfig(t *testing.T, dir string, o relayOpts) string {
 	if o.agentHash == "" {
 		o.agentHash = sha256Hex(agentToken)
 	}
+	httpExtra := ""
+	if o.http != "" {
+		httpExtra = ", " + o.http
+	}
 	cfg := fmt.Sprintf(`tunnel: {listen: %q, cert_file: relay.crt, key_file: relay.key, disable_quic: %t}
-http: {listen: "127.0.0.1:0"}
+http: {listen: "127.0.0.1:0"%s}
 agents:  [{name: dc1, token_sha256: %q}, {name: dc2, token_sha256: %q}]
 clients:
   - {name: ci, token_sha256: %q, allow: ["dc1/*", "dc2/*"]}
   - {name: scoped, token_sha256: %q, allow: ["*/wiki"]}
   - {name: throttled, token_sha256: %q, allow: ["dc1/*"], rate_limit: {requests_per_second: 0.001, burst: 1}}
 log: {level: debug}
-`, o.tunnelListen, o.disableQUIC, o.agentHash, o.agentHash, sha256Hex(clientToken), sha256Hex(scopedToken), sha256Hex(throttledToken))
+%s`, o.tunnelListen, o.disableQUIC, httpExtra, o.agentHash, o.agentHash, sha256Hex(clientToken), sha256Hex(scopedToken), sha256Hex(throttledToken), o.extra)
 	p := filepath.Join(dir, "relay.yaml")
 	require.NoError(t, os.WriteFile(p, []byte(cfg), 0o600))
 	return p
@@ -255,6 +261,7 @@ type agentOpts struct {
 	token     string
 	servers   string // YAML list body; default: stdio fixture "notes" and HTTP fixture "wiki" at httpURL
 	httpURL   string
+	extra     string // top-level YAML lines added to agent.yaml
 }
 
 func (d *deployment) writeAgentConfig(t *testing.T, o agentOpts) {
@@ -278,7 +285,7 @@ func (d *deployment) writeAgentConfig(t *testing.T, o agentOpts) {
 relay: {address: %q, token_file: agent.token, ca_file: relay.crt, transport: %s, mux: %s}
 servers:
 %slog: {level: debug}
-`, d.tunnelAddr, o.transport, o.mux, servers)
+%s`, d.tunnelAddr, o.transport, o.mux, servers, o.extra)
 	d.agentYAML = filepath.Join(d.dir, "agent.yaml")
 	require.NoError(t, os.WriteFile(d.agentYAML, []byte(cfg), 0o600))
 }

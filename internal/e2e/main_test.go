@@ -4,32 +4,15 @@
 package e2e
 
 import (
-	"fmt"
-	"os"
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/mcptun/mcptun/internal/leakcheck"
 )
 
+// TestMain builds the binaries into the run's directory, runs the tests,
+// and then, whether they passed or not, fails the run if any process it
+// started (relay, agent, stdio children in their own process groups, npm
+// tools), listening socket or goroutine is left (see leakcheck).
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "mcptun-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	if err := buildBinaries(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	// goleak runs after the tests: VerifyTestMain would exit before cleanup.
-	code := m.Run()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.RemoveAll(dir)
-	os.Exit(code)
+	leakcheck.Run(m, leakcheck.Options{Setup: buildBinaries})
 }

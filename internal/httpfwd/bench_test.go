@@ -61,11 +61,30 @@ func BenchmarkForward(b *testing.B) {
 	go func() { _ = raw.Serve(rawLn) }()
 	defer raw.Close()
 
+	// The same with the relay's client limits on: a write deadline per
+	// write, a body timeout, the stall watch of a budget.
+	limLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	budget := NewStallBudget(32)
+	limited := *fast
+	limited.BodyTimeout, limited.WriteTimeout, limited.StallAfter = 30*time.Second, 30*time.Second, time.Second
+	limited.Route = func(h *Head, out []byte) *Exchange {
+		x := fast.Route(h, out)
+		x.Stalls = budget
+		return x
+	}
+	lim := NewConnServer(limited.ServeConn, limLn.Addr())
+	lim.MaxConns = 10000
+	go func() { _ = lim.Serve(limLn) }()
+	defer lim.Close()
+
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	defer client.CloseIdleConnections()
 	for _, tc := range []struct{ name, url string }{
 		{"direct", upstream.URL}, {"httpfwd", viaFwd.URL}, {"httpfwd-raw", "http://" + rawLn.Addr().String()},
-		{"reverseproxy", viaRP.URL},
+		{"httpfwd-raw-limits", "http://" + limLn.Addr().String()}, {"reverseproxy", viaRP.URL},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -23,6 +24,24 @@ import (
 type connState struct {
 	c                   net.Conn
 	idle, headerTimeout time.Duration
+	// fresh: no head was read yet. A new connection waits for its first
+	// head at most headerTimeout, as net/http's server does: a client that
+	// connects and says nothing holds its descriptor no longer than that.
+	fresh bool
+
+	// bodyTimeout cuts a request body that makes no progress this long
+	// (read through body); writeTimeout cuts a client that accepts no
+	// bytes of its answer this long (written through out, which sets
+	// the write deadline before each write; wdeadline says one is set).
+	// Zero: no limit.
+	bodyTimeout, writeTimeout time.Duration
+	body                      progressBody
+	outw                      clientWriter
+	wdeadline                 bool
+	// stall watches the writes of a forwarded answer (see StallBudget);
+	// cutWrite, made once, is what it calls to cut one.
+	stall    StallWatch
+	cutWrite func()
 
 	// br reads c. It goes back to its pool while an exchange waits on the
 	// upstream with nothing buffered (a GET stream, most of its life):
@@ -82,7 +101,9 @@ type connState struct {
 var aLongTimeAgo = time.Unix(1, 0)
 
 func newConnState(sctx context.Context, c net.Conn, idle, headerTimeout time.Duration) *connState {
-	cs := &connState{c: c, idle: idle, headerTimeout: headerTimeout, pre: prefixReader{r: c}}
+	cs := &connState{c: c, idle: idle, headerTimeout: headerTimeout, fresh: true, pre: prefixReader{r: c}}
+	cs.body.cs, cs.outw.cs = cs, cs
+	cs.cutWrite = func() { _ = cs.c.SetWriteDeadline(aLongTimeAgo) }
 	cs.br = readerPool.Get().(*bufio.Reader)
 	cs.br.Reset(c)
 	if sc, ok := c.(interface{ Context() context.Context }); ok {
@@ -99,18 +120,22 @@ func newConnState(sctx context.Context, c net.Conn, idle, headerTimeout time.Dur
 
 // rawConnOf returns the socket under c (a TLS connection's too), or nil.
 func rawConnOf(c net.Conn) syscall.RawConn {
-	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
+	// Unwrap: a ConnServer's counted connection, a TLS connection, or both.
+	for range 4 {
+		if sc, ok := c.(syscall.Conn); ok {
+			rc, err := sc.SyscallConn()
+			if err != nil {
+				return nil
+			}
+			return rc
+		}
+		nc, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil
+		}
 		c = nc.NetConn()
 	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return rc
+	return nil
 }
 
 // shuttingDown wakes the connection if it waits for a head, and only then:
@@ -159,6 +184,7 @@ func (cs *connState) unparkReader() {
 // close releases what the state holds (not c, nor br).
 func (cs *connState) close() {
 	cs.unhook()
+	cs.stall.Stop()
 	cs.mu.Lock()
 	if cs.timer != nil {
 		cs.timer.Stop()
@@ -176,8 +202,13 @@ func (cs *connState) close() {
 // answered nothing, when the connection is done: closed by the peer, idle
 // too long, or the ConnServer shutting down (context.Canceled).
 func (cs *connState) waitHead(h *Head) error {
+	wait := cs.idle
+	if cs.fresh {
+		cs.fresh = false
+		wait = min(wait, cs.headerTimeout)
+	}
 	if cs.br.Buffered() == 0 {
-		_ = cs.c.SetReadDeadline(time.Now().Add(cs.idle))
+		_ = cs.c.SetReadDeadline(time.Now().Add(wait))
 		cs.deadline = true
 		cs.mu.Lock()
 		shut := cs.shutdown
@@ -235,10 +266,72 @@ func (cs *connState) clearDeadline() {
 // RawRequest.ReadBody), first lifting the head's deadline if the body is
 // not all buffered already.
 func (cs *connState) readBody(req *RawRequest, n int64) (release func(), err error) {
-	if n > int64(cs.br.Buffered()) {
-		cs.clearDeadline()
+	if n <= int64(cs.br.Buffered()) {
+		return req.ReadBody(cs.br, n)
 	}
-	return req.ReadBody(cs.br, n)
+	cs.clearDeadline()
+	if cs.bodyTimeout <= 0 {
+		return req.ReadBody(cs.br, n)
+	}
+	return req.ReadBody(&cs.body, n)
+}
+
+// ErrBodyStalled is the error (wrapped) of a request body that made no
+// progress for the body timeout.
+var ErrBodyStalled = errors.New("the request body made no progress within the body timeout")
+
+// ErrClientStalled is the error (wrapped) of an answer the client accepted
+// no bytes of for the write timeout.
+var ErrClientStalled = errors.New("the client accepted no bytes of its answer within the write timeout")
+
+// progressBody reads a request body from the connection, giving each read
+// that must wait for the client bodyTimeout to bring something.
+type progressBody struct{ cs *connState }
+
+func (r *progressBody) Read(p []byte) (int, error) {
+	cs := r.cs
+	if cs.br.Buffered() == 0 {
+		_ = cs.c.SetReadDeadline(time.Now().Add(cs.bodyTimeout))
+		cs.deadline = true
+	}
+	n, err := cs.br.Read(p)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("%w (%s): %w", ErrBodyStalled, cs.bodyTimeout, err)
+	}
+	return n, err
+}
+
+// clientWriter writes an answer to the connection; with a write timeout,
+// each write must get some bytes accepted within it.
+type clientWriter struct{ cs *connState }
+
+func (w *clientWriter) Write(p []byte) (int, error) {
+	cs := w.cs
+	if cs.writeTimeout > 0 {
+		// A deadline per write, not per answer: a GET stream lasts for
+		// hours and is fine as long as its client takes what comes.
+		_ = cs.c.SetWriteDeadline(time.Now().Add(cs.writeTimeout))
+		cs.wdeadline = true
+	}
+	cs.stall.Begin()
+	n, err := cs.c.Write(p)
+	cut := cs.stall.End()
+	switch {
+	case err == nil:
+	case cut:
+		err = fmt.Errorf("%w: %w", ErrClientBacklog, err)
+	case cs.writeTimeout > 0 && errors.Is(err, os.ErrDeadlineExceeded):
+		err = fmt.Errorf("%w (%s): %w", ErrClientStalled, cs.writeTimeout, err)
+	}
+	return n, err
+}
+
+// clearWriteDeadline lifts the write deadline before c goes to net/http.
+func (cs *connState) clearWriteDeadline() {
+	if cs.wdeadline {
+		_ = cs.c.SetWriteDeadline(time.Time{})
+		cs.wdeadline = false
+	}
 }
 
 // releaseRequest gives back what the exchange holds for its request (the

@@ -4,10 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // ServeConnFunc serves HTTP/1.1 exchanges on c until it is done (it closes
@@ -20,7 +25,29 @@ type ServeConnFunc func(ctx context.Context, c net.Conn) (rest net.Conn)
 // ConnServer runs a fast path in front of an http.Server: every accepted
 // connection goes to a ServeConnFunc, which answers the exchanges it knows
 // on the connection itself and hands the connection over for anything else.
+//
+// Accept errors (out of descriptors, most likely) never stop it: it backs
+// off as net/http's server does (5 ms doubling to 1 s) and goes on, while
+// the connections it has end by their own timeouts. With MaxConns set, a
+// connection over the cap is answered Busy and closed.
 type ConnServer struct {
+	// MaxConns, if > 0, caps the connections open at once, whether on the
+	// fast path or handed over; set it before Serve. (Counting wraps each
+	// connection, hiding methods beyond net.Conn's but NetConn: for TCP
+	// listeners, not tunnel streams.)
+	MaxConns int
+	// Busy is the whole answer (status line to body) a connection over
+	// MaxConns gets, on a plain TCP connection (a TLS one is closed: its
+	// handshake would be the price of the refusal).
+	Busy []byte
+	// Logger, if set, is told of accept errors and, at most once a
+	// minute, of refused connections.
+	Logger *slog.Logger
+
+	stats    ConnStats
+	open     atomic.Int64  // connections accepted and not yet closed (with MaxConns)
+	refusing chan struct{} // bounds the goroutines answering Busy
+	lastLog  atomic.Int64  // unix nanos of the last "refusing" log line
 	serve    ServeConnFunc
 	hand     *handoffListener
 	ctx      context.Context // ends at Shutdown or Close
@@ -43,8 +70,35 @@ func NewConnServer(serve ServeConnFunc, addr net.Addr) *ConnServer {
 	ctx := context.WithValue(context.WithValue(context.Background(), closingKey{}, hard), hupKey{}, hup)
 	ctx, stop := context.WithCancel(ctx)
 	return &ConnServer{serve: serve, hand: newHandoffListener(addr), ctx: ctx, stop: stop, hardStop: hardStop,
-		hup: hup, conns: make(map[net.Conn]struct{})}
+		hup: hup, conns: make(map[net.Conn]struct{}), refusing: make(chan struct{}, maxRefusing)}
 }
+
+// ConnStats counts what a ConnServer refused or met, for metrics.
+type ConnStats struct {
+	// Refused counts connections closed at accept for MaxConns.
+	Refused atomic.Uint64
+	// AcceptErrors counts failed accepts (each followed by a back-off).
+	AcceptErrors atomic.Uint64
+}
+
+// Stats returns the server's counters.
+func (s *ConnServer) Stats() *ConnStats { return &s.stats }
+
+// Open reports the connections open now (counted only with MaxConns).
+func (s *ConnServer) Open() int64 { return s.open.Load() }
+
+// Accept back-off, as net/http's server does it.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// maxRefusing bounds the connections being answered Busy at once; beyond
+// it they are closed without an answer.
+const maxRefusing = 64
+
+// busyLinger bounds the time a refused connection gets to take its answer.
+const busyLinger = time.Second
 
 type closingKey struct{}
 
@@ -82,13 +136,41 @@ func (s *ConnServer) Serve(ln net.Listener) error {
 	}
 	s.ln = ln
 	s.mu.Unlock()
+	var delay time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if s.ctx.Err() != nil {
 				return http.ErrServerClosed
 			}
-			return err
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// A listener that stopped here left the process up and
+			// serving nothing (EMFILE under a descriptor flood); the
+			// connections held end by their timeouts, so wait and retry.
+			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
+			s.stats.AcceptErrors.Add(1)
+			if s.Logger != nil {
+				s.Logger.Warn("accept failed; retrying", "err", err, "retry_in", delay)
+			}
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-s.ctx.Done():
+				t.Stop()
+				return http.ErrServerClosed
+			}
+			continue
+		}
+		delay = 0
+		if s.MaxConns > 0 {
+			if s.open.Add(1) > int64(s.MaxConns) {
+				s.open.Add(-1)
+				s.refuse(c)
+				continue
+			}
+			c = &countedConn{Conn: c, open: &s.open}
 		}
 		s.mu.Lock()
 		if s.closed {
@@ -111,6 +193,72 @@ func (s *ConnServer) Serve(ln net.Listener) error {
 		}()
 	}
 }
+
+// refuse turns away a connection over MaxConns: answered Busy by a
+// goroutine of its own (a few at a time; the client may have sent its
+// request, and closing on unread bytes would reset the connection before
+// it read the answer), or closed at once.
+func (s *ConnServer) refuse(c net.Conn) {
+	s.stats.Refused.Add(1)
+	now := time.Now().UnixNano()
+	if last := s.lastLog.Load(); s.Logger != nil && now-last > int64(time.Minute) && s.lastLog.CompareAndSwap(last, now) {
+		s.Logger.Warn("too many client connections; refusing new ones", "max_connections", s.MaxConns,
+			"refused_total", s.stats.Refused.Load(), "remote", c.RemoteAddr())
+	}
+	if _, isTLS := c.(*tls.Conn); isTLS || len(s.Busy) == 0 {
+		_ = c.Close()
+		return
+	}
+	select {
+	case s.refusing <- struct{}{}:
+	default:
+		_ = c.Close()
+		return
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		<-s.refusing
+		_ = c.Close()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.refusing }()
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(busyLinger))
+		if _, err := c.Write(s.Busy); err != nil {
+			return
+		}
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		// Read what the client sent until it closes (or busyLinger).
+		var buf [512]byte
+		for {
+			if _, err := c.Read(buf[:]); err != nil {
+				return
+			}
+		}
+	}()
+}
+
+// countedConn counts itself out of the open connections once closed.
+type countedConn struct {
+	net.Conn
+	open *atomic.Int64
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.open.Add(-1) })
+	return c.Conn.Close()
+}
+
+// NetConn returns the connection counted, as tls.Conn does.
+func (c *countedConn) NetConn() net.Conn { return c.Conn }
 
 // Shutdown stops accepting, ends connections idle between exchanges at
 // once and lets the others finish their exchange until ctx ends; then it

@@ -3,6 +3,7 @@ package httpfwd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,14 +21,36 @@ type FastPath struct {
 	// IdleTimeout ends a connection idle between exchanges; HeaderTimeout
 	// bounds reading a head once it began (see WaitHead).
 	IdleTimeout, HeaderTimeout time.Duration
+	// BodyTimeout cuts a request whose body makes no progress this long
+	// (answered 408 body_timeout); WriteTimeout cuts a client that accepts
+	// no bytes of its answer this long (the error, passed to CutShort,
+	// wraps ErrClientStalled). Zero: no limit. Both apply to forwarded
+	// exchanges; a served one (Exchange.Serve) sets its own deadlines.
+	BodyTimeout, WriteTimeout time.Duration
+	// StallAfter, if > 0, is how long a write of a forwarded answer may be
+	// blocked before it takes a place in the exchange's StallBudget (see
+	// Exchange.Stalls); with none left the client is cut (the error, passed
+	// to CutShort, wraps ErrClientBacklog).
+	StallAfter time.Duration
 	// BadRequest renders the JSON body answering a malformed head.
 	BadRequest func(reason string) []byte
+	// ErrorBody, if set, renders the JSON body of another answer the fast
+	// path gives itself: reason is a stable code (body_timeout), msg says
+	// why.
+	ErrorBody func(reason, msg string) []byte
 	// Route returns the exchange to forward for a head, or nil to hand
 	// the connection, head replayed, to net/http. out is a buffer for the
 	// upstream head; Route returns the Exchange that appended to it.
 	Route func(head *Head, out []byte) *Exchange
+	// RouteConn, if set, is Route told which connection the head came on
+	// (a proxy that decides by the client's address); Route is then
+	// unused.
+	RouteConn func(c net.Conn, head *Head, out []byte) *Exchange
 	// Logger, if set, is told of a ServeFunc that panicked.
 	Logger *slog.Logger
+	// Cut, if set, is told of a client cut for a timeout the fast path
+	// keeps itself (reason body_timeout), for a log line.
+	Cut func(c net.Conn, reason string, err error)
 }
 
 // Exchange is one exchange Route took: forwarded by Fwd, or answered by
@@ -44,6 +67,12 @@ type Exchange struct {
 	Failed func(err error) (status int, header string, body []byte)
 	// CutShort, if set, is told of an answer cut short after it began.
 	CutShort func(err error)
+	// Done, if set, is called once the exchange is over: answered, failed
+	// or cut. A draining server counts its exchanges in flight with it.
+	Done func()
+	// Stalls, if set, bounds the answers of Fwd's upstream whose clients
+	// read nothing at once (see FastPath.StallAfter).
+	Stalls *StallBudget
 }
 
 var outHeadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
@@ -53,6 +82,7 @@ var outHeadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); retur
 // for an http.Server, and no longer touches c.
 func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 	cs := newConnState(ctx, c, p.IdleTimeout, p.HeaderTimeout)
+	cs.bodyTimeout, cs.writeTimeout = p.BodyTimeout, p.WriteTimeout
 	head := new(Head)
 	cs.head = head
 	defer func() {
@@ -69,7 +99,7 @@ func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 		case err == nil:
 		case errors.As(err, &he):
 			// As net/http's server would: answer and end the connection.
-			_ = WriteAnswer(c, http.StatusBadRequest,
+			_ = WriteAnswer(&cs.outw, http.StatusBadRequest,
 				"Content-Type: application/json\r\nConnection: close\r\n", p.BadRequest("bad request: "+he.Reason))
 			return nil
 		default:
@@ -77,6 +107,7 @@ func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 		}
 		if !p.serve(cs, head) {
 			cs.clearDeadline() // net/http keeps its own
+			cs.clearWriteDeadline()
 			return Replay(c, head, cs.br)
 		}
 		if head.Close {
@@ -98,9 +129,17 @@ func (p *FastPath) serve(cs *connState, head *Head) bool {
 	out := outHeadPool.Get().(*[]byte)
 	cs.out = out
 	defer cs.releaseRequest()
-	x := p.Route(head, (*out)[:0])
+	var x *Exchange
+	if p.RouteConn != nil {
+		x = p.RouteConn(cs.c, head, (*out)[:0])
+	} else {
+		x = p.Route(head, (*out)[:0])
+	}
 	if x == nil {
 		return false
+	}
+	if x.Done != nil {
+		defer x.Done()
 	}
 	if cap(x.Req.Head) <= 64<<10 {
 		*out = x.Req.Head[:0]
@@ -109,7 +148,7 @@ func (p *FastPath) serve(cs *connState, head *Head) bool {
 	if x.Serve != nil {
 		keep = serveLocal(cs, head, x, p.Logger)
 	} else {
-		keep = forward(cs, head, x)
+		keep = p.forward(cs, head, x)
 	}
 	if !keep {
 		head.Close = true
@@ -118,7 +157,7 @@ func (p *FastPath) serve(cs *connState, head *Head) bool {
 }
 
 // forward passes one exchange on; it reports whether c can carry another.
-func forward(cs *connState, head *Head, x *Exchange) bool {
+func (p *FastPath) forward(cs *connState, head *Head, x *Exchange) bool {
 	n := head.ContentLength
 	m, _, _, _ := head.RequestLine()
 	if n < 0 && (string(m) == http.MethodPost || string(m) == http.MethodPut || string(m) == http.MethodPatch) {
@@ -127,6 +166,7 @@ func forward(cs *connState, head *Head, x *Exchange) bool {
 	x.Req.NoResponseBody = string(m) == http.MethodHead
 	release, err := cs.readBody(&x.Req, n)
 	if err != nil {
+		p.bodyFailed(cs, err)
 		return false
 	}
 	cs.releaseBody = release
@@ -135,7 +175,11 @@ func forward(cs *connState, head *Head, x *Exchange) bool {
 	}
 	x.Req.OnPark = cs.shedFn
 	ctx := cs.beginExchange(x.Req.BodyRead)
-	err = x.Fwd.ForwardRaw(ctx, cs.c, &x.Req)
+	if p.StallAfter > 0 && x.Stalls != nil {
+		cs.stall.Watch(x.Stalls, p.StallAfter, cs.cutWrite)
+		defer cs.stall.Watch(nil, 0, nil)
+	}
+	err = x.Fwd.ForwardRaw(ctx, &cs.outw, &x.Req)
 	gone := cs.endExchange()
 	var ue *UpstreamError
 	switch {
@@ -149,8 +193,35 @@ func forward(cs *connState, head *Head, x *Exchange) bool {
 		}
 		return false
 	}
+	if errors.Is(err, ErrBodyStalled) {
+		// A streamed body stalled on its way: the client's fault, not
+		// the upstream's.
+		p.bodyFailed(cs, err)
+		return false
+	}
 	status, header, body := x.Failed(err)
-	werr := WriteAnswer(cs.c, status, header, body)
+	werr := WriteAnswer(&cs.outw, status, header, body)
 	// With a body left partly unread the connection's state is unknown.
 	return werr == nil && x.Req.BodyRead()
+}
+
+// bodyFailed ends an exchange whose request body could not be read: one
+// that stalled is answered 408 (body_timeout) and logged, as far as the
+// client still takes an answer; for any other failure (the client left)
+// there is nobody to tell.
+func (p *FastPath) bodyFailed(cs *connState, err error) {
+	if !errors.Is(err, ErrBodyStalled) {
+		return
+	}
+	if p.Cut != nil {
+		p.Cut(cs.c, "body_timeout", err)
+	}
+	msg := fmt.Sprintf("the request body made no progress for %s", cs.bodyTimeout)
+	var body []byte
+	if p.ErrorBody != nil {
+		body = p.ErrorBody("body_timeout", msg)
+	} else {
+		body = p.BadRequest(msg)
+	}
+	_ = WriteAnswer(&cs.outw, http.StatusRequestTimeout, "Content-Type: application/json\r\nConnection: close\r\n", body)
 }

@@ -512,7 +512,7 @@ var heldBodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); ret
 // into memory now, so the request can be sent again on a fresh connection;
 // a larger one is streamed from br while sending. release returns the
 // memory once the exchange is over.
-func (r *RawRequest) ReadBody(br *bufio.Reader, n int64) (release func(), err error) {
+func (r *RawRequest) ReadBody(br io.Reader, n int64) (release func(), err error) {
 	r.ContentLength = n
 	switch {
 	case n > MaxHeldBody:

@@ -54,7 +54,9 @@ const (
 	ToolBroadcastListChanged  = "broadcast_list_changed"
 	ToolRequestRoots          = "test_roots"
 	ToolInputRequired         = "test_input_required"
+	ToolFloodGetStream        = "flood_get_stream"
 	maxLargeOutputBytes       = 64 << 20
+	maxFloodBytes             = 1 << 30
 	maxSleep                  = 10 * time.Minute
 	conformanceStepDelay      = 50 * time.Millisecond
 	conformanceServerName     = "mcptun-conformance-fixture"
@@ -243,6 +245,12 @@ func addTools(s *server.MCPServer) {
 			}
 			return mcp.NewToolResultText(LargeOutput(n)), nil
 		})
+	s.AddTool(mcp.NewTool(ToolFloodGetStream,
+		mcp.WithDescription("Over HTTP: pushes bytes bytes (at most 1 GiB) of notifications/message, about 64 KiB each, "+
+			"into the calling session's GET stream, in the background, and returns at once. The push stops when the "+
+			"session ends. For tests of clients that do not read."),
+		mcp.WithNumber("bytes", mcp.Description("How much to push"), mcp.Required(), mcp.Min(0))),
+		toolFloodGetStream)
 	s.AddTool(noArgs(ToolBroadcastListChanged,
 		"Sends notifications/tools/list_changed to every connected client (over HTTP: on their GET streams)."),
 		func(ctx context.Context, _ mcp.CallToolRequest) (*mcp.CallToolResult, error) {
@@ -356,6 +364,7 @@ func toolSampling(ctx context.Context, req mcp.CallToolRequest) (*mcp.CallToolRe
 	if err != nil {
 		return mcp.NewToolResultError(err.Error()), nil
 	}
+	//lint:ignore SA1019 the fixture serves clients of the revisions that have sampling (2025-11-25 and before), which the conformance suite tests
 	res, err := server.ServerFromContext(ctx).RequestSampling(ctx, mcp.CreateMessageRequest{
 		CreateMessageParams: mcp.CreateMessageParams{
 			Messages:  []mcp.SamplingMessage{{Role: mcp.RoleUser, Content: mcp.NewTextContent(prompt)}},

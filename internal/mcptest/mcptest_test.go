@@ -167,10 +167,13 @@ func TestProgressOnRequestStream(t *testing.T) {
 			t.Fatalf("call %d: got %s, want the result", i, got)
 		}
 	}
-	select {
-	case e := <-getEvents:
-		t.Fatalf("GET stream got %s", e)
-	default:
+	// Nothing went to the GET stream, proven by order: the list_changed
+	// broadcast, sent there after all the calls, must be its first event.
+	resp := c.do("POST", `{"jsonrpc":"2.0","id":"b","method":"tools/call","params":{"name":"`+ToolBroadcastListChanged+`","arguments":{}}}`, nil)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if got := next(t, getEvents); !strings.Contains(got, `"method":"notifications/tools/list_changed"`) {
+		t.Fatalf("GET stream got %s before the list_changed broadcast", got)
 	}
 	get.Body.Close()
 }
@@ -349,9 +352,11 @@ func TestSleepStopsWhenCancelled(t *testing.T) {
 	req.Header.Set("Accept", "application/json, text/event-stream")
 	req.Header.Set("Mcp-Session-Id", c.session)
 	errc := make(chan error, 1)
+	var answer []byte
 	go func() {
 		resp, err := c.hc.Do(req)
 		if err == nil {
+			answer, err = io.ReadAll(resp.Body)
 			resp.Body.Close()
 		}
 		errc <- err
@@ -368,6 +373,11 @@ func TestSleepStopsWhenCancelled(t *testing.T) {
 		case err := <-errc:
 			if err != nil {
 				t.Fatalf("cancelled call: %v", err)
+			}
+			// Ended by the cancellation, not answered at once for some
+			// other reason (a refused argument, an unknown tool).
+			if !strings.Contains(string(answer), "sleep interrupted: context canceled") {
+				t.Fatalf("the sleep call ended with %s, not by its cancellation", answer)
 			}
 			return
 		case <-deadline:

@@ -541,3 +541,42 @@ func (rs *requestSession) ListRoots(ctx context.Context, _ mcp.ListRootsRequest)
 	}
 	return &res, nil
 }
+
+// floodChunk is the payload size of one notification flood_get_stream
+// pushes.
+const floodChunk = 64 << 10
+
+// toolFloodGetStream starts pushing notifications into the session's GET
+// stream. The pushing goroutine belongs to the session: it ends when the
+// session ends (DELETE, or the server closing) or when all is pushed; a
+// GET stream nobody reads holds it blocked until then.
+func toolFloodGetStream(ctx context.Context, req mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+	n, err := req.RequireInt("bytes")
+	if err != nil || n < 0 || n > maxFloodBytes {
+		return mcp.NewToolResultError(fmt.Sprintf("bytes must be an integer from 0 to %d", maxFloodBytes)), nil
+	}
+	rs, ok := server.ClientSessionFromContext(ctx).(*requestSession)
+	if !ok {
+		return mcp.NewToolResultError("flood_get_stream needs a session of the HTTP transport (it has the GET stream)"), nil
+	}
+	s := rs.session
+	log := loggerFrom(ctx)
+	payload := LargeOutput(floodChunk)
+	go func() {
+		pushed := 0
+		defer func() { log.Info("mcptest: flood ended", "session", s.id, "pushed", pushed, "asked", n) }()
+		for pushed < n {
+			note := mcp.JSONRPCNotification{JSONRPC: mcp.JSONRPC_VERSION, Notification: mcp.Notification{
+				Method: "notifications/message",
+				Params: mcp.NotificationParams{AdditionalFields: map[string]any{"level": "info", "data": payload}},
+			}}
+			select {
+			case s.notifications <- note:
+				pushed += floodChunk
+			case <-s.ended:
+				return
+			}
+		}
+	}()
+	return mcp.NewToolResultText(fmt.Sprintf("flooding %d bytes", n)), nil
+}
