@@ -102,6 +102,28 @@ func authCases() []advAttack {
 		// Authorization line; a valid second one must not count.
 		{category: "auth", name: "valid_token_in_second_authorization_header", run: advRefusedByRelay(wiki,
 			bearer("adv-mallory-0123456789abcdef"), 401, "unauthorized", "Authorization: "+bearer(advAliceToken))},
+		{category: "auth", name: "guessing_is_throttled", run: func(t *testing.T, e *advEnv) {
+			// Wrong tokens from one address: past the allowance (10 at
+			// once) it gets 429 before its token is looked at, a right one
+			// too; another address is not affected.
+			ip := e.attackerIP()
+			try := func(tok string) rawResp {
+				c := e.dialHTTPFrom(t, ip)
+				c.send(advHTTPReq(http.MethodPost, wiki, advMCPHeaders(tok), advInit(1)))
+				return c.answer()
+			}
+			var r rawResp
+			for i := 0; i < 20; i++ {
+				if r = try("adv-guess-0123456789abcdef"); r.StatusCode != http.StatusUnauthorized {
+					break
+				}
+			}
+			advWantError(t, http.StatusTooManyRequests, "auth_throttled", r.StatusCode, r.Body)
+			require.NotEmpty(t, r.Header.Get("Retry-After"))
+			r = try(advAliceToken)
+			advWantError(t, http.StatusTooManyRequests, "auth_throttled", r.StatusCode, r.Body)
+			e.victimWorks(t, wiki)
+		}},
 		{category: "auth", name: "oversized_authorization_header", run: advHeadTooLarge(advHTTPReq(http.MethodPost, wiki,
 			advMCPHeaders("", "Authorization: Bearer "+strings.Repeat("A", 2<<20)), advInit(1)))},
 		{category: "auth", name: "nul_in_token", run: advBadHead(advHTTPReq(http.MethodPost, wiki,

@@ -185,6 +185,18 @@ type advEnv struct {
 	reachOnce   sync.Once
 	advReachEnv *advReachEnv
 	reachErr    error
+
+	// attackers numbers the loopback addresses attackers connect from: the
+	// relay throttles failed authentication per source address, so each
+	// attack gets its own, and the victims' 127.0.0.1 stays unthrottled.
+	attackers atomic.Int32
+}
+
+// attackerIP returns a loopback address no one has connected from yet
+// (127.0.0.2, 127.0.0.3, ...; all of 127/8 is the loopback interface).
+func (e *advEnv) attackerIP() net.IP {
+	n := int(e.attackers.Add(1)) - 1
+	return net.IPv4(127, 0, byte(n/250), byte(n%250+2))
 }
 
 func startAdvEnv(t *testing.T) *advEnv {
@@ -419,7 +431,14 @@ type advRawConn struct {
 
 func (e *advEnv) dialHTTP(t *testing.T) *advRawConn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", e.httpAddr, 5*time.Second)
+	return e.dialHTTPFrom(t, e.attackerIP())
+}
+
+// dialHTTPFrom connects to the relay's HTTP front from the address ip.
+func (e *advEnv) dialHTTPFrom(t *testing.T, ip net.IP) *advRawConn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: ip}}
+	c, err := d.Dial("tcp", e.httpAddr)
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return &advRawConn{t: t, c: c, br: bufio.NewReader(c)}

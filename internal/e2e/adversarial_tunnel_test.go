@@ -51,16 +51,13 @@ func advDialTunnelRaw(t *testing.T, e *advEnv, transport string) *advTunnelConn 
 	defer cancel()
 	switch transport {
 	case "quic":
-		conn, err := quic.DialAddr(ctx, e.tunnelAddr, advInsecureTLS(tunnel.ALPN), &quic.Config{})
-		require.NoError(t, err)
+		conn := e.dialQUIC(t, ctx, tunnel.ALPN)
+		require.NotNil(t, conn)
 		st, err := conn.OpenStreamSync(ctx)
 		require.NoError(t, err)
-		tc := &advTunnelConn{st: st, close: func() { conn.CloseWithError(0, "") }}
-		t.Cleanup(tc.close)
-		return tc
+		return &advTunnelConn{st: st, close: func() { conn.CloseWithError(0, "") }}
 	case "tcp":
-		d := tls.Dialer{Config: advInsecureTLS(tunnel.ALPN)}
-		c, err := d.DialContext(ctx, "tcp", e.tunnelAddr)
+		c, err := e.dialTLS(ctx, tunnel.ALPN)
 		require.NoError(t, err)
 		mux, err := yamux.Client(c, nil)
 		require.NoError(t, err)
@@ -72,6 +69,46 @@ func advDialTunnelRaw(t *testing.T, e *advEnv, transport string) *advTunnelConn 
 	}
 	t.Fatalf("unknown transport %q", transport)
 	return nil
+}
+
+// dialTLS connects to the tunnel port over TLS from a fresh attacker
+// address.
+func (e *advEnv) dialTLS(ctx context.Context, alpn string) (*tls.Conn, error) {
+	return e.dialTLSFrom(ctx, e.attackerIP(), alpn)
+}
+
+func (e *advEnv) dialTLSFrom(ctx context.Context, ip net.IP, alpn string) (*tls.Conn, error) {
+	d := tls.Dialer{NetDialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}}, Config: advInsecureTLS(alpn)}
+	c, err := d.DialContext(ctx, "tcp", e.tunnelAddr)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*tls.Conn), nil
+}
+
+// dialQUIC connects to the tunnel port over QUIC from a fresh attacker
+// address; the connection and its socket are closed when t ends.
+func (e *advEnv) dialQUIC(t *testing.T, ctx context.Context, alpn string) *quic.Conn {
+	t.Helper()
+	conn, err := e.tryQUIC(t, ctx, alpn, &quic.Config{MaxIdleTimeout: time.Minute})
+	require.NoError(t, err)
+	return conn
+}
+
+func (e *advEnv) tryQUIC(t *testing.T, ctx context.Context, alpn string, conf *quic.Config) (*quic.Conn, error) {
+	t.Helper()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: e.attackerIP()})
+	require.NoError(t, err)
+	tr := &quic.Transport{Conn: udp}
+	t.Cleanup(func() { tr.Close(); udp.Close() })
+	addr, err := net.ResolveUDPAddr("udp", e.tunnelAddr)
+	require.NoError(t, err)
+	conn, err := tr.Dial(ctx, addr, advInsecureTLS(alpn), conf)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { conn.CloseWithError(0, "") })
+	return conn, nil
 }
 
 func advWriteTunnelFrame(t *testing.T, w io.Writer, body []byte) {
@@ -155,16 +192,10 @@ func advConnectAs(t *testing.T, e *advEnv, name, token, transport string) (tunne
 }
 
 func agentImpersonationCases() []advAttack {
+	// refusedConnect sends an agent's hello with a credential that must
+	// not pass.
 	refusedConnect := func(name, token, transport string) func(*testing.T, *advEnv) {
-		return func(t *testing.T, e *advEnv) {
-			s, err := advConnectAs(t, e, name, token, transport)
-			if s != nil {
-				s.Close()
-			}
-			var ref *tunnel.RefusedError
-			require.ErrorAs(t, err, &ref, "the relay refuses")
-			require.Equal(t, tunnel.CodeBadCredential, ref.Code)
-		}
+		return advHelloRefused(transport, advHello(name, token), tunnel.CodeBadCredential)
 	}
 	servers := make([]map[string]string, 1001)
 	for i := range servers {
@@ -213,8 +244,50 @@ func agentImpersonationCases() []advAttack {
 		{category: "agent", name: "invalid_agent_name", run: advHelloRefused("tcp", advHello("../dc1", advDC1Token), tunnel.CodeBadHello)},
 		{category: "agent", name: "too_many_servers", run: advHelloRefused("quic", tooMany, tunnel.CodeBadHello)},
 		{category: "agent", name: "oversized_token", run: advHelloRefused("tcp", advHello("dc3", strings.Repeat("t", 5000)), tunnel.CodeBadHello)},
+		{category: "agent", name: "guessing_is_throttled", run: func(t *testing.T, e *advEnv) {
+			// Wrong tokens from one address: after the allowance (10 at
+			// once) its connections are dropped before TLS, even one with
+			// the right token; another address is not affected.
+			ip := e.attackerIP()
+			hello := func(token string) error {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				c, err := e.dialTLSFrom(ctx, ip, tunnel.ALPN)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				mux, err := yamux.Client(c, nil)
+				require.NoError(t, err)
+				defer mux.Close()
+				st, err := mux.OpenStream()
+				require.NoError(t, err)
+				b, _ := json.Marshal(advHello("dc3", token))
+				advWriteTunnelFrame(t, st, b)
+				a := advReadRelayAnswer(t, st)
+				require.Equal(t, advRelayAnswer{Type: "refused", Code: tunnel.CodeBadCredential, Message: a.Message}, a)
+				return nil
+			}
+			throttled := false
+			for i := 0; i < 20 && !throttled; i++ {
+				throttled = hello("adv-guess-0123456789") != nil
+			}
+			require.True(t, throttled, "20 wrong tokens from one address, none throttled")
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := e.dialTLSFrom(ctx, ip, tunnel.ALPN)
+			if c != nil {
+				c.Close()
+			}
+			require.Error(t, err, "the right token from the throttled address is not looked at either")
+			s, err := advConnectAs(t, e, "dc3", advDC3Token, "tcp")
+			require.NoError(t, err, "an agent at another address connects")
+			s.Close()
+		}},
 		{category: "agent", name: "wrong_alpn_over_tcp", run: func(t *testing.T, e *advEnv) {
-			c, err := tls.Dial("tcp", e.tunnelAddr, advInsecureTLS("h2"))
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := e.dialTLS(ctx, "h2")
 			if c != nil {
 				c.Close()
 			}
@@ -223,15 +296,13 @@ func agentImpersonationCases() []advAttack {
 		{category: "agent", name: "wrong_alpn_over_quic", run: func(t *testing.T, e *advEnv) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			conn, err := quic.DialAddr(ctx, e.tunnelAddr, advInsecureTLS("h3"), &quic.Config{})
-			if conn != nil {
-				conn.CloseWithError(0, "")
-			}
+			_, err := e.tryQUIC(t, ctx, "h3", &quic.Config{})
 			require.Error(t, err, "the relay completes no QUIC handshake for another protocol")
 			require.NotErrorIs(t, err, context.DeadlineExceeded, "refused, not ignored")
 		}},
 		{category: "agent", name: "plain_http_on_the_tunnel_port", run: func(t *testing.T, e *advEnv) {
-			c, err := net.DialTimeout("tcp", e.tunnelAddr, 5*time.Second)
+			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: e.attackerIP()}}
+			c, err := d.Dial("tcp", e.tunnelAddr)
 			require.NoError(t, err)
 			defer c.Close()
 			_, err = io.WriteString(c, "GET /dc1/notes/mcp HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -302,7 +373,9 @@ func agentImpersonationCases() []advAttack {
 		{category: "agent", name: "tls_connection_that_never_sends_a_hello", slow: true, run: func(t *testing.T, e *advEnv) {
 			// A yamux session that answers the relay's pings but opens no
 			// control stream: only the handshake timeout ends it.
-			c, err := tls.Dial("tcp", e.tunnelAddr, advInsecureTLS(tunnel.ALPN))
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := e.dialTLS(ctx, tunnel.ALPN)
 			require.NoError(t, err)
 			defer c.Close()
 			mux, err := yamux.Client(c, nil)
@@ -319,9 +392,7 @@ func agentImpersonationCases() []advAttack {
 		{category: "agent", name: "quic_connection_that_never_sends_a_hello", slow: true, run: func(t *testing.T, e *advEnv) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			conn, err := quic.DialAddr(ctx, e.tunnelAddr, advInsecureTLS(tunnel.ALPN), &quic.Config{MaxIdleTimeout: time.Minute})
-			require.NoError(t, err)
-			defer conn.CloseWithError(0, "")
+			conn := e.dialQUIC(t, ctx, tunnel.ALPN)
 			select {
 			case <-conn.Context().Done():
 			case <-time.After(20 * time.Second):
