@@ -493,18 +493,33 @@ func exhaustionCases() []advAttack {
 		}},
 		{category: "exhaustion", name: "one_client_over_its_session_limit", run: func(t *testing.T, e *advEnv) {
 			// An agent whose notes server allows two sessions per client:
-			// bob's third is refused naming the limit, alice still gets in.
+			// bob's third, while both are busy, is refused naming the
+			// limit; alice still gets in.
 			e.startAgent(t, "dc4", advDC4Token, fmt.Sprintf("{address: %q, ca_file: %q, transport: quic}", e.tunnelAddr, e.relayCert),
 				fmt.Sprintf("  - {name: notes, command: [%q, \"--stdio\"], limits: {sessions_per_client: 2}}\n", fixtureBin), "")
 			const dc4 = "/dc4/notes/mcp"
 			e.waitOnline(t, dc4)
-			e.initialize(t, dc4, advBobToken)
-			e.initialize(t, dc4, advBobToken)
+			for range 2 {
+				r := e.do(t, http.MethodPost, dc4, advBobToken, "", nil,
+					`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"`+advProtocol+`","capabilities":{"sampling":{}},"clientInfo":{"name":"bob","version":"1"}}}`)
+				require.Equal(t, http.StatusOK, r.StatusCode, r.Body)
+				sid := r.Header.Get("Mcp-Session-Id")
+				t.Cleanup(func() { _, _ = e.doCtx(context.Background(), http.MethodDelete, dc4, advBobToken, sid, nil, "") })
+				// A call waiting on bob (the server asked him for a
+				// sampling answer, which never comes) makes the session
+				// busy: it cannot be ended to make room.
+				c := e.dialHTTP(t)
+				c.send(advHTTPReq(http.MethodPost, dc4, advMCPHeaders(advBobToken, "Mcp-Session-Id: "+sid),
+					`{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"test_sampling","arguments":{"prompt":"wait"}}}`))
+				require.NoError(t, c.c.SetReadDeadline(time.Now().Add(20*time.Second)))
+				resp, err := http.ReadResponse(c.br, nil)
+				require.NoError(t, err)
+				require.Equal(t, http.StatusOK, resp.StatusCode)
+				require.Contains(t, resp.Header.Get("Content-Type"), "text/event-stream")
+			}
 			r := e.do(t, http.MethodPost, dc4, advBobToken, "", nil, advInit(1))
-			require.Contains(t, []int{http.StatusTooManyRequests, http.StatusServiceUnavailable}, r.StatusCode, "body %.300s", r.Body)
+			advWantError(t, http.StatusTooManyRequests, "client_session_limit", r.StatusCode, r.Body)
 			require.Empty(t, r.Header.Get("Mcp-Session-Id"))
-			advWantError(t, r.StatusCode, "", r.StatusCode, r.Body)
-			require.Regexp(t, `"reason":"[a-z_]+"`, r.Body, "the refusal names its reason")
 			e.victimWorks(t, dc4)
 		}},
 		{category: "exhaustion", name: "connection_flood", run: func(t *testing.T, e *advEnv) {
