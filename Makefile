@@ -4,7 +4,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 TOOLS    := .tools
 
-.PHONY: build ci test test-short cross demo bench bench-lossy bench-go lint fuzz tools clean
+.PHONY: build ci test test-short adversarial cross demo bench bench-lossy bench-go lint fuzz tools clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/mcptun ./cmd/mcptun
@@ -24,8 +24,21 @@ ci: lint cross
 CI_FUZZTIME ?= 3s
 
 # The full test suite, race detector on, every tool required (nothing skips).
+# The adversarial suite runs last, on its own, so its summary line shows.
 test: tools
-	. $(TOOLS)/env.sh && MCPTUN_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 30m ./...
+	. $(TOOLS)/env.sh && MCPTUN_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 30m -skip '^TestAdversarial$$' ./...
+	@$(MAKE) --no-print-directory adversarial
+
+# The adversarial suite (internal/e2e, TestAdversarial): prints its summary
+# line ("adversarial suite: N cases, 0 failed"), or all its output if a case
+# failed.
+adversarial:
+	@out=$$(mktemp); \
+	if $(GO) test -race -count=1 -timeout 10m -run '^TestAdversarial$$' -v ./internal/e2e >"$$out" 2>&1; then \
+		grep -o 'adversarial suite: .*' "$$out" | tail -n 1; rm -f "$$out"; \
+	else \
+		cat "$$out"; rm -f "$$out"; exit 1; \
+	fi
 
 # Fast tests without the npm tools (conformance tests skip).
 test-short:
