@@ -23,8 +23,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mark3labs/mcp-go/mcp"
@@ -54,6 +56,7 @@ const (
 	ToolBroadcastListChanged  = "broadcast_list_changed"
 	ToolRequestRoots          = "test_roots"
 	ToolInputRequired         = "test_input_required"
+	ToolRecord                = "record"
 	maxLargeOutputBytes       = 64 << 20
 	maxSleep                  = 10 * time.Minute
 	conformanceStepDelay      = 50 * time.Millisecond
@@ -106,6 +109,20 @@ var LogMessages = []string{"Tool execution started", "Tool processing data", "To
 // NewConformanceServer returns the fixture server. Each call returns an
 // independent server; serve it with NewHTTPHandler or ServeStdio.
 func NewConformanceServer() *server.MCPServer {
+	return NewServer(ServerOptions{})
+}
+
+// ServerOptions adds opt-in tools to the fixture.
+type ServerOptions struct {
+	// NonceLog, when set, adds the record tool: every execution writes
+	// its nonce argument and a newline to NonceLog in one Write, before it
+	// answers, so that a fault test counts how often each call ran. Share
+	// one O_APPEND file between processes: each line lands whole.
+	NonceLog io.Writer
+}
+
+// NewServer returns the fixture server with opts' tools added.
+func NewServer(opts ServerOptions) *server.MCPServer {
 	s := server.NewMCPServer(conformanceServerName, conformanceServerVersion,
 		server.WithToolCapabilities(true),
 		server.WithResourceCapabilities(true, true),
@@ -120,6 +137,9 @@ func NewConformanceServer() *server.MCPServer {
 	)
 	s.EnableSampling()
 	addTools(s)
+	if opts.NonceLog != nil {
+		addRecordTool(s, &nonceLog{w: opts.NonceLog})
+	}
 	addResources(s)
 	addPrompts(s)
 	return s
@@ -248,6 +268,47 @@ func addTools(s *server.MCPServer) {
 		func(ctx context.Context, _ mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 			server.ServerFromContext(ctx).SendNotificationToAllClients(string(mcp.MethodNotificationToolsListChanged), nil)
 			return mcp.NewToolResultText("sent"), nil
+		})
+}
+
+// nonceLog serialises the record tool's writes within one process.
+type nonceLog struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *nonceLog) record(nonce string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, err := io.WriteString(l.w, nonce+"\n")
+	return err
+}
+
+// maxNonceLen bounds the record tool's nonce; it is a log line.
+const maxNonceLen = 200
+
+func addRecordTool(s *server.MCPServer, log *nonceLog) {
+	s.AddTool(mcp.NewTool(ToolRecord,
+		mcp.WithDescription("Appends nonce to the fixture's nonce log (one line per execution), then waits ms "+
+			"milliseconds (default 0) and answers. The side effect comes first: a call cut during the wait has run."),
+		mcp.WithString("nonce", mcp.Description("Client-chosen unique id of this call (no whitespace)"), mcp.Required()),
+		mcp.WithNumber("ms", mcp.Description("Milliseconds to wait after recording"), mcp.Min(0))),
+		func(ctx context.Context, req mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			nonce, err := req.RequireString("nonce")
+			if err != nil || nonce == "" || len(nonce) > maxNonceLen || strings.ContainsAny(nonce, " \t\r\n") {
+				return mcp.NewToolResultError(fmt.Sprintf("nonce must be 1 to %d characters without whitespace", maxNonceLen)), nil
+			}
+			ms := req.GetFloat("ms", 0)
+			if ms < 0 || time.Duration(ms)*time.Millisecond > maxSleep {
+				return mcp.NewToolResultError(fmt.Sprintf("ms must be a number from 0 to %d", maxSleep.Milliseconds())), nil
+			}
+			if err := log.record(nonce); err != nil {
+				return nil, fmt.Errorf("mcptest: record nonce: %w", err)
+			}
+			if err := pause(ctx, time.Duration(ms*float64(time.Millisecond))); err != nil {
+				return nil, fmt.Errorf("mcptest: record: wait interrupted: %w", err)
+			}
+			return mcp.NewToolResultText("recorded " + nonce), nil
 		})
 }
 
