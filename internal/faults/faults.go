@@ -336,7 +336,7 @@ func (r *Row) tally(results []callResult, counts map[string]int) {
 		}
 		suspect := func() {
 			r.Suspects = append(r.Suspects, fmt.Sprintf("%s ran %d×; client saw: %s",
-				cr.nonce, ran, strings.Join(append(slices.Clone(cr.history), final), " → ")))
+				cr.nonce, ran, runs(append(slices.Clone(cr.history), final))))
 		}
 		if ran >= 2 {
 			r.Twice++
@@ -388,4 +388,22 @@ func readNonces(path, prefix string) (map[string]int, error) {
 		return nil, fmt.Errorf("nonce log: %w", err)
 	}
 	return counts, nil
+}
+
+// runs joins labels with arrows, repeats folded: "a ×3 → b".
+func runs(labels []string) string {
+	var out []string
+	for i := 0; i < len(labels); {
+		j := i
+		for j < len(labels) && labels[j] == labels[i] {
+			j++
+		}
+		if j-i > 1 {
+			out = append(out, fmt.Sprintf("%s ×%d", labels[i], j-i))
+		} else {
+			out = append(out, labels[i])
+		}
+		i = j
+	}
+	return strings.Join(out, " → ")
 }
