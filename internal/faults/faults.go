@@ -151,7 +151,7 @@ type Row struct {
 	Unknown  map[string]int // outcome unknown, by label
 	Lost     int
 	Twice    int // nonces executed at least twice
-	RanAfter int // calls given up on "did not run" answers that had run
+	RanAfter int // calls given up on "did not run" answers that had run (a false promise, as Twice)
 	Phantom  int // calls answered OK that never ran
 
 	// Suspects are the calls behind Twice, RanAfter, Phantom and Lost:
@@ -176,6 +176,11 @@ func (r Row) Failed() string {
 	}
 	if r.Twice > 0 {
 		why = append(why, fmt.Sprintf("%d executed twice", r.Twice))
+	}
+	if r.RanAfter > 0 {
+		// Not twice only because the retries failed too: the answer
+		// broke the same promise as for a call executed twice.
+		why = append(why, fmt.Sprintf("%d answered as not run had run", r.RanAfter))
 	}
 	if r.Phantom > 0 {
 		why = append(why, fmt.Sprintf("%d answered OK but never ran", r.Phantom))

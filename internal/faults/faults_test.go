@@ -181,6 +181,7 @@ func TestTally(t *testing.T) {
 	assert.Contains(t, r.Failed(), "1 lost")
 	assert.Contains(t, r.Failed(), "1 executed twice")
 	assert.Contains(t, r.Failed(), "1 answered OK but never ran")
+	assert.Contains(t, r.Failed(), "1 answered as not run had run")
 }
 
 func TestReadNonces(t *testing.T) {

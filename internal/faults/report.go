@@ -56,22 +56,23 @@ func WriteMarkdown(w io.Writer, o Options, rows []Row) int {
 				res.GoroutinesBefore, res.GoroutinesAfter, res.FDsBefore, res.FDsAfter, kids, cell(ok))
 		}
 	}
-	var suspects []string
+	header := false
 	for _, r := range rows {
-		for _, s := range r.Suspects {
-			suspects = append(suspects, fmt.Sprintf("- %s, round %d: %s", r.Fault, r.Round, s))
+		if len(r.Suspects) == 0 {
+			continue
 		}
-	}
-	if len(suspects) > 0 {
-		const maxShown = 40
-		fmt.Fprintln(w, "\nCalls behind the failures (nonce, executions in the servers' log, answers in order):")
-		fmt.Fprintln(w)
-		for i, s := range suspects {
+		if !header {
+			fmt.Fprintln(w, "\nCalls behind the failures (nonce, executions in the servers' log, answers in order; at most 3 a round):")
+			fmt.Fprintln(w)
+			header = true
+		}
+		const maxShown = 3
+		for i, s := range r.Suspects {
 			if i == maxShown {
-				fmt.Fprintf(w, "- … and %d more\n", len(suspects)-maxShown)
+				fmt.Fprintf(w, "- %s, round %d: … and %d more\n", r.Fault, r.Round, len(r.Suspects)-maxShown)
 				break
 			}
-			fmt.Fprintln(w, s)
+			fmt.Fprintf(w, "- %s, round %d: %s\n", r.Fault, r.Round, s)
 		}
 	}
 	fmt.Fprintf(w, "\n%d of %d fault rounds failed.\n", failed, len(rows))
