@@ -268,6 +268,9 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 			o.Log.Info("fault done", "name", f.name, "round", round, "calls", row.Calls, "ok", row.OK,
 				"lost", row.Lost, "twice", row.Twice, "failed", row.Failed())
 			base = after
+			if ctx.Err() != nil {
+				return rows, ctx.Err()
+			}
 			if row.Problem != "" {
 				// Start the next fault from a deployment that runs.
 				if err := c.repair(ctx); err != nil {
