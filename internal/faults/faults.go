@@ -2,12 +2,15 @@ package faults
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -68,20 +71,33 @@ func allAgents() []string { return slices.Clone(agentNames) }
 func faultList(hold, grace time.Duration) []fault {
 	fs := []fault{
 		{"relay SIGKILL+restart", func(ctx context.Context, c *cluster) ([]string, error) {
+			if _, err := c.inFlight(ctx, "-"); err != nil {
+				return nil, err
+			}
 			c.relay.p.Kill()
 			return allAgents(), c.startRelay(ctx)
 		}},
 		{"relay SIGSTOP/SIGCONT", func(ctx context.Context, c *cluster) ([]string, error) {
+			if _, err := c.inFlight(ctx, "-"); err != nil {
+				return nil, err
+			}
 			return allAgents(), freeze(ctx, c.relay, hold)
 		}},
 		{"relay SIGTERM+restart", func(ctx context.Context, c *cluster) ([]string, error) {
+			if _, err := c.inFlight(ctx, "-"); err != nil {
+				return nil, err
+			}
 			err := terminate(c.relay, grace)
 			return allAgents(), errors.Join(err, c.startRelay(ctx))
 		}},
 	}
 	for _, a := range agentNames {
+		mine := "-" + a + "." // in nonces: PREFIX-AGENT.SERVER-wN-I
 		fs = append(fs,
 			fault{"agent(" + a + ") SIGKILL, restart after the hold", func(ctx context.Context, c *cluster) ([]string, error) {
+				if _, err := c.inFlight(ctx, mine); err != nil {
+					return nil, err
+				}
 				n := c.agents[a]
 				// The agent alone, as a crash would: its children see
 				// their stdin end. It stays down for the hold, so that
@@ -94,23 +110,37 @@ func faultList(hold, grace time.Duration) []fault {
 				return []string{a}, c.startAgent(ctx, a)
 			}},
 			fault{"agent(" + a + ") SIGSTOP/SIGCONT", func(ctx context.Context, c *cluster) ([]string, error) {
+				if _, err := c.inFlight(ctx, mine); err != nil {
+					return nil, err
+				}
 				return []string{a}, freeze(ctx, c.agents[a], hold)
 			}},
 			fault{"agent(" + a + ") SIGTERM+restart", func(ctx context.Context, c *cluster) ([]string, error) {
+				if _, err := c.inFlight(ctx, mine); err != nil {
+					return nil, err
+				}
 				err := terminate(c.agents[a], grace)
 				return []string{a}, errors.Join(err, c.startAgent(ctx, a))
 			}},
 			fault{"stdio child of agent(" + a + ") SIGKILL", func(ctx context.Context, c *cluster) ([]string, error) {
-				kids, err := procs.Host.Children(c.agents[a].p.Pid())
-				if err != nil || len(kids) == 0 {
-					return nil, fmt.Errorf("agent %s has no stdio child to kill (%v)", a, err)
+				// The child that has just started a call: found by the
+				// pid it logged, checked to be the agent's child.
+				pid, err := c.inFlight(ctx, mine+serverStdio+"-")
+				if err != nil {
+					return nil, err
 				}
-				slices.Sort(kids)
-				return []string{a}, syscall.Kill(kids[0], syscall.SIGKILL)
+				kids, err := procs.Host.Children(c.agents[a].p.Pid())
+				if err != nil || !slices.Contains(kids, pid) {
+					return nil, fmt.Errorf("pid %d, running a call of agent %s's stdio server, is not its child (children %v, %v)", pid, a, kids, err)
+				}
+				return []string{a}, syscall.Kill(pid, syscall.SIGKILL)
 			}},
 		)
 	}
 	fs = append(fs, fault{"upstream HTTP server SIGKILL+restart", func(ctx context.Context, c *cluster) ([]string, error) {
+		if _, err := c.inFlight(ctx, "."+serverHTTP+"-"); err != nil {
+			return nil, err
+		}
 		c.upstream.Kill()
 		return allAgents(), c.startUpstream(ctx)
 	}})
@@ -378,6 +408,59 @@ func (r *Row) tally(results []callResult, counts map[string]int) {
 	}
 }
 
+// inFlightTimeout bounds the wait for a call to start running.
+const inFlightTimeout = 10 * time.Second
+
+// inFlight waits until a call whose nonce contains part starts to run (its
+// line appears in the nonce log) and returns the pid of the process
+// running it. The record tool waits CallMS after logging, so a fault that
+// strikes at once meets that call in flight, every round.
+func (c *cluster) inFlight(ctx context.Context, part string) (int, error) {
+	f, err := os.Open(c.nonceLog)
+	if err != nil {
+		return 0, fmt.Errorf("nonce log: %w", err)
+	}
+	defer f.Close()
+	off, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return 0, fmt.Errorf("nonce log: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, inFlightTimeout)
+	defer cancel()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	var pending []byte
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := f.ReadAt(buf, off)
+		off += int64(n)
+		pending = append(pending, buf[:n]...)
+		for {
+			line, rest, ok := bytes.Cut(pending, []byte{'\n'})
+			if !ok {
+				break
+			}
+			pending = rest
+			nonce, pid, _ := strings.Cut(string(line), " ")
+			if strings.Contains(nonce, part) {
+				p, perr := strconv.Atoi(pid)
+				if perr != nil {
+					return 0, fmt.Errorf("nonce log line %q: no pid", line)
+				}
+				return p, nil
+			}
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return 0, fmt.Errorf("nonce log: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("no call matching %q started within %s", part, inFlightTimeout)
+		case <-tick.C:
+		}
+	}
+}
+
 // readNonces counts the executions of each nonce with prefix in the log.
 func readNonces(path, prefix string) (map[string]int, error) {
 	f, err := os.Open(path)
@@ -388,8 +471,9 @@ func readNonces(path, prefix string) (map[string]int, error) {
 	counts := make(map[string]int)
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if line := sc.Text(); strings.HasPrefix(line, prefix) {
-			counts[line]++
+		// "NONCE PID": the first field is the nonce.
+		if nonce, _, _ := strings.Cut(sc.Text(), " "); strings.HasPrefix(nonce, prefix) {
+			counts[nonce]++
 		}
 	}
 	if err := sc.Err(); err != nil {

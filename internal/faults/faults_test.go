@@ -192,7 +192,7 @@ func TestTally(t *testing.T) {
 
 func TestReadNonces(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "nonces.log")
-	require.NoError(t, os.WriteFile(p, []byte("f1r1-a-0\nf1r1-a-1\nf1r1-a-1\nf1r10-a-0\nf11r1-a-0\n"), 0o600))
+	require.NoError(t, os.WriteFile(p, []byte("f1r1-a-0 7\nf1r1-a-1 7\nf1r1-a-1 8\nf1r10-a-0 7\nf11r1-a-0 7\n"), 0o600))
 	got, err := readNonces(p, "f1r1-")
 	require.NoError(t, err)
 	assert.Equal(t, map[string]int{"f1r1-a-0": 1, "f1r1-a-1": 2}, got)
@@ -247,4 +247,40 @@ func TestWriteMarkdown(t *testing.T) {
 	assert.Contains(t, out, "- agent(quic) SIGKILL, round 1: x ran 2×; client saw: 502 a|b → ok")
 	assert.Contains(t, out, `transport: EOF\|x ×1`, "pipes in cells are escaped")
 	assert.Contains(t, out, "1 of 2 fault rounds failed.")
+}
+
+// inFlight reports the pid of a call matching its pattern that starts
+// after it was called (not one already in the log), reading lines whole
+// however the appends are split.
+func TestInFlight(t *testing.T) {
+	c := &cluster{nonceLog: filepath.Join(t.TempDir(), "nonces.log")}
+	require.NoError(t, os.WriteFile(c.nonceLog, []byte("f0r1-quic.stdio-w1-0 11\n"), 0o600))
+	f, err := os.OpenFile(c.nonceLog, os.O_WRONLY|os.O_APPEND, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	stop := make(chan struct{})
+	wrote := make(chan error, 1)
+	go func() { // the load: other calls, and ours written in pieces
+		defer close(wrote)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for i := 1; ; i++ {
+			for _, piece := range []string{fmt.Sprintf("f0r1-tcp.stdio-w3-%d 12\nf0r1-qu", i), "ic.stdio-w1-", fmt.Sprintf("%d 13\n", i)} {
+				if _, err := f.WriteString(piece); err != nil {
+					wrote <- err
+					return
+				}
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+			}
+		}
+	}()
+	pid, err := c.inFlight(t.Context(), "-quic.stdio-")
+	close(stop)
+	require.NoError(t, <-wrote)
+	require.NoError(t, err)
+	assert.Equal(t, 13, pid, "the quic call's pid, not the one already logged (11) nor the tcp one (12)")
 }

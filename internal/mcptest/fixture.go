@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -115,9 +116,10 @@ func NewConformanceServer() *server.MCPServer {
 // ServerOptions adds opt-in tools to the fixture.
 type ServerOptions struct {
 	// NonceLog, when set, adds the record tool: every execution writes
-	// its nonce argument and a newline to NonceLog in one Write, before it
-	// answers, so that a fault test counts how often each call ran. Share
-	// one O_APPEND file between processes: each line lands whole.
+	// "NONCE PID\n" (its nonce argument, this process's id) to NonceLog in
+	// one Write before it answers, so that a fault test counts how often
+	// each call ran, and knows which process is running it. Share one
+	// O_APPEND file between processes: each line lands whole.
 	NonceLog io.Writer
 }
 
@@ -280,7 +282,7 @@ type nonceLog struct {
 func (l *nonceLog) record(nonce string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	_, err := io.WriteString(l.w, nonce+"\n")
+	_, err := fmt.Fprintf(l.w, "%s %d\n", nonce, os.Getpid())
 	return err
 }
 
@@ -289,7 +291,7 @@ const maxNonceLen = 200
 
 func addRecordTool(s *server.MCPServer, log *nonceLog) {
 	s.AddTool(mcp.NewTool(ToolRecord,
-		mcp.WithDescription("Appends nonce to the fixture's nonce log (one line per execution), then waits ms "+
+		mcp.WithDescription("Appends nonce and the server's pid to the fixture's nonce log (one line per execution), then waits ms "+
 			"milliseconds (default 0) and answers. The side effect comes first: a call cut during the wait has run."),
 		mcp.WithString("nonce", mcp.Description("Client-chosen unique id of this call (no whitespace)"), mcp.Required()),
 		mcp.WithNumber("ms", mcp.Description("Milliseconds to wait after recording"), mcp.Min(0))),

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -467,7 +468,8 @@ func TestRecordLogsEachExecution(t *testing.T) {
 			t.Errorf("%s: got %s, want %s", tt.args, body, tt.want)
 		}
 	}
-	if got, want := log.String(), "a-1\na-2\na-1\n"; got != want {
+	pid := os.Getpid()
+	if got, want := log.String(), fmt.Sprintf("a-1 %d\na-2 %d\na-1 %d\n", pid, pid, pid); got != want {
 		t.Errorf("nonce log %q, want %q", got, want)
 	}
 

@@ -2,7 +2,7 @@
 //
 //	mcptest-server [--stdio]               serve JSON-RPC on stdin/stdout (default)
 //	mcptest-server --http 127.0.0.1:0      serve Streamable HTTP at /mcp
-//	  --nonce-log FILE                     add the record tool, appending each call's nonce to FILE
+//	  --nonce-log FILE                     add the record tool, appending "NONCE PID" per call to FILE
 //
 // With --http the first line on stdout is "listening http://ADDR/mcp", so a
 // test can ask for port 0 and read the bound address. Logs go to stderr. The
