@@ -15,12 +15,13 @@
 //
 //   - A call is sent again (same nonce) only when its answer promises it
 //     did not run: an HTTP status other than 200 whose error.data.reason
-//     does not end in "outcome_unknown", a connection refused, or a 404
-//     for a session that is gone (after a new initialize). That is the
+//     does not say "may have run" (isOutcomeUnknown: *outcome_unknown,
+//     relay_shutdown, agent_shutdown), a connection refused, or a 404 for
+//     a session that is gone (after a new initialize). That is the
 //     contract of the README's reason table. Go's HTTP client never
 //     re-sends a POST it has written, so any second run is the
 //     deployment's.
-//   - An answer whose reason ends in "outcome_unknown", or a connection cut
+//   - An answer whose reason says it may have run, or a connection cut
 //     after the request was sent, is "outcome unknown": reported, not
 //     retried, not a failure.
 //   - An attempt with no answer within Options.CallDeadline is lost.

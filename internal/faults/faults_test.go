@@ -80,7 +80,11 @@ func TestClassifyStatus(t *testing.T) {
 		{503, `{"error":{"data":{"reason":"tunnel_outcome_unknown"}}}`, unknown, "503 tunnel_outcome_unknown"},
 		{502, `{"error":{"code":-32000,"message":"server gone"}}`, notRun, "502 (no reason)"},
 		{404, `{"error":{"code":-32001,"message":"session not found"}}`, sessionGone, "404 (no reason)"},
+		{404, `{"error":{"data":{"reason":"session_not_found"}}}`, sessionGone, "404 session_not_found"},
 		{404, `{"error":{"data":{"reason":"unknown_agent"}}}`, notRun, "404 unknown_agent"},
+		{503, `{"error":{"data":{"reason":"relay_shutdown"}}}`, unknown, "503 relay_shutdown"},
+		{503, `{"error":{"data":{"reason":"agent_shutdown"}}}`, unknown, "503 agent_shutdown"},
+		{503, `{"error":{"data":{"reason":"relay_draining"}}}`, notRun, "503 relay_draining"},
 		{429, `not json`, notRun, "429 (no reason)"},
 	} {
 		t.Run(tc.label, func(t *testing.T) {

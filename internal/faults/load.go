@@ -44,10 +44,15 @@ const (
 )
 
 // isOutcomeUnknown reports whether a refusal's reason says the request
-// may have reached the server. The agreed code is
-// upstream_outcome_unknown; any code ending in outcome_unknown (a tunnel
-// or stdio variant) is read the same way.
+// may have been carried out: upstream_outcome_unknown (the exchange broke
+// after the request was sent), any other code ending in outcome_unknown,
+// and the drain's relay_shutdown and agent_shutdown (the grace ran out
+// before the answer). Every other reason promises the request did not run.
 func isOutcomeUnknown(reason string) bool {
+	switch reason {
+	case "relay_shutdown", "agent_shutdown":
+		return true
+	}
 	return strings.HasSuffix(reason, "outcome_unknown")
 }
 
@@ -85,9 +90,10 @@ func classifyStatus(status int, body []byte) attempt {
 	switch {
 	case isOutcomeUnknown(reason):
 		return attempt{kind: unknown, label: label}
-	case status == http.StatusNotFound && reason == "":
-		// The bridge's and the fixture's "session not found" carry no
-		// reason; the relay's own 404s (unknown_agent, ...) do.
+	case status == http.StatusNotFound && (reason == "" || reason == "session_not_found"):
+		// The session ended: the fixture's 404 carries no reason, the
+		// bridge's session_not_found (or none, before it had codes); the
+		// relay's own 404s (unknown_agent, ...) are something else.
 		return attempt{kind: sessionGone, label: label}
 	}
 	return attempt{kind: notRun, label: label}
