@@ -8,7 +8,7 @@
 //
 // # What a call is, and what counts against the deployment
 //
-// Each client session calls the fixture's record tool back to back with
+// Each client session calls the fixture's record_nonce tool back to back with
 // a nonce of its own; the server appends the nonce to a log shared by
 // every fixture process before it answers, so the log says how often each
 // call ran. The clients behave as a careful client must, and no more:

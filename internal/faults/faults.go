@@ -28,7 +28,7 @@ type Options struct {
 	Faults  []string // names to run (all when empty); see FaultNames
 	Workers int      // client sessions per target (agent × server)
 
-	CallMS       int           // how long each record call waits after recording
+	CallMS       int           // how long each record_nonce call waits after recording
 	CallDeadline time.Duration // an attempt with no answer within it is lost
 	RetryBudget  time.Duration // how long a call is retried on "did not run" answers
 	Pre, Post    time.Duration // load before the fault / after recovery
@@ -413,7 +413,7 @@ const inFlightTimeout = 10 * time.Second
 
 // inFlight waits until a call whose nonce contains part starts to run (its
 // line appears in the nonce log) and returns the pid of the process
-// running it. The record tool waits CallMS after logging, so a fault that
+// running it. The record_nonce tool waits CallMS after logging, so a fault that
 // strikes at once meets that call in flight, every round.
 func (c *cluster) inFlight(ctx context.Context, part string) (int, error) {
 	f, err := os.Open(c.nonceLog)

@@ -272,11 +272,11 @@ type callResult struct {
 // retryPause is the wait before sending again a request that did not run.
 const retryPause = 100 * time.Millisecond
 
-// call runs the record tool with nonce until it is answered, its outcome
+// call runs the record_nonce tool with nonce until it is answered, its outcome
 // is unknown or lost, or budget has passed on refusals that promised the
 // request did not run (then the last refusal is the call's error).
 func (c *client) call(ctx context.Context, nonce string, ms int, budget time.Duration) (r callResult) {
-	body := fmt.Appendf(nil, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"record","arguments":{"nonce":%q,"ms":%d}}}`, nonce, ms)
+	body := fmt.Appendf(nil, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"record_nonce","arguments":{"nonce":%q,"ms":%d}}}`, nonce, ms)
 	start := time.Now()
 	giveUp := start.Add(budget)
 	r = callResult{nonce: nonce}
@@ -324,7 +324,7 @@ func (c *client) call(ctx context.Context, nonce string, ms int, budget time.Dur
 	}
 }
 
-// checkResult returns "" when msg is the record tool's result for nonce,
+// checkResult returns "" when msg is the record_nonce tool's result for nonce,
 // else a label saying what came instead.
 func checkResult(msg []byte, nonce string) string {
 	var m struct {
@@ -360,7 +360,7 @@ func checkResult(msg []byte, nonce string) string {
 }
 
 // load is the steady traffic of a phase: workers per target, each a
-// client session calling record with fresh nonces back to back.
+// client session calling record_nonce with fresh nonces back to back.
 type load struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup

@@ -15,7 +15,7 @@ import (
 func WriteMarkdown(w io.Writer, o Options, rows []Row) int {
 	g, f, _ := o.margins()
 	fmt.Fprintf(w, "Fault suite: %d round(s) per fault, %d session(s) per agent×server (agents over QUIC and TCP; "+
-		"servers stdio and HTTP), record calls waiting %d ms, %s of load before each fault and %s after recovery, "+
+		"servers stdio and HTTP), record_nonce calls waiting %d ms, %s of load before each fault and %s after recovery, "+
 		"SIGSTOP held (and a killed agent kept down) %s; an attempt without an answer in %s is lost. "+
 		"\"routed again after\" runs from the fault's signal (for a freeze: SIGSTOP) until the relay routes to every agent affected.\n\n",
 		o.Rounds, o.Workers, o.CallMS, o.Pre, o.Post, o.Hold, o.CallDeadline)

@@ -57,7 +57,7 @@ const (
 	ToolBroadcastListChanged  = "broadcast_list_changed"
 	ToolRequestRoots          = "test_roots"
 	ToolInputRequired         = "test_input_required"
-	ToolRecord                = "record"
+	ToolRecordNonce           = "record_nonce"
 	maxLargeOutputBytes       = 64 << 20
 	maxSleep                  = 10 * time.Minute
 	conformanceStepDelay      = 50 * time.Millisecond
@@ -115,7 +115,7 @@ func NewConformanceServer() *server.MCPServer {
 
 // ServerOptions adds opt-in tools to the fixture.
 type ServerOptions struct {
-	// NonceLog, when set, adds the record tool: every execution writes
+	// NonceLog, when set, adds the record_nonce tool: every execution writes
 	// "NONCE PID\n" (its nonce argument, this process's id) to NonceLog in
 	// one Write before it answers, so that a fault test counts how often
 	// each call ran, and knows which process is running it. Share one
@@ -273,7 +273,7 @@ func addTools(s *server.MCPServer) {
 		})
 }
 
-// nonceLog serialises the record tool's writes within one process.
+// nonceLog serialises the record_nonce tool's writes within one process.
 type nonceLog struct {
 	mu sync.Mutex
 	w  io.Writer
@@ -286,11 +286,11 @@ func (l *nonceLog) record(nonce string) error {
 	return err
 }
 
-// maxNonceLen bounds the record tool's nonce; it is a log line.
+// maxNonceLen bounds the record_nonce tool's nonce; it is a log line.
 const maxNonceLen = 200
 
 func addRecordTool(s *server.MCPServer, log *nonceLog) {
-	s.AddTool(mcp.NewTool(ToolRecord,
+	s.AddTool(mcp.NewTool(ToolRecordNonce,
 		mcp.WithDescription("Appends nonce and the server's pid to the fixture's nonce log (one line per execution), then waits ms "+
 			"milliseconds (default 0) and answers. The side effect comes first: a call cut during the wait has run."),
 		mcp.WithString("nonce", mcp.Description("Client-chosen unique id of this call (no whitespace)"), mcp.Required()),
@@ -308,7 +308,7 @@ func addRecordTool(s *server.MCPServer, log *nonceLog) {
 				return nil, fmt.Errorf("mcptest: record nonce: %w", err)
 			}
 			if err := pause(ctx, time.Duration(ms*float64(time.Millisecond))); err != nil {
-				return nil, fmt.Errorf("mcptest: record: wait interrupted: %w", err)
+				return nil, fmt.Errorf("mcptest: record_nonce: wait interrupted: %w", err)
 			}
 			return mcp.NewToolResultText("recorded " + nonce), nil
 		})

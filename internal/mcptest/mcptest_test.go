@@ -435,7 +435,7 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// TestRecordLogsEachExecution: the record tool writes one line per
+// TestRecordLogsEachExecution: the record_nonce tool writes one line per
 // execution (a repeated nonce twice), refuses nonces that would break the
 // log's lines, and is absent unless a log is configured.
 func TestRecordLogsEachExecution(t *testing.T) {
@@ -452,13 +452,13 @@ func TestRecordLogsEachExecution(t *testing.T) {
 	c := newClient(t, hs.URL)
 	c.initialize(`{}`)
 	tests := []struct{ args, want string }{
-		{`{"name":"record","arguments":{"nonce":"a-1"}}`, `"text":"recorded a-1"`},
-		{`{"name":"record","arguments":{"nonce":"a-2","ms":1}}`, `"text":"recorded a-2"`},
-		{`{"name":"record","arguments":{"nonce":"a-1"}}`, `"text":"recorded a-1"`},
-		{`{"name":"record","arguments":{"nonce":"two words"}}`, `"isError":true`},
-		{`{"name":"record","arguments":{"nonce":""}}`, `"isError":true`},
-		{`{"name":"record","arguments":{"nonce":"a-3","ms":-1}}`, `"isError":true`},
-		{`{"name":"record","arguments":{}}`, `"isError":true`},
+		{`{"name":"record_nonce","arguments":{"nonce":"a-1"}}`, `"text":"recorded a-1"`},
+		{`{"name":"record_nonce","arguments":{"nonce":"a-2","ms":1}}`, `"text":"recorded a-2"`},
+		{`{"name":"record_nonce","arguments":{"nonce":"a-1"}}`, `"text":"recorded a-1"`},
+		{`{"name":"record_nonce","arguments":{"nonce":"two words"}}`, `"isError":true`},
+		{`{"name":"record_nonce","arguments":{"nonce":""}}`, `"isError":true`},
+		{`{"name":"record_nonce","arguments":{"nonce":"a-3","ms":-1}}`, `"isError":true`},
+		{`{"name":"record_nonce","arguments":{}}`, `"isError":true`},
 	}
 	for _, tt := range tests {
 		resp := c.do("POST", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":`+tt.args+`}`, nil)
@@ -479,7 +479,7 @@ func TestRecordLogsEachExecution(t *testing.T) {
 	resp := pc.do("POST", `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, nil)
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if strings.Contains(string(body), `"name":"record"`) {
-		t.Errorf("record listed without a nonce log: %s", body)
+	if strings.Contains(string(body), `"name":"record_nonce"`) {
+		t.Errorf("record_nonce listed without a nonce log: %s", body)
 	}
 }
