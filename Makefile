@@ -4,7 +4,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 TOOLS    := .tools
 
-.PHONY: build ci test test-short adversarial cross demo bench bench-lossy bench-go lint fuzz tools clean
+.PHONY: build ci test test-short adversarial cross demo bench bench-lossy bench-go faults lint fuzz tools clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/mcptun ./cmd/mcptun
@@ -52,6 +52,14 @@ bench: build
 
 bench-lossy: build
 	bash .ci/bench.sh --lossy-only $(BENCH_FLAGS)
+
+# The fault suite (README, Development: Faults): relay, agents, stdio
+# children and the HTTP upstream killed, frozen and terminated under load,
+# three rounds each. FAULTS_FLAGS=-short is the version `make test` runs
+# (TestFaultsShort); -fault NAME picks one (-list names them).
+faults: build
+	$(GO) build -o bin/mcptest-server ./internal/mcptest/cmd/mcptest-server
+	$(GO) run ./internal/faults/cmd/faults -mcptun bin/mcptun -fixture bin/mcptest-server $(FAULTS_FLAGS)
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

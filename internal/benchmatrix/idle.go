@@ -1,17 +1,14 @@
 package benchmatrix
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/mcptun/mcptun/internal/procs"
 )
 
 // memFigures is one process's memory, from its own accounting: the kernel's
@@ -229,79 +226,14 @@ func settledMem(ctx context.Context, fs procFS, pid int) (memSample, error) {
 	return prev, nil
 }
 
-// readRuntimeMem fetches the heap profile with gc=1 (a forced collection)
-// and the goroutine count from a net/http/pprof server.
+// readRuntimeMem fetches the Go runtime's figures through a pprof server.
 func readRuntimeMem(ctx context.Context, base string, m *memFigures) error {
-	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}, Timeout: 30 * time.Second}
-	get := func(path string) ([]byte, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("GET %s: HTTP %s", path, resp.Status)
-		}
-		return io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	}
-	b, err := get("/debug/pprof/heap?debug=1&gc=1")
+	r, err := procs.ReadRuntime(ctx, base)
 	if err != nil {
 		return err
 	}
-	if m.HeapLive, m.Stack, err = parseHeapProfile(b); err != nil {
-		return err
-	}
-	if b, err = get("/debug/pprof/goroutine?debug=1"); err != nil {
-		return err
-	}
-	m.Goroutines, err = parseGoroutineCount(b)
-	return err
-}
-
-// parseHeapProfile reads "# HeapAlloc = N" and "# Stack = INUSE / SYS"
-// from the text form (debug=1) of a heap profile.
-func parseHeapProfile(b []byte) (heapAlloc, stackInuse int64, err error) {
-	var haveHeap, haveStack bool
-	sc := bufio.NewScanner(strings.NewReader(string(b)))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if v, ok := strings.CutPrefix(line, "# HeapAlloc = "); ok {
-			if heapAlloc, err = strconv.ParseInt(strings.TrimSpace(v), 10, 64); err != nil {
-				return 0, 0, fmt.Errorf("heap profile: HeapAlloc %q: %w", v, err)
-			}
-			haveHeap = true
-		}
-		if v, ok := strings.CutPrefix(line, "# Stack = "); ok {
-			inuse, _, _ := strings.Cut(v, " /")
-			if stackInuse, err = strconv.ParseInt(strings.TrimSpace(inuse), 10, 64); err != nil {
-				return 0, 0, fmt.Errorf("heap profile: Stack %q: %w", v, err)
-			}
-			haveStack = true
-		}
-	}
-	if !haveHeap || !haveStack {
-		return 0, 0, errors.New("heap profile: no \"# HeapAlloc\" or \"# Stack\" line (not debug=1 output?)")
-	}
-	return heapAlloc, stackInuse, nil
-}
-
-// parseGoroutineCount reads "goroutine profile: total N".
-func parseGoroutineCount(b []byte) (int, error) {
-	line, _, _ := strings.Cut(string(b), "\n")
-	v, ok := strings.CutPrefix(line, "goroutine profile: total ")
-	if !ok {
-		return 0, fmt.Errorf("goroutine profile: first line %.80q is not \"goroutine profile: total N\"", line)
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(v))
-	if err != nil {
-		return 0, fmt.Errorf("goroutine profile: total %q: %w", v, err)
-	}
-	return n, nil
+	m.HeapLive, m.Stack, m.Goroutines = r.HeapLive, r.Stack, r.Goroutines
+	return nil
 }
 
 // childMem sums the memory of pid's children.

@@ -242,7 +242,7 @@ func agentSpecs(paths []string) []agentSpec {
 
 func stopLogged(log *slog.Logger, p *process) {
 	if err := p.Stop(); err != nil {
-		log.Warn("stopping a benchmark process", "process", p.name, "err", err)
+		log.Warn("stopping a benchmark process", "process", p.Name(), "err", err)
 	}
 }
 

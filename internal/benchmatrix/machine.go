@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+
+	"github.com/mcptun/mcptun/internal/procs"
 )
 
 // Machine describes where the benchmark ran.
@@ -27,16 +29,16 @@ func readMachine(fs procFS) Machine {
 		GoVersion: runtime.Version(),
 		OS:        runtime.GOOS + "/" + runtime.GOARCH,
 	}
-	if b, err := os.ReadFile(filepath.Join(fs.root, "cpuinfo")); err == nil {
+	if b, err := os.ReadFile(filepath.Join(fs.Root, "cpuinfo")); err == nil {
 		m.CPUModel = cpuModel(string(b))
 	}
-	if b, err := os.ReadFile(filepath.Join(fs.root, "sys/kernel/osrelease")); err == nil {
+	if b, err := os.ReadFile(filepath.Join(fs.Root, "sys/kernel/osrelease")); err == nil {
 		m.Kernel = "Linux " + strings.TrimSpace(string(b))
 	}
-	if b, err := os.ReadFile(filepath.Join(fs.root, "meminfo")); err == nil {
-		m.MemTotal, _ = parseKB(b, "MemTotal")
+	if b, err := os.ReadFile(filepath.Join(fs.Root, "meminfo")); err == nil {
+		m.MemTotal, _ = procs.ParseKB(b, "MemTotal")
 	}
-	if b, err := os.ReadFile(filepath.Join(fs.root, "loadavg")); err == nil {
+	if b, err := os.ReadFile(filepath.Join(fs.Root, "loadavg")); err == nil {
 		if f := strings.Fields(string(b)); len(f) >= 3 {
 			m.LoadAvg = strings.Join(f[:3], " ")
 		}

@@ -379,7 +379,7 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 	defer func() {
 		for _, p := range watched {
 			if dead, err := p.Exited(); dead {
-				rep.fail("%s exited during the run: %v\n%s", p.name, err, p.Output())
+				rep.fail("%s exited during the run: %v\n%s", p.Name(), err, p.Output())
 			}
 		}
 	}()

@@ -216,8 +216,9 @@ func TestTunnelEnv(t *testing.T) {
 	_, err = p.WaitLine(t.Context(), regexp.MustCompile(`^procs=1 path=set$`), 10*time.Second)
 	assert.NoError(t, err, "output: %q", p.Output())
 	select {
-	case <-p.done: // the shell exits by itself
-		assert.NoError(t, p.err)
+	case <-p.Done(): // the shell exits by itself
+		_, err := p.Exited()
+		assert.NoError(t, err)
 	case <-time.After(10 * time.Second):
 		_ = p.Stop()
 		t.Fatal("the shell did not exit")

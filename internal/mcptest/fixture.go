@@ -23,8 +23,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mark3labs/mcp-go/mcp"
@@ -55,6 +58,7 @@ const (
 	ToolRequestRoots          = "test_roots"
 	ToolInputRequired         = "test_input_required"
 	ToolFloodGetStream        = "flood_get_stream"
+	ToolRecordNonce           = "record_nonce"
 	maxLargeOutputBytes       = 64 << 20
 	maxFloodBytes             = 1 << 30
 	maxSleep                  = 10 * time.Minute
@@ -108,6 +112,21 @@ var LogMessages = []string{"Tool execution started", "Tool processing data", "To
 // NewConformanceServer returns the fixture server. Each call returns an
 // independent server; serve it with NewHTTPHandler or ServeStdio.
 func NewConformanceServer() *server.MCPServer {
+	return NewServer(ServerOptions{})
+}
+
+// ServerOptions adds opt-in tools to the fixture.
+type ServerOptions struct {
+	// NonceLog, when set, adds the record_nonce tool: every execution writes
+	// "NONCE PID\n" (its nonce argument, this process's id) to NonceLog in
+	// one Write before it answers, so that a fault test counts how often
+	// each call ran, and knows which process is running it. Share one
+	// O_APPEND file between processes: each line lands whole.
+	NonceLog io.Writer
+}
+
+// NewServer returns the fixture server with opts' tools added.
+func NewServer(opts ServerOptions) *server.MCPServer {
 	s := server.NewMCPServer(conformanceServerName, conformanceServerVersion,
 		server.WithToolCapabilities(true),
 		server.WithResourceCapabilities(true, true),
@@ -122,6 +141,9 @@ func NewConformanceServer() *server.MCPServer {
 	)
 	s.EnableSampling()
 	addTools(s)
+	if opts.NonceLog != nil {
+		addRecordTool(s, &nonceLog{w: opts.NonceLog})
+	}
 	addResources(s)
 	addPrompts(s)
 	return s
@@ -256,6 +278,47 @@ func addTools(s *server.MCPServer) {
 		func(ctx context.Context, _ mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 			server.ServerFromContext(ctx).SendNotificationToAllClients(string(mcp.MethodNotificationToolsListChanged), nil)
 			return mcp.NewToolResultText("sent"), nil
+		})
+}
+
+// nonceLog serialises the record_nonce tool's writes within one process.
+type nonceLog struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *nonceLog) record(nonce string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, err := fmt.Fprintf(l.w, "%s %d\n", nonce, os.Getpid())
+	return err
+}
+
+// maxNonceLen bounds the record_nonce tool's nonce; it is a log line.
+const maxNonceLen = 200
+
+func addRecordTool(s *server.MCPServer, log *nonceLog) {
+	s.AddTool(mcp.NewTool(ToolRecordNonce,
+		mcp.WithDescription("Appends nonce and the server's pid to the fixture's nonce log (one line per execution), then waits ms "+
+			"milliseconds (default 0) and answers. The side effect comes first: a call cut during the wait has run."),
+		mcp.WithString("nonce", mcp.Description("Client-chosen unique id of this call (no whitespace)"), mcp.Required()),
+		mcp.WithNumber("ms", mcp.Description("Milliseconds to wait after recording"), mcp.Min(0))),
+		func(ctx context.Context, req mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			nonce, err := req.RequireString("nonce")
+			if err != nil || nonce == "" || len(nonce) > maxNonceLen || strings.ContainsAny(nonce, " \t\r\n") {
+				return mcp.NewToolResultError(fmt.Sprintf("nonce must be 1 to %d characters without whitespace", maxNonceLen)), nil
+			}
+			ms := req.GetFloat("ms", 0)
+			if ms < 0 || time.Duration(ms)*time.Millisecond > maxSleep {
+				return mcp.NewToolResultError(fmt.Sprintf("ms must be a number from 0 to %d", maxSleep.Milliseconds())), nil
+			}
+			if err := log.record(nonce); err != nil {
+				return nil, fmt.Errorf("mcptest: record nonce: %w", err)
+			}
+			if err := pause(ctx, time.Duration(ms*float64(time.Millisecond))); err != nil {
+				return nil, fmt.Errorf("mcptest: record_nonce: wait interrupted: %w", err)
+			}
+			return mcp.NewToolResultText("recorded " + nonce), nil
 		})
 }
 

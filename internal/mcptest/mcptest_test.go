@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -422,5 +424,72 @@ func TestAnswerFollowsAccept(t *testing.T) {
 		if ct := resp.Header.Get("Content-Type"); ct != tc.want || !strings.Contains(string(body), `"id":7`) {
 			t.Errorf("Accept %q: %d %s %s, want %s", tc.accept, resp.StatusCode, ct, body, tc.want)
 		}
+	}
+}
+
+// lockedBuffer is a nonce log the test can read while the server writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestRecordLogsEachExecution: the record_nonce tool writes one line per
+// execution (a repeated nonce twice), refuses nonces that would break the
+// log's lines, and is absent unless a log is configured.
+func TestRecordLogsEachExecution(t *testing.T) {
+	var log lockedBuffer
+	hs, err := ServeHTTP(NewServer(ServerOptions{NonceLog: &log}), "127.0.0.1:0", HTTPConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := hs.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	c := newClient(t, hs.URL)
+	c.initialize(`{}`)
+	tests := []struct{ args, want string }{
+		{`{"name":"record_nonce","arguments":{"nonce":"a-1"}}`, `"text":"recorded a-1"`},
+		{`{"name":"record_nonce","arguments":{"nonce":"a-2","ms":1}}`, `"text":"recorded a-2"`},
+		{`{"name":"record_nonce","arguments":{"nonce":"a-1"}}`, `"text":"recorded a-1"`},
+		{`{"name":"record_nonce","arguments":{"nonce":"two words"}}`, `"isError":true`},
+		{`{"name":"record_nonce","arguments":{"nonce":""}}`, `"isError":true`},
+		{`{"name":"record_nonce","arguments":{"nonce":"a-3","ms":-1}}`, `"isError":true`},
+		{`{"name":"record_nonce","arguments":{}}`, `"isError":true`},
+	}
+	for _, tt := range tests {
+		resp := c.do("POST", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":`+tt.args+`}`, nil)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), tt.want) {
+			t.Errorf("%s: got %s, want %s", tt.args, body, tt.want)
+		}
+	}
+	pid := os.Getpid()
+	if got, want := log.String(), fmt.Sprintf("a-1 %d\na-2 %d\na-1 %d\n", pid, pid, pid); got != want {
+		t.Errorf("nonce log %q, want %q", got, want)
+	}
+
+	plain := startFixture(t, HTTPConfig{})
+	pc := newClient(t, plain.URL)
+	pc.initialize(`{}`)
+	resp := pc.do("POST", `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, nil)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(body), `"name":"record_nonce"`) {
+		t.Errorf("record_nonce listed without a nonce log: %s", body)
 	}
 }

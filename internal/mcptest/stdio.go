@@ -34,6 +34,11 @@ func ServeStdio(ctx context.Context, in io.Reader, out io.Writer, logger *slog.L
 	return serveStdio(ctx, NewConformanceServer(), in, out, logger)
 }
 
+// ServeStdioServer is ServeStdio for a server of the caller's (NewServer).
+func ServeStdioServer(ctx context.Context, srv *server.MCPServer, in io.Reader, out io.Writer, logger *slog.Logger) error {
+	return serveStdio(ctx, srv, in, out, logger)
+}
+
 func serveStdio(ctx context.Context, srv *server.MCPServer, in io.Reader, out io.Writer, logger *slog.Logger) error {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)

@@ -2,6 +2,7 @@
 //
 //	mcptest-server [--stdio]               serve JSON-RPC on stdin/stdout (default)
 //	mcptest-server --http 127.0.0.1:0      serve Streamable HTTP at /mcp
+//	  --nonce-log FILE                     add the record_nonce tool, appending "NONCE PID" per call to FILE
 //
 // With --http the first line on stdout is "listening http://ADDR/mcp", so a
 // test can ask for port 0 and read the bound address. Logs go to stderr. The
@@ -40,6 +41,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	stdio := fs.Bool("stdio", false, "serve over stdin/stdout (the default)")
 	httpAddr := fs.String("http", "", "serve Streamable HTTP on this address, e.g. 127.0.0.1:9000 (port 0 picks one)")
 	verbose := fs.Bool("v", false, "log debug messages to stderr")
+	nonceLog := fs.String("nonce-log", "", "add the record_nonce tool: append each execution's nonce to this file (shared by many processes)")
 	var hosts, origins listFlag
 	fs.Var(&hosts, "allow-host", "also accept this Host header value (repeatable)")
 	fs.Var(&origins, "allow-origin", "also accept this Origin header value (repeatable)")
@@ -61,10 +63,21 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	if *httpAddr == "" {
-		return mcptest.ServeStdio(ctx, stdin, stdout, logger)
+	var opts mcptest.ServerOptions
+	if *nonceLog != "" {
+		// O_APPEND: the processes sharing the file each write whole lines.
+		f, err := os.OpenFile(*nonceLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return fmt.Errorf("--nonce-log: %w", err)
+		}
+		defer f.Close()
+		opts.NonceLog = f
 	}
-	hs, err := mcptest.StartHTTP(*httpAddr, mcptest.HTTPConfig{
+	srv := mcptest.NewServer(opts)
+	if *httpAddr == "" {
+		return mcptest.ServeStdioServer(ctx, srv, stdin, stdout, logger)
+	}
+	hs, err := mcptest.ServeHTTP(srv, *httpAddr, mcptest.HTTPConfig{
 		AllowedHosts:   hosts,
 		AllowedOrigins: origins,
 		Logger:         logger,

@@ -1,4 +1,4 @@
-package benchmatrix
+package procs
 
 import (
 	"bytes"
@@ -11,19 +11,19 @@ import (
 	"time"
 )
 
-// clockTick is the unit of the utime/stime fields of /proc/PID/stat. Linux
+// ClockTick is the unit of the utime/stime fields of /proc/PID/stat. Linux
 // fixes USER_HZ at 100 for every architecture's user-space ABI, whatever
 // the kernel's internal HZ, so sysconf(_SC_CLK_TCK) is always 100 there.
-const clockTick = 10 * time.Millisecond
+const ClockTick = 10 * time.Millisecond
 
-// procFS reads process and machine accounting from a proc file system.
+// FS reads process and machine accounting from a proc file system.
 // Root is "/proc" except in tests.
-type procFS struct{ root string }
+type FS struct{ Root string }
 
-var hostProc = procFS{root: "/proc"}
+var Host = FS{Root: "/proc"}
 
-// procStat holds the fields of /proc/PID/stat that the benchmark uses.
-type procStat struct {
+// Stat holds the fields of /proc/PID/stat that the benchmark uses.
+type Stat struct {
 	Comm    string
 	State   byte
 	PPID    int
@@ -33,15 +33,15 @@ type procStat struct {
 }
 
 // CPU is utime+stime as a duration.
-func (s procStat) CPU() time.Duration {
-	return time.Duration(s.UTime+s.STime) * clockTick
+func (s Stat) CPU() time.Duration {
+	return time.Duration(s.UTime+s.STime) * ClockTick
 }
 
-// parseStat parses the contents of /proc/PID/stat. The command name is in
+// ParseStat parses the contents of /proc/PID/stat. The command name is in
 // parentheses and may itself hold spaces and parentheses, so the fields are
 // counted from the last ')'.
-func parseStat(b []byte) (procStat, error) {
-	var st procStat
+func ParseStat(b []byte) (Stat, error) {
+	var st Stat
 	open := bytes.IndexByte(b, '(')
 	cl := bytes.LastIndexByte(b, ')')
 	if open < 0 || cl < open {
@@ -75,9 +75,9 @@ func parseStat(b []byte) (procStat, error) {
 	return st, nil
 }
 
-// parseSchedstat returns the first field of /proc/PID/task/TID/schedstat:
+// ParseSchedstat returns the first field of /proc/PID/task/TID/schedstat:
 // the nanoseconds the task has run on a CPU.
-func parseSchedstat(b []byte) (time.Duration, error) {
+func ParseSchedstat(b []byte) (time.Duration, error) {
 	f := strings.Fields(string(b))
 	if len(f) < 1 {
 		return 0, errors.New("schedstat: empty")
@@ -89,9 +89,9 @@ func parseSchedstat(b []byte) (time.Duration, error) {
 	return time.Duration(ns), nil
 }
 
-// parseKB finds "Key:   N kB" in a /proc/PID/status or smaps_rollup file
+// ParseKB finds "Key:   N kB" in a /proc/PID/status or smaps_rollup file
 // and returns N*1024.
-func parseKB(b []byte, key string) (int64, error) {
+func ParseKB(b []byte, key string) (int64, error) {
 	for line := range bytes.Lines(b) {
 		k, v, ok := bytes.Cut(line, []byte{':'})
 		if !ok || string(k) != key {
@@ -110,24 +110,24 @@ func parseKB(b []byte, key string) (int64, error) {
 	return 0, fmt.Errorf("%s: not found", key)
 }
 
-// sysCPU is the machine-wide "cpu" line of /proc/stat, in clock ticks.
-type sysCPU struct {
+// SysCPU is the machine-wide "cpu" line of /proc/stat, in clock ticks.
+type SysCPU struct {
 	User, Nice, System, Idle, IOWait, IRQ, SoftIRQ, Steal uint64
 }
 
 // Busy is the time spent running something, interrupts included.
-func (s sysCPU) Busy() time.Duration {
-	return time.Duration(s.User+s.Nice+s.System+s.IRQ+s.SoftIRQ) * clockTick
+func (s SysCPU) Busy() time.Duration {
+	return time.Duration(s.User+s.Nice+s.System+s.IRQ+s.SoftIRQ) * ClockTick
 }
 
 // Total is every accounted tick, steal included.
-func (s sysCPU) Total() time.Duration {
-	return time.Duration(s.User+s.Nice+s.System+s.Idle+s.IOWait+s.IRQ+s.SoftIRQ+s.Steal) * clockTick
+func (s SysCPU) Total() time.Duration {
+	return time.Duration(s.User+s.Nice+s.System+s.Idle+s.IOWait+s.IRQ+s.SoftIRQ+s.Steal) * ClockTick
 }
 
-// parseSystemStat parses the aggregate "cpu " line of /proc/stat.
-func parseSystemStat(b []byte) (sysCPU, error) {
-	var s sysCPU
+// ParseSystemStat parses the aggregate "cpu " line of /proc/stat.
+func ParseSystemStat(b []byte) (SysCPU, error) {
+	var s SysCPU
 	for line := range bytes.Lines(b) {
 		f := strings.Fields(string(line))
 		if len(f) == 0 || f[0] != "cpu" {
@@ -149,8 +149,8 @@ func parseSystemStat(b []byte) (sysCPU, error) {
 	return s, errors.New("/proc/stat: no aggregate cpu line")
 }
 
-// parseChildren parses /proc/PID/task/TID/children: space-separated pids.
-func parseChildren(b []byte) ([]int, error) {
+// ParseChildren parses /proc/PID/task/TID/children: space-separated pids.
+func ParseChildren(b []byte) ([]int, error) {
 	var out []int
 	for _, f := range strings.Fields(string(b)) {
 		n, err := strconv.Atoi(f)
@@ -162,8 +162,8 @@ func parseChildren(b []byte) ([]int, error) {
 	return out, nil
 }
 
-// cpuSample is the CPU a process has used so far, by two accountings.
-type cpuSample struct {
+// CPUSample is the CPU a process has used so far, by two accountings.
+type CPUSample struct {
 	// Sched sums the run time of the process's live threads in
 	// nanoseconds (schedstat); it loses the time of threads that exited.
 	Sched time.Duration
@@ -172,26 +172,26 @@ type cpuSample struct {
 	Stat time.Duration
 }
 
-// cpuDelta is the CPU used between two samples of one process: the precise
+// CPUDelta is the CPU used between two samples of one process: the precise
 // schedstat figure, unless the coarse stat figure shows more than its
 // rounding allows, which means threads exited and took their run time with
 // them.
-func cpuDelta(a, b cpuSample) time.Duration {
+func CPUDelta(a, b CPUSample) time.Duration {
 	sched, stat := b.Sched-a.Sched, b.Stat-a.Stat
-	if sched < 0 || stat > sched+sched/20+3*clockTick {
+	if sched < 0 || stat > sched+sched/20+3*ClockTick {
 		return max(stat, 0)
 	}
 	return sched
 }
 
-func (p procFS) pidDir(pid int) string { return filepath.Join(p.root, strconv.Itoa(pid)) }
+func (p FS) pidDir(pid int) string { return filepath.Join(p.Root, strconv.Itoa(pid)) }
 
-func (p procFS) stat(pid int) (procStat, error) {
+func (p FS) stat(pid int) (Stat, error) {
 	b, err := os.ReadFile(filepath.Join(p.pidDir(pid), "stat"))
 	if err != nil {
-		return procStat{}, err
+		return Stat{}, err
 	}
-	st, err := parseStat(b)
+	st, err := ParseStat(b)
 	if err != nil {
 		return st, fmt.Errorf("pid %d: %w", pid, err)
 	}
@@ -199,8 +199,8 @@ func (p procFS) stat(pid int) (procStat, error) {
 }
 
 // CPU samples a process's CPU time.
-func (p procFS) CPU(pid int) (cpuSample, error) {
-	var s cpuSample
+func (p FS) CPU(pid int) (CPUSample, error) {
+	var s CPUSample
 	st, err := p.stat(pid)
 	if err != nil {
 		return s, err
@@ -215,7 +215,7 @@ func (p procFS) CPU(pid int) (cpuSample, error) {
 		if err != nil {
 			continue // the thread exited meanwhile
 		}
-		ns, err := parseSchedstat(b)
+		ns, err := ParseSchedstat(b)
 		if err != nil {
 			return s, fmt.Errorf("pid %d task %s: %w", pid, t.Name(), err)
 		}
@@ -224,30 +224,30 @@ func (p procFS) CPU(pid int) (cpuSample, error) {
 	return s, nil
 }
 
-// memSample is a process's memory, in bytes.
-type memSample struct {
+// MemSample is a process's memory, in bytes.
+type MemSample struct {
 	RSS int64 `json:"rss_bytes"` // VmRSS of /proc/PID/status
 	PSS int64 `json:"pss_bytes"` // Pss of /proc/PID/smaps_rollup (0 if unavailable)
 }
 
 // Mem samples a process's resident memory.
-func (p procFS) Mem(pid int) (memSample, error) {
-	var m memSample
+func (p FS) Mem(pid int) (MemSample, error) {
+	var m MemSample
 	b, err := os.ReadFile(filepath.Join(p.pidDir(pid), "status"))
 	if err != nil {
 		return m, err
 	}
-	if m.RSS, err = parseKB(b, "VmRSS"); err != nil {
+	if m.RSS, err = ParseKB(b, "VmRSS"); err != nil {
 		return m, fmt.Errorf("pid %d status: %w", pid, err)
 	}
 	if b, err = os.ReadFile(filepath.Join(p.pidDir(pid), "smaps_rollup")); err == nil {
-		m.PSS, _ = parseKB(b, "Pss")
+		m.PSS, _ = ParseKB(b, "Pss")
 	}
 	return m, nil
 }
 
 // Children lists the live child processes of pid.
-func (p procFS) Children(pid int) ([]int, error) {
+func (p FS) Children(pid int) ([]int, error) {
 	tasks, err := os.ReadDir(filepath.Join(p.pidDir(pid), "task"))
 	if err != nil {
 		return nil, err
@@ -258,7 +258,7 @@ func (p procFS) Children(pid int) ([]int, error) {
 		if err != nil {
 			continue
 		}
-		c, err := parseChildren(b)
+		c, err := ParseChildren(b)
 		if err != nil {
 			return nil, fmt.Errorf("pid %d task %s: %w", pid, t.Name(), err)
 		}
@@ -268,10 +268,19 @@ func (p procFS) Children(pid int) ([]int, error) {
 }
 
 // System samples the machine-wide CPU counters.
-func (p procFS) System() (sysCPU, error) {
-	b, err := os.ReadFile(filepath.Join(p.root, "stat"))
+func (p FS) System() (SysCPU, error) {
+	b, err := os.ReadFile(filepath.Join(p.Root, "stat"))
 	if err != nil {
-		return sysCPU{}, err
+		return SysCPU{}, err
 	}
-	return parseSystemStat(b)
+	return ParseSystemStat(b)
+}
+
+// FDs counts the open descriptors of pid (entries of /proc/PID/fd).
+func (p FS) FDs(pid int) (int, error) {
+	ents, err := os.ReadDir(filepath.Join(p.pidDir(pid), "fd"))
+	if err != nil {
+		return 0, err
+	}
+	return len(ents), nil
 }

@@ -1,4 +1,4 @@
-package benchmatrix
+package procs
 
 import (
 	"os"
@@ -17,16 +17,16 @@ func TestParseStat(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		in      string
-		want    procStat
+		want    Stat
 		wantErr string
 	}{
 		{name: "go program", in: goStat,
-			want: procStat{Comm: "mcptun", State: 'S', PPID: 1, UTime: 153, STime: 41, Threads: 9}},
+			want: Stat{Comm: "mcptun", State: 'S', PPID: 1, UTime: 153, STime: 41, Threads: 9}},
 		{name: "comm with spaces and parentheses",
 			in:   "77 (a) b (c)) R 5 77 7 0 -1 0 0 0 0 0 12 34 0 0 20 0 3 0 1 1 1\n",
-			want: procStat{Comm: "a) b (c)", State: 'R', PPID: 5, UTime: 12, STime: 34, Threads: 3}},
+			want: Stat{Comm: "a) b (c)", State: 'R', PPID: 5, UTime: 12, STime: 34, Threads: 3}},
 		{name: "zombie", in: "9 (x) Z 1 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0",
-			want: procStat{Comm: "x", State: 'Z', PPID: 1, Threads: 1}},
+			want: Stat{Comm: "x", State: 'Z', PPID: 1, Threads: 1}},
 		{name: "empty", in: "", wantErr: "no (comm)"},
 		{name: "no closing paren", in: "1 (x S 1 2 3", wantErr: "no (comm)"},
 		{name: "truncated", in: "1 (x) S 1 2 3 4 5", wantErr: "fields after comm"},
@@ -37,7 +37,7 @@ func TestParseStat(t *testing.T) {
 		{name: "bad threads", in: "1 (x) S 1 1 1 0 -1 0 0 0 0 0 1 1 0 0 20 0 y 0", wantErr: "num_threads"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseStat([]byte(tc.in))
+			got, err := ParseStat([]byte(tc.in))
 			if tc.wantErr != "" {
 				require.ErrorContains(t, err, tc.wantErr)
 				return
@@ -46,7 +46,7 @@ func TestParseStat(t *testing.T) {
 			assert.Equal(t, tc.want, got)
 		})
 	}
-	st, _ := parseStat([]byte(goStat))
+	st, _ := ParseStat([]byte(goStat))
 	assert.Equal(t, 1940*time.Millisecond, st.CPU(), "(153+41) ticks of 10 ms")
 }
 
@@ -62,7 +62,7 @@ func TestParseSchedstat(t *testing.T) {
 		{in: "x 1 2", wantErr: true},
 		{in: "-5 1 2", wantErr: true},
 	} {
-		got, err := parseSchedstat([]byte(tc.in))
+		got, err := ParseSchedstat([]byte(tc.in))
 		if tc.wantErr {
 			assert.Error(t, err, "%q", tc.in)
 			continue
@@ -90,7 +90,7 @@ func TestParseKB(t *testing.T) {
 		{name: "last line without newline", in: "A: 1 kB\nVmRSS: 3 kB", key: "VmRSS", want: 3 * 1024},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseKB([]byte(tc.in), tc.key)
+			got, err := ParseKB([]byte(tc.in), tc.key)
 			if tc.wantErr != "" {
 				require.ErrorContains(t, err, tc.wantErr)
 				return
@@ -103,28 +103,28 @@ func TestParseKB(t *testing.T) {
 
 func TestParseSystemStat(t *testing.T) {
 	in := "cpu  236682 10 56182 2034203 1940 3 2808 2137 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 1 2\n"
-	got, err := parseSystemStat([]byte(in))
+	got, err := ParseSystemStat([]byte(in))
 	require.NoError(t, err)
-	assert.Equal(t, sysCPU{User: 236682, Nice: 10, System: 56182, Idle: 2034203, IOWait: 1940, IRQ: 3, SoftIRQ: 2808, Steal: 2137}, got)
-	assert.Equal(t, time.Duration(236682+10+56182+3+2808)*clockTick, got.Busy())
-	assert.Equal(t, time.Duration(236682+10+56182+2034203+1940+3+2808+2137)*clockTick, got.Total())
+	assert.Equal(t, SysCPU{User: 236682, Nice: 10, System: 56182, Idle: 2034203, IOWait: 1940, IRQ: 3, SoftIRQ: 2808, Steal: 2137}, got)
+	assert.Equal(t, time.Duration(236682+10+56182+3+2808)*ClockTick, got.Busy())
+	assert.Equal(t, time.Duration(236682+10+56182+2034203+1940+3+2808+2137)*ClockTick, got.Total())
 
 	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7 8\n", "cpu 1 2 3\n", "cpu 1 2 x 4 5 6 7 8\n"} {
-		_, err := parseSystemStat([]byte(bad))
+		_, err := ParseSystemStat([]byte(bad))
 		assert.Error(t, err, "%q", bad)
 	}
 }
 
 func TestParseChildren(t *testing.T) {
-	got, err := parseChildren([]byte("101 102 7 "))
+	got, err := ParseChildren([]byte("101 102 7 "))
 	require.NoError(t, err)
 	assert.Equal(t, []int{101, 102, 7}, got)
-	got, err = parseChildren(nil)
+	got, err = ParseChildren(nil)
 	require.NoError(t, err)
 	assert.Empty(t, got)
-	_, err = parseChildren([]byte("12 x"))
+	_, err = ParseChildren([]byte("12 x"))
 	assert.ErrorContains(t, err, `"x"`)
-	_, err = parseChildren([]byte("0"))
+	_, err = ParseChildren([]byte("0"))
 	assert.Error(t, err)
 }
 
@@ -132,22 +132,22 @@ func TestCPUDelta(t *testing.T) {
 	ms := time.Millisecond
 	for _, tc := range []struct {
 		name string
-		a, b cpuSample
+		a, b CPUSample
 		want time.Duration
 	}{
-		{"schedstat is used when it agrees", cpuSample{Sched: 100 * ms, Stat: 100 * ms}, cpuSample{Sched: 351 * ms, Stat: 350 * ms}, 251 * ms},
-		{"stat rounding within ticks", cpuSample{Sched: 0, Stat: 0}, cpuSample{Sched: 3 * ms, Stat: 30 * ms}, 3 * ms},
-		{"threads exited: stat shows more", cpuSample{Sched: 500 * ms, Stat: 500 * ms}, cpuSample{Sched: 550 * ms, Stat: 900 * ms}, 400 * ms},
-		{"schedstat went backwards", cpuSample{Sched: 500 * ms, Stat: 500 * ms}, cpuSample{Sched: 400 * ms, Stat: 520 * ms}, 20 * ms},
-		{"new process counts in full", cpuSample{}, cpuSample{Sched: 42 * ms, Stat: 40 * ms}, 42 * ms},
+		{"schedstat is used when it agrees", CPUSample{Sched: 100 * ms, Stat: 100 * ms}, CPUSample{Sched: 351 * ms, Stat: 350 * ms}, 251 * ms},
+		{"stat rounding within ticks", CPUSample{Sched: 0, Stat: 0}, CPUSample{Sched: 3 * ms, Stat: 30 * ms}, 3 * ms},
+		{"threads exited: stat shows more", CPUSample{Sched: 500 * ms, Stat: 500 * ms}, CPUSample{Sched: 550 * ms, Stat: 900 * ms}, 400 * ms},
+		{"schedstat went backwards", CPUSample{Sched: 500 * ms, Stat: 500 * ms}, CPUSample{Sched: 400 * ms, Stat: 520 * ms}, 20 * ms},
+		{"new process counts in full", CPUSample{}, CPUSample{Sched: 42 * ms, Stat: 40 * ms}, 42 * ms},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			assert.Equal(t, tc.want, cpuDelta(tc.a, tc.b))
+			assert.Equal(t, tc.want, CPUDelta(tc.a, tc.b))
 		})
 	}
 }
 
-// A fake proc tree exercises the file plumbing of procFS.
+// A fake proc tree exercises the file plumbing of FS.
 func TestProcFSFiles(t *testing.T) {
 	root := t.TempDir()
 	write := func(rel, content string) {
@@ -163,19 +163,15 @@ func TestProcFSFiles(t *testing.T) {
 	write("42/status", "Name:\trelay\nVmRSS:\t2048 kB\n")
 	write("42/smaps_rollup", "Rss: 2048 kB\nPss: 1024 kB\n")
 	write("stat", "cpu  1 2 3 4 5 6 7 8 0 0\n")
-	write("cpuinfo", "processor\t: 0\nmodel name\t: Test CPU @ 3GHz\n")
-	write("sys/kernel/osrelease", "6.1.0-test\n")
-	write("meminfo", "MemTotal:       1024 kB\n")
-	write("loadavg", "0.50 0.40 0.30 1/100 4242\n")
-	fs := procFS{root: root}
+	fs := FS{Root: root}
 
 	c, err := fs.CPU(42)
 	require.NoError(t, err)
-	assert.Equal(t, cpuSample{Sched: 4 * time.Second, Stat: 4 * time.Second}, c)
+	assert.Equal(t, CPUSample{Sched: 4 * time.Second, Stat: 4 * time.Second}, c)
 
 	m, err := fs.Mem(42)
 	require.NoError(t, err)
-	assert.Equal(t, memSample{RSS: 2 << 20, PSS: 1 << 20}, m)
+	assert.Equal(t, MemSample{RSS: 2 << 20, PSS: 1 << 20}, m)
 
 	kids, err := fs.Children(42)
 	require.NoError(t, err)
@@ -187,38 +183,22 @@ func TestProcFSFiles(t *testing.T) {
 
 	_, err = fs.CPU(7)
 	assert.Error(t, err, "a missing process is an error")
-
-	mach := readMachine(fs)
-	assert.Equal(t, "Test CPU @ 3GHz", mach.CPUModel)
-	assert.Equal(t, "Linux 6.1.0-test", mach.Kernel)
-	assert.Equal(t, int64(1<<20), mach.MemTotal)
-	assert.Equal(t, "0.50 0.40 0.30", mach.LoadAvg)
-}
-
-func TestCPUModel(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n", "AMD EPYC"},
-		{"processor\t: 0\nCPU part\t: 0xd0c\nModel\t: Raspberry Pi 4\n", "0xd0c"},
-		{"", "unknown"},
-	} {
-		assert.Equal(t, tc.want, cpuModel(tc.in))
-	}
 }
 
 // The real /proc: this process's CPU time grows while it computes, and
 // the two accountings agree within their rounding.
 func TestHostCPUOfSelf(t *testing.T) {
 	pid := os.Getpid()
-	a, err := hostProc.CPU(pid)
+	a, err := Host.CPU(pid)
 	require.NoError(t, err)
 	deadline := time.Now().Add(10 * time.Second)
-	var b cpuSample
+	var b CPUSample
 	x := uint64(1)
 	for {
 		for i := range 1_000_000 {
 			x = x*6364136223846793005 + uint64(i)
 		}
-		b, err = hostProc.CPU(pid)
+		b, err = Host.CPU(pid)
 		require.NoError(t, err)
 		if b.Sched-a.Sched >= 100*time.Millisecond {
 			break
@@ -226,12 +206,12 @@ func TestHostCPUOfSelf(t *testing.T) {
 		require.True(t, time.Now().Before(deadline), "CPU time did not grow by 100ms in 10s of computing")
 	}
 	_ = x
-	d := cpuDelta(a, b)
+	d := CPUDelta(a, b)
 	assert.GreaterOrEqual(t, d, 100*time.Millisecond)
 	assert.InDelta(t, float64(b.Sched-a.Sched), float64(b.Stat-a.Stat), float64(100*time.Millisecond),
 		"schedstat %v vs stat %v", b.Sched-a.Sched, b.Stat-a.Stat)
 
-	m, err := hostProc.Mem(pid)
+	m, err := Host.Mem(pid)
 	require.NoError(t, err)
 	assert.Positive(t, m.RSS)
 }
@@ -241,13 +221,27 @@ func FuzzParseStat(f *testing.F) {
 	f.Add([]byte("1 (a)b) S 1"))
 	f.Add([]byte(")("))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		st, err := parseStat(b)
+		st, err := ParseStat(b)
 		if err == nil && st.State == 0 {
 			t.Fatalf("accepted %q without a state", b)
 		}
-		_, _ = parseSchedstat(b)
-		_, _ = parseKB(b, "VmRSS")
-		_, _ = parseSystemStat(b)
-		_, _ = parseChildren(b)
+		_, _ = ParseSchedstat(b)
+		_, _ = ParseKB(b, "VmRSS")
+		_, _ = ParseSystemStat(b)
+		_, _ = ParseChildren(b)
 	})
+}
+
+// The real /proc: a descriptor this process opens is counted.
+func TestHostFDsOfSelf(t *testing.T) {
+	before, err := Host.FDs(os.Getpid())
+	require.NoError(t, err)
+	f, err := os.Open(os.DevNull)
+	require.NoError(t, err)
+	after, err := Host.FDs(os.Getpid())
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	assert.Equal(t, before+1, after)
+	_, err = Host.FDs(-1)
+	assert.Error(t, err)
 }
