@@ -216,9 +216,13 @@ func (s *session) endIf(reason error, onlyIdle bool) bool {
 	}
 	s.ended = true
 	s.idle.Stop()
+	// A pending call was (or was about to be) written to the child: it may
+	// have run, so the client is told the outcome is unknown, never the
+	// "not run, retry" of server_gone, which would invite a second run.
 	for _, c := range s.pending {
-		msg := "mcpproxy: " + reason.Error() + " before answering"
-		s.finishLocked(c, &event{data: errorBody(c.clientID, codeServerGone, msg, nil), isError: true, code: codeServerGone, status: 502})
+		msg := "mcpproxy: " + reason.Error() + " after the request was sent and before an answer: it may or may not have been carried out, and was not sent again"
+		data := map[string]string{"reason": reasonOutcomeUnknown}
+		s.finishLocked(c, &event{data: errorBody(c.clientID, codeServerGone, msg, data), isError: true, code: codeServerGone, status: 502})
 	}
 	s.mu.Unlock()
 	close(s.done)

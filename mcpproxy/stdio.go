@@ -278,6 +278,14 @@ func (srv *stdioServer) post(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	max := srv.h.opts.MaxMessageBytes
+	if r.ContentLength > max {
+		// Declared too large: refused before a byte is read, not after
+		// max of them (the connection closes: the rest is never read).
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusRequestEntityTooLarge, nil, codeInvalidRequest,
+			fmt.Sprintf("mcpproxy: message of %d bytes is larger than the limit of %d bytes", r.ContentLength, max))
+		return
+	}
 	var buf bytes.Buffer
 	if r.ContentLength > 0 && r.ContentLength <= max {
 		buf.Grow(int(r.ContentLength) + bytes.MinRead)

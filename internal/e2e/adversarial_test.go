@@ -38,13 +38,7 @@ import (
 // branch, each with the defect it waits on. They are skipped with that
 // reason and counted as pending in the summary line. The lead empties this
 // list once those branches are merged: every case must then pass.
-var pendingFixes = map[string]string{
-	"session/post_into_another_clients_url_session":     "issue 11 defect 4 for url: servers (sessions bound to their client)",
-	"session/delete_another_clients_url_session":        "issue 11 defect 4 for url: servers (sessions bound to their client)",
-	"session/get_stream_of_another_clients_url_session": "issue 11 defect 4 for url: servers (sessions bound to their client)",
-	"smuggling/bad_chunk_size":                          "issue 11 defect 12 (bad chunk size is 400, not 502)",
-	"exhaustion/absurd_content_length":                  "issue 11 defect 12 (a declared body over the limit is 413 at once)",
-}
+var pendingFixes = map[string]string{}
 
 // Credentials of the suite's deployment. Each agent has its own token, so
 // one agent's token can be tried as another's.

@@ -403,7 +403,8 @@ func TestAgentDrainCut(t *testing.T) {
 			if server == "notes" {
 				// The bridge answers the call it cannot finish.
 				require.Contains(t, others[0], "502 ")
-				require.Contains(t, others[0], "agent shutting down before answering")
+				require.Contains(t, others[0], "agent shutting down after the request was sent")
+				require.Contains(t, others[0], `"reason":"upstream_outcome_unknown"`)
 			} else {
 				require.Contains(t, others[0], "503 ")
 				require.Contains(t, others[0], `"reason":"agent_shutdown"`)
