@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/tls"
 	"io"
 	"strings"
@@ -279,7 +280,7 @@ func TestDrainBound(t *testing.T) {
 	startAgent(t, agentConfig(t, r.Addr()), "a:")
 	r.waitEvent(t, "lab up")
 	r.mu.Lock()
-	a := r.agents[testAgent]
+	a := r.agents[testAgent].byTag[ReplicaTag(sha256.Sum256([]byte(testToken)))]
 	r.mu.Unlock()
 	st, err := r.Dial(ctx, testAgent)
 	if err != nil {

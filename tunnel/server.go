@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -47,10 +48,51 @@ const (
 )
 
 // AgentCredential is an agent the relay accepts: its name and the SHA-256
-// of its token.
+// of its token. A name may be listed once per replica, each with a token
+// of its own (see ReplicaTag).
 type AgentCredential struct {
 	Name        string
 	TokenSHA256 [32]byte
+}
+
+// ReplicaTag names the replica of an agent that authenticates with the
+// token whose SHA-256 is tokenSHA256: 8 hex digits, the same at every
+// relay given the same credential, and telling nothing of the token (it
+// is a hash of its hash). The relay puts it in front of the session ids
+// it passes on (see SessionTagLen), so that a session-era request goes
+// back to the replica holding its session.
+func ReplicaTag(tokenSHA256 [32]byte) string {
+	h := sha256.New()
+	h.Write([]byte("mcptun replica tag\x00"))
+	h.Write(tokenSHA256[:])
+	return hex.EncodeToString(h.Sum(nil))[:replicaTagLen]
+}
+
+const replicaTagLen = 8
+
+// SessionTagLen is the length of the prefix the relay puts before an
+// agent's Mcp-Session-Id: the replica's tag and a '.'.
+const SessionTagLen = replicaTagLen + 1
+
+// SplitSessionID splits a session id the relay handed out into the tag of
+// the replica holding the session and the id the agent knows; ok is false
+// for an id the relay cannot have made.
+func SplitSessionID(id string) (tag, inner string, ok bool) {
+	if len(id) <= SessionTagLen || id[replicaTagLen] != '.' {
+		return "", "", false
+	}
+	for i := range replicaTagLen {
+		if c := id[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return "", "", false
+		}
+	}
+	return id[:replicaTagLen], id[SessionTagLen:], true
+}
+
+// replicaCred is one credential of an agent.
+type replicaCred struct {
+	sum [32]byte
+	tag string
 }
 
 // ServerConfig configures the relay end of the tunnel.
@@ -79,7 +121,10 @@ type ServerConfig struct {
 	AuthGuard *authguard.Guard
 }
 
-// AgentStatus describes a connected agent.
+// AgentStatus describes a connected agent. With several replicas
+// connected, Servers, Transport, Remote and ConnectedAt are those of the
+// replica connected longest, Draining is set only when every replica
+// drains, and Replicas lists each.
 type AgentStatus struct {
 	Name        string          `json:"name"`
 	Servers     []OfferedServer `json:"servers"`
@@ -87,19 +132,34 @@ type AgentStatus struct {
 	Remote      string          `json:"remote"`
 	ConnectedAt time.Time       `json:"connected_at"`
 	// Draining: the agent said it is shutting down (see Server.Draining).
+	Draining bool            `json:"draining"`
+	Replicas []ReplicaStatus `json:"replicas"`
+}
+
+// ReplicaStatus describes one connected replica of an agent: one agent
+// process, known by its credential.
+type ReplicaStatus struct {
+	// Tag is ReplicaTag of the replica's credential.
+	Tag         string          `json:"tag"`
+	Servers     []OfferedServer `json:"servers"`
+	Transport   string          `json:"transport"`
+	Remote      string          `json:"remote"`
+	ConnectedAt time.Time       `json:"connected_at"`
+	// Draining: the replica said it is shutting down; it gets no new
+	// sessions or stateless requests, only those of its sessions.
 	Draining bool `json:"draining"`
 }
 
-func (a AgentStatus) clone() AgentStatus {
-	a.Servers = slices.Clone(a.Servers)
-	return a
+func (a *agentSession) replicaStatus() ReplicaStatus {
+	return ReplicaStatus{Tag: a.tag, Servers: slices.Clone(a.status.Servers), Transport: a.status.Transport,
+		Remote: a.status.Remote, ConnectedAt: a.status.ConnectedAt, Draining: a.draining.Load()}
 }
 
 // Server is the relay end: it accepts agent sessions and opens streams to
 // them.
 type Server struct {
 	log       *slog.Logger
-	creds     map[string][32]byte
+	creds     map[string][]replicaCred
 	dummy     [32]byte // compared against for unknown names
 	hsTimeout time.Duration
 	onChange  func(string, bool)
@@ -122,7 +182,7 @@ type Server struct {
 
 	notifyMu sync.Mutex // serialises registry changes with their callbacks
 	mu       sync.Mutex
-	agents   map[string]*agentSession
+	agents   map[string]*agentReplicas
 	// drained names the agents whose last session, now ended, had said
 	// the agent drains: a failure seen late still reads as its shutdown.
 	drained map[string]bool
@@ -130,7 +190,14 @@ type Server struct {
 	closing bool
 }
 
+// agentReplicas are the connected replicas of one agent name, by tag.
+type agentReplicas struct {
+	byTag map[string]*agentSession
+	next  uint // round robin over the replicas for new work
+}
+
 type agentSession struct {
+	tag          string // ReplicaTag of the credential it authenticated with
 	status       AgentStatus
 	sess         Session
 	ctl          Stream
@@ -217,15 +284,21 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if cfg.DisableQUIC && cfg.DisableTCP {
 		return nil, errors.New("tunnel: listen: both QUIC and TCP are disabled")
 	}
-	creds := make(map[string][32]byte, len(cfg.Agents))
+	creds := make(map[string][]replicaCred, len(cfg.Agents))
 	for i, a := range cfg.Agents {
 		if !ValidName(a.Name) {
 			return nil, fmt.Errorf("tunnel: listen: agents[%d]: invalid agent name %q", i, a.Name)
 		}
-		if _, dup := creds[a.Name]; dup {
-			return nil, fmt.Errorf("tunnel: listen: agents[%d]: agent %q listed twice", i, a.Name)
+		tag := ReplicaTag(a.TokenSHA256)
+		for _, c := range creds[a.Name] {
+			if c.sum == a.TokenSHA256 {
+				return nil, fmt.Errorf("tunnel: listen: agents[%d]: agent %q listed twice with one token (replicas need a token each)", i, a.Name)
+			}
+			if c.tag == tag { // a 1 in 2^32 chance
+				return nil, fmt.Errorf("tunnel: listen: agents[%d]: two tokens of agent %q share replica tag %s; make a new token", i, a.Name, tag)
+			}
 		}
-		creds[a.Name] = a.TokenSHA256
+		creds[a.Name] = append(creds[a.Name], replicaCred{sum: a.TokenSHA256, tag: tag})
 	}
 	s := &Server{
 		log:       cfg.Logger,
@@ -234,7 +307,7 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		onChange:  cfg.OnAgentChange,
 		tcpTLS:    withALPN(cfg.TLSConfig, ALPN),
 		slots:     make(chan struct{}, maxPendingHandshakes),
-		agents:    make(map[string]*agentSession),
+		agents:    make(map[string]*agentReplicas),
 		drained:   make(map[string]bool),
 		conns:     make(map[io.Closer]struct{}),
 		guard:     cfg.AuthGuard,
@@ -566,7 +639,7 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	if dl, ok := hctx.Deadline(); ok {
 		ctl.SetDeadline(dl)
 	}
-	h, ref, reason, err := s.readHello(ctl)
+	h, tag, ref, reason, err := s.readHello(ctl)
 	if err != nil {
 		// The peer went away or stayed silent: nobody to answer.
 		s.log.Debug("tunnel: handshake failed", "remote", remote, "transport", sess.Transport(), "err", err)
@@ -583,6 +656,7 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	}
 	release()
 	a := &agentSession{
+		tag: tag,
 		status: AgentStatus{
 			Name:        h.Agent,
 			Servers:     h.Servers,
@@ -626,10 +700,10 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 			s.log.Warn("tunnel: replaced session still had streams open; closing them", "agent", h.Agent,
 				"remote", remote, "streams", left, "grace", replaceGrace)
 		}
-		s.goAway(a, answer{Type: typeGoAway, Code: codeReplaced, Message: "another session authenticated as " + h.Agent})
+		s.goAway(a, answer{Type: typeGoAway, Code: codeReplaced, Message: "another session authenticated as " + h.Agent + " with this token"})
 	}
 	s.deregister(a)
-	attrs := []any{"agent", h.Agent, "remote", remote, "transport", sess.Transport(),
+	attrs := []any{"agent", h.Agent, "replica", tag, "remote", remote, "transport", sess.Transport(),
 		"reason", why, "duration", time.Since(a.status.ConnectedAt).Round(time.Millisecond)}
 	if err := endCause(sess); err != nil {
 		attrs = append(attrs, "cause", err)
@@ -663,39 +737,45 @@ func endCause(sess Session) error {
 	return err
 }
 
-// readHello reads and checks the hello. A non-nil *RefusedError is to be sent
-// back, and reason is then the precise cause for the relay's log. err means
-// no usable frame arrived, so there is no one to answer.
-func (s *Server) readHello(ctl Stream) (h hello, ref *RefusedError, reason string, err error) {
+// readHello reads and checks the hello, and names the replica whose
+// credential it carries. A non-nil *RefusedError is to be sent back, and
+// reason is then the precise cause for the relay's log. err means no
+// usable frame arrived, so there is no one to answer.
+func (s *Server) readHello(ctl Stream) (h hello, tag string, ref *RefusedError, reason string, err error) {
 	b, err := readFrame(ctl)
 	if err != nil {
 		if errors.Is(err, errBadFrame) {
-			return hello{}, &RefusedError{Code: CodeBadHello, Message: err.Error()}, err.Error(), nil
+			return hello{}, "", &RefusedError{Code: CodeBadHello, Message: err.Error()}, err.Error(), nil
 		}
-		return hello{}, nil, "", err
+		return hello{}, "", nil, "", err
 	}
 	h, err = decodeHello(b)
 	if err != nil {
 		if !errors.As(err, &ref) {
 			ref = &RefusedError{Code: CodeBadHello, Message: err.Error()}
 		}
-		return h, ref, ref.Message, nil
+		return h, "", ref, ref.Message, nil
 	}
 	// Hash and compare even for an unknown name, so timing does not tell
-	// known names from unknown ones.
+	// known names from unknown ones; compare with every credential of the
+	// name, so it does not tell which replica matched either.
 	sum := sha256.Sum256([]byte(h.Token))
-	want, known := s.creds[h.Agent]
+	creds, known := s.creds[h.Agent]
 	if !known {
-		want = s.dummy
+		creds = []replicaCred{{sum: s.dummy}}
 	}
-	match := subtle.ConstantTimeCompare(sum[:], want[:]) == 1
+	for _, c := range creds {
+		if subtle.ConstantTimeCompare(sum[:], c.sum[:]) == 1 {
+			tag = c.tag
+		}
+	}
 	switch {
 	case !known:
-		return h, &RefusedError{Code: CodeBadCredential, Message: "unknown agent or wrong token"}, "unknown agent", nil
-	case !match:
-		return h, &RefusedError{Code: CodeBadCredential, Message: "unknown agent or wrong token"}, "bad token", nil
+		return h, "", &RefusedError{Code: CodeBadCredential, Message: "unknown agent or wrong token"}, "unknown agent", nil
+	case tag == "":
+		return h, "", &RefusedError{Code: CodeBadCredential, Message: "unknown agent or wrong token"}, "bad token", nil
 	}
-	return h, nil, "", nil
+	return h, tag, nil, "", nil
 }
 
 // refuse sends the refusal and gives the agent a moment to read it and hang
@@ -771,8 +851,10 @@ func (s *Server) Drain() {
 	}
 	s.mu.Lock()
 	agents := make([]*agentSession, 0, len(s.agents))
-	for _, a := range s.agents {
-		agents = append(agents, a)
+	for _, r := range s.agents {
+		for _, a := range r.byTag {
+			agents = append(agents, a)
+		}
 	}
 	s.mu.Unlock()
 	for _, a := range agents {
@@ -802,13 +884,18 @@ func (s *Server) tellDraining(a *agentSession) {
 func (s *Server) Draining() bool { return s.draining.Load() }
 
 // AgentDraining reports whether the named agent said it is shutting down:
-// its current session did (it finishes the exchanges it has and must get
-// no new ones), or, with no session now, its last one did.
+// every replica it has connected did (they finish the exchanges they have
+// and must get no new ones), or, with none now, the last one to go did.
 func (s *Server) AgentDraining(name string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if a := s.agents[name]; a != nil {
-		return a.draining.Load()
+	if r := s.agents[name]; r != nil {
+		for _, a := range r.byTag {
+			if !a.draining.Load() {
+				return false
+			}
+		}
+		return true
 	}
 	return s.drained[name]
 }
@@ -831,19 +918,27 @@ func (s *Server) register(a *agentSession) {
 	defer s.notifyMu.Unlock()
 	name := a.status.Name
 	s.mu.Lock()
-	old := s.agents[name]
-	s.agents[name] = a
+	r := s.agents[name]
+	if r == nil {
+		r = &agentReplicas{byTag: make(map[string]*agentSession)}
+		s.agents[name] = r
+	}
+	// Only a session with the same credential is replaced: another one
+	// is another replica, and serves beside it.
+	old := r.byTag[a.tag]
+	r.byTag[a.tag] = a
+	replicas := len(r.byTag)
 	delete(s.drained, name)
 	s.mu.Unlock()
 	if old != nil {
 		// From the same host this is the agent itself: a reconnect the
 		// relay had not noticed yet, or a move back to QUIC. From another
-		// host, two agents probably share a name.
+		// host, two agent processes probably share a token.
 		level := slog.LevelWarn
 		if sameHost(old.status.Remote, a.status.Remote) {
 			level = slog.LevelInfo
 		}
-		s.log.Log(s.ctx, level, "tunnel: agent session replaced by a newer one", "agent", name,
+		s.log.Log(s.ctx, level, "tunnel: agent session replaced by a newer one", "agent", name, "replica", a.tag,
 			"old_remote", old.status.Remote, "old_transport", old.status.Transport,
 			"new_remote", a.status.Remote, "new_transport", a.status.Transport)
 		old.markReplaced()
@@ -852,37 +947,162 @@ func (s *Server) register(a *agentSession) {
 	for i, sv := range a.status.Servers {
 		servers[i] = sv.Name
 	}
-	s.log.Info("tunnel: agent connected", "agent", name, "remote", a.status.Remote,
+	s.log.Info("tunnel: agent connected", "agent", name, "replica", a.tag, "replicas", replicas, "remote", a.status.Remote,
 		"transport", a.status.Transport, "servers", strings.Join(servers, ","))
 	if s.onChange != nil {
 		s.onChange(name, true)
 	}
 }
 
+// deregister removes a, if it is still its replica's current session.
+// OnAgentChange hears of it, up while other replicas remain.
 func (s *Server) deregister(a *agentSession) {
 	s.notifyMu.Lock()
 	defer s.notifyMu.Unlock()
+	name := a.status.Name
 	s.mu.Lock()
-	current := s.agents[a.status.Name] == a
+	r := s.agents[name]
+	current := r != nil && r.byTag[a.tag] == a
+	up := false
 	if current {
-		delete(s.agents, a.status.Name)
-		if a.draining.Load() {
-			s.drained[a.status.Name] = true
+		delete(r.byTag, a.tag)
+		up = len(r.byTag) > 0
+		if !up {
+			delete(s.agents, name)
+			if a.draining.Load() {
+				s.drained[name] = true
+			}
 		}
 	}
 	s.mu.Unlock()
 	if current && s.onChange != nil {
-		s.onChange(a.status.Name, false)
+		s.onChange(name, up)
 	}
 }
 
-// Dial opens a stream to the named agent. The error wraps ErrAgentOffline
-// when the agent has no session or its session just ended.
+// Route is where Server.Route sends an exchange.
+type Route uint8
+
+const (
+	// RouteOK: to the replica named.
+	RouteOK Route = iota
+	// RouteOffline: the agent has no replica connected that offers the
+	// server.
+	RouteOffline
+	// RouteDraining: every replica that would take new work drains.
+	RouteDraining
+	// RouteSessionGone: the request names a session of a replica that is
+	// not connected (or a tag no replica has) while others are: the
+	// session is lost, and the client should start a new one.
+	RouteSessionGone
+)
+
+// Route picks the replica of agent for an exchange with server. With tag
+// "" the exchange is new work (a new session, a stateless request): it
+// goes to the replicas that offer server and do not drain, in turn. With
+// a tag (from SplitSessionID) it goes to that replica, draining or not:
+// its sessions are there.
+func (s *Server) Route(agent, server, tag string) (string, Route) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.agents[agent]
+	if r == nil {
+		return "", RouteOffline
+	}
+	if tag != "" {
+		if a := r.byTag[tag]; a != nil && a.live() {
+			return tag, RouteOK
+		}
+		for _, a := range r.byTag {
+			if a.live() {
+				return "", RouteSessionGone
+			}
+		}
+		return "", RouteOffline
+	}
+	// Round robin over the tags in a stable order: few replicas, and no
+	// state to keep in step with the map.
+	tags := make([]string, 0, len(r.byTag))
+	for t, a := range r.byTag {
+		if a.live() && a.offers(server) {
+			tags = append(tags, t)
+		}
+	}
+	if len(tags) == 0 {
+		return "", RouteOffline
+	}
+	slices.Sort(tags)
+	for i := range len(tags) {
+		if t := tags[(r.next+uint(i))%uint(len(tags))]; !r.byTag[t].draining.Load() {
+			r.next++
+			return t, RouteOK
+		}
+	}
+	return "", RouteDraining
+}
+
+// live reports whether the session is up (not yet noticed dead, replaced
+// or retiring).
+func (a *agentSession) live() bool {
+	select {
+	case <-a.sess.Done():
+		return false
+	case <-a.replaced:
+		return false
+	default:
+		return true
+	}
+}
+
+func (a *agentSession) offers(server string) bool {
+	for _, srv := range a.status.Servers {
+		if srv.Name == server {
+			return true
+		}
+	}
+	return false
+}
+
+// Dial opens a stream to the named agent: to one of its replicas that
+// does not drain, in turn (see DialReplica). The error wraps
+// ErrAgentOffline when the agent has no session or its session just ended.
 func (s *Server) Dial(ctx context.Context, agent string) (Stream, error) {
+	s.mu.Lock()
+	var tag string
+	if r := s.agents[agent]; r != nil {
+		tags := make([]string, 0, len(r.byTag))
+		for t := range r.byTag {
+			tags = append(tags, t)
+		}
+		slices.Sort(tags)
+		// A draining replica only if every one drains: as before
+		// replicas, the relay's front decides what a draining agent gets.
+		for i := range len(tags) {
+			if t := tags[(r.next+uint(i))%uint(len(tags))]; !r.byTag[t].draining.Load() {
+				tag = t
+				break
+			}
+		}
+		if tag == "" && len(tags) > 0 {
+			tag = tags[r.next%uint(len(tags))]
+		}
+		r.next++
+	}
+	s.mu.Unlock()
+	return s.DialReplica(ctx, agent, tag)
+}
+
+// DialReplica opens a stream to the replica of agent whose tag is given
+// (see Route). The error wraps ErrAgentOffline when that replica has no
+// session or its session just ended.
+func (s *Server) DialReplica(ctx context.Context, agent, tag string) (Stream, error) {
 	var a, draining *agentSession
 	for {
 		s.mu.Lock()
-		a = s.agents[agent]
+		a = nil
+		if r := s.agents[agent]; r != nil {
+			a = r.byTag[tag]
+		}
 		s.mu.Unlock()
 		if a == nil || a == draining {
 			return nil, fmt.Errorf("tunnel: dial agent %q: %w", agent, ErrAgentOffline)
@@ -914,51 +1134,72 @@ func sameHost(a, b string) bool {
 	return errA == nil && errB == nil && ha == hb
 }
 
-// Agent reports the named agent's current session, if it has one.
+// Agent reports the named agent's connected replicas, if it has any.
 func (s *Server) Agent(name string) (AgentStatus, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	a, ok := s.agents[name]
+	r, ok := s.agents[name]
 	if !ok {
 		return AgentStatus{}, false
 	}
-	st := a.status.clone()
-	st.Draining = a.draining.Load()
-	return st, true
+	return r.status(name), true
+}
+
+// status sums up the replicas (see AgentStatus); s.mu is held.
+func (r *agentReplicas) status(name string) AgentStatus {
+	st := AgentStatus{Name: name, Draining: true}
+	for _, a := range r.byTag {
+		rs := a.replicaStatus()
+		st.Replicas = append(st.Replicas, rs)
+		st.Draining = st.Draining && rs.Draining
+	}
+	slices.SortFunc(st.Replicas, func(a, b ReplicaStatus) int {
+		if c := a.ConnectedAt.Compare(b.ConnectedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Tag, b.Tag)
+	})
+	if len(st.Replicas) > 0 {
+		first := st.Replicas[0]
+		st.Servers = slices.Clone(first.Servers)
+		st.Transport, st.Remote, st.ConnectedAt = first.Transport, first.Remote, first.ConnectedAt
+	}
+	return st
 }
 
 // Offers reports whether agent is connected and whether it offers server,
-// without copying its status (the relay asks on every request).
+// without copying its status (the relay asks on every request): online if
+// a replica is, offered if a connected replica offers it.
 func (s *Server) Offers(agent, server string) (online, offered bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	a, ok := s.agents[agent]
+	r, ok := s.agents[agent]
 	if !ok {
 		return false, false
 	}
-	select {
-	case <-a.sess.Done():
-		// Dead but not yet deregistered: the relay asks right after an
-		// exchange failed, and must hear "offline", as Dial would say.
-		return false, false
-	default:
-	}
-	for _, srv := range a.status.Servers {
-		if srv.Name == server {
+	for _, a := range r.byTag {
+		select {
+		case <-a.sess.Done():
+			// Dead but not yet deregistered: the relay asks right after
+			// an exchange failed, and must hear "offline", as Dial would
+			// say.
+			continue
+		default:
+		}
+		online = true
+		if a.offers(server) {
 			return true, true
 		}
 	}
-	return true, false
+	return online, false
 }
 
 // Agents reports every connected agent, sorted by name.
 func (s *Server) Agents() []AgentStatus {
 	s.mu.Lock()
 	out := make([]AgentStatus, 0, len(s.agents))
-	for _, a := range s.agents {
-		st := a.status.clone()
-		st.Draining = a.draining.Load()
-		out = append(out, st)
+	for name, r := range s.agents {
+		out = append(out, r.status(name))
 	}
 	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b AgentStatus) int { return strings.Compare(a.Name, b.Name) })

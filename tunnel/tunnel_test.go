@@ -707,7 +707,7 @@ func TestListenValidation(t *testing.T) {
 		{"no cert", ServerConfig{Listen: "127.0.0.1:0", TLSConfig: &tls.Config{}}, "certificate"},
 		{"nothing enabled", ServerConfig{Listen: "127.0.0.1:0", TLSConfig: tlsCfg, DisableQUIC: true, DisableTCP: true}, "both"},
 		{"bad agent", ServerConfig{Listen: "127.0.0.1:0", TLSConfig: tlsCfg, Agents: []AgentCredential{{Name: "a b"}}}, "invalid agent name"},
-		{"dup agent", ServerConfig{Listen: "127.0.0.1:0", TLSConfig: tlsCfg, Agents: []AgentCredential{{Name: "a", TokenSHA256: h}, {Name: "a"}}}, "twice"},
+		{"dup agent", ServerConfig{Listen: "127.0.0.1:0", TLSConfig: tlsCfg, Agents: []AgentCredential{{Name: "a", TokenSHA256: h}, {Name: "a", TokenSHA256: h}}}, "one token"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
