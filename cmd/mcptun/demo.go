@@ -80,7 +80,7 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, o demoOptions) error
 			// The MCP Inspector's default origin, for trying the demo in a browser.
 			"http://localhost:6274", "http://127.0.0.1:6274",
 		}},
-		Agents:  []config.RelayAgent{{Name: "demo", TokenSHA256: tokenHash(agentToken)}},
+		Agents:  []config.RelayAgent{{Name: "demo", TokenSHA256: []string{tokenHash(agentToken)}}},
 		Clients: []config.RelayClient{{Name: "demo", TokenSHA256: tokenHash(o.token), Allow: []string{"demo/*"}}},
 	}
 	rr, err := startRelay(ctx, rcfg, cert, nil, log.With("role", "relay"))

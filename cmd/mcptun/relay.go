@@ -91,11 +91,13 @@ func (a tunnelAgents) AgentDraining(agent string) bool { return a.srv.AgentDrain
 
 func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certificate, httpCert *tls.Certificate, log *slog.Logger) (*runningRelay, error) {
 	cfg.HTTP.SetLimitDefaults() // a config made in code (demo) was not validated
-	creds := make([]tunnel.AgentCredential, len(cfg.Agents))
+	var creds []tunnel.AgentCredential
 	known := make([]string, len(cfg.Agents))
 	for i, a := range cfg.Agents {
-		sum, _ := config.DecodeSHA256Hex(a.TokenSHA256) // validated by config
-		creds[i] = tunnel.AgentCredential{Name: a.Name, TokenSHA256: sum}
+		for _, h := range a.TokenSHA256 { // one per replica
+			sum, _ := config.DecodeSHA256Hex(h) // validated by config
+			creds = append(creds, tunnel.AgentCredential{Name: a.Name, TokenSHA256: sum})
+		}
 		known[i] = a.Name
 	}
 	clients := make([]relay.Client, len(cfg.Clients))

@@ -40,6 +40,34 @@ func TestLoadRelay(t *testing.T) {
 	require.Equal(t, "info", c.Log.Level)
 }
 
+// agents[].token_sha256 takes one hash or a list, one per replica, from
+// the file or the environment.
+func TestLoadRelayReplicaHashes(t *testing.T) {
+	hashB := strings.Repeat("b", 64)
+	for _, tc := range []struct {
+		name, agents string
+		env          string
+		want         []string
+	}{
+		{"one", `[{name: dc1, token_sha256: "` + hashA + `"}]`, "", []string{hashA}},
+		{"list", `[{name: dc1, token_sha256: ["` + hashA + `", "` + hashB + `"]}]`, "", []string{hashA, hashB}},
+		{"block list", "\n  - name: dc1\n    token_sha256:\n      - " + hashA + "\n      - " + hashB, "", []string{hashA, hashB}},
+		{"env list", `[{name: dc1, token_sha256: "` + hashA + `"}]`, `[{name: dc1, token_sha256: ["` + hashB + `", "` + hashA + `"]}]`, []string{hashB, hashA}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			body := strings.Replace(validRelay, `agents: [{name: dc1, token_sha256: "HASH"}]`, "agents: "+tc.agents, 1)
+			p := writeFile(t, t.TempDir(), "relay.yaml", strings.ReplaceAll(body, "HASH", hashA))
+			if tc.env != "" {
+				t.Setenv("MCPTUN_AGENTS", tc.env)
+			}
+			c, err := LoadRelay(p)
+			require.NoError(t, err)
+			require.Len(t, c.Agents, 1)
+			require.Equal(t, tc.want, c.Agents[0].TokenSHA256)
+		})
+	}
+}
+
 // A rate limit's burst defaults to its rate, rounded up.
 func TestLoadRelayRateLimit(t *testing.T) {
 	for _, tc := range []struct {
@@ -102,6 +130,13 @@ func TestLoadRelayErrors(t *testing.T) {
 		{"rate typo", strings.Replace(validRelay, `allow: ["dc1/*", "*/wiki"]}`, `allow: ["dc1/*"], rate_limit: {rps: 10}}`, 1),
 			"", "rps"},
 		{"negative grace", validRelay + "shutdown_grace: -1s\n", "shutdown_grace", "must not be negative"},
+		{"no agent hash", strings.Replace(validRelay, `{name: dc1, token_sha256: "HASH"}`, `{name: dc1}`, 1), "agents[0].token_sha256", "required"},
+		{"empty hash list", strings.Replace(validRelay, `{name: dc1, token_sha256: "HASH"}`, `{name: dc1, token_sha256: []}`, 1), "agents[0].token_sha256", "required"},
+		{"bad replica hash", strings.Replace(validRelay, `token_sha256: "HASH"}]`+"\nclients", `token_sha256: ["HASH", "abc"]}]`+"\nclients", 1),
+			"agents[0].token_sha256[1]", "64 hex"},
+		{"replicas share a hash", strings.Replace(validRelay, `token_sha256: "HASH"}]`+"\nclients", `token_sha256: ["HASH", "HASH"]}]`+"\nclients", 1),
+			"agents[0].token_sha256[1]", "same hash as agents[0].token_sha256[0]"},
+		{"hash not a string", strings.Replace(validRelay, `{name: dc1, token_sha256: "HASH"}`, `{name: dc1, token_sha256: {a: b}}`, 1), "", "token_sha256"},
 		{"grace not a duration", validRelay + "shutdown_grace: soon\n", "", "shutdown_grace"},
 	}
 	for _, tt := range tests {

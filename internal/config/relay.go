@@ -71,8 +71,13 @@ const (
 
 // RelayAgent is an agent allowed to connect.
 type RelayAgent struct {
-	Name        string `mapstructure:"name"`
-	TokenSHA256 string `mapstructure:"token_sha256"`
+	Name string `mapstructure:"name"`
+	// TokenSHA256 is one hash, or a list of them: one per replica (agent
+	// process serving this name), each with a token of its own. A
+	// connection with a hash that has a live connection replaces it; one
+	// with another hash adds a replica. Rotation: add the new hash, move
+	// the replica to its token, remove the old hash.
+	TokenSHA256 []string `mapstructure:"token_sha256"`
 }
 
 // RelayClient is an MCP client allowed to call through the relay.
@@ -150,7 +155,7 @@ func (c *Relay) validate(p *problems, path string) {
 	for i, a := range c.Agents {
 		key := fmt.Sprintf("agents[%d]", i)
 		checkNamed(p, key+".name", "agent", a.Name, seen)
-		checkSHA256(p, key+".token_sha256", a.TokenSHA256)
+		checkTokenHashes(p, key+".token_sha256", a.TokenSHA256)
 	}
 	seen = map[string]bool{}
 	for i, cl := range c.Clients {
@@ -172,6 +177,33 @@ func (c *Relay) validate(p *problems, path string) {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
 	}
 	checkShutdownGrace(p, &c.ShutdownGrace)
+}
+
+// checkTokenHashes validates an agent's token_sha256: one hash (a single
+// YAML string arrives as a list of one) or a list, one per replica, each
+// distinct (two replicas with one token would replace each other).
+func checkTokenHashes(p *problems, key string, hashes []string) {
+	if len(hashes) == 0 {
+		p.add(key, "required: the SHA-256 of the agent's token, or a list of them, one per replica (make one with: mcptun token new)")
+		return
+	}
+	seen := map[[32]byte]int{}
+	for i, h := range hashes {
+		k := key
+		if len(hashes) > 1 {
+			k = fmt.Sprintf("%s[%d]", key, i)
+		}
+		sum, ok := DecodeSHA256Hex(h)
+		if !ok {
+			checkSHA256(p, k, h)
+			continue
+		}
+		if j, dup := seen[sum]; dup {
+			p.add(k, "same hash as %s[%d]: each replica needs a token of its own, or the two replace each other", key, j)
+			continue
+		}
+		seen[sum] = i
+	}
 }
 
 // checkShutdownGrace validates shutdown_grace and fills in its default.
