@@ -87,7 +87,7 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 
 // route is an admitted exchange.
 type route struct {
-	client        *client
+	adm           admission
 	agent, server string
 	method        []byte
 	counted       bool // in h.inflight: Exchange.Done counts it out
@@ -100,8 +100,8 @@ func (h *Handler) fastRoute(src netip.Addr, head *httpfwd.Head) (route, bool) {
 	if err != nil || string(version) != "HTTP/1.1" || head.Chunked || head.OtherEncoding || head.ConnTokens > 0 {
 		return route{}, false
 	}
-	var origin, auth, host []byte
-	hosts := 0
+	var origin, auth, host, sid []byte
+	hosts, sids := 0, 0
 	for _, f := range head.Fields {
 		name := head.Name(f)
 		switch {
@@ -118,11 +118,14 @@ func (h *Handler) fastRoute(src netip.Addr, head *httpfwd.Head) (route, bool) {
 			if origin == nil {
 				origin = head.Value(f)
 			}
+		case httpfwd.EqualFold(name, sessionHeader):
+			sid = head.Value(f)
+			sids++
 		case httpfwd.EqualFold(name, "Expect"), httpfwd.EqualFold(name, "Upgrade"):
 			return route{}, false
 		}
 	}
-	if hosts != 1 {
+	if hosts != 1 || sids > 1 { // net/http's path refuses two session ids
 		return route{}, false
 	}
 	path, _, _ := bytes.Cut(target, []byte("?"))
@@ -130,7 +133,7 @@ func (h *Handler) fastRoute(src netip.Addr, head *httpfwd.Head) (route, bool) {
 	if !ok {
 		return route{}, false
 	}
-	client, ref := h.admit(src, string(origin), string(auth), string(host), agent, server)
+	adm, ref := h.admit(src, string(origin), string(auth), string(host), agent, server, string(sid))
 	if ref != nil {
 		return route{}, false
 	}
@@ -141,7 +144,7 @@ func (h *Handler) fastRoute(src netip.Addr, head *httpfwd.Head) (route, bool) {
 	if counted && !h.inflight.Enter() {
 		return route{}, false
 	}
-	return route{client: client, agent: agent, server: server, method: method, counted: counted}, true
+	return route{adm: adm, agent: agent, server: server, method: method, counted: counted}, true
 }
 
 // splitMCPPath matches /{agent}/{server}/mcp with plain segments; anything
@@ -176,10 +179,17 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 		if httpfwd.IsHopByHop(name) || httpfwd.EqualFold(name, "Host") || droppedHeader(name) {
 			continue
 		}
+		if rt.adm.replica != "" && httpfwd.EqualFold(name, sessionHeader) {
+			// The id the agent made, without the replica's tag.
+			b = append(b, sessionHeader+": "...)
+			b = append(b, rt.adm.sid...)
+			b = append(b, "\r\n"...)
+			continue
+		}
 		b = head.AppendField(b, f)
 	}
 	b = append(b, ClientHeader+": "...)
-	b = append(b, rt.client.Name...)
+	b = append(b, rt.adm.client.Name...)
 	b = append(b, "\r\n"...)
 	var done func()
 	if rt.counted {
@@ -189,11 +199,15 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 	// method points into the head, whose memory a parked exchange gives
 	// back (httpfwd.RawRequest.OnPark).
 	rt.method = nil
+	req := httpfwd.RawRequest{Head: b}
+	if rt.adm.replica != "" {
+		req.PrefixField, req.Prefix = sessionHeader, []byte(rt.adm.replica+".")
+	}
 	return &httpfwd.Exchange{
-		Fwd: h.forwarder(rt.agent),
-		Req: httpfwd.RawRequest{Head: b},
+		Fwd: h.forwarder(rt.agent, rt.adm.replica),
+		Req: req,
 		Failed: func(err error) (int, string, []byte) {
-			status, reason, msg := h.forwardFailed(rt.client.Name, rt.agent, rt.server, err)
+			status, reason, msg := h.forwardFailed(rt.adm.client.Name, rt.agent, rt.server, err)
 			header := "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
 			if status == http.StatusServiceUnavailable {
 				header += "Retry-After: 5\r\n"
@@ -201,7 +215,7 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 			return status, header, errorJSON(reason, msg)
 		},
 		CutShort: func(err error) {
-			h.cutShort(rt.client.Name, rt.agent, rt.server, err)
+			h.cutShort(rt.adm.client.Name, rt.agent, rt.server, err)
 		},
 		Done:   done,
 		Stalls: h.stallBudget(rt.agent),

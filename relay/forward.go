@@ -22,7 +22,8 @@ import (
 var dropHeaders = []string{"Authorization", "Cookie", ClientHeader}
 
 // forward sends the exchange to the agent over a pooled tunnel stream.
-func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent, server string) {
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, adm admission, agent, server string) {
+	client := adm.client.Name
 	if r.Method != http.MethodGet {
 		if !h.inflight.Enter() {
 			w.Header().Set("Retry-After", relayDraining.value)
@@ -43,10 +44,17 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 	tw.watch.Watch(h.stallBudget(agent), ClientStallAfter, func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
 	defer tw.watch.Stop()
 	w = tw
-	err := h.forwarder(agent).Forward(w, r, httpfwd.Request{
+	set := http.Header{ClientHeader: {client}}
+	if adm.replica != "" {
+		if adm.sid != "" {
+			set[sessionHeader] = []string{adm.sid}
+		}
+		w = &sessionWriter{ResponseWriter: w, prefix: adm.replica + "."}
+	}
+	err := h.forwarder(agent, adm.replica).Forward(w, r, httpfwd.Request{
 		Host:       agent,
 		RequestURI: "/" + server + "/mcp",
-		SetHeader:  http.Header{ClientHeader: {client}},
+		SetHeader:  set,
 		DelHeader:  dropHeaders,
 	})
 	if err == nil {
@@ -226,19 +234,61 @@ func (h *Handler) stallBudget(agent string) *httpfwd.StallBudget {
 	return b
 }
 
-// forwarder returns the agent's stream pool.
-func (h *Handler) forwarder(agent string) *httpfwd.Forwarder {
+// forwarder returns the stream pool of an agent's replica ("" without
+// replicas).
+func (h *Handler) forwarder(agent, replica string) *httpfwd.Forwarder {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if f := h.forwarders[agent]; f != nil {
+	if f := h.forwarders[agent][replica]; f != nil {
 		return f
 	}
-	f := httpfwd.New(func(ctx context.Context) (net.Conn, error) {
-		return h.agents.Dial(ctx, agent)
-	}, httpfwd.Options{MaxIdle: 1024})
-	h.forwarders[agent] = f
+	dial := func(ctx context.Context) (net.Conn, error) { return h.agents.Dial(ctx, agent) }
+	if replica != "" {
+		dial = func(ctx context.Context) (net.Conn, error) { return h.replicas.DialReplica(ctx, agent, replica) }
+	}
+	f := httpfwd.New(dial, httpfwd.Options{MaxIdle: 1024})
+	if h.forwarders[agent] == nil {
+		h.forwarders[agent] = make(map[string]*httpfwd.Forwarder)
+	}
+	h.forwarders[agent][replica] = f
 	return f
 }
+
+// sessionWriter puts the replica's tag in front of the Mcp-Session-Id an
+// agent answers with, on net/http's path (see ReplicaAgents).
+type sessionWriter struct {
+	http.ResponseWriter
+	prefix string
+	wrote  bool
+}
+
+func (w *sessionWriter) WriteHeader(code int) {
+	if code >= 200 && !w.wrote { // not an interim answer
+		w.wrote = true
+		if h := w.Header(); h[sessionHeader] != nil {
+			for i, v := range h[sessionHeader] {
+				h[sessionHeader][i] = w.prefix + v
+			}
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *sessionWriter) Write(p []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *sessionWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (w *sessionWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // logLimit caps a kind of log line that clients can cause at will (cuts,
 // failed authentication), so that the log cannot be flooded: up to

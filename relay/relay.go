@@ -73,6 +73,51 @@ type DrainingAgents interface {
 	AgentDraining(agent string) bool
 }
 
+// ReplicaAgents is what Agents may also offer: agents served by several
+// replicas (agent processes with a credential each). Then the relay
+// spreads new sessions and stateless requests across an agent's replicas,
+// and sends a session-era request to the replica holding its session:
+// every Mcp-Session-Id an agent answers with reaches the client as
+// "TAG.ID", TAG naming the replica, and the relay hands the agent back ID,
+// byte for byte as it sent it (so a url: server's own ids reach it
+// unchanged). Without it the relay routes by name alone.
+type ReplicaAgents interface {
+	// PickReplica names the replica of agent for an exchange with
+	// server: with tag "" new work, else the replica tagged so.
+	PickReplica(agent, server, tag string) (replica string, route ReplicaRoute)
+	// DialReplica opens a stream to one replica.
+	DialReplica(ctx context.Context, agent, replica string) (net.Conn, error)
+}
+
+// ReplicaRoute is what PickReplica found.
+type ReplicaRoute uint8
+
+const (
+	ReplicaOK          ReplicaRoute = iota
+	ReplicaOffline                  // no replica connected offers the server
+	ReplicaDraining                 // every replica that would take new work drains
+	ReplicaSessionGone              // the session's replica is gone (others are up)
+)
+
+// sessionHeader is MCP's session header, which the relay rewrites for
+// replicas.
+const sessionHeader = "Mcp-Session-Id"
+
+// splitSessionID splits "TAG.ID" (see ReplicaAgents); ok is false for an
+// id the relay cannot have handed out.
+func splitSessionID(id string) (tag, inner string, ok bool) {
+	tag, inner, ok = strings.Cut(id, ".")
+	if !ok || len(tag) == 0 || len(tag) > 16 || inner == "" {
+		return "", "", false
+	}
+	for i := range len(tag) {
+		if c := tag[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return "", "", false
+		}
+	}
+	return tag, inner, true
+}
+
 // Client is an MCP client allowed to use the relay.
 type Client struct {
 	Name        string
@@ -172,6 +217,8 @@ type Handler struct {
 	fast    *httpfwd.FastPath // see conn.go
 	// draining is the tunnel's news of agents shutting down (nil: none).
 	draining DrainingAgents
+	// replicas routes among an agent's replicas (nil: by name alone).
+	replicas ReplicaAgents
 	// inflight counts the exchanges forwarded, but not GET streams:
 	// those never end by themselves, so a drain does not wait for them
 	// (they end when the relay closes, and clients resume them).
@@ -184,7 +231,7 @@ type Handler struct {
 	stallN   int
 
 	mu         sync.Mutex
-	forwarders map[string]*httpfwd.Forwarder // per agent, so one agent's reconnect drops only its streams
+	forwarders map[string]map[string]*httpfwd.Forwarder // per agent and replica, so one agent's reconnect drops only its streams
 	stalls     map[string]*httpfwd.StallBudget
 }
 
@@ -198,7 +245,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		known:      make(map[string]bool),
 		origins:    make(map[string]bool),
 		log:        cfg.Logger,
-		forwarders: make(map[string]*httpfwd.Forwarder),
+		forwarders: make(map[string]map[string]*httpfwd.Forwarder),
 		inflight:   httpfwd.NewInflight(),
 		limits:     cfg.Limits,
 		cutLog:     newLogLimit(),
@@ -208,6 +255,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 	}
 	h.leave = h.inflight.Leave
 	h.draining, _ = cfg.Agents.(DrainingAgents)
+	h.replicas, _ = cfg.Agents.(ReplicaAgents)
 	if h.stallN <= 0 {
 		h.stallN = DefaultMaxStalledPerAgent
 	}
@@ -279,10 +327,10 @@ func (h *Handler) agentDraining(agent string) bool {
 // AgentDown drops the pooled streams of an agent whose session ended.
 func (h *Handler) AgentDown(agent string) {
 	h.mu.Lock()
-	f := h.forwarders[agent]
+	fs := h.forwarders[agent]
 	delete(h.forwarders, agent)
 	h.mu.Unlock()
-	if f != nil {
+	for _, f := range fs {
 		f.Close()
 	}
 }
@@ -293,11 +341,13 @@ func (h *Handler) AgentDown(agent string) {
 func (h *Handler) Close() error {
 	h.closed.Store(true)
 	h.mu.Lock()
-	fs := h.forwarders
-	h.forwarders = make(map[string]*httpfwd.Forwarder)
+	all := h.forwarders
+	h.forwarders = make(map[string]map[string]*httpfwd.Forwarder)
 	h.mu.Unlock()
-	for _, f := range fs {
-		f.Close()
+	for _, fs := range all {
+		for _, f := range fs {
+			f.Close()
+		}
 	}
 	return nil
 }
@@ -312,7 +362,12 @@ func (h *Handler) serveMCP(w http.ResponseWriter, r *http.Request) {
 	}
 	agent, server := r.PathValue("agent"), r.PathValue("server")
 	src := authguard.ParseAddr(r.RemoteAddr)
-	client, ref := h.admit(src, r.Header.Get("Origin"), r.Header.Get("Authorization"), r.Host, agent, server)
+	sid := r.Header.Values(sessionHeader)
+	if len(sid) > 1 {
+		writeError(w, http.StatusBadRequest, reasonBadRequest, "more than one Mcp-Session-Id header")
+		return
+	}
+	adm, ref := h.admit(src, r.Header.Get("Origin"), r.Header.Get("Authorization"), r.Host, agent, server, r.Header.Get(sessionHeader))
 	if ref != nil {
 		// Counted here, not in admit: every refusal is answered here
 		// (the fast path hands them over), and only once.
@@ -331,7 +386,7 @@ func (h *Handler) serveMCP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, ref.status, ref.reason, ref.msg)
 		return
 	}
-	h.forward(w, r, client.Name, agent, server)
+	h.forward(w, r, adm, agent, server)
 }
 
 // refusal is an answer the relay gives by itself instead of forwarding.
@@ -345,15 +400,26 @@ type refusal struct {
 	wrongToken    bool // a bearer token was sent and matches no client
 }
 
+// admission is an exchange admit lets through: the client, and with
+// replicas the replica it goes to and the session id the agent knows.
+type admission struct {
+	client  *client
+	replica string // "" without ReplicaAgents
+	sid     string // the Mcp-Session-Id to send on, its tag taken off
+}
+
+var sessionGone = &refusal{status: http.StatusNotFound, reason: "session_not_found",
+	msg: "no such session (the agent replica holding it is gone): send initialize again"}
+
 // admit decides whether a client's exchange with agent/server goes
 // through, from the source address and the headers that decide it: the
 // client, or why not. It only looks (serveMCP counts refusals).
-func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, server string) (*client, *refusal) {
+func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, server, sid string) (admission, *refusal) {
 	if h.inflight.Draining() {
-		return nil, relayDraining
+		return admission{}, relayDraining
 	}
 	if !h.originAllowed(origin, host) {
-		return nil, &refusal{status: http.StatusForbidden, reason: "origin_not_allowed",
+		return admission{}, &refusal{status: http.StatusForbidden, reason: "origin_not_allowed",
 			msg:      fmt.Sprintf("origin %q is not allowed (add it to http.allowed_origins)", origin),
 			logLevel: slog.LevelWarn, logMsg: "refused foreign origin",
 			logArgs: []any{"origin", origin, "host", host, "agent", agent, "server", server}}
@@ -361,7 +427,7 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 	// Before the token is looked at: a guess that happens to be right
 	// must not go through either, or guessing would not be slowed.
 	if wait, ok := h.guard.Check(src); !ok {
-		return nil, &refusal{status: http.StatusTooManyRequests, reason: "auth_throttled",
+		return admission{}, &refusal{status: http.StatusTooManyRequests, reason: "auth_throttled",
 			msg: fmt.Sprintf("too many failed authentications from your address; retry in %s",
 				wait.Round(time.Second)+time.Second),
 			header: "Retry-After", value: ratelimit.RetryAfter(wait)}
@@ -373,48 +439,74 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 		if wrong {
 			msg = "invalid bearer token"
 		}
-		return nil, &refusal{status: http.StatusUnauthorized, reason: "unauthorized", msg: msg,
+		return admission{}, &refusal{status: http.StatusUnauthorized, reason: "unauthorized", msg: msg,
 			header: "WWW-Authenticate", value: challenge, wrongToken: wrong}
 	}
 	if !client.allowed(agent, server) {
-		return nil, &refusal{status: http.StatusForbidden, reason: "forbidden",
+		return admission{}, &refusal{status: http.StatusForbidden, reason: "forbidden",
 			msg:      fmt.Sprintf("client %q may not use %s/%s", client.Name, agent, server),
 			logLevel: slog.LevelInfo, logMsg: "client not allowed",
 			logArgs: []any{"client", client.Name, "agent", agent, "server", server}}
 	}
 	if !h.known[agent] {
-		return nil, &refusal{status: http.StatusNotFound, reason: "unknown_agent", msg: fmt.Sprintf("no agent named %q", agent)}
+		return admission{}, &refusal{status: http.StatusNotFound, reason: "unknown_agent", msg: fmt.Sprintf("no agent named %q", agent)}
 	}
 	online, offered := h.agents.Offers(agent, server)
 	if !online {
-		return nil, &refusal{status: http.StatusServiceUnavailable, reason: "agent_offline",
+		return admission{}, &refusal{status: http.StatusServiceUnavailable, reason: "agent_offline",
 			msg:    fmt.Sprintf("agent %q is not connected; try again when it reconnects", agent),
 			header: "Retry-After", value: "5"}
 	}
 	if !offered {
-		return nil, &refusal{status: http.StatusNotFound, reason: "unknown_server",
+		return admission{}, &refusal{status: http.StatusNotFound, reason: "unknown_server",
 			msg: fmt.Sprintf("agent %q offers no server named %q", agent, server)}
 	}
-	if h.agentDraining(agent) {
-		return nil, &refusal{status: http.StatusServiceUnavailable, reason: "agent_draining",
-			msg:    fmt.Sprintf("agent %q is shutting down and takes no new requests; try again shortly", agent),
-			header: "Retry-After", value: drainRetryAfter}
+	adm := admission{client: client, sid: sid}
+	if h.replicas != nil {
+		var want string
+		if sid != "" {
+			var ok bool
+			if want, adm.sid, ok = splitSessionID(sid); !ok {
+				return admission{}, sessionGone
+			}
+		}
+		var route ReplicaRoute
+		switch adm.replica, route = h.replicas.PickReplica(agent, server, want); route {
+		case ReplicaOffline:
+			return admission{}, &refusal{status: http.StatusServiceUnavailable, reason: "agent_offline",
+				msg:    fmt.Sprintf("agent %q is not connected; try again when it reconnects", agent),
+				header: "Retry-After", value: "5"}
+		case ReplicaSessionGone:
+			return admission{}, sessionGone
+		case ReplicaDraining:
+			return admission{}, agentDrainingRefusal(agent)
+		}
+	} else if h.agentDraining(agent) {
+		return admission{}, agentDrainingRefusal(agent)
 	}
 	// Last: an exchange refused for another reason takes no token.
 	if wait, ok := client.limiter.Take(); !ok {
-		return nil, &refusal{status: http.StatusTooManyRequests, reason: "rate_limited",
+		return admission{}, &refusal{status: http.StatusTooManyRequests, reason: "rate_limited",
 			msg: fmt.Sprintf("client %q is over its rate limit of %s; retry in %s",
 				client.Name, client.limiter, wait.Round(time.Millisecond)),
 			header: "Retry-After", value: ratelimit.RetryAfter(wait),
 			logLevel: slog.LevelDebug, logMsg: "client over its rate limit",
 			logArgs: []any{"client", client.Name, "agent", agent, "server", server}}
 	}
-	return client, nil
+	return adm, nil
 }
 
 // drainRetryAfter is the Retry-After of refusals by a draining relay or
 // agent: about the time a restart takes.
 const drainRetryAfter = "5"
+
+// agentDrainingRefusal refuses new work for an agent whose every replica
+// drains.
+func agentDrainingRefusal(agent string) *refusal {
+	return &refusal{status: http.StatusServiceUnavailable, reason: "agent_draining",
+		msg:    fmt.Sprintf("agent %q is shutting down and takes no new requests; try again shortly", agent),
+		header: "Retry-After", value: drainRetryAfter}
+}
 
 // relayDraining refuses every exchange once the relay drains: the client
 // should go to another relay, or come back once this one restarted.

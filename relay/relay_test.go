@@ -307,7 +307,7 @@ func BenchmarkAdmit(b *testing.B) {
 			require.NoError(b, err)
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, ref := h.admit(netip.MustParseAddr("127.0.0.1"), "", "Bearer ci-token", "relay", "dc1", "notes"); ref != nil {
+				if _, ref := h.admit(netip.MustParseAddr("127.0.0.1"), "", "Bearer ci-token", "relay", "dc1", "notes", ""); ref != nil {
 					b.Fatal(ref.msg)
 				}
 			}

@@ -59,7 +59,7 @@ type AgentCredential struct {
 // token whose SHA-256 is tokenSHA256: 8 hex digits, the same at every
 // relay given the same credential, and telling nothing of the token (it
 // is a hash of its hash). The relay puts it in front of the session ids
-// it passes on (see SessionTagLen), so that a session-era request goes
+// it passes on, so that a session-era request goes
 // back to the replica holding its session.
 func ReplicaTag(tokenSHA256 [32]byte) string {
 	h := sha256.New()
@@ -69,25 +69,6 @@ func ReplicaTag(tokenSHA256 [32]byte) string {
 }
 
 const replicaTagLen = 8
-
-// SessionTagLen is the length of the prefix the relay puts before an
-// agent's Mcp-Session-Id: the replica's tag and a '.'.
-const SessionTagLen = replicaTagLen + 1
-
-// SplitSessionID splits a session id the relay handed out into the tag of
-// the replica holding the session and the id the agent knows; ok is false
-// for an id the relay cannot have made.
-func SplitSessionID(id string) (tag, inner string, ok bool) {
-	if len(id) <= SessionTagLen || id[replicaTagLen] != '.' {
-		return "", "", false
-	}
-	for i := range replicaTagLen {
-		if c := id[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return "", "", false
-		}
-	}
-	return id[:replicaTagLen], id[SessionTagLen:], true
-}
 
 // replicaCred is one credential of an agent.
 type replicaCred struct {

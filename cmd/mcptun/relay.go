@@ -89,6 +89,23 @@ func (a tunnelAgents) Dial(ctx context.Context, agent string) (net.Conn, error) 
 
 func (a tunnelAgents) AgentDraining(agent string) bool { return a.srv.AgentDraining(agent) }
 
+func (a tunnelAgents) PickReplica(agent, server, tag string) (string, relay.ReplicaRoute) {
+	tag, route := a.srv.Route(agent, server, tag)
+	switch route {
+	case tunnel.RouteOK:
+		return tag, relay.ReplicaOK
+	case tunnel.RouteDraining:
+		return "", relay.ReplicaDraining
+	case tunnel.RouteSessionGone:
+		return "", relay.ReplicaSessionGone
+	}
+	return "", relay.ReplicaOffline
+}
+
+func (a tunnelAgents) DialReplica(ctx context.Context, agent, replica string) (net.Conn, error) {
+	return a.srv.DialReplica(ctx, agent, replica)
+}
+
 func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certificate, httpCert *tls.Certificate, log *slog.Logger) (*runningRelay, error) {
 	cfg.HTTP.SetLimitDefaults() // a config made in code (demo) was not validated
 	var creds []tunnel.AgentCredential

@@ -40,6 +40,11 @@ type RawRequest struct {
 	// OnHead, if set, is told of the upstream's final answer head (and
 	// status code) before it is passed on; it must not keep h.
 	OnHead func(req *RawRequest, code int, h *Head)
+	// PrefixField, if set, names an answer header whose values are
+	// passed on with Prefix in front (the relay tags Mcp-Session-Id with
+	// the agent replica that made it).
+	PrefixField string
+	Prefix      []byte
 
 	streamed *countingReader // set by ReadBody for a body read while sending
 }
@@ -370,6 +375,9 @@ func (f *Forwarder) copyRaw(ctx context.Context, dst *answerWriter, c *conn, req
 		// In canonical form, as AppendField writes it.
 		dst.Write(head.Name(fl))
 		dst.WriteString(": ")
+		if req.PrefixField != "" && EqualFold(name, req.PrefixField) {
+			dst.Write(req.Prefix)
+		}
 		dst.Write(head.Value(fl))
 		dst.WriteString("\r\n")
 	}
