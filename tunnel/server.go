@@ -806,7 +806,7 @@ func (s *Server) watchControl(a *agentSession) {
 			return
 		}
 		if f, err := decodeAnswer(b); err == nil && f.Type == typeDraining && !a.draining.Swap(true) {
-			s.log.Info("tunnel: agent draining: routing it no new exchanges", "agent", a.status.Name, "remote", a.status.Remote)
+			s.log.Info("tunnel: agent draining: routing it no new exchanges", "agent", a.status.Name, "replica", a.tag, "remote", a.status.Remote)
 		}
 	}
 }

@@ -210,6 +210,8 @@ type relayOpts struct {
 	tunnelListen string // default 127.0.0.1:0
 	disableQUIC  bool
 	agentHash    string // default hash of agentToken
+	// agentHashes, if set, are dc1's token hashes, one per replica.
+	agentHashes []string
 	extra        string // top-level YAML lines added to relay.yaml
 	http         string // more keys of the http section, YAML flow style: "write_timeout: 5s"
 }
@@ -228,19 +230,27 @@ func writeRelayConfig(t *testing.T, dir string, o relayOpts) string {
 	if o.agentHash == "" {
 		o.agentHash = sha256Hex(agentToken)
 	}
+	dc1Hashes := fmt.Sprintf("%q", o.agentHash)
+	if len(o.agentHashes) > 0 {
+		q := make([]string, len(o.agentHashes))
+		for i, h := range o.agentHashes {
+			q[i] = fmt.Sprintf("%q", h)
+		}
+		dc1Hashes = "[" + strings.Join(q, ", ") + "]"
+	}
 	httpExtra := ""
 	if o.http != "" {
 		httpExtra = ", " + o.http
 	}
 	cfg := fmt.Sprintf(`tunnel: {listen: %q, cert_file: relay.crt, key_file: relay.key, disable_quic: %t}
 http: {listen: "127.0.0.1:0"%s}
-agents:  [{name: dc1, token_sha256: %q}, {name: dc2, token_sha256: %q}]
+agents:  [{name: dc1, token_sha256: %s}, {name: dc2, token_sha256: %q}]
 clients:
   - {name: ci, token_sha256: %q, allow: ["dc1/*", "dc2/*"]}
   - {name: scoped, token_sha256: %q, allow: ["*/wiki"]}
   - {name: throttled, token_sha256: %q, allow: ["dc1/*"], rate_limit: {requests_per_second: 0.001, burst: 1}}
 log: {level: debug}
-%s`, o.tunnelListen, o.disableQUIC, httpExtra, o.agentHash, o.agentHash, sha256Hex(clientToken), sha256Hex(scopedToken), sha256Hex(throttledToken), o.extra)
+%s`, o.tunnelListen, o.disableQUIC, httpExtra, dc1Hashes, o.agentHash, sha256Hex(clientToken), sha256Hex(scopedToken), sha256Hex(throttledToken), o.extra)
 	p := filepath.Join(dir, "relay.yaml")
 	require.NoError(t, os.WriteFile(p, []byte(cfg), 0o600))
 	return p
