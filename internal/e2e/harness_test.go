@@ -212,8 +212,8 @@ type relayOpts struct {
 	agentHash    string // default hash of agentToken
 	// agentHashes, if set, are dc1's token hashes, one per replica.
 	agentHashes []string
-	extra        string // top-level YAML lines added to relay.yaml
-	http         string // more keys of the http section, YAML flow style: "write_timeout: 5s"
+	extra       string // top-level YAML lines added to relay.yaml
+	http        string // more keys of the http section, YAML flow style: "write_timeout: 5s"
 }
 
 func writeRelayConfig(t *testing.T, dir string, o relayOpts) string {
