@@ -464,12 +464,12 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 	adm := admission{client: client, sid: sid}
 	if h.replicas != nil {
 		var want string
-		if sid != "" {
-			var ok bool
-			if want, adm.sid, ok = splitSessionID(sid); !ok {
-				return admission{}, sessionGone
-			}
+		if t, inner, ok := splitSessionID(sid); ok {
+			want, adm.sid = t, inner
 		}
+		// An id the relay cannot have handed out goes, as it is, to a
+		// replica as new work: that agent answers 404 as for any session
+		// it does not know, in the same words as for another client's.
 		var route ReplicaRoute
 		switch adm.replica, route = h.replicas.PickReplica(agent, server, want); route {
 		case ReplicaOffline:
