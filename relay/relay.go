@@ -8,7 +8,8 @@
 //	401  no or unknown bearer token (with WWW-Authenticate: Bearer)
 //	403  token valid but agent/server outside the client's allow patterns,
 //	     or a browser Origin that is not allowed (DNS rebinding)
-//	404  unknown agent, or a server the connected agent does not offer
+//	404  unknown agent, or a server the connected agent does not offer,
+//	     or a session whose agent replica is gone (see ReplicaAgents)
 //	408  the request body made no progress for the body timeout
 //	429  the client is over its rate limit, or its address sent too many
 //	     wrong tokens (auth_throttled), with Retry-After

@@ -81,13 +81,16 @@
 //
 //	{"type":"goaway","code":"replaced","message":"…"}
 //
-// when another session authenticated with the same agent name (the newest
-// session wins). New exchanges go to the newer session at once; the relay
-// sends the goaway once the replaced session's last stream has closed, or
-// after 30 s, so exchanges in flight finish. An agent told it was replaced
-// waits MaxBackoff before reconnecting, so two agents misconfigured with
-// one name do not evict each other in a tight loop, unless it replaced
-// itself (see Reconnecting). Unknown frame types and unknown JSON fields are
+// when another session authenticated with the same agent name and the same
+// credential (the newest session wins). New exchanges go to the newer
+// session at once; the relay sends the goaway once the replaced session's
+// last stream has closed, or after 30 s, so exchanges in flight finish. An
+// agent told it was replaced waits MaxBackoff before reconnecting, so two
+// agents misconfigured with one token do not evict each other in a tight
+// loop, unless it replaced itself (see Reconnecting). A session with
+// another credential listed for the name is another replica: it serves
+// beside the others (Server.Route picks among them, ReplicaTag names
+// them), and replaces none. Unknown frame types and unknown JSON fields are
 // ignored, leaving room for later protocol revisions.
 //
 // # Draining
