@@ -324,7 +324,7 @@ func (c *Client) Run(ctx context.Context) error {
 			c.log.Warn("tunnel: cannot connect to relay", "err", err, "retry_in", delay)
 		default:
 			start := cfg.Clock.Now()
-			cause, up := c.serve(ctx, cs, qd)
+			up, cause := c.serve(ctx, cs, qd)
 			if ctx.Err() != nil {
 				if up != nil {
 					up.Close()
@@ -375,7 +375,7 @@ var errRelayDraining = errors.New("tunnel: relay is draining")
 // newer session and ends the old one when its streams are done). A session
 // of a draining relay is retired too: its exchanges in flight finish while
 // Run connects again.
-func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (cause error, up *clientSession) {
+func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (up *clientSession, cause error) {
 	c.setCurrent(cs)
 	c.log.Info("tunnel: connected to relay", "transport", cs.Transport())
 	if c.draining.Load() {
@@ -425,7 +425,7 @@ func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (
 		c.setCurrent(nil)
 		endProbe()
 		c.retire(ctx, cs, &wg, 0)
-		return errRelayDraining, nil
+		return nil, errRelayDraining
 	case up = <-probed:
 		if up != nil {
 			stopProbe()
@@ -433,7 +433,7 @@ func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (
 			c.setCurrent(up)
 			c.log.Info("tunnel: QUIC works again; moving to it, the TCP session ends once its exchanges are done", "transport", up.Transport())
 			c.retire(ctx, cs, &wg, replaceGrace+2*lingerTimeout)
-			return nil, up
+			return up, nil
 		}
 		// Closed empty: the prober stopped because ctx is done.
 	}
@@ -447,7 +447,7 @@ func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (
 		// ended is the next one.
 		up = <-probed
 	}
-	return cs.Err(), up
+	return up, cs.Err()
 }
 
 // retire keeps serving a session that is being left (its relay drains, or
