@@ -43,6 +43,10 @@ const quicRetryAfter = 10 * time.Minute
 type ClientConfig struct {
 	Name    string
 	Address string // relay host:port
+	// DialAddress, if set, is the ip:port dialed instead of Address (one
+	// of the addresses Address's host resolves to, see Multi); Address
+	// still gives the TLS server name and names the relay in logs.
+	DialAddress string
 	Token   string // the agent's secret; never logged
 	// TLSConfig verifies the relay; build it with ClientTLS. An empty
 	// ServerName defaults to the host of Address.
@@ -79,6 +83,9 @@ func (cfg ClientConfig) normalize() (ClientConfig, error) {
 	host, port, err := net.SplitHostPort(cfg.Address)
 	if err != nil || host == "" || port == "" {
 		return fail("relay address %q is not host:port", cfg.Address)
+	}
+	if _, _, err := net.SplitHostPort(cfg.DialAddress); cfg.DialAddress != "" && err != nil {
+		return fail("dial address %q is not host:port", cfg.DialAddress)
 	}
 	if cfg.TLSConfig == nil {
 		return fail("TLSConfig is required (see ClientTLS)")
@@ -128,6 +135,14 @@ func (cfg ClientConfig) normalize() (ClientConfig, error) {
 	}
 	cfg.Servers = append([]OfferedServer(nil), cfg.Servers...)
 	return cfg, nil
+}
+
+// dialAddress is the host:port to dial.
+func (cfg *ClientConfig) dialAddress() string {
+	if cfg.DialAddress != "" {
+		return cfg.DialAddress
+	}
+	return cfg.Address
 }
 
 // Client is the agent end of the tunnel: it keeps a session to the relay
@@ -453,7 +468,7 @@ func dialQUIC(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session
 	if cfg.Mux == MuxYamux {
 		alpn = alpnQUICYamux
 	}
-	conn, err := quic.DialAddr(ctx, cfg.Address, withALPN(cfg.TLSConfig, alpn), quicConfig())
+	conn, err := quic.DialAddr(ctx, cfg.dialAddress(), withALPN(cfg.TLSConfig, alpn), quicConfig())
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: dial quic %s: %w", cfg.Address, err)
 	}
@@ -475,7 +490,7 @@ func dialQUIC(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session
 
 func dialTCP(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session, error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", cfg.Address)
+	c, err := d.DialContext(ctx, "tcp", cfg.dialAddress())
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: dial tcp %s: %w", cfg.Address, err)
 	}
