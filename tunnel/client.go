@@ -43,10 +43,6 @@ const quicRetryAfter = 10 * time.Minute
 type ClientConfig struct {
 	Name    string
 	Address string // relay host:port
-	// DialAddress, if set, is the ip:port dialed instead of Address (one
-	// of the addresses Address's host resolves to, see Multi); Address
-	// still gives the TLS server name and names the relay in logs.
-	DialAddress string
 	Token   string // the agent's secret; never logged
 	// TLSConfig verifies the relay; build it with ClientTLS. An empty
 	// ServerName defaults to the host of Address.
@@ -70,6 +66,10 @@ type ClientConfig struct {
 	HandshakeTimeout time.Duration
 	// Clock drives the backoff waits; default the real clock.
 	Clock Clock
+	// DialAddress, if set, is the ip:port dialed instead of Address (one
+	// of the addresses Address's host resolves to, see Multi); Address
+	// still gives the TLS server name and names the relay in logs.
+	DialAddress string
 }
 
 // normalize validates cfg and fills in defaults.
