@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -117,4 +118,50 @@ func TestSessionSurvivesRelayLoss(t *testing.T) {
 	agent.waitLine(t, regexp.MustCompile(`msg="tunnel: relay down" .*relay=`+regexp.QuoteMeta(tunnels[0])+`.* relays_connected=1 relays=2`), 30*time.Second)
 	t.Logf("the agent noticed relay 1's loss %v after the SIGKILL", time.Since(killed).Round(time.Millisecond))
 	require.Error(t, relays[0].waitExit(t, 10*time.Second), "relay 1 was killed")
+}
+
+// The agent's drain (SIGTERM) reaches every relay: each answers new
+// requests 503 agent_draining, the calls in flight through each get their
+// results, and the agent exits 0 once they are done.
+func TestAgentDrainEveryRelay(t *testing.T) {
+	dir := t.TempDir()
+	relays, tunnels, urls := startRelays(t, dir, 2)
+	agent := startProc(t, "agent", nil, mcptunBin, "agent", "--config", writeMultiAgentConfig(t, dir, tunnels))
+	for _, a := range tunnels {
+		agent.waitLine(t, regexp.MustCompile(`msg="tunnel: relay up" .*relay=`+regexp.QuoteMeta(a)), 30*time.Second)
+	}
+	mcps := []string{urls[0] + "/dc1/notes/mcp", urls[1] + "/dc1/notes/mcp"}
+	// One session, calls in flight through both relays.
+	sid := openSession(t, mcps[0])
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var results []<-chan callResult
+	for i, u := range mcps {
+		out := make(chan callResult, 2)
+		for j := range 2 {
+			// Request ids unique in the session, whichever relay carries them.
+			body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"sleep","arguments":{"ms":%d}}}`, 100+2*i+j, drainSleepMs)
+			go func() {
+				r, err := post(ctx, u, sid, body)
+				out <- callResult{r, err}
+			}()
+		}
+		results = append(results, out)
+	}
+	agent.waitLines(t, sleepingLine, 4, 20*time.Second)
+	agent.signal(t, syscall.SIGTERM)
+	// Each relay hears it (the agent would refuse new requests itself too,
+	// so the relays' own word is what shows the tunnel carried the drain).
+	for _, r := range relays {
+		r.waitLine(t, regexp.MustCompile(`msg="tunnel: agent draining: routing it no new exchanges" .*agent=dc1`), 10*time.Second)
+	}
+	for i, u := range mcps {
+		r := waitRefusal(t, u, sid)
+		require.Equal(t, "agent_draining", reason(r.Body), "new request through relay %d during the drain: %s", i+1, r.Body)
+	}
+	for i, res := range results {
+		answered, others := collect(t, res, 2, drainSleepMs)
+		require.Equal(t, 2, answered, "calls in flight through relay %d across the agent's drain: %q", i+1, others)
+	}
+	require.NoError(t, agent.waitExit(t, 20*time.Second), "agent exit status")
 }
