@@ -391,16 +391,16 @@ func (m *Multi) addLocked(ctx context.Context, wg *sync.WaitGroup, key, entry, d
 	t := &relayTunnel{entry: entry, dial: key, client: c, cancel: cancel, done: make(chan struct{}), since: time.Now()}
 	m.tunnels[key] = t
 	m.log.Info("tunnel: relay added", "relay", entry, "dial", key, "relays", len(m.tunnels))
-	var tw sync.WaitGroup
-	tw.Go(func() {
-		if err := c.Run(tctx); err != nil {
-			m.log.Error("tunnel: relay tunnel stopped", "relay", entry, "dial", key, "err", err)
-		}
-	})
-	tw.Go(func() { m.watch(tctx, t) })
 	wg.Go(func() {
-		tw.Wait()
-		close(t.done)
+		defer close(t.done)
+		var run sync.WaitGroup
+		defer run.Wait()
+		run.Go(func() {
+			if err := c.Run(tctx); err != nil {
+				m.log.Error("tunnel: relay tunnel stopped", "relay", entry, "dial", key, "err", err)
+			}
+		})
+		m.watch(tctx, t)
 	})
 	return nil
 }
