@@ -535,7 +535,7 @@ func handshake(hctx context.Context, sess Session, cfg *ClientConfig, log *slog.
 		return nil, fmt.Errorf("tunnel: handshake with %s: relay answered %q, want welcome or refused", cfg.Address, truncate(a.Type, 32))
 	}
 	ctl.SetDeadline(time.Time{})
-	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), relayDraining: make(chan struct{})}
+	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), relayDraining: make(chan struct{}), relayID: a.Relay}
 	go cs.readControl() // owned by cs: Close waits for it
 	return cs, nil
 }
@@ -570,6 +570,9 @@ type clientSession struct {
 	readerDone chan struct{}
 	// relayDraining is closed when the relay says it drains.
 	relayDraining chan struct{}
+	// relayID is the relay's instance id from the welcome ("" from older
+	// relays).
+	relayID string
 
 	mu    sync.Mutex
 	cause error

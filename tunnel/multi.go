@@ -89,6 +89,13 @@ type relayTunnel struct {
 	transport string
 	since     time.Time
 	removing  bool // left DNS: draining, closed after RemoveGrace
+	// relayID is the instance id of the relay last reached. duplicateOf
+	// is the dialed address of the tunnel that reached the same relay
+	// (a load balancer's addresses lead to one relay): this one is
+	// stopped, as the two would replace each other, until that tunnel
+	// is down.
+	relayID     string
+	duplicateOf string
 }
 
 // RelayStatus is one relay's tunnel, for logs and status pages.
@@ -99,6 +106,9 @@ type RelayStatus struct {
 	Transport string    `json:"transport,omitempty"` // of the session, when connected
 	Since     time.Time `json:"since"`               // when Connected last changed
 	Removing  bool      `json:"removing,omitempty"`  // the address left DNS
+	// DuplicateOf: this address leads to the relay that tunnel (a Dial)
+	// reaches, so this tunnel is stopped while that one is up.
+	DuplicateOf string `json:"duplicate_of,omitempty"`
 }
 
 // NewMulti checks cfg; nothing is dialed until Run.
@@ -155,7 +165,7 @@ func (m *Multi) Status() []RelayStatus {
 	out := make([]RelayStatus, 0, len(m.tunnels))
 	for _, t := range m.tunnels {
 		out = append(out, RelayStatus{Address: t.entry, Dial: t.dial, Connected: t.connected,
-			Transport: t.transport, Since: t.since, Removing: t.removing})
+			Transport: t.transport, Since: t.since, Removing: t.removing, DuplicateOf: t.duplicateOf})
 	}
 	slices.SortFunc(out, func(a, b RelayStatus) int {
 		if c := strings.Compare(a.Address, b.Address); c != 0 {
@@ -237,18 +247,9 @@ func (m *Multi) Run(ctx context.Context) error {
 		m.mu.Unlock()
 		wg.Wait()
 	}()
-	names := false
-	for _, e := range m.entries {
-		names = names || !e.literal
-	}
 	failures := 0
 	for {
 		missing := m.sync(ctx, &wg)
-		if !names {
-			// Only IP addresses: nothing will change.
-			<-ctx.Done()
-			return nil
-		}
 		wait := m.cfg.ResolveInterval
 		if missing {
 			// A name with no answer yet: the agent may have started
@@ -307,11 +308,18 @@ func (m *Multi) sync(ctx context.Context, wg *sync.WaitGroup) (missing bool) {
 		}
 		wanted[key] = true
 		if t := m.tunnels[key]; t != nil {
-			if !t.removing {
+			switch {
+			case t.removing:
+				// Back in DNS while its old tunnel drains: that
+				// tunnel cannot take new work again; end it for a
+				// fresh one.
+			case t.duplicateOf != "" && !m.upLocked(t.duplicateOf):
+				// The tunnel that reached the same relay is down:
+				// this address may lead elsewhere now.
+				m.log.Info("tunnel: retrying an address that led to the relay of a tunnel now down", "relay", t.entry, "dial", t.dial, "was_duplicate_of", t.duplicateOf)
+			default:
 				continue
 			}
-			// Back in DNS while its old tunnel drains: that tunnel
-			// cannot take new work again; end it for a fresh one.
 			t.cancel()
 			delete(m.tunnels, key)
 		}
@@ -339,6 +347,12 @@ func (m *Multi) sync(ctx context.Context, wg *sync.WaitGroup) (missing bool) {
 		missing = missing || !has
 	}
 	return missing
+}
+
+// upLocked reports whether the tunnel dialing key is connected.
+func (m *Multi) upLocked(key string) bool {
+	t := m.tunnels[key]
+	return t != nil && t.connected && !t.removing
 }
 
 // lookup resolves host to the addresses of one family: IPv4 if it has
@@ -439,9 +453,9 @@ func (m *Multi) watch(ctx context.Context, t *relayTunnel) {
 	for {
 		c.mu.Lock()
 		up, ch := c.cur != nil, c.changed
-		transport := ""
+		transport, relayID := "", ""
 		if up {
-			transport = c.cur.Transport()
+			transport, relayID = c.cur.Transport(), c.cur.relayID
 		}
 		c.mu.Unlock()
 		m.mu.Lock()
@@ -449,8 +463,17 @@ func (m *Multi) watch(ctx context.Context, t *relayTunnel) {
 		if changed {
 			t.connected, t.transport, t.since = up, transport, time.Now()
 		}
+		var dups []*relayTunnel
+		if up && relayID != "" {
+			t.relayID = relayID
+			dups = m.duplicatesLocked(t)
+		}
 		n, total := m.connectedLocked(), len(m.tunnels)
 		m.mu.Unlock()
+		for _, o := range dups {
+			m.log.Warn("tunnel: two addresses lead to one relay (a load balancer's?); keeping one tunnel, as two would replace each other",
+				"relay", t.entry, "dial", t.dial, "stopped", o.dial)
+		}
 		if changed {
 			m.notify()
 			state := "down"
@@ -470,6 +493,24 @@ func (m *Multi) watch(ctx context.Context, t *relayTunnel) {
 			return
 		}
 	}
+}
+
+// duplicatesLocked stops the other tunnels that reached t's relay and
+// returns them. A tunnel already stopped as a duplicate stops no other,
+// so two tunnels that reach one relay at once do not stop each other.
+func (m *Multi) duplicatesLocked(t *relayTunnel) []*relayTunnel {
+	if t.duplicateOf != "" {
+		return nil
+	}
+	var out []*relayTunnel
+	for _, o := range m.tunnels {
+		if o != t && o.relayID == t.relayID && o.duplicateOf == "" && !o.removing {
+			o.duplicateOf = t.dial
+			o.cancel()
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 func (m *Multi) notify() {

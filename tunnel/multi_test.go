@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -314,5 +315,108 @@ func TestNewMultiErrors(t *testing.T) {
 	bad.Name = "bad name"
 	if _, err := NewMulti(MultiConfig{Client: bad, Addresses: []string{"127.0.0.1:1"}}); err == nil || !strings.Contains(err.Error(), "invalid agent name") {
 		t.Errorf("NewMulti with a bad name = %v", err)
+	}
+}
+
+// tcpForward forwards TCP connections from a new 127.0.0.1 port to target,
+// as a load balancer in front of one relay would; stopped at the end of
+// the test.
+func tcpForward(t *testing.T, target string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	track := func(c net.Conn) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if conns == nil {
+			return false // stopped
+		}
+		conns = append(conns, c)
+		return true
+	}
+	conns = []net.Conn{}
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil || !track(c) || !track(up) {
+				c.Close()
+				if up != nil {
+					up.Close()
+				}
+				continue
+			}
+			wg.Go(func() { io.Copy(up, c); up.Close() })
+			wg.Go(func() { io.Copy(c, up); c.Close() })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		conns = nil
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// Two addresses that lead to one relay (a load balancer's) get one
+// tunnel: two would replace each other at the relay over and over.
+func TestMultiOneRelayTwoAddresses(t *testing.T) {
+	ctx := testCtx(t)
+	r := startRelay(t, ServerConfig{})
+	_, directPort, _ := net.SplitHostPort(r.Addr())
+	_, fwdPort, _ := net.SplitHostPort(tcpForward(t, r.Addr()))
+	dns := &fakeDNS{}
+	dns.set("a.test", "127.0.0.1")
+	dns.set("b.test", "127.0.0.1")
+	cc := agentConfig(t, "")
+	cc.Transport = TransportTCP
+	m, lb := startMulti(t, MultiConfig{
+		Client:          cc,
+		Addresses:       []string{"a.test:" + directPort, "b.test:" + fwdPort},
+		Resolver:        dns,
+		ResolveInterval: 20 * time.Millisecond,
+	}, "a:")
+	waitFor(t, "one tunnel up and the other stopped as its duplicate", func() bool {
+		st := m.Status()
+		return len(st) == 2 && st[0].Connected != st[1].Connected &&
+			(st[0].DuplicateOf == st[1].Dial || st[1].DuplicateOf == st[0].Dial)
+	})
+	// Resolving goes on; the stopped tunnel stays stopped while the
+	// other is up, so the relay replaced the agent's session at most
+	// once (when the second tunnel first came up).
+	n := dns.count()
+	waitFor(t, "five more lookups", func() bool { return dns.count() >= n+10 })
+	if got := r.log.count("agent session replaced"); got > 1 {
+		t.Fatalf("the relay replaced the agent's session %d times", got)
+	}
+	if got, err := roundTrip(ctx, r, testAgent, []byte("x")); err != nil || string(got) != "a:x" {
+		t.Fatalf("through the relay: %q, %v", got, err)
+	}
+	if !strings.Contains(lb.String(), "two addresses lead to one relay") {
+		t.Error("the duplicate is not logged")
+	}
+
+	// The kept tunnel goes down: the stopped address is tried again.
+	r.Close()
+	r2 := startRelay(t, ServerConfig{Listen: r.Addr()})
+	r2.waitEvent(t, "lab up")
+	waitFor(t, "the stopped address to be tried again", func() bool {
+		return strings.Contains(lb.String(), "retrying an address that led to the relay of a tunnel now down")
+	})
+	if got, err := roundTrip(ctx, r2, testAgent, []byte("y")); err != nil || string(got) != "a:y" {
+		t.Fatalf("through the restarted relay: %q, %v", got, err)
 	}
 }
