@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -174,6 +175,10 @@ func relayPair(t *testing.T, cert tls.Certificate) (r1, r2 *relay, port string) 
 		r2, err := listenRelay(t, "127.0.0.2:"+port, cert)
 		if err == nil {
 			return r1, r2, port
+		}
+		if errors.Is(err, syscall.EADDRNOTAVAIL) {
+			r1.Close()
+			t.Skip("127.0.0.2 is not a local address on this system (it is on Linux)")
 		}
 		t.Logf("127.0.0.2:%s: %v; trying another port", port, err)
 		r1.Close()
