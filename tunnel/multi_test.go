@@ -394,11 +394,12 @@ func TestMultiOneRelayTwoAddresses(t *testing.T) {
 		Resolver:        dns,
 		ResolveInterval: 20 * time.Millisecond,
 	}, "a:")
-	waitFor(t, "one tunnel up and the other stopped as its duplicate", func() bool {
+	oneKept := func() bool {
 		st := m.Status()
 		return len(st) == 2 && st[0].Connected != st[1].Connected &&
 			(st[0].DuplicateOf == st[1].Dial || st[1].DuplicateOf == st[0].Dial)
-	})
+	}
+	waitFor(t, "one tunnel up and the other stopped as its duplicate", oneKept)
 	// Resolving goes on; the stopped tunnel stays stopped while the
 	// other is up, so the relay replaced the agent's session at most
 	// once (when the second tunnel first came up).
@@ -421,6 +422,9 @@ func TestMultiOneRelayTwoAddresses(t *testing.T) {
 	waitFor(t, "the stopped address to be tried again", func() bool {
 		return strings.Contains(lb.String(), "retrying an address that led to the relay of a tunnel now down")
 	})
+	// Both lead to the restarted relay: whichever connects second
+	// replaces the other's session there (once), and that one stops.
+	waitFor(t, "one tunnel kept again", oneKept)
 	if got, err := roundTrip(ctx, r2, testAgent, []byte("y")); err != nil || string(got) != "a:y" {
 		t.Fatalf("through the restarted relay: %q, %v", got, err)
 	}
