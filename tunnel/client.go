@@ -76,6 +76,10 @@ type ClientConfig struct {
 
 	// resetKey is the agent's QUIC stateless reset key, derived from Token.
 	resetKey *quic.StatelessResetKey
+	// DialAddress, if set, is the ip:port dialed instead of Address (one
+	// of the addresses Address's host resolves to, see Multi); Address
+	// still gives the TLS server name and names the relay in logs.
+	DialAddress string
 }
 
 // normalize validates cfg and fills in defaults.
@@ -89,6 +93,9 @@ func (cfg ClientConfig) normalize() (ClientConfig, error) {
 	host, port, err := net.SplitHostPort(cfg.Address)
 	if err != nil || host == "" || port == "" {
 		return fail("relay address %q is not host:port", cfg.Address)
+	}
+	if _, _, err := net.SplitHostPort(cfg.DialAddress); cfg.DialAddress != "" && err != nil {
+		return fail("dial address %q is not host:port", cfg.DialAddress)
 	}
 	if cfg.TLSConfig == nil {
 		return fail("TLSConfig is required (see ClientTLS)")
@@ -150,6 +157,14 @@ func (cfg ClientConfig) normalize() (ClientConfig, error) {
 	}
 	cfg.Servers = append([]OfferedServer(nil), cfg.Servers...)
 	return cfg, nil
+}
+
+// dialAddress is the host:port to dial.
+func (cfg *ClientConfig) dialAddress() string {
+	if cfg.DialAddress != "" {
+		return cfg.DialAddress
+	}
+	return cfg.Address
 }
 
 // Client is the agent end of the tunnel: it keeps a session to the relay
@@ -594,7 +609,7 @@ func dialQUIC(ctx context.Context, cfg *ClientConfig, log *slog.Logger, qd *quic
 	fail := func(err error) (Session, error) {
 		return nil, fmt.Errorf("tunnel: dial quic %s: %w", cfg.Address, err)
 	}
-	raddr, err := net.ResolveUDPAddr("udp", cfg.Address)
+	raddr, err := net.ResolveUDPAddr("udp", cfg.dialAddress())
 	if err != nil {
 		return fail(err)
 	}
@@ -641,7 +656,7 @@ func dialQUIC(ctx context.Context, cfg *ClientConfig, log *slog.Logger, qd *quic
 
 func dialTCP(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session, error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", cfg.Address)
+	c, err := d.DialContext(ctx, "tcp", cfg.dialAddress())
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: dial tcp %s: %w", cfg.Address, err)
 	}
@@ -757,7 +772,7 @@ func handshake(hctx context.Context, sess Session, cfg *ClientConfig, log *slog.
 		return nil, fmt.Errorf("tunnel: handshake with %s: relay answered %q, want welcome or refused", cfg.Address, truncate(a.Type, 32))
 	}
 	ctl.SetDeadline(time.Time{})
-	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), beatDone: make(chan struct{}), relayDraining: make(chan struct{})}
+	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), beatDone: make(chan struct{}), relayDraining: make(chan struct{}), relayID: a.Relay}
 	go cs.readControl() // owned by cs: Close waits for it
 	go cs.heartbeat()   // likewise
 	return cs, nil
@@ -794,6 +809,9 @@ type clientSession struct {
 	beatDone   chan struct{}
 	// relayDraining is closed when the relay says it drains.
 	relayDraining chan struct{}
+	// relayID is the relay's instance id from the welcome ("" from older
+	// relays).
+	relayID string
 
 	mu    sync.Mutex
 	cause error

@@ -140,6 +140,11 @@ type answer struct {
 	Version int    `json:"version,omitempty"`
 	Code    string `json:"code,omitempty"`
 	Message string `json:"message,omitempty"`
+
+	// Relay, in a welcome, is the relay process's random instance id: an
+	// agent that reaches one relay at two addresses (a load balancer's)
+	// sees it and keeps one tunnel, as two would replace each other.
+	Relay string `json:"relay,omitempty"`
 }
 
 // errBadFrame marks a frame whose length prefix is invalid, as opposed to a

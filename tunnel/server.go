@@ -101,6 +101,7 @@ type Server struct {
 	log       *slog.Logger
 	creds     map[string][32]byte
 	dummy     [32]byte // compared against for unknown names
+	id        string   // random instance id, sent in the welcome
 	hsTimeout time.Duration
 	onChange  func(string, bool)
 	tcpTLS    *tls.Config
@@ -258,6 +259,11 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if !stableKey && !cfg.DisableQUIC {
 		s.log.Warn("tunnel: no TLS private key to derive the QUIC stateless reset key from; agents will notice a restarted relay only at their idle timeout")
 	}
+	var id [8]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, fmt.Errorf("tunnel: listen: %w", err)
+	}
+	s.id = fmt.Sprintf("%x", id)
 
 	tcpLn, udpConn, err := bind(cfg.Listen, !cfg.DisableTCP, !cfg.DisableQUIC)
 	if err != nil {
@@ -599,7 +605,7 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	// Register before the welcome: once the agent believes it is
 	// connected, Dial must find it.
 	s.register(a)
-	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion}); err != nil {
+	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion, Relay: s.id}); err != nil {
 		s.log.Debug("tunnel: handshake: send welcome", "agent", h.Agent, "remote", remote, "err", err)
 		s.deregister(a)
 		return
