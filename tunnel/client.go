@@ -798,6 +798,10 @@ type clientSession struct {
 	mu    sync.Mutex
 	cause error
 
+	// wmu serialises the agent's frames after the hello (heartbeat pings
+	// and "draining"): each sets its own write deadline, and one must not
+	// clear or shorten the other's mid-write.
+	wmu       sync.Mutex
 	drainOnce sync.Once
 	drainErr  error
 }
@@ -805,12 +809,19 @@ type clientSession struct {
 // sendDraining tells the relay, once, that the agent drains.
 func (cs *clientSession) sendDraining() error {
 	cs.drainOnce.Do(func() {
-		// The only frame the agent writes after the hello: no lock.
-		cs.ctl.SetWriteDeadline(time.Now().Add(lingerTimeout))
-		cs.drainErr = writeFrame(cs.ctl, answer{Type: typeDraining})
-		cs.ctl.SetWriteDeadline(time.Time{})
+		cs.drainErr = cs.writeControl(answer{Type: typeDraining}, lingerTimeout)
 	})
 	return cs.drainErr
+}
+
+// writeControl writes one frame on the control stream, given timeout to
+// go out.
+func (cs *clientSession) writeControl(f answer, timeout time.Duration) error {
+	cs.wmu.Lock()
+	defer cs.wmu.Unlock()
+	cs.ctl.SetWriteDeadline(time.Now().Add(timeout))
+	defer cs.ctl.SetWriteDeadline(time.Time{})
+	return writeFrame(cs.ctl, f)
 }
 
 func (cs *clientSession) readControl() {
@@ -873,8 +884,7 @@ func (cs *clientSession) heartbeat() {
 		}
 		// A write that cannot finish within the idle timeout means the
 		// session is dead; its transport says so too, moments later.
-		cs.ctl.SetWriteDeadline(time.Now().Add(idleTimeout))
-		if err := writeFrame(cs.ctl, answer{Type: typePing}); err != nil {
+		if err := cs.writeControl(answer{Type: typePing}, idleTimeout); err != nil {
 			return
 		}
 	}
