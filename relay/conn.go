@@ -73,7 +73,7 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 		BadRequest:    func(reason string) []byte { return errorJSON(reasonBadRequest, reason) },
 		ErrorBody:     errorJSON,
 		Cut: func(c net.Conn, reason string, err error) {
-			h.cutLog.log(h.log, slog.LevelDebug, "client cut", "reason", reason, "remote", c.RemoteAddr(), "err", err)
+			h.cutLog.Log(h.log, slog.LevelDebug, "client cut", "reason", reason, "remote", c.RemoteAddr(), "err", err)
 		},
 		RouteConn: func(c net.Conn, head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 			rt, ok := h.fastRoute(authguard.AddrOf(c.RemoteAddr()), head)

@@ -9,10 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sync/atomic"
 	"time"
-
-	"golang.org/x/time/rate"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
 )
@@ -58,7 +55,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 	if errors.Is(err, httpfwd.ErrBodyStalled) {
 		// Before the check below: net/http cancels the request's context
 		// on any failed read of the connection, this one too.
-		h.cutLog.log(h.log, slog.LevelDebug, "client cut", "reason", "body_timeout", "client", client, "agent", agent, "server", server,
+		h.cutLog.Log(h.log, slog.LevelDebug, "client cut", "reason", "body_timeout", "client", client, "agent", agent, "server", server,
 			"remote", r.RemoteAddr, "body_timeout", h.limits.BodyTimeout)
 		w.Header().Set("Connection", "close")
 		writeError(w, http.StatusRequestTimeout, "body_timeout", fmt.Sprintf("the request body made no progress for %s", h.limits.BodyTimeout))
@@ -88,11 +85,11 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 func (h *Handler) cutShort(client, agent, server string, err error) {
 	switch {
 	case errors.Is(err, httpfwd.ErrClientBacklog):
-		h.cutLog.log(h.log, slog.LevelWarn, "slow client cut", "reason", "backlog", "client", client, "agent", agent, "server", server,
+		h.cutLog.Log(h.log, slog.LevelWarn, "slow client cut", "reason", "backlog", "client", client, "agent", agent, "server", server,
 			"stalled_clients", h.stallN)
 		return
 	case errors.Is(err, httpfwd.ErrClientStalled):
-		h.cutLog.log(h.log, slog.LevelWarn, "slow client cut", "reason", "write_timeout", "client", client, "agent", agent, "server", server,
+		h.cutLog.Log(h.log, slog.LevelWarn, "slow client cut", "reason", "write_timeout", "client", client, "agent", agent, "server", server,
 			"write_timeout", h.limits.WriteTimeout)
 		return
 	}
@@ -238,34 +235,4 @@ func (h *Handler) forwarder(agent string) *httpfwd.Forwarder {
 	}, httpfwd.Options{MaxIdle: 1024})
 	h.forwarders[agent] = f
 	return f
-}
-
-// logLimit caps a kind of log line that clients can cause at will (cuts,
-// failed authentication), so that the log cannot be flooded: up to
-// logBurst lines at once, logRate a second after that; the lines left out
-// are counted in the next one's "suppressed".
-type logLimit struct {
-	lim        *rate.Limiter
-	suppressed atomic.Int64
-}
-
-const (
-	logRate  = 5
-	logBurst = 20
-)
-
-func newLogLimit() *logLimit { return &logLimit{lim: rate.NewLimiter(logRate, logBurst)} }
-
-func (l *logLimit) log(log *slog.Logger, level slog.Level, msg string, args ...any) {
-	if !log.Enabled(context.Background(), level) {
-		return
-	}
-	if !l.lim.Allow() {
-		l.suppressed.Add(1)
-		return
-	}
-	if n := l.suppressed.Swap(0); n > 0 {
-		args = append(args, "suppressed", n)
-	}
-	log.Log(context.Background(), level, msg, args...)
 }

@@ -51,6 +51,7 @@ import (
 
 	"github.com/mcptun/mcptun/internal/authguard"
 	"github.com/mcptun/mcptun/internal/httpfwd"
+	"github.com/mcptun/mcptun/internal/logging"
 	"github.com/mcptun/mcptun/internal/ratelimit"
 )
 
@@ -179,7 +180,7 @@ type Handler struct {
 	leave    func()      // inflight.Leave, made once
 	closed   atomic.Bool // Close was called: failures are the relay's doing
 	limits   Limits
-	cutLog   *logLimit // clients cut for a timeout
+	cutLog   *logging.Limit // clients cut for a timeout
 	guard    *authguard.Guard
 	stallN   int
 
@@ -201,7 +202,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		forwarders: make(map[string]*httpfwd.Forwarder),
 		inflight:   httpfwd.NewInflight(),
 		limits:     cfg.Limits,
-		cutLog:     newLogLimit(),
+		cutLog:     logging.NewLimit(logging.LimitRate, logging.LimitBurst),
 		guard:      cfg.AuthGuard,
 		stallN:     cfg.MaxStalledPerAgent,
 		stalls:     make(map[string]*httpfwd.StallBudget),
