@@ -127,10 +127,23 @@ func stalledClient(t *testing.T, addr, extraHeader string) net.Conn {
 // (Connection: keep-alive sends an exchange there), and exchanges of
 // clients that read go on.
 func TestStallBudget(t *testing.T) {
+	const netHTTP = "Connection: keep-alive\r\n"
+	for _, tc := range []struct {
+		name string
+		hdrs []string // the last one's client is cut
+	}{
+		{"fast path cut", []string{"", netHTTP, ""}},
+		{"net/http cut", []string{"", "", netHTTP}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testStallBudget(t, tc.hdrs) })
+	}
+}
+
+func testStallBudget(t *testing.T, hdrs []string) {
 	h, addr, log := stallStack(t)
 	budget := h.stallBudget("dc1")
 	var conns []net.Conn
-	for i, hdr := range []string{"", "Connection: keep-alive\r\n", ""} {
+	for i, hdr := range hdrs {
 		conns = append(conns, stalledClient(t, addr, hdr))
 		want := min(i+1, 2)
 		require.Eventually(t, func() bool { return budget.Stalled() == int64(want) && budget.Cuts() == uint64(i+1-want) },
