@@ -189,8 +189,9 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 	// method points into the head, whose memory a parked exchange gives
 	// back (httpfwd.RawRequest.OnPark).
 	rt.method = nil
+	fwd, stalls := h.agentPath(rt.agent)
 	return &httpfwd.Exchange{
-		Fwd: h.forwarder(rt.agent),
+		Fwd: fwd,
 		Req: httpfwd.RawRequest{Head: b},
 		Failed: func(err error) (int, string, []byte) {
 			status, reason, msg := h.forwardFailed(rt.client.Name, rt.agent, rt.server, err)
@@ -204,7 +205,7 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 			h.cutShort(rt.client.Name, rt.agent, rt.server, err)
 		},
 		Done:   done,
-		Stalls: h.stallBudget(rt.agent),
+		Stalls: stalls,
 	}
 }
 

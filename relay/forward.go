@@ -36,11 +36,12 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &stallBody{ReadCloser: r.Body, rc: rc, timeout: h.limits.BodyTimeout}
 	}
+	fwd, stalls := h.agentPath(agent)
 	tw := &stallWriter{ResponseWriter: w, rc: rc, timeout: h.limits.WriteTimeout}
-	tw.watch.Watch(h.stallBudget(agent), ClientStallAfter, func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
+	tw.watch.Watch(stalls, ClientStallAfter, func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
 	defer tw.watch.Stop()
 	w = tw
-	err := h.forwarder(agent).Forward(w, r, httpfwd.Request{
+	err := fwd.Forward(w, r, httpfwd.Request{
 		Host:       agent,
 		RequestURI: "/" + server + "/mcp",
 		SetHeader:  http.Header{ClientHeader: {client}},
@@ -205,34 +206,33 @@ func (h *Handler) forwardFailed(client, agent, server string, err error) (status
 // nothing now (each holding a place in its stall budget) and how many
 // were cut for want of one.
 func (h *Handler) StalledClients(agent string) (stalled int64, cut uint64) {
-	b := h.stallBudget(agent)
+	_, b := h.agentPath(agent)
 	return b.Stalled(), b.Cuts()
 }
 
-// stallBudget returns the agent's budget of clients that read nothing.
-// It outlives the agent's sessions: exchanges give their places back to
-// it whenever they end.
-func (h *Handler) stallBudget(agent string) *httpfwd.StallBudget {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	b := h.stalls[agent]
-	if b == nil {
-		b = httpfwd.NewStallBudget(h.stallN)
-		h.stalls[agent] = b
-	}
-	return b
+// perAgent is what the relay keeps for an agent: its stream pool, made
+// again after the agent's session ended (AgentDown), and its budget of
+// clients that read nothing, which outlives sessions (exchanges give their
+// places back to it whenever they end).
+type perAgent struct {
+	fwd    *httpfwd.Forwarder
+	stalls *httpfwd.StallBudget
 }
 
-// forwarder returns the agent's stream pool.
-func (h *Handler) forwarder(agent string) *httpfwd.Forwarder {
+// agentPath returns the agent's stream pool and stall budget, with one
+// look-up per exchange.
+func (h *Handler) agentPath(agent string) (*httpfwd.Forwarder, *httpfwd.StallBudget) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if f := h.forwarders[agent]; f != nil {
-		return f
+	pa := h.perAgent[agent]
+	if pa == nil {
+		pa = &perAgent{stalls: httpfwd.NewStallBudget(h.stallN)}
+		h.perAgent[agent] = pa
 	}
-	f := httpfwd.New(func(ctx context.Context) (net.Conn, error) {
-		return h.agents.Dial(ctx, agent)
-	}, httpfwd.Options{MaxIdle: 1024})
-	h.forwarders[agent] = f
-	return f
+	if pa.fwd == nil {
+		pa.fwd = httpfwd.New(func(ctx context.Context) (net.Conn, error) {
+			return h.agents.Dial(ctx, agent)
+		}, httpfwd.Options{MaxIdle: 1024})
+	}
+	return pa.fwd, pa.stalls
 }

@@ -184,9 +184,8 @@ type Handler struct {
 	guard    *authguard.Guard
 	stallN   int
 
-	mu         sync.Mutex
-	forwarders map[string]*httpfwd.Forwarder // per agent, so one agent's reconnect drops only its streams
-	stalls     map[string]*httpfwd.StallBudget
+	mu       sync.Mutex
+	perAgent map[string]*perAgent // so one agent's reconnect drops only its streams
 }
 
 // NewHandler returns the relay's HTTP handler.
@@ -195,17 +194,16 @@ func NewHandler(cfg Config) (*Handler, error) {
 		return nil, errors.New("relay: Config.Agents is nil")
 	}
 	h := &Handler{
-		agents:     cfg.Agents,
-		known:      make(map[string]bool),
-		origins:    make(map[string]bool),
-		log:        cfg.Logger,
-		forwarders: make(map[string]*httpfwd.Forwarder),
-		inflight:   httpfwd.NewInflight(),
-		limits:     cfg.Limits,
-		cutLog:     logging.NewLimit(logging.LimitRate, logging.LimitBurst),
-		guard:      cfg.AuthGuard,
-		stallN:     cfg.MaxStalledPerAgent,
-		stalls:     make(map[string]*httpfwd.StallBudget),
+		agents:   cfg.Agents,
+		known:    make(map[string]bool),
+		origins:  make(map[string]bool),
+		log:      cfg.Logger,
+		perAgent: make(map[string]*perAgent),
+		inflight: httpfwd.NewInflight(),
+		limits:   cfg.Limits,
+		cutLog:   logging.NewLimit(logging.LimitRate, logging.LimitBurst),
+		guard:    cfg.AuthGuard,
+		stallN:   cfg.MaxStalledPerAgent,
 	}
 	h.leave = h.inflight.Leave
 	h.draining, _ = cfg.Agents.(DrainingAgents)
@@ -279,9 +277,11 @@ func (h *Handler) agentDraining(agent string) bool {
 
 // AgentDown drops the pooled streams of an agent whose session ended.
 func (h *Handler) AgentDown(agent string) {
+	var f *httpfwd.Forwarder
 	h.mu.Lock()
-	f := h.forwarders[agent]
-	delete(h.forwarders, agent)
+	if pa := h.perAgent[agent]; pa != nil {
+		f, pa.fwd = pa.fwd, nil
+	}
 	h.mu.Unlock()
 	if f != nil {
 		f.Close()
@@ -293,9 +293,14 @@ func (h *Handler) AgentDown(agent string) {
 // relay_shutdown.
 func (h *Handler) Close() error {
 	h.closed.Store(true)
+	var fs []*httpfwd.Forwarder
 	h.mu.Lock()
-	fs := h.forwarders
-	h.forwarders = make(map[string]*httpfwd.Forwarder)
+	for _, pa := range h.perAgent {
+		if pa.fwd != nil {
+			fs = append(fs, pa.fwd)
+			pa.fwd = nil
+		}
+	}
 	h.mu.Unlock()
 	for _, f := range fs {
 		f.Close()

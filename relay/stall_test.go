@@ -141,7 +141,7 @@ func TestStallBudget(t *testing.T) {
 
 func testStallBudget(t *testing.T, hdrs []string) {
 	h, addr, log := stallStack(t)
-	budget := h.stallBudget("dc1")
+	_, budget := h.agentPath("dc1")
 	var conns []net.Conn
 	for i, hdr := range hdrs {
 		conns = append(conns, stalledClient(t, addr, hdr))
