@@ -197,7 +197,7 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 			status, reason, msg := h.forwardFailed(rt.client.Name, rt.agent, rt.server, err)
 			header := "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
 			if status == http.StatusServiceUnavailable {
-				header += "Retry-After: 5\r\n"
+				header += "Retry-After: " + unavailableRetryAfter + "\r\n"
 			}
 			return status, header, errorJSON(reason, msg)
 		},

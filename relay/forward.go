@@ -74,7 +74,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 	}
 	status, reason, msg := h.forwardFailed(client, agent, server, err)
 	if status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", "5")
+		w.Header().Set("Retry-After", unavailableRetryAfter)
 	}
 	writeError(w, status, reason, msg)
 }

@@ -395,7 +395,7 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 	if !online {
 		return nil, &refusal{status: http.StatusServiceUnavailable, reason: "agent_offline",
 			msg:    fmt.Sprintf("agent %q is not connected; try again when it reconnects", agent),
-			header: "Retry-After", value: "5"}
+			header: "Retry-After", value: unavailableRetryAfter}
 	}
 	if !offered {
 		return nil, &refusal{status: http.StatusNotFound, reason: "unknown_server",
@@ -404,7 +404,7 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 	if h.agentDraining(agent) {
 		return nil, &refusal{status: http.StatusServiceUnavailable, reason: "agent_draining",
 			msg:    fmt.Sprintf("agent %q is shutting down and takes no new requests; try again shortly", agent),
-			header: "Retry-After", value: drainRetryAfter}
+			header: "Retry-After", value: unavailableRetryAfter}
 	}
 	// Last: an exchange refused for another reason takes no token.
 	if wait, ok := client.limiter.Take(); !ok {
@@ -418,15 +418,16 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 	return client, nil
 }
 
-// drainRetryAfter is the Retry-After of refusals by a draining relay or
-// agent: about the time a restart takes.
-const drainRetryAfter = "5"
+// unavailableRetryAfter is the Retry-After of every 503 (an agent offline
+// or draining, a draining relay): about the time a restart or reconnect
+// takes.
+const unavailableRetryAfter = "5"
 
 // relayDraining refuses every exchange once the relay drains: the client
 // should go to another relay, or come back once this one restarted.
 var relayDraining = &refusal{status: http.StatusServiceUnavailable, reason: "relay_draining",
 	msg:    "the relay is shutting down and takes no new requests; try again shortly",
-	header: "Retry-After", value: drainRetryAfter}
+	header: "Retry-After", value: unavailableRetryAfter}
 
 // authenticate returns the client whose token the request carries, or nil and
 // the WWW-Authenticate challenge to send.
