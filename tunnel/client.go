@@ -402,7 +402,7 @@ func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (
 	var probed chan *clientSession // at most one session, then closed
 	var probing sync.WaitGroup
 	probeCtx, stopProbe := context.WithCancel(ctx)
-	// stopProbe ends the prober and closes a session it connected too
+	// endProbe ends the prober and closes a session it connected too
 	// late to be used.
 	endProbe := func() {
 		stopProbe()
