@@ -50,3 +50,23 @@ func (l *Limit) logAt(now time.Time, log *slog.Logger, level slog.Level, msg str
 	}
 	log.Log(context.Background(), level, msg, args...)
 }
+
+// Every lets one line through per interval, for a condition that lasts
+// (a full table, a flood of connections) and is worth a line now and
+// then, not one per occurrence. The zero Every lets the first line
+// through; it is safe for concurrent use.
+type Every struct {
+	last atomic.Int64 // unix nanos of the last line let through
+}
+
+// Allow reports whether a line may go out now, interval after the last
+// one, and if so counts it as sent.
+func (e *Every) Allow(interval time.Duration) bool {
+	return e.allowAt(time.Now(), interval)
+}
+
+func (e *Every) allowAt(now time.Time, interval time.Duration) bool {
+	n := now.UnixNano()
+	last := e.last.Load()
+	return n-last > int64(interval) && e.last.CompareAndSwap(last, n)
+}

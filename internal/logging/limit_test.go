@@ -47,3 +47,20 @@ func TestLimit(t *testing.T) {
 	require.Len(t, got, 3)
 	require.EqualValues(t, 3, got[2]["lines_suppressed"])
 }
+
+func TestEvery(t *testing.T) {
+	var e Every
+	now := time.Now()
+	for _, tc := range []struct {
+		after time.Duration
+		want  bool
+	}{
+		{0, true},
+		{time.Second, false},
+		{59 * time.Second, false},
+		{61 * time.Second, true},
+		{62 * time.Second, false},
+	} {
+		require.Equal(t, tc.want, e.allowAt(now.Add(tc.after), time.Minute), "at +%s", tc.after)
+	}
+}
