@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,8 +14,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
 // lockedBuf is a log sink for a handler's concurrent writes.
@@ -81,26 +78,12 @@ func stallStack(t *testing.T) (h *Handler, addr string, log *lockedBuf) {
 		MaxStalledPerAgent: 2,
 	})
 	require.NoError(t, err)
-	clientLn, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	fast := httpfwd.NewConnServer(h.ServeConn, clientLn.Addr())
-	front := httptest.NewUnstartedServer(h)
-	front.Listener = fast.Handoff()
-	front.Start()
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = fast.Serve(clientLn)
-	}()
-	t.Cleanup(func() {
+	addr, _ = startFront(t, h, nil)
+	t.Cleanup(func() { // before the front's: see newConnFixture
 		_ = agentSrv.Close()
 		<-agentServed
-		_ = fast.Close()
-		<-served
-		front.Close()
-		h.Close()
 	})
-	return h, clientLn.Addr().String(), log
+	return h, addr, log
 }
 
 // stalledClient opens a GET stream and reads none of it, with a receive
