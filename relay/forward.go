@@ -9,10 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sync/atomic"
 	"time"
-
-	"golang.org/x/time/rate"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
 )
@@ -39,11 +36,12 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &stallBody{ReadCloser: r.Body, rc: rc, timeout: h.limits.BodyTimeout}
 	}
+	fwd, stalls := h.agentPath(agent)
 	tw := &stallWriter{ResponseWriter: w, rc: rc, timeout: h.limits.WriteTimeout}
-	tw.watch.Watch(h.stallBudget(agent), ClientStallAfter, func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
+	tw.watch.Watch(stalls, ClientStallAfter, func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
 	defer tw.watch.Stop()
 	w = tw
-	err := h.forwarder(agent).Forward(w, r, httpfwd.Request{
+	err := fwd.Forward(w, r, httpfwd.Request{
 		Host:       agent,
 		RequestURI: "/" + server + "/mcp",
 		SetHeader:  http.Header{ClientHeader: {client}},
@@ -58,7 +56,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 	if errors.Is(err, httpfwd.ErrBodyStalled) {
 		// Before the check below: net/http cancels the request's context
 		// on any failed read of the connection, this one too.
-		h.cutLog.log(h.log, slog.LevelDebug, "client cut", "reason", "body_timeout", "client", client, "agent", agent, "server", server,
+		h.cutLog.Log(h.log, slog.LevelDebug, "client cut", "reason", "body_timeout", "client", client, "agent", agent, "server", server,
 			"remote", r.RemoteAddr, "body_timeout", h.limits.BodyTimeout)
 		w.Header().Set("Connection", "close")
 		writeError(w, http.StatusRequestTimeout, "body_timeout", fmt.Sprintf("the request body made no progress for %s", h.limits.BodyTimeout))
@@ -76,7 +74,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 	}
 	status, reason, msg := h.forwardFailed(client, agent, server, err)
 	if status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", "5")
+		w.Header().Set("Retry-After", unavailableRetryAfter)
 	}
 	writeError(w, status, reason, msg)
 }
@@ -88,11 +86,11 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, client, agent,
 func (h *Handler) cutShort(client, agent, server string, err error) {
 	switch {
 	case errors.Is(err, httpfwd.ErrClientBacklog):
-		h.cutLog.log(h.log, slog.LevelWarn, "slow client cut", "reason", "backlog", "client", client, "agent", agent, "server", server,
+		h.cutLog.Log(h.log, slog.LevelWarn, "slow client cut", "reason", "backlog", "client", client, "agent", agent, "server", server,
 			"stalled_clients", h.stallN)
 		return
 	case errors.Is(err, httpfwd.ErrClientStalled):
-		h.cutLog.log(h.log, slog.LevelWarn, "slow client cut", "reason", "write_timeout", "client", client, "agent", agent, "server", server,
+		h.cutLog.Log(h.log, slog.LevelWarn, "slow client cut", "reason", "write_timeout", "client", client, "agent", agent, "server", server,
 			"write_timeout", h.limits.WriteTimeout)
 		return
 	}
@@ -208,64 +206,33 @@ func (h *Handler) forwardFailed(client, agent, server string, err error) (status
 // nothing now (each holding a place in its stall budget) and how many
 // were cut for want of one.
 func (h *Handler) StalledClients(agent string) (stalled int64, cut uint64) {
-	b := h.stallBudget(agent)
+	_, b := h.agentPath(agent)
 	return b.Stalled(), b.Cuts()
 }
 
-// stallBudget returns the agent's budget of clients that read nothing.
-// It outlives the agent's sessions: exchanges give their places back to
-// it whenever they end.
-func (h *Handler) stallBudget(agent string) *httpfwd.StallBudget {
+// perAgent is what the relay keeps for an agent: its stream pool, made
+// again after the agent's session ended (AgentDown), and its budget of
+// clients that read nothing, which outlives sessions (exchanges give their
+// places back to it whenever they end).
+type perAgent struct {
+	fwd    *httpfwd.Forwarder
+	stalls *httpfwd.StallBudget
+}
+
+// agentPath returns the agent's stream pool and stall budget, with one
+// look-up per exchange.
+func (h *Handler) agentPath(agent string) (*httpfwd.Forwarder, *httpfwd.StallBudget) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	b := h.stalls[agent]
-	if b == nil {
-		b = httpfwd.NewStallBudget(h.stallN)
-		h.stalls[agent] = b
+	pa := h.perAgent[agent]
+	if pa == nil {
+		pa = &perAgent{stalls: httpfwd.NewStallBudget(h.stallN)}
+		h.perAgent[agent] = pa
 	}
-	return b
-}
-
-// forwarder returns the agent's stream pool.
-func (h *Handler) forwarder(agent string) *httpfwd.Forwarder {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if f := h.forwarders[agent]; f != nil {
-		return f
+	if pa.fwd == nil {
+		pa.fwd = httpfwd.New(func(ctx context.Context) (net.Conn, error) {
+			return h.agents.Dial(ctx, agent)
+		}, httpfwd.Options{MaxIdle: 1024})
 	}
-	f := httpfwd.New(func(ctx context.Context) (net.Conn, error) {
-		return h.agents.Dial(ctx, agent)
-	}, httpfwd.Options{MaxIdle: 1024})
-	h.forwarders[agent] = f
-	return f
-}
-
-// logLimit caps a kind of log line that clients can cause at will (cuts,
-// failed authentication), so that the log cannot be flooded: up to
-// logBurst lines at once, logRate a second after that; the lines left out
-// are counted in the next one's "suppressed".
-type logLimit struct {
-	lim        *rate.Limiter
-	suppressed atomic.Int64
-}
-
-const (
-	logRate  = 5
-	logBurst = 20
-)
-
-func newLogLimit() *logLimit { return &logLimit{lim: rate.NewLimiter(logRate, logBurst)} }
-
-func (l *logLimit) log(log *slog.Logger, level slog.Level, msg string, args ...any) {
-	if !log.Enabled(context.Background(), level) {
-		return
-	}
-	if !l.lim.Allow() {
-		l.suppressed.Add(1)
-		return
-	}
-	if n := l.suppressed.Swap(0); n > 0 {
-		args = append(args, "suppressed", n)
-	}
-	log.Log(context.Background(), level, msg, args...)
+	return pa.fwd, pa.stalls
 }

@@ -51,6 +51,7 @@ import (
 
 	"github.com/mcptun/mcptun/internal/authguard"
 	"github.com/mcptun/mcptun/internal/httpfwd"
+	"github.com/mcptun/mcptun/internal/logging"
 	"github.com/mcptun/mcptun/internal/ratelimit"
 )
 
@@ -179,13 +180,12 @@ type Handler struct {
 	leave    func()      // inflight.Leave, made once
 	closed   atomic.Bool // Close was called: failures are the relay's doing
 	limits   Limits
-	cutLog   *logLimit // clients cut for a timeout
+	cutLog   *logging.Limit // clients cut for a timeout
 	guard    *authguard.Guard
 	stallN   int
 
-	mu         sync.Mutex
-	forwarders map[string]*httpfwd.Forwarder // per agent, so one agent's reconnect drops only its streams
-	stalls     map[string]*httpfwd.StallBudget
+	mu       sync.Mutex
+	perAgent map[string]*perAgent // so one agent's reconnect drops only its streams
 }
 
 // NewHandler returns the relay's HTTP handler.
@@ -194,17 +194,16 @@ func NewHandler(cfg Config) (*Handler, error) {
 		return nil, errors.New("relay: Config.Agents is nil")
 	}
 	h := &Handler{
-		agents:     cfg.Agents,
-		known:      make(map[string]bool),
-		origins:    make(map[string]bool),
-		log:        cfg.Logger,
-		forwarders: make(map[string]*httpfwd.Forwarder),
-		inflight:   httpfwd.NewInflight(),
-		limits:     cfg.Limits,
-		cutLog:     newLogLimit(),
-		guard:      cfg.AuthGuard,
-		stallN:     cfg.MaxStalledPerAgent,
-		stalls:     make(map[string]*httpfwd.StallBudget),
+		agents:   cfg.Agents,
+		known:    make(map[string]bool),
+		origins:  make(map[string]bool),
+		log:      cfg.Logger,
+		perAgent: make(map[string]*perAgent),
+		inflight: httpfwd.NewInflight(),
+		limits:   cfg.Limits,
+		cutLog:   logging.NewLimit(logging.LimitRate, logging.LimitBurst),
+		guard:    cfg.AuthGuard,
+		stallN:   cfg.MaxStalledPerAgent,
 	}
 	h.leave = h.inflight.Leave
 	h.draining, _ = cfg.Agents.(DrainingAgents)
@@ -278,9 +277,11 @@ func (h *Handler) agentDraining(agent string) bool {
 
 // AgentDown drops the pooled streams of an agent whose session ended.
 func (h *Handler) AgentDown(agent string) {
+	var f *httpfwd.Forwarder
 	h.mu.Lock()
-	f := h.forwarders[agent]
-	delete(h.forwarders, agent)
+	if pa := h.perAgent[agent]; pa != nil {
+		f, pa.fwd = pa.fwd, nil
+	}
 	h.mu.Unlock()
 	if f != nil {
 		f.Close()
@@ -292,9 +293,14 @@ func (h *Handler) AgentDown(agent string) {
 // relay_shutdown.
 func (h *Handler) Close() error {
 	h.closed.Store(true)
+	var fs []*httpfwd.Forwarder
 	h.mu.Lock()
-	fs := h.forwarders
-	h.forwarders = make(map[string]*httpfwd.Forwarder)
+	for _, pa := range h.perAgent {
+		if pa.fwd != nil {
+			fs = append(fs, pa.fwd)
+			pa.fwd = nil
+		}
+	}
 	h.mu.Unlock()
 	for _, f := range fs {
 		f.Close()
@@ -389,7 +395,7 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 	if !online {
 		return nil, &refusal{status: http.StatusServiceUnavailable, reason: "agent_offline",
 			msg:    fmt.Sprintf("agent %q is not connected; try again when it reconnects", agent),
-			header: "Retry-After", value: "5"}
+			header: "Retry-After", value: unavailableRetryAfter}
 	}
 	if !offered {
 		return nil, &refusal{status: http.StatusNotFound, reason: "unknown_server",
@@ -398,7 +404,7 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 	if h.agentDraining(agent) {
 		return nil, &refusal{status: http.StatusServiceUnavailable, reason: "agent_draining",
 			msg:    fmt.Sprintf("agent %q is shutting down and takes no new requests; try again shortly", agent),
-			header: "Retry-After", value: drainRetryAfter}
+			header: "Retry-After", value: unavailableRetryAfter}
 	}
 	// Last: an exchange refused for another reason takes no token.
 	if wait, ok := client.limiter.Take(); !ok {
@@ -412,15 +418,16 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 	return client, nil
 }
 
-// drainRetryAfter is the Retry-After of refusals by a draining relay or
-// agent: about the time a restart takes.
-const drainRetryAfter = "5"
+// unavailableRetryAfter is the Retry-After of every 503 (an agent offline
+// or draining, a draining relay): about the time a restart or reconnect
+// takes.
+const unavailableRetryAfter = "5"
 
 // relayDraining refuses every exchange once the relay drains: the client
 // should go to another relay, or come back once this one restarted.
 var relayDraining = &refusal{status: http.StatusServiceUnavailable, reason: "relay_draining",
 	msg:    "the relay is shutting down and takes no new requests; try again shortly",
-	header: "Retry-After", value: drainRetryAfter}
+	header: "Retry-After", value: unavailableRetryAfter}
 
 // authenticate returns the client whose token the request carries, or nil and
 // the WWW-Authenticate challenge to send.

@@ -177,11 +177,13 @@ type Client struct {
 
 	// draining: Drain was called; no session is made after the current.
 	draining atomic.Bool
-	// Sessions with a draining relay, still serving the exchanges in
-	// flight on them while Run connects again: how many, and their
-	// goroutines, which Run waits for.
-	retired  atomic.Int32
-	retiring sync.WaitGroup
+	// Sessions being left, still serving the exchanges in flight on them
+	// while Run goes on: the goroutines, which Run waits for, and how many
+	// of them are with a draining relay (Run then looks for its
+	// replacement at the shortest pace; a TCP session left for QUIC does
+	// not count).
+	retiring      sync.WaitGroup
+	drainingRelay atomic.Int32
 
 	mu      sync.Mutex
 	cur     *clientSession
@@ -327,7 +329,7 @@ func (c *Client) Run(ctx context.Context) error {
 			// Retrying sooner cannot help until someone fixes the config.
 			delay = cfg.MaxBackoff
 			c.log.Error("relay refused: "+ref.describe(), "code", ref.Code, "retry_in", delay)
-		case err != nil && c.retired.Load() > 0:
+		case err != nil && c.drainingRelay.Load() > 0:
 			// The relay we left is draining and its replacement is not
 			// up yet: keep trying at the shortest pace, to find the
 			// replacement as soon as it is.
@@ -415,7 +417,7 @@ func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (
 	var probed chan *clientSession // at most one session, then closed
 	var probing sync.WaitGroup
 	probeCtx, stopProbe := context.WithCancel(ctx)
-	// stopProbe ends the prober and closes a session it connected too
+	// endProbe ends the prober and closes a session it connected too
 	// late to be used.
 	endProbe := func() {
 		stopProbe()
@@ -439,7 +441,8 @@ func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (
 	case <-cs.relayDraining:
 		c.setCurrent(nil)
 		endProbe()
-		c.retire(ctx, cs, &wg, 0)
+		c.drainingRelay.Add(1)
+		c.retire(ctx, cs, &wg, 0, func() { c.drainingRelay.Add(-1) })
 		return nil, errRelayDraining
 	case up = <-probed:
 		if up != nil {
@@ -447,7 +450,7 @@ func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (
 			probing.Wait() // it returns once it has sent up
 			c.setCurrent(up)
 			c.log.Info("tunnel: QUIC works again; moving to it, the TCP session ends once its exchanges are done", "transport", up.Transport())
-			c.retire(ctx, cs, &wg, replaceGrace+2*lingerTimeout)
+			c.retire(ctx, cs, &wg, replaceGrace+2*lingerTimeout, nil)
 			return up, nil
 		}
 		// Closed empty: the prober stopped because ctx is done.
@@ -468,11 +471,13 @@ func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (
 // retire keeps serving a session that is being left (its relay drains, or
 // the agent moved back to QUIC) in the background until the relay closes
 // it (its exchanges in flight are done) or ctx ends. With bound > 0 the
-// agent closes it itself after that long, should the relay not.
-func (c *Client) retire(ctx context.Context, cs *clientSession, accepting *sync.WaitGroup, bound time.Duration) {
-	c.retired.Add(1)
+// agent closes it itself after that long, should the relay not. ended, if
+// set, runs once the session has ended.
+func (c *Client) retire(ctx context.Context, cs *clientSession, accepting *sync.WaitGroup, bound time.Duration, ended func()) {
 	c.retiring.Go(func() {
-		defer c.retired.Add(-1)
+		if ended != nil {
+			defer ended()
+		}
 		var timeout <-chan time.Time
 		if bound > 0 {
 			t := time.NewTimer(bound)
@@ -816,6 +821,10 @@ type clientSession struct {
 	mu    sync.Mutex
 	cause error
 
+	// wmu serialises the agent's frames after the hello (heartbeat pings
+	// and "draining"): each sets its own write deadline, and one must not
+	// clear or shorten the other's mid-write.
+	wmu       sync.Mutex
 	drainOnce sync.Once
 	drainErr  error
 }
@@ -823,12 +832,19 @@ type clientSession struct {
 // sendDraining tells the relay, once, that the agent drains.
 func (cs *clientSession) sendDraining() error {
 	cs.drainOnce.Do(func() {
-		// The only frame the agent writes after the hello: no lock.
-		cs.ctl.SetWriteDeadline(time.Now().Add(lingerTimeout))
-		cs.drainErr = writeFrame(cs.ctl, answer{Type: typeDraining})
-		cs.ctl.SetWriteDeadline(time.Time{})
+		cs.drainErr = cs.writeControl(answer{Type: typeDraining}, lingerTimeout)
 	})
 	return cs.drainErr
+}
+
+// writeControl writes one frame on the control stream, given timeout to
+// go out.
+func (cs *clientSession) writeControl(f answer, timeout time.Duration) error {
+	cs.wmu.Lock()
+	defer cs.wmu.Unlock()
+	cs.ctl.SetWriteDeadline(time.Now().Add(timeout))
+	defer cs.ctl.SetWriteDeadline(time.Time{})
+	return writeFrame(cs.ctl, f)
 }
 
 func (cs *clientSession) readControl() {
@@ -891,8 +907,7 @@ func (cs *clientSession) heartbeat() {
 		}
 		// A write that cannot finish within the idle timeout means the
 		// session is dead; its transport says so too, moments later.
-		cs.ctl.SetWriteDeadline(time.Now().Add(idleTimeout))
-		if err := writeFrame(cs.ctl, answer{Type: typePing}); err != nil {
+		if err := cs.writeControl(answer{Type: typePing}, idleTimeout); err != nil {
 			return
 		}
 	}

@@ -108,8 +108,8 @@
 // shortest backoff while the old session lasts: "draining" is not
 // "replaced", and costs no MaxBackoff wait.
 //
-// An agent that is shutting down (Client.Drain) sends, after the welcome,
-// its only frame:
+// An agent that is shutting down (Client.Drain) sends, beside its pings,
+// once:
 //
 //	{"type":"draining"}
 //

@@ -53,8 +53,8 @@ const (
 	typeWelcome = "welcome"
 	typeRefused = "refused"
 	typeGoAway  = "goaway"
-	// typeDraining is the agent's only frame after the hello: it is
-	// shutting down, so the relay must route it no new exchanges.
+	// typeDraining is sent once by an agent shutting down, so that the
+	// relay routes it no new exchanges.
 	typeDraining = "draining"
 	// typePing is the agent's heartbeat, sent every second after the
 	// welcome; relays ignore it (older relays ignore every agent frame).

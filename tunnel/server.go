@@ -22,6 +22,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/mcptun/mcptun/internal/authguard"
+	"github.com/mcptun/mcptun/internal/logging"
 )
 
 // ErrAgentOffline is returned, wrapped, by Server.Dial when the agent has no
@@ -117,8 +118,8 @@ type Server struct {
 	wg        sync.WaitGroup
 	slots     chan struct{}
 	closeOnce sync.Once
-	lastDrop  atomic.Int64 // unix nanos of the last "dropping connection" log line
-	draining  atomic.Bool  // Drain was called
+	drops     logging.Every // the "dropping connections" log line
+	draining  atomic.Bool   // Drain was called
 	guard     *authguard.Guard
 
 	notifyMu sync.Mutex // serialises registry changes with their callbacks
@@ -440,8 +441,7 @@ func (s *Server) takeSlot(remote net.Addr) (release func(), ok bool) {
 	default:
 	}
 	// Under a flood this would log per connection; once a minute is enough.
-	now := time.Now().UnixNano()
-	if last := s.lastDrop.Load(); now-last > int64(time.Minute) && s.lastDrop.CompareAndSwap(last, now) {
+	if s.drops.Allow(time.Minute) {
 		s.log.Warn("tunnel: too many unauthenticated connections; dropping new ones", "limit", maxPendingHandshakes, "remote", remote)
 	}
 	return nil, false

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mcptun/mcptun/internal/logging"
 )
 
 // ServeConnFunc serves HTTP/1.1 exchanges on c until it is done (it closes
@@ -47,7 +49,7 @@ type ConnServer struct {
 	stats    ConnStats
 	open     atomic.Int64  // connections accepted and not yet closed (with MaxConns)
 	refusing chan struct{} // bounds the goroutines answering Busy
-	lastLog  atomic.Int64  // unix nanos of the last "refusing" log line
+	refusals logging.Every // the "refusing" log line
 	serve    ServeConnFunc
 	hand     *handoffListener
 	ctx      context.Context // ends at Shutdown or Close
@@ -200,8 +202,7 @@ func (s *ConnServer) Serve(ln net.Listener) error {
 // it read the answer), or closed at once.
 func (s *ConnServer) refuse(c net.Conn) {
 	s.stats.Refused.Add(1)
-	now := time.Now().UnixNano()
-	if last := s.lastLog.Load(); s.Logger != nil && now-last > int64(time.Minute) && s.lastLog.CompareAndSwap(last, now) {
+	if s.Logger != nil && s.refusals.Allow(time.Minute) {
 		s.Logger.Warn("too many client connections; refusing new ones", "max_connections", s.MaxConns,
 			"refused_total", s.stats.Refused.Load(), "remote", c.RemoteAddr())
 	}
