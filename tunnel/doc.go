@@ -80,7 +80,7 @@
 // every second. The relay does not answer: the point is a packet each
 // second big enough to draw a stateless reset from a restarted relay (QUIC's
 // own keep-alive PINGs are too small to be answered with one), and a sign
-// of life for the relay's yamux watchdog. The relay may send one more frame
+// of life for the relay's yamux watchdog. The relay may send goaway frames
 // before closing the stream:
 //
 //	{"type":"goaway","code":"replaced","message":"…"}

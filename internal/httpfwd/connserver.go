@@ -46,16 +46,17 @@ type ConnServer struct {
 	// minute, of refused connections.
 	Logger *slog.Logger
 
-	stats    ConnStats
-	open     atomic.Int64  // connections accepted and not yet closed (with MaxConns)
-	refusing chan struct{} // bounds the goroutines answering Busy
-	refusals logging.Every // the "refusing" log line
-	serve    ServeConnFunc
-	hand     *handoffListener
-	ctx      context.Context // ends at Shutdown or Close
-	stop     context.CancelFunc
-	hardStop context.CancelFunc // ends Closing(ctx): the connections are closed
-	hup      *hupWatcher        // watches waiting clients' sockets (connState)
+	stats     ConnStats
+	open      atomic.Int64  // connections accepted and not yet closed (with MaxConns)
+	refusing  chan struct{} // bounds the goroutines answering Busy
+	refusals  logging.Every // the "refusing" log line
+	acceptErr logging.Every // the "accept failed" log line
+	serve     ServeConnFunc
+	hand      *handoffListener
+	ctx       context.Context // ends at Shutdown or Close
+	stop      context.CancelFunc
+	hardStop  context.CancelFunc // ends Closing(ctx): the connections are closed
+	hup       *hupWatcher        // watches waiting clients' sockets (connState)
 
 	mu     sync.Mutex
 	ln     net.Listener
@@ -153,8 +154,10 @@ func (s *ConnServer) Serve(ln net.Listener) error {
 			// connections held end by their timeouts, so wait and retry.
 			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
 			s.stats.AcceptErrors.Add(1)
-			if s.Logger != nil {
-				s.Logger.Warn("accept failed; retrying", "err", err, "retry_in", delay)
+			// Once a minute: a descriptor flood fails every accept for
+			// as long as it lasts; AcceptErrors counts them all.
+			if s.Logger != nil && s.acceptErr.Allow(time.Minute) {
+				s.Logger.Warn("accept failed; retrying", "err", err, "retry_in", delay, "accept_errors_total", s.stats.AcceptErrors.Load())
 			}
 			t := time.NewTimer(delay)
 			select {
