@@ -411,7 +411,7 @@ func (h *Handler) refuseDraining(w http.ResponseWriter) {
 	w.Header().Set("Retry-After", "5")
 	writeErrorData(w, http.StatusServiceUnavailable, nil, codeDraining,
 		"mcpproxy: the agent is shutting down and takes no new requests; try again shortly",
-		map[string]string{"reason": "agent_draining"})
+		map[string]string{"reason": reasonAgentDraining})
 }
 
 func (h *Handler) isClosed() bool {

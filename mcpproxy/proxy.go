@@ -117,7 +117,7 @@ func (p *httpServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: more than one Mcp-Session-Id header")
 		return
 	}
-	sid, client := r.Header.Get(headerSession), r.Header.Get(clientHeaderKey)
+	sid, client := r.Header.Get(headerSession), clientOf(r)
 	sw := &sessionWriter{ResponseWriter: w, p: p, client: client, sid: sid, method: r.Method}
 	if sid != "" {
 		state, owner := p.sessions.lookup([]byte(sid), []byte(client), time.Now())

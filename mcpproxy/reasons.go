@@ -20,6 +20,7 @@ const (
 	reasonUnsupportedMedia    = "unsupported_media_type"
 	reasonRateLimited         = "rate_limited"
 	reasonUnavailable         = "unavailable"
+	reasonAgentDraining       = "agent_draining"
 	reasonNotImplemented      = "not_implemented"
 	reasonServerGone          = "server_gone"
 	reasonUpstreamUnreachable = "upstream_unreachable"

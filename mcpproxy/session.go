@@ -665,14 +665,7 @@ func (s *session) detach(st *stream) {
 	st.attached = false
 	if s.shared {
 		// Stateless streams cannot be resumed: nothing to keep.
-		s.events = slices.DeleteFunc(s.events, func(ev *event) bool {
-			if ev.stream != st {
-				return false
-			}
-			s.bufBytes -= len(ev.data)
-			st.nEvents--
-			return true
-		})
+		s.dropStreamLocked(st)
 	}
 	s.forgetLocked(st)
 	s.evictLocked()
@@ -756,12 +749,9 @@ func (s *session) fullLocked() (most *stream, n, size int) {
 	return most, n, size
 }
 
-// cutLocked ends stream st of the shared child: its events are dropped,
-// its writer ends and its request is cancelled.
-func (s *session) cutLocked(st *stream, n, size int) {
-	s.log.Warn("a stateless client is not reading its stream: cut it and cancelled its request (the shared server is never held back for one client)",
-		"stream", st.num, "waiting_events", n, "waiting_bytes", size)
-	st.cut = true
+// dropStreamLocked drops the buffered events of stream st (a stateless
+// one, which cannot be resumed).
+func (s *session) dropStreamLocked(st *stream) {
 	s.events = slices.DeleteFunc(s.events, func(ev *event) bool {
 		if ev.stream != st {
 			return false
@@ -770,6 +760,15 @@ func (s *session) cutLocked(st *stream, n, size int) {
 		st.nEvents--
 		return true
 	})
+}
+
+// cutLocked ends stream st of the shared child: its events are dropped,
+// its writer ends and its request is cancelled.
+func (s *session) cutLocked(st *stream, n, size int) {
+	s.log.Warn("a stateless client is not reading its stream: cut it and cancelled its request (the shared server is never held back for one client)",
+		"stream", st.num, "waiting_events", n, "waiting_bytes", size)
+	st.cut = true
+	s.dropStreamLocked(st)
 	select {
 	case st.wake <- struct{}{}:
 	default:

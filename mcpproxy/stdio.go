@@ -18,15 +18,9 @@ import (
 )
 
 const (
-	headerSession  = "Mcp-Session-Id"
-	headerVersion  = "Mcp-Protocol-Version"
 	headerLastID   = "Last-Event-Id"
 	sseRetryMillis = 2000
 )
-
-// statelessVersion is the first revision without sessions; requests that
-// announce it are served by the server's one shared child.
-const statelessVersion = "2026-07-28"
 
 // supportedVersions are the protocol revisions whose Streamable HTTP
 // transport the stdio bridge speaks (2024-11-05 clients sending the header
@@ -231,15 +225,6 @@ func (srv *stdioServer) admit(w http.ResponseWriter) bool {
 		srv.h.refuseOverLimit(w, srv.cfg.Name, wait)
 	}
 	return ok
-}
-
-// codeSessionNotFound is what the TypeScript SDK answers for an unknown
-// session; clients act on the 404, the code is for people.
-const codeSessionNotFound = -32001
-
-func notFound(w http.ResponseWriter, id []byte) {
-	writeError(w, http.StatusNotFound, id, codeSessionNotFound,
-		"mcpproxy: session not found (it ended or never existed): send initialize to start a new one")
 }
 
 func checkVersion(w http.ResponseWriter, r *http.Request) bool {

@@ -31,10 +31,9 @@ import (
 // urlSessionsMax entries, the least recently used goes for a new one.
 
 const (
-	urlSessionsMax  = 16384
-	urlSessionIdle  = time.Hour
-	urlSweepEvery   = 256 // binds between sweeps for idle entries
-	clientHeaderKey = "X-Mcptun-Client"
+	urlSessionsMax = 16384
+	urlSessionIdle = time.Hour
+	urlSweepEvery  = 256 // binds between sweeps for idle entries
 )
 
 type urlSessions struct {
@@ -134,7 +133,7 @@ func sessionOf(head *httpfwd.Head) (sid, client []byte, n int) {
 				sid = head.Value(f)
 			}
 			n++
-		case httpfwd.EqualFold(name, clientHeaderKey):
+		case httpfwd.EqualFold(name, ClientHeader):
 			if client == nil {
 				client = head.Value(f)
 			}

@@ -73,7 +73,7 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 		BadRequest:    func(reason string) []byte { return errorJSON(reasonBadRequest, reason) },
 		ErrorBody:     errorJSON,
 		Cut: func(c net.Conn, reason string, err error) {
-			h.cutLog.log(h.log, slog.LevelDebug, "client cut", "reason", reason, "remote", c.RemoteAddr(), "err", err)
+			h.cutLog.Log(h.log, slog.LevelDebug, "client cut", "reason", reason, "remote", c.RemoteAddr(), "err", err)
 		},
 		RouteConn: func(c net.Conn, head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 			rt, ok := h.fastRoute(authguard.AddrOf(c.RemoteAddr()), head)
@@ -199,18 +199,19 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 	// method points into the head, whose memory a parked exchange gives
 	// back (httpfwd.RawRequest.OnPark).
 	rt.method = nil
+	fwd, stalls := h.agentPath(rt.agent, rt.adm.replica)
 	req := httpfwd.RawRequest{Head: b}
 	if rt.adm.replica != "" {
 		req.PrefixField, req.Prefix = sessionHeader, []byte(rt.adm.replica+".")
 	}
 	return &httpfwd.Exchange{
-		Fwd: h.forwarder(rt.agent, rt.adm.replica),
+		Fwd: fwd,
 		Req: req,
 		Failed: func(err error) (int, string, []byte) {
 			status, reason, msg := h.forwardFailed(rt.adm.client.Name, rt.agent, rt.server, err)
 			header := "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
 			if status == http.StatusServiceUnavailable {
-				header += "Retry-After: 5\r\n"
+				header += "Retry-After: " + unavailableRetryAfter + "\r\n"
 			}
 			return status, header, errorJSON(reason, msg)
 		},
@@ -218,7 +219,7 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 			h.cutShort(rt.adm.client.Name, rt.agent, rt.server, err)
 		},
 		Done:   done,
-		Stalls: h.stallBudget(rt.agent),
+		Stalls: stalls,
 	}
 }
 

@@ -69,36 +69,51 @@ func newConnFixture(t *testing.T, agentHandler http.Handler) *connFixture {
 		AllowedOrigins: []string{"https://app.example.com"},
 	})
 	require.NoError(t, err)
-	clientLn, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	f := &connFixture{addr: clientLn.Addr().String(), agents: agents, h: h}
-	f.url = "http://" + f.addr
-	f.fast = httpfwd.NewConnServer(func(ctx context.Context, c net.Conn) net.Conn {
+	f := &connFixture{agents: agents, h: h}
+	f.addr, f.fast = startFront(t, h, func(ctx context.Context, c net.Conn) net.Conn {
 		rest := h.ServeConn(ctx, c)
 		if rest != nil {
 			f.handoffs.Add(1)
 		}
 		return rest
-	}, clientLn.Addr())
+	})
+	f.url = "http://" + f.addr
+	// Registered last, so it runs first: an exchange a failed test left
+	// waiting on the agent ends, so closing the front cannot hang.
+	t.Cleanup(func() {
+		_ = agentSrv.Close()
+		<-agentServed
+	})
+	return f
+}
+
+// startFront serves h as the relay binary serves clients — the fast path
+// on a listener of its own, handing the rest to net/http — until the test
+// ends (then h is closed too), and returns the listener's address and the
+// fast path's server. serve, if set, stands in for h.ServeConn.
+func startFront(t *testing.T, h *Handler, serve httpfwd.ServeConnFunc) (string, *httpfwd.ConnServer) {
+	t.Helper()
+	if serve == nil {
+		serve = h.ServeConn
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	fast := httpfwd.NewConnServer(serve, ln.Addr())
 	front := httptest.NewUnstartedServer(h)
-	front.Listener = f.fast.Handoff()
+	front.Listener = fast.Handoff()
 	front.Start()
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		_ = f.fast.Serve(clientLn)
+		_ = fast.Serve(ln)
 	}()
 	t.Cleanup(func() {
-		// The agent goes first: an exchange a failed test left waiting on
-		// it ends, so closing the rest cannot hang.
-		_ = agentSrv.Close()
-		<-agentServed
-		_ = f.fast.Close()
+		_ = fast.Close()
 		<-served
 		front.Close()
 		h.Close()
 	})
-	return f
+	return ln.Addr().String(), fast
 }
 
 // closingAgents is pipeAgents whose Dial fails once the agent's server is

@@ -9,10 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sync/atomic"
 	"time"
-
-	"golang.org/x/time/rate"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
 )
@@ -40,8 +37,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, adm admission,
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &stallBody{ReadCloser: r.Body, rc: rc, timeout: h.limits.BodyTimeout}
 	}
+	fwd, stalls := h.agentPath(agent, adm.replica)
 	tw := &stallWriter{ResponseWriter: w, rc: rc, timeout: h.limits.WriteTimeout}
-	tw.watch.Watch(h.stallBudget(agent), ClientStallAfter, func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
+	tw.watch.Watch(stalls, ClientStallAfter, func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
 	defer tw.watch.Stop()
 	w = tw
 	set := http.Header{ClientHeader: {client}}
@@ -51,7 +49,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, adm admission,
 		}
 		w = &sessionWriter{ResponseWriter: w, prefix: adm.replica + "."}
 	}
-	err := h.forwarder(agent, adm.replica).Forward(w, r, httpfwd.Request{
+	err := fwd.Forward(w, r, httpfwd.Request{
 		Host:       agent,
 		RequestURI: "/" + server + "/mcp",
 		SetHeader:  set,
@@ -66,7 +64,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, adm admission,
 	if errors.Is(err, httpfwd.ErrBodyStalled) {
 		// Before the check below: net/http cancels the request's context
 		// on any failed read of the connection, this one too.
-		h.cutLog.log(h.log, slog.LevelDebug, "client cut", "reason", "body_timeout", "client", client, "agent", agent, "server", server,
+		h.cutLog.Log(h.log, slog.LevelDebug, "client cut", "reason", "body_timeout", "client", client, "agent", agent, "server", server,
 			"remote", r.RemoteAddr, "body_timeout", h.limits.BodyTimeout)
 		w.Header().Set("Connection", "close")
 		writeError(w, http.StatusRequestTimeout, "body_timeout", fmt.Sprintf("the request body made no progress for %s", h.limits.BodyTimeout))
@@ -84,7 +82,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, adm admission,
 	}
 	status, reason, msg := h.forwardFailed(client, agent, server, err)
 	if status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", "5")
+		w.Header().Set("Retry-After", unavailableRetryAfter)
 	}
 	writeError(w, status, reason, msg)
 }
@@ -96,11 +94,11 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, adm admission,
 func (h *Handler) cutShort(client, agent, server string, err error) {
 	switch {
 	case errors.Is(err, httpfwd.ErrClientBacklog):
-		h.cutLog.log(h.log, slog.LevelWarn, "slow client cut", "reason", "backlog", "client", client, "agent", agent, "server", server,
+		h.cutLog.Log(h.log, slog.LevelWarn, "slow client cut", "reason", "backlog", "client", client, "agent", agent, "server", server,
 			"stalled_clients", h.stallN)
 		return
 	case errors.Is(err, httpfwd.ErrClientStalled):
-		h.cutLog.log(h.log, slog.LevelWarn, "slow client cut", "reason", "write_timeout", "client", client, "agent", agent, "server", server,
+		h.cutLog.Log(h.log, slog.LevelWarn, "slow client cut", "reason", "write_timeout", "client", client, "agent", agent, "server", server,
 			"write_timeout", h.limits.WriteTimeout)
 		return
 	}
@@ -216,42 +214,49 @@ func (h *Handler) forwardFailed(client, agent, server string, err error) (status
 // nothing now (each holding a place in its stall budget) and how many
 // were cut for want of one.
 func (h *Handler) StalledClients(agent string) (stalled int64, cut uint64) {
-	b := h.stallBudget(agent)
+	h.mu.Lock()
+	pa := h.perAgent[agent]
+	h.mu.Unlock()
+	if pa == nil {
+		return 0, 0
+	}
+	b := pa.stalls
 	return b.Stalled(), b.Cuts()
 }
 
-// stallBudget returns the agent's budget of clients that read nothing.
-// It outlives the agent's sessions: exchanges give their places back to
-// it whenever they end.
-func (h *Handler) stallBudget(agent string) *httpfwd.StallBudget {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	b := h.stalls[agent]
-	if b == nil {
-		b = httpfwd.NewStallBudget(h.stallN)
-		h.stalls[agent] = b
-	}
-	return b
+// perAgent is what the relay keeps for an agent: its stream pools, one
+// per replica ("" without replicas), made again after a session of the
+// agent ended (AgentDown), and its budget of
+// clients that read nothing, which outlives sessions (exchanges give their
+// places back to it whenever they end).
+type perAgent struct {
+	fwds   map[string]*httpfwd.Forwarder
+	stalls *httpfwd.StallBudget
 }
 
-// forwarder returns the stream pool of an agent's replica ("" without
-// replicas).
-func (h *Handler) forwarder(agent, replica string) *httpfwd.Forwarder {
+// agentPath returns the stream pool of the agent's replica and the
+// agent's stall budget, with one look-up per exchange.
+func (h *Handler) agentPath(agent, replica string) (*httpfwd.Forwarder, *httpfwd.StallBudget) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if f := h.forwarders[agent][replica]; f != nil {
-		return f
+	pa := h.perAgent[agent]
+	if pa == nil {
+		pa = &perAgent{stalls: httpfwd.NewStallBudget(h.stallN)}
+		h.perAgent[agent] = pa
+	}
+	if f := pa.fwds[replica]; f != nil {
+		return f, pa.stalls
 	}
 	dial := func(ctx context.Context) (net.Conn, error) { return h.agents.Dial(ctx, agent) }
 	if replica != "" {
 		dial = func(ctx context.Context) (net.Conn, error) { return h.replicas.DialReplica(ctx, agent, replica) }
 	}
 	f := httpfwd.New(dial, httpfwd.Options{MaxIdle: 1024})
-	if h.forwarders[agent] == nil {
-		h.forwarders[agent] = make(map[string]*httpfwd.Forwarder)
+	if pa.fwds == nil {
+		pa.fwds = make(map[string]*httpfwd.Forwarder)
 	}
-	h.forwarders[agent][replica] = f
-	return f
+	pa.fwds[replica] = f
+	return f, pa.stalls
 }
 
 // sessionWriter puts the replica's tag in front of the Mcp-Session-Id an
@@ -289,33 +294,3 @@ func (w *sessionWriter) Flush() {
 
 // Unwrap lets http.ResponseController reach the server's writer.
 func (w *sessionWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// logLimit caps a kind of log line that clients can cause at will (cuts,
-// failed authentication), so that the log cannot be flooded: up to
-// logBurst lines at once, logRate a second after that; the lines left out
-// are counted in the next one's "suppressed".
-type logLimit struct {
-	lim        *rate.Limiter
-	suppressed atomic.Int64
-}
-
-const (
-	logRate  = 5
-	logBurst = 20
-)
-
-func newLogLimit() *logLimit { return &logLimit{lim: rate.NewLimiter(logRate, logBurst)} }
-
-func (l *logLimit) log(log *slog.Logger, level slog.Level, msg string, args ...any) {
-	if !log.Enabled(context.Background(), level) {
-		return
-	}
-	if !l.lim.Allow() {
-		l.suppressed.Add(1)
-		return
-	}
-	if n := l.suppressed.Swap(0); n > 0 {
-		args = append(args, "suppressed", n)
-	}
-	log.Log(context.Background(), level, msg, args...)
-}

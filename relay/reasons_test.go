@@ -24,8 +24,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
 // tcpAgents serves each agent over loopback TCP (real sockets, with their
@@ -101,26 +99,12 @@ func newTCPRelay(t *testing.T) string {
 		},
 	})
 	require.NoError(t, err)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	fast := httpfwd.NewConnServer(h.ServeConn, ln.Addr())
-	front := httptest.NewUnstartedServer(h)
-	front.Listener = fast.Handoff()
-	front.Start()
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = fast.Serve(ln)
-	}()
-	t.Cleanup(func() {
+	addr, _ := startFront(t, h, nil)
+	t.Cleanup(func() { // before the front's: see newConnFixture
 		agentSrv.CloseClientConnections()
 		agentSrv.Close()
-		_ = fast.Close()
-		<-served
-		front.Close()
-		h.Close()
 	})
-	return ln.Addr().String()
+	return addr
 }
 
 // TestErrorReasons provokes every answer the relay makes on its own and

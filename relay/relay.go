@@ -52,6 +52,7 @@ import (
 
 	"github.com/mcptun/mcptun/internal/authguard"
 	"github.com/mcptun/mcptun/internal/httpfwd"
+	"github.com/mcptun/mcptun/internal/logging"
 	"github.com/mcptun/mcptun/internal/ratelimit"
 )
 
@@ -227,13 +228,12 @@ type Handler struct {
 	leave    func()      // inflight.Leave, made once
 	closed   atomic.Bool // Close was called: failures are the relay's doing
 	limits   Limits
-	cutLog   *logLimit // clients cut for a timeout
+	cutLog   *logging.Limit // clients cut for a timeout
 	guard    *authguard.Guard
 	stallN   int
 
-	mu         sync.Mutex
-	forwarders map[string]map[string]*httpfwd.Forwarder // per agent and replica, so one agent's reconnect drops only its streams
-	stalls     map[string]*httpfwd.StallBudget
+	mu       sync.Mutex
+	perAgent map[string]*perAgent // so one agent's reconnect drops only its streams
 }
 
 // NewHandler returns the relay's HTTP handler.
@@ -242,17 +242,16 @@ func NewHandler(cfg Config) (*Handler, error) {
 		return nil, errors.New("relay: Config.Agents is nil")
 	}
 	h := &Handler{
-		agents:     cfg.Agents,
-		known:      make(map[string]bool),
-		origins:    make(map[string]bool),
-		log:        cfg.Logger,
-		forwarders: make(map[string]map[string]*httpfwd.Forwarder),
-		inflight:   httpfwd.NewInflight(),
-		limits:     cfg.Limits,
-		cutLog:     newLogLimit(),
-		guard:      cfg.AuthGuard,
-		stallN:     cfg.MaxStalledPerAgent,
-		stalls:     make(map[string]*httpfwd.StallBudget),
+		agents:   cfg.Agents,
+		known:    make(map[string]bool),
+		origins:  make(map[string]bool),
+		log:      cfg.Logger,
+		perAgent: make(map[string]*perAgent),
+		inflight: httpfwd.NewInflight(),
+		limits:   cfg.Limits,
+		cutLog:   logging.NewLimit(logging.LimitRate, logging.LimitBurst),
+		guard:    cfg.AuthGuard,
+		stallN:   cfg.MaxStalledPerAgent,
 	}
 	h.leave = h.inflight.Leave
 	h.draining, _ = cfg.Agents.(DrainingAgents)
@@ -327,9 +326,11 @@ func (h *Handler) agentDraining(agent string) bool {
 
 // AgentDown drops the pooled streams of an agent whose session ended.
 func (h *Handler) AgentDown(agent string) {
+	var fs map[string]*httpfwd.Forwarder
 	h.mu.Lock()
-	fs := h.forwarders[agent]
-	delete(h.forwarders, agent)
+	if pa := h.perAgent[agent]; pa != nil {
+		fs, pa.fwds = pa.fwds, nil
+	}
 	h.mu.Unlock()
 	for _, f := range fs {
 		f.Close()
@@ -341,14 +342,17 @@ func (h *Handler) AgentDown(agent string) {
 // relay_shutdown.
 func (h *Handler) Close() error {
 	h.closed.Store(true)
+	var fs []*httpfwd.Forwarder
 	h.mu.Lock()
-	all := h.forwarders
-	h.forwarders = make(map[string]map[string]*httpfwd.Forwarder)
-	h.mu.Unlock()
-	for _, fs := range all {
-		for _, f := range fs {
-			f.Close()
+	for _, pa := range h.perAgent {
+		for _, f := range pa.fwds {
+			fs = append(fs, f)
 		}
+		pa.fwds = nil
+	}
+	h.mu.Unlock()
+	for _, f := range fs {
+		f.Close()
 	}
 	return nil
 }
@@ -456,7 +460,7 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 	if !online {
 		return admission{}, &refusal{status: http.StatusServiceUnavailable, reason: "agent_offline",
 			msg:    fmt.Sprintf("agent %q is not connected; try again when it reconnects", agent),
-			header: "Retry-After", value: "5"}
+			header: "Retry-After", value: unavailableRetryAfter}
 	}
 	if !offered {
 		return admission{}, &refusal{status: http.StatusNotFound, reason: "unknown_server",
@@ -476,7 +480,7 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 		case ReplicaOffline:
 			return admission{}, &refusal{status: http.StatusServiceUnavailable, reason: "agent_offline",
 				msg:    fmt.Sprintf("agent %q is not connected; try again when it reconnects", agent),
-				header: "Retry-After", value: "5"}
+				header: "Retry-After", value: unavailableRetryAfter}
 		case ReplicaSessionGone:
 			return admission{}, sessionGone
 		case ReplicaDraining:
@@ -497,23 +501,24 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 	return adm, nil
 }
 
-// drainRetryAfter is the Retry-After of refusals by a draining relay or
-// agent: about the time a restart takes.
-const drainRetryAfter = "5"
+// unavailableRetryAfter is the Retry-After of every 503 (an agent offline
+// or draining, a draining relay): about the time a restart or reconnect
+// takes.
+const unavailableRetryAfter = "5"
 
 // agentDrainingRefusal refuses new work for an agent whose every replica
 // drains.
 func agentDrainingRefusal(agent string) *refusal {
 	return &refusal{status: http.StatusServiceUnavailable, reason: "agent_draining",
 		msg:    fmt.Sprintf("agent %q is shutting down and takes no new requests; try again shortly", agent),
-		header: "Retry-After", value: drainRetryAfter}
+		header: "Retry-After", value: unavailableRetryAfter}
 }
 
 // relayDraining refuses every exchange once the relay drains: the client
 // should go to another relay, or come back once this one restarted.
 var relayDraining = &refusal{status: http.StatusServiceUnavailable, reason: "relay_draining",
 	msg:    "the relay is shutting down and takes no new requests; try again shortly",
-	header: "Retry-After", value: drainRetryAfter}
+	header: "Retry-After", value: unavailableRetryAfter}
 
 // authenticate returns the client whose token the request carries, or nil and
 // the WWW-Authenticate challenge to send.

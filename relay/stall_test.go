@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,8 +14,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
 // lockedBuf is a log sink for a handler's concurrent writes.
@@ -81,26 +78,12 @@ func stallStack(t *testing.T) (h *Handler, addr string, log *lockedBuf) {
 		MaxStalledPerAgent: 2,
 	})
 	require.NoError(t, err)
-	clientLn, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	fast := httpfwd.NewConnServer(h.ServeConn, clientLn.Addr())
-	front := httptest.NewUnstartedServer(h)
-	front.Listener = fast.Handoff()
-	front.Start()
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = fast.Serve(clientLn)
-	}()
-	t.Cleanup(func() {
+	addr, _ = startFront(t, h, nil)
+	t.Cleanup(func() { // before the front's: see newConnFixture
 		_ = agentSrv.Close()
 		<-agentServed
-		_ = fast.Close()
-		<-served
-		front.Close()
-		h.Close()
 	})
-	return h, clientLn.Addr().String(), log
+	return h, addr, log
 }
 
 // stalledClient opens a GET stream and reads none of it, with a receive
@@ -127,10 +110,23 @@ func stalledClient(t *testing.T, addr, extraHeader string) net.Conn {
 // (Connection: keep-alive sends an exchange there), and exchanges of
 // clients that read go on.
 func TestStallBudget(t *testing.T) {
+	const netHTTP = "Connection: keep-alive\r\n"
+	for _, tc := range []struct {
+		name string
+		hdrs []string // the last one's client is cut
+	}{
+		{"fast path cut", []string{"", netHTTP, ""}},
+		{"net/http cut", []string{"", "", netHTTP}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testStallBudget(t, tc.hdrs) })
+	}
+}
+
+func testStallBudget(t *testing.T, hdrs []string) {
 	h, addr, log := stallStack(t)
-	budget := h.stallBudget("dc1")
+	_, budget := h.agentPath("dc1", "")
 	var conns []net.Conn
-	for i, hdr := range []string{"", "Connection: keep-alive\r\n", ""} {
+	for i, hdr := range hdrs {
 		conns = append(conns, stalledClient(t, addr, hdr))
 		want := min(i+1, 2)
 		require.Eventually(t, func() bool { return budget.Stalled() == int64(want) && budget.Cuts() == uint64(i+1-want) },

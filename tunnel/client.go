@@ -76,6 +76,10 @@ type ClientConfig struct {
 
 	// resetKey is the agent's QUIC stateless reset key, derived from Token.
 	resetKey *quic.StatelessResetKey
+	// DialAddress, if set, is the ip:port dialed instead of Address (one
+	// of the addresses Address's host resolves to, see Multi); Address
+	// still gives the TLS server name and names the relay in logs.
+	DialAddress string
 }
 
 // normalize validates cfg and fills in defaults.
@@ -89,6 +93,9 @@ func (cfg ClientConfig) normalize() (ClientConfig, error) {
 	host, port, err := net.SplitHostPort(cfg.Address)
 	if err != nil || host == "" || port == "" {
 		return fail("relay address %q is not host:port", cfg.Address)
+	}
+	if _, _, err := net.SplitHostPort(cfg.DialAddress); cfg.DialAddress != "" && err != nil {
+		return fail("dial address %q is not host:port", cfg.DialAddress)
 	}
 	if cfg.TLSConfig == nil {
 		return fail("TLSConfig is required (see ClientTLS)")
@@ -152,6 +159,14 @@ func (cfg ClientConfig) normalize() (ClientConfig, error) {
 	return cfg, nil
 }
 
+// dialAddress is the host:port to dial.
+func (cfg *ClientConfig) dialAddress() string {
+	if cfg.DialAddress != "" {
+		return cfg.DialAddress
+	}
+	return cfg.Address
+}
+
 // Client is the agent end of the tunnel: it keeps a session to the relay
 // and hands the streams the relay opens to Listener.
 type Client struct {
@@ -162,11 +177,13 @@ type Client struct {
 
 	// draining: Drain was called; no session is made after the current.
 	draining atomic.Bool
-	// Sessions with a draining relay, still serving the exchanges in
-	// flight on them while Run connects again: how many, and their
-	// goroutines, which Run waits for.
-	retired  atomic.Int32
-	retiring sync.WaitGroup
+	// Sessions being left, still serving the exchanges in flight on them
+	// while Run goes on: the goroutines, which Run waits for, and how many
+	// of them are with a draining relay (Run then looks for its
+	// replacement at the shortest pace; a TCP session left for QUIC does
+	// not count).
+	retiring      sync.WaitGroup
+	drainingRelay atomic.Int32
 
 	mu      sync.Mutex
 	cur     *clientSession
@@ -312,7 +329,7 @@ func (c *Client) Run(ctx context.Context) error {
 			// Retrying sooner cannot help until someone fixes the config.
 			delay = cfg.MaxBackoff
 			c.log.Error("relay refused: "+ref.describe(), "code", ref.Code, "retry_in", delay)
-		case err != nil && c.retired.Load() > 0:
+		case err != nil && c.drainingRelay.Load() > 0:
 			// The relay we left is draining and its replacement is not
 			// up yet: keep trying at the shortest pace, to find the
 			// replacement as soon as it is.
@@ -324,7 +341,7 @@ func (c *Client) Run(ctx context.Context) error {
 			c.log.Warn("tunnel: cannot connect to relay", "err", err, "retry_in", delay)
 		default:
 			start := cfg.Clock.Now()
-			cause, up := c.serve(ctx, cs, qd)
+			up, cause := c.serve(ctx, cs, qd)
 			if ctx.Err() != nil {
 				if up != nil {
 					up.Close()
@@ -375,7 +392,7 @@ var errRelayDraining = errors.New("tunnel: relay is draining")
 // newer session and ends the old one when its streams are done). A session
 // of a draining relay is retired too: its exchanges in flight finish while
 // Run connects again.
-func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (cause error, up *clientSession) {
+func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (up *clientSession, cause error) {
 	c.setCurrent(cs)
 	c.log.Info("tunnel: connected to relay", "transport", cs.Transport())
 	if c.draining.Load() {
@@ -400,7 +417,7 @@ func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (
 	var probed chan *clientSession // at most one session, then closed
 	var probing sync.WaitGroup
 	probeCtx, stopProbe := context.WithCancel(ctx)
-	// stopProbe ends the prober and closes a session it connected too
+	// endProbe ends the prober and closes a session it connected too
 	// late to be used.
 	endProbe := func() {
 		stopProbe()
@@ -424,16 +441,17 @@ func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (
 	case <-cs.relayDraining:
 		c.setCurrent(nil)
 		endProbe()
-		c.retire(ctx, cs, &wg, 0)
-		return errRelayDraining, nil
+		c.drainingRelay.Add(1)
+		c.retire(ctx, cs, &wg, 0, func() { c.drainingRelay.Add(-1) })
+		return nil, errRelayDraining
 	case up = <-probed:
 		if up != nil {
 			stopProbe()
 			probing.Wait() // it returns once it has sent up
 			c.setCurrent(up)
 			c.log.Info("tunnel: QUIC works again; moving to it, the TCP session ends once its exchanges are done", "transport", up.Transport())
-			c.retire(ctx, cs, &wg, replaceGrace+2*lingerTimeout)
-			return nil, up
+			c.retire(ctx, cs, &wg, replaceGrace+2*lingerTimeout, nil)
+			return up, nil
 		}
 		// Closed empty: the prober stopped because ctx is done.
 	}
@@ -447,17 +465,19 @@ func (c *Client) serve(ctx context.Context, cs *clientSession, qd *quicDialer) (
 		// ended is the next one.
 		up = <-probed
 	}
-	return cs.Err(), up
+	return up, cs.Err()
 }
 
 // retire keeps serving a session that is being left (its relay drains, or
 // the agent moved back to QUIC) in the background until the relay closes
 // it (its exchanges in flight are done) or ctx ends. With bound > 0 the
-// agent closes it itself after that long, should the relay not.
-func (c *Client) retire(ctx context.Context, cs *clientSession, accepting *sync.WaitGroup, bound time.Duration) {
-	c.retired.Add(1)
+// agent closes it itself after that long, should the relay not. ended, if
+// set, runs once the session has ended.
+func (c *Client) retire(ctx context.Context, cs *clientSession, accepting *sync.WaitGroup, bound time.Duration, ended func()) {
 	c.retiring.Go(func() {
-		defer c.retired.Add(-1)
+		if ended != nil {
+			defer ended()
+		}
 		var timeout <-chan time.Time
 		if bound > 0 {
 			t := time.NewTimer(bound)
@@ -594,7 +614,7 @@ func dialQUIC(ctx context.Context, cfg *ClientConfig, log *slog.Logger, qd *quic
 	fail := func(err error) (Session, error) {
 		return nil, fmt.Errorf("tunnel: dial quic %s: %w", cfg.Address, err)
 	}
-	raddr, err := net.ResolveUDPAddr("udp", cfg.Address)
+	raddr, err := net.ResolveUDPAddr("udp", cfg.dialAddress())
 	if err != nil {
 		return fail(err)
 	}
@@ -641,7 +661,7 @@ func dialQUIC(ctx context.Context, cfg *ClientConfig, log *slog.Logger, qd *quic
 
 func dialTCP(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session, error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", cfg.Address)
+	c, err := d.DialContext(ctx, "tcp", cfg.dialAddress())
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: dial tcp %s: %w", cfg.Address, err)
 	}
@@ -757,7 +777,7 @@ func handshake(hctx context.Context, sess Session, cfg *ClientConfig, log *slog.
 		return nil, fmt.Errorf("tunnel: handshake with %s: relay answered %q, want welcome or refused", cfg.Address, truncate(a.Type, 32))
 	}
 	ctl.SetDeadline(time.Time{})
-	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), beatDone: make(chan struct{}), relayDraining: make(chan struct{})}
+	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), beatDone: make(chan struct{}), relayDraining: make(chan struct{}), relayID: a.Relay}
 	go cs.readControl() // owned by cs: Close waits for it
 	go cs.heartbeat()   // likewise
 	return cs, nil
@@ -794,10 +814,17 @@ type clientSession struct {
 	beatDone   chan struct{}
 	// relayDraining is closed when the relay says it drains.
 	relayDraining chan struct{}
+	// relayID is the relay's instance id from the welcome ("" from older
+	// relays).
+	relayID string
 
 	mu    sync.Mutex
 	cause error
 
+	// wmu serialises the agent's frames after the hello (heartbeat pings
+	// and "draining"): each sets its own write deadline, and one must not
+	// clear or shorten the other's mid-write.
+	wmu       sync.Mutex
 	drainOnce sync.Once
 	drainErr  error
 }
@@ -805,12 +832,19 @@ type clientSession struct {
 // sendDraining tells the relay, once, that the agent drains.
 func (cs *clientSession) sendDraining() error {
 	cs.drainOnce.Do(func() {
-		// The only frame the agent writes after the hello: no lock.
-		cs.ctl.SetWriteDeadline(time.Now().Add(lingerTimeout))
-		cs.drainErr = writeFrame(cs.ctl, answer{Type: typeDraining})
-		cs.ctl.SetWriteDeadline(time.Time{})
+		cs.drainErr = cs.writeControl(answer{Type: typeDraining}, lingerTimeout)
 	})
 	return cs.drainErr
+}
+
+// writeControl writes one frame on the control stream, given timeout to
+// go out.
+func (cs *clientSession) writeControl(f answer, timeout time.Duration) error {
+	cs.wmu.Lock()
+	defer cs.wmu.Unlock()
+	cs.ctl.SetWriteDeadline(time.Now().Add(timeout))
+	defer cs.ctl.SetWriteDeadline(time.Time{})
+	return writeFrame(cs.ctl, f)
 }
 
 func (cs *clientSession) readControl() {
@@ -873,8 +907,7 @@ func (cs *clientSession) heartbeat() {
 		}
 		// A write that cannot finish within the idle timeout means the
 		// session is dead; its transport says so too, moments later.
-		cs.ctl.SetWriteDeadline(time.Now().Add(idleTimeout))
-		if err := writeFrame(cs.ctl, answer{Type: typePing}); err != nil {
+		if err := cs.writeControl(answer{Type: typePing}, idleTimeout); err != nil {
 			return
 		}
 	}

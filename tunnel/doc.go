@@ -54,8 +54,12 @@
 //
 // and the relay answers with one of
 //
-//	{"type":"welcome","version":1}
+//	{"type":"welcome","version":1,"relay":"5f0c…"}
 //	{"type":"refused","code":"bad_credential","message":"…"}
+//
+// The welcome's "relay" is the relay process's random instance id (absent
+// from older relays): an agent that reaches one relay at two addresses
+// keeps one tunnel (see Multi).
 //
 // Refusal codes are bad_credential, unknown_agent, unsupported_version and
 // bad_hello. The relay stores only the SHA-256 of each agent's token and
@@ -76,7 +80,7 @@
 // every second. The relay does not answer: the point is a packet each
 // second big enough to draw a stateless reset from a restarted relay (QUIC's
 // own keep-alive PINGs are too small to be answered with one), and a sign
-// of life for the relay's yamux watchdog. The relay may send one more frame
+// of life for the relay's yamux watchdog. The relay may send goaway frames
 // before closing the stream:
 //
 //	{"type":"goaway","code":"replaced","message":"…"}
@@ -107,8 +111,8 @@
 // shortest backoff while the old session lasts: "draining" is not
 // "replaced", and costs no MaxBackoff wait.
 //
-// An agent that is shutting down (Client.Drain) sends, after the welcome,
-// its only frame:
+// An agent that is shutting down (Client.Drain) sends, beside its pings,
+// once:
 //
 //	{"type":"draining"}
 //
@@ -141,4 +145,15 @@
 // relay routes new exchanges to it; the TCP session ends when its last
 // exchange does (at most 30 s later) and the agent thinks nothing of the
 // goaway it gets there. Reconnects then try QUIC first again.
+// n-th consecutive failure ("full jitter" above a floor). The count resets
+// once a session has lived at least 10 s.
+//
+// # Several relays
+//
+// Multi runs one Client per relay — each entry of a list, and each address
+// a relay's host name resolves to, looked up again periodically — with one
+// Listener for the streams of all of them: sessions live at the agent, so
+// any relay with a tunnel serves any of them. Each Client reconnects on its
+// own; each is verified by its entry's host name, never by the address
+// dialed (ClientConfig.DialAddress).
 package tunnel

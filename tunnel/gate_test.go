@@ -19,6 +19,7 @@ type gate struct {
 	relay    string
 	dropUDP  atomic.Bool
 	dropDown atomic.Bool // datagrams toward the agent only
+	closeTCP atomic.Bool // new TCP connections are closed at once
 	stallMu  sync.Mutex
 	stalled  bool
 	resumeCh chan struct{} // closed when a stall ends
@@ -174,6 +175,10 @@ func (g *gate) serveTCP() {
 		c, err := g.tcp.Accept()
 		if err != nil {
 			return
+		}
+		if g.closeTCP.Load() {
+			c.Close()
+			continue
 		}
 		up, err := net.Dial("tcp", g.relay)
 		if err != nil {

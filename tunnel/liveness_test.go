@@ -272,6 +272,48 @@ func TestMoveBackToQUIC(t *testing.T) {
 	r.waitEvent(t, "lab down")
 }
 
+// TestRetiredTCPIsNotADrain: a TCP session the agent left for QUIC, still
+// finishing an exchange, does not make a failed reconnect look like a
+// draining relay's (retried at the shortest pace and logged at debug): when
+// the QUIC session dies and the relay cannot be reached, the agent says so
+// and backs off.
+func TestRetiredTCPIsNotADrain(t *testing.T) {
+	ctx := testCtx(t)
+	r := startRelay(t, ServerConfig{})
+	g := newGate(t, r.Addr())
+	g.dropUDP.Store(true)
+	cfg := agentConfig(t, g.Addr())
+	cfg.QUICTimeout = 300 * time.Millisecond
+	cfg.QUICProbeMin, cfg.QUICProbeMax = 200*time.Millisecond, 400*time.Millisecond
+	a := startAgent(t, cfg, "a:")
+	if err := a.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// An exchange in flight keeps the TCP session retired, not ended,
+	// after the move.
+	old, err := r.Dial(ctx, testAgent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	g.dropUDP.Store(false)
+	waitFor(t, "the agent on QUIC", func() bool { return a.Transport() == TransportQUIC })
+
+	// The relay becomes unreachable for new sessions and the QUIC one
+	// dies at its idle timeout; the old TCP connection stays.
+	g.closeTCP.Store(true)
+	g.dropUDP.Store(true)
+	waitFor(t, "a failed reconnect", func() bool {
+		return a.log.count("cannot connect to relay") > 0 || a.log.count("its replacement does not answer yet") > 0
+	})
+	if n := a.log.count("its replacement does not answer yet"); n > 0 {
+		t.Fatalf("a reconnect after a move to QUIC was taken for a draining relay's (%d times)", n)
+	}
+	if a.log.count("the previous session has ended") != 0 {
+		t.Fatal("the retired TCP session ended: the test no longer covers a failure while it lasts")
+	}
+}
+
 // TestDrainBound: a replaced session's drain ends when its last stream
 // closes, or at the grace bound with the streams still open counted.
 func TestDrainBound(t *testing.T) {

@@ -53,8 +53,8 @@ const (
 	typeWelcome = "welcome"
 	typeRefused = "refused"
 	typeGoAway  = "goaway"
-	// typeDraining is the agent's only frame after the hello: it is
-	// shutting down, so the relay must route it no new exchanges.
+	// typeDraining is sent once by an agent shutting down, so that the
+	// relay routes it no new exchanges.
 	typeDraining = "draining"
 	// typePing is the agent's heartbeat, sent every second after the
 	// welcome; relays ignore it (older relays ignore every agent frame).
@@ -140,6 +140,11 @@ type answer struct {
 	Version int    `json:"version,omitempty"`
 	Code    string `json:"code,omitempty"`
 	Message string `json:"message,omitempty"`
+
+	// Relay, in a welcome, is the relay process's random instance id: an
+	// agent that reaches one relay at two addresses (a load balancer's)
+	// sees it and keeps one tunnel, as two would replace each other.
+	Relay string `json:"relay,omitempty"`
 }
 
 // errBadFrame marks a frame whose length prefix is invalid, as opposed to a

@@ -23,6 +23,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/mcptun/mcptun/internal/authguard"
+	"github.com/mcptun/mcptun/internal/logging"
 )
 
 // ErrAgentOffline is returned, wrapped, by Server.Dial when the agent has no
@@ -142,6 +143,7 @@ type Server struct {
 	log       *slog.Logger
 	creds     map[string][]replicaCred
 	dummy     [32]byte // compared against for unknown names
+	id        string   // random instance id, sent in the welcome
 	hsTimeout time.Duration
 	onChange  func(string, bool)
 	tcpTLS    *tls.Config
@@ -157,8 +159,8 @@ type Server struct {
 	wg        sync.WaitGroup
 	slots     chan struct{}
 	closeOnce sync.Once
-	lastDrop  atomic.Int64 // unix nanos of the last "dropping connection" log line
-	draining  atomic.Bool  // Drain was called
+	drops     logging.Every // the "dropping connections" log line
+	draining  atomic.Bool   // Drain was called
 	guard     *authguard.Guard
 
 	notifyMu sync.Mutex // serialises registry changes with their callbacks
@@ -312,6 +314,11 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if !stableKey && !cfg.DisableQUIC {
 		s.log.Warn("tunnel: no TLS private key to derive the QUIC stateless reset key from; agents will notice a restarted relay only at their idle timeout")
 	}
+	var id [8]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, fmt.Errorf("tunnel: listen: %w", err)
+	}
+	s.id = fmt.Sprintf("%x", id)
 
 	tcpLn, udpConn, err := bind(cfg.Listen, !cfg.DisableTCP, !cfg.DisableQUIC)
 	if err != nil {
@@ -488,8 +495,7 @@ func (s *Server) takeSlot(remote net.Addr) (release func(), ok bool) {
 	default:
 	}
 	// Under a flood this would log per connection; once a minute is enough.
-	now := time.Now().UnixNano()
-	if last := s.lastDrop.Load(); now-last > int64(time.Minute) && s.lastDrop.CompareAndSwap(last, now) {
+	if s.drops.Allow(time.Minute) {
 		s.log.Warn("tunnel: too many unauthenticated connections; dropping new ones", "limit", maxPendingHandshakes, "remote", remote)
 	}
 	return nil, false
@@ -654,7 +660,7 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	// Register before the welcome: once the agent believes it is
 	// connected, Dial must find it.
 	s.register(a)
-	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion}); err != nil {
+	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion, Relay: s.id}); err != nil {
 		s.log.Debug("tunnel: handshake: send welcome", "agent", h.Agent, "remote", remote, "err", err)
 		s.deregister(a)
 		return

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"log/slog"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -49,10 +48,10 @@ func newAgentCmd() *cobra.Command {
 	return cmd
 }
 
-// runningAgent is a started agent: tunnel client and the MCP endpoint
-// served on the streams the relay opens.
+// runningAgent is a started agent: a tunnel to each relay and the one MCP
+// endpoint served on the streams all the relays open.
 type runningAgent struct {
-	Client  *tunnel.Client
+	Relays  *tunnel.Multi
 	handler *mcpproxy.Handler
 	serve   *httpfwd.ConnServer
 	http    *http.Server
@@ -62,12 +61,9 @@ type runningAgent struct {
 }
 
 func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runningAgent, error) {
-	serverName := cfg.Relay.ServerName
-	if serverName == "" {
-		host, _, _ := net.SplitHostPort(cfg.Relay.Address)
-		serverName = host
-	}
-	tlsConf, err := tunnel.ClientTLS(serverName, cfg.Relay.CAFile, cfg.Relay.PinSHA256)
+	// An empty server name: each relay is verified by the host of its
+	// own relay.address entry (see tunnel.MultiConfig).
+	tlsConf, err := tunnel.ClientTLS(cfg.Relay.ServerName, cfg.Relay.CAFile, cfg.Relay.PinSHA256)
 	if err != nil {
 		return nil, err
 	}
@@ -95,26 +91,30 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	if err != nil {
 		return nil, err
 	}
-	client, err := tunnel.NewClient(tunnel.ClientConfig{
-		Name:      cfg.Name,
-		Address:   cfg.Relay.Address,
-		Token:     cfg.Relay.Token,
-		TLSConfig: tlsConf,
-		Transport: cfg.Relay.Transport,
-		Mux:       cfg.Relay.Mux,
-		Servers:   offered,
-		Logger:    log.With("component", "tunnel"),
+	relays, err := tunnel.NewMulti(tunnel.MultiConfig{
+		Client: tunnel.ClientConfig{
+			Name:      cfg.Name,
+			Token:     cfg.Relay.Token,
+			TLSConfig: tlsConf,
+			Transport: cfg.Relay.Transport,
+			Mux:       cfg.Relay.Mux,
+			Servers:   offered,
+			Logger:    log.With("component", "tunnel"),
+		},
+		Addresses:       cfg.Relay.Address,
+		ResolveInterval: cfg.Relay.ResolveInterval,
+		RemoveGrace:     cfg.ShutdownGrace,
 	})
 	if err != nil {
 		_ = handler.Close()
 		return nil, err
 	}
-	ra := &runningAgent{Client: client, handler: handler}
+	ra := &runningAgent{Relays: relays, handler: handler}
 	runCtx, cancel := context.WithCancel(ctx)
 	ra.cancel = cancel
 	// Exchanges for url: servers are answered on the streams themselves;
 	// the http.Server serves the rest (see mcpproxy.Handler.ServeConn).
-	ra.serve = httpfwd.NewConnServer(handler.ServeConn, client.Listener().Addr())
+	ra.serve = httpfwd.NewConnServer(handler.ServeConn, relays.Listener().Addr())
 	ra.http = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 30 * time.Second,
@@ -126,11 +126,11 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	ra.wg.Add(1)
 	go func() {
 		defer ra.wg.Done()
-		if err := client.Run(runCtx); err != nil {
-			log.Error("tunnel stopped", "err", err)
+		if err := relays.Run(runCtx); err != nil {
+			log.Error("tunnels stopped", "err", err)
 		}
 	}()
-	serveFront(&ra.wg, log.With("component", "streams"), ra.serve, ra.http, client.Listener())
+	serveFront(&ra.wg, log.With("component", "streams"), ra.serve, ra.http, relays.Listener())
 	if cfg.Debug.PprofListen != "" {
 		ra.debug, err = startDebug(cfg.Debug.PprofListen, log)
 		if err != nil {
@@ -138,7 +138,7 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 			return nil, err
 		}
 	}
-	log.Info("agent started", "name", cfg.Name, "relay", cfg.Relay.Address, "servers", len(servers))
+	log.Info("agent started", "name", cfg.Name, "relays", cfg.Relay.Address, "servers", len(servers))
 	return ra, nil
 }
 
@@ -149,8 +149,8 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 func (ra *runningAgent) Shutdown(grace context.Context, log *slog.Logger) error {
 	start := time.Now()
 	ra.handler.Drain()
-	if err := ra.Client.Drain(); err != nil {
-		log.Warn("cannot tell the relay the agent drains", "err", err)
+	if err := ra.Relays.Drain(); err != nil {
+		log.Warn("cannot tell every relay the agent drains", "err", err)
 	}
 	log.Info("agent draining", "in_flight", ra.handler.InFlight(), "grace", graceLeft(grace))
 	flush := time.Duration(0)
@@ -186,7 +186,7 @@ func (ra *runningAgent) close(flush time.Duration) error {
 		_ = ra.http.Close()
 	}
 	ra.cancel()
-	_ = ra.Client.Listener().Close()
+	_ = ra.Relays.Listener().Close()
 	ra.debug.Close()
 	ra.wg.Wait()
 	return err

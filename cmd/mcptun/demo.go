@@ -111,7 +111,7 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, o demoOptions) error
 	acfg := &config.Agent{
 		Name: "demo",
 		Relay: config.AgentRelay{
-			Address: rr.Tunnel.Addr(), Token: agentToken, PinSHA256: pin,
+			Address: []string{rr.Tunnel.Addr()}, Token: agentToken, PinSHA256: pin,
 			Transport: "auto", Mux: "native",
 		},
 		Servers: []config.AgentServer{
@@ -126,7 +126,7 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, o demoOptions) error
 	}
 	defer ra.Close()
 	waitCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	err = ra.Client.WaitConnected(waitCtx)
+	err = ra.Relays.WaitConnected(waitCtx, 1)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("demo: agent did not connect to the relay: %w", err)

@@ -17,7 +17,6 @@ package authguard
 
 import (
 	"container/list"
-	"context"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -26,6 +25,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/mcptun/mcptun/internal/logging"
 )
 
 // Defaults of Config.
@@ -34,13 +35,6 @@ const (
 	DefaultBurst      = 10
 	DefaultMaxSources = 10000
 	DefaultLogEvery   = time.Minute
-)
-
-// Log lines over all sources: logBurst at once, then logRate a second;
-// those left out are counted in the next line.
-const (
-	logRate  = 5
-	logBurst = 20
 )
 
 // Config configures a Guard. Zero values take the defaults.
@@ -72,13 +66,12 @@ type Stats struct {
 type Guard struct {
 	cfg   Config
 	log   *slog.Logger
-	lines *rate.Limiter // log lines over all sources
+	lines *logging.Limit // log lines over all sources
 	stats Stats
 
 	// n mirrors len(sources), so that Check costs one atomic load while
 	// nobody has failed.
-	n          atomic.Int64
-	suppressed atomic.Int64
+	n atomic.Int64
 
 	mu      sync.Mutex
 	sources map[netip.Prefix]*source
@@ -116,7 +109,7 @@ func New(cfg Config) *Guard {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Guard{cfg: cfg, log: log, lines: rate.NewLimiter(logRate, logBurst), sources: make(map[netip.Prefix]*source)}
+	return &Guard{cfg: cfg, log: log, lines: logging.NewLimit(logging.LimitRate, logging.LimitBurst), sources: make(map[netip.Prefix]*source)}
 }
 
 // Stats returns the Guard's counters.
@@ -298,14 +291,7 @@ func (g *Guard) emit(args []any) {
 	if args == nil {
 		return
 	}
-	if !g.lines.Allow() {
-		g.suppressed.Add(1)
-		return
-	}
-	if n := g.suppressed.Swap(0); n > 0 {
-		args = append(args, "lines_suppressed", n)
-	}
-	g.log.Log(context.Background(), slog.LevelWarn, "authentication failed", append([]any{"what", g.cfg.What}, args...)...)
+	g.lines.Log(g.log, slog.LevelWarn, "authentication failed", append([]any{"what", g.cfg.What}, args...)...)
 }
 
 // Len reports the sources remembered (for tests).

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/mcptun/mcptun/internal/logging"
 	"go.uber.org/goleak"
 )
 
@@ -118,8 +120,8 @@ func TestLogLines(t *testing.T) {
 			g.Failed(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}))
 		}
 		n := len(buf.lines())
-		require.LessOrEqual(t, n, logBurst+5, "a flood of sources floods the log")
-		require.GreaterOrEqual(t, n, logBurst)
+		require.LessOrEqual(t, n, logging.LimitBurst+5, "a flood of sources floods the log")
+		require.GreaterOrEqual(t, n, logging.LimitBurst)
 	})
 }
 

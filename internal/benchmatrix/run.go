@@ -356,21 +356,26 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 	}
 	deployPlain(PathPlainQUIC, "quic", "native")
 	deployPlain(PathPlainTCP, "tcp", "native")
-	cellPaths := o.Paths
-	if o.Baseline != "" && slices.Contains(o.Sections, SectionMatrix) {
+	// With a baseline, the matrix and paced sections measure each of
+	// mcptun's paths of both builds in the same interleaved rounds.
+	cellPaths, pacedPaths := o.Paths, o.PacedPaths
+	if o.Baseline != "" && (slices.Contains(o.Sections, SectionMatrix) || slices.Contains(o.Sections, SectionPaced)) {
 		bws, err := newWorkspace(filepath.Join(o.OutDir, "matrix-baseline"), o.Baseline, o.Fixture)
 		if err != nil {
 			rep.fail("matrix: baseline: %v", err)
 		} else {
 			bws.tunnelEnv = o.tunnelEnv()
 			deploy(bws, BaselineSuffix)
-			cellPaths = nil
-			for _, p := range o.Paths {
-				cellPaths = append(cellPaths, p)
-				if p != PathDirect && p != PathPlainQUIC && p != PathPlainTCP {
-					cellPaths = append(cellPaths, p+BaselineSuffix)
+			withBaseline := func(ps []string) (out []string) {
+				for _, p := range ps {
+					out = append(out, p)
+					if p != PathDirect && p != PathPlainQUIC && p != PathPlainTCP {
+						out = append(out, p+BaselineSuffix)
+					}
 				}
+				return out
 			}
+			cellPaths, pacedPaths = withBaseline(o.Paths), withBaseline(o.PacedPaths)
 		}
 	}
 
@@ -434,7 +439,7 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 	if slices.Contains(o.Sections, SectionPaced) {
 		pc := cc
 		pc.Rate = o.PacedRate
-		c, ok := cells(o.PacedPaths, o.PacedSessions, pc)
+		c, ok := cells(pacedPaths, o.PacedSessions, pc)
 		if !ok {
 			return
 		}

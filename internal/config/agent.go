@@ -2,9 +2,11 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,9 +40,16 @@ type Agent struct {
 	Warnings []*Error `mapstructure:"-"`
 }
 
-// AgentRelay says how to reach and trust the relay.
+// AgentRelay says how to reach and trust the relays.
 type AgentRelay struct {
-	Address string `mapstructure:"address"`
+	// Address lists the relays' tunnel host:port: one (a YAML string) or
+	// several (a YAML list). A host whose DNS answer holds several
+	// addresses counts as one relay per address, re-resolved every
+	// ResolveInterval.
+	Address []string `mapstructure:"address"`
+	// ResolveInterval is how often the names in Address are looked up
+	// again, so relays added to or removed from DNS are followed.
+	ResolveInterval time.Duration `mapstructure:"resolve_interval"`
 	// Token is the agent's credential. It may come only from the
 	// environment (MCPTUN_RELAY_TOKEN); in a file use token_file.
 	Token     string `mapstructure:"token"`
@@ -49,7 +58,7 @@ type AgentRelay struct {
 	// hex SHA-256 of the relay certificate's public key. Neither: system roots.
 	CAFile     string `mapstructure:"ca_file"`
 	PinSHA256  string `mapstructure:"pin_sha256"`
-	ServerName string `mapstructure:"server_name"` // TLS name to verify; default: the address host
+	ServerName string `mapstructure:"server_name"` // TLS name to verify; default: the host of each address
 	Transport  string `mapstructure:"transport"`   // auto (default), quic, tcp
 	Mux        string `mapstructure:"mux"`         // native (default) or yamux
 }
@@ -131,7 +140,13 @@ func LoadAgent(path string) (*Agent, error) {
 
 func (c *Agent) validate(p *problems, path string) {
 	checkName(p, "name", c.Name)
-	checkHostPort(p, "relay.address", c.Relay.Address)
+	checkRelayAddresses(p, c.Relay.Address)
+	switch {
+	case c.Relay.ResolveInterval == 0:
+		c.Relay.ResolveInterval = DefaultResolveInterval
+	case c.Relay.ResolveInterval < time.Second:
+		p.add("relay.resolve_interval", "must be at least 1s, not %s (0 or unset: %s)", c.Relay.ResolveInterval, DefaultResolveInterval)
+	}
 	switch {
 	case c.Relay.Token != "" && c.Relay.TokenFile != "":
 		p.add("relay.token_file", "set either token_file or %s, not both", envName("relay.token"))
@@ -235,6 +250,49 @@ func (c *Agent) validate(p *problems, path string) {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
 	}
 	checkShutdownGrace(p, &c.ShutdownGrace)
+}
+
+// DefaultResolveInterval is relay.resolve_interval's default.
+const DefaultResolveInterval = 30 * time.Second
+
+// checkRelayAddresses checks relay.address: at least one host:port, each
+// with a host and a port a relay can listen on, none listed twice (two
+// tunnels to one relay would replace each other). One address is named
+// relay.address, entries of a longer list relay.address[i].
+func checkRelayAddresses(p *problems, addrs []string) {
+	if len(addrs) == 0 {
+		p.add("relay.address", "required (host:port, or a list of them)")
+		return
+	}
+	seen := map[string]int{}
+	for i, a := range addrs {
+		key := "relay.address"
+		if len(addrs) > 1 {
+			key = fmt.Sprintf("relay.address[%d]", i)
+		}
+		host, port, err := net.SplitHostPort(a)
+		switch {
+		case a == "":
+			p.add(key, "empty: want host:port")
+			continue
+		case err != nil:
+			p.add(key, "invalid address %q: want host:port (%v)", a, err)
+			continue
+		case host == "":
+			p.add(key, "%q has no host", a)
+			continue
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			p.add(key, "invalid port %q in %q: want 1-65535", port, a)
+			continue
+		}
+		norm := net.JoinHostPort(strings.ToLower(host), port)
+		if j, dup := seen[norm]; dup {
+			p.add(key, "%q is listed twice (also relay.address[%d])", a, j)
+			continue
+		}
+		seen[norm] = i
+	}
 }
 
 // restoreEnvCase puts back the case of environment variable names in

@@ -230,6 +230,37 @@ func TestLoadAgentTokenFromEnv(t *testing.T) {
 	require.Equal(t, "tcp", c.Relay.Transport)
 }
 
+// relay.address takes one host:port or a list, from the file or the
+// environment (a YAML or JSON list, or words).
+func TestLoadAgentRelayAddresses(t *testing.T) {
+	for _, tc := range []struct {
+		name, address, env string
+		want               []string
+	}{
+		{"one", `"relay.example.com:7443"`, "", []string{"relay.example.com:7443"}},
+		{"list", `["r1.example.com:7443", "10.0.0.2:7443", "[fd00::1]:7443"]`, "", []string{"r1.example.com:7443", "10.0.0.2:7443", "[fd00::1]:7443"}},
+		{"block list", "\n    - r1:7443\n    - r2:7443\n", "", []string{"r1:7443", "r2:7443"}},
+		{"env one", `"file:1"`, "r9:7443", []string{"r9:7443"}},
+		{"env yaml list", `"file:1"`, "[r1:7443, r2:7443]", []string{"r1:7443", "r2:7443"}},
+		{"env json list", `"file:1"`, `["r1:7443","r2:7443"]`, []string{"r1:7443", "r2:7443"}},
+		{"env words", `"file:1"`, "r1:7443 r2:7443", []string{"r1:7443", "r2:7443"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeFile(t, dir, "agent.token", "s3cret\n")
+			body := strings.Replace(validAgent, `relay: {address: "127.0.0.1:7443", token_file: agent.token, transport: auto}`,
+				"relay:\n  token_file: agent.token\n  address: "+tc.address, 1)
+			if tc.env != "" {
+				t.Setenv("MCPTUN_RELAY_ADDRESS", tc.env)
+			}
+			c, err := LoadAgent(writeFile(t, dir, "agent.yaml", body))
+			require.NoError(t, err)
+			require.Equal(t, tc.want, c.Relay.Address)
+			require.Equal(t, 30*time.Second, c.Relay.ResolveInterval, "the documented default")
+		})
+	}
+}
+
 func TestLoadAgentErrors(t *testing.T) {
 	tests := []struct {
 		name, body, key, reason string
@@ -265,6 +296,18 @@ func TestLoadAgentErrors(t *testing.T) {
 			"servers[1].rate_limit.burst", "without requests_per_second"},
 		{"negative grace", validAgent + "shutdown_grace: -5s\n", "shutdown_grace", "must not be negative"},
 		{"grace without unit", validAgent + "shutdown_grace: 30\n", "shutdown_grace", "give a unit"},
+		{"no relay address", strings.Replace(validAgent, `address: "127.0.0.1:7443", `, "", 1), "relay.address", "required (host:port, or a list of them)"},
+		{"empty relay list", strings.Replace(validAgent, `address: "127.0.0.1:7443"`, `address: []`, 1), "relay.address", "required"},
+		{"relay without port", strings.Replace(validAgent, `"127.0.0.1:7443"`, `"relay.example.com"`, 1), "relay.address", "want host:port"},
+		{"relay list entry without port", strings.Replace(validAgent, `address: "127.0.0.1:7443"`, `address: ["r1:7443", "r2"]`, 1), "relay.address[1]", `invalid address "r2"`},
+		{"relay list entry without host", strings.Replace(validAgent, `address: "127.0.0.1:7443"`, `address: ["r1:7443", "r2:7443", ":7443"]`, 1), "relay.address[2]", `":7443" has no host`},
+		{"relay port zero", strings.Replace(validAgent, `address: "127.0.0.1:7443"`, `address: ["r1:7443", "r2:0"]`, 1), "relay.address[1]", `invalid port "0"`},
+		{"relay port name", strings.Replace(validAgent, `address: "127.0.0.1:7443"`, `address: ["r1:https"]`, 1), "relay.address", `invalid port "https"`},
+		{"relay empty entry", strings.Replace(validAgent, `address: "127.0.0.1:7443"`, `address: ["r1:7443", ""]`, 1), "relay.address[1]", "empty"},
+		{"relay listed twice", strings.Replace(validAgent, `address: "127.0.0.1:7443"`, `address: ["R1.example.com:7443", "r2:7443", "r1.example.com:7443"]`, 1),
+			"relay.address[2]", "listed twice (also relay.address[0])"},
+		{"relay address a map", strings.Replace(validAgent, `address: "127.0.0.1:7443"`, `address: {a: b}`, 1), "", "address"},
+		{"resolve interval too short", strings.Replace(validAgent, "transport: auto", "resolve_interval: 10ms", 1), "relay.resolve_interval", "at least 1s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

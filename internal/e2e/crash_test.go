@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"regexp"
 	"strings"
@@ -38,17 +37,11 @@ const initializeBody = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{
 func postOnce(url string, timeout time.Duration) (int, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(initializeBody))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	req.Header.Set("Authorization", "Bearer "+clientToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
+	r, err := post(ctx, url, "", initializeBody)
+	if err != nil && r.StatusCode == 0 {
 		return 0, err.Error()
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return r.StatusCode, r.Body
 }
 
 // pollUntil posts to url until ok accepts an answer, and returns how long

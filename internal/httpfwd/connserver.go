@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mcptun/mcptun/internal/logging"
 )
 
 // ServeConnFunc serves HTTP/1.1 exchanges on c until it is done (it closes
@@ -44,16 +46,17 @@ type ConnServer struct {
 	// minute, of refused connections.
 	Logger *slog.Logger
 
-	stats    ConnStats
-	open     atomic.Int64  // connections accepted and not yet closed (with MaxConns)
-	refusing chan struct{} // bounds the goroutines answering Busy
-	lastLog  atomic.Int64  // unix nanos of the last "refusing" log line
-	serve    ServeConnFunc
-	hand     *handoffListener
-	ctx      context.Context // ends at Shutdown or Close
-	stop     context.CancelFunc
-	hardStop context.CancelFunc // ends Closing(ctx): the connections are closed
-	hup      *hupWatcher        // watches waiting clients' sockets (connState)
+	stats     ConnStats
+	open      atomic.Int64  // connections accepted and not yet closed (with MaxConns)
+	refusing  chan struct{} // bounds the goroutines answering Busy
+	refusals  logging.Every // the "refusing" log line
+	acceptErr logging.Every // the "accept failed" log line
+	serve     ServeConnFunc
+	hand      *handoffListener
+	ctx       context.Context // ends at Shutdown or Close
+	stop      context.CancelFunc
+	hardStop  context.CancelFunc // ends Closing(ctx): the connections are closed
+	hup       *hupWatcher        // watches waiting clients' sockets (connState)
 
 	mu     sync.Mutex
 	ln     net.Listener
@@ -151,8 +154,10 @@ func (s *ConnServer) Serve(ln net.Listener) error {
 			// connections held end by their timeouts, so wait and retry.
 			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
 			s.stats.AcceptErrors.Add(1)
-			if s.Logger != nil {
-				s.Logger.Warn("accept failed; retrying", "err", err, "retry_in", delay)
+			// Once a minute: a descriptor flood fails every accept for
+			// as long as it lasts; AcceptErrors counts them all.
+			if s.Logger != nil && s.acceptErr.Allow(time.Minute) {
+				s.Logger.Warn("accept failed; retrying", "err", err, "retry_in", delay, "accept_errors_total", s.stats.AcceptErrors.Load())
 			}
 			t := time.NewTimer(delay)
 			select {
@@ -200,8 +205,7 @@ func (s *ConnServer) Serve(ln net.Listener) error {
 // it read the answer), or closed at once.
 func (s *ConnServer) refuse(c net.Conn) {
 	s.stats.Refused.Add(1)
-	now := time.Now().UnixNano()
-	if last := s.lastLog.Load(); s.Logger != nil && now-last > int64(time.Minute) && s.lastLog.CompareAndSwap(last, now) {
+	if s.Logger != nil && s.refusals.Allow(time.Minute) {
 		s.Logger.Warn("too many client connections; refusing new ones", "max_connections", s.MaxConns,
 			"refused_total", s.stats.Refused.Load(), "remote", c.RemoteAddr())
 	}
