@@ -167,7 +167,9 @@ func TestRunEndToEnd(t *testing.T) {
 		// plus the one due at the window's edge; counts sum over rounds.
 		assert.LessOrEqual(t, c.Load.Requests, int64(2*101), "%s: paced, not closed-loop", c.Path)
 	}
-	require.Equal(t, []string{PathDirect, PathQUIC, PathStdio, PathPlainQUIC}, paced)
+	// The baseline build is measured in the paced rounds too, beside each
+	// of mcptun's paths (not the direct or plain-tunnel ones).
+	require.Equal(t, []string{PathDirect, PathQUIC, PathQUIC + BaselineSuffix, PathStdio, PathStdio + BaselineSuffix, PathPlainQUIC}, paced)
 	require.Len(t, rep.Large, 2)
 	for _, l := range rep.Large {
 		assert.Empty(t, l.Error, l.Path)

@@ -22,7 +22,10 @@ import (
 // beyond a byte-copying tunnel, and every exchange of every connection
 // took the ConnServer context's lock to register them.)
 type connState struct {
-	c                   net.Conn
+	c net.Conn
+	// linger: the last answer left part of its request body unread (an
+	// early 413), so the connection is closed by lingerClose.
+	linger              bool
 	idle, headerTimeout time.Duration
 	// fresh: no head was read yet. A new connection waits for its first
 	// head at most headerTimeout, as net/http's server does: a client that

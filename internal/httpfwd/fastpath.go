@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -87,6 +88,9 @@ func (p *FastPath) ServeConn(ctx context.Context, c net.Conn) (rest net.Conn) {
 	cs.head = head
 	defer func() {
 		if rest == nil {
+			if cs.linger {
+				lingerClose(c)
+			}
 			_ = c.Close()
 			cs.releaseReader()
 		}
@@ -186,6 +190,7 @@ func (p *FastPath) forward(cs *connState, head *Head, x *Exchange) bool {
 	case err == nil:
 		// An answer that came before the whole body was read (an early
 		// 413) leaves the rest of it on c: c cannot carry another.
+		cs.linger = !gone && !x.Req.BodyRead()
 		return !gone && x.Req.BodyRead()
 	case gone:
 		return false // nobody is left to answer
@@ -204,7 +209,38 @@ func (p *FastPath) forward(cs *connState, head *Head, x *Exchange) bool {
 	status, header, body := x.Failed(err)
 	werr := WriteAnswer(&cs.outw, status, header, body)
 	// With a body left partly unread the connection's state is unknown.
+	cs.linger = werr == nil && !x.Req.BodyRead()
 	return werr == nil && x.Req.BodyRead()
+}
+
+// Bounds of lingerClose: long enough for a client on a fast link to
+// take its answer, short enough that a client holding the connection
+// open costs little.
+const (
+	lingerTime  = time.Second
+	lingerBytes = 32 << 20
+)
+
+// lingerClose prepares the close of a connection whose client may still
+// be sending a body its answer made moot. Closing with bytes unread, or
+// with more arriving, resets the connection, and a reset can destroy the
+// answer in the client's buffers before it reads it. So, as net/http's
+// server does: end our side first, then read and drop what comes, for at
+// most lingerTime and lingerBytes.
+func lingerClose(c net.Conn) {
+	for cw := c; ; {
+		if w, ok := cw.(interface{ CloseWrite() error }); ok {
+			_ = w.CloseWrite()
+			break
+		}
+		nc, ok := cw.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		cw = nc.NetConn()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(lingerTime))
+	_, _ = io.CopyN(io.Discard, c, lingerBytes)
 }
 
 // bodyFailed ends an exchange whose request body could not be read: one
