@@ -9,11 +9,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/mcptun/mcptun/internal/devcert"
+	"github.com/mcptun/mcptun/internal/procs"
 )
 
 // Server names every benchmark agent offers.
@@ -25,13 +25,6 @@ const (
 // startTimeout bounds how long a process may take to print its address
 // and an agent to come online.
 const startTimeout = 30 * time.Second
-
-var (
-	relayStartedRe  = regexp.MustCompile(`msg="relay started" tunnel=(\S+) http=(\S+)`)
-	pprofRe         = regexp.MustCompile(`msg="pprof listening" addr=(http://\S+?)/debug/pprof/`)
-	agentConnRe     = regexp.MustCompile(`msg="tunnel: connected to relay".* transport=(\S+)`)
-	fixtureListenRe = regexp.MustCompile(`^listening (http://\S+)`)
-)
 
 // workspace is the benchmark's directory of configs, certificates, tokens
 // and logs, and the binaries it runs.
@@ -122,7 +115,7 @@ func (w *workspace) startFixture(ctx context.Context, netns string) (*fixturePro
 	if err != nil {
 		return nil, err
 	}
-	m, err := p.WaitLine(ctx, fixtureListenRe, startTimeout)
+	m, err := p.WaitLine(ctx, procs.FixtureListening, startTimeout)
 	if err != nil {
 		_ = p.Stop()
 		return nil, err
@@ -176,14 +169,14 @@ func (w *workspace) startRelay(ctx context.Context, tunnelListen string, agents 
 	if err != nil {
 		return nil, err
 	}
-	m, err := p.WaitLine(ctx, relayStartedRe, startTimeout)
+	m, err := p.WaitLine(ctx, procs.RelayStarted, startTimeout)
 	if err != nil {
 		_ = p.Stop()
 		return nil, err
 	}
 	r := &relayProc{process: p, TunnelAddr: m[1], HTTPURL: m[2]}
 	// The pprof line comes before "relay started".
-	if m, err := p.WaitLine(ctx, pprofRe, time.Second); err == nil {
+	if m, err := p.WaitLine(ctx, procs.PprofListening, time.Second); err == nil {
 		r.Pprof = m[1]
 	}
 	return r, nil
@@ -225,14 +218,14 @@ debug: {pprof_listen: "127.0.0.1:0"}
 		_ = p.Stop()
 		return nil, fmt.Errorf("agent %s: %w", spec.Name, err)
 	}
-	m, err := p.WaitLine(ctx, agentConnRe, startTimeout)
+	m, err := p.WaitLine(ctx, procs.AgentConnected, startTimeout)
 	if err != nil {
 		return fail(err)
 	}
 	if got := strings.Trim(m[1], `"`); got != spec.wantTransport() {
 		return fail(fmt.Errorf("connected over %s, want %s", got, spec.wantTransport()))
 	}
-	if m, err := p.WaitLine(ctx, pprofRe, time.Second); err == nil {
+	if m, err := p.WaitLine(ctx, procs.PprofListening, time.Second); err == nil {
 		a.Pprof = m[1]
 	}
 	if err := w.waitRouted(ctx, r.HTTPURL+"/"+spec.Name+"/"+serverHTTP+"/mcp"); err != nil {

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -32,13 +31,6 @@ var agentNames = []string{"quic", "tcp"}
 
 // startTimeout bounds how long a process may take to print its address.
 const startTimeout = 30 * time.Second
-
-var (
-	relayStartedRe  = regexp.MustCompile(`msg="relay started" tunnel=(\S+) http=(\S+)`)
-	pprofRe         = regexp.MustCompile(`msg="pprof listening" addr=(http://\S+?)/debug/pprof/`)
-	agentConnRe     = regexp.MustCompile(`msg="tunnel: connected to relay".* transport=(\S+)`)
-	fixtureListenRe = regexp.MustCompile(`^listening (http://\S+)`)
-)
 
 // node is one relay or agent process, restartable with the same config:
 // the relay on the same ports, so that agents and clients find it again.
@@ -185,7 +177,7 @@ func (c *cluster) startUpstream(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := p.WaitLine(ctx, fixtureListenRe, startTimeout); err != nil {
+	if _, err := p.WaitLine(ctx, procs.FixtureListening, startTimeout); err != nil {
 		p.Kill()
 		return err
 	}
@@ -199,13 +191,13 @@ func (c *cluster) startRelay(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := p.WaitLine(ctx, relayStartedRe, startTimeout); err != nil {
+	if _, err := p.WaitLine(ctx, procs.RelayStarted, startTimeout); err != nil {
 		p.Kill()
 		return err
 	}
 	n.p, n.pprof = p, ""
 	// The pprof line comes before "relay started".
-	if m, err := p.WaitLine(ctx, pprofRe, time.Second); err == nil {
+	if m, err := p.WaitLine(ctx, procs.PprofListening, time.Second); err == nil {
 		n.pprof = m[1]
 	}
 	return nil
@@ -219,13 +211,13 @@ func (c *cluster) startAgent(ctx context.Context, a string) error {
 	if err != nil {
 		return err
 	}
-	m, err := p.WaitLine(ctx, pprofRe, startTimeout)
+	m, err := p.WaitLine(ctx, procs.PprofListening, startTimeout)
 	if err != nil {
 		p.Kill()
 		return err
 	}
 	n.p, n.pprof = p, m[1]
-	m, err = p.WaitLine(ctx, agentConnRe, startTimeout)
+	m, err = p.WaitLine(ctx, procs.AgentConnected, startTimeout)
 	if err != nil {
 		return err
 	}
