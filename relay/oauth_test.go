@@ -1,0 +1,367 @@
+package relay
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mcptun/mcptun/internal/authguard"
+)
+
+const (
+	testIssuer = "https://idp.test/realms/bank"
+	testPublic = "https://mcp.bank.test"
+)
+
+// testIdP is an authorization server's signing side: keys made in the
+// test and a JWKS endpoint on 127.0.0.1 serving their public halves.
+type testIdP struct {
+	mu      sync.Mutex
+	keys    map[string]crypto.Signer // kid → private key
+	fail    atomic.Bool              // the JWKS endpoint answers 500
+	fetches atomic.Int32
+	srv     *httptest.Server
+}
+
+func newTestIdP(t *testing.T) *testIdP {
+	t.Helper()
+	idp := &testIdP{keys: map[string]crypto.Signer{}}
+	idp.addKey(t, "ec1", "ES256")
+	idp.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		idp.fetches.Add(1)
+		if idp.fail.Load() {
+			http.Error(w, "down", http.StatusInternalServerError)
+			return
+		}
+		_, _ = w.Write(idp.jwks(t))
+	}))
+	t.Cleanup(idp.srv.Close)
+	return idp
+}
+
+func (idp *testIdP) addKey(t *testing.T, kid, alg string) crypto.Signer {
+	t.Helper()
+	var k crypto.Signer
+	var err error
+	switch alg {
+	case "ES256":
+		k, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case "RS256":
+		k, err = rsa.GenerateKey(rand.Reader, 2048)
+	case "EdDSA":
+		_, k, err = ed25519.GenerateKey(rand.Reader)
+	}
+	require.NoError(t, err)
+	idp.mu.Lock()
+	idp.keys[kid] = k
+	idp.mu.Unlock()
+	return k
+}
+
+func (idp *testIdP) jwks(t *testing.T) []byte {
+	idp.mu.Lock()
+	defer idp.mu.Unlock()
+	var set jose.JSONWebKeySet
+	for kid, k := range idp.keys {
+		set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.Public(), KeyID: kid, Use: "sig"})
+	}
+	b, err := json.Marshal(set)
+	require.NoError(t, err)
+	return b
+}
+
+// claims are a valid token's for dc1/notes; tests change them.
+func validClaims() map[string]any {
+	now := time.Now()
+	return map[string]any{
+		"iss":    testIssuer,
+		"sub":    "alice",
+		"aud":    testPublic + "/dc1/notes/mcp",
+		"exp":    now.Add(5 * time.Minute).Unix(),
+		"iat":    now.Unix(),
+		"nbf":    now.Add(-time.Second).Unix(),
+		"scope":  "openid mcp:tools",
+		"groups": []string{"staff", "ops"},
+	}
+}
+
+// sign makes a compact JWS of claims with key (kid and alg in its header).
+func sign(t *testing.T, key any, kid string, alg jose.SignatureAlgorithm, claims map[string]any) string {
+	t.Helper()
+	opts := (&jose.SignerOptions{}).WithType("JWT")
+	if kid != "" {
+		opts = opts.WithHeader("kid", kid)
+	}
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
+	require.NoError(t, err)
+	tok, err := jwt.Signed(s).Claims(claims).Serialize()
+	require.NoError(t, err)
+	return tok
+}
+
+// unsigned is a token with alg none: no library signs those.
+func unsigned(t *testing.T, kid string, claims map[string]any) string {
+	t.Helper()
+	h, _ := json.Marshal(map[string]string{"alg": "none", "typ": "JWT", "kid": kid})
+	c, err := json.Marshal(claims)
+	require.NoError(t, err)
+	enc := base64.RawURLEncoding
+	return enc.EncodeToString(h) + "." + enc.EncodeToString(c) + "."
+}
+
+// headerAgent is an agent whose server echoes the headers it got.
+func headerAgent() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"path": r.URL.Path, "headers": r.Header})
+	})
+}
+
+type oauthFixture struct {
+	idp   *testIdP
+	addr  string
+	guard *authguard.Guard
+}
+
+// newOAuthFixture serves a relay with OAuth (changed by mod) in front of
+// headerAgent; guard nil: one that never throttles in a test.
+func newOAuthFixture(t *testing.T, mod func(*OAuth), guard *authguard.Guard) *oauthFixture {
+	t.Helper()
+	idp := newTestIdP(t)
+	agentSrv := httptest.NewServer(headerAgent())
+	o := &OAuth{
+		Issuer:         testIssuer,
+		JWKSURL:        idp.srv.URL + "/jwks",
+		PublicURL:      testPublic,
+		RequiredScopes: []string{"mcp:tools"},
+		Rules:          []OAuthRule{{Claim: "groups", Value: "ops", Allow: []string{"dc1/*"}}},
+	}
+	if mod != nil {
+		mod(o)
+	}
+	if guard == nil {
+		guard = authguard.New(authguard.Config{Burst: 1000, Rate: 1})
+	}
+	h, err := NewHandler(Config{
+		Agents:      tcpAgents{addr: agentSrv.Listener.Addr().String()},
+		KnownAgents: []string{"dc1"},
+		Clients:     []Client{{Name: "ci", TokenSHA256: hash("ci-token"), Allow: []string{"*/*"}}},
+		AuthGuard:   guard,
+		OAuth:       o,
+	})
+	require.NoError(t, err)
+	addr, _ := startFront(t, h, nil)
+	t.Cleanup(func() {
+		agentSrv.CloseClientConnections()
+		agentSrv.Close()
+	})
+	return &oauthFixture{idp: idp, addr: addr, guard: guard}
+}
+
+type callResult struct {
+	status    int
+	challenge string
+	reason    string
+	headers   http.Header // what the agent's server got
+}
+
+func (f *oauthFixture) call(t *testing.T, path, auth string) callResult {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, "http://"+f.addr+path, strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"ping"}`))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	res := callResult{status: resp.StatusCode, challenge: resp.Header.Get("WWW-Authenticate")}
+	if resp.StatusCode == http.StatusOK {
+		var echo struct{ Headers http.Header }
+		require.NoError(t, json.Unmarshal(body, &echo), "body: %s", body)
+		res.headers = echo.Headers
+		return res
+	}
+	var eb errorBody
+	require.NoError(t, json.Unmarshal(body, &eb), "body: %s", body)
+	res.reason = eb.Error.Data.Reason
+	return res
+}
+
+// TestOAuthTokens: a valid access token is accepted, named after its
+// subject, and never reaches the agent; each way a token can be wrong is
+// refused with RFC 6750's challenge and RFC 9728's resource_metadata.
+func TestOAuthTokens(t *testing.T) {
+	f := newOAuthFixture(t, nil, nil)
+	ec := f.idp.keys["ec1"]
+	rsaKey := f.idp.addKey(t, "rsa1", "RS256")
+	edKey := f.idp.addKey(t, "ed1", "EdDSA")
+	other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	pubDER, err := x509.MarshalPKIXPublicKey(rsaKey.Public())
+	require.NoError(t, err)
+	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})
+
+	with := func(k string, v any) map[string]any {
+		c := validClaims()
+		if v == nil {
+			delete(c, k)
+		} else {
+			c[k] = v
+		}
+		return c
+	}
+	const meta = `resource_metadata="` + testPublic + `/.well-known/oauth-protected-resource/dc1/notes/mcp"`
+	cases := []struct {
+		name      string
+		auth      string
+		status    int
+		reason    string
+		challenge []string
+	}{
+		{"valid ES256", "Bearer " + sign(t, ec, "ec1", jose.ES256, validClaims()), 200, "", nil},
+		{"valid RS256", "Bearer " + sign(t, rsaKey, "rsa1", jose.RS256, validClaims()), 200, "", nil},
+		{"valid EdDSA", "Bearer " + sign(t, edKey, "ed1", jose.EdDSA, validClaims()), 200, "", nil},
+		{"scp list instead of scope", "Bearer " + sign(t, ec, "ec1", jose.ES256,
+			func() map[string]any { c := with("scope", nil); c["scp"] = []string{"mcp:tools"}; return c }()), 200, "", nil},
+		{"audience list", "Bearer " + sign(t, ec, "ec1", jose.ES256, with("aud", []string{"other", testPublic + "/dc1/notes/mcp"})), 200, "", nil},
+		{"bad signature", "Bearer " + sign(t, other, "ec1", jose.ES256, validClaims()),
+			401, "invalid_token", []string{`error="invalid_token"`, `error_description="bad signature"`, meta}},
+		{"expired", "Bearer " + sign(t, ec, "ec1", jose.ES256, with("exp", time.Now().Add(-2*time.Minute).Unix())),
+			401, "invalid_token", []string{`error="invalid_token"`, `error_description="expired"`, meta}},
+		{"not yet valid", "Bearer " + sign(t, ec, "ec1", jose.ES256, with("nbf", time.Now().Add(2*time.Minute).Unix())),
+			401, "invalid_token", []string{`error_description="not valid yet"`, meta}},
+		{"no exp", "Bearer " + sign(t, ec, "ec1", jose.ES256, with("exp", nil)),
+			401, "invalid_token", []string{`error_description="no expiry (exp)"`}},
+		{"wrong issuer", "Bearer " + sign(t, ec, "ec1", jose.ES256, with("iss", "https://evil.test")),
+			401, "invalid_token", []string{`error_description="wrong issuer"`, meta}},
+		{"wrong audience: another endpoint", "Bearer " + sign(t, ec, "ec1", jose.ES256, with("aud", testPublic+"/dc1/other/mcp")),
+			401, "invalid_token", []string{`error_description="audience is not ` + testPublic + `/dc1/notes/mcp"`, meta}},
+		{"wrong audience: the relay as a whole", "Bearer " + sign(t, ec, "ec1", jose.ES256, with("aud", testPublic)),
+			401, "invalid_token", []string{`error="invalid_token"`}},
+		{"no audience", "Bearer " + sign(t, ec, "ec1", jose.ES256, with("aud", nil)),
+			401, "invalid_token", []string{`error="invalid_token"`}},
+		{"missing scope", "Bearer " + sign(t, ec, "ec1", jose.ES256, with("scope", "openid")),
+			403, "insufficient_scope", []string{`error="insufficient_scope"`, `scope="mcp:tools"`, meta}},
+		{"alg none", "Bearer " + unsigned(t, "ec1", validClaims()),
+			401, "invalid_token", []string{`error="invalid_token"`, meta}},
+		{"HS256 with the public key as secret", "Bearer " + sign(t, pubPEM, "rsa1", jose.HS256, validClaims()),
+			401, "invalid_token", []string{`error="invalid_token"`, meta}},
+		{"unknown kid", "Bearer " + sign(t, other, "nope", jose.ES256, validClaims()),
+			401, "invalid_token", []string{`error_description="unknown signing key"`}},
+		{"no identity claim", "Bearer " + sign(t, ec, "ec1", jose.ES256, with("sub", nil)),
+			401, "invalid_token", []string{`error_description="no sub claim to name the client"`}},
+		{"valid but no allow pattern for it", "Bearer " + sign(t, ec, "ec1", jose.ES256, with("groups", []string{"staff"})),
+			403, "forbidden", nil},
+		{"garbage that looks like a JWT", "Bearer a.b.c", 401, "invalid_token", []string{meta}},
+		{"opaque unknown token", "Bearer not-a-jwt", 401, "unauthorized", []string{`error="invalid_token"`, meta}},
+		{"no token", "", 401, "unauthorized", []string{`Bearer realm="mcptun"`, `scope="mcp:tools"`, meta}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res := f.call(t, "/dc1/notes/mcp", tc.auth)
+			require.Equal(t, tc.status, res.status, "reason %q, challenge %q", res.reason, res.challenge)
+			require.Equal(t, tc.reason, res.reason)
+			for _, c := range tc.challenge {
+				require.Contains(t, res.challenge, c)
+			}
+			if tc.status == 200 {
+				require.Equal(t, []string{"oauth:alice"}, res.headers[ClientHeader])
+				require.Empty(t, res.headers["Authorization"], "the access token reached the agent")
+			}
+		})
+	}
+}
+
+// TestOAuthIdentity: the client name comes from the configured claim,
+// prefixed so no token passes for a token client, and escaped so a claim
+// cannot add a header line on the tunnel.
+func TestOAuthIdentity(t *testing.T) {
+	f := newOAuthFixture(t, func(o *OAuth) {
+		o.IdentityClaim = "client.name"
+		o.Allow = []string{"dc1/notes"}
+		o.Rules = nil
+	}, nil)
+	ec := f.idp.keys["ec1"]
+	for _, tc := range []struct{ id, want string }{
+		{"ci", "oauth:ci"},
+		{"evil\r\nX-Mcptun-Client: ci", "oauth:evil%0D%0AX-Mcptun-Client:%20ci"},
+		{"100%", "oauth:100%25"},
+		{"jürgen", "oauth:j%C3%BCrgen"},
+	} {
+		c := validClaims()
+		c["client"] = map[string]any{"name": tc.id}
+		res := f.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, ec, "ec1", jose.ES256, c))
+		require.Equal(t, 200, res.status, tc.id)
+		require.Equal(t, []string{tc.want}, res.headers[ClientHeader], tc.id)
+	}
+	// The token client still works beside OAuth, by its own name.
+	res := f.call(t, "/dc1/notes/mcp", "Bearer ci-token")
+	require.Equal(t, 200, res.status)
+	require.Equal(t, []string{"ci"}, res.headers[ClientHeader])
+	require.Empty(t, res.headers["Authorization"])
+	// Allow is narrowed by pattern: dc1/notes only.
+	c := validClaims()
+	c["client"] = map[string]any{"name": "x"}
+	c["aud"] = testPublic + "/dc1/other/mcp"
+	res = f.call(t, "/dc1/other/mcp", "Bearer "+sign(t, ec, "ec1", jose.ES256, c))
+	require.Equal(t, 403, res.status)
+	require.Equal(t, "forbidden", res.reason)
+}
+
+// TestOAuthFailuresThrottled: refused access tokens count as failed
+// authentications for the source, as wrong bearer tokens do; a token
+// short of scope (valid, but not enough) does not.
+func TestOAuthFailuresThrottled(t *testing.T) {
+	f := newOAuthFixture(t, nil, nil)
+	ec := f.idp.keys["ec1"]
+	c := validClaims()
+	c["scope"] = "openid"
+	short := "Bearer " + sign(t, ec, "ec1", jose.ES256, c)
+	for range 3 {
+		require.Equal(t, 403, f.call(t, "/dc1/notes/mcp", short).status)
+	}
+	require.Zero(t, f.guard.Stats().Failures.Load())
+	expired := validClaims()
+	expired["exp"] = time.Now().Add(-time.Hour).Unix()
+	bad := "Bearer " + sign(t, ec, "ec1", jose.ES256, expired)
+	for range 3 {
+		require.Equal(t, 401, f.call(t, "/dc1/notes/mcp", bad).status)
+	}
+	require.EqualValues(t, 3, f.guard.Stats().Failures.Load())
+
+	// A guard that allows one failure: the second bad token is throttled,
+	// and so is a valid token after it.
+	gf := newOAuthFixture(t, nil, authguard.New(authguard.Config{Burst: 1, Rate: 0.001}))
+	ec = gf.idp.keys["ec1"]
+	bad = "Bearer " + sign(t, ec, "ec1", jose.ES256, expired)
+	require.Equal(t, 401, gf.call(t, "/dc1/notes/mcp", bad).status)
+	res := gf.call(t, "/dc1/notes/mcp", bad)
+	require.Equal(t, 429, res.status)
+	require.Equal(t, "auth_throttled", res.reason)
+	res = gf.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, ec, "ec1", jose.ES256, validClaims()))
+	require.Equal(t, 429, res.status)
+}
