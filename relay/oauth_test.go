@@ -365,3 +365,134 @@ func TestOAuthFailuresThrottled(t *testing.T) {
 	res = gf.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, ec, "ec1", jose.ES256, validClaims()))
 	require.Equal(t, 429, res.status)
 }
+
+// TestOAuthMetadata: RFC 9728 documents at the endpoint's path-inserted
+// well-known URL and the root one, built from public_url (not the Host a
+// request came with), for any plain names so they tell nobody which
+// agents exist.
+func TestOAuthMetadata(t *testing.T) {
+	f := newOAuthFixture(t, func(o *OAuth) {
+		o.AuthorizationServers = []string{"https://idp.test/realms/bank", "https://backup.test"}
+		o.ScopesSupported = []string{"mcp:tools", "openid"}
+	}, nil)
+	get := func(path string) (int, http.Header, map[string]any) {
+		req, err := http.NewRequest(http.MethodGet, "http://"+f.addr+path, nil)
+		require.NoError(t, err)
+		req.Host = "attacker.example" // must not show in the document
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var doc map[string]any
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&doc))
+		return resp.StatusCode, resp.Header, doc
+	}
+	for path, resource := range map[string]string{
+		"/.well-known/oauth-protected-resource/dc1/notes/mcp":      testPublic + "/dc1/notes/mcp",
+		"/.well-known/oauth-protected-resource/nosuch/agent.x/mcp": testPublic + "/nosuch/agent.x/mcp",
+		"/.well-known/oauth-protected-resource":                    testPublic,
+	} {
+		status, hdr, doc := get(path)
+		require.Equal(t, 200, status, path)
+		require.Equal(t, "application/json", hdr.Get("Content-Type"))
+		require.Equal(t, resource, doc["resource"], path)
+		require.Equal(t, []any{"https://idp.test/realms/bank", "https://backup.test"}, doc["authorization_servers"])
+		require.Equal(t, []any{"mcp:tools", "openid"}, doc["scopes_supported"])
+		require.Equal(t, []any{"header"}, doc["bearer_methods_supported"])
+	}
+	status, _, doc := get("/.well-known/oauth-protected-resource/-bad/x/mcp")
+	require.Equal(t, 404, status)
+	require.Equal(t, "not_found", doc["error"].(map[string]any)["data"].(map[string]any)["reason"])
+
+	// Without oauth there is no metadata.
+	agentSrv := httptest.NewServer(headerAgent())
+	defer agentSrv.Close()
+	h, err := NewHandler(Config{Agents: tcpAgents{addr: agentSrv.Listener.Addr().String()}, KnownAgents: []string{"dc1"}})
+	require.NoError(t, err)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/.well-known/oauth-protected-resource/dc1/notes/mcp", nil))
+	require.Equal(t, 404, rec.Code)
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/dc1/notes/mcp", nil))
+	require.Equal(t, `Bearer realm="mcptun"`, rec.Header().Get("WWW-Authenticate"))
+}
+
+// TestOAuthKeyRotation: a token signed with a key the relay has not seen
+// makes it fetch the key set again, so a rotation at the authorization
+// server needs no restart.
+func TestOAuthKeyRotation(t *testing.T) {
+	f := newOAuthFixture(t, func(o *OAuth) { o.JWKSMinRefresh = time.Nanosecond }, nil)
+	ec := f.idp.keys["ec1"]
+	require.Equal(t, 200, f.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, ec, "ec1", jose.ES256, validClaims())).status)
+	require.EqualValues(t, 1, f.idp.fetches.Load())
+	require.Equal(t, 200, f.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, ec, "ec1", jose.ES256, validClaims())).status)
+	require.EqualValues(t, 1, f.idp.fetches.Load(), "a known kid fetched the key set again")
+	k2 := f.idp.addKey(t, "ec2", "ES256")
+	require.Equal(t, 200, f.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, k2, "ec2", jose.ES256, validClaims())).status)
+	require.EqualValues(t, 2, f.idp.fetches.Load())
+}
+
+// TestOAuthKeyFetchBounded: tokens with made-up kids fetch the key set at
+// most once per JWKSMinRefresh, and while the authorization server's keys
+// were never had the relay answers 503 without counting the client's
+// token as wrong.
+func TestOAuthKeyFetchBounded(t *testing.T) {
+	f := newOAuthFixture(t, nil, nil)
+	ec := f.idp.keys["ec1"]
+	require.Equal(t, 200, f.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, ec, "ec1", jose.ES256, validClaims())).status)
+	for i := range 20 {
+		res := f.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, ec, "made-up-"+string(rune('a'+i)), jose.ES256, validClaims()))
+		require.Equal(t, 401, res.status)
+	}
+	require.EqualValues(t, 1, f.idp.fetches.Load(), "unknown kids fetched the key set within JWKSMinRefresh of the last fetch")
+
+	down := newOAuthFixture(t, nil, nil)
+	down.idp.fail.Store(true)
+	res := down.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, down.idp.keys["ec1"], "ec1", jose.ES256, validClaims()))
+	require.Equal(t, 503, res.status)
+	require.Equal(t, "oauth_keys_unavailable", res.reason)
+	require.Zero(t, down.guard.Stats().Failures.Load())
+}
+
+// TestOAuthConfigRefused: settings that would weaken the checks are
+// refused when the handler is made.
+func TestOAuthConfigRefused(t *testing.T) {
+	base := func() OAuth {
+		return OAuth{Issuer: testIssuer, JWKSURL: "https://idp.test/jwks", PublicURL: testPublic}
+	}
+	for name, tc := range map[string]struct {
+		mod  func(*OAuth)
+		want string
+	}{
+		"HS256 accepted":        {func(o *OAuth) { o.Algorithms = []string{"RS256", "HS256"} }, `algorithm "HS256" is not accepted`},
+		"none accepted":         {func(o *OAuth) { o.Algorithms = []string{"none"} }, `algorithm "none" is not accepted`},
+		"plain http jwks":       {func(o *OAuth) { o.JWKSURL = "http://idp.test/jwks" }, "must be https"},
+		"no issuer":             {func(o *OAuth) { o.Issuer = "" }, "issuer is required"},
+		"public url with path":  {func(o *OAuth) { o.PublicURL = testPublic + "/mcp" }, "no path"},
+		"public url not a url":  {func(o *OAuth) { o.PublicURL = "mcp.bank.test" }, "scheme://host"},
+		"both jwks url and doc": {func(o *OAuth) { o.JWKS = []byte(`{"keys":[]}`) }, "exactly one of jwks_url and jwks_file"},
+		"jwks with only a secret": {func(o *OAuth) {
+			o.JWKSURL = ""
+			o.JWKS = []byte(`{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"s"}]}`)
+		}, "no public signing key"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := base()
+			tc.mod(&o)
+			_, err := NewHandler(Config{Agents: tcpAgents{}, OAuth: &o})
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}
+
+// TestOAuthStaticKeys: a fixed key set (jwks_file) checks tokens with no
+// fetching.
+func TestOAuthStaticKeys(t *testing.T) {
+	idp := newTestIdP(t)
+	f := newOAuthFixture(t, func(o *OAuth) {
+		o.JWKSURL = ""
+		o.JWKS = idp.jwks(t)
+	}, nil)
+	require.Equal(t, 200, f.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, idp.keys["ec1"], "ec1", jose.ES256, validClaims())).status)
+	require.Equal(t, 401, f.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, f.idp.keys["ec1"], "ec1", jose.ES256, validClaims())).status)
+	require.Zero(t, f.idp.fetches.Load())
+}
