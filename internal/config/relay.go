@@ -13,8 +13,7 @@ type Relay struct {
 	HTTP    RelayHTTP     `mapstructure:"http"`
 	Agents  []RelayAgent  `mapstructure:"agents"`
 	Clients []RelayClient `mapstructure:"clients"`
-	// OAuth admits clients with JWT access tokens too (see RelayOAuth).
-	OAuth RelayOAuth `mapstructure:"oauth"`
+	OAuth   RelayOAuth    `mapstructure:"oauth"` // JWT access tokens too (see RelayOAuth)
 	Log     Log           `mapstructure:"log"`
 	Debug   Debug         `mapstructure:"debug"`
 	// ShutdownGrace is how long a relay told to stop (SIGTERM, SIGINT)
