@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -121,6 +122,8 @@ type oauthVerifier struct {
 	keys   *jwks
 	public string // PublicURL without a trailing slash
 	log    *slog.Logger
+	now    func() time.Time // time.Now; tests move it
+	cache  *tokenCache
 }
 
 func newOAuthVerifier(cfg OAuth, log *slog.Logger) (*oauthVerifier, error) {
@@ -132,7 +135,7 @@ func newOAuthVerifier(cfg OAuth, log *slog.Logger) (*oauthVerifier, error) {
 		u.RawQuery != "" || u.Fragment != "" || u.User != nil {
 		return nil, fmt.Errorf("relay: oauth: public_url %q must be scheme://host[:port] with no path", cfg.PublicURL)
 	}
-	v := &oauthVerifier{cfg: cfg, public: u.Scheme + "://" + u.Host, log: log}
+	v := &oauthVerifier{cfg: cfg, public: u.Scheme + "://" + u.Host, log: log, now: time.Now, cache: newTokenCache(tokenCacheSize)}
 	if v.cfg.IdentityClaim == "" {
 		v.cfg.IdentityClaim = "sub"
 	}
@@ -224,24 +227,48 @@ func looksLikeJWT(token string) bool {
 // verify checks an access token for agent/server. It returns the client
 // the token stands for, or the refusal.
 func (v *oauthVerifier) verify(token, agent, server string) (*client, *refusal) {
-	invalid := func(desc string, err error) *refusal {
-		args := []any{"agent", agent, "server", server, "why", desc}
-		if err != nil {
-			args = append(args, "err", err)
+	now := v.now()
+	sum := sha256.Sum256([]byte(token))
+	if e, ok := v.cache.get(sum, now); ok {
+		if !v.audienceOK(e.aud, agent, server) {
+			return nil, v.invalid(agent, server, "audience is not "+v.resourceOrPublic(agent, server), nil)
 		}
-		return &refusal{status: http.StatusUnauthorized, reason: "invalid_token",
-			msg:    "invalid access token: " + desc,
-			header: "WWW-Authenticate", value: v.challenge(agent, server, "invalid_token", desc, false),
-			wrongToken: true, logLevel: slog.LevelDebug, logMsg: "access token refused", logArgs: args}
+		return &client{Client: Client{Name: e.name, Allow: e.allow}}, nil
+	}
+	c, ref, e := v.check(token, agent, server, now)
+	if e != nil {
+		v.cache.put(sum, e)
+	}
+	return c, ref
+}
+
+// invalid refuses a token for agent/server with RFC 6750's invalid_token.
+func (v *oauthVerifier) invalid(agent, server, desc string, err error) *refusal {
+	args := []any{"agent", agent, "server", server, "why", desc}
+	if err != nil {
+		args = append(args, "err", err)
+	}
+	return &refusal{status: http.StatusUnauthorized, reason: "invalid_token",
+		msg:    "invalid access token: " + desc,
+		header: "WWW-Authenticate", value: v.challenge(agent, server, "invalid_token", desc, false),
+		wrongToken: true, logLevel: slog.LevelDebug, logMsg: "access token refused", logArgs: args}
+}
+
+// check verifies a token in full: the client, or the refusal; and for a
+// token accepted, what to cache (the audience is checked again on a hit:
+// a token may name one endpoint and be sent to another).
+func (v *oauthVerifier) check(token, agent, server string, now time.Time) (*client, *refusal, *cachedToken) {
+	invalid := func(desc string, err error) (*client, *refusal, *cachedToken) {
+		return nil, v.invalid(agent, server, desc, err), nil
 	}
 	tok, err := jwt.ParseSigned(token, v.algs)
 	if err != nil {
 		// alg none and HS*, among others, end here: go-jose refuses any
 		// algorithm not in the list before it looks at a key.
-		return nil, invalid("malformed, or signed with an algorithm not accepted", err)
+		return invalid("malformed, or signed with an algorithm not accepted", err)
 	}
 	if len(tok.Headers) != 1 {
-		return nil, invalid("not a single-signature JWT", nil)
+		return invalid("not a single-signature JWT", nil)
 	}
 	hdr := tok.Headers[0]
 	key, err := v.keys.key(hdr.KeyID, hdr.Algorithm)
@@ -250,38 +277,38 @@ func (v *oauthVerifier) verify(token, agent, server string) (*client, *refusal) 
 		return nil, &refusal{status: http.StatusServiceUnavailable, reason: "oauth_keys_unavailable",
 			msg:    "the relay cannot check access tokens now: the authorization server's signing keys are unavailable",
 			header: "Retry-After", value: unavailableRetryAfter,
-			logLevel: slog.LevelWarn, logMsg: "access token not checked", logArgs: []any{"err", err}}
+			logLevel: slog.LevelWarn, logMsg: "access token not checked", logArgs: []any{"err", err}}, nil
 	case err != nil:
-		return nil, invalid("unknown signing key", err)
+		return invalid("unknown signing key", err)
 	}
 	var claims jwt.Claims
 	var raw map[string]any
 	if err := tok.Claims(key, &claims, &raw); err != nil {
-		return nil, invalid("bad signature", err)
+		return invalid("bad signature", err)
 	}
 	if claims.Expiry == nil {
-		return nil, invalid("no expiry (exp)", nil)
+		return invalid("no expiry (exp)", nil)
 	}
-	err = claims.ValidateWithLeeway(jwt.Expected{Issuer: v.cfg.Issuer, Time: time.Now()}, v.cfg.Leeway)
+	err = claims.ValidateWithLeeway(jwt.Expected{Issuer: v.cfg.Issuer, Time: now}, v.cfg.Leeway)
 	switch {
 	case errors.Is(err, jwt.ErrExpired):
-		return nil, invalid("expired", nil)
+		return invalid("expired", nil)
 	case errors.Is(err, jwt.ErrNotValidYet), errors.Is(err, jwt.ErrIssuedInTheFuture):
-		return nil, invalid("not valid yet", nil)
+		return invalid("not valid yet", nil)
 	case errors.Is(err, jwt.ErrInvalidIssuer):
-		return nil, invalid("wrong issuer", nil)
+		return invalid("wrong issuer", nil)
 	case err != nil:
-		return nil, invalid("claims not valid", err)
+		return invalid("claims not valid", err)
 	}
 	if !v.audienceOK(claims.Audience, agent, server) {
-		return nil, invalid("audience is not "+v.resourceOrPublic(agent, server), nil)
+		return invalid("audience is not "+v.resourceOrPublic(agent, server), nil)
 	}
 	id, ok := claimString(raw, v.cfg.IdentityClaim)
 	if !ok || id == "" {
-		return nil, invalid("no "+v.cfg.IdentityClaim+" claim to name the client", nil)
+		return invalid("no "+v.cfg.IdentityClaim+" claim to name the client", nil)
 	}
 	if len(id) > maxIdentityLen {
-		return nil, invalid(v.cfg.IdentityClaim+" claim longer than 256 bytes", nil)
+		return invalid(v.cfg.IdentityClaim+" claim longer than 256 bytes", nil)
 	}
 	name := OAuthIdentityPrefix + escapeIdentity(id)
 	if missing := v.missingScopes(raw); len(missing) > 0 {
@@ -290,7 +317,7 @@ func (v *oauthVerifier) verify(token, agent, server string) (*client, *refusal) 
 				strings.Join(v.cfg.RequiredScopes, " ")),
 			header: "WWW-Authenticate", value: v.challenge(agent, server, "insufficient_scope", "", true),
 			logLevel: slog.LevelInfo, logMsg: "access token lacks scope",
-			logArgs: []any{"client", name, "agent", agent, "server", server, "missing", missing}}
+			logArgs: []any{"client", name, "agent", agent, "server", server, "missing", missing}}, nil
 	}
 	allow := slices.Clone(v.cfg.Allow)
 	for _, r := range v.cfg.Rules {
@@ -298,7 +325,12 @@ func (v *oauthVerifier) verify(token, agent, server string) (*client, *refusal) 
 			allow = append(allow, r.Allow...)
 		}
 	}
-	return &client{Client: Client{Name: name, Allow: allow}}, nil
+	// Cached until it expires (or for tokenCacheTTL at most): checking a
+	// signature costs a few hundred microseconds, more than the rest of an
+	// exchange at the relay.
+	until := minTime(claims.Expiry.Time().Add(v.cfg.Leeway), now.Add(tokenCacheTTL))
+	e := &cachedToken{name: name, allow: allow, aud: claims.Audience, until: until}
+	return &client{Client: Client{Name: name, Allow: allow}}, nil, e
 }
 
 func (v *oauthVerifier) resourceOrPublic(agent, server string) string {

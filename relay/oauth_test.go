@@ -496,3 +496,76 @@ func TestOAuthStaticKeys(t *testing.T) {
 	require.Equal(t, 401, f.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, f.idp.keys["ec1"], "ec1", jose.ES256, validClaims())).status)
 	require.Zero(t, f.idp.fetches.Load())
 }
+
+// TestOAuthTokenCache: an accepted token is remembered, but a hit still
+// answers for the endpoint it is sent to (its audience) and ends with the
+// token's expiry; the cache stays bounded.
+func TestOAuthTokenCache(t *testing.T) {
+	idp := newTestIdP(t)
+	v, err := newOAuthVerifier(OAuth{Issuer: testIssuer, JWKS: idp.jwks(t), PublicURL: testPublic,
+		RequiredScopes: []string{"mcp:tools"}, Allow: []string{"dc1/*"}}, nil)
+	require.NoError(t, err)
+	now := time.Now()
+	v.now = func() time.Time { return now }
+	tok := sign(t, idp.keys["ec1"], "ec1", jose.ES256, validClaims()) // exp: now+5m
+
+	c, ref := v.verify(tok, "dc1", "notes")
+	require.Nil(t, ref)
+	require.Equal(t, "oauth:alice", c.Name)
+	require.Equal(t, 1, v.cache.len())
+	c, ref = v.verify(tok, "dc1", "notes")
+	require.Nil(t, ref, "a hit")
+	require.Equal(t, "oauth:alice", c.Name)
+	_, ref = v.verify(tok, "dc1", "other")
+	require.NotNil(t, ref, "a hit for another endpoint than the token's audience")
+	require.Equal(t, "invalid_token", ref.reason)
+
+	now = now.Add(5*time.Minute + DefaultOAuthLeeway + time.Second)
+	_, ref = v.verify(tok, "dc1", "notes")
+	require.NotNil(t, ref, "the token expired while cached")
+	require.Contains(t, ref.value, `error_description="expired"`)
+	require.Zero(t, v.cache.len())
+
+	small := newTokenCache(8)
+	for i := range 100 {
+		small.put([32]byte{byte(i)}, &cachedToken{until: now.Add(time.Hour)})
+	}
+	require.Equal(t, 8, small.len())
+}
+
+// BenchmarkOAuthVerify is the relay's cost of an access token per
+// exchange: the first sight of a token (a signature check) and later ones
+// (a cache hit).
+func BenchmarkOAuthVerify(b *testing.B) {
+	t := &testing.T{}
+	idp := newTestIdP(t)
+	defer idp.srv.Close()
+	rsaKey := idp.addKey(t, "rsa1", "RS256")
+	v, err := newOAuthVerifier(OAuth{Issuer: testIssuer, JWKS: idp.jwks(t), PublicURL: testPublic,
+		RequiredScopes: []string{"mcp:tools"}, Allow: []string{"dc1/*"}}, nil)
+	require.NoError(b, err)
+	for _, tc := range []struct {
+		name   string
+		key    any
+		kid    string
+		alg    jose.SignatureAlgorithm
+		cached bool
+	}{
+		{"ES256/first", idp.keys["ec1"], "ec1", jose.ES256, false},
+		{"RS256/first", rsaKey, "rsa1", jose.RS256, false},
+		{"ES256/cached", idp.keys["ec1"], "ec1", jose.ES256, true},
+	} {
+		tok := sign(t, tc.key, tc.kid, tc.alg, validClaims())
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if !tc.cached {
+					v.cache = newTokenCache(tokenCacheSize)
+				}
+				if c, ref := v.verify(tok, "dc1", "notes"); c == nil {
+					b.Fatal(ref.msg)
+				}
+			}
+		})
+	}
+}
