@@ -73,6 +73,7 @@ func (s *keySet) find(kid, alg string) *jose.JSONWebKey {
 type jwks struct {
 	url        string
 	client     *http.Client
+	timeout    time.Duration // of one fetch
 	minRefresh time.Duration
 	maxAge     time.Duration
 	log        *slog.Logger
@@ -114,7 +115,7 @@ func newRemoteJWKS(rawURL string, client *http.Client, minRefresh, maxAge time.D
 	if maxAge <= 0 {
 		maxAge = DefaultJWKSMaxAge
 	}
-	return &jwks{url: rawURL, client: client, minRefresh: minRefresh, maxAge: maxAge, log: log}, nil
+	return &jwks{url: rawURL, client: client, timeout: jwksFetchTimeout, minRefresh: minRefresh, maxAge: maxAge, log: log}, nil
 }
 
 // checkJWKSURL accepts https URLs, and http ones only on loopback: keys
@@ -169,7 +170,7 @@ func (j *jwks) refresh(seen *keySet) (*keySet, error) {
 		return seen, errors.New("key set fetched moments ago")
 	}
 	j.lastTry = time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), jwksFetchTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), j.timeout)
 	defer cancel()
 	keys, err := j.fetch(ctx)
 	if err != nil {

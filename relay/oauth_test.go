@@ -7,13 +7,16 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -526,6 +529,17 @@ func TestOAuthTokenCache(t *testing.T) {
 	require.Contains(t, ref.value, `error_description="expired"`)
 	require.Zero(t, v.cache.len())
 
+	// A token good for an hour is looked at again after tokenCacheTTL.
+	c1 := validClaims()
+	c1["exp"] = now.Add(time.Hour).Unix()
+	long := sign(t, idp.keys["ec1"], "ec1", jose.ES256, c1)
+	_, ref = v.verify(long, "dc1", "notes")
+	require.Nil(t, ref)
+	_, hit := v.cache.get(sha256.Sum256([]byte(long)), now.Add(tokenCacheTTL-time.Second))
+	require.True(t, hit)
+	_, hit = v.cache.get(sha256.Sum256([]byte(long)), now.Add(tokenCacheTTL))
+	require.False(t, hit, "cached beyond tokenCacheTTL")
+
 	small := newTokenCache(8)
 	for i := range 100 {
 		small.put([32]byte{byte(i)}, &cachedToken{until: now.Add(time.Hour)})
@@ -568,4 +582,106 @@ func BenchmarkOAuthVerify(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestJWKSFetchBounds: what a key set fetch may cost is bounded (time,
+// size, keys, no redirects), and only public signature keys are kept.
+func TestJWKSFetchBounds(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	hang := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/hang":
+			select {
+			case <-hang:
+			case <-r.Context().Done():
+			}
+		case "/redirect":
+			http.Redirect(w, r, "/keys", http.StatusFound)
+		case "/big":
+			_, _ = w.Write([]byte(`{"keys":[],"pad":"` + strings.Repeat("x", jwksMaxBytes) + `"}`))
+		case "/many":
+			keys := make([]string, jwksMaxKeys+1)
+			for i := range keys {
+				keys[i] = `{"kty":"oct","k":"c2VjcmV0"}`
+			}
+			_, _ = w.Write([]byte(`{"keys":[` + strings.Join(keys, ",") + `]}`))
+		}
+	}))
+	defer srv.Close()
+	defer close(hang)
+	for path, want := range map[string]string{
+		"/hang":     "context deadline exceeded",
+		"/redirect": "HTTP status 302",
+		"/big":      "larger than",
+		"/many":     "more than the 100 accepted",
+	} {
+		j, err := newRemoteJWKS(srv.URL+path, nil, 0, 0, log)
+		require.NoError(t, err)
+		j.timeout = 200 * time.Millisecond
+		_, err = j.key("k", "ES256")
+		require.ErrorIs(t, err, errKeysUnavailable, path)
+		require.ErrorContains(t, err, want, path)
+	}
+
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{
+		{Key: []byte("secret"), KeyID: "oct", Algorithm: "HS256"},
+		{Key: ec, KeyID: "private", Use: "sig"},
+		{Key: &ec.PublicKey, KeyID: "enc", Use: "enc"},
+		{Key: &ec.PublicKey, KeyID: "good", Use: "sig"},
+	}}
+	doc, err := json.Marshal(set)
+	require.NoError(t, err)
+	keys, err := parseJWKS(doc, log)
+	require.NoError(t, err)
+	require.Len(t, keys, 1)
+	require.Equal(t, "good", keys[0].KeyID)
+}
+
+// TestJWKSMaxAge: a key set older than JWKSMaxAge is fetched again on
+// the next token, though its kid is known.
+func TestJWKSMaxAge(t *testing.T) {
+	f := newOAuthFixture(t, func(o *OAuth) { o.JWKSMaxAge = time.Nanosecond; o.JWKSMinRefresh = time.Nanosecond }, nil)
+	for i := range 3 {
+		// A new token each time: an accepted one is cached.
+		c := validClaims()
+		c["jti"] = strconv.Itoa(i)
+		require.Equal(t, 200, f.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, f.idp.keys["ec1"], "ec1", jose.ES256, c)).status)
+	}
+	require.EqualValues(t, 3, f.idp.fetches.Load())
+}
+
+// TestOAuthMoreRules: relay-wide audiences, leeway, kid-less tokens,
+// dotted claim rules, long identities, and refusals that are not
+// failures.
+func TestOAuthMoreRules(t *testing.T) {
+	f := newOAuthFixture(t, func(o *OAuth) {
+		o.Audiences = []string{"api://mcptun"}
+		o.Rules = append(o.Rules, OAuthRule{Claim: "realm_access.roles", Value: "notes-reader", Allow: []string{"dc1/notes"}})
+	}, nil)
+	ec := f.idp.keys["ec1"]
+	tok := func(mod func(map[string]any)) string {
+		c := validClaims()
+		mod(c)
+		return "Bearer " + sign(t, ec, "ec1", jose.ES256, c)
+	}
+	require.Equal(t, 200, f.call(t, "/dc1/notes/mcp", tok(func(c map[string]any) { c["aud"] = "api://mcptun" })).status)
+	require.Equal(t, 200, f.call(t, "/dc1/notes/mcp", tok(func(c map[string]any) { c["exp"] = time.Now().Add(-10 * time.Second).Unix() })).status,
+		"expired 10 s ago, within the 30 s leeway")
+	require.Equal(t, 200, f.call(t, "/dc1/notes/mcp", "Bearer "+sign(t, ec, "", jose.ES256, validClaims())).status,
+		"no kid: the only key")
+	require.Equal(t, 200, f.call(t, "/dc1/notes/mcp", tok(func(c map[string]any) {
+		delete(c, "groups")
+		c["realm_access"] = map[string]any{"roles": []string{"notes-reader"}}
+	})).status, "a dotted claim rule")
+	res := f.call(t, "/dc1/notes/mcp", tok(func(c map[string]any) { c["sub"] = strings.Repeat("a", 257) }))
+	require.Equal(t, 401, res.status)
+	require.Contains(t, res.challenge, "longer than 256 bytes")
+	failures := f.guard.Stats().Failures.Load()
+	res = f.call(t, "/dc1/notes/mcp", tok(func(c map[string]any) { delete(c, "groups") }))
+	require.Equal(t, 403, res.status)
+	require.Equal(t, "forbidden", res.reason)
+	require.Equal(t, failures, f.guard.Stats().Failures.Load(), "a genuine token without the pattern is no failed authentication")
 }
