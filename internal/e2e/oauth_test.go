@@ -14,6 +14,8 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +28,7 @@ import (
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mcptun/mcptun/internal/conformance"
 	"github.com/mcptun/mcptun/internal/mcptest"
 )
 
@@ -61,9 +64,9 @@ func newTestAS(t *testing.T) *testAS {
 			"token_endpoint":                        as.srv.URL + "/token",
 			"jwks_uri":                              as.srv.URL + "/jwks",
 			"response_types_supported":              []string{"code"},
-			"grant_types_supported":                 []string{"authorization_code"},
+			"grant_types_supported":                 []string{"authorization_code", "client_credentials"},
 			"code_challenge_methods_supported":      []string{"S256"},
-			"token_endpoint_auth_methods_supported": []string{"none"},
+			"token_endpoint_auth_methods_supported": []string{"none", "client_secret_basic"},
 		})
 	})
 	mux.HandleFunc("/jwks", func(w http.ResponseWriter, _ *http.Request) {
@@ -87,7 +90,27 @@ func newTestAS(t *testing.T) *testAS {
 		http.Redirect(w, r, to.String(), http.StatusFound)
 	})
 	mux.HandleFunc("/token", func(w http.ResponseWriter, r *http.Request) {
-		if err := r.ParseForm(); err != nil || r.PostForm.Get("grant_type") != "authorization_code" {
+		if err := r.ParseForm(); err != nil {
+			http.Error(w, `{"error":"invalid_request"}`, http.StatusBadRequest)
+			return
+		}
+		switch r.PostForm.Get("grant_type") {
+		case "authorization_code":
+		case "client_credentials":
+			// A machine client, pre-registered: its id is the subject.
+			id, secret, ok := r.BasicAuth()
+			if !ok || id != asClientID || secret != asClientSecret {
+				w.WriteHeader(http.StatusUnauthorized)
+				_, _ = w.Write([]byte(`{"error":"invalid_client"}`))
+				return
+			}
+			res := r.PostForm.Get("resource")
+			as.mu.Lock()
+			as.resource = append(as.resource, res)
+			as.mu.Unlock()
+			as.issue(w, id, res)
+			return
+		default:
 			http.Error(w, `{"error":"unsupported_grant_type"}`, http.StatusBadRequest)
 			return
 		}
@@ -104,13 +127,7 @@ func newTestAS(t *testing.T) *testAS {
 			_, _ = w.Write([]byte(`{"error":"invalid_grant"}`))
 			return
 		}
-		tok, err := signJWT(as.key, "as1", jose.ES256, as.claims(sub, res))
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(map[string]any{"access_token": tok, "token_type": "Bearer", "expires_in": 300, "scope": "mcp:tools"})
+		as.issue(w, sub, res)
 	})
 	as.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		as.mu.Lock()
@@ -120,6 +137,24 @@ func newTestAS(t *testing.T) *testAS {
 	}))
 	t.Cleanup(as.srv.Close)
 	return as
+}
+
+// The client the authorization server knows for client_credentials.
+const (
+	asClientID     = "ts-machine"
+	asClientSecret = "ts-machine-secret"
+)
+
+// issue answers a token request with a JWT for sub and resource.
+func (as *testAS) issue(w http.ResponseWriter, sub, resource string) {
+	tok, err := signJWT(as.key, "as1", jose.ES256, as.claims(sub, resource))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(map[string]any{"access_token": tok, "token_type": "Bearer", "expires_in": 300, "scope": "mcp:tools"})
 }
 
 func (as *testAS) claims(sub, aud string) map[string]any {
@@ -415,4 +450,90 @@ func TestOAuthRefusals(t *testing.T) {
 	}, doc)
 	// The relay fetched the keys from the authorization server.
 	require.Contains(t, as.seen(), "GET /jwks")
+}
+
+// tsOAuthClient is a Node script: the official TypeScript SDK's client
+// with its ClientCredentialsProvider connects to argv[3] and calls the
+// echo tool. The SDK does the OAuth discovery itself, on the 401.
+const tsOAuthClient = `
+const [sdk, url, id, secret, issuer] = process.argv.slice(2);
+const { Client } = await import(sdk + "/dist/esm/client/index.js");
+const { StreamableHTTPClientTransport } = await import(sdk + "/dist/esm/client/streamableHttp.js");
+const { ClientCredentialsProvider } = await import(sdk + "/dist/esm/client/auth-extensions.js");
+const seen = [];
+const fetchLogged = (input, init) => { seen.push((init?.method || "GET") + " " + String(input)); return fetch(input, init); };
+const authProvider = new ClientCredentialsProvider({ clientId: id, clientSecret: secret, scope: "mcp:tools", expectedIssuer: issuer });
+const transport = new StreamableHTTPClientTransport(new URL(url), { authProvider, fetch: fetchLogged });
+const client = new Client({ name: "ts-oauth", version: "1" });
+await client.connect(transport);
+const res = await client.callTool({ name: "echo", arguments: { text: "hello from the TypeScript SDK" } });
+await client.close();
+console.log(JSON.stringify({ seen, text: res.content.map((c) => c.text).join("") }));
+`
+
+// TestOAuthDiscoveryTypeScriptSDK: the official TypeScript SDK's client,
+// with no token at first, follows the relay's 401 to its metadata and the
+// authorization server's, gets a token with client_credentials for the
+// endpoint as resource, and calls a tool through the tunnel.
+func TestOAuthDiscoveryTypeScriptSDK(t *testing.T) {
+	node, err := conformance.FindNode()
+	if err != nil {
+		requireToolsOrSkip(t, err)
+	}
+	ejs, err := conformance.FindEverythingJS()
+	if err != nil {
+		requireToolsOrSkip(t, err)
+	}
+	// The SDK as installed beside server-everything (.ci/install-tools.sh).
+	sdk := filepath.Join(filepath.Dir(ejs), "..", "..", "sdk")
+	if _, err := os.Stat(filepath.Join(sdk, "dist", "esm", "client", "auth-extensions.js")); err != nil {
+		requireToolsOrSkip(t, err)
+	}
+	as := newTestAS(t)
+	d, hr := oauthDeployment(t, as)
+	endpoint := d.relayURL + "/dc1/wiki/mcp"
+	script := filepath.Join(t.TempDir(), "client.mjs")
+	require.NoError(t, os.WriteFile(script, []byte(tsOAuthClient), 0o600))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, node, script, "file://"+sdk, endpoint, asClientID, asClientSecret, as.srv.URL).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	var res struct {
+		Seen []string
+		Text string
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &res), "%s", out)
+	require.Equal(t, "hello from the TypeScript SDK", res.Text)
+	// The SDK's own requests, in order: the MCP POST refused, the relay's
+	// metadata named in the 401, the authorization server's metadata,
+	// the token, then MCP again.
+	var oauthSteps []string
+	for _, s := range res.Seen {
+		if strings.Contains(s, "/.well-known/") || strings.Contains(s, "/token") {
+			oauthSteps = append(oauthSteps, s)
+		}
+	}
+	require.Equal(t, []string{
+		"GET " + d.relayURL + "/.well-known/oauth-protected-resource/dc1/wiki/mcp",
+		"GET " + as.srv.URL + "/.well-known/oauth-authorization-server",
+		"POST " + as.srv.URL + "/token",
+	}, oauthSteps, "all the SDK fetched: %v", res.Seen)
+	require.Equal(t, "POST "+endpoint, res.Seen[0], "it first tried without a token")
+	as.mu.Lock()
+	require.Equal(t, []string{endpoint}, as.resource)
+	as.mu.Unlock()
+	for _, hdr := range hr.headers() {
+		require.Empty(t, hdr.Values("Authorization"), "the access token reached the internal server")
+	}
+}
+
+// requireToolsOrSkip skips a test whose npm tools are missing, or fails
+// it where CI requires them.
+func requireToolsOrSkip(t *testing.T, err error) {
+	t.Helper()
+	if os.Getenv(conformance.EnvRequireTools) == "1" {
+		t.Fatalf("%s=1 but: %v", conformance.EnvRequireTools, err)
+	}
+	t.Skipf("skipping: %v", err)
 }
