@@ -464,8 +464,18 @@ type protectedResourceMetadata struct {
 // Every plain name gets a document, known or not, so the metadata does not
 // tell which agents exist.
 func (v *oauthVerifier) serveMetadata(w http.ResponseWriter, r *http.Request) {
+	// Public by definition; browser-based clients fetch it cross-origin,
+	// with MCP-Protocol-Version, so after a CORS preflight.
+	w.Header().Set("Access-Control-Allow-Origin", "*")
+	if r.Method == http.MethodOptions {
+		w.Header().Set("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+		w.Header().Set("Access-Control-Allow-Headers", "*")
+		w.Header().Set("Access-Control-Max-Age", "600")
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
+		w.Header().Set("Allow", "GET, HEAD, OPTIONS")
 		writeError(w, http.StatusMethodNotAllowed, reasonBadRequest, "protected resource metadata is read with GET")
 		return
 	}
@@ -486,8 +496,6 @@ func (v *oauthVerifier) serveMetadata(w http.ResponseWriter, r *http.Request) {
 		ResourceName:           name,
 	})
 	w.Header().Set("Content-Type", "application/json")
-	// Public by definition; browser-based clients fetch it cross-origin.
-	w.Header().Set("Access-Control-Allow-Origin", "*")
 	w.Header().Set("Cache-Control", "max-age=300")
 	_, _ = w.Write(append(body, '\n'))
 }
