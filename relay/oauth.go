@@ -73,6 +73,10 @@ type OAuth struct {
 	// DefaultJWKSMinRefresh and DefaultJWKSMaxAge).
 	JWKSMinRefresh time.Duration
 	JWKSMaxAge     time.Duration
+	// Rate, if > 0, limits each OAuth client (each identity) as
+	// Client.Rate does a token client, with bursts of up to Burst.
+	Rate  float64
+	Burst int
 }
 
 // OAuthRule gives tokens whose Claim has Value (or, for a list claim such
@@ -124,6 +128,7 @@ type oauthVerifier struct {
 	log    *slog.Logger
 	now    func() time.Time // time.Now; tests move it
 	cache  *tokenCache
+	limits *identityLimits // nil: no rate limit
 }
 
 func newOAuthVerifier(cfg OAuth, log *slog.Logger) (*oauthVerifier, error) {
@@ -136,6 +141,12 @@ func newOAuthVerifier(cfg OAuth, log *slog.Logger) (*oauthVerifier, error) {
 		return nil, fmt.Errorf("relay: oauth: public_url %q must be scheme://host[:port] with no path", cfg.PublicURL)
 	}
 	v := &oauthVerifier{cfg: cfg, public: u.Scheme + "://" + u.Host, log: log, now: time.Now, cache: newTokenCache(tokenCacheSize)}
+	if cfg.Rate < 0 || cfg.Burst < 0 {
+		return nil, fmt.Errorf("relay: oauth: rate %v and burst %d must not be negative", cfg.Rate, cfg.Burst)
+	}
+	if cfg.Rate > 0 {
+		v.limits = newIdentityLimits(cfg.Rate, cfg.Burst, maxLimitedIdentities)
+	}
 	if v.cfg.IdentityClaim == "" {
 		v.cfg.IdentityClaim = "sub"
 	}
@@ -233,13 +244,24 @@ func (v *oauthVerifier) verify(token, agent, server string) (*client, *refusal) 
 		if !v.audienceOK(e.aud, agent, server) {
 			return nil, v.invalid(agent, server, "audience is not "+v.resourceOrPublic(agent, server), nil)
 		}
-		return &client{Client: Client{Name: e.name, Allow: e.allow}}, nil
+		return v.client(e.name, e.allow), nil
 	}
 	c, ref, e := v.check(token, agent, server, now)
 	if e != nil {
 		v.cache.put(sum, e)
 	}
 	return c, ref
+}
+
+// client is the client an accepted token stands for, with its identity's
+// rate limiter.
+func (v *oauthVerifier) client(name string, allow []string) *client {
+	c := &client{Client: Client{Name: name, Allow: allow}}
+	if v.limits != nil {
+		c.limiter = v.limits.get(name)
+		c.Rate, c.Burst = v.cfg.Rate, v.cfg.Burst
+	}
+	return c
 }
 
 // invalid refuses a token for agent/server with RFC 6750's invalid_token.
@@ -330,7 +352,7 @@ func (v *oauthVerifier) check(token, agent, server string, now time.Time) (*clie
 	// exchange at the relay.
 	until := minTime(claims.Expiry.Time().Add(v.cfg.Leeway), now.Add(tokenCacheTTL))
 	e := &cachedToken{name: name, allow: allow, aud: claims.Audience, until: until}
-	return &client{Client: Client{Name: name, Allow: allow}}, nil, e
+	return v.client(name, allow), nil, e
 }
 
 func (v *oauthVerifier) resourceOrPublic(agent, server string) string {

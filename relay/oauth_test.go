@@ -700,3 +700,30 @@ func TestOAuthMoreRules(t *testing.T) {
 	require.Equal(t, "forbidden", res.reason)
 	require.Equal(t, failures, f.guard.Stats().Failures.Load(), "a genuine token without the pattern is no failed authentication")
 }
+
+// TestOAuthRateLimit: oauth.rate_limit holds each identity to its own
+// allowance, and the table of identities stays bounded.
+func TestOAuthRateLimit(t *testing.T) {
+	f := newOAuthFixture(t, func(o *OAuth) { o.Rate, o.Burst = 0.001, 1 }, nil)
+	ec := f.idp.keys["ec1"]
+	as := func(sub string) string {
+		c := validClaims()
+		c["sub"] = sub
+		return "Bearer " + sign(t, ec, "ec1", jose.ES256, c)
+	}
+	require.Equal(t, 200, f.call(t, "/dc1/notes/mcp", as("alice")).status)
+	res := f.call(t, "/dc1/notes/mcp", as("alice"))
+	require.Equal(t, 429, res.status, "alice's second exchange, with another token of hers")
+	require.Equal(t, "rate_limited", res.reason)
+	require.Equal(t, 200, f.call(t, "/dc1/notes/mcp", as("bob")).status, "bob has an allowance of his own")
+
+	l := newIdentityLimits(1, 1, 3)
+	a := l.get("a")
+	l.get("b")
+	l.get("c")
+	require.Same(t, a, l.get("a"))
+	l.get("d") // b is the least recently used
+	require.Len(t, l.m, 3)
+	require.Contains(t, l.m, "a")
+	require.NotContains(t, l.m, "b")
+}

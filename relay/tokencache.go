@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/mcptun/mcptun/internal/ratelimit"
 )
 
 // Bounds of the cache of accepted access tokens.
@@ -84,4 +86,55 @@ func minTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// maxLimitedIdentities bounds the OAuth identities with a rate limiter.
+const maxLimitedIdentities = 10000
+
+// identityLimits holds a rate limiter per OAuth identity: identities are
+// not configured one by one, so limiters are made on first sight. The
+// table is bounded: when full, the least recently used is forgotten (its
+// allowance starts full again when it comes back).
+type identityLimits struct {
+	rate  float64
+	burst int
+	max   int
+
+	mu   sync.Mutex
+	m    map[string]*identityLimit
+	tick uint64 // a use counter: recency without reading the clock
+}
+
+type identityLimit struct {
+	lim  *ratelimit.Limiter
+	used uint64
+}
+
+func newIdentityLimits(rate float64, burst, max int) *identityLimits {
+	return &identityLimits{rate: rate, burst: burst, max: max, m: make(map[string]*identityLimit)}
+}
+
+func (l *identityLimits) get(name string) *ratelimit.Limiter {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.tick++
+	if e, ok := l.m[name]; ok {
+		e.used = l.tick
+		return e.lim
+	}
+	if len(l.m) >= l.max {
+		// A linear scan, only when a new identity arrives at a full
+		// table: rare, and bounded by max.
+		var oldest string
+		var at uint64
+		for k, e := range l.m {
+			if oldest == "" || e.used < at {
+				oldest, at = k, e.used
+			}
+		}
+		delete(l.m, oldest)
+	}
+	e := &identityLimit{lim: ratelimit.New(l.rate, l.burst), used: l.tick}
+	l.m[name] = e
+	return e.lim
 }

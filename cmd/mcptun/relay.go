@@ -277,5 +277,7 @@ func relayOAuth(o *config.RelayOAuth) *relay.OAuth {
 		Rules:                rules,
 		AuthorizationServers: o.AuthorizationServers,
 		Leeway:               o.Leeway,
+		Rate:                 o.RateLimit.RequestsPerSecond,
+		Burst:                o.RateLimit.Burst,
 	}
 }

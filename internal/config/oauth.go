@@ -44,6 +44,8 @@ type RelayOAuth struct {
 	AuthorizationServers []string `mapstructure:"authorization_servers"`
 	// Leeway is the clock skew tolerated on exp/nbf/iat (default 30s).
 	Leeway time.Duration `mapstructure:"leeway"`
+	// RateLimit limits each OAuth client (each identity) on its own.
+	RateLimit RateLimit `mapstructure:"rate_limit"`
 
 	// JWKS is the content of JWKSFile, read when the file is loaded.
 	JWKS []byte `mapstructure:"-"`
@@ -130,6 +132,7 @@ func (o *RelayOAuth) validate(p *problems, path string) {
 	case o.Leeway == 0:
 		o.Leeway = 30 * time.Second
 	}
+	o.RateLimit.validate(p, "oauth.rate_limit")
 	checkPatterns(p, "oauth.allow", o.Allow)
 	for i, r := range o.ClaimRules {
 		key := fmt.Sprintf("oauth.claim_rules[%d]", i)

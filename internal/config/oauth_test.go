@@ -30,10 +30,16 @@ func TestLoadRelayOAuth(t *testing.T) {
 	require.Equal(t, "https://mcp.example.com", o.PublicURL, "trailing slash dropped")
 	require.Equal(t, "sub", o.IdentityClaim)
 	require.Equal(t, 30*time.Second, o.Leeway)
+	require.Zero(t, o.RateLimit.RequestsPerSecond, "no limit unless set")
 	require.Equal(t, []OAuthClaimRule{
 		{Claim: "groups", Value: "AI-Ops", Allow: []string{"dc1/*"}},
 		{Claim: "realm_access.roles", Value: "wiki-reader", Allow: []string{"*/wiki"}},
 	}, o.ClaimRules, "claim values keep their case (lists of objects, not map keys)")
+
+	p = writeFile(t, t.TempDir(), "relay.yaml", strings.ReplaceAll(validRelay, "HASH", hashA)+validOAuth+"  rate_limit: {requests_per_second: 2.5}\n")
+	c, err = LoadRelay(p)
+	require.NoError(t, err)
+	require.Equal(t, RateLimit{RequestsPerSecond: 2.5, Burst: 3}, c.OAuth.RateLimit)
 
 	// Off unless set.
 	p = writeFile(t, t.TempDir(), "relay.yaml", strings.ReplaceAll(validRelay, "HASH", hashA))
@@ -73,6 +79,7 @@ func TestLoadRelayOAuthErrors(t *testing.T) {
 		{"nothing allowed", strings.Split(validOAuth, "  claim_rules:")[0], "oauth.allow", "could reach nothing"},
 		{"bad authorization server", validOAuth + "  authorization_servers: [ftp://x]\n", "oauth.authorization_servers[0]", "http or https"},
 		{"typo", validOAuth + "  audiences: [x]\n", "", "audiences"},
+		{"negative rate", validOAuth + "  rate_limit: {requests_per_second: -1}\n", "oauth.rate_limit.requests_per_second", "> 0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := writeFile(t, t.TempDir(), "relay.yaml", strings.ReplaceAll(validRelay, "HASH", hashA)+tc.oauth)
