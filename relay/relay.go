@@ -5,9 +5,11 @@
 // A client calls /{agent}/{server}/mcp. The relay answers by itself only when
 // it must refuse:
 //
-//	401  no or unknown bearer token (with WWW-Authenticate: Bearer)
+//	401  no or unknown bearer token (with WWW-Authenticate: Bearer), or
+//	     with OAuth an access token that fails a check (see OAuth)
 //	403  token valid but agent/server outside the client's allow patterns,
-//	     or a browser Origin that is not allowed (DNS rebinding)
+//	     or a browser Origin that is not allowed (DNS rebinding), or an
+//	     access token without the required scopes
 //	404  unknown agent, or a server the connected agent does not offer,
 //	     or a session whose agent replica is gone (see ReplicaAgents)
 //	408  the request body made no progress for the body timeout
@@ -15,7 +17,8 @@
 //	     wrong tokens (auth_throttled), with Retry-After
 //	503  the agent is known but not connected, the agent is shutting down,
 //	     or the relay is (each with Retry-After); the connection cap
-//	     answers 503 too, see TooManyConnections
+//	     answers 503 too, see TooManyConnections; with OAuth, also when
+//	     the authorization server's keys were never had
 //
 // and when a forward fails (forwardFailed): 400/413 for a body it cannot
 // read, 503 when no stream to the agent opens, 502 when the exchange broke
