@@ -139,15 +139,30 @@ func checkJWKSURL(rawURL string) error {
 // key returns the verification key for a token's kid and alg.
 func (j *jwks) key(kid, alg string) (*jose.JSONWebKey, error) {
 	s := j.set.Load()
-	if j.url == "" || (s != nil && time.Since(s.fetched) < j.maxAge) {
+	k := s.find(kid, alg)
+	switch {
+	case j.url == "" && k != nil:
+		return k, nil
+	case j.url == "":
+		return nil, errUnknownKey
+	case k != nil && time.Since(s.fetched) < j.maxAge:
+		return k, nil
+	case k != nil:
+		// An old set: fetch it again, unless another exchange is doing so;
+		// meanwhile the key in hand serves, so no exchange waits.
+		if !j.mu.TryLock() {
+			return k, nil
+		}
+		s, _ = j.refreshLocked(s)
+		j.mu.Unlock()
 		if k := s.find(kid, alg); k != nil {
 			return k, nil
 		}
-		if j.url == "" {
-			return nil, errUnknownKey
-		}
+		return nil, errUnknownKey // withdrawn
 	}
-	s, err := j.refresh(s)
+	j.mu.Lock()
+	s, err := j.refreshLocked(s)
+	j.mu.Unlock()
 	if k := s.find(kid, alg); k != nil {
 		return k, nil
 	}
@@ -157,12 +172,11 @@ func (j *jwks) key(kid, alg string) (*jose.JSONWebKey, error) {
 	return nil, errUnknownKey
 }
 
-// refresh fetches the key set again unless another caller did since seen
-// was loaded, or the last try was less than minRefresh ago. It returns the
-// set to use (the old one if the fetch failed) and the fetch's error.
-func (j *jwks) refresh(seen *keySet) (*keySet, error) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
+// refreshLocked fetches the key set again unless another caller did since
+// seen was loaded, or the last try was less than minRefresh ago. It
+// returns the set to use (the old one if the fetch failed) and the
+// fetch's error. j.mu is held.
+func (j *jwks) refreshLocked(seen *keySet) (*keySet, error) {
 	if cur := j.set.Load(); cur != seen {
 		return cur, nil
 	}

@@ -727,3 +727,61 @@ func TestOAuthRateLimit(t *testing.T) {
 	require.Contains(t, l.m, "a")
 	require.NotContains(t, l.m, "b")
 }
+
+// TestJWKSOldSetNoWait: while an old key set is fetched again, exchanges
+// whose kid it holds go on with it instead of waiting for the fetch; a
+// key the new set withdrew then stops working.
+func TestJWKSOldSetNoWait(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	idp := newTestIdP(t) // for its keys
+	var fetches atomic.Int32
+	inFetch := make(chan struct{})
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch fetches.Add(1) {
+		case 1:
+			_, _ = w.Write(idp.jwks(t))
+		case 2:
+			close(inFetch)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			_, _ = w.Write([]byte(`{"keys":[]}`)) // not a usable set: the old one stays
+		default:
+			idp.mu.Lock()
+			delete(idp.keys, "ec1")
+			idp.mu.Unlock()
+			idp.addKey(t, "ec2", "ES256")
+			_, _ = w.Write(idp.jwks(t))
+		}
+	}))
+	defer srv.Close()
+	j, err := newRemoteJWKS(srv.URL, nil, time.Nanosecond, time.Nanosecond, log)
+	require.NoError(t, err)
+	j.timeout = time.Minute // a fetch that hangs, hangs
+	_, err = j.key("ec1", "ES256")
+	require.NoError(t, err)
+
+	slow := make(chan error, 1)
+	go func() { _, err := j.key("ec1", "ES256"); slow <- err }() // the set is old: it fetches
+	<-inFetch
+	fast := make(chan error, 1)
+	go func() { _, err := j.key("ec1", "ES256"); fast <- err }()
+	select {
+	case err := <-fast:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second): // generous: the answer needs no I/O
+		close(release)
+		<-slow
+		<-fast
+		t.Fatal("an exchange waited for the fetch of an old key set")
+	}
+	close(release)
+	require.NoError(t, <-slow)
+
+	_, err = j.key("ec1", "ES256") // fetches the set without ec1
+	require.ErrorIs(t, err, errUnknownKey)
+	_, err = j.key("ec2", "ES256")
+	require.NoError(t, err)
+}
