@@ -538,7 +538,6 @@ var relayDraining = &refusal{status: http.StatusServiceUnavailable, reason: "rel
 // agent/server's endpoint.
 func (h *Handler) authenticate(auth, agent, server string) (*client, *refusal) {
 	scheme, token, ok := strings.Cut(auth, " ")
-	token = strings.TrimSpace(token)
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
 		challenge := `Bearer realm="mcptun"`
 		if h.oauth != nil {
@@ -548,6 +547,7 @@ func (h *Handler) authenticate(auth, agent, server string) (*client, *refusal) {
 			msg:    "missing bearer token: send Authorization: Bearer <token>",
 			header: "WWW-Authenticate", value: challenge}
 	}
+	token = strings.TrimSpace(token)
 	sum := sha256.Sum256([]byte(token))
 	var found *client
 	// Compare against every client so the time taken does not tell which
