@@ -269,10 +269,11 @@ func TestOAuthTokens(t *testing.T) {
 			401, "invalid_token", []string{`error="invalid_token"`}},
 		{"missing scope", "Bearer " + sign(t, ec, "ec1", jose.ES256, with("scope", "openid")),
 			403, "insufficient_scope", []string{`error="insufficient_scope"`, `scope="mcp:tools"`, meta}},
+		// Refused for the algorithm itself, before any key is looked at.
 		{"alg none", "Bearer " + unsigned(t, "ec1", validClaims()),
-			401, "invalid_token", []string{`error="invalid_token"`, meta}},
+			401, "invalid_token", []string{`error="invalid_token"`, `error_description="malformed, or signed with an algorithm not accepted"`, meta}},
 		{"HS256 with the public key as secret", "Bearer " + sign(t, pubPEM, "rsa1", jose.HS256, validClaims()),
-			401, "invalid_token", []string{`error="invalid_token"`, meta}},
+			401, "invalid_token", []string{`error="invalid_token"`, `error_description="malformed, or signed with an algorithm not accepted"`, meta}},
 		{"unknown kid", "Bearer " + sign(t, other, "nope", jose.ES256, validClaims()),
 			401, "invalid_token", []string{`error_description="unknown signing key"`}},
 		{"no identity claim", "Bearer " + sign(t, ec, "ec1", jose.ES256, with("sub", nil)),
