@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -236,8 +237,12 @@ func oauthDeployment(t *testing.T, as *testAS) (*deployment, *headerRecorder) {
 	hr := newHeaderRecorder(t)
 	d := &deployment{dir: t.TempDir()}
 	d.relayYAML = writeRelayConfig(t, d.dir, relayOpts{}) // and the certificate
-	listen := fmt.Sprintf("127.0.0.1:%d", freeLoopbackPort(t))
-	require.NoError(t, os.WriteFile(d.relayYAML, []byte(fmt.Sprintf(`tunnel: {listen: "127.0.0.1:0", cert_file: relay.crt, key_file: relay.key}
+	// public_url names the relay's port, so the port is picked before the
+	// relay starts; another process on the machine may take it first,
+	// then the relay exits and we pick again.
+	for attempt := 1; ; attempt++ {
+		listen := fmt.Sprintf("127.0.0.1:%d", freeLoopbackPort(t))
+		require.NoError(t, os.WriteFile(d.relayYAML, []byte(fmt.Sprintf(`tunnel: {listen: "127.0.0.1:0", cert_file: relay.crt, key_file: relay.key}
 http: {listen: %q}
 agents:  [{name: dc1, token_sha256: %q}]
 clients:
@@ -250,12 +255,44 @@ oauth:
   allow: ["dc1/wiki"]
 log: {level: debug}
 `, listen, sha256Hex(agentToken), sha256Hex(clientToken), as.srv.URL, as.srv.URL, listen)), 0o600))
-	d.startRelay(t)
-	require.Equal(t, "http://"+listen, d.relayURL)
+		d.relay = startProc(t, "relay", nil, mcptunBin, "relay", "--config", d.relayYAML)
+		if m, ok := d.relay.waitStartOrExit(t, 20*time.Second); ok {
+			d.tunnelAddr, d.relayURL = m[1], m[2]
+			require.Equal(t, "http://"+listen, d.relayURL)
+			break
+		}
+		require.Less(t, attempt, 3, "the relay did not start:\n%s", d.relay.out)
+		require.True(t, d.relay.hasLine(regexp.MustCompile(`address already in use`)), "the relay did not start:\n%s", d.relay.out)
+	}
 	d.writeAgentConfig(t, agentOpts{transport: "quic", httpURL: hr.srv.URL + mcptest.EndpointPath})
 	d.startAgent(t)
 	d.waitOnline(t, "wiki")
 	return d, hr
+}
+
+// waitStartOrExit waits for the relay's started line (ok) or its exit.
+func (p *proc) waitStartOrExit(t *testing.T, timeout time.Duration) ([]string, bool) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		lines, changed := p.out.snapshot()
+		for _, l := range lines {
+			if m := relayStarted.FindStringSubmatch(l); m != nil {
+				return m, true
+			}
+		}
+		select {
+		case <-changed:
+		case <-p.done:
+			lines2, _ := p.out.snapshot()
+			if len(lines2) > len(lines) {
+				continue
+			}
+			return nil, false
+		case <-deadline:
+			t.Fatalf("%s printed no started line within %s", p.name, timeout)
+		}
+	}
 }
 
 // TestOAuthDiscoveryWithRealClient: mcp-go's OAuth client, with only the
