@@ -5,9 +5,11 @@
 // A client calls /{agent}/{server}/mcp. The relay answers by itself only when
 // it must refuse:
 //
-//	401  no or unknown bearer token (with WWW-Authenticate: Bearer)
+//	401  no or unknown bearer token (with WWW-Authenticate: Bearer), or
+//	     with OAuth an access token that fails a check (see OAuth)
 //	403  token valid but agent/server outside the client's allow patterns,
-//	     or a browser Origin that is not allowed (DNS rebinding)
+//	     or a browser Origin that is not allowed (DNS rebinding), or an
+//	     access token without the required scopes
 //	404  unknown agent, or a server the connected agent does not offer,
 //	     or a session whose agent replica is gone (see ReplicaAgents)
 //	408  the request body made no progress for the body timeout
@@ -15,7 +17,8 @@
 //	     wrong tokens (auth_throttled), with Retry-After
 //	503  the agent is known but not connected, the agent is shutting down,
 //	     or the relay is (each with Retry-After); the connection cap
-//	     answers 503 too, see TooManyConnections
+//	     answers 503 too, see TooManyConnections; with OAuth, also when
+//	     the authorization server's keys were never had
 //
 // and when a forward fails (forwardFailed): 400/413 for a body it cannot
 // read, 503 when no stream to the agent opens, 502 when the exchange broke
@@ -161,6 +164,9 @@ type Config struct {
 	// DefaultMaxStalledPerAgent); a client that would be one more is cut
 	// at once (see httpfwd.StallBudget).
 	MaxStalledPerAgent int
+	// OAuth, if set, also admits clients with JWT access tokens (see
+	// OAuth); nil: bearer tokens only.
+	OAuth *OAuth
 }
 
 // DefaultMaxStalledPerAgent keeps what stalled clients hold of an agent's
@@ -231,6 +237,7 @@ type Handler struct {
 	cutLog   *logging.Limit // clients cut for a timeout
 	guard    *authguard.Guard
 	stallN   int
+	oauth    *oauthVerifier // nil: no OAuth clients
 
 	mu       sync.Mutex
 	perAgent map[string]*perAgent // so one agent's reconnect drops only its streams
@@ -281,8 +288,19 @@ func NewHandler(cfg Config) (*Handler, error) {
 		}
 		h.origins[strings.ToLower(strings.TrimSuffix(o, "/"))] = true
 	}
+	if cfg.OAuth != nil {
+		v, err := newOAuthVerifier(*cfg.OAuth, h.log)
+		if err != nil {
+			return nil, err
+		}
+		h.oauth = v
+	}
 	h.fast = h.newFastPath()
 	h.mux = http.NewServeMux()
+	if h.oauth != nil {
+		h.mux.HandleFunc(metadataPath, h.oauth.serveMetadata)
+		h.mux.HandleFunc(metadataPath+"/{agent}/{server}/mcp", h.oauth.serveMetadata)
+	}
 	h.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))
@@ -437,15 +455,9 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 				wait.Round(time.Second)+time.Second),
 			header: "Retry-After", value: ratelimit.RetryAfter(wait)}
 	}
-	client, challenge := h.authenticate(authorization)
-	if client == nil {
-		msg := "missing bearer token: send Authorization: Bearer <token>"
-		wrong := strings.Contains(challenge, "invalid_token")
-		if wrong {
-			msg = "invalid bearer token"
-		}
-		return admission{}, &refusal{status: http.StatusUnauthorized, reason: "unauthorized", msg: msg,
-			header: "WWW-Authenticate", value: challenge, wrongToken: wrong}
+	client, ref := h.authenticate(authorization, agent, server)
+	if ref != nil {
+		return admission{}, ref
 	}
 	if !client.allowed(agent, server) {
 		return admission{}, &refusal{status: http.StatusForbidden, reason: "forbidden",
@@ -520,14 +532,23 @@ var relayDraining = &refusal{status: http.StatusServiceUnavailable, reason: "rel
 	msg:    "the relay is shutting down and takes no new requests; try again shortly",
 	header: "Retry-After", value: unavailableRetryAfter}
 
-// authenticate returns the client whose token the request carries, or nil and
-// the WWW-Authenticate challenge to send.
-func (h *Handler) authenticate(auth string) (*client, string) {
+// authenticate returns the client whose token the request carries (a
+// token client's, or with OAuth a valid access token's), or the refusal,
+// whose WWW-Authenticate challenge points OAuth clients at the metadata of
+// agent/server's endpoint.
+func (h *Handler) authenticate(auth, agent, server string) (*client, *refusal) {
 	scheme, token, ok := strings.Cut(auth, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return nil, `Bearer realm="mcptun"`
+		challenge := `Bearer realm="mcptun"`
+		if h.oauth != nil {
+			challenge = h.oauth.challenge(agent, server, "", "", true)
+		}
+		return nil, &refusal{status: http.StatusUnauthorized, reason: "unauthorized",
+			msg:    "missing bearer token: send Authorization: Bearer <token>",
+			header: "WWW-Authenticate", value: challenge}
 	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	token = strings.TrimSpace(token)
+	sum := sha256.Sum256([]byte(token))
 	var found *client
 	// Compare against every client so the time taken does not tell which
 	// (or whether any) client matched.
@@ -536,10 +557,18 @@ func (h *Handler) authenticate(auth string) (*client, string) {
 			found = &h.clients[i]
 		}
 	}
-	if found == nil {
-		return nil, `Bearer realm="mcptun", error="invalid_token"`
+	if found != nil {
+		return found, nil
 	}
-	return found, ""
+	if h.oauth != nil && looksLikeJWT(token) {
+		return h.oauth.verify(token, agent, server)
+	}
+	challenge := `Bearer realm="mcptun", error="invalid_token"`
+	if h.oauth != nil {
+		challenge = h.oauth.challenge(agent, server, "invalid_token", "", false)
+	}
+	return nil, &refusal{status: http.StatusUnauthorized, reason: "unauthorized", msg: "invalid bearer token",
+		header: "WWW-Authenticate", value: challenge, wrongToken: true}
 }
 
 func (c *Client) allowed(agent, server string) bool {

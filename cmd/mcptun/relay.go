@@ -166,6 +166,7 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 			BodyTimeout:   cfg.HTTP.BodyTimeout,
 			WriteTimeout:  cfg.HTTP.WriteTimeout,
 		},
+		OAuth: relayOAuth(&cfg.OAuth),
 	})
 	if err != nil {
 		_ = ts.Close()
@@ -251,4 +252,32 @@ func (rr *runningRelay) Close() error {
 	rr.debug.Close()
 	rr.wg.Wait()
 	return err
+}
+
+// relayOAuth is the relay's OAuth settings from relay.yaml (nil: off).
+func relayOAuth(o *config.RelayOAuth) *relay.OAuth {
+	if !o.Enabled() {
+		return nil
+	}
+	rules := make([]relay.OAuthRule, len(o.ClaimRules))
+	for i, r := range o.ClaimRules {
+		rules[i] = relay.OAuthRule{Claim: r.Claim, Value: r.Value, Allow: r.Allow}
+	}
+	return &relay.OAuth{
+		Issuer:               o.Issuer,
+		JWKSURL:              o.JWKSURL,
+		JWKS:                 o.JWKS,
+		PublicURL:            o.PublicURL,
+		Audiences:            o.Audience,
+		RequiredScopes:       o.RequiredScopes,
+		ScopesSupported:      o.ScopesSupported,
+		IdentityClaim:        o.IdentityClaim,
+		Algorithms:           o.Algorithms,
+		Allow:                o.Allow,
+		Rules:                rules,
+		AuthorizationServers: o.AuthorizationServers,
+		Leeway:               o.Leeway,
+		Rate:                 o.RateLimit.RequestsPerSecond,
+		Burst:                o.RateLimit.Burst,
+	}
 }

@@ -13,6 +13,7 @@ type Relay struct {
 	HTTP    RelayHTTP     `mapstructure:"http"`
 	Agents  []RelayAgent  `mapstructure:"agents"`
 	Clients []RelayClient `mapstructure:"clients"`
+	OAuth   RelayOAuth    `mapstructure:"oauth"` // JWT access tokens too (see RelayOAuth)
 	Log     Log           `mapstructure:"log"`
 	Debug   Debug         `mapstructure:"debug"`
 	// ShutdownGrace is how long a relay told to stop (SIGTERM, SIGINT)
@@ -172,6 +173,7 @@ func (c *Relay) validate(p *problems, path string) {
 		}
 		c.Clients[i].RateLimit.validate(p, key+".rate_limit")
 	}
+	c.OAuth.validate(p, path)
 	c.Log.validate(p)
 	if c.Debug.PprofListen != "" {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
