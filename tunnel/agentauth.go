@@ -5,12 +5,9 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -160,43 +157,4 @@ func checkCertValidity(c *x509.Certificate, now time.Time) error {
 		return fmt.Errorf("client certificate expired at %s", c.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return nil
-}
-
-// PublicKeyPrefix starts an Ed25519 public key as relay.yaml lists it.
-const PublicKeyPrefix = "ed25519:"
-
-// PublicKeyString is pub as relay.yaml's public_keys lists it:
-// "ed25519:" and the standard base64 of the 32 key bytes.
-func PublicKeyString(pub ed25519.PublicKey) string {
-	return PublicKeyPrefix + base64.StdEncoding.EncodeToString(pub)
-}
-
-// ParsePublicKey reads a key written by PublicKeyString, or with the 64 hex
-// digits of the key after the prefix.
-func ParsePublicKey(s string) (ed25519.PublicKey, error) {
-	rest, ok := strings.CutPrefix(strings.TrimSpace(s), PublicKeyPrefix)
-	if !ok {
-		return nil, fmt.Errorf("public key %q: want %s followed by the base64 (or hex) of the 32 key bytes, as `mcptun key new` prints it", truncate(s, 80), PublicKeyPrefix)
-	}
-	var b []byte
-	var err error
-	switch {
-	case len(rest) == 2*ed25519.PublicKeySize:
-		b, err = hex.DecodeString(rest)
-	default:
-		b, err = base64.StdEncoding.DecodeString(rest)
-		if err != nil {
-			b, err = base64.RawStdEncoding.DecodeString(rest)
-		}
-		if err != nil {
-			b, err = base64.RawURLEncoding.DecodeString(strings.TrimRight(rest, "="))
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("public key %q: not base64 or hex", truncate(s, 80))
-	}
-	if len(b) != ed25519.PublicKeySize {
-		return nil, fmt.Errorf("public key %q: %d bytes, want %d", truncate(s, 80), len(b), ed25519.PublicKeySize)
-	}
-	return ed25519.PublicKey(b), nil
 }

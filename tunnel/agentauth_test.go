@@ -11,7 +11,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -495,25 +494,6 @@ func TestKeyFailuresThrottled(t *testing.T) {
 }
 
 func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-func hexString(b []byte) string { return hex.EncodeToString(b) }
-
-func TestPublicKeyString(t *testing.T) {
-	pub := pubOf(newKey(t))
-	s := PublicKeyString(pub)
-	for _, in := range []string{s, " " + s + "\n", PublicKeyPrefix + strings.TrimRight(s[len(PublicKeyPrefix):], "="),
-		PublicKeyPrefix + hexString(pub)} {
-		got, err := ParsePublicKey(in)
-		if err != nil || !bytes.Equal(got, pub) {
-			t.Errorf("ParsePublicKey(%q) = %x, %v", in, got, err)
-		}
-	}
-	for _, bad := range []string{"", s[len(PublicKeyPrefix):], "ssh-ed25519 AAAA", PublicKeyPrefix + "AAAA", PublicKeyPrefix + "!!!!", PublicKeyPrefix + strings.Repeat("zz", 32)} {
-		if _, err := ParsePublicKey(bad); err == nil {
-			t.Errorf("ParsePublicKey(%q) accepted", bad)
-		}
-	}
-}
 
 func TestListenCredentialValidation(t *testing.T) {
 	cert, _, _ := testCert(t)

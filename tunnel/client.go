@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/mcptun/mcptun/internal/agentkey"
 )
 
 // Choices for ClientConfig.Transport, besides TransportQUIC ("quic").
@@ -402,7 +404,7 @@ func (c *Client) Run(ctx context.Context) error {
 			attrs := []any{"code", ref.Code, "retry_in", delay}
 			if cfg.Key != nil && ref.Code == CodeBadCredential {
 				// What the relay's operator needs to list.
-				attrs = append(attrs, "public_key", PublicKeyString(cfg.Key.Public().(ed25519.PublicKey)))
+				attrs = append(attrs, "public_key", agentkey.FormatPublic(cfg.Key.Public().(ed25519.PublicKey)))
 			}
 			c.log.Error("relay refused: "+ref.describe(), attrs...)
 		case err != nil && c.drainingRelay.Load() > 0:
