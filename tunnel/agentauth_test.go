@@ -522,3 +522,31 @@ func TestListenCredentialValidation(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyMultiRelay: one keyed agent keeps a tunnel to each of two relays
+// that list its key, each session signed on its own, and both route to it.
+// A relay operator gets nothing from its session to use at the other.
+func TestKeyMultiRelay(t *testing.T) {
+	for _, transport := range []string{TransportQUIC, TransportTCP} {
+		t.Run(transport, func(t *testing.T) {
+			ctx := testCtx(t)
+			key := newKey(t)
+			creds := []AgentCredential{{Name: testAgent, PublicKey: pubOf(key)}}
+			r1 := startRelay(t, ServerConfig{Agents: creds})
+			r2 := startRelay(t, ServerConfig{Agents: creds})
+			cc := keyConfig(t, "", key)
+			cc.Transport = transport
+			m, _ := startMulti(t, MultiConfig{Client: cc, Addresses: []string{r1.Addr(), r2.Addr()}}, "k:")
+			r1.waitEvent(t, "lab up")
+			r2.waitEvent(t, "lab up")
+			if err := m.WaitConnected(ctx, 2); err != nil {
+				t.Fatalf("WaitConnected(2): %v; status %+v", err, m.Status())
+			}
+			for i, r := range []*relay{r1, r2} {
+				if got, err := roundTrip(ctx, r, testAgent, []byte("x")); err != nil || string(got) != "k:x" {
+					t.Fatalf("through relay %d: %q, %v", i+1, got, err)
+				}
+			}
+		})
+	}
+}

@@ -406,6 +406,11 @@ func (c *Client) Run(ctx context.Context) error {
 				// What the relay's operator needs to list.
 				attrs = append(attrs, "public_key", agentkey.FormatPublic(cfg.Key.Public().(ed25519.PublicKey)))
 			}
+			if cfg.Token == "" && ref.Code == CodeBadHello {
+				// A relay from before agent keys takes every hello for a
+				// token's.
+				attrs = append(attrs, "hint", "the relay may be older than agent keys and certificates: upgrade it, or use a token")
+			}
 			c.log.Error("relay refused: "+ref.describe(), attrs...)
 		case err != nil && c.drainingRelay.Load() > 0:
 			// The relay we left is draining and its replacement is not

@@ -311,36 +311,9 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if cfg.DisableQUIC && cfg.DisableTCP {
 		return nil, errors.New("tunnel: listen: both QUIC and TCP are disabled")
 	}
-	creds := make(map[string][]replicaCred, len(cfg.Agents))
-	for i, a := range cfg.Agents {
-		if !ValidName(a.Name) {
-			return nil, fmt.Errorf("tunnel: listen: agents[%d]: invalid agent name %q", i, a.Name)
-		}
-		kind, err := a.kind()
-		if err != nil {
-			return nil, fmt.Errorf("tunnel: listen: agents[%d] (%s): %w", i, a.Name, err)
-		}
-		rc := replicaCred{kind: kind}
-		switch kind {
-		case AuthToken:
-			rc.sum, rc.id = a.TokenSHA256, a.TokenSHA256
-		case AuthEd25519:
-			rc.pub, rc.id = slices.Clone(a.PublicKey), keyCredID(a.PublicKey)
-		case AuthCertificate:
-			rc.sum, rc.id = a.CertSHA256, certCredID(a.CertSHA256)
-		}
-		// A token's tag is as it was before keys existed, so replicas
-		// keep their tags (and clients their sessions) across an upgrade.
-		rc.tag = ReplicaTag(rc.id)
-		for _, c := range creds[a.Name] {
-			if c.id == rc.id {
-				return nil, fmt.Errorf("tunnel: listen: agents[%d]: agent %q listed twice with one %s (replicas need a credential each)", i, a.Name, kind)
-			}
-			if c.tag == rc.tag { // a 1 in 2^32 chance
-				return nil, fmt.Errorf("tunnel: listen: agents[%d]: two credentials of agent %q share replica tag %s; make a new one", i, a.Name, rc.tag)
-			}
-		}
-		creds[a.Name] = append(creds[a.Name], rc)
+	creds, err := buildCreds(cfg.Agents)
+	if err != nil {
+		return nil, err
 	}
 	// Agents with a certificate send it in the TLS handshake; the relay
 	// asks every agent for one but requires none (tokens and keys are
@@ -434,6 +407,43 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	}
 	s.log.Info("tunnel: relay listening", "addr", s.addr, "quic", s.qln != nil, "tcp", s.tcpLn != nil, "agents", len(creds))
 	return s, nil
+}
+
+// buildCreds indexes the credentials by agent name, each with its replica
+// tag, refusing entries that are invalid or repeat a credential.
+func buildCreds(agents []AgentCredential) (map[string][]replicaCred, error) {
+	creds := make(map[string][]replicaCred, len(agents))
+	for i, a := range agents {
+		if !ValidName(a.Name) {
+			return nil, fmt.Errorf("tunnel: listen: agents[%d]: invalid agent name %q", i, a.Name)
+		}
+		kind, err := a.kind()
+		if err != nil {
+			return nil, fmt.Errorf("tunnel: listen: agents[%d] (%s): %w", i, a.Name, err)
+		}
+		rc := replicaCred{kind: kind}
+		switch kind {
+		case AuthToken:
+			rc.sum, rc.id = a.TokenSHA256, a.TokenSHA256
+		case AuthEd25519:
+			rc.pub, rc.id = slices.Clone(a.PublicKey), keyCredID(a.PublicKey)
+		case AuthCertificate:
+			rc.sum, rc.id = a.CertSHA256, certCredID(a.CertSHA256)
+		}
+		// A token's tag is as it was before keys existed, so replicas
+		// keep their tags (and clients their sessions) across an upgrade.
+		rc.tag = ReplicaTag(rc.id)
+		for _, c := range creds[a.Name] {
+			if c.id == rc.id {
+				return nil, fmt.Errorf("tunnel: listen: agents[%d]: agent %q listed twice with one %s (replicas need a credential each)", i, a.Name, kind)
+			}
+			if c.tag == rc.tag { // a 1 in 2^32 chance
+				return nil, fmt.Errorf("tunnel: listen: agents[%d]: two credentials of agent %q share replica tag %s; make a new one", i, a.Name, rc.tag)
+			}
+		}
+		creds[a.Name] = append(creds[a.Name], rc)
+	}
+	return creds, nil
 }
 
 // bind listens on TCP and UDP at addr. With port 0 it retries until one
