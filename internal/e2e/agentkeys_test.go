@@ -171,3 +171,39 @@ func writeClientCert(t *testing.T, dir string) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "agent.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "agent.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600))
 }
+
+// TestKeyCommands: `key new` never overwrites a key, `key show` prints the
+// line `key new` printed, `--out -` keeps the key on stdout and the rest
+// on stderr, and a certificate's ECDSA key is not taken for an agent key.
+// `token new` prints the quoted token_sha256 line for relay.yaml.
+func TestKeyCommands(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "agent.key")
+	line := newAgentKey(t, path)
+	before, err := os.ReadFile(path)
+	require.NoError(t, err)
+	out, err := exec.Command(mcptunBin, "key", "new", "--out", path).CombinedOutput()
+	require.Error(t, err, "key new over an existing file: %s", out)
+	require.Contains(t, string(out), "exists; not overwriting")
+	after, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Equal(t, before, after, "the existing key is untouched")
+	require.Equal(t, line, relayLine(t, "public_keys", "key", "show", path))
+
+	cmd := exec.Command(mcptunBin, "key", "new", "--out", "-")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdout, err := cmd.Output()
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(string(stdout), "-----BEGIN PRIVATE KEY-----\n"), "stdout holds the key only: %q", stdout)
+	require.Contains(t, stderr.String(), `public_keys: ["ed25519:`)
+
+	writeClientCert(t, dir)
+	out, err = exec.Command(mcptunBin, "key", "show", filepath.Join(dir, "agent.key")).CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "not an Ed25519 key")
+
+	out, err = exec.Command(mcptunBin, "token", "new").Output()
+	require.NoError(t, err)
+	require.Regexp(t, `(?m)^  token_sha256: "[0-9a-f]{64}"$`, string(out))
+}
