@@ -1082,7 +1082,7 @@ func (s *Server) register(a *agentSession) {
 	for i, sv := range a.status.Servers {
 		servers[i] = sv.Name
 	}
-	s.log.Info("tunnel: agent connected", "agent", name, "replica", a.tag, "auth", a.auth, "replicas", replicas, "remote", a.status.Remote,
+	s.log.Info("tunnel: agent connected", "agent", name, "replica", a.tag, "replicas", replicas, "auth", a.auth, "remote", a.status.Remote,
 		"transport", a.status.Transport, "servers", strings.Join(servers, ","))
 	if s.onChange != nil {
 		s.onChange(name, true)
