@@ -23,6 +23,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/mcptun/mcptun/internal/agentkey"
 	"github.com/mcptun/mcptun/internal/authguard"
 )
 
@@ -549,4 +550,18 @@ func TestKeyMultiRelay(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRefusedAgentNamesItsCredential: a refused agent's log gives the
+// value the relay's operator would list: its public key, or its
+// certificate's hash.
+func TestRefusedAgentNamesItsCredential(t *testing.T) {
+	r := startRelay(t, ServerConfig{Agents: []AgentCredential{{Name: testAgent, PublicKey: pubOf(newKey(t))}}})
+	key, cert := newKey(t), validClientCert(t)
+	a := startAgent(t, keyConfig(t, r.Addr(), key), "")
+	waitFor(t, "key refusal line", func() bool {
+		return a.log.count(`public_key=`+agentkey.FormatPublic(pubOf(key))) == 1 || a.log.count(`public_key="`+agentkey.FormatPublic(pubOf(key))+`"`) == 1
+	})
+	b := startAgent(t, certConfig(t, r.Addr(), cert), "")
+	waitFor(t, "certificate refusal line", func() bool { return b.log.count("cert_sha256="+PinSHA256(cert.Leaf)) == 1 })
 }

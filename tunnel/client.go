@@ -402,9 +402,13 @@ func (c *Client) Run(ctx context.Context) error {
 			// Retrying sooner cannot help until someone fixes the config.
 			delay = cfg.MaxBackoff
 			attrs := []any{"code", ref.Code, "retry_in", delay}
-			if cfg.Key != nil && ref.Code == CodeBadCredential {
-				// What the relay's operator needs to list.
+			// What the relay's operator needs to list.
+			switch {
+			case ref.Code != CodeBadCredential:
+			case cfg.Key != nil:
 				attrs = append(attrs, "public_key", agentkey.FormatPublic(cfg.Key.Public().(ed25519.PublicKey)))
+			case cfg.Certificate != nil && cfg.Certificate.Leaf != nil:
+				attrs = append(attrs, "cert_sha256", PinSHA256(cfg.Certificate.Leaf))
 			}
 			if cfg.Token == "" && ref.Code == CodeBadHello {
 				// A relay from before agent keys takes every hello for a
