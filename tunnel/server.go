@@ -93,7 +93,8 @@ func (c *AgentCredential) kind() (string, error) {
 }
 
 // ReplicaTag names the replica of an agent that authenticates with the
-// token whose SHA-256 is tokenSHA256: 8 hex digits, the same at every
+// token whose SHA-256 is tokenSHA256 (for a key or certificate the relay
+// passes a hash of it instead, see keyCredID and certCredID): 8 hex digits, the same at every
 // relay given the same credential, and telling nothing of the token (it
 // is a hash of its hash). The relay puts it in front of the session ids
 // it passes on, so that a session-era request goes
