@@ -27,7 +27,7 @@ import (
 	"github.com/mcptun/mcptun/internal/authguard"
 )
 
-func newKey(t *testing.T) ed25519.PrivateKey {
+func newKey(t testing.TB) ed25519.PrivateKey {
 	t.Helper()
 	_, k, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -40,7 +40,7 @@ func pubOf(k ed25519.PrivateKey) ed25519.PublicKey { return k.Public().(ed25519.
 
 // clientCert makes a self-signed client certificate valid from notBefore
 // to notAfter.
-func clientCert(t *testing.T, notBefore, notAfter time.Time) *tls.Certificate {
+func clientCert(t testing.TB, notBefore, notAfter time.Time) *tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -65,7 +65,7 @@ func clientCert(t *testing.T, notBefore, notAfter time.Time) *tls.Certificate {
 	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
 }
 
-func validClientCert(t *testing.T) *tls.Certificate {
+func validClientCert(t testing.TB) *tls.Certificate {
 	return clientCert(t, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
 }
 
@@ -564,4 +564,50 @@ func TestRefusedAgentNamesItsCredential(t *testing.T) {
 	})
 	b := startAgent(t, certConfig(t, r.Addr(), cert), "")
 	waitFor(t, "certificate refusal line", func() bool { return b.log.count("cert_sha256="+PinSHA256(cert.Leaf)) == 1 })
+}
+
+// BenchmarkConnect measures one whole handshake (dial, TLS, hello,
+// welcome) and close per iteration, per credential kind, so the cost of a
+// key or a certificate shows against a token's.
+func BenchmarkConnect(b *testing.B) {
+	key, cert := newKey(b), validClientCert(b)
+	spki, _ := certSums(cert.Leaf)
+	cred := []AgentCredential{
+		{Name: testAgent, TokenSHA256: sha256.Sum256([]byte(testToken))},
+		{Name: testAgent, PublicKey: pubOf(key)},
+		{Name: testAgent, CertSHA256: spki},
+	}
+	cases := []struct {
+		name string
+		mod  func(*ClientConfig)
+	}{
+		{AuthToken, func(*ClientConfig) {}},
+		{AuthEd25519, func(c *ClientConfig) { c.Token, c.Key = "", key }},
+		{AuthCertificate, func(c *ClientConfig) { c.Token, c.Certificate = "", cert }},
+	}
+	for _, transport := range []string{TransportTCP, TransportQUIC} {
+		for _, tc := range cases {
+			b.Run(transport+"/"+tc.name, func(b *testing.B) {
+				cert0, pin, _ := testCert(b)
+				s, err := Listen(context.Background(), ServerConfig{Listen: "127.0.0.1:0", Agents: cred,
+					TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert0}}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer s.Close()
+				tlsCfg, _ := ClientTLS("127.0.0.1", "", pin)
+				cfg := ClientConfig{Name: testAgent, Address: s.Addr(), Token: testToken, TLSConfig: tlsCfg, Transport: transport}
+				tc.mod(&cfg)
+				ctx := context.Background()
+				b.ResetTimer()
+				for b.Loop() {
+					sess, err := Connect(ctx, cfg)
+					if err != nil {
+						b.Fatal(err)
+					}
+					sess.Close()
+				}
+			})
+		}
+	}
 }
