@@ -157,7 +157,11 @@ func TestKeyReplicas(t *testing.T) {
 		{Name: testAgent, PublicKey: pubOf(k1)}, {Name: testAgent, PublicKey: pubOf(k2)},
 	}})
 	tag1, tag2 := ReplicaTag(keyCredID(pubOf(k1))), ReplicaTag(keyCredID(pubOf(k2)))
-	startAgent(t, keyConfig(t, r.Addr(), k1), "a:")
+	// Once replaced, the first agent waits MaxBackoff on a clock that
+	// never moves, so it does not take its session back.
+	cfgA := keyConfig(t, r.Addr(), k1)
+	cfgA.Clock, cfgA.MaxBackoff = newFakeClock(), time.Hour
+	startAgent(t, cfgA, "a:")
 	r.waitEvent(t, "lab up")
 	startAgent(t, keyConfig(t, r.Addr(), k2), "b:")
 	r.waitEvent(t, "lab up")
