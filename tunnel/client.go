@@ -2,7 +2,9 @@ package tunnel
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +16,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/mcptun/mcptun/internal/agentkey"
 )
 
 // Choices for ClientConfig.Transport, besides TransportQUIC ("quic").
@@ -45,7 +49,14 @@ const (
 type ClientConfig struct {
 	Name    string
 	Address string // relay host:port
-	Token   string // the agent's secret; never logged
+	// The agent's credential, exactly one of: Token, a secret the relay
+	// knows the SHA-256 of (never logged); Key, an Ed25519 private key
+	// whose signature binds each TLS session (the relay lists the public
+	// key); Certificate, a TLS client certificate with its private key
+	// (the relay lists its hash).
+	Token       string
+	Key         ed25519.PrivateKey
+	Certificate *tls.Certificate
 	// TLSConfig verifies the relay; build it with ClientTLS. An empty
 	// ServerName defaults to the host of Address.
 	TLSConfig *tls.Config
@@ -74,7 +85,8 @@ type ClientConfig struct {
 	// Clock drives the backoff and probe waits; default the real clock.
 	Clock Clock
 
-	// resetKey is the agent's QUIC stateless reset key, derived from Token.
+	// resetKey is the agent's QUIC stateless reset key, derived from its
+	// credential's secret.
 	resetKey *quic.StatelessResetKey
 	// DialAddress, if set, is the ip:port dialed instead of Address (one
 	// of the addresses Address's host resolves to, see Multi); Address
@@ -100,7 +112,14 @@ func (cfg ClientConfig) normalize() (ClientConfig, error) {
 	if cfg.TLSConfig == nil {
 		return fail("TLSConfig is required (see ClientTLS)")
 	}
-	h := hello{Agent: cfg.Name, Token: cfg.Token, Servers: cfg.Servers}
+	secret, err := cfg.credentialSecret()
+	if err != nil {
+		return fail("%v", err)
+	}
+	h := cfg.hello()
+	if h.Auth == AuthEd25519 {
+		h.Signature = make([]byte, ed25519.SignatureSize) // made per session
+	}
 	if err := h.validate(); err != nil {
 		return fail("%v", err)
 	}
@@ -142,7 +161,7 @@ func (cfg ClientConfig) normalize() (ClientConfig, error) {
 	if cfg.QUICProbeMin > cfg.QUICProbeMax {
 		return fail("QUICProbeMin %v exceeds QUICProbeMax %v", cfg.QUICProbeMin, cfg.QUICProbeMax)
 	}
-	if cfg.resetKey, err = agentResetKey(cfg.Token); err != nil {
+	if cfg.resetKey, err = agentResetKey(secret); err != nil {
 		return fail("%v", err)
 	}
 	if cfg.Clock == nil {
@@ -155,8 +174,62 @@ func (cfg ClientConfig) normalize() (ClientConfig, error) {
 	if cfg.TLSConfig.ServerName == "" {
 		cfg.TLSConfig.ServerName = host
 	}
+	if cfg.Certificate != nil {
+		cfg.TLSConfig.Certificates = []tls.Certificate{*cfg.Certificate}
+	}
 	cfg.Servers = append([]OfferedServer(nil), cfg.Servers...)
 	return cfg, nil
+}
+
+// credentialSecret checks that exactly one credential is set and returns
+// the secret the agent's QUIC stateless reset key is derived from: the
+// token, the key's seed, or the certificate's private key. The relay has
+// none of them.
+func (cfg *ClientConfig) credentialSecret() ([]byte, error) {
+	n := 0
+	var secret []byte
+	if cfg.Token != "" {
+		n++
+		secret = []byte(cfg.Token)
+	}
+	if cfg.Key != nil {
+		n++
+		if len(cfg.Key) != ed25519.PrivateKeySize {
+			return nil, fmt.Errorf("ed25519 key of %d bytes, want %d", len(cfg.Key), ed25519.PrivateKeySize)
+		}
+		secret = cfg.Key.Seed()
+	}
+	if cfg.Certificate != nil {
+		n++
+		if len(cfg.Certificate.Certificate) == 0 || cfg.Certificate.PrivateKey == nil {
+			return nil, errors.New("client certificate without a certificate or private key")
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(cfg.Certificate.PrivateKey)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate key: %w", err)
+		}
+		secret = der
+	}
+	switch n {
+	case 0:
+		return nil, errors.New("no credential: set a token, an Ed25519 key or a client certificate")
+	case 1:
+		return secret, nil
+	}
+	return nil, errors.New("several credentials: set one of token, Ed25519 key, client certificate")
+}
+
+// hello is the agent's hello before any per-session signature.
+func (cfg *ClientConfig) hello() hello {
+	h := hello{Type: typeHello, Version: ProtocolVersion, Agent: cfg.Name, Token: cfg.Token, Servers: cfg.Servers}
+	switch {
+	case cfg.Key != nil:
+		h.Auth = AuthEd25519
+		h.PublicKey = cfg.Key.Public().(ed25519.PublicKey)
+	case cfg.Certificate != nil:
+		h.Auth = AuthCertificate
+	}
+	return h
 }
 
 // dialAddress is the host:port to dial.
@@ -328,7 +401,21 @@ func (c *Client) Run(ctx context.Context) error {
 		case errors.As(err, &ref):
 			// Retrying sooner cannot help until someone fixes the config.
 			delay = cfg.MaxBackoff
-			c.log.Error("relay refused: "+ref.describe(), "code", ref.Code, "retry_in", delay)
+			attrs := []any{"code", ref.Code, "retry_in", delay}
+			// What the relay's operator needs to list.
+			switch {
+			case ref.Code != CodeBadCredential:
+			case cfg.Key != nil:
+				attrs = append(attrs, "public_key", agentkey.FormatPublic(cfg.Key.Public().(ed25519.PublicKey)))
+			case cfg.Certificate != nil && cfg.Certificate.Leaf != nil:
+				attrs = append(attrs, "cert_sha256", PinSHA256(cfg.Certificate.Leaf))
+			}
+			if cfg.Token == "" && ref.Code == CodeBadHello {
+				// A relay from before agent keys takes every hello for a
+				// token's.
+				attrs = append(attrs, "hint", "the relay may be older than agent keys and certificates: upgrade it, or use a token")
+			}
+			c.log.Error("relay refused: "+ref.describe(), attrs...)
 		case err != nil && c.drainingRelay.Load() > 0:
 			// The relay we left is draining and its replacement is not
 			// up yet: keep trying at the shortest pace, to find the
@@ -791,7 +878,12 @@ func exchangeHello(hctx context.Context, sess Session, cfg *ClientConfig) (Strea
 	if dl, ok := hctx.Deadline(); ok {
 		ctl.SetDeadline(dl)
 	}
-	h := hello{Type: typeHello, Version: ProtocolVersion, Agent: cfg.Name, Token: cfg.Token, Servers: cfg.Servers}
+	h := cfg.hello()
+	if h.Auth == AuthEd25519 {
+		if err := signHello(&h, cfg.Key, sess); err != nil {
+			return ctl, answer{}, err
+		}
+	}
 	if err := writeFrame(ctl, h); err != nil {
 		return ctl, answer{}, err
 	}

@@ -35,7 +35,8 @@
 // Both ends send QUIC stateless resets (RFC 9000 §10.3) for connections they
 // do not know, so a peer that lost its state is told at the next packet
 // instead of waiting for the idle timeout. The relay derives its reset key
-// from its TLS private key and the agent from its token, each with
+// from its TLS private key and the agent from its credential's secret (its
+// token, key seed or certificate key), each with
 // HKDF-SHA256 and a label of its own: the key is the same after a restart,
 // and neither secret is exposed. A restarted relay thus resets the agent's
 // connection at the agent's next heartbeat (below) and the agent reconnects
@@ -60,6 +61,25 @@
 // The welcome's "relay" is the relay process's random instance id (absent
 // from older relays): an agent that reaches one relay at two addresses
 // keeps one tunnel (see Multi).
+//
+// Instead of a token, an agent may carry an Ed25519 key or a TLS client
+// certificate (ClientConfig.Key, ClientConfig.Certificate), and its hello
+// then says so:
+//
+//	{"type":"hello","version":1,"agent":"lab","auth":"ed25519","public_key":"<base64>","signature":"<base64>","servers":[…]}
+//	{"type":"hello","version":1,"agent":"lab","auth":"certificate","servers":[…]}
+//
+// The signature is over a transcript of the context string "mcptun agent
+// auth v1", 32 bytes exported from the TLS session (label "EXPORTER-mcptun
+// agent auth v1"), the agent's name, the SHA-256 of the relay certificate's
+// SubjectPublicKeyInfo and the public key (see authTranscript), so it is
+// good for that session only: a hello recorded by a relay, or on the way,
+// and sent on another connection is refused. A certificate is proved by
+// the TLS handshake (the relay requests one from every agent and requires
+// none) and matched against the relay's list by hash. The relay's agent
+// list may mix the kinds; each credential is one replica's. A relay older
+// than these fields reads such a hello as a token's without one, and
+// answers bad_hello.
 //
 // Refusal codes are bad_credential, unknown_agent, unsupported_version and
 // bad_hello. The relay stores only the SHA-256 of each agent's token and

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"crypto/ed25519"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -116,13 +117,41 @@ func (e *RefusedError) describe() string {
 // session for the same agent name.
 var ErrReplaced = errors.New("tunnel: relay replaced this session with a newer one for the same agent name")
 
+// How an agent proves who it is, as its hello says (Auth).
+const (
+	// AuthToken: a bearer token, sent in the hello; the relay stores its
+	// SHA-256. A hello without "auth" means this.
+	AuthToken = "token"
+	// AuthEd25519: an Ed25519 signature over the session binding (see
+	// authTranscript); the relay stores the public key.
+	AuthEd25519 = "ed25519"
+	// AuthCertificate: the TLS client certificate of the session; the
+	// relay stores its hash.
+	AuthCertificate = "certificate"
+)
+
 // hello is the agent's first frame.
 type hello struct {
 	Type    string          `json:"type"`
 	Version int             `json:"version"`
 	Agent   string          `json:"agent"`
-	Token   string          `json:"token"`
+	Token   string          `json:"token,omitempty"`
 	Servers []OfferedServer `json:"servers"`
+
+	// Auth is the credential kind; "" means AuthToken (older agents).
+	Auth string `json:"auth,omitempty"`
+	// PublicKey and Signature, with AuthEd25519: the agent's key and its
+	// signature of authTranscript for this TLS session (base64 in JSON).
+	PublicKey []byte `json:"public_key,omitempty"`
+	Signature []byte `json:"signature,omitempty"`
+}
+
+// authKind is h.Auth with the default filled in.
+func (h *hello) authKind() string {
+	if h.Auth == "" {
+		return AuthToken
+	}
+	return h.Auth
 }
 
 // LogValue keeps the token out of logs whatever logs a hello.
@@ -131,6 +160,7 @@ func (h hello) LogValue() slog.Value {
 		slog.Int("version", h.Version),
 		slog.String("agent", h.Agent),
 		slog.Int("servers", len(h.Servers)),
+		slog.String("auth", h.authKind()),
 	)
 }
 
@@ -231,11 +261,8 @@ func (h *hello) validate() error {
 	if !ValidName(h.Agent) {
 		return fmt.Errorf("invalid agent name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", truncate(h.Agent, 64))
 	}
-	if h.Token == "" {
-		return errors.New("empty token")
-	}
-	if len(h.Token) > maxTokenLen {
-		return fmt.Errorf("token longer than %d bytes", maxTokenLen)
+	if err := h.validateCredential(); err != nil {
+		return err
 	}
 	if len(h.Servers) > maxServers {
 		return fmt.Errorf("%d servers offered, at most %d allowed", len(h.Servers), maxServers)
@@ -252,6 +279,39 @@ func (h *hello) validate() error {
 			return fmt.Errorf("servers[%d]: server %q offered twice", i, s.Name)
 		}
 		seen[s.Name] = true
+	}
+	return nil
+}
+
+// validateCredential checks that the hello carries exactly the fields of
+// its credential kind.
+func (h *hello) validateCredential() error {
+	kind := h.authKind()
+	if kind != AuthEd25519 && (h.PublicKey != nil || h.Signature != nil) {
+		return fmt.Errorf("public_key and signature belong to auth %q, not %q", AuthEd25519, kind)
+	}
+	if kind != AuthToken && h.Token != "" {
+		return fmt.Errorf("token sent with auth %q: send one credential", kind)
+	}
+	switch kind {
+	case AuthToken:
+		if h.Token == "" {
+			return errors.New("empty token")
+		}
+		if len(h.Token) > maxTokenLen {
+			return fmt.Errorf("token longer than %d bytes", maxTokenLen)
+		}
+	case AuthEd25519:
+		if len(h.PublicKey) != ed25519.PublicKeySize {
+			return fmt.Errorf("public_key of %d bytes, want %d", len(h.PublicKey), ed25519.PublicKeySize)
+		}
+		if len(h.Signature) != ed25519.SignatureSize {
+			return fmt.Errorf("signature of %d bytes, want %d", len(h.Signature), ed25519.SignatureSize)
+		}
+	case AuthCertificate:
+		// The credential is the TLS session's client certificate.
+	default:
+		return fmt.Errorf("auth %q: want %q, %q or %q", truncate(kind, 32), AuthToken, AuthEd25519, AuthCertificate)
 	}
 	return nil
 }

@@ -205,6 +205,10 @@ func FuzzDecodeHello(f *testing.F) {
 	f.Add([]byte(`{"type":"hello","version":1,"agent":"lab","token":"t","servers":[{"name":"a","kind":"http"}]}`))
 	f.Add([]byte(`{"type":"hello","version":1,"agent":"lab","token":"t","servers":null}`))
 	f.Add([]byte(`{"type":"hello","version":2}`))
+	f.Add([]byte(`{"type":"hello","version":1,"agent":"lab","auth":"ed25519","public_key":"` + strings.Repeat("A", 43) + `=","signature":"` + strings.Repeat("A", 86) + `==","servers":[]}`))
+	f.Add([]byte(`{"type":"hello","version":1,"agent":"lab","auth":"certificate","servers":[]}`))
+	f.Add([]byte(`{"type":"hello","version":1,"agent":"lab","auth":"certificate","public_key":"","servers":[]}`))
+	f.Add([]byte(`{"type":"hello","version":1,"agent":"lab","auth":"token","token":"t","signature":null}`))
 	f.Add([]byte(`{"type":"refused","code":"bad_hello","message":"\u00e9"}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		checkHello(t, body)
@@ -226,7 +230,7 @@ func checkHello(t *testing.T, body []byte) {
 		}
 		return
 	}
-	if !ValidName(h.Agent) || h.Token == "" || h.Version != ProtocolVersion {
+	if !ValidName(h.Agent) || h.validateCredential() != nil || h.Version != ProtocolVersion {
 		t.Fatalf("accepted invalid hello %+v", h)
 	}
 	var b bytes.Buffer

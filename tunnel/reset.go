@@ -47,14 +47,15 @@ func relayResetKey(cfg *tls.Config) (key *quic.StatelessResetKey, ok bool, err e
 	return k, err == nil, err
 }
 
-// agentResetKey derives the agent's stateless reset key from its token.
-// The relay stores only the token's SHA-256 and HKDF does not start from
-// that, so the relay cannot compute this key.
-func agentResetKey(token string) (*quic.StatelessResetKey, error) {
-	if token == "" {
-		return nil, errors.New("tunnel: stateless reset key: empty token")
+// agentResetKey derives the agent's stateless reset key from the secret
+// of its credential (its token, key seed or certificate key). The relay
+// stores only a token's SHA-256 or a public key, and HKDF starts from
+// neither, so the relay cannot compute this key.
+func agentResetKey[S ~string | ~[]byte](secret S) (*quic.StatelessResetKey, error) {
+	if len(secret) == 0 {
+		return nil, errors.New("tunnel: stateless reset key: empty secret")
 	}
-	return deriveResetKey([]byte(token), agentResetLabel)
+	return deriveResetKey([]byte(secret), agentResetLabel)
 }
 
 func deriveResetKey(secret []byte, label string) (*quic.StatelessResetKey, error) {

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -48,16 +49,52 @@ const (
 	replaceGrace = 30 * time.Second
 )
 
-// AgentCredential is an agent the relay accepts: its name and the SHA-256
-// of its token. A name may be listed once per replica, each with a token
-// of its own (see ReplicaTag).
+// AgentCredential is an agent the relay accepts: its name and one
+// credential, either the SHA-256 of its token, its Ed25519 public key, or
+// the SHA-256 of its TLS client certificate. A name may be listed once per
+// replica, each with a credential of its own (see ReplicaTag).
 type AgentCredential struct {
-	Name        string
+	Name string
+	// TokenSHA256 is the SHA-256 of the agent's token, unless PublicKey or
+	// CertSHA256 is set.
 	TokenSHA256 [32]byte
+	// PublicKey is the agent's Ed25519 key: it signs the TLS session it
+	// connects on (see authTranscript), so what the relay sees cannot be
+	// replayed on another session or at another relay.
+	PublicKey ed25519.PublicKey
+	// CertSHA256 is the SHA-256 of the agent's TLS client certificate's
+	// SubjectPublicKeyInfo (see PinSHA256) or of the whole certificate
+	// (DER); either matches.
+	CertSHA256 [32]byte
+}
+
+// kind is the credential's kind, or an error if it sets more than one.
+func (c *AgentCredential) kind() (string, error) {
+	var kinds []string
+	if c.PublicKey != nil {
+		kinds = append(kinds, AuthEd25519)
+	}
+	if c.CertSHA256 != ([32]byte{}) {
+		kinds = append(kinds, AuthCertificate)
+	}
+	if c.TokenSHA256 != ([32]byte{}) {
+		kinds = append(kinds, AuthToken)
+	}
+	switch len(kinds) {
+	case 0:
+		return AuthToken, nil // a zero token hash: matches no token anyone has
+	case 1:
+		if kinds[0] == AuthEd25519 && len(c.PublicKey) != ed25519.PublicKeySize {
+			return "", fmt.Errorf("public key of %d bytes, want %d", len(c.PublicKey), ed25519.PublicKeySize)
+		}
+		return kinds[0], nil
+	}
+	return "", fmt.Errorf("credential sets %s: one per entry", strings.Join(kinds, " and "))
 }
 
 // ReplicaTag names the replica of an agent that authenticates with the
-// token whose SHA-256 is tokenSHA256: 8 hex digits, the same at every
+// token whose SHA-256 is tokenSHA256 (for a key or certificate the relay
+// passes a hash of it instead, see keyCredID and certCredID): 8 hex digits, the same at every
 // relay given the same credential, and telling nothing of the token (it
 // is a hash of its hash). The relay puts it in front of the session ids
 // it passes on, so that a session-era request goes
@@ -73,8 +110,11 @@ const replicaTagLen = 8
 
 // replicaCred is one credential of an agent.
 type replicaCred struct {
-	sum [32]byte
-	tag string
+	kind string   // AuthToken, AuthEd25519, AuthCertificate
+	sum  [32]byte // token: its SHA-256; certificate: the listed hash
+	pub  ed25519.PublicKey
+	id   [32]byte // what ReplicaTag is made of, unique per credential
+	tag  string
 }
 
 // ServerConfig configures the relay end of the tunnel.
@@ -130,11 +170,14 @@ type ReplicaStatus struct {
 	// Draining: the replica said it is shutting down; it gets no new
 	// sessions or stateless requests, only those of its sessions.
 	Draining bool `json:"draining"`
+	// Auth is how the replica proved its identity: AuthToken, AuthEd25519
+	// or AuthCertificate.
+	Auth string `json:"auth"`
 }
 
 func (a *agentSession) replicaStatus() ReplicaStatus {
 	return ReplicaStatus{Tag: a.tag, Servers: slices.Clone(a.status.Servers), Transport: a.status.Transport,
-		Remote: a.status.Remote, ConnectedAt: a.status.ConnectedAt, Draining: a.draining.Load()}
+		Remote: a.status.Remote, ConnectedAt: a.status.ConnectedAt, Draining: a.draining.Load(), Auth: a.auth}
 }
 
 // Server is the relay end: it accepts agent sessions and opens streams to
@@ -147,6 +190,7 @@ type Server struct {
 	hsTimeout time.Duration
 	onChange  func(string, bool)
 	tcpTLS    *tls.Config
+	tlsCfg    *tls.Config // the certificate, for the pins Ed25519 agents sign
 
 	tcpLn   net.Listener
 	udpConn net.PacketConn
@@ -181,6 +225,7 @@ type agentReplicas struct {
 
 type agentSession struct {
 	tag          string // ReplicaTag of the credential it authenticated with
+	auth         string // the credential's kind
 	status       AgentStatus
 	sess         Session
 	ctl          Stream
@@ -267,28 +312,24 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if cfg.DisableQUIC && cfg.DisableTCP {
 		return nil, errors.New("tunnel: listen: both QUIC and TCP are disabled")
 	}
-	creds := make(map[string][]replicaCred, len(cfg.Agents))
-	for i, a := range cfg.Agents {
-		if !ValidName(a.Name) {
-			return nil, fmt.Errorf("tunnel: listen: agents[%d]: invalid agent name %q", i, a.Name)
-		}
-		tag := ReplicaTag(a.TokenSHA256)
-		for _, c := range creds[a.Name] {
-			if c.sum == a.TokenSHA256 {
-				return nil, fmt.Errorf("tunnel: listen: agents[%d]: agent %q listed twice with one token (replicas need a token each)", i, a.Name)
-			}
-			if c.tag == tag { // a 1 in 2^32 chance
-				return nil, fmt.Errorf("tunnel: listen: agents[%d]: two tokens of agent %q share replica tag %s; make a new token", i, a.Name, tag)
-			}
-		}
-		creds[a.Name] = append(creds[a.Name], replicaCred{sum: a.TokenSHA256, tag: tag})
+	creds, err := buildCreds(cfg.Agents)
+	if err != nil {
+		return nil, err
+	}
+	// Agents with a certificate send it in the TLS handshake; the relay
+	// asks every agent for one but requires none (tokens and keys are
+	// checked in the hello), and checks it against its list, not a CA.
+	tlsCfg := cfg.TLSConfig.Clone()
+	if tlsCfg.ClientAuth == tls.NoClientCert {
+		tlsCfg.ClientAuth = tls.RequestClientCert
 	}
 	s := &Server{
 		log:       cfg.Logger,
 		creds:     creds,
 		hsTimeout: cfg.HandshakeTimeout,
 		onChange:  cfg.OnAgentChange,
-		tcpTLS:    withALPN(cfg.TLSConfig, ALPN),
+		tcpTLS:    withALPN(tlsCfg, ALPN),
+		tlsCfg:    tlsCfg,
 		slots:     make(chan struct{}, maxPendingHandshakes),
 		agents:    make(map[string]*agentReplicas),
 		drained:   make(map[string]bool),
@@ -343,7 +384,7 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 			}
 			return qc, nil
 		}
-		s.qln, err = s.qtr.Listen(withALPN(cfg.TLSConfig, ALPN, alpnQUICYamux), qc)
+		s.qln, err = s.qtr.Listen(withALPN(tlsCfg, ALPN, alpnQUICYamux), qc)
 		if err != nil {
 			s.qtr.Close()
 			udpConn.Close()
@@ -367,6 +408,43 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	}
 	s.log.Info("tunnel: relay listening", "addr", s.addr, "quic", s.qln != nil, "tcp", s.tcpLn != nil, "agents", len(creds))
 	return s, nil
+}
+
+// buildCreds indexes the credentials by agent name, each with its replica
+// tag, refusing entries that are invalid or repeat a credential.
+func buildCreds(agents []AgentCredential) (map[string][]replicaCred, error) {
+	creds := make(map[string][]replicaCred, len(agents))
+	for i, a := range agents {
+		if !ValidName(a.Name) {
+			return nil, fmt.Errorf("tunnel: listen: agents[%d]: invalid agent name %q", i, a.Name)
+		}
+		kind, err := a.kind()
+		if err != nil {
+			return nil, fmt.Errorf("tunnel: listen: agents[%d] (%s): %w", i, a.Name, err)
+		}
+		rc := replicaCred{kind: kind}
+		switch kind {
+		case AuthToken:
+			rc.sum, rc.id = a.TokenSHA256, a.TokenSHA256
+		case AuthEd25519:
+			rc.pub, rc.id = slices.Clone(a.PublicKey), keyCredID(a.PublicKey)
+		case AuthCertificate:
+			rc.sum, rc.id = a.CertSHA256, certCredID(a.CertSHA256)
+		}
+		// A token's tag is as it was before keys existed, so replicas
+		// keep their tags (and clients their sessions) across an upgrade.
+		rc.tag = ReplicaTag(rc.id)
+		for _, c := range creds[a.Name] {
+			if c.id == rc.id {
+				return nil, fmt.Errorf("tunnel: listen: agents[%d]: agent %q listed twice with one %s (replicas need a credential each)", i, a.Name, kind)
+			}
+			if c.tag == rc.tag { // a 1 in 2^32 chance
+				return nil, fmt.Errorf("tunnel: listen: agents[%d]: two credentials of agent %q share replica tag %s; make a new one", i, a.Name, rc.tag)
+			}
+		}
+		creds[a.Name] = append(creds[a.Name], rc)
+	}
+	return creds, nil
 }
 
 // bind listens on TCP and UDP at addr. With port 0 it retries until one
@@ -626,7 +704,7 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	if dl, ok := hctx.Deadline(); ok {
 		ctl.SetDeadline(dl)
 	}
-	h, tag, ref, reason, err := s.readHello(ctl)
+	h, tag, ref, reason, err := s.readHello(ctl, sess)
 	if err != nil {
 		// The peer went away or stayed silent: nobody to answer.
 		s.log.Debug("tunnel: handshake failed", "remote", remote, "transport", sess.Transport(), "err", err)
@@ -643,7 +721,8 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	}
 	release()
 	a := &agentSession{
-		tag: tag,
+		tag:  tag,
+		auth: h.authKind(),
 		status: AgentStatus{
 			Name:        h.Agent,
 			Servers:     h.Servers,
@@ -728,7 +807,7 @@ func endCause(sess Session) error {
 // credential it carries. A non-nil *RefusedError is to be sent back, and
 // reason is then the precise cause for the relay's log. err means no
 // usable frame arrived, so there is no one to answer.
-func (s *Server) readHello(ctl Stream) (h hello, tag string, ref *RefusedError, reason string, err error) {
+func (s *Server) readHello(ctl Stream, sess Session) (h hello, tag string, ref *RefusedError, reason string, err error) {
 	b, err := readFrame(ctl)
 	if err != nil {
 		if errors.Is(err, errBadFrame) {
@@ -743,26 +822,96 @@ func (s *Server) readHello(ctl Stream) (h hello, tag string, ref *RefusedError, 
 		}
 		return h, "", ref, ref.Message, nil
 	}
-	// Hash and compare even for an unknown name, so timing does not tell
-	// known names from unknown ones; compare with every credential of the
-	// name, so it does not tell which replica matched either.
-	sum := sha256.Sum256([]byte(h.Token))
 	creds, known := s.creds[h.Agent]
+	var msg string
+	switch h.authKind() {
+	case AuthEd25519:
+		tag, msg, reason = s.checkKey(&h, creds, sess)
+	case AuthCertificate:
+		tag, msg, reason = s.checkCert(creds, sess)
+	default:
+		tag, msg, reason = s.checkToken(&h, creds, known)
+	}
+	if tag == "" {
+		if !known {
+			reason = "unknown agent"
+		}
+		return h, "", &RefusedError{Code: CodeBadCredential, Message: msg}, reason, nil
+	}
+	return h, tag, nil, "", nil
+}
+
+// checkToken finds the replica whose token the hello carries. It hashes
+// and compares even for an unknown name, so timing does not tell known
+// names from unknown ones, and compares with every token of the name, so
+// it does not tell which replica matched either.
+func (s *Server) checkToken(h *hello, creds []replicaCred, known bool) (tag, msg, reason string) {
+	sum := sha256.Sum256([]byte(h.Token))
 	if !known {
-		creds = []replicaCred{{sum: s.dummy}}
+		creds = []replicaCred{{kind: AuthToken, sum: s.dummy}}
 	}
 	for _, c := range creds {
-		if subtle.ConstantTimeCompare(sum[:], c.sum[:]) == 1 {
+		if c.kind == AuthToken && subtle.ConstantTimeCompare(sum[:], c.sum[:]) == 1 {
 			tag = c.tag
 		}
 	}
-	switch {
-	case !known:
-		return h, "", &RefusedError{Code: CodeBadCredential, Message: "unknown agent or wrong token"}, "unknown agent", nil
-	case tag == "":
-		return h, "", &RefusedError{Code: CodeBadCredential, Message: "unknown agent or wrong token"}, "bad token", nil
+	return tag, "unknown agent or wrong token", "bad token"
+}
+
+// checkKey verifies the hello's signature of this session (see
+// authTranscript) before it looks the key up, so the work does not depend
+// on whether the name is known.
+func (s *Server) checkKey(h *hello, creds []replicaCred, sess Session) (tag, msg, reason string) {
+	st, ok := sessionTLS(sess)
+	if !ok {
+		return "", "relay cannot bind a signature to this session", "no TLS state"
 	}
-	return h, tag, nil, "", nil
+	ekm, err := sessionBinding(st)
+	if err != nil {
+		return "", "relay cannot bind a signature to this session", err.Error()
+	}
+	pub := ed25519.PublicKey(h.PublicKey)
+	verified := false
+	for _, pin := range relayPins(s.tlsCfg, st) {
+		if ed25519.Verify(pub, authTranscript(ekm, h.Agent, pin, pub), h.Signature) {
+			verified = true
+			break
+		}
+	}
+	if !verified {
+		// A signature made on another TLS session (a recorded or relayed
+		// hello) or for another relay certificate lands here.
+		return "", "signature does not verify for this TLS session and relay certificate", "bad signature"
+	}
+	for _, c := range creds {
+		if c.kind == AuthEd25519 && subtle.ConstantTimeCompare(pub, c.pub) == 1 {
+			tag = c.tag
+		}
+	}
+	return tag, "unknown agent or key not listed", "key not listed"
+}
+
+// checkCert matches the session's client certificate, whose key the TLS
+// handshake has proved the agent holds, against the name's list.
+func (s *Server) checkCert(creds []replicaCred, sess Session) (tag, msg, reason string) {
+	st, ok := sessionTLS(sess)
+	if !ok || len(st.PeerCertificates) == 0 {
+		return "", "auth certificate without a TLS client certificate", "no client certificate"
+	}
+	leaf := st.PeerCertificates[0]
+	if err := checkCertValidity(leaf, time.Now()); err != nil {
+		return "", err.Error(), err.Error()
+	}
+	spki, whole := certSums(leaf)
+	for _, c := range creds {
+		if c.kind != AuthCertificate {
+			continue
+		}
+		if subtle.ConstantTimeCompare(spki[:], c.sum[:])|subtle.ConstantTimeCompare(whole[:], c.sum[:]) == 1 {
+			tag = c.tag
+		}
+	}
+	return tag, "unknown agent or certificate not listed", "certificate not listed"
 }
 
 // refuse sends the refusal and gives the agent a moment to read it and hang
@@ -934,7 +1083,7 @@ func (s *Server) register(a *agentSession) {
 	for i, sv := range a.status.Servers {
 		servers[i] = sv.Name
 	}
-	s.log.Info("tunnel: agent connected", "agent", name, "replica", a.tag, "replicas", replicas, "remote", a.status.Remote,
+	s.log.Info("tunnel: agent connected", "agent", name, "replica", a.tag, "replicas", replicas, "auth", a.auth, "remote", a.status.Remote,
 		"transport", a.status.Transport, "servers", strings.Join(servers, ","))
 	if s.onChange != nil {
 		s.onChange(name, true)

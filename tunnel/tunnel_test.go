@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/mcptun/mcptun/internal/authguard"
 )
 
 func TestTransports(t *testing.T) {
@@ -259,7 +261,8 @@ func TestUnknownAgent(t *testing.T) {
 // refusals.
 func TestBadHello(t *testing.T) {
 	ctx := testCtx(t)
-	r := startRelay(t, ServerConfig{})
+	// Every refusal here counts against 127.0.0.1; let them all be checked.
+	r := startRelay(t, ServerConfig{AuthGuard: authguard.New(authguard.Config{Burst: 100, What: "agent handshake"})})
 	frame := func(body string) []byte {
 		var b bytes.Buffer
 		b.Write([]byte{0, 0, byte(len(body) >> 8), byte(len(body))})
@@ -277,6 +280,12 @@ func TestBadHello(t *testing.T) {
 		{"bad name", frame(`{"type":"hello","version":1,"agent":"a/b","token":"x"}`), CodeBadHello},
 		{"no token", frame(`{"type":"hello","version":1,"agent":"lab"}`), CodeBadHello},
 		{"bad kind", frame(`{"type":"hello","version":1,"agent":"lab","token":"` + testToken + `","servers":[{"name":"s","kind":"ftp"}]}`), CodeBadHello},
+		{"unknown auth", frame(`{"type":"hello","version":1,"agent":"lab","auth":"kerberos"}`), CodeBadHello},
+		{"short public key", frame(`{"type":"hello","version":1,"agent":"lab","auth":"ed25519","public_key":"AAAA","signature":"` + strings.Repeat("A", 86) + `=="}`), CodeBadHello},
+		{"no signature", frame(`{"type":"hello","version":1,"agent":"lab","auth":"ed25519","public_key":"` + strings.Repeat("A", 43) + `="}`), CodeBadHello},
+		{"token with a key", frame(`{"type":"hello","version":1,"agent":"lab","auth":"ed25519","token":"` + testToken + `","public_key":"` + strings.Repeat("A", 43) + `=","signature":"` + strings.Repeat("A", 86) + `=="}`), CodeBadHello},
+		{"signature with a token", frame(`{"type":"hello","version":1,"agent":"lab","token":"` + testToken + `","signature":"AAAA"}`), CodeBadHello},
+		{"forged signature", frame(`{"type":"hello","version":1,"agent":"lab","auth":"ed25519","public_key":"` + strings.Repeat("A", 43) + `=","signature":"` + strings.Repeat("A", 86) + `=="}`), CodeBadCredential},
 		{"empty frame", []byte{0, 0, 0, 0}, CodeBadHello},
 		{"huge frame", []byte{0xff, 0, 0, 0}, CodeBadHello},
 	}
@@ -659,7 +668,11 @@ func TestNewClientValidation(t *testing.T) {
 		{"no port", func(c *ClientConfig) { c.Address = "relay" }, "host:port"},
 		{"no host", func(c *ClientConfig) { c.Address = ":443" }, "host:port"},
 		{"no tls", func(c *ClientConfig) { c.TLSConfig = nil }, "TLSConfig"},
-		{"no token", func(c *ClientConfig) { c.Token = "" }, "empty token"},
+		{"no token", func(c *ClientConfig) { c.Token = "" }, "no credential"},
+		{"token and key", func(c *ClientConfig) { c.Key = newKey(t) }, "several credentials"},
+		{"token and certificate", func(c *ClientConfig) { c.Certificate = validClientCert(t) }, "several credentials"},
+		{"short key", func(c *ClientConfig) { c.Token, c.Key = "", newKey(t)[:10] }, "10 bytes"},
+		{"certificate without key", func(c *ClientConfig) { c.Token, c.Certificate = "", &tls.Certificate{Certificate: [][]byte{{1}}} }, "private key"},
 		{"transport", func(c *ClientConfig) { c.Transport = "udp" }, `transport "udp"`},
 		{"mux", func(c *ClientConfig) { c.Mux = "h2" }, `mux "h2"`},
 		{"backoff", func(c *ClientConfig) { c.MinBackoff, c.MaxBackoff = time.Minute, time.Second }, "exceeds MaxBackoff"},

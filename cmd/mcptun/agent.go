@@ -93,13 +93,15 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	}
 	relays, err := tunnel.NewMulti(tunnel.MultiConfig{
 		Client: tunnel.ClientConfig{
-			Name:      cfg.Name,
-			Token:     cfg.Relay.Token,
-			TLSConfig: tlsConf,
-			Transport: cfg.Relay.Transport,
-			Mux:       cfg.Relay.Mux,
-			Servers:   offered,
-			Logger:    log.With("component", "tunnel"),
+			Name:        cfg.Name,
+			Token:       cfg.Relay.Token,
+			Key:         cfg.Relay.Key,
+			Certificate: cfg.Relay.Certificate,
+			TLSConfig:   tlsConf,
+			Transport:   cfg.Relay.Transport,
+			Mux:         cfg.Relay.Mux,
+			Servers:     offered,
+			Logger:      log.With("component", "tunnel"),
 		},
 		Addresses:       cfg.Relay.Address,
 		ResolveInterval: cfg.Relay.ResolveInterval,

@@ -46,6 +46,7 @@ func newRootCmd() *cobra.Command {
 		newBenchCmd(),
 		newCheckCmd(),
 		newTokenCmd(),
+		newKeyCmd(),
 		newExampleServerCmd(),
 		newVersionCmd(),
 	)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mcptun/mcptun/internal/agentkey"
 	"github.com/mcptun/mcptun/internal/config"
 	"github.com/mcptun/mcptun/internal/httpfwd"
 	"github.com/mcptun/mcptun/relay"
@@ -111,9 +112,21 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	var creds []tunnel.AgentCredential
 	known := make([]string, len(cfg.Agents))
 	for i, a := range cfg.Agents {
-		for _, h := range a.TokenSHA256 { // one per replica
-			sum, _ := config.DecodeSHA256Hex(h) // validated by config
+		// Each credential is one replica's; all validated by config.
+		for _, h := range a.TokenSHA256 {
+			sum, _ := config.DecodeSHA256Hex(h)
 			creds = append(creds, tunnel.AgentCredential{Name: a.Name, TokenSHA256: sum})
+		}
+		for _, k := range a.PublicKeys {
+			pub, err := agentkey.ParsePublic(k)
+			if err != nil {
+				return nil, fmt.Errorf("relay: agents %s: public_keys: %w", a.Name, err)
+			}
+			creds = append(creds, tunnel.AgentCredential{Name: a.Name, PublicKey: pub})
+		}
+		for _, h := range a.CertSHA256 {
+			sum, _ := config.DecodeSHA256Hex(h)
+			creds = append(creds, tunnel.AgentCredential{Name: a.Name, CertSHA256: sum})
 		}
 		known[i] = a.Name
 	}

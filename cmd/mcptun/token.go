@@ -31,11 +31,22 @@ func newTokenCmd() *cobra.Command {
 	}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "new",
-		Short: "Print a new random token and the token_sha256 to put in relay.yaml",
+		Short: "Print a new random token and the token_sha256 line for relay.yaml",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			t := newToken()
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "token:        %s\ntoken_sha256: %s\n", t, tokenHash(t))
+			h := tokenHash(t)
+			// The first two lines are for scripts; the rest says where
+			// each goes.
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), `token:        %s
+token_sha256: %s
+
+The token is the secret: give it to the agent (in the file relay.token_file
+names, mode 0600, or MCPTUN_RELAY_TOKEN) or to the MCP client (Authorization:
+Bearer <token>). relay.yaml keeps only its hash, under the agent's or the
+client's entry:
+  token_sha256: %q
+`, t, h, h)
 			return err
 		},
 	})

@@ -1,6 +1,10 @@
 package config
 
 import (
+	"crypto/ed25519"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,6 +15,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/mcptun/mcptun/internal/agentkey"
 )
 
 // Agent is the agent's configuration (agent.yaml).
@@ -54,6 +60,17 @@ type AgentRelay struct {
 	// environment (MCPTUN_RELAY_TOKEN); in a file use token_file.
 	Token     string `mapstructure:"token"`
 	TokenFile string `mapstructure:"token_file"`
+	// KeyFile, alone, is the agent's Ed25519 private key (PEM PKCS#8,
+	// from mcptun key new), instead of a token: the agent signs each TLS
+	// session with it and the relay lists the public key. With CertFile it
+	// is that certificate's private key (any kind TLS takes).
+	KeyFile string `mapstructure:"key_file"`
+	// CertFile is a TLS client certificate (PEM) the agent presents
+	// instead of a token; the relay lists its hash (cert_sha256).
+	CertFile string `mapstructure:"cert_file"`
+	// Key and Certificate are what KeyFile and CertFile hold, loaded.
+	Key         ed25519.PrivateKey `mapstructure:"-"`
+	Certificate *tls.Certificate   `mapstructure:"-"`
 	// CAFile adds a CA to verify the relay; PinSHA256 instead pins the
 	// hex SHA-256 of the relay certificate's public key. Neither: system roots.
 	CAFile     string `mapstructure:"ca_file"`
@@ -147,16 +164,7 @@ func (c *Agent) validate(p *problems, path string) {
 	case c.Relay.ResolveInterval < time.Second:
 		p.add("relay.resolve_interval", "must be at least 1s, not %s (0 or unset: %s)", c.Relay.ResolveInterval, DefaultResolveInterval)
 	}
-	switch {
-	case c.Relay.Token != "" && c.Relay.TokenFile != "":
-		p.add("relay.token_file", "set either token_file or %s, not both", envName("relay.token"))
-	case c.Relay.TokenFile != "":
-		c.Relay.TokenFile = resolve(path, c.Relay.TokenFile)
-		checkSecretMode(p, "relay.token_file", c.Relay.TokenFile)
-		c.Relay.Token = readSecret(p, "relay.token_file", c.Relay.TokenFile)
-	case c.Relay.Token == "":
-		p.add("relay.token_file", "required: the agent's credential (or set %s)", envName("relay.token"))
-	}
+	c.Relay.validateCredential(p, path)
 	c.Relay.CAFile = resolve(path, c.Relay.CAFile)
 	if c.Relay.CAFile != "" {
 		if _, err := os.Stat(c.Relay.CAFile); err != nil {
@@ -250,6 +258,90 @@ func (c *Agent) validate(p *problems, path string) {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
 	}
 	checkShutdownGrace(p, &c.ShutdownGrace)
+}
+
+// validateCredential checks that the agent has exactly one credential — a
+// token, an Ed25519 key, or a client certificate with its key — and loads
+// it.
+func (r *AgentRelay) validateCredential(p *problems, path string) {
+	hasToken := r.Token != "" || r.TokenFile != ""
+	switch {
+	case r.CertFile != "" && r.KeyFile == "":
+		p.add("relay.cert_file", "needs relay.key_file: the certificate's private key")
+		return
+	case hasToken && (r.KeyFile != "" || r.CertFile != ""):
+		key := "relay.key_file"
+		if r.CertFile != "" {
+			key = "relay.cert_file"
+		}
+		p.add(key, "set one credential: token_file (or %s), key_file (an Ed25519 key), or cert_file with key_file (a client certificate); not several", envName("relay.token"))
+		return
+	case r.CertFile != "":
+		r.loadCertificate(p, path)
+		return
+	case r.KeyFile != "":
+		r.loadKey(p, path)
+		return
+	}
+	switch {
+	case r.Token != "" && r.TokenFile != "":
+		p.add("relay.token_file", "set either token_file or %s, not both", envName("relay.token"))
+	case r.TokenFile != "":
+		r.TokenFile = resolve(path, r.TokenFile)
+		checkSecretMode(p, "relay.token_file", r.TokenFile)
+		r.Token = readSecret(p, "relay.token_file", r.TokenFile)
+	case r.Token == "":
+		p.add("relay.token_file", "required: the agent's credential (or set %s; or key_file for an Ed25519 key, or cert_file and key_file for a client certificate)", envName("relay.token"))
+	}
+}
+
+func (r *AgentRelay) loadKey(p *problems, path string) {
+	r.KeyFile = resolve(path, r.KeyFile)
+	checkSecretMode(p, "relay.key_file", r.KeyFile)
+	b, err := os.ReadFile(r.KeyFile)
+	if err != nil {
+		p.add("relay.key_file", "cannot read key file: %v", err)
+		return
+	}
+	k, err := agentkey.ParsePrivate(b)
+	if err != nil {
+		hint := " (make one with: mcptun key new)"
+		if errors.Is(err, agentkey.ErrNotEd25519) {
+			hint = "; alone, key_file must be an Ed25519 key (mcptun key new); a certificate's key goes with relay.cert_file"
+		}
+		p.add("relay.key_file", "%s: %v%s", r.KeyFile, err, hint)
+		return
+	}
+	r.Key = k
+}
+
+func (r *AgentRelay) loadCertificate(p *problems, path string) {
+	r.CertFile, r.KeyFile = resolve(path, r.CertFile), resolve(path, r.KeyFile)
+	checkSecretMode(p, "relay.key_file", r.KeyFile)
+	cert, err := tls.LoadX509KeyPair(r.CertFile, r.KeyFile)
+	if err != nil {
+		p.add("relay.cert_file", "cannot load the client certificate %s with key %s: %v", r.CertFile, r.KeyFile, err)
+		return
+	}
+	// The relay refuses a certificate outside its validity period: say so
+	// here, not in a refusal at every connection attempt.
+	leaf := cert.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			p.add("relay.cert_file", "%s: %v", r.CertFile, err)
+			return
+		}
+	}
+	now := time.Now()
+	switch {
+	case now.After(leaf.NotAfter):
+		p.add("relay.cert_file", "certificate %s expired at %s", r.CertFile, leaf.NotAfter.UTC().Format(time.RFC3339))
+		return
+	case now.Before(leaf.NotBefore):
+		p.add("relay.cert_file", "certificate %s is not valid before %s", r.CertFile, leaf.NotBefore.UTC().Format(time.RFC3339))
+		return
+	}
+	r.Certificate = &cert
 }
 
 // DefaultResolveInterval is relay.resolve_interval's default.

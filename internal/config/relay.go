@@ -5,6 +5,8 @@ import (
 	"math"
 	"strings"
 	"time"
+
+	"github.com/mcptun/mcptun/internal/agentkey"
 )
 
 // Relay is the relay's configuration (relay.yaml).
@@ -79,6 +81,17 @@ type RelayAgent struct {
 	// with another hash adds a replica. Rotation: add the new hash, move
 	// the replica to its token, remove the old hash.
 	TokenSHA256 []string `mapstructure:"token_sha256"`
+	// PublicKeys lists Ed25519 keys ("ed25519:<base64>", from mcptun key
+	// new), each a replica's credential like a token hash: the agent signs
+	// the TLS session it connects on, so the relay learns nothing it could
+	// replay elsewhere.
+	PublicKeys []string `mapstructure:"public_keys"`
+	// CertSHA256 lists the hex SHA-256 of TLS client certificates, each a
+	// replica's credential: of the certificate's public key
+	// (SubjectPublicKeyInfo, survives renewal with the same key; mcptun key
+	// show prints it) or of the whole certificate (openssl x509
+	// -fingerprint -sha256). Colons and case are ignored.
+	CertSHA256 []string `mapstructure:"cert_sha256"`
 }
 
 // RelayClient is an MCP client allowed to call through the relay.
@@ -156,7 +169,15 @@ func (c *Relay) validate(p *problems, path string) {
 	for i, a := range c.Agents {
 		key := fmt.Sprintf("agents[%d]", i)
 		checkNamed(p, key+".name", "agent", a.Name, seen)
-		checkTokenHashes(p, key+".token_sha256", a.TokenSHA256)
+		if len(a.TokenSHA256)+len(a.PublicKeys)+len(a.CertSHA256) == 0 {
+			p.add(key+".token_sha256", "required: the SHA-256 of the agent's token, or a list of them, one per replica (make one with: mcptun token new); or public_keys (mcptun key new) or cert_sha256 instead")
+			continue
+		}
+		if len(a.TokenSHA256) > 0 {
+			checkTokenHashes(p, key+".token_sha256", a.TokenSHA256)
+		}
+		checkPublicKeys(p, key+".public_keys", a.PublicKeys)
+		checkCertHashes(p, key+".cert_sha256", c.Agents[i].CertSHA256)
 	}
 	seen = map[string]bool{}
 	for i, cl := range c.Clients {
@@ -202,6 +223,46 @@ func checkTokenHashes(p *problems, key string, hashes []string) {
 		}
 		if j, dup := seen[sum]; dup {
 			p.add(k, "same hash as %s[%d]: each replica needs a token of its own, or the two replace each other", key, j)
+			continue
+		}
+		seen[sum] = i
+	}
+}
+
+// checkPublicKeys validates an agent's public_keys: each an Ed25519 key,
+// none listed twice (two replicas with one key replace each other).
+func checkPublicKeys(p *problems, key string, keys []string) {
+	seen := map[string]int{}
+	for i, s := range keys {
+		k := fmt.Sprintf("%s[%d]", key, i)
+		pub, err := agentkey.ParsePublic(s)
+		if err != nil {
+			p.add(k, "%v", err)
+			continue
+		}
+		if j, dup := seen[string(pub)]; dup {
+			p.add(k, "same key as %s[%d]: each replica needs a key of its own, or the two replace each other", key, j)
+			continue
+		}
+		seen[string(pub)] = i
+	}
+}
+
+// checkCertHashes validates an agent's cert_sha256 and normalises each
+// entry to lower-case hex without colons (as openssl prints fingerprints).
+func checkCertHashes(p *problems, key string, hashes []string) {
+	seen := map[[32]byte]int{}
+	for i, h := range hashes {
+		k := fmt.Sprintf("%s[%d]", key, i)
+		h = strings.ToLower(strings.ReplaceAll(strings.TrimSpace(h), ":", ""))
+		hashes[i] = h
+		sum, ok := DecodeSHA256Hex(h)
+		if !ok {
+			p.add(k, "must be the 64 hex characters of a SHA-256 digest of the agent's client certificate or its public key (print one with: mcptun key show CERT_FILE)")
+			continue
+		}
+		if j, dup := seen[sum]; dup {
+			p.add(k, "same hash as %s[%d]: each replica needs a certificate of its own, or the two replace each other", key, j)
 			continue
 		}
 		seen[sum] = i
