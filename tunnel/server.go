@@ -140,8 +140,10 @@ func (a *agentSession) replicaStatus() ReplicaStatus {
 // Server is the relay end: it accepts agent sessions and opens streams to
 // them.
 type Server struct {
-	log       *slog.Logger
-	creds     map[string][]replicaCred
+	log *slog.Logger
+	// creds is replaced whole by SetAgents (a config reload); a handshake
+	// reads it without a lock.
+	creds     atomic.Pointer[map[string][]replicaCred]
 	dummy     [32]byte // compared against for unknown names
 	id        string   // random instance id, sent in the welcome
 	hsTimeout time.Duration
@@ -267,25 +269,12 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if cfg.DisableQUIC && cfg.DisableTCP {
 		return nil, errors.New("tunnel: listen: both QUIC and TCP are disabled")
 	}
-	creds := make(map[string][]replicaCred, len(cfg.Agents))
-	for i, a := range cfg.Agents {
-		if !ValidName(a.Name) {
-			return nil, fmt.Errorf("tunnel: listen: agents[%d]: invalid agent name %q", i, a.Name)
-		}
-		tag := ReplicaTag(a.TokenSHA256)
-		for _, c := range creds[a.Name] {
-			if c.sum == a.TokenSHA256 {
-				return nil, fmt.Errorf("tunnel: listen: agents[%d]: agent %q listed twice with one token (replicas need a token each)", i, a.Name)
-			}
-			if c.tag == tag { // a 1 in 2^32 chance
-				return nil, fmt.Errorf("tunnel: listen: agents[%d]: two tokens of agent %q share replica tag %s; make a new token", i, a.Name, tag)
-			}
-		}
-		creds[a.Name] = append(creds[a.Name], replicaCred{sum: a.TokenSHA256, tag: tag})
+	creds, err := credTable(cfg.Agents)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: listen: %w", err)
 	}
 	s := &Server{
 		log:       cfg.Logger,
-		creds:     creds,
 		hsTimeout: cfg.HandshakeTimeout,
 		onChange:  cfg.OnAgentChange,
 		tcpTLS:    withALPN(cfg.TLSConfig, ALPN),
@@ -295,6 +284,7 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		conns:     make(map[io.Closer]struct{}),
 		guard:     cfg.AuthGuard,
 	}
+	s.creds.Store(&creds)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -747,7 +737,7 @@ func (s *Server) readHello(ctl Stream) (h hello, tag string, ref *RefusedError, 
 	// known names from unknown ones; compare with every credential of the
 	// name, so it does not tell which replica matched either.
 	sum := sha256.Sum256([]byte(h.Token))
-	creds, known := s.creds[h.Agent]
+	creds, known := (*s.creds.Load())[h.Agent]
 	if !known {
 		creds = []replicaCred{{sum: s.dummy}}
 	}
@@ -797,8 +787,8 @@ func (s *Server) linger(sess Session) {
 	}
 }
 
-// watchControl ends the session when the control stream ends, and notes
-// an agent that says it drains. Other frames are ignored: the agent's
+// watchControl ends the session when the control stream ends, notes an
+// agent that says it drains and applies an agent's new offers. Other frames are ignored: the agent's
 // heartbeat pings need no answer (they keep packets flowing, see
 // heartbeatInterval), and unknown types leave room for later revisions.
 func (s *Server) watchControl(a *agentSession) {
@@ -811,8 +801,15 @@ func (s *Server) watchControl(a *agentSession) {
 			a.sess.Close()
 			return
 		}
-		if f, err := decodeAnswer(b); err == nil && f.Type == typeDraining && !a.draining.Swap(true) {
-			s.log.Info("tunnel: agent draining: routing it no new exchanges", "agent", a.status.Name, "replica", a.tag, "remote", a.status.Remote)
+		f, err := decodeAnswer(b)
+		switch {
+		case err != nil:
+		case f.Type == typeDraining:
+			if !a.draining.Swap(true) {
+				s.log.Info("tunnel: agent draining: routing it no new exchanges", "agent", a.status.Name, "replica", a.tag, "remote", a.status.Remote)
+			}
+		case f.Type == typeOffers:
+			s.updateOffers(a, b)
 		}
 	}
 }
