@@ -209,9 +209,10 @@ func (l *Limits) defaults() {
 
 // Handler is the relay's HTTP front. It is safe for concurrent use.
 type Handler struct {
-	agents  Agents
-	known   map[string]bool
-	clients []client
+	agents Agents
+	// auth holds who may call what; Reconfigure replaces it whole, so a
+	// request reads one consistent table without a lock (see reload.go).
+	auth    atomic.Pointer[authTable]
 	origins map[string]bool
 	anyOrig bool
 	log     *slog.Logger
@@ -243,7 +244,6 @@ func NewHandler(cfg Config) (*Handler, error) {
 	}
 	h := &Handler{
 		agents:   cfg.Agents,
-		known:    make(map[string]bool),
 		origins:  make(map[string]bool),
 		log:      cfg.Logger,
 		perAgent: make(map[string]*perAgent),
@@ -266,15 +266,11 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if h.guard == nil {
 		h.guard = authguard.New(authguard.Config{What: "bearer token", Logger: h.log})
 	}
-	for _, a := range cfg.KnownAgents {
-		h.known[a] = true
+	auth, err := newAuthTable(cfg.KnownAgents, cfg.Clients, nil)
+	if err != nil {
+		return nil, err
 	}
-	for _, c := range cfg.Clients {
-		if c.Rate < 0 || c.Burst < 0 {
-			return nil, fmt.Errorf("relay: client %q: rate %v and burst %d must not be negative", c.Name, c.Rate, c.Burst)
-		}
-		h.clients = append(h.clients, client{Client: c, limiter: ratelimit.New(c.Rate, c.Burst)})
-	}
+	h.auth.Store(auth)
 	for _, o := range cfg.AllowedOrigins {
 		if o == "*" {
 			h.anyOrig = true
@@ -437,7 +433,8 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 				wait.Round(time.Second)+time.Second),
 			header: "Retry-After", value: ratelimit.RetryAfter(wait)}
 	}
-	client, challenge := h.authenticate(authorization)
+	auth := h.auth.Load()
+	client, challenge := auth.authenticate(authorization)
 	if client == nil {
 		msg := "missing bearer token: send Authorization: Bearer <token>"
 		wrong := strings.Contains(challenge, "invalid_token")
@@ -453,7 +450,7 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 			logLevel: slog.LevelInfo, logMsg: "client not allowed",
 			logArgs: []any{"client", client.Name, "agent", agent, "server", server}}
 	}
-	if !h.known[agent] {
+	if !auth.known[agent] {
 		return admission{}, &refusal{status: http.StatusNotFound, reason: "unknown_agent", msg: fmt.Sprintf("no agent named %q", agent)}
 	}
 	online, offered := h.agents.Offers(agent, server)
@@ -522,7 +519,7 @@ var relayDraining = &refusal{status: http.StatusServiceUnavailable, reason: "rel
 
 // authenticate returns the client whose token the request carries, or nil and
 // the WWW-Authenticate challenge to send.
-func (h *Handler) authenticate(auth string) (*client, string) {
+func (t *authTable) authenticate(auth string) (*client, string) {
 	scheme, token, ok := strings.Cut(auth, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
 		return nil, `Bearer realm="mcptun"`
@@ -531,9 +528,9 @@ func (h *Handler) authenticate(auth string) (*client, string) {
 	var found *client
 	// Compare against every client so the time taken does not tell which
 	// (or whether any) client matched.
-	for i := range h.clients {
-		if subtle.ConstantTimeCompare(sum[:], h.clients[i].TokenSHA256[:]) == 1 {
-			found = &h.clients[i]
+	for i := range t.clients {
+		if subtle.ConstantTimeCompare(sum[:], t.clients[i].TokenSHA256[:]) == 1 {
+			found = &t.clients[i]
 		}
 	}
 	if found == nil {
