@@ -181,7 +181,7 @@ const (
 // Handler serves /{server}/mcp for each configured server. Anything else is
 // 404: the handler never reaches a server that is not configured.
 type Handler struct {
-	log     *slog.Logger
+	log  *slog.Logger
 	opts Options
 	// tab holds the servers; SetServers replaces it whole, so an exchange
 	// finds its server with one atomic load and no lock (see reload.go).
