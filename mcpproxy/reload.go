@@ -142,3 +142,27 @@ func (h *Handler) SetServers(servers []ServerConfig) (ServerChanges, error) {
 	}
 	return ch, nil
 }
+
+// CheckServers reports what NewHandler or SetServers would refuse in
+// servers, without starting or changing anything.
+func CheckServers(servers []ServerConfig) error {
+	if len(servers) == 0 {
+		return errors.New("mcpproxy: no servers configured")
+	}
+	seen := make(map[string]bool, len(servers))
+	for i, sc := range servers {
+		if err := validate(sc); err != nil {
+			return fmt.Errorf("mcpproxy: servers[%d] (%q): %w", i, sc.Name, err)
+		}
+		if seen[sc.Name] {
+			return fmt.Errorf("mcpproxy: servers[%d]: duplicate server name %q", i, sc.Name)
+		}
+		seen[sc.Name] = true
+		if sc.URL == "" {
+			if err := stdioSupported(); err != nil {
+				return fmt.Errorf("mcpproxy: servers[%d] (%q): %w", i, sc.Name, err)
+			}
+		}
+	}
+	return nil
+}

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,16 +22,20 @@ import (
 
 func newRelayCmd() *cobra.Command {
 	var path string
+	var watch bool
 	cmd := &cobra.Command{
 		Use:   "relay",
 		Short: "Run the relay: accept agent tunnels and MCP clients",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Before anything else: SIGHUP reloads, it never ends the relay.
+			hup := notifyHUP()
+			defer signal.Ignore(syscall.SIGHUP)
 			cfg, err := config.LoadRelay(path)
 			if err != nil {
 				return err
 			}
-			log, err := newLogger(cmd, cfg.Log)
+			log, level, err := newLeveledLogger(cmd, cfg.Log)
 			if err != nil {
 				return err
 			}
@@ -53,13 +59,19 @@ func newRelayCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			rl := newReloader(path, cfg, config.LoadRelay, func(c *config.Relay) []*config.Error { return c.Warnings }, log,
+				rr.reloadParts(cmd, level)...)
+			var reloads sync.WaitGroup
+			reloads.Go(func() { runReloads(ctx, hup, path, watch, log, rl.reload) })
 			<-ctx.Done()
+			reloads.Wait()
 			grace, stop := drainContext(cfg.ShutdownGrace, log)
 			defer stop()
 			return rr.Shutdown(grace, log)
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "relay.yaml", "relay configuration file")
+	cmd.Flags().BoolVar(&watch, "watch-config", true, "reload the configuration when its file changes (SIGHUP always reloads)")
 	return cmd
 }
 
@@ -108,21 +120,7 @@ func (a tunnelAgents) DialReplica(ctx context.Context, agent, replica string) (n
 
 func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certificate, httpCert *tls.Certificate, log *slog.Logger) (*runningRelay, error) {
 	cfg.HTTP.SetLimitDefaults() // a config made in code (demo) was not validated
-	var creds []tunnel.AgentCredential
-	known := make([]string, len(cfg.Agents))
-	for i, a := range cfg.Agents {
-		for _, h := range a.TokenSHA256 { // one per replica
-			sum, _ := config.DecodeSHA256Hex(h) // validated by config
-			creds = append(creds, tunnel.AgentCredential{Name: a.Name, TokenSHA256: sum})
-		}
-		known[i] = a.Name
-	}
-	clients := make([]relay.Client, len(cfg.Clients))
-	for i, c := range cfg.Clients {
-		sum, _ := config.DecodeSHA256Hex(c.TokenSHA256)
-		clients[i] = relay.Client{Name: c.Name, TokenSHA256: sum, Allow: c.Allow,
-			Rate: c.RateLimit.RequestsPerSecond, Burst: c.RateLimit.Burst}
-	}
+	creds, known, clients := relayAuth(cfg)
 
 	rr := &runningRelay{}
 	// The tunnel reports agents going away before the front exists; the
@@ -210,6 +208,26 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	}
 	log.Info("relay started", "tunnel", ts.Addr(), "http", rr.HTTPURL, "agents", len(creds), "clients", len(clients))
 	return rr, nil
+}
+
+// relayAuth is who may use the relay, from its configuration (at start
+// and on every reload): agent credentials, agent names, clients.
+func relayAuth(cfg *config.Relay) (creds []tunnel.AgentCredential, known []string, clients []relay.Client) {
+	known = make([]string, len(cfg.Agents))
+	for i, a := range cfg.Agents {
+		for _, h := range a.TokenSHA256 { // one per replica
+			sum, _ := config.DecodeSHA256Hex(h) // validated by config
+			creds = append(creds, tunnel.AgentCredential{Name: a.Name, TokenSHA256: sum})
+		}
+		known[i] = a.Name
+	}
+	clients = make([]relay.Client, len(cfg.Clients))
+	for i, c := range cfg.Clients {
+		sum, _ := config.DecodeSHA256Hex(c.TokenSHA256)
+		clients[i] = relay.Client{Name: c.Name, TokenSHA256: sum, Allow: c.Allow,
+			Rate: c.RateLimit.RequestsPerSecond, Burst: c.RateLimit.Burst}
+	}
+	return creds, known, clients
 }
 
 // Shutdown drains the relay, then closes it: new exchanges get 503
