@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,17 +42,9 @@ func newRelayCmd() *cobra.Command {
 			}
 			logWarnings(log, cfg.Warnings)
 			ctx := cmd.Context()
-			tlsCert, err := tls.LoadX509KeyPair(cfg.Tunnel.CertFile, cfg.Tunnel.KeyFile)
+			tlsCert, httpCert, err := loadRelayCerts(path, cfg)
 			if err != nil {
-				return fmt.Errorf("config %s: tunnel.cert_file: %w", path, err)
-			}
-			var httpCert *tls.Certificate
-			if cfg.HTTP.CertFile != "" {
-				c, err := tls.LoadX509KeyPair(cfg.HTTP.CertFile, cfg.HTTP.KeyFile)
-				if err != nil {
-					return fmt.Errorf("config %s: http.cert_file: %w", path, err)
-				}
-				httpCert = &c
+				return err
 			}
 			// The first signal ends ctx and starts the drain; the relay
 			// itself runs on until the drain is over.
@@ -60,7 +53,7 @@ func newRelayCmd() *cobra.Command {
 				return err
 			}
 			rl := newReloader(path, cfg, config.LoadRelay, func(c *config.Relay) []*config.Error { return c.Warnings }, log,
-				rr.reloadParts(cmd, level)...)
+				rr.reloadParts(cmd, level, path, log)...)
 			var reloads sync.WaitGroup
 			reloads.Go(func() { runReloads(ctx, hup, path, watch, log, rl.reload) })
 			<-ctx.Done()
@@ -86,6 +79,16 @@ type runningRelay struct {
 	http  *http.Server
 	debug *debugServer
 	wg    sync.WaitGroup
+
+	tunnelCert, httpCert atomic.Pointer[tls.Certificate] // served now; see startRelay
+}
+
+func (rr *runningRelay) getTunnelCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return rr.tunnelCert.Load(), nil
+}
+
+func (rr *runningRelay) getHTTPCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return rr.httpCert.Load(), nil
 }
 
 // tunnelAgents adapts the tunnel server to what the relay front needs.
@@ -123,6 +126,10 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	creds, known, clients := relayAuth(cfg)
 
 	rr := &runningRelay{}
+	// Served through GetCertificate so that a reload can replace them
+	// (see reloadParts); new handshakes get the new one.
+	rr.tunnelCert.Store(&tunnelCert)
+	rr.httpCert.Store(httpCert)
 	// The tunnel reports agents going away before the front exists; the
 	// front is set right after, and an agent cannot have connected yet.
 	var front struct {
@@ -131,7 +138,7 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	}
 	ts, err := tunnel.Listen(ctx, tunnel.ServerConfig{
 		Listen:      cfg.Tunnel.Listen,
-		TLSConfig:   &tls.Config{Certificates: []tls.Certificate{tunnelCert}},
+		TLSConfig:   &tls.Config{GetCertificate: rr.getTunnelCert},
 		Agents:      creds,
 		DisableQUIC: cfg.Tunnel.DisableQUIC,
 		Logger:      log.With("component", "tunnel"),
@@ -182,7 +189,7 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	scheme := "http"
 	if httpCert != nil {
 		scheme = "https"
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{*httpCert}, MinVersion: tls.VersionTLS12})
+		ln = tls.NewListener(ln, &tls.Config{GetCertificate: rr.getHTTPCert, MinVersion: tls.VersionTLS12})
 	}
 	rr.HTTPURL = scheme + "://" + ln.Addr().String()
 	rr.ln = ln
@@ -208,6 +215,24 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	}
 	log.Info("relay started", "tunnel", ts.Addr(), "http", rr.HTTPURL, "agents", len(creds), "clients", len(clients))
 	return rr, nil
+}
+
+// loadRelayCerts loads the tunnel's certificate and the HTTP front's, if
+// it has one (at start and on every reload).
+func loadRelayCerts(path string, cfg *config.Relay) (tls.Certificate, *tls.Certificate, error) {
+	tlsCert, err := tls.LoadX509KeyPair(cfg.Tunnel.CertFile, cfg.Tunnel.KeyFile)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("config %s: tunnel.cert_file: %w", path, err)
+	}
+	var httpCert *tls.Certificate
+	if cfg.HTTP.CertFile != "" {
+		c, err := tls.LoadX509KeyPair(cfg.HTTP.CertFile, cfg.HTTP.KeyFile)
+		if err != nil {
+			return tls.Certificate{}, nil, fmt.Errorf("config %s: http.cert_file: %w", path, err)
+		}
+		httpCert = &c
+	}
+	return tlsCert, httpCert, nil
 }
 
 // relayAuth is who may use the relay, from its configuration (at start

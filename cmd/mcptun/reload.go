@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -40,6 +42,10 @@ type reloadPart[C any] struct {
 	// keys are the config keys (and key prefixes: "clients" covers
 	// "clients[0].allow") the part applies; see config.ChangedKeys.
 	keys []string
+	// always: prepare runs on every reload, keys changed or not, for a
+	// part that reads files the configuration names (a certificate
+	// renewed under the same name).
+	always bool
 	// prepare is called when one of keys changed. It checks new and
 	// returns the commit that applies it (nil: nothing to do); an error
 	// refuses the whole reload. commit returns a summary of the change
@@ -82,7 +88,7 @@ func (r *reloader[C]) reload(trigger string) error {
 	changed := config.ChangedKeys(r.cur, next)
 	var commits []func() (string, error)
 	for _, p := range r.parts {
-		if !anyKeyIn(changed, p.keys) {
+		if !p.always && !anyKeyIn(changed, p.keys) {
 			continue
 		}
 		commit, err := p.prepare(r.cur, next)
@@ -149,6 +155,14 @@ func anyKeyIn(changed, keys []string) bool {
 		}
 	}
 	return false
+}
+
+// sameCert reports whether two certificates have the same chain.
+func sameCert(a, b *tls.Certificate) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return slices.EqualFunc(a.Certificate, b.Certificate, bytes.Equal)
 }
 
 // logLevelPart applies log.level live; --log-level, when given, wins over
@@ -290,8 +304,43 @@ func fileSum(path string) []byte {
 // reloadParts are what a reload changes in a running relay: who may use it
 // (clients, agents: their sessions go on unless their credential is gone)
 // and the log level. Other keys need a restart (see reloader).
-func (rr *runningRelay) reloadParts(cmd *cobra.Command, lv *slog.LevelVar) []reloadPart[config.Relay] {
+func (rr *runningRelay) reloadParts(cmd *cobra.Command, lv *slog.LevelVar, path string, log *slog.Logger) []reloadPart[config.Relay] {
 	return []reloadPart[config.Relay]{
+		{
+			// Certificates are read again on every reload: renewal
+			// tools replace the files under the same names. New
+			// handshakes get the new certificate; connections and
+			// tunnels up keep theirs. Agents that pin the relay's key
+			// (pin_sha256) accept a new certificate only with the same
+			// key.
+			keys:   []string{"tunnel.cert_file", "tunnel.key_file", "http.cert_file", "http.key_file"},
+			always: true,
+			prepare: func(old, new *config.Relay) (func() (string, error), error) {
+				tunnelCert, httpCert, err := loadRelayCerts(path, new)
+				if err != nil {
+					return nil, err
+				}
+				return func() (string, error) {
+					var changed []string
+					if !sameCert(rr.tunnelCert.Load(), &tunnelCert) {
+						rr.tunnelCert.Store(&tunnelCert)
+						changed = append(changed, "tunnel")
+					}
+					switch cur := rr.httpCert.Load(); {
+					case (cur == nil) != (httpCert == nil):
+						log.Warn("config reload: switching the HTTP front between HTTP and HTTPS needs restart; it keeps serving as it started",
+							"file", path, "keys", "http.cert_file,http.key_file")
+					case cur != nil && !sameCert(cur, httpCert):
+						rr.httpCert.Store(httpCert)
+						changed = append(changed, "http")
+					}
+					if len(changed) == 0 {
+						return "", nil
+					}
+					return "certificate reloaded: " + strings.Join(changed, ","), nil
+				}, nil
+			},
+		},
 		{
 			keys: []string{"clients", "agents"},
 			prepare: func(old, new *config.Relay) (func() (string, error), error) {

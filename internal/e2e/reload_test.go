@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,6 +15,8 @@ import (
 
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mcptun/mcptun/internal/devcert"
 )
 
 // requireEcho calls echo in session sid at url and checks the answer.
@@ -191,4 +195,62 @@ func waitLinesAlive(t *testing.T, p *proc, re *regexp.Regexp, n int, timeout tim
 			t.Fatalf("%s printed %d lines matching %q within %s, want %d", p.name, countLines(p, re), re, timeout, n)
 		}
 	}
+}
+
+// peerCert is the SHA-256 of the certificate a TLS server at addr
+// presents now (with the tunnel's ALPN when alpn is set).
+func peerCert(t *testing.T, addr string, alpn ...string) string {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr,
+		&tls.Config{InsecureSkipVerify: true, NextProtos: alpn}) // #nosec G402 -- the test compares what it is shown
+	require.NoError(t, err)
+	defer c.Close()
+	return sha256Hex(string(c.ConnectionState().PeerCertificates[0].Raw))
+}
+
+// TestReloadRelayCertificates: a certificate renewed under the same file
+// names is served to new connections after SIGHUP, on the tunnel port and
+// the HTTPS front, while the agent's tunnel stays up; a broken certificate
+// file is refused and the running one stays.
+func TestReloadRelayCertificates(t *testing.T) {
+	d := &deployment{dir: t.TempDir()}
+	d.relayYAML = writeRelayConfig(t, d.dir, relayOpts{http: "cert_file: relay.crt, key_file: relay.key"})
+	d.startRelay(t)
+	d.writeAgentConfig(t, agentOpts{})
+	d.startAgent(t)
+	d.relay.waitLine(t, agentConnectedLine, 20*time.Second)
+	httpAddr := strings.TrimPrefix(d.relayURL, "https://")
+	oldCert := peerCert(t, httpAddr)
+	require.Equal(t, oldCert, peerCert(t, d.tunnelAddr, "mcptun/1"))
+
+	certPEM, keyPEM, err := devcert.Generate("127.0.0.1", "localhost")
+	require.NoError(t, err)
+	replaceFile(t, filepath.Join(d.dir, "relay.key"), string(keyPEM))
+	replaceFile(t, filepath.Join(d.dir, "relay.crt"), string(certPEM))
+	d.relay.signal(t, syscall.SIGHUP)
+	d.relay.waitLine(t, regexp.MustCompile(`msg="config reloaded" .*changes="certificate reloaded: tunnel,http"`), 15*time.Second)
+	newCert := peerCert(t, httpAddr)
+	require.NotEqual(t, oldCert, newCert)
+	require.Equal(t, newCert, peerCert(t, d.tunnelAddr, "mcptun/1"))
+
+	// The tunnel made with the old certificate carries calls still.
+	cl := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} // #nosec G402
+	defer cl.CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodPost, d.relayURL+"/dc1/notes/mcp", strings.NewReader(
+		`{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"`+mcp.LATEST_LEGACY_PROTOCOL_VERSION+`","capabilities":{},"clientInfo":{"name":"x","version":"1"}}}`))
+	req.Header.Set("Authorization", "Bearer "+clientToken)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	resp, err := cl.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, 1, countLines(d.relay, agentConnectedLine), "the agent reconnected")
+
+	// A broken certificate: refused, named; the served one stays.
+	replaceFile(t, filepath.Join(d.dir, "relay.crt"), "not a certificate\n")
+	d.relay.signal(t, syscall.SIGHUP)
+	refused := d.relay.waitLine(t, regexp.MustCompile(`level=ERROR msg="config reload refused: the running configuration stays".*err="(.*)"`), 15*time.Second)
+	require.Contains(t, refused[1], "config "+d.relayYAML+": tunnel.cert_file:")
+	require.Equal(t, newCert, peerCert(t, httpAddr))
 }
