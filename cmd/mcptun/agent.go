@@ -32,7 +32,7 @@ func newAgentCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log, level, err := newLeveledLogger(cmd, cfg.Log)
+			log, level, err := newLogger(cmd, cfg.Log)
 			if err != nil {
 				return err
 			}

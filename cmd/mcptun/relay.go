@@ -36,7 +36,7 @@ func newRelayCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log, level, err := newLeveledLogger(cmd, cfg.Log)
+			log, level, err := newLogger(cmd, cfg.Log)
 			if err != nil {
 				return err
 			}

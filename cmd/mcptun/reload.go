@@ -21,7 +21,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mcptun/mcptun/internal/config"
-	"github.com/mcptun/mcptun/internal/logging"
 	"github.com/mcptun/mcptun/mcpproxy"
 )
 
@@ -184,17 +183,6 @@ func logLevelPart[C any](cmd *cobra.Command, lv *slog.LevelVar, level func(*C) s
 			}, nil
 		},
 	}
-}
-
-// newLeveledLogger is newLogger with a level a reload can change.
-func newLeveledLogger(cmd *cobra.Command, lc config.Log) (*slog.Logger, *slog.LevelVar, error) {
-	level := lc.Level
-	if l, _ := cmd.Flags().GetString("log-level"); l != "" {
-		level = l
-	}
-	lv := new(slog.LevelVar)
-	log, err := logging.NewLeveled(cmd.ErrOrStderr(), lv, level, lc.Format)
-	return log, lv, err
 }
 
 // notifyHUP takes SIGHUP over from its default action (which ends the
