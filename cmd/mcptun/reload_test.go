@@ -2,15 +2,19 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/goleak"
+
+	"github.com/mcptun/mcptun/internal/config"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -146,5 +150,72 @@ func TestLogLevelPart(t *testing.T) {
 		if lv.Level() != tc.want {
 			t.Errorf("--log-level %q: level %v after reload, want %v", tc.flag, lv.Level(), tc.want)
 		}
+	}
+}
+
+type partsCfg struct {
+	A string `mapstructure:"a"`
+	B string `mapstructure:"b"`
+	R string `mapstructure:"r"`
+}
+
+// TestReloaderAllOrNothing: the parts of a role prepare before any
+// commits, so one part refusing the new file leaves every part as it was;
+// a bad file is refused whole; keys no part takes are named as needing a
+// restart, against the values the role started with.
+func TestReloaderAllOrNothing(t *testing.T) {
+	var logBuf strings.Builder
+	log := slog.New(slog.NewTextHandler(&logBuf, nil))
+	next := &partsCfg{A: "1", B: "1", R: "1"}
+	var loadErr error
+	var commits []string
+	part := func(key string, get func(*partsCfg) string) reloadPart[partsCfg] {
+		return reloadPart[partsCfg]{keys: []string{key}, prepare: func(_, n *partsCfg) (func() (string, error), error) {
+			if get(n) == "bad" {
+				return nil, errors.New("config f.yaml: " + key + ": bad")
+			}
+			return func() (string, error) { commits = append(commits, key+"="+get(n)); return key + " changed", nil }, nil
+		}}
+	}
+	r := newReloader("f.yaml", &partsCfg{A: "1", B: "1", R: "1"},
+		func(string) (*partsCfg, error) {
+			if loadErr != nil {
+				return nil, loadErr
+			}
+			c := *next
+			return &c, nil
+		}, func(*partsCfg) []*config.Error { return nil }, log,
+		part("a", func(c *partsCfg) string { return c.A }), part("b", func(c *partsCfg) string { return c.B }))
+
+	next = &partsCfg{A: "2", B: "bad", R: "1"}
+	if err := r.reload("test"); !errors.Is(err, errReloadRefused) {
+		t.Fatalf("reload with a part refusing: %v", err)
+	}
+	if len(commits) != 0 {
+		t.Fatalf("commits %v ran although part b refused", commits)
+	}
+	loadErr = errors.New("config f.yaml: a: not a string")
+	if err := r.reload("test"); !errors.Is(err, errReloadRefused) || !strings.Contains(logBuf.String(), `level=ERROR msg="config reload refused: the running configuration stays" file=f.yaml trigger=test err="config f.yaml: a: not a string"`) {
+		t.Fatalf("bad file: %v\n%s", err, logBuf.String())
+	}
+	loadErr = nil
+	next = &partsCfg{A: "2", B: "1", R: "2"}
+	if err := r.reload("test"); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(commits, ",") != "a=2" {
+		t.Fatalf("commits %v, want a=2 only (b did not change)", commits)
+	}
+	if !strings.Contains(logBuf.String(), "needs restart") || !strings.Contains(logBuf.String(), "keys=r") {
+		t.Fatalf("no needs-restart line for r:\n%s", logBuf.String())
+	}
+	// r still differs from what the role started with: named again.
+	next = &partsCfg{A: "3", B: "1", R: "2"}
+	logBuf.Reset()
+	if err := r.reload("test"); err != nil || !strings.Contains(logBuf.String(), "keys=r") {
+		t.Fatalf("second reload: %v\n%s", err, logBuf.String())
+	}
+	if !strings.Contains(logBuf.String(), `msg="config reloaded" file=f.yaml trigger=test changes="a changed"`) {
+		t.Fatalf("no summary line:\n%s", logBuf.String())
 	}
 }
