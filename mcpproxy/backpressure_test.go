@@ -85,7 +85,7 @@ func TestSlowReaderBoundsBuffer(t *testing.T) {
 	const count, size = 2500, 16 << 10
 	b := newBridge(t, Options{}, floodServer(count, size))
 	fb := &bridge{h: b.h, srv: b.srv, url: b.srv.URL + "/flood/mcp", logs: b.logs}
-	srv := b.h.servers["flood"].(*stdioServer)
+	srv := b.h.table().servers["flood"].(*stdioServer)
 	base, rss0 := heapAlloc(), vmRSS(t)
 
 	sid := fb.initializeAs(t, "alice")
@@ -157,7 +157,7 @@ func TestStalledReaderCutAndResumes(t *testing.T) {
 	const count, size = 1500, 16 << 10
 	b := newBridge(t, Options{WriteTimeout: 300 * time.Millisecond}, floodServer(count, size))
 	fb := &bridge{h: b.h, srv: b.srv, url: b.srv.URL + "/flood/mcp", logs: b.logs}
-	srv := b.h.servers["flood"].(*stdioServer)
+	srv := b.h.table().servers["flood"].(*stdioServer)
 	sid := fb.initializeAs(t, "alice")
 	get := fb.openStream(t, sid, "alice")
 	if code, out := fb.status(t, http.MethodPost, sid, `{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}`, as("alice")...); code != http.StatusAccepted {
@@ -234,7 +234,7 @@ func TestStalledStatelessStreamIsCut(t *testing.T) {
 		Env: map[string]string{"COUNT": strconv.Itoa(count), "SIZE": strconv.Itoa(size)}}
 	// The default write timeout: the bound, not the timeout, cuts here.
 	b := newBridge(t, Options{}, sc)
-	srv := b.h.servers["flood"].(*stdioServer)
+	srv := b.h.table().servers["flood"].(*stdioServer)
 	b.url = b.srv.URL + "/flood/mcp"
 	resp := b.statelessPost(t, "7", "tools/call", "slow", `{}`, `"tok"`)
 	defer resp.Body.Close()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
+	"github.com/mcptun/mcptun/internal/ratelimit"
 )
 
 // The fast path: exchanges are answered on the connection itself, without
@@ -91,8 +92,9 @@ func (h *Handler) route(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 func (h *Handler) routeServer(name []byte, head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 	// An exchange route takes is counted against the server's rate limit
 	// here; one it declines, by ServeHTTP (never both).
-	limit := h.limits[string(name)]
-	switch srv := h.servers[string(name)].(type) {
+	tab := h.table()
+	limit := tab.limits[string(name)]
+	switch srv := tab.servers[string(name)].(type) {
 	case *httpServer:
 		if limit != nil {
 			// A refusal is answered on the connection, which takes only
@@ -101,7 +103,7 @@ func (h *Handler) routeServer(name []byte, head *httpfwd.Head, out []byte) *http
 				return nil
 			}
 			if wait, ok := limit.Take(); !ok {
-				return h.overLimit(string(name), wait)
+				return h.overLimit(string(name), limit, wait)
 			}
 		}
 		m, target, _, _ := head.RequestLine()
@@ -134,9 +136,9 @@ func (h *Handler) routeServer(name []byte, head *httpfwd.Head, out []byte) *http
 }
 
 // overLimit is an exchange that answers 429 on the connection.
-func (h *Handler) overLimit(name string, wait time.Duration) *httpfwd.Exchange {
+func (h *Handler) overLimit(name string, limit *ratelimit.Limiter, wait time.Duration) *httpfwd.Exchange {
 	return &httpfwd.Exchange{Serve: func(_ context.Context, w http.ResponseWriter, _ *httpfwd.Head, _ []byte) {
-		h.refuseOverLimit(w, name, wait)
+		h.refuseOverLimit(w, name, limit, wait)
 	}}
 }
 

@@ -19,7 +19,7 @@ func TestDocumentedDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = h.Close() })
-	srv := h.servers["ts"].(*stdioServer)
+	srv := h.table().servers["ts"].(*stdioServer)
 	for _, c := range []struct {
 		name      string
 		got, want any

@@ -15,6 +15,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcptun/mcptun/internal/httpfwd"
@@ -180,14 +181,13 @@ const (
 // Handler serves /{server}/mcp for each configured server. Anything else is
 // 404: the handler never reaches a server that is not configured.
 type Handler struct {
-	log     *slog.Logger
-	opts    Options
-	servers map[string]http.Handler
-	limits  map[string]*ratelimit.Limiter // by server; absent: no limit
-	guard   *originGuard
-	fast    *httpfwd.FastPath // see conn.go
-	stdio   []*stdioServer
-	proxies []*httpServer
+	log  *slog.Logger
+	opts Options
+	// tab holds the servers; SetServers replaces it whole, so an exchange
+	// finds its server with one atomic load and no lock (see reload.go).
+	tab   atomic.Pointer[serverTable]
+	guard *originGuard
+	fast  *httpfwd.FastPath // see conn.go
 	// inflight counts the exchanges in progress, GET streams aside (they
 	// never end by themselves), so a draining agent knows when it is done.
 	inflight *httpfwd.Inflight
@@ -226,8 +226,7 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = defaultWriteTimeout
 	}
-	h := &Handler{log: opts.Logger, opts: opts, servers: make(map[string]http.Handler), limits: make(map[string]*ratelimit.Limiter),
-		inflight: httpfwd.NewInflight()}
+	h := &Handler{log: opts.Logger, opts: opts, inflight: httpfwd.NewInflight()}
 	h.leave = h.inflight.Leave
 	if len(servers) == 0 {
 		return nil, errors.New("mcpproxy: no servers configured")
@@ -238,32 +237,11 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 	}
 	h.guard = guard
 	h.fast = h.newFastPath()
-	for i, sc := range servers {
-		if err := validate(sc); err != nil {
-			return nil, fmt.Errorf("mcpproxy: servers[%d] (%q): %w", i, sc.Name, err)
-		}
-		if _, dup := h.servers[sc.Name]; dup {
-			return nil, fmt.Errorf("mcpproxy: servers[%d]: duplicate server name %q", i, sc.Name)
-		}
-		if l := ratelimit.New(sc.Rate, sc.Burst); l != nil {
-			h.limits[sc.Name] = l
-		}
-		if sc.URL != "" {
-			p, err := newHTTPServer(h, sc)
-			if err != nil {
-				return nil, fmt.Errorf("mcpproxy: servers[%d] (%q): %w", i, sc.Name, err)
-			}
-			h.proxies = append(h.proxies, p)
-			h.servers[sc.Name] = p
-			continue
-		}
-		if err := stdioSupported(); err != nil {
-			return nil, fmt.Errorf("mcpproxy: servers[%d] (%q): %w", i, sc.Name, err)
-		}
-		s := newStdioServer(h, sc)
-		h.stdio = append(h.stdio, s)
-		h.servers[sc.Name] = s
+	tab, _, err := h.newServerTable(servers, nil)
+	if err != nil {
+		return nil, err
 	}
+	h.tab.Store(tab)
 	return h, nil
 }
 
@@ -348,7 +326,8 @@ func isHopByHop(k string) bool {
 // ServeHTTP routes /{server}/mcp to the server's handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	name, rest, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
-	srv := h.servers[name]
+	tab := h.table()
+	srv := tab.servers[name]
 	if !ok || rest != "mcp" || srv == nil || !strings.HasPrefix(r.URL.Path, "/") {
 		writeError(w, http.StatusNotFound, nil, codeInvalidRequest,
 			fmt.Sprintf("mcpproxy: no MCP server at %q (want /{server}/mcp)", r.URL.Path))
@@ -373,8 +352,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// A stdio server's bridge takes from the allowance itself, once it
 	// has nothing to refuse the exchange for (stdioServer.admit).
 	if _, bridged := srv.(*stdioServer); !bridged {
-		if wait, ok := h.limits[name].Take(); !ok {
-			h.refuseOverLimit(w, name, wait)
+		if wait, ok := tab.limits[name].Take(); !ok {
+			h.refuseOverLimit(w, name, tab.limits[name], wait)
 			return
 		}
 	}
@@ -382,11 +361,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // refuseOverLimit answers an exchange for a server over its rate limit.
-func (h *Handler) refuseOverLimit(w http.ResponseWriter, name string, wait time.Duration) {
+func (h *Handler) refuseOverLimit(w http.ResponseWriter, name string, limit *ratelimit.Limiter, wait time.Duration) {
 	h.log.Debug("server over its rate limit", "server", name)
 	w.Header().Set("Retry-After", ratelimit.RetryAfter(wait))
 	writeErrorData(w, http.StatusTooManyRequests, nil, codeRateLimited,
-		fmt.Sprintf("mcpproxy: server %q is over its rate limit of %s; retry in %s", name, h.limits[name], wait.Round(time.Millisecond)),
+		fmt.Sprintf("mcpproxy: server %q is over its rate limit of %s; retry in %s", name, limit, wait.Round(time.Millisecond)),
 		map[string]string{"reason": reasonRateLimited})
 }
 
@@ -429,11 +408,12 @@ func (h *Handler) Close() error {
 		h.wg.Done()
 	}
 	h.mu.Unlock()
-	for _, s := range h.stdio {
+	tab := h.table()
+	for _, s := range tab.stdio {
 		s.closeAll()
 	}
 	h.wg.Wait()
-	for _, p := range h.proxies {
+	for _, p := range tab.proxies {
 		p.close()
 	}
 	return nil

@@ -182,7 +182,7 @@ func TestSessionLimits(t *testing.T) {
 // session returns the live session with id sid.
 func (b *bridge) session(t *testing.T, sid string) *session {
 	t.Helper()
-	for _, srv := range b.h.stdio {
+	for _, srv := range b.h.table().stdio {
 		srv.mu.Lock()
 		s := srv.sessions[sid]
 		srv.mu.Unlock()
@@ -229,7 +229,7 @@ func TestSessionFloodFromOneClient(t *testing.T) {
 			refused++
 		}
 	}
-	srv := b.h.servers["ts"].(*stdioServer)
+	srv := b.h.table().servers["ts"].(*stdioServer)
 	srv.mu.Lock()
 	held := srv.perClient["mallory"]
 	srv.mu.Unlock()

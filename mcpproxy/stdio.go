@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mcptun/mcptun/internal/ratelimit"
 )
 
 const (
@@ -34,6 +36,8 @@ type stdioServer struct {
 	cfg ServerConfig
 	log *slog.Logger
 	lim Limits // with defaults
+	// limit is the server's rate limit (nil: none).
+	limit *ratelimit.Limiter
 
 	mu       sync.Mutex
 	closed   bool
@@ -220,9 +224,9 @@ func (srv *stdioServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // headers, body, unknown session) takes nothing from the allowance. False
 // means it answered 429.
 func (srv *stdioServer) admit(w http.ResponseWriter) bool {
-	wait, ok := srv.h.limits[srv.cfg.Name].Take()
+	wait, ok := srv.limit.Take()
 	if !ok {
-		srv.h.refuseOverLimit(w, srv.cfg.Name, wait)
+		srv.h.refuseOverLimit(w, srv.cfg.Name, srv.limit, wait)
 	}
 	return ok
 }

@@ -113,7 +113,7 @@ func TestURLSessionsBoundToClient(t *testing.T) {
 			// The owner ends it; the binding goes with it.
 			code, _, body = do("alice", http.MethodDelete, sid, "")
 			require.Less(t, code, 300, body)
-			require.Zero(t, b.h.servers["rec"].(*httpServer).sessions.len())
+			require.Zero(t, b.h.table().servers["rec"].(*httpServer).sessions.len())
 		})
 	}
 }

@@ -215,9 +215,10 @@ func (l *Limits) defaults() {
 
 // Handler is the relay's HTTP front. It is safe for concurrent use.
 type Handler struct {
-	agents  Agents
-	known   map[string]bool
-	clients []client
+	agents Agents
+	// auth holds who may call what; Reconfigure replaces it whole, so a
+	// request reads one consistent table without a lock (see reload.go).
+	auth    atomic.Pointer[authTable]
 	origins map[string]bool
 	anyOrig bool
 	log     *slog.Logger
@@ -250,7 +251,6 @@ func NewHandler(cfg Config) (*Handler, error) {
 	}
 	h := &Handler{
 		agents:   cfg.Agents,
-		known:    make(map[string]bool),
 		origins:  make(map[string]bool),
 		log:      cfg.Logger,
 		perAgent: make(map[string]*perAgent),
@@ -273,15 +273,11 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if h.guard == nil {
 		h.guard = authguard.New(authguard.Config{What: "bearer token", Logger: h.log})
 	}
-	for _, a := range cfg.KnownAgents {
-		h.known[a] = true
+	auth, err := newAuthTable(cfg.KnownAgents, cfg.Clients, nil)
+	if err != nil {
+		return nil, err
 	}
-	for _, c := range cfg.Clients {
-		if c.Rate < 0 || c.Burst < 0 {
-			return nil, fmt.Errorf("relay: client %q: rate %v and burst %d must not be negative", c.Name, c.Rate, c.Burst)
-		}
-		h.clients = append(h.clients, client{Client: c, limiter: ratelimit.New(c.Rate, c.Burst)})
-	}
+	h.auth.Store(auth)
 	for _, o := range cfg.AllowedOrigins {
 		if o == "*" {
 			h.anyOrig = true
@@ -455,7 +451,8 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 				wait.Round(time.Second)+time.Second),
 			header: "Retry-After", value: ratelimit.RetryAfter(wait)}
 	}
-	client, ref := h.authenticate(authorization, agent, server)
+	auth := h.auth.Load()
+	client, ref := h.authenticate(auth, authorization, agent, server)
 	if ref != nil {
 		return admission{}, ref
 	}
@@ -465,7 +462,7 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 			logLevel: slog.LevelInfo, logMsg: "client not allowed",
 			logArgs: []any{"client", client.Name, "agent", agent, "server", server}}
 	}
-	if !h.known[agent] {
+	if !auth.known[agent] {
 		return admission{}, &refusal{status: http.StatusNotFound, reason: "unknown_agent", msg: fmt.Sprintf("no agent named %q", agent)}
 	}
 	online, offered := h.agents.Offers(agent, server)
@@ -533,10 +530,10 @@ var relayDraining = &refusal{status: http.StatusServiceUnavailable, reason: "rel
 	header: "Retry-After", value: unavailableRetryAfter}
 
 // authenticate returns the client whose token the request carries (a
-// token client's, or with OAuth a valid access token's), or the refusal,
-// whose WWW-Authenticate challenge points OAuth clients at the metadata of
-// agent/server's endpoint.
-func (h *Handler) authenticate(auth, agent, server string) (*client, *refusal) {
+// token client's from the current table t, or with OAuth a valid access
+// token's), or the refusal, whose WWW-Authenticate challenge points OAuth
+// clients at the metadata of agent/server's endpoint.
+func (h *Handler) authenticate(t *authTable, auth, agent, server string) (*client, *refusal) {
 	scheme, token, ok := strings.Cut(auth, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
 		challenge := `Bearer realm="mcptun"`
@@ -552,9 +549,9 @@ func (h *Handler) authenticate(auth, agent, server string) (*client, *refusal) {
 	var found *client
 	// Compare against every client so the time taken does not tell which
 	// (or whether any) client matched.
-	for i := range h.clients {
-		if subtle.ConstantTimeCompare(sum[:], h.clients[i].TokenSHA256[:]) == 1 {
-			found = &h.clients[i]
+	for i := range t.clients {
+		if subtle.ConstantTimeCompare(sum[:], t.clients[i].TokenSHA256[:]) == 1 {
+			found = &t.clients[i]
 		}
 	}
 	if found != nil {

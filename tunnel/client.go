@@ -88,6 +88,9 @@ type ClientConfig struct {
 	// resetKey is the agent's QUIC stateless reset key, derived from its
 	// credential's secret.
 	resetKey *quic.StatelessResetKey
+	// offers holds Servers as SetServers last changed them (nil until
+	// then): what a hello sends. Shared by the copies of the config.
+	offers *offerList
 	// DialAddress, if set, is the ip:port dialed instead of Address (one
 	// of the addresses Address's host resolves to, see Multi); Address
 	// still gives the TLS server name and names the relay in logs.
@@ -178,6 +181,9 @@ func (cfg ClientConfig) normalize() (ClientConfig, error) {
 		cfg.TLSConfig.Certificates = []tls.Certificate{*cfg.Certificate}
 	}
 	cfg.Servers = append([]OfferedServer(nil), cfg.Servers...)
+	if cfg.offers == nil {
+		cfg.offers = &offerList{}
+	}
 	return cfg, nil
 }
 
@@ -221,7 +227,7 @@ func (cfg *ClientConfig) credentialSecret() ([]byte, error) {
 
 // hello is the agent's hello before any per-session signature.
 func (cfg *ClientConfig) hello() hello {
-	h := hello{Type: typeHello, Version: ProtocolVersion, Agent: cfg.Name, Token: cfg.Token, Servers: cfg.Servers}
+	h := hello{Type: typeHello, Version: ProtocolVersion, Agent: cfg.Name, Token: cfg.Token, Servers: cfg.servers()}
 	switch {
 	case cfg.Key != nil:
 		h.Auth = AuthEd25519
@@ -344,6 +350,11 @@ func (c *Client) setCurrent(cs *clientSession) {
 	close(c.changed)
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
+	if cs != nil {
+		// SetServers may have run between this session's hello and now,
+		// when it could not see the session yet.
+		c.sendOffers(cs)
+	}
 }
 
 // Run connects to the relay and serves the session, reconnecting with
@@ -841,7 +852,7 @@ func handshake(hctx context.Context, sess Session, cfg *ClientConfig, log *slog.
 	// Deadlines bound the exchange; closing the session on cancellation
 	// also unblocks it when the caller gives up early.
 	stop := context.AfterFunc(hctx, func() { sess.Close() })
-	ctl, a, err := exchangeHello(hctx, sess, cfg)
+	ctl, a, sent, err := exchangeHello(hctx, sess, cfg)
 	if !stop() {
 		if ctl != nil {
 			ctl.Close()
@@ -864,35 +875,39 @@ func handshake(hctx context.Context, sess Session, cfg *ClientConfig, log *slog.
 		return nil, fmt.Errorf("tunnel: handshake with %s: relay answered %q, want welcome or refused", cfg.Address, truncate(a.Type, 32))
 	}
 	ctl.SetDeadline(time.Time{})
-	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), beatDone: make(chan struct{}), relayDraining: make(chan struct{}), relayID: a.Relay}
+	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), beatDone: make(chan struct{}), relayDraining: make(chan struct{}), relayID: a.Relay,
+		offered: sent}
 	go cs.readControl() // owned by cs: Close waits for it
 	go cs.heartbeat()   // likewise
 	return cs, nil
 }
 
-func exchangeHello(hctx context.Context, sess Session, cfg *ClientConfig) (Stream, answer, error) {
-	ctl, err := sess.OpenStream(hctx)
+// exchangeHello sends the hello and reads the answer; sent is the offer
+// list the hello carried.
+func exchangeHello(hctx context.Context, sess Session, cfg *ClientConfig) (ctl Stream, a answer, sent []OfferedServer, err error) {
+	ctl, err = sess.OpenStream(hctx)
 	if err != nil {
-		return nil, answer{}, fmt.Errorf("open control stream: %w", err)
+		return nil, answer{}, nil, fmt.Errorf("open control stream: %w", err)
 	}
 	if dl, ok := hctx.Deadline(); ok {
 		ctl.SetDeadline(dl)
 	}
 	h := cfg.hello()
+	sent = h.Servers
 	if h.Auth == AuthEd25519 {
 		if err := signHello(&h, cfg.Key, sess); err != nil {
-			return ctl, answer{}, err
+			return ctl, answer{}, nil, err
 		}
 	}
 	if err := writeFrame(ctl, h); err != nil {
-		return ctl, answer{}, err
+		return ctl, answer{}, nil, err
 	}
 	b, err := readFrame(ctl)
 	if err != nil {
-		return ctl, answer{}, err
+		return ctl, answer{}, nil, err
 	}
-	a, err := decodeAnswer(b)
-	return ctl, a, err
+	a, err = decodeAnswer(b)
+	return ctl, a, sent, err
 }
 
 // clientSession is an authenticated session on the agent side. It watches
@@ -917,6 +932,7 @@ type clientSession struct {
 	// and "draining"): each sets its own write deadline, and one must not
 	// clear or shorten the other's mid-write.
 	wmu       sync.Mutex
+	offered   []OfferedServer // the offers the relay has (hello, offers frames); under wmu
 	drainOnce sync.Once
 	drainErr  error
 }

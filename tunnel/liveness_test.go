@@ -87,9 +87,15 @@ func TestStatelessResetKeys(t *testing.T) {
 	if *k3 == *k1 {
 		t.Error("two TLS keys gave one reset key")
 	}
-	_, ok, err = relayResetKey(&tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }})
+	// A relay that reloads its certificate serves it with GetCertificate:
+	// the key comes from the certificate it gives at start.
+	k4, ok, err := relayResetKey(&tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }})
+	if err != nil || !ok || *k4 != *k1 {
+		t.Errorf("GetCertificate only: stable %v, %v, same key as Certificates: %v", ok, err, err == nil && *k4 == *k1)
+	}
+	_, ok, err = relayResetKey(&tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return nil, nil }})
 	if err != nil || ok {
-		t.Errorf("GetCertificate only: stable %v, %v; want a random key and stable false", ok, err)
+		t.Errorf("GetCertificate without a certificate: stable %v, %v; want a random key and stable false", ok, err)
 	}
 
 	a1, err := agentResetKey(testToken)

@@ -60,7 +60,18 @@ const (
 	// typePing is the agent's heartbeat, sent every second after the
 	// welcome; relays ignore it (older relays ignore every agent frame).
 	typePing = "ping"
+	// typeOffers is sent by an agent whose servers changed (a config
+	// reload): the full list it now offers, replacing its hello's. A relay
+	// that predates it ignores it (relays skip unknown agent frames); one
+	// that does not know its version ignores it and logs so (see
+	// decodeOffers).
+	typeOffers = "offers"
 )
+
+// OffersVersion is the version of the offers frame this package speaks;
+// it changes only if the frame's meaning does (new fields are added
+// without a new version, as in every frame).
+const OffersVersion = 1
 
 // Server kinds an agent may offer.
 const (
@@ -264,11 +275,16 @@ func (h *hello) validate() error {
 	if err := h.validateCredential(); err != nil {
 		return err
 	}
-	if len(h.Servers) > maxServers {
-		return fmt.Errorf("%d servers offered, at most %d allowed", len(h.Servers), maxServers)
+	return validateServers(h.Servers)
+}
+
+// validateServers checks an offer list (a hello's, an offers frame's).
+func validateServers(servers []OfferedServer) error {
+	if len(servers) > maxServers {
+		return fmt.Errorf("%d servers offered, at most %d allowed", len(servers), maxServers)
 	}
-	seen := make(map[string]bool, len(h.Servers))
-	for i, s := range h.Servers {
+	seen := make(map[string]bool, len(servers))
+	for i, s := range servers {
 		if !ValidName(s.Name) {
 			return fmt.Errorf("servers[%d]: invalid server name %q", i, truncate(s.Name, 64))
 		}
@@ -314,6 +330,47 @@ func (h *hello) validateCredential() error {
 		return fmt.Errorf("auth %q: want %q, %q or %q", truncate(kind, 32), AuthToken, AuthEd25519, AuthCertificate)
 	}
 	return nil
+}
+
+// offers is the agent's offers frame.
+type offers struct {
+	Type    string          `json:"type"`
+	Version int             `json:"version"`
+	Servers []OfferedServer `json:"servers"`
+}
+
+// ErrOffersVersion marks an offers frame of a version this relay does not
+// speak: it is ignored (the agent's earlier offers stay), not a reason to
+// end the session.
+var ErrOffersVersion = errors.New("unsupported offers version")
+
+// decodeOffers parses and validates an offers frame body. The error says
+// what was wrong, quoting at most a little of the input.
+func decodeOffers(b []byte) ([]OfferedServer, error) {
+	var head struct {
+		Type    string `json:"type"`
+		Version int    `json:"version"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return nil, fmt.Errorf("tunnel: offers frame is not a JSON object with an integer version: %s", jsonErrorText(err))
+	}
+	if head.Type != typeOffers {
+		return nil, fmt.Errorf("tunnel: frame has type %q, want %q", truncate(head.Type, 32), typeOffers)
+	}
+	if head.Version != OffersVersion {
+		return nil, fmt.Errorf("tunnel: offers frame: %w %d (this relay speaks %d)", ErrOffersVersion, head.Version, OffersVersion)
+	}
+	var o offers
+	if err := json.Unmarshal(b, &o); err != nil {
+		return nil, fmt.Errorf("tunnel: malformed offers frame: %s", jsonErrorText(err))
+	}
+	if o.Servers == nil {
+		return nil, errors.New("tunnel: offers frame has no servers list")
+	}
+	if err := validateServers(o.Servers); err != nil {
+		return nil, fmt.Errorf("tunnel: offers frame: %w", err)
+	}
+	return o.Servers, nil
 }
 
 // decodeAnswer parses a relay frame. Types it does not know are returned as

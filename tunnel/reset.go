@@ -25,13 +25,20 @@ const (
 )
 
 // relayResetKey derives the relay's stateless reset key from the private
-// key of its first TLS certificate. ok is false when the configuration has
-// no such key (a GetCertificate callback): the key is then random and resets
-// work only while this process lives.
+// key of its first TLS certificate, or of the certificate GetCertificate
+// gives now (a relay that reloads its certificate serves it that way). ok
+// is false when the configuration has no such key: the key is then random
+// and resets work only while this process lives.
 func relayResetKey(cfg *tls.Config) (key *quic.StatelessResetKey, ok bool, err error) {
 	var secret []byte
-	if len(cfg.Certificates) > 0 && cfg.Certificates[0].PrivateKey != nil {
-		secret, err = x509.MarshalPKCS8PrivateKey(cfg.Certificates[0].PrivateKey)
+	cert := (*tls.Certificate)(nil)
+	if len(cfg.Certificates) > 0 {
+		cert = &cfg.Certificates[0]
+	} else if cfg.GetCertificate != nil {
+		cert, _ = cfg.GetCertificate(&tls.ClientHelloInfo{})
+	}
+	if cert != nil && cert.PrivateKey != nil {
+		secret, err = x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
 		if err != nil {
 			return nil, false, fmt.Errorf("tunnel: stateless reset key from the TLS private key: %w", err)
 		}

@@ -183,8 +183,10 @@ func (a *agentSession) replicaStatus() ReplicaStatus {
 // Server is the relay end: it accepts agent sessions and opens streams to
 // them.
 type Server struct {
-	log       *slog.Logger
-	creds     map[string][]replicaCred
+	log *slog.Logger
+	// creds is replaced whole by SetAgents (a config reload); a handshake
+	// reads it without a lock.
+	creds     atomic.Pointer[map[string][]replicaCred]
 	dummy     [32]byte // compared against for unknown names
 	id        string   // random instance id, sent in the welcome
 	hsTimeout time.Duration
@@ -314,7 +316,7 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	}
 	creds, err := buildCreds(cfg.Agents)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("tunnel: listen: %w", err)
 	}
 	// Agents with a certificate send it in the TLS handshake; the relay
 	// asks every agent for one but requires none (tokens and keys are
@@ -325,7 +327,6 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	}
 	s := &Server{
 		log:       cfg.Logger,
-		creds:     creds,
 		hsTimeout: cfg.HandshakeTimeout,
 		onChange:  cfg.OnAgentChange,
 		tcpTLS:    withALPN(tlsCfg, ALPN),
@@ -336,6 +337,7 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		conns:     make(map[io.Closer]struct{}),
 		guard:     cfg.AuthGuard,
 	}
+	s.creds.Store(&creds)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -416,11 +418,11 @@ func buildCreds(agents []AgentCredential) (map[string][]replicaCred, error) {
 	creds := make(map[string][]replicaCred, len(agents))
 	for i, a := range agents {
 		if !ValidName(a.Name) {
-			return nil, fmt.Errorf("tunnel: listen: agents[%d]: invalid agent name %q", i, a.Name)
+			return nil, fmt.Errorf("agents[%d]: invalid agent name %q", i, a.Name)
 		}
 		kind, err := a.kind()
 		if err != nil {
-			return nil, fmt.Errorf("tunnel: listen: agents[%d] (%s): %w", i, a.Name, err)
+			return nil, fmt.Errorf("agents[%d] (%s): %w", i, a.Name, err)
 		}
 		rc := replicaCred{kind: kind}
 		switch kind {
@@ -436,10 +438,10 @@ func buildCreds(agents []AgentCredential) (map[string][]replicaCred, error) {
 		rc.tag = ReplicaTag(rc.id)
 		for _, c := range creds[a.Name] {
 			if c.id == rc.id {
-				return nil, fmt.Errorf("tunnel: listen: agents[%d]: agent %q listed twice with one %s (replicas need a credential each)", i, a.Name, kind)
+				return nil, fmt.Errorf("agents[%d]: agent %q listed twice with one %s (replicas need a credential each)", i, a.Name, kind)
 			}
 			if c.tag == rc.tag { // a 1 in 2^32 chance
-				return nil, fmt.Errorf("tunnel: listen: agents[%d]: two credentials of agent %q share replica tag %s; make a new one", i, a.Name, rc.tag)
+				return nil, fmt.Errorf("agents[%d]: two credentials of agent %q share replica tag %s; make a new one", i, a.Name, rc.tag)
 			}
 		}
 		creds[a.Name] = append(creds[a.Name], rc)
@@ -822,7 +824,7 @@ func (s *Server) readHello(ctl Stream, sess Session) (h hello, tag string, ref *
 		}
 		return h, "", ref, ref.Message, nil
 	}
-	creds, known := s.creds[h.Agent]
+	creds, known := (*s.creds.Load())[h.Agent]
 	var msg string
 	switch h.authKind() {
 	case AuthEd25519:
@@ -946,8 +948,8 @@ func (s *Server) linger(sess Session) {
 	}
 }
 
-// watchControl ends the session when the control stream ends, and notes
-// an agent that says it drains. Other frames are ignored: the agent's
+// watchControl ends the session when the control stream ends, notes an
+// agent that says it drains and applies an agent's new offers. Other frames are ignored: the agent's
 // heartbeat pings need no answer (they keep packets flowing, see
 // heartbeatInterval), and unknown types leave room for later revisions.
 func (s *Server) watchControl(a *agentSession) {
@@ -960,8 +962,15 @@ func (s *Server) watchControl(a *agentSession) {
 			a.sess.Close()
 			return
 		}
-		if f, err := decodeAnswer(b); err == nil && f.Type == typeDraining && !a.draining.Swap(true) {
-			s.log.Info("tunnel: agent draining: routing it no new exchanges", "agent", a.status.Name, "replica", a.tag, "remote", a.status.Remote)
+		f, err := decodeAnswer(b)
+		switch {
+		case err != nil:
+		case f.Type == typeDraining:
+			if !a.draining.Swap(true) {
+				s.log.Info("tunnel: agent draining: routing it no new exchanges", "agent", a.status.Name, "replica", a.tag, "remote", a.status.Remote)
+			}
+		case f.Type == typeOffers:
+			s.updateOffers(a, b)
 		}
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -17,16 +19,20 @@ import (
 
 func newAgentCmd() *cobra.Command {
 	var path string
+	var watch bool
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the agent: dial out to the relay and serve the configured MCP servers",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Before anything else: SIGHUP reloads, it never ends the agent.
+			hup := notifyHUP()
+			defer signal.Ignore(syscall.SIGHUP)
 			cfg, err := config.LoadAgent(path)
 			if err != nil {
 				return err
 			}
-			log, err := newLogger(cmd, cfg.Log)
+			log, level, err := newLogger(cmd, cfg.Log)
 			if err != nil {
 				return err
 			}
@@ -38,13 +44,19 @@ func newAgentCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			rl := newReloader(path, cfg, config.LoadAgent, func(c *config.Agent) []*config.Error { return c.Warnings }, log,
+				ra.reloadParts(cmd, level, log)...)
+			var reloads sync.WaitGroup
+			reloads.Go(func() { runReloads(ctx, hup, path, watch, log, rl.reload) })
 			<-ctx.Done()
+			reloads.Wait()
 			grace, stop := drainContext(cfg.ShutdownGrace, log)
 			defer stop()
 			return ra.Shutdown(grace, log)
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "agent.yaml", "agent configuration file")
+	cmd.Flags().BoolVar(&watch, "watch-config", true, "reload the configuration when its file changes (SIGHUP always reloads)")
 	return cmd
 }
 
@@ -67,19 +79,7 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	if err != nil {
 		return nil, err
 	}
-	servers := make([]mcpproxy.ServerConfig, len(cfg.Servers))
-	offered := make([]tunnel.OfferedServer, len(cfg.Servers))
-	for i, s := range cfg.Servers {
-		servers[i] = mcpproxy.ServerConfig{Name: s.Name, Command: s.Command, Env: s.Env, Dir: s.Dir, URL: s.URL, Headers: s.Headers,
-			Rate: s.RateLimit.RequestsPerSecond, Burst: s.RateLimit.Burst,
-			Limits: mcpproxy.Limits{Sessions: s.Limits.Sessions, SessionsPerClient: s.Limits.SessionsPerClient,
-				ConcurrentRequests: s.Limits.ConcurrentRequests, ConcurrentRequestsPerClient: s.Limits.ConcurrentRequestsPerClient}}
-		kind := "http"
-		if len(s.Command) > 0 {
-			kind = "stdio"
-		}
-		offered[i] = tunnel.OfferedServer{Name: s.Name, Kind: kind}
-	}
+	servers, offered := agentServers(cfg)
 	handler, err := mcpproxy.NewHandler(servers, mcpproxy.Options{
 		Logger:      log.With("component", "mcp"),
 		IdleTimeout: cfg.IdleTimeout,
@@ -142,6 +142,25 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	}
 	log.Info("agent started", "name", cfg.Name, "relays", cfg.Relay.Address, "servers", len(servers))
 	return ra, nil
+}
+
+// agentServers is what the agent serves and offers, from its
+// configuration (at start and on every reload).
+func agentServers(cfg *config.Agent) ([]mcpproxy.ServerConfig, []tunnel.OfferedServer) {
+	servers := make([]mcpproxy.ServerConfig, len(cfg.Servers))
+	offered := make([]tunnel.OfferedServer, len(cfg.Servers))
+	for i, s := range cfg.Servers {
+		servers[i] = mcpproxy.ServerConfig{Name: s.Name, Command: s.Command, Env: s.Env, Dir: s.Dir, URL: s.URL, Headers: s.Headers,
+			Rate: s.RateLimit.RequestsPerSecond, Burst: s.RateLimit.Burst,
+			Limits: mcpproxy.Limits{Sessions: s.Limits.Sessions, SessionsPerClient: s.Limits.SessionsPerClient,
+				ConcurrentRequests: s.Limits.ConcurrentRequests, ConcurrentRequestsPerClient: s.Limits.ConcurrentRequestsPerClient}}
+		kind := "http"
+		if len(s.Command) > 0 {
+			kind = "stdio"
+		}
+		offered[i] = tunnel.OfferedServer{Name: s.Name, Kind: kind}
+	}
+	return servers, offered
 }
 
 // Shutdown drains the agent, then closes it: the relay is told to route it

@@ -54,13 +54,15 @@ func newRootCmd() *cobra.Command {
 }
 
 // newLogger builds the role's logger on stderr from its config, honouring
-// --log-level.
-func newLogger(cmd *cobra.Command, lc config.Log) (*slog.Logger, error) {
+// --log-level. A reload changes the level through the LevelVar.
+func newLogger(cmd *cobra.Command, lc config.Log) (*slog.Logger, *slog.LevelVar, error) {
 	level := lc.Level
 	if l, _ := cmd.Flags().GetString("log-level"); l != "" {
 		level = l
 	}
-	return logging.New(cmd.ErrOrStderr(), level, lc.Format)
+	lv := new(slog.LevelVar)
+	log, err := logging.NewLeveled(cmd.ErrOrStderr(), lv, level, lc.Format)
+	return log, lv, err
 }
 
 func newVersionCmd() *cobra.Command {

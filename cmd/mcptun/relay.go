@@ -7,7 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os/signal"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,32 +24,28 @@ import (
 
 func newRelayCmd() *cobra.Command {
 	var path string
+	var watch bool
 	cmd := &cobra.Command{
 		Use:   "relay",
 		Short: "Run the relay: accept agent tunnels and MCP clients",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Before anything else: SIGHUP reloads, it never ends the relay.
+			hup := notifyHUP()
+			defer signal.Ignore(syscall.SIGHUP)
 			cfg, err := config.LoadRelay(path)
 			if err != nil {
 				return err
 			}
-			log, err := newLogger(cmd, cfg.Log)
+			log, level, err := newLogger(cmd, cfg.Log)
 			if err != nil {
 				return err
 			}
 			logWarnings(log, cfg.Warnings)
 			ctx := cmd.Context()
-			tlsCert, err := tls.LoadX509KeyPair(cfg.Tunnel.CertFile, cfg.Tunnel.KeyFile)
+			tlsCert, httpCert, err := loadRelayCerts(path, cfg)
 			if err != nil {
-				return fmt.Errorf("config %s: tunnel.cert_file: %w", path, err)
-			}
-			var httpCert *tls.Certificate
-			if cfg.HTTP.CertFile != "" {
-				c, err := tls.LoadX509KeyPair(cfg.HTTP.CertFile, cfg.HTTP.KeyFile)
-				if err != nil {
-					return fmt.Errorf("config %s: http.cert_file: %w", path, err)
-				}
-				httpCert = &c
+				return err
 			}
 			// The first signal ends ctx and starts the drain; the relay
 			// itself runs on until the drain is over.
@@ -54,13 +53,19 @@ func newRelayCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			rl := newReloader(path, cfg, config.LoadRelay, func(c *config.Relay) []*config.Error { return c.Warnings }, log,
+				rr.reloadParts(cmd, level, path, log)...)
+			var reloads sync.WaitGroup
+			reloads.Go(func() { runReloads(ctx, hup, path, watch, log, rl.reload) })
 			<-ctx.Done()
+			reloads.Wait()
 			grace, stop := drainContext(cfg.ShutdownGrace, log)
 			defer stop()
 			return rr.Shutdown(grace, log)
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "relay.yaml", "relay configuration file")
+	cmd.Flags().BoolVar(&watch, "watch-config", true, "reload the configuration when its file changes (SIGHUP always reloads)")
 	return cmd
 }
 
@@ -75,6 +80,16 @@ type runningRelay struct {
 	http  *http.Server
 	debug *debugServer
 	wg    sync.WaitGroup
+
+	tunnelCert, httpCert atomic.Pointer[tls.Certificate] // served now; see startRelay
+}
+
+func (rr *runningRelay) getTunnelCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return rr.tunnelCert.Load(), nil
+}
+
+func (rr *runningRelay) getHTTPCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return rr.httpCert.Load(), nil
 }
 
 // tunnelAgents adapts the tunnel server to what the relay front needs.
@@ -109,35 +124,16 @@ func (a tunnelAgents) DialReplica(ctx context.Context, agent, replica string) (n
 
 func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certificate, httpCert *tls.Certificate, log *slog.Logger) (*runningRelay, error) {
 	cfg.HTTP.SetLimitDefaults() // a config made in code (demo) was not validated
-	var creds []tunnel.AgentCredential
-	known := make([]string, len(cfg.Agents))
-	for i, a := range cfg.Agents {
-		// Each credential is one replica's; all validated by config.
-		for _, h := range a.TokenSHA256 {
-			sum, _ := config.DecodeSHA256Hex(h)
-			creds = append(creds, tunnel.AgentCredential{Name: a.Name, TokenSHA256: sum})
-		}
-		for _, k := range a.PublicKeys {
-			pub, err := agentkey.ParsePublic(k)
-			if err != nil {
-				return nil, fmt.Errorf("relay: agents %s: public_keys: %w", a.Name, err)
-			}
-			creds = append(creds, tunnel.AgentCredential{Name: a.Name, PublicKey: pub})
-		}
-		for _, h := range a.CertSHA256 {
-			sum, _ := config.DecodeSHA256Hex(h)
-			creds = append(creds, tunnel.AgentCredential{Name: a.Name, CertSHA256: sum})
-		}
-		known[i] = a.Name
-	}
-	clients := make([]relay.Client, len(cfg.Clients))
-	for i, c := range cfg.Clients {
-		sum, _ := config.DecodeSHA256Hex(c.TokenSHA256)
-		clients[i] = relay.Client{Name: c.Name, TokenSHA256: sum, Allow: c.Allow,
-			Rate: c.RateLimit.RequestsPerSecond, Burst: c.RateLimit.Burst}
+	creds, known, clients, err := relayAuth(cfg)
+	if err != nil {
+		return nil, err
 	}
 
 	rr := &runningRelay{}
+	// Served through GetCertificate so that a reload can replace them
+	// (see reloadParts); new handshakes get the new one.
+	rr.tunnelCert.Store(&tunnelCert)
+	rr.httpCert.Store(httpCert)
 	// The tunnel reports agents going away before the front exists; the
 	// front is set right after, and an agent cannot have connected yet.
 	var front struct {
@@ -146,7 +142,7 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	}
 	ts, err := tunnel.Listen(ctx, tunnel.ServerConfig{
 		Listen:      cfg.Tunnel.Listen,
-		TLSConfig:   &tls.Config{Certificates: []tls.Certificate{tunnelCert}},
+		TLSConfig:   &tls.Config{GetCertificate: rr.getTunnelCert},
 		Agents:      creds,
 		DisableQUIC: cfg.Tunnel.DisableQUIC,
 		Logger:      log.With("component", "tunnel"),
@@ -198,7 +194,7 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	scheme := "http"
 	if httpCert != nil {
 		scheme = "https"
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{*httpCert}, MinVersion: tls.VersionTLS12})
+		ln = tls.NewListener(ln, &tls.Config{GetCertificate: rr.getHTTPCert, MinVersion: tls.VersionTLS12})
 	}
 	rr.HTTPURL = scheme + "://" + ln.Addr().String()
 	rr.ln = ln
@@ -224,6 +220,56 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	}
 	log.Info("relay started", "tunnel", ts.Addr(), "http", rr.HTTPURL, "agents", len(creds), "clients", len(clients))
 	return rr, nil
+}
+
+// loadRelayCerts loads the tunnel's certificate and the HTTP front's, if
+// it has one (at start and on every reload).
+func loadRelayCerts(path string, cfg *config.Relay) (tls.Certificate, *tls.Certificate, error) {
+	tlsCert, err := tls.LoadX509KeyPair(cfg.Tunnel.CertFile, cfg.Tunnel.KeyFile)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("config %s: tunnel.cert_file: %w", path, err)
+	}
+	var httpCert *tls.Certificate
+	if cfg.HTTP.CertFile != "" {
+		c, err := tls.LoadX509KeyPair(cfg.HTTP.CertFile, cfg.HTTP.KeyFile)
+		if err != nil {
+			return tls.Certificate{}, nil, fmt.Errorf("config %s: http.cert_file: %w", path, err)
+		}
+		httpCert = &c
+	}
+	return tlsCert, httpCert, nil
+}
+
+// relayAuth is who may use the relay, from its configuration (at start
+// and on every reload): agent credentials, agent names, clients.
+func relayAuth(cfg *config.Relay) (creds []tunnel.AgentCredential, known []string, clients []relay.Client, err error) {
+	known = make([]string, len(cfg.Agents))
+	for i, a := range cfg.Agents {
+		// Each credential is one replica's; all validated by config.
+		for _, h := range a.TokenSHA256 {
+			sum, _ := config.DecodeSHA256Hex(h)
+			creds = append(creds, tunnel.AgentCredential{Name: a.Name, TokenSHA256: sum})
+		}
+		for _, k := range a.PublicKeys {
+			pub, err := agentkey.ParsePublic(k)
+			if err != nil {
+				return nil, nil, nil, fmt.Errorf("relay: agents %s: public_keys: %w", a.Name, err)
+			}
+			creds = append(creds, tunnel.AgentCredential{Name: a.Name, PublicKey: pub})
+		}
+		for _, h := range a.CertSHA256 {
+			sum, _ := config.DecodeSHA256Hex(h)
+			creds = append(creds, tunnel.AgentCredential{Name: a.Name, CertSHA256: sum})
+		}
+		known[i] = a.Name
+	}
+	clients = make([]relay.Client, len(cfg.Clients))
+	for i, c := range cfg.Clients {
+		sum, _ := config.DecodeSHA256Hex(c.TokenSHA256)
+		clients[i] = relay.Client{Name: c.Name, TokenSHA256: sum, Allow: c.Allow,
+			Rate: c.RateLimit.RequestsPerSecond, Burst: c.RateLimit.Burst}
+	}
+	return creds, known, clients, nil
 }
 
 // Shutdown drains the relay, then closes it: new exchanges get 503
