@@ -338,7 +338,11 @@ func (c *Client) Run(ctx context.Context) error {
 		case err != nil:
 			delay = backoffDelay(failures, cfg.MinBackoff, cfg.MaxBackoff, rand.Float64())
 			failures++
-			c.log.Warn("tunnel: cannot connect to relay", "err", err, "retry_in", delay)
+			if hint := Hint(err); hint != "" {
+				c.log.Warn("tunnel: cannot connect to relay", "err", err, "hint", hint, "retry_in", delay)
+			} else {
+				c.log.Warn("tunnel: cannot connect to relay", "err", err, "retry_in", delay)
+			}
 		default:
 			start := cfg.Clock.Now()
 			up, cause := c.serve(ctx, cs, qd)
@@ -669,6 +673,13 @@ func dialTCP(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session,
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("tunnel: dial tcp %s: tls: %w", cfg.Address, err)
+	}
+	// A server that completes TLS without the tunnel's ALPN is not a
+	// relay's tunnel port (the relay's HTTPS front negotiates none): say
+	// so now rather than fail later on garbled yamux frames.
+	if p := tc.ConnectionState().NegotiatedProtocol; p != ALPN {
+		c.Close()
+		return nil, fmt.Errorf("tunnel: dial tcp %s: %w", cfg.Address, &NotTunnelPortError{Negotiated: p})
 	}
 	ys, err := newYamux(tc, true, TransportTCPYamux, log)
 	if err != nil {

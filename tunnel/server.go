@@ -288,7 +288,7 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		creds:     creds,
 		hsTimeout: cfg.HandshakeTimeout,
 		onChange:  cfg.OnAgentChange,
-		tcpTLS:    withALPN(cfg.TLSConfig, ALPN),
+		tcpTLS:    withALPN(cfg.TLSConfig, ALPN, alpnHTTP1), // http/1.1: see answerWrongPort
 		slots:     make(chan struct{}, maxPendingHandshakes),
 		agents:    make(map[string]*agentReplicas),
 		drained:   make(map[string]bool),
@@ -565,8 +565,17 @@ func (s *Server) serveTCP(c net.Conn, release func()) {
 	defer cancel()
 	tc := tls.Server(c, s.tcpTLS)
 	if err := tc.HandshakeContext(hctx); err != nil {
+		var rh tls.RecordHeaderError
+		if errors.As(err, &rh) && rh.Conn != nil && looksLikeHTTP(rh.RecordHeader[:]) {
+			s.answerWrongPort(hctx, c)
+			return
+		}
 		s.log.Debug("tunnel: tls handshake failed", "remote", c.RemoteAddr(), "err", err)
 		c.Close()
+		return
+	}
+	if tc.ConnectionState().NegotiatedProtocol == alpnHTTP1 {
+		s.answerWrongPort(hctx, tc)
 		return
 	}
 	ys, err := newYamux(tc, false, TransportTCPYamux, s.log)
