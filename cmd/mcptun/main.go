@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -45,6 +44,8 @@ func newRootCmd() *cobra.Command {
 		newDemoCmd(),
 		newBenchCmd(),
 		newCheckCmd(),
+		newCertCmd(),
+		newInitCmd(),
 		newTokenCmd(),
 		newExampleServerCmd(),
 		newVersionCmd(),
@@ -72,40 +73,6 @@ func newVersionCmd() *cobra.Command {
 			return err
 		},
 	}
-}
-
-func newCheckCmd() *cobra.Command {
-	var relayPath, agentPath string
-	cmd := &cobra.Command{
-		Use:   "check",
-		Short: "Validate configuration files and report every problem",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if relayPath == "" && agentPath == "" {
-				return fmt.Errorf("check: give --relay FILE and/or --agent FILE")
-			}
-			if relayPath != "" {
-				c, err := config.LoadRelay(relayPath)
-				if err != nil {
-					return err
-				}
-				printWarnings(cmd.ErrOrStderr(), c.Warnings)
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", relayPath)
-			}
-			if agentPath != "" {
-				c, err := config.LoadAgent(agentPath)
-				if err != nil {
-					return err
-				}
-				printWarnings(cmd.ErrOrStderr(), c.Warnings)
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", agentPath)
-			}
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&relayPath, "relay", "", "relay configuration file")
-	cmd.Flags().StringVar(&agentPath, "agent", "", "agent configuration file")
-	return cmd
 }
 
 // closeTimeout bounds closing a role once its drain is over: the answers
@@ -143,13 +110,6 @@ func graceLeft(ctx context.Context) time.Duration {
 		return 0
 	}
 	return time.Until(dl).Round(time.Millisecond)
-}
-
-// printWarnings prints the problems a configuration loaded with, for check.
-func printWarnings(w io.Writer, warnings []*config.Error) {
-	for _, e := range warnings {
-		fmt.Fprintf(w, "warning: %v\n", e)
-	}
 }
 
 // logWarnings logs the problems a configuration loaded with, at start.
