@@ -106,7 +106,9 @@ type checker struct {
 	problems int
 }
 
-func (c *checker) ok(format string, args ...any) { fmt.Fprintf(c.out, "ok:      "+format+"\n", args...) }
+func (c *checker) ok(format string, args ...any) {
+	fmt.Fprintf(c.out, "ok:      "+format+"\n", args...)
+}
 func (c *checker) warn(format string, args ...any) {
 	fmt.Fprintf(c.out, "warning: "+format+"\n", args...)
 }

@@ -15,8 +15,8 @@ import (
 func newInitCmd() *cobra.Command {
 	var (
 		agentName, tunnelListen, httpListen, clientName string
-		hosts                                          []string
-		force                                          bool
+		hosts                                           []string
+		force                                           bool
 	)
 	cmd := &cobra.Command{
 		Use:   "init [DIR]",
