@@ -147,6 +147,7 @@ type Server struct {
 	hsTimeout time.Duration
 	onChange  func(string, bool)
 	tcpTLS    *tls.Config
+	clientURL atomic.Value // string; see SetClientURL
 
 	tcpLn   net.Listener
 	udpConn net.PacketConn
@@ -669,7 +670,8 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	// Register before the welcome: once the agent believes it is
 	// connected, Dial must find it.
 	s.register(a)
-	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion, Relay: s.id}); err != nil {
+	clientURL, _ := s.clientURL.Load().(string)
+	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion, Relay: s.id, ClientURL: clientURL}); err != nil {
 		s.log.Debug("tunnel: handshake: send welcome", "agent", h.Agent, "remote", remote, "err", err)
 		s.deregister(a)
 		return

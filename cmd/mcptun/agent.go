@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -17,12 +18,23 @@ import (
 
 func newAgentCmd() *cobra.Command {
 	var path string
+	var quick exposeFlags
 	cmd := &cobra.Command{
-		Use:   "agent",
+		Use:   "agent [--config agent.yaml | --relay HOST:PORT --name NAME --token-file F --pin SHA [--url NAME=URL]... [-- COMMAND ARGS...]]",
 		Short: "Run the agent: dial out to the relay and serve the configured MCP servers",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.LoadAgent(path)
+		Args:  cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var cfg *config.Agent
+			var err error
+			quickMode := quick.used(cmd, args)
+			switch {
+			case quickMode && cmd.Flags().Changed("config"):
+				return fmt.Errorf("agent: give --config FILE or the quick expose flags (--relay, --name, ..., -- COMMAND), not both")
+			case quickMode:
+				cfg, err = quick.config(args)
+			default:
+				cfg, err = config.LoadAgent(path)
+			}
 			if err != nil {
 				return err
 			}
@@ -38,6 +50,14 @@ func newAgentCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if quickMode {
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					printClientURLs(ctx, cmd.OutOrStdout(), ra, cfg)
+				}()
+				defer func() { <-done }()
+			}
 			<-ctx.Done()
 			grace, stop := drainContext(cfg.ShutdownGrace, log)
 			defer stop()
@@ -45,6 +65,7 @@ func newAgentCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "agent.yaml", "agent configuration file")
+	quick.register(cmd)
 	return cmd
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -187,6 +188,11 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{*httpCert}, MinVersion: tls.VersionTLS12})
 	}
 	rr.HTTPURL = scheme + "://" + ln.Addr().String()
+	if cfg.HTTP.PublicURL != "" {
+		ts.SetClientURL(strings.TrimRight(cfg.HTTP.PublicURL, "/"))
+	} else {
+		ts.SetClientURL(rr.HTTPURL) // an unspecified host: agents put in the one they dialed
+	}
 	rr.ln = ln
 	// Admitted MCP exchanges are forwarded on the client connection
 	// itself; the http.Server serves the rest (see relay.Handler.ServeConn).
