@@ -22,7 +22,18 @@ func newAgentCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent [--config agent.yaml | --relay HOST:PORT --name NAME --token-file F --pin SHA [--url NAME=URL]... [-- COMMAND ARGS...]]",
 		Short: "Run the agent: dial out to the relay and serve the configured MCP servers",
-		Args:  cobra.ArbitraryArgs,
+		Long: `Run the agent: dial out to the relay and serve the configured MCP servers.
+
+Quick expose, without a configuration file: give the relay, the agent's
+name, its token and the relay's pin (or CA file), then the servers: a
+command after -- (named by --server, or after the command), and/or
+--url NAME=URL. The agent prints the URL clients use:
+
+  mcptun agent --relay relay.example.com:7443 --name dc1 --token-file dc1.token \
+    --pin 3f1c... -- npx -y @modelcontextprotocol/server-memory
+
+` + configHelp("agent.yaml", config.AgentKeys()),
+		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var cfg *config.Agent
 			var err error

@@ -36,7 +36,9 @@ func newRootCmd() *cobra.Command {
 		Short:         "Reach MCP servers inside a private network through an outbound-only tunnel",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       versionString(),
 	}
+	root.SetVersionTemplate("mcptun {{.Version}}\n")
 	root.PersistentFlags().String("log-level", "", "override log.level (debug, info, warn, error)")
 	root.AddCommand(
 		newRelayCmd(),
@@ -69,7 +71,7 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print the version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "mcptun %s\n", version)
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "mcptun %s\n", versionString())
 			return err
 		},
 	}

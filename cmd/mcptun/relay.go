@@ -24,6 +24,7 @@ func newRelayCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "relay",
 		Short: "Run the relay: accept agent tunnels and MCP clients",
+		Long:  "Run the relay: accept agent tunnels and MCP clients.\n\n" + configHelp("relay.yaml", config.RelayKeys()),
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.LoadRelay(path)
