@@ -101,11 +101,13 @@ func (r ProbeResult) Use(mode string) string {
 	return ""
 }
 
-// Probe dials the relay at address over QUIC and over TLS/TCP with
-// tlsConf (see ClientTLS), each for at most timeout, and completes the TLS
-// handshake only: it sends no hello, so a running agent with the same
-// credential is not replaced. It tells whether each transport reaches a
-// relay that the configuration trusts.
+// Probe dials the relay at address over QUIC and over TLS/TCP at once,
+// with tlsConf (see ClientTLS), and completes the TLS handshake only: it
+// sends no hello, so a running agent with the same credential is not
+// replaced. It tells whether each transport reaches a relay that the
+// configuration trusts. TCP gets timeout; QUIC at most what an agent in
+// auto mode waits before it falls back to TCP (DefaultQUICTimeout), as
+// UDP sent where nothing listens is never answered.
 func Probe(ctx context.Context, address string, tlsConf *tls.Config, timeout time.Duration) (ProbeResult, error) {
 	cfg, err := ClientConfig{Name: "probe", Token: "probe", Address: address, TLSConfig: tlsConf}.normalize()
 	if err != nil {
@@ -113,21 +115,26 @@ func Probe(ctx context.Context, address string, tlsConf *tls.Config, timeout tim
 	}
 	log := slog.New(slog.DiscardHandler)
 	var r ProbeResult
+	quicDone := make(chan struct{})
+	go func() {
+		defer close(quicDone)
+		start := time.Now()
+		qctx, cancel := context.WithTimeout(ctx, min(timeout, cfg.QUICTimeout))
+		defer cancel()
+		s, err := dialQUIC(qctx, &cfg, log, nil)
+		r.QUICTime, r.QUIC = time.Since(start), err
+		if err == nil {
+			s.Close()
+		}
+	}()
 	start := time.Now()
-	qctx, cancel := context.WithTimeout(ctx, timeout)
-	s, err := dialQUIC(qctx, &cfg, log, nil)
-	cancel()
-	r.QUICTime, r.QUIC = time.Since(start), err
-	if err == nil {
-		s.Close()
-	}
-	start = time.Now()
 	tctx, cancel := context.WithTimeout(ctx, timeout)
-	s, err = dialTCP(tctx, &cfg, log)
+	s, err := dialTCP(tctx, &cfg, log)
 	cancel()
 	r.TCPTime, r.TCP = time.Since(start), err
 	if err == nil {
 		s.Close()
 	}
+	<-quicDone
 	return r, nil
 }

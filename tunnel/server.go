@@ -568,7 +568,7 @@ func (s *Server) serveTCP(c net.Conn, release func()) {
 	if err := tc.HandshakeContext(hctx); err != nil {
 		var rh tls.RecordHeaderError
 		if errors.As(err, &rh) && rh.Conn != nil && looksLikeHTTP(rh.RecordHeader[:]) {
-			s.answerWrongPort(hctx, c)
+			s.answerWrongPort(hctx, c, false)
 			return
 		}
 		s.log.Debug("tunnel: tls handshake failed", "remote", c.RemoteAddr(), "err", err)
@@ -576,7 +576,7 @@ func (s *Server) serveTCP(c net.Conn, release func()) {
 		return
 	}
 	if tc.ConnectionState().NegotiatedProtocol == alpnHTTP1 {
-		s.answerWrongPort(hctx, tc)
+		s.answerWrongPort(hctx, tc, true)
 		return
 	}
 	ys, err := newYamux(tc, false, TransportTCPYamux, s.log)

@@ -1,6 +1,8 @@
 package tunnel
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -34,16 +36,27 @@ func looksLikeHTTP(b []byte) bool {
 
 // answerWrongPort tells an HTTP client at the tunnel port where to go: one
 // 421 answer with the JSON-RPC shaped body every refusal carries, then the
-// connection closes. What the client sent is read (bounded) before the
-// close, so it reads the answer rather than a reset. (The request itself
-// is not parsed: the TLS record reader may already hold part of it.)
-func (s *Server) answerWrongPort(ctx context.Context, c net.Conn) {
+// connection closes. Over TLS the request head is read first (a client
+// that gets an answer before it sent its request discards it); in plain
+// text the TLS record reader already took the request's first packet.
+// What the client sends afterwards is read (bounded) before the close, so
+// it reads the answer rather than a reset.
+func (s *Server) answerWrongPort(ctx context.Context, c net.Conn, readHead bool) {
 	defer c.Close()
 	dl, ok := ctx.Deadline()
 	if !ok {
 		dl = time.Now().Add(DefaultHandshakeTimeout)
 	}
 	_ = c.SetDeadline(dl)
+	if readHead {
+		br := bufio.NewReaderSize(io.LimitReader(c, 16<<10), 4096)
+		for {
+			line, err := br.ReadSlice('\n')
+			if err != nil || len(bytes.TrimSpace(line)) == 0 {
+				break
+			}
+		}
+	}
 	body, _ := json.Marshal(map[string]any{
 		"jsonrpc": "2.0", "id": nil,
 		"error": map[string]any{"code": -32000, "message": wrongPortMessage, "data": map[string]any{"reason": reasonTunnelPort}},
