@@ -47,12 +47,17 @@ func TestProbeHints(t *testing.T) {
 		{"relay, wrong pin", r.Addr(), "", strings.Repeat("ab", 32), "", "set relay.pin_sha256 to the pin `mcptun cert` printed"},
 		{"relay, other CA", r.Addr(), otherCA, "", "", "set relay.ca_file to the CA that signed it"},
 		{"relay, system roots", r.Addr(), "", "", "", "set relay.ca_file to the CA that signed it"},
+		{"relay, wrong name", r.Addr(), caFile(t), "", "", `the relay's certificate is not valid for "other.test"`},
 		{"plain HTTP port", strings.TrimPrefix(plain.URL, "http://"), "", pin, "", "it looks like the relay's HTTP port (http.listen)"},
 		{"HTTPS port", strings.TrimPrefix(tlsSrv.URL, "https://"), "", PinSHA256(tlsSrv.Certificate()), "", "it looks like the relay's HTTP port (http.listen)"},
 		{"nothing there", closedAddr, "", pin, "", "nothing listens there on TCP"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			conf, err := ClientTLS("127.0.0.1", tc.ca, tc.pin)
+			name := "127.0.0.1"
+			if strings.Contains(tc.name, "wrong name") {
+				name = "other.test"
+			}
+			conf, err := ClientTLS(name, tc.ca, tc.pin)
 			require.NoError(t, err)
 			res, err := Probe(testCtx(t), tc.addr, conf, time.Second)
 			require.NoError(t, err)

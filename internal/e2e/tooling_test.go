@@ -96,6 +96,9 @@ func TestInitCheckRunCall(t *testing.T) {
 	out, err = runMcptun(t, "check", "--relay", relayYAML, "--agent", agentYAML, "--probe")
 	require.NoError(t, err, out)
 	require.Regexp(t, `ok: +relay 127\.0\.0\.1:\d+: QUIC \(UDP\): ok in .*TLS/TCP: ok in .*the agent \(transport auto\) would use quic`, out)
+	out, err = runMcptun(t, "check", "--relay", relayYAML, "--probe")
+	require.NoError(t, err, out)
+	require.Regexp(t, `ok: +relay 127\.0\.0\.1:\d+: .*would use quic`, out, "the relay's own tunnel listener")
 
 	c, _ := newClient(t, url, token)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -144,6 +147,9 @@ func TestCheckCatches(t *testing.T) {
 			b, err := os.ReadFile(other.Key)
 			require.NoError(t, err)
 			write("relay.key", string(b))
+			out, err := runMcptun(t, "relay", "--config", relayYAML)
+			require.Error(t, err, "the relay does not start with it either")
+			require.Contains(t, out, "tunnel.cert_file: tls: private key does not match public key")
 		}, `tunnel.key_file: .*relay.key is not the key of the certificate in .*relay.crt \(tunnel.cert_file\): they do not match`},
 		{"missing command", func() {
 			write("agent.yaml", regexp.MustCompile(`command: \[.*\]`).ReplaceAllString(origAgent, `command: [no-such-mcp-server-4711, --stdio]`))
@@ -173,6 +179,23 @@ func TestCheckCatches(t *testing.T) {
 	}
 	out, err := runMcptun(t, "check", "--relay", relayYAML, "--agent", agentYAML)
 	require.NoError(t, err, "restored: %s", out)
+
+	// A server that starts and fails: --probe shows the end of its stderr.
+	write("agent.yaml", regexp.MustCompile(`command: \[.*\]`).ReplaceAllString(origAgent, `command: [sh, -c, "echo no database at /srv/db >&2; exit 3"]`))
+	out, err = runMcptun(t, "check", "--agent", agentYAML, "--probe", "--timeout", "10s")
+	require.Error(t, err, out)
+	require.Regexp(t, `problem: config .*servers\[0\]: notes: .*its stderr ends: no database at /srv/db`, out)
+	write("agent.yaml", origAgent)
+
+	// A renewed certificate from the same CA: agents with ca_file keep
+	// trusting it; one that expires within 30 days is a warning.
+	out, err = runMcptun(t, "cert", "--dir", dir, "--name", "127.0.0.1", "--days", "10", "--force")
+	require.NoError(t, err, out)
+	require.Contains(t, out, "(existing, reused)")
+	out, err = runMcptun(t, "check", "--relay", relayYAML, "--agent", agentYAML)
+	require.NoError(t, err, out)
+	require.Regexp(t, `warning: config .*tunnel.cert_file: the certificate in .*relay.crt expires on \d{4}-\d\d-\d\d; renew it soon`, out)
+	require.Contains(t, out, "trusts the relay's tunnel certificate for 127.0.0.1")
 }
 
 // TestQuickExpose: an agent without a config file exposes a real npm MCP
