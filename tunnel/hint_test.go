@@ -32,6 +32,17 @@ func TestProbeHints(t *testing.T) {
 	defer plain.Close()
 	tlsSrv := httptest.NewTLSServer(http.NotFoundHandler())
 	defer tlsSrv.Close()
+	// The relay's own HTTPS front: TLS without ALPN (tls.NewListener).
+	cert, _, _ := testCert(t)
+	frontLn, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	front := &http.Server{Handler: http.NotFoundHandler(), ReadHeaderTimeout: 5 * time.Second}
+	frontDone := make(chan struct{})
+	go func() {
+		defer close(frontDone)
+		_ = front.Serve(tls.NewListener(frontLn, &tls.Config{Certificates: []tls.Certificate{cert}}))
+	}()
+	defer func() { front.Close(); <-frontDone }()
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	closedAddr := closed.Addr().String()
@@ -50,6 +61,7 @@ func TestProbeHints(t *testing.T) {
 		{"relay, wrong name", r.Addr(), caFile(t), "", "", `the relay's certificate is not valid for "other.test"`},
 		{"plain HTTP port", strings.TrimPrefix(plain.URL, "http://"), "", pin, "", "it looks like the relay's HTTP port (http.listen)"},
 		{"HTTPS port", strings.TrimPrefix(tlsSrv.URL, "https://"), "", PinSHA256(tlsSrv.Certificate()), "", "it looks like the relay's HTTP port (http.listen)"},
+		{"HTTPS front without ALPN", frontLn.Addr().String(), "", pin, "", "it looks like the relay's HTTP port (http.listen)"},
 		{"nothing there", closedAddr, "", pin, "", "nothing listens there on TCP"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
