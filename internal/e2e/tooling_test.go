@@ -80,10 +80,19 @@ func initDir(t *testing.T) (dir, url, token string) {
 func TestInitCheckRunCall(t *testing.T) {
 	dir, url, token := initDir(t)
 	relayYAML, agentYAML := filepath.Join(dir, "relay.yaml"), filepath.Join(dir, "agent.yaml")
+	// A url server too: the example server over HTTP.
+	wiki := startProc(t, "wiki", nil, mcptunBin, "example-server", "--listen", "127.0.0.1:0", "--notes-dir", t.TempDir())
+	wikiURL := wiki.waitLine(t, regexp.MustCompile(`^listening (http://\S+)$`), 10*time.Second)[1]
+	b, err := os.ReadFile(agentYAML)
+	require.NoError(t, err)
+	withWiki := strings.Replace(string(b), "log: {", "  - {name: wiki, url: \""+wikiURL+"\"}\nlog: {", 1)
+	require.NotEqual(t, string(b), withWiki)
+	require.NoError(t, os.WriteFile(agentYAML, []byte(withWiki), 0o600))
 
 	out, err := runMcptun(t, "check", "--relay", relayYAML, "--agent", agentYAML, "--probe")
 	require.NoError(t, err, out)
 	require.Regexp(t, `ok: +servers\[0\] notes \(stdio\) answers: 5 tool\(s\): .*write_note`, out)
+	require.Regexp(t, `ok: +servers\[1\] wiki \(url\) answers: 5 tool\(s\): .*write_note`, out)
 	require.Regexp(t, `ok: +agent "dc1" is agents\[0\] of .* matches its token_sha256`, out)
 	require.Regexp(t, `ok: +relay.ca_file .* trusts the relay's tunnel certificate for 127.0.0.1`, out)
 	require.Contains(t, out, "nothing listens there", "the relay is not started yet: a warning")
@@ -112,7 +121,7 @@ func TestInitCheckRunCall(t *testing.T) {
 	notes, err := filepath.Glob(filepath.Join(dir, "notes", "hello*"))
 	require.NoError(t, err)
 	require.Len(t, notes, 1, "the note is written by the agent's example server, in init's notes/")
-	b, err := os.ReadFile(notes[0])
+	b, err = os.ReadFile(notes[0])
 	require.NoError(t, err, "the note is written by the agent's example server, in init's notes/")
 	require.Contains(t, string(b), "through the tunnel")
 }
