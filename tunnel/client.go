@@ -436,7 +436,11 @@ func (c *Client) Run(ctx context.Context) error {
 		case err != nil:
 			delay = backoffDelay(failures, cfg.MinBackoff, cfg.MaxBackoff, rand.Float64())
 			failures++
-			c.log.Warn("tunnel: cannot connect to relay", "err", err, "retry_in", delay)
+			if hint := Hint(err); hint != "" {
+				c.log.Warn("tunnel: cannot connect to relay", "err", err, "hint", hint, "retry_in", delay)
+			} else {
+				c.log.Warn("tunnel: cannot connect to relay", "err", err, "retry_in", delay)
+			}
 		default:
 			start := cfg.Clock.Now()
 			up, cause := c.serve(ctx, cs, qd)
@@ -768,6 +772,13 @@ func dialTCP(ctx context.Context, cfg *ClientConfig, log *slog.Logger) (Session,
 		c.Close()
 		return nil, fmt.Errorf("tunnel: dial tcp %s: tls: %w", cfg.Address, err)
 	}
+	// A server that completes TLS without the tunnel's ALPN is not a
+	// relay's tunnel port (the relay's HTTPS front negotiates none): say
+	// so now rather than fail later on garbled yamux frames.
+	if p := tc.ConnectionState().NegotiatedProtocol; p != ALPN {
+		c.Close()
+		return nil, fmt.Errorf("tunnel: dial tcp %s: %w", cfg.Address, &NotTunnelPortError{Negotiated: p})
+	}
 	ys, err := newYamux(tc, true, TransportTCPYamux, log)
 	if err != nil {
 		c.Close()
@@ -876,7 +887,7 @@ func handshake(hctx context.Context, sess Session, cfg *ClientConfig, log *slog.
 	}
 	ctl.SetDeadline(time.Time{})
 	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), beatDone: make(chan struct{}), relayDraining: make(chan struct{}), relayID: a.Relay,
-		offered: sent}
+		offered: sent, clientURL: a.ClientURL}
 	go cs.readControl() // owned by cs: Close waits for it
 	go cs.heartbeat()   // likewise
 	return cs, nil
@@ -924,6 +935,8 @@ type clientSession struct {
 	// relayID is the relay's instance id from the welcome ("" from older
 	// relays).
 	relayID string
+	// clientURL is the welcome's ClientURL, as the relay sent it.
+	clientURL string
 
 	mu    sync.Mutex
 	cause error

@@ -186,6 +186,11 @@ type answer struct {
 	// agent that reaches one relay at two addresses (a load balancer's)
 	// sees it and keeps one tunnel, as two would replace each other.
 	Relay string `json:"relay,omitempty"`
+	// ClientURL, in a welcome, is the base URL MCP clients reach the
+	// relay at (http.public_url, or its http.listen); an empty or
+	// unspecified host means the host the agent dialed. Quick expose
+	// prints the client URL from it.
+	ClientURL string `json:"client_url,omitempty"`
 }
 
 // errBadFrame marks a frame whose length prefix is invalid, as opposed to a

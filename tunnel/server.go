@@ -192,7 +192,8 @@ type Server struct {
 	hsTimeout time.Duration
 	onChange  func(string, bool)
 	tcpTLS    *tls.Config
-	tlsCfg    *tls.Config // the certificate, for the pins Ed25519 agents sign
+	tlsCfg    *tls.Config  // the certificate, for the pins Ed25519 agents sign
+	clientURL atomic.Value // string; see SetClientURL
 
 	tcpLn   net.Listener
 	udpConn net.PacketConn
@@ -329,7 +330,7 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		log:       cfg.Logger,
 		hsTimeout: cfg.HandshakeTimeout,
 		onChange:  cfg.OnAgentChange,
-		tcpTLS:    withALPN(tlsCfg, ALPN),
+		tcpTLS:    withALPN(tlsCfg, ALPN, alpnHTTP1), // http/1.1: see answerWrongPort
 		tlsCfg:    tlsCfg,
 		slots:     make(chan struct{}, maxPendingHandshakes),
 		agents:    make(map[string]*agentReplicas),
@@ -645,8 +646,17 @@ func (s *Server) serveTCP(c net.Conn, release func()) {
 	defer cancel()
 	tc := tls.Server(c, s.tcpTLS)
 	if err := tc.HandshakeContext(hctx); err != nil {
+		var rh tls.RecordHeaderError
+		if errors.As(err, &rh) && rh.Conn != nil && looksLikeHTTP(rh.RecordHeader[:]) {
+			s.answerWrongPort(hctx, c, false)
+			return
+		}
 		s.log.Debug("tunnel: tls handshake failed", "remote", c.RemoteAddr(), "err", err)
 		c.Close()
+		return
+	}
+	if tc.ConnectionState().NegotiatedProtocol == alpnHTTP1 {
+		s.answerWrongPort(hctx, tc, true)
 		return
 	}
 	ys, err := newYamux(tc, false, TransportTCPYamux, s.log)
@@ -741,7 +751,8 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	// Register before the welcome: once the agent believes it is
 	// connected, Dial must find it.
 	s.register(a)
-	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion, Relay: s.id}); err != nil {
+	clientURL, _ := s.clientURL.Load().(string)
+	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion, Relay: s.id, ClientURL: clientURL}); err != nil {
 		s.log.Debug("tunnel: handshake: send welcome", "agent", h.Agent, "remote", remote, "err", err)
 		s.deregister(a)
 		return

@@ -62,7 +62,7 @@ func ClientTLS(serverName, caFile, pinSHA256Hex string) (*tls.Config, error) {
 			}
 			got := sha256.Sum256(cs.PeerCertificates[0].RawSubjectPublicKeyInfo)
 			if subtle.ConstantTimeCompare(got[:], pin[:]) != 1 {
-				return fmt.Errorf("tunnel: relay certificate key has pin %x, want pinned %x", got, pin)
+				return &PinMismatchError{Got: got, Want: pin}
 			}
 			return nil
 		}

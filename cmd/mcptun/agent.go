@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os/signal"
@@ -20,15 +21,37 @@ import (
 func newAgentCmd() *cobra.Command {
 	var path string
 	var watch bool
+	var quick exposeFlags
 	cmd := &cobra.Command{
-		Use:   "agent",
+		Use:   "agent [--config agent.yaml | --relay HOST:PORT --name NAME --token-file F --pin SHA [--url NAME=URL]... [-- COMMAND ARGS...]]",
 		Short: "Run the agent: dial out to the relay and serve the configured MCP servers",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Long: `Run the agent: dial out to the relay and serve the configured MCP servers.
+
+Quick expose, without a configuration file: give the relay, the agent's
+name, its token and the relay's pin (or CA file), then the servers: a
+command after -- (named by --server, or after the command), and/or
+--url NAME=URL. The agent prints the URL clients use:
+
+  mcptun agent --relay relay.example.com:7443 --name dc1 --token-file dc1.token \
+    --pin 3f1c... -- npx -y @modelcontextprotocol/server-memory
+
+` + configHelp("agent.yaml", config.AgentKeys()),
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
 			// Before anything else: SIGHUP reloads, it never ends the agent.
 			hup := notifyHUP()
 			defer signal.Ignore(syscall.SIGHUP)
-			cfg, err := config.LoadAgent(path)
+			var cfg *config.Agent
+			var err error
+			quickMode := quick.used(cmd, args)
+			switch {
+			case quickMode && cmd.Flags().Changed("config"):
+				return fmt.Errorf("agent: give --config FILE or the quick expose flags (--relay, --name, ..., -- COMMAND), not both")
+			case quickMode:
+				cfg, err = quick.config(args)
+			default:
+				cfg, err = config.LoadAgent(path)
+			}
 			if err != nil {
 				return err
 			}
@@ -44,10 +67,26 @@ func newAgentCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rl := newReloader(path, cfg, config.LoadAgent, func(c *config.Agent) []*config.Error { return c.Warnings }, log,
-				ra.reloadParts(cmd, level, log)...)
 			var reloads sync.WaitGroup
-			reloads.Go(func() { runReloads(ctx, hup, path, watch, log, rl.reload) })
+			if quickMode {
+				// No file to reload from; SIGHUP still never ends it.
+				reloads.Go(func() {
+					runReloads(ctx, hup, "", false, log, func(string) error {
+						log.Info("SIGHUP: nothing to reload: quick expose runs without a configuration file")
+						return nil
+					})
+				})
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					printClientURLs(ctx, cmd.OutOrStdout(), ra, cfg)
+				}()
+				defer func() { <-done }()
+			} else {
+				rl := newReloader(path, cfg, config.LoadAgent, func(c *config.Agent) []*config.Error { return c.Warnings }, log,
+					ra.reloadParts(cmd, level, log)...)
+				reloads.Go(func() { runReloads(ctx, hup, path, watch, log, rl.reload) })
+			}
 			<-ctx.Done()
 			reloads.Wait()
 			grace, stop := drainContext(cfg.ShutdownGrace, log)
@@ -57,6 +96,7 @@ func newAgentCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "agent.yaml", "agent configuration file")
 	cmd.Flags().BoolVar(&watch, "watch-config", true, "reload the configuration when its file changes (SIGHUP always reloads)")
+	quick.register(cmd)
 	return cmd
 }
 

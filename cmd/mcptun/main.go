@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -37,7 +36,9 @@ func newRootCmd() *cobra.Command {
 		Short:         "Reach MCP servers inside a private network through an outbound-only tunnel",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       versionString(),
 	}
+	root.SetVersionTemplate("mcptun {{.Version}}\n")
 	root.PersistentFlags().String("log-level", "", "override log.level (debug, info, warn, error)")
 	root.AddCommand(
 		newRelayCmd(),
@@ -45,6 +46,8 @@ func newRootCmd() *cobra.Command {
 		newDemoCmd(),
 		newBenchCmd(),
 		newCheckCmd(),
+		newCertCmd(),
+		newInitCmd(),
 		newTokenCmd(),
 		newKeyCmd(),
 		newExampleServerCmd(),
@@ -71,44 +74,10 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print the version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "mcptun %s\n", version)
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "mcptun %s\n", versionString())
 			return err
 		},
 	}
-}
-
-func newCheckCmd() *cobra.Command {
-	var relayPath, agentPath string
-	cmd := &cobra.Command{
-		Use:   "check",
-		Short: "Validate configuration files and report every problem",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if relayPath == "" && agentPath == "" {
-				return fmt.Errorf("check: give --relay FILE and/or --agent FILE")
-			}
-			if relayPath != "" {
-				c, err := config.LoadRelay(relayPath)
-				if err != nil {
-					return err
-				}
-				printWarnings(cmd.ErrOrStderr(), c.Warnings)
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", relayPath)
-			}
-			if agentPath != "" {
-				c, err := config.LoadAgent(agentPath)
-				if err != nil {
-					return err
-				}
-				printWarnings(cmd.ErrOrStderr(), c.Warnings)
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", agentPath)
-			}
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&relayPath, "relay", "", "relay configuration file")
-	cmd.Flags().StringVar(&agentPath, "agent", "", "agent configuration file")
-	return cmd
 }
 
 // closeTimeout bounds closing a role once its drain is over: the answers
@@ -146,13 +115,6 @@ func graceLeft(ctx context.Context) time.Duration {
 		return 0
 	}
 	return time.Until(dl).Round(time.Millisecond)
-}
-
-// printWarnings prints the problems a configuration loaded with, for check.
-func printWarnings(w io.Writer, warnings []*config.Error) {
-	for _, e := range warnings {
-		fmt.Fprintf(w, "warning: %v\n", e)
-	}
 }
 
 // logWarnings logs the problems a configuration loaded with, at start.

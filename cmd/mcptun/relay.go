@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -28,6 +29,7 @@ func newRelayCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "relay",
 		Short: "Run the relay: accept agent tunnels and MCP clients",
+		Long:  "Run the relay: accept agent tunnels and MCP clients.\n\n" + configHelp("relay.yaml", config.RelayKeys()),
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// Before anything else: SIGHUP reloads, it never ends the relay.
@@ -197,6 +199,11 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 		ln = tls.NewListener(ln, &tls.Config{GetCertificate: rr.getHTTPCert, MinVersion: tls.VersionTLS12})
 	}
 	rr.HTTPURL = scheme + "://" + ln.Addr().String()
+	if cfg.HTTP.PublicURL != "" {
+		ts.SetClientURL(strings.TrimRight(cfg.HTTP.PublicURL, "/"))
+	} else {
+		ts.SetClientURL(rr.HTTPURL) // an unspecified host: agents put in the one they dialed
+	}
 	rr.ln = ln
 	// Admitted MCP exchanges are forwarded on the client connection
 	// itself; the http.Server serves the rest (see relay.Handler.ServeConn).

@@ -12,12 +12,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"go.uber.org/goleak"
 
 	"github.com/mcptun/mcptun/internal/config"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type reloadCall struct{ trigger, content string }
 

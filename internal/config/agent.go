@@ -155,6 +155,20 @@ func LoadAgent(path string) (*Agent, error) {
 	return &c, nil
 }
 
+// ValidateAgent validates an agent configuration made in code (the quick
+// expose flags of mcptun agent) as LoadAgent does a file's, reading the
+// token from relay.token_file and filling in defaults. Errors name what
+// as their file (e.g. "(command line)").
+func ValidateAgent(c *Agent, what string) error {
+	p := &problems{file: what}
+	c.validate(p, "")
+	if err := p.err(); err != nil {
+		return err
+	}
+	c.Warnings = p.warnings
+	return nil
+}
+
 func (c *Agent) validate(p *problems, path string) {
 	checkName(p, "name", c.Name)
 	checkRelayAddresses(p, c.Relay.Address)
@@ -173,7 +187,9 @@ func (c *Agent) validate(p *problems, path string) {
 	}
 	if c.Relay.PinSHA256 != "" {
 		c.Relay.PinSHA256 = strings.ToLower(strings.ReplaceAll(c.Relay.PinSHA256, ":", ""))
-		checkSHA256(p, "relay.pin_sha256", c.Relay.PinSHA256)
+		if _, ok := DecodeSHA256Hex(c.Relay.PinSHA256); !ok {
+			p.add("relay.pin_sha256", "must be the 64 hex characters of the relay certificate's pin (mcptun cert prints it; so does mcptun check --relay relay.yaml)")
+		}
 	}
 	if c.Relay.Transport == "" {
 		c.Relay.Transport = "auto"

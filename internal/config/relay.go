@@ -61,6 +61,10 @@ type RelayHTTP struct {
 	// WriteTimeout cuts a client that accepts no bytes of its answer this
 	// long (a GET stream nobody reads).
 	WriteTimeout time.Duration `mapstructure:"write_timeout"`
+	// PublicURL is the base URL MCP clients reach the relay at, when it
+	// is not http.listen (a proxy or load balancer in front); agents are
+	// told it and quick expose prints client URLs from it.
+	PublicURL string `mapstructure:"public_url"`
 }
 
 // Defaults of the relay's client connection limits (http.*).
@@ -160,6 +164,9 @@ func (c *Relay) validate(p *problems, path string) {
 		checkSecretMode(p, "http.key_file", c.HTTP.KeyFile)
 	}
 	checkOrigins(p, "http.allowed_origins", c.HTTP.AllowedOrigins)
+	if c.HTTP.PublicURL != "" {
+		checkURL(p, "http.public_url", c.HTTP.PublicURL)
+	}
 	c.HTTP.validateLimits(p)
 
 	if len(c.Agents) == 0 {

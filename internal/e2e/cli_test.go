@@ -48,7 +48,7 @@ servers: [{name: notes, command: [x]}]
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "agent.token"), []byte("s3cret\n"), 0o600))
 	require.NoError(t, os.WriteFile(agentCfg, []byte(`name: dc1
 relay: {address: "127.0.0.1:1", token_file: agent.token}
-servers: [{name: notes, command: [x]}]
+servers: [{name: notes, command: [sh]}]
 `), 0o600))
 	out, err = exec.Command(mcptunBin, "check", "--agent", agentCfg).CombinedOutput()
 	require.NoError(t, err, string(out))
@@ -60,7 +60,9 @@ servers: [{name: notes, command: [x]}]
 }
 
 // TestCheckExamples: the shipped examples pass `mcptun check` once the
-// files they name exist.
+// files they name exist: a certificate for the name the agent dials, the
+// token whose hash relay.yaml lists (the example's placeholder, "test"),
+// the stdio server's program.
 func TestCheckExamples(t *testing.T) {
 	dir := t.TempDir()
 	for _, f := range []string{"relay.yaml", "agent.yaml"} {
@@ -68,12 +70,13 @@ func TestCheckExamples(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(filepath.Join(dir, f), b, 0o600))
 	}
-	for _, f := range []string{"agent.token", "relay.crt", "relay.key"} {
-		require.NoError(t, os.WriteFile(filepath.Join(dir, f), []byte("x\n"), 0o600))
-	}
-	out, err := exec.Command(mcptunBin, "check", "--relay", filepath.Join(dir, "relay.yaml"), "--agent", filepath.Join(dir, "agent.yaml")).CombinedOutput()
+	out, err := exec.Command(mcptunBin, "cert", "--dir", dir, "--name", "relay.example.com").CombinedOutput()
 	require.NoError(t, err, string(out))
-	require.Equal(t, 2, strings.Count(string(out), ": ok"))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "agent.token"), []byte("test\n"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "notes-server"), []byte("#!/bin/sh\n"), 0o700))
+	out, err = exec.Command(mcptunBin, "check", "--relay", filepath.Join(dir, "relay.yaml"), "--agent", filepath.Join(dir, "agent.yaml")).CombinedOutput()
+	require.NoError(t, err, string(out))
+	require.Equal(t, 2, strings.Count(string(out), ".yaml: ok"), string(out))
 }
 
 // TestTokenCommands: `token new` prints a token and its hash; `token hash`
