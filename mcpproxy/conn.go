@@ -62,6 +62,9 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 // (answered on the connection by the bridge's ServeHTTP), counted in
 // flight unless it is a GET stream; after Drain it refuses it.
 func (h *Handler) route(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
+	if h.audit != nil {
+		return h.auditRoute(head)
+	}
 	name, ok := fastServer(head)
 	if !ok || h.isClosed() {
 		return nil

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcptun/mcptun/internal/audit"
 	"github.com/mcptun/mcptun/internal/httpfwd"
 	"github.com/mcptun/mcptun/internal/ratelimit"
 )
@@ -162,6 +163,10 @@ type Options struct {
 	// configured headers (its credentials) anywhere else. An exchange
 	// whose upstream resolves outside gets 502 and a logged reason.
 	UpstreamNetworks []netip.Prefix
+	// Audit, if set, gets a line for every JSON-RPC message of every
+	// exchange the handler serves, refusals included (see audit.go). The
+	// caller owns it (and closes it after Close).
+	Audit *audit.Log
 }
 
 const (
@@ -186,6 +191,7 @@ type Handler struct {
 	limits  map[string]*ratelimit.Limiter // by server; absent: no limit
 	guard   *originGuard
 	fast    *httpfwd.FastPath // see conn.go
+	audit   *audit.Log        // nil: off
 	stdio   []*stdioServer
 	proxies []*httpServer
 	// inflight counts the exchanges in progress, GET streams aside (they
@@ -227,7 +233,7 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 		opts.WriteTimeout = defaultWriteTimeout
 	}
 	h := &Handler{log: opts.Logger, opts: opts, servers: make(map[string]http.Handler), limits: make(map[string]*ratelimit.Limiter),
-		inflight: httpfwd.NewInflight()}
+		inflight: httpfwd.NewInflight(), audit: opts.Audit}
 	h.leave = h.inflight.Leave
 	if len(servers) == 0 {
 		return nil, errors.New("mcpproxy: no servers configured")
@@ -347,6 +353,10 @@ func isHopByHop(k string) bool {
 
 // ServeHTTP routes /{server}/mcp to the server's handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.audit != nil && !auditing(r) {
+		h.auditServe(w, r)
+		return
+	}
 	name, rest, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
 	srv := h.servers[name]
 	if !ok || rest != "mcp" || srv == nil || !strings.HasPrefix(r.URL.Path, "/") {
