@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mcptun/mcptun/internal/audit"
 	"github.com/mcptun/mcptun/internal/config"
 	"github.com/mcptun/mcptun/internal/httpfwd"
 	"github.com/mcptun/mcptun/mcpproxy"
@@ -56,6 +57,8 @@ type runningAgent struct {
 	serve   *httpfwd.ConnServer
 	http    *http.Server
 	debug   *debugServer
+	audit   *audit.Log // nil: off
+	log     *slog.Logger
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 }
@@ -80,7 +83,12 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 		}
 		offered[i] = tunnel.OfferedServer{Name: s.Name, Kind: kind}
 	}
+	trail, err := openAudit(cfg, log)
+	if err != nil {
+		return nil, err
+	}
 	handler, err := mcpproxy.NewHandler(servers, mcpproxy.Options{
+		Audit:       trail,
 		Logger:      log.With("component", "mcp"),
 		IdleTimeout: cfg.IdleTimeout,
 		// The relay sends every exchange with Host: <agent name>.
@@ -89,6 +97,7 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 		UpstreamNetworks: cfg.UpstreamPrefixes,
 	})
 	if err != nil {
+		closeAudit(trail, log)
 		return nil, err
 	}
 	relays, err := tunnel.NewMulti(tunnel.MultiConfig{
@@ -107,9 +116,10 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	})
 	if err != nil {
 		_ = handler.Close()
+		closeAudit(trail, log)
 		return nil, err
 	}
-	ra := &runningAgent{Relays: relays, handler: handler}
+	ra := &runningAgent{Relays: relays, handler: handler, audit: trail, log: log}
 	runCtx, cancel := context.WithCancel(ctx)
 	ra.cancel = cancel
 	// Exchanges for url: servers are answered on the streams themselves;
@@ -189,5 +199,7 @@ func (ra *runningAgent) close(flush time.Duration) error {
 	_ = ra.Relays.Listener().Close()
 	ra.debug.Close()
 	ra.wg.Wait()
+	// Last: the exchanges cut above wrote their lines.
+	closeAudit(ra.audit, ra.log)
 	return err
 }
