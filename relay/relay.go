@@ -231,6 +231,8 @@ type Handler struct {
 	cutLog   *logging.Limit // clients cut for a timeout
 	guard    *authguard.Guard
 	stallN   int
+	// transports says an agent's tunnel transport, for the access line.
+	transports AgentTransports
 
 	mu       sync.Mutex
 	perAgent map[string]*perAgent // so one agent's reconnect drops only its streams
@@ -255,6 +257,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 	}
 	h.leave = h.inflight.Leave
 	h.draining, _ = cfg.Agents.(DrainingAgents)
+	h.transports, _ = cfg.Agents.(AgentTransports)
 	h.replicas, _ = cfg.Agents.(ReplicaAgents)
 	if h.stallN <= 0 {
 		h.stallN = DefaultMaxStalledPerAgent
@@ -301,6 +304,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// forwarded one per write, see stallWriter); net/http's server would
 	// otherwise keep a deadline left from an earlier exchange.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.limits.WriteTimeout))
+	if r.URL.Path != "/healthz" && h.accessEnabled(r.Context()) {
+		h.serveAccess(w, r)
+		return
+	}
 	h.mux.ServeHTTP(w, r)
 }
 
@@ -388,9 +395,17 @@ func (h *Handler) serveMCP(w http.ResponseWriter, r *http.Request) {
 		if ref.header != "" {
 			w.Header().Set(ref.header, ref.value)
 		}
+		if ref.status != http.StatusUnauthorized && ref.reason != "auth_throttled" && h.accessEnabled(r.Context()) {
+			// Who was refused, for the access line: admit knew (it
+			// refuses an unknown token with 401), but says only why.
+			if c, _ := h.authenticate(r.Header.Get("Authorization")); c != nil {
+				noteAccess(w, c.Name, "")
+			}
+		}
 		writeError(w, ref.status, ref.reason, ref.msg)
 		return
 	}
+	noteAccess(w, adm.client.Name, "")
 	h.forward(w, r, adm, agent, server)
 }
 

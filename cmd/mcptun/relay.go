@@ -89,6 +89,9 @@ func (a tunnelAgents) Dial(ctx context.Context, agent string) (net.Conn, error) 
 
 func (a tunnelAgents) AgentDraining(agent string) bool { return a.srv.AgentDraining(agent) }
 
+// AgentTransport is for the relay's access line.
+func (a tunnelAgents) AgentTransport(agent string) string { return a.srv.Transport(agent) }
+
 func (a tunnelAgents) PickReplica(agent, server, tag string) (string, relay.ReplicaRoute) {
 	tag, route := a.srv.Route(agent, server, tag)
 	switch route {
