@@ -38,7 +38,8 @@ var refusalReasons = map[string]bool{
 	reasonOriginNotAllowed: true, reasonNotFound: true, reasonSessionNotFound: true, reasonMethodNotAllowed: true,
 	reasonNotAcceptable: true, reasonStreamConflict: true, reasonBodyTooLarge: true, reasonUnsupportedMedia: true,
 	reasonRateLimited: true, reasonUnavailable: true, reasonAgentDraining: true, reasonNotImplemented: true,
-	reasonSessionLimit: true, reasonClientSessionLimit: true, reasonConcurrencyLimit: true, reasonClientConcurrencyLimit: true,
+	// The stdio bridge's limits (limits.go, unix only).
+	"session_limit": true, "client_session_limit": true, "concurrency_limit": true, "client_concurrency_limit": true,
 }
 
 // answerKeep bounds what of an answer (a JSON body, one SSE event) is

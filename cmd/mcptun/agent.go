@@ -11,6 +11,7 @@ import (
 
 	"github.com/mcptun/mcptun/internal/audit"
 	"github.com/mcptun/mcptun/internal/config"
+	"github.com/mcptun/mcptun/internal/logging"
 	"github.com/mcptun/mcptun/internal/httpfwd"
 	"github.com/mcptun/mcptun/mcpproxy"
 	"github.com/mcptun/mcptun/tunnel"
@@ -27,10 +28,13 @@ func newAgentCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log, err := newLogger(cmd, cfg.Log)
+			log, level, err := newLeveledLogger(cmd, cfg.Log)
 			if err != nil {
 				return err
 			}
+			// SIGUSR1: debug, SIGUSR2: the configured level, while the
+			// role runs (its drain included).
+			defer logging.WatchSignals(context.Background(), level, log)()
 			logWarnings(log, cfg.Warnings)
 			// The first signal ends ctx and starts the drain; the agent
 			// itself runs on until the drain is over.

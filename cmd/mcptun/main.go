@@ -56,11 +56,18 @@ func newRootCmd() *cobra.Command {
 // newLogger builds the role's logger on stderr from its config, honouring
 // --log-level.
 func newLogger(cmd *cobra.Command, lc config.Log) (*slog.Logger, error) {
+	log, _, err := newLeveledLogger(cmd, lc)
+	return log, err
+}
+
+// newLeveledLogger is newLogger with the level a running role can change
+// (logging.WatchSignals; an admin endpoint may call Level.SetText).
+func newLeveledLogger(cmd *cobra.Command, lc config.Log) (*slog.Logger, *logging.Level, error) {
 	level := lc.Level
 	if l, _ := cmd.Flags().GetString("log-level"); l != "" {
 		level = l
 	}
-	return logging.New(cmd.ErrOrStderr(), level, lc.Format)
+	return logging.NewLeveled(cmd.ErrOrStderr(), level, lc.Format)
 }
 
 func newVersionCmd() *cobra.Command {

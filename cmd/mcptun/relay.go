@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mcptun/mcptun/internal/config"
+	"github.com/mcptun/mcptun/internal/logging"
 	"github.com/mcptun/mcptun/internal/httpfwd"
 	"github.com/mcptun/mcptun/relay"
 	"github.com/mcptun/mcptun/tunnel"
@@ -29,10 +30,13 @@ func newRelayCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log, err := newLogger(cmd, cfg.Log)
+			log, level, err := newLeveledLogger(cmd, cfg.Log)
 			if err != nil {
 				return err
 			}
+			// SIGUSR1: debug, SIGUSR2: the configured level, while the
+			// role runs (its drain included).
+			defer logging.WatchSignals(context.Background(), level, log)()
 			logWarnings(log, cfg.Warnings)
 			ctx := cmd.Context()
 			tlsCert, err := tls.LoadX509KeyPair(cfg.Tunnel.CertFile, cfg.Tunnel.KeyFile)
