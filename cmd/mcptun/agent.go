@@ -11,8 +11,8 @@ import (
 
 	"github.com/mcptun/mcptun/internal/audit"
 	"github.com/mcptun/mcptun/internal/config"
-	"github.com/mcptun/mcptun/internal/logging"
 	"github.com/mcptun/mcptun/internal/httpfwd"
+	"github.com/mcptun/mcptun/internal/logging"
 	"github.com/mcptun/mcptun/mcpproxy"
 	"github.com/mcptun/mcptun/tunnel"
 )
