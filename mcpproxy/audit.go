@@ -55,10 +55,10 @@ func auditing(r *http.Request) bool { return r.Context().Value(auditedKey{}) != 
 // auditServe serves r through ServeHTTP and records it.
 func (h *Handler) auditServe(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	body := &auditBody{}
+	body := &auditBody{max: h.auditMax}
 	if r.Body != nil && r.Body != http.NoBody {
 		body.rc = r.Body
-		if n := r.ContentLength; n > 0 && n <= audit.MaxBody {
+		if n := r.ContentLength; n > 0 && n <= int64(h.auditMax) {
 			body.readAhead(n)
 		}
 		r.Body = body
@@ -88,10 +88,11 @@ func (h *Handler) serveAudited(ctx context.Context, w http.ResponseWriter, head 
 	h.auditServe(w, r)
 }
 
-// auditBody is a request body that keeps what passes, up to
-// audit.MaxBody, and counts it all.
+// auditBody is a request body that keeps what passes, up to max
+// (audit.MaxBody; tests lower it), and counts it all.
 type auditBody struct {
 	rc      io.ReadCloser
+	max     int // what is kept at most
 	kept    []byte
 	n       int64
 	over    bool   // more than MaxBody passed: kept is not the whole body
@@ -122,7 +123,7 @@ func (b *auditBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	b.n += int64(n)
 	if n > 0 && !b.over {
-		if len(b.kept)+n > audit.MaxBody {
+		if len(b.kept)+n > b.max {
 			b.over, b.kept = true, nil
 		} else {
 			b.kept = append(b.kept, p[:n]...)

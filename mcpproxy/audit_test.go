@@ -117,6 +117,25 @@ func TestAuditStdio(t *testing.T) {
 	require.EqualValues(t, 204, del["status"])
 }
 
+// A body over what the audit keeps is recorded as unread: method, name
+// and arguments unknown, its bytes counted.
+func TestAuditBodyUnread(t *testing.T) {
+	l, path := openAudit(t, false)
+	b := newBridge(t, Options{Audit: l})
+	b.h.auditMax = 64 << 10
+	sid := b.initializeAs(t, "alice")
+	huge := strings.Repeat("y", 100<<10)
+	out := b.callAs(t, sid, "alice", `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","arguments":{"text":"`+huge+`"}}}`)
+	require.Contains(t, out, "yyy")
+	require.NoError(t, b.h.Close())
+	lines := auditLines(t, l, path)
+	unread := lines[len(lines)-1]
+	require.Equal(t, true, unread["body_unread"], "%v", unread)
+	require.Nil(t, unread["method"])
+	require.Equal(t, "ok", unread["outcome"])
+	require.Greater(t, unread["bytes_in"].(float64), float64(100<<10))
+}
+
 func (b *bridge) callAs(t *testing.T, sid, client, body string) string {
 	t.Helper()
 	st, out := b.status(t, http.MethodPost, sid, body, as(client)...)
@@ -208,6 +227,7 @@ func TestAuditURLServer(t *testing.T) {
 	require.NotNil(t, large)
 	require.Equal(t, "ok", large["outcome"], "%v", large)
 	require.Greater(t, large["bytes_in"].(float64), float64(2<<20))
+
 }
 
 // BenchmarkAuditURLServer is BenchmarkURLServer with the audit off and

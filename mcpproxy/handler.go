@@ -191,7 +191,6 @@ type Handler struct {
 	limits  map[string]*ratelimit.Limiter // by server; absent: no limit
 	guard   *originGuard
 	fast    *httpfwd.FastPath // see conn.go
-	audit   *audit.Log        // nil: off
 	stdio   []*stdioServer
 	proxies []*httpServer
 	// inflight counts the exchanges in progress, GET streams aside (they
@@ -204,6 +203,11 @@ type Handler struct {
 	wg     sync.WaitGroup // per-session goroutines (stdout, stderr, reaper)
 	// release is the pending releaseMemorySoon, if any.
 	release *time.Timer
+
+	// The audit trail (audit.go); nil: off. auditMax bounds the request
+	// body it keeps (audit.MaxBody).
+	audit    *audit.Log
+	auditMax int
 }
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -233,7 +237,7 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 		opts.WriteTimeout = defaultWriteTimeout
 	}
 	h := &Handler{log: opts.Logger, opts: opts, servers: make(map[string]http.Handler), limits: make(map[string]*ratelimit.Limiter),
-		inflight: httpfwd.NewInflight(), audit: opts.Audit}
+		inflight: httpfwd.NewInflight(), audit: opts.Audit, auditMax: audit.MaxBody}
 	h.leave = h.inflight.Leave
 	if len(servers) == 0 {
 		return nil, errors.New("mcpproxy: no servers configured")

@@ -117,8 +117,13 @@ func TestAccessLine(t *testing.T) {
 	require.Equal(t, 200, send("/dc1/wiki/mcp", "slow-token", call, false))
 	require.Equal(t, 429, send("/dc1/wiki/mcp", "slow-token", call, false))
 
+	resp, err := http.Get(base + "/healthz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+
 	lines := logs.accessLines(t)
-	require.Len(t, lines, 9, "%s", logs)
+	require.Len(t, lines, 9, "%s (no line for /healthz)", logs)
 	want := []struct {
 		client, agent, server, method, reason, path string
 		status                                      float64
