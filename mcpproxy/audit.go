@@ -369,26 +369,30 @@ func (h *Handler) describe(rec *audit.Record, m *Message, raw []byte) {
 	if m.Kind != KindRequest && m.Kind != KindNotification {
 		return
 	}
-	var v struct {
-		Params json.RawMessage `json:"params"`
-	}
-	if json.Unmarshal(raw, &v) != nil || len(v.Params) == 0 || string(v.Params) == "null" {
+	// The peeker, not a decoder: Peek has validated raw already.
+	top, err := members(raw, skipWS(raw, 0), auditTopKeys)
+	pv, ok := top.get("params")
+	if err != nil || !ok || string(raw[pv.start:pv.end]) == "null" {
 		return
 	}
-	var p struct {
-		Name      json.RawMessage `json:"name"`
-		URI       json.RawMessage `json:"uri"`
-		Arguments json.RawMessage `json:"arguments"`
-	}
-	_ = json.Unmarshal(v.Params, &p)
-	args := v.Params
-	switch {
-	case m.Method == "tools/call":
-		rec.Name, args = m.ToolName, p.Arguments
-	case m.Method == "prompts/get":
-		rec.Name, args = jsonString(p.Name), p.Arguments
-	case strings.HasPrefix(m.Method, "resources/"):
-		rec.Name = jsonString(p.URI)
+	params := raw[pv.start:pv.end]
+	args := params
+	if params[0] == '{' {
+		ps, err := members(raw, pv.start, auditParamsKeys)
+		get := func(k string) []byte {
+			if v, ok := ps.get(k); ok && err == nil {
+				return raw[v.start:v.end]
+			}
+			return nil
+		}
+		switch {
+		case m.Method == "tools/call":
+			rec.Name, args = m.ToolName, get("arguments")
+		case m.Method == "prompts/get":
+			rec.Name, args = jsonString(get("name")), get("arguments")
+		case strings.HasPrefix(m.Method, "resources/"):
+			rec.Name = jsonString(get("uri"))
+		}
 	}
 	rec.Name = clipString(rec.Name, 1024)
 	if len(args) == 0 {
@@ -405,9 +409,19 @@ func (h *Handler) describe(rec *audit.Record, m *Message, raw []byte) {
 	}
 }
 
-func jsonString(raw json.RawMessage) string {
-	var s string
-	if json.Unmarshal(raw, &s) != nil {
+// The members describe looks for.
+var (
+	auditTopKeys    = []string{"params"}
+	auditParamsKeys = []string{"name", "uri", "arguments"}
+)
+
+// jsonString decodes a JSON string value ("" if it is none).
+func jsonString(raw []byte) string {
+	if len(raw) < 2 || raw[0] != '"' {
+		return ""
+	}
+	s, err := decodeString(raw)
+	if err != nil {
 		return ""
 	}
 	return s

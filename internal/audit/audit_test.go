@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -254,6 +256,64 @@ func FuzzVerifyLine(f *testing.F) {
 		p, err := parseLine(line)
 		if err != nil || p.Prev != h1 || p.Seq != 2 || sum(line[:len(line)-hashSuffixLen]) != p.Hash {
 			t.Fatalf("accepted a line that does not chain: %q", line)
+		}
+	})
+}
+
+func TestRecordLineIsJSON(t *testing.T) {
+	r := rec(1)
+	r.Client = "a\"b\\c\x01\xff"
+	r.Arguments = json.RawMessage(`{"a":1}`)
+	r.BatchIndex, r.BatchSize, r.Code, r.Reason, r.Unread = 1, 2, -32000, "rate_limited", true
+	mid, err := r.marshal()
+	require.NoError(t, err)
+	line, _ := appendLine(nil, 1, mid, Genesis)
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(line, &m), "%s", line)
+	require.Equal(t, "a\"b\\c\x01\uFFFD", m["client"])
+	require.Equal(t, map[string]any{"a": 1.0}, m["arguments"])
+	require.EqualValues(t, 2, m["batch_size"])
+	require.Equal(t, true, m["body_unread"])
+	r.ID = json.RawMessage(`{bad`)
+	_, err = r.marshal()
+	require.Error(t, err)
+}
+
+// FuzzCanonical: Canonical accepts what encoding/json accepts (valid
+// UTF-8, sane depth), means the same value, and is its own fixed point.
+func FuzzCanonical(f *testing.F) {
+	f.Add([]byte(`{"b": [1, 2.50, "x<y\u2028"], "a": {"d": null, "c": true}, "a": 1}`))
+	f.Add([]byte(`"\ud800"`))
+	f.Add([]byte(`[{"":{}},[],-0.0e+1]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Canonical(b)
+		if !json.Valid(b) {
+			if err == nil {
+				t.Fatalf("accepted invalid JSON %q as %q", b, c)
+			}
+			return
+		}
+		if !utf8.Valid(b) || bytes.Count(b, []byte("["))+bytes.Count(b, []byte("{")) > 900 {
+			return
+		}
+		if err != nil {
+			t.Fatalf("refused %q: %v", b, err)
+		}
+		decode := func(x []byte) any {
+			d := json.NewDecoder(bytes.NewReader(x))
+			d.UseNumber()
+			var v any
+			if err := d.Decode(&v); err != nil {
+				t.Fatalf("decode %q: %v", x, err)
+			}
+			return v
+		}
+		if !reflect.DeepEqual(decode(b), decode(c)) {
+			t.Fatalf("%q became %q: another value", b, c)
+		}
+		again, err := Canonical(c)
+		if err != nil || !bytes.Equal(again, c) {
+			t.Fatalf("not a fixed point: %q -> %q (%v)", c, again, err)
 		}
 	})
 }

@@ -12,12 +12,15 @@
 package audit
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Genesis is the "prev" of the first line of a trail.
@@ -74,26 +77,75 @@ type Record struct {
 	Unread          bool            `json:"body_unread,omitempty"`
 }
 
-// wire is Record with the fields the encoder cannot render as the line
-// wants them.
-type wire struct {
-	Time       string  `json:"time"`
-	DurationMS float64 `json:"duration_ms"`
-	*Record
+// marshal renders r as the middle of a line: its JSON members without
+// the braces, in a fixed order (appended by hand: the audit runs on every
+// exchange).
+func (r *Record) marshal() ([]byte, error) {
+	b := make([]byte, 0, 256+len(r.Arguments))
+	b = append(b, `"time":"`...)
+	b = r.Time.UTC().AppendFormat(b, TimeFormat)
+	b = append(b, `","duration_ms":`...)
+	b = strconv.AppendFloat(b, float64(r.Duration.Microseconds())/1000, 'f', -1, 64)
+	b = str(b, "client", r.Client, true)
+	b = str(b, "agent", r.Agent, true)
+	b = str(b, "server", r.Server, true)
+	b = str(b, "session", r.Session, false)
+	b = str(b, "http", r.HTTP, true)
+	b = str(b, "kind", r.Kind, false)
+	b = str(b, "method", r.Method, false)
+	if len(r.ID) > 0 {
+		if !json.Valid(r.ID) {
+			return nil, fmt.Errorf("audit: record id %q is not JSON", r.ID)
+		}
+		b = append(b, `,"id":`...)
+		b = append(b, r.ID...)
+	}
+	b = str(b, "name", r.Name, false)
+	if r.BatchSize > 0 {
+		b = append(b, `,"batch_index":`...)
+		b = strconv.AppendInt(b, int64(r.BatchIndex), 10)
+		b = append(b, `,"batch_size":`...)
+		b = strconv.AppendInt(b, int64(r.BatchSize), 10)
+	}
+	b = str(b, "outcome", r.Outcome, true)
+	b = append(b, `,"status":`...)
+	b = strconv.AppendInt(b, int64(r.Status), 10)
+	if r.Code != 0 {
+		b = append(b, `,"code":`...)
+		b = strconv.AppendInt(b, int64(r.Code), 10)
+	}
+	b = str(b, "reason", r.Reason, false)
+	b = append(b, `,"bytes_in":`...)
+	b = strconv.AppendInt(b, r.BytesIn, 10)
+	b = append(b, `,"bytes_out":`...)
+	b = strconv.AppendInt(b, r.BytesOut, 10)
+	b = str(b, "arguments_sha256", r.ArgumentsSHA256, false)
+	if len(r.Arguments) > 0 {
+		if !json.Valid(r.Arguments) {
+			return nil, errors.New("audit: record arguments are not JSON")
+		}
+		b = append(b, `,"arguments":`...)
+		b = append(b, r.Arguments...)
+	}
+	if r.Unread {
+		b = append(b, `,"body_unread":true`...)
+	}
+	return b, nil
 }
 
-// marshal renders r as the middle of a line: its JSON object without the
-// braces.
-func (r *Record) marshal() ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	w := wire{Time: r.Time.UTC().Format(TimeFormat), DurationMS: float64(r.Duration.Microseconds()) / 1000, Record: r}
-	if err := enc.Encode(&w); err != nil {
-		return nil, fmt.Errorf("audit: encode record: %w", err)
+// str appends the member ,"key":"v" (left out when v is empty, unless
+// always); invalid UTF-8 becomes U+FFFD.
+func str(b []byte, key, v string, always bool) []byte {
+	if v == "" && !always {
+		return b
 	}
-	b := bytes.TrimSpace(buf.Bytes())
-	return b[1 : len(b)-1], nil
+	b = append(b, ',', '"')
+	b = append(b, key...)
+	b = append(b, '"', ':')
+	if !utf8.ValidString(v) {
+		v = strings.ToValidUTF8(v, "\uFFFD")
+	}
+	return AppendString(b, []byte(v))
 }
 
 // TimeFormat is RFC 3339 with milliseconds, in UTC.
