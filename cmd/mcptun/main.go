@@ -53,14 +53,8 @@ func newRootCmd() *cobra.Command {
 	return root
 }
 
-// newLogger builds the role's logger on stderr from its config, honouring
-// --log-level.
-func newLogger(cmd *cobra.Command, lc config.Log) (*slog.Logger, error) {
-	log, _, err := newLeveledLogger(cmd, lc)
-	return log, err
-}
-
-// newLeveledLogger is newLogger with the level a running role can change
+// newLeveledLogger builds the role's logger on stderr from its config,
+// honouring --log-level, with the level a running role can change
 // (logging.WatchSignals; an admin endpoint may call Level.SetText).
 func newLeveledLogger(cmd *cobra.Command, lc config.Log) (*slog.Logger, *logging.Level, error) {
 	level := lc.Level
