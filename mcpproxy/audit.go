@@ -11,16 +11,15 @@ import (
 	"time"
 
 	"github.com/mcptun/mcptun/internal/audit"
-	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
 // The audit trail (Options.Audit): every exchange the handler serves is
 // recorded once it is over, one line per JSON-RPC message of its body (a
 // batch gives several), refusals of the handler itself included. The
-// hook sits in front of everything else (ServeHTTP, and on the fast path
-// route, which then answers through ServeHTTP): an exchange the audit
-// does not see cannot happen. With the audit off none of this runs and
-// the fast path is as before.
+// hooks sit in front of everything else (ServeHTTP; on the fast path,
+// route: see auditfast.go): an exchange the audit does not see cannot
+// happen. With the audit off none of this runs and the fast path is as
+// before.
 //
 // The request body is read into memory first when its length is known and
 // at most audit.MaxBody (so that a refusal before the body is read still
@@ -66,26 +65,19 @@ func (h *Handler) auditServe(w http.ResponseWriter, r *http.Request) {
 	aw := &auditWriter{ResponseWriter: w, rc: http.NewResponseController(w)}
 	r = r.WithContext(context.WithValue(r.Context(), auditedKey{}, true))
 	h.ServeHTTP(aw, r)
-	h.record(r, body, aw, start)
+	x := exchangeInfo{path: r.URL.Path, client: clientOf(r), session: r.Header.Get(headerSession), method: r.Method,
+		start: start, kept: body.kept, over: body.over, bytesIn: body.n, answerSession: aw.Header().Get(headerSession)}
+	h.record(&x, aw)
 }
 
-// auditRoute is route with the audit on: an exchange the fast path takes
-// is answered by ServeHTTP (audited) on the connection; the rest goes to
-// net/http, which does the same.
-func (h *Handler) auditRoute(head *httpfwd.Head) *httpfwd.Exchange {
-	if _, ok := fastServer(head); !ok || !servable(head) {
-		return nil
-	}
-	return &httpfwd.Exchange{Serve: h.serveAudited}
-}
-
-func (h *Handler) serveAudited(ctx context.Context, w http.ResponseWriter, head *httpfwd.Head, body []byte) {
-	r, err := httpfwd.NewRequest(ctx, head, body)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: "+err.Error())
-		return
-	}
-	h.auditServe(w, r)
+// exchangeInfo is what record needs of the request.
+type exchangeInfo struct {
+	path, client, session, method string
+	start                         time.Time
+	kept                          []byte // the body, if not over
+	over                          bool   // the body was too large to keep
+	bytesIn                       int64
+	answerSession                 string // the answer's Mcp-Session-Id
 }
 
 // auditBody is a request body that keeps what passes, up to max
@@ -291,35 +283,36 @@ func errorReason(data []byte) string {
 }
 
 // record writes the exchange's lines.
-func (h *Handler) record(r *http.Request, body *auditBody, aw *auditWriter, start time.Time) {
-	took := time.Since(start)
+func (h *Handler) record(x *exchangeInfo, aw *auditWriter) {
+	took := time.Since(x.start)
 	if !aw.sse && len(aw.json) > 0 {
 		aw.noteMessage(aw.json)
 	}
-	name, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+	path, _, _ := strings.Cut(x.path, "?")
+	name, _, _ := strings.Cut(strings.TrimPrefix(path, "/"), "/")
 	base := audit.Record{
-		Time:     start,
-		Client:   clipString(clientOf(r), 256),
+		Time:     x.start,
+		Client:   clipString(x.client, 256),
 		Server:   clipString(name, 128),
-		Session:  clipString(r.Header.Get(headerSession), 256),
-		HTTP:     clipString(r.Method, 16),
+		Session:  clipString(x.session, 256),
+		HTTP:     clipString(x.method, 16),
 		Status:   aw.status,
 		Duration: took,
-		BytesIn:  body.n,
+		BytesIn:  x.bytesIn,
 		BytesOut: aw.n,
 	}
 	if base.Session == "" {
-		base.Session = clipString(aw.Header().Get(headerSession), 256)
+		base.Session = clipString(x.answerSession, 256)
 	}
 	var msgs [][]byte
 	batch := false
 	switch {
-	case body.over:
+	case x.over:
 		base.Unread = true
-	case len(body.kept) > 0:
-		if _, err := Peek(body.kept); errors.Is(err, ErrBatch) {
+	case len(x.kept) > 0:
+		if _, err := Peek(x.kept); errors.Is(err, ErrBatch) {
 			var all []json.RawMessage
-			if json.Unmarshal(body.kept, &all) == nil {
+			if json.Unmarshal(x.kept, &all) == nil {
 				batch = true
 				for _, m := range all {
 					msgs = append(msgs, m)
@@ -327,7 +320,7 @@ func (h *Handler) record(r *http.Request, body *auditBody, aw *auditWriter, star
 			}
 		}
 		if !batch {
-			msgs = [][]byte{body.kept}
+			msgs = [][]byte{x.kept}
 		}
 	}
 	if len(msgs) == 0 {

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -138,6 +139,45 @@ func TestAuditBodyUnread(t *testing.T) {
 	require.Greater(t, unread["bytes_in"].(float64), float64(100<<10))
 }
 
+// wireTap reads the answer whatever the sizes of the writes: chunked SSE
+// and Content-Length JSON, after an interim 100.
+func TestWireTap(t *testing.T) {
+	ev := `{"jsonrpc":"2.0","id":3,"error":{"code":-32001,"message":"x","data":{"reason":"session_limit"}}}`
+	sse := "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\n" +
+		"id: 1\ndata: " + ev + "\n\n"
+	var chunked strings.Builder
+	for _, part := range []string{sse[:20], sse[20:]} {
+		chunked.WriteString(strconv.FormatInt(int64(len(part)), 16) + ";ext=1\r\n" + part + "\r\n")
+	}
+	chunked.WriteString("0\r\nX-Trailer: 1\r\n\r\n")
+	for _, tc := range []struct {
+		name, wire string
+		sse        bool
+		body       int
+	}{
+		{"chunked sse", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nMcp-Session-Id: s-9\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked.String(), true, len(sse)},
+		{"json", "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nMcp-Session-Id: s-9\r\nContent-Length: " + strconv.Itoa(len(ev)) + "\r\n\r\n" + ev, false, len(ev)},
+	} {
+		for _, step := range []int{1, 7, 1 << 20} {
+			aw := &auditWriter{}
+			tap := &wireTap{aw: aw}
+			for w := tc.wire; len(w) > 0; {
+				n := min(step, len(w))
+				tap.write([]byte(w[:n]))
+				w = w[n:]
+			}
+			if !aw.sse {
+				aw.noteMessage(aw.json)
+			}
+			require.Equal(t, tc.sse, aw.sse, "%s step %d", tc.name, step)
+			require.EqualValues(t, tc.body, aw.n, "%s step %d", tc.name, step)
+			require.Equal(t, "s-9", tap.session)
+			require.Len(t, aw.answers, 1, "%s step %d", tc.name, step)
+			require.Equal(t, answer{id: "3", isError: true, code: -32001, reason: "session_limit"}, aw.answers[0])
+		}
+	}
+}
+
 func (b *bridge) callAs(t *testing.T, sid, client, body string) string {
 	t.Helper()
 	st, out := b.status(t, http.MethodPost, sid, body, as(client)...)
@@ -202,6 +242,8 @@ func TestAuditURLServer(t *testing.T) {
 	require.Contains(t, out, "progress done")
 	// A batch: a line per message (the upstream answers it as it likes).
 	post(sid, `[{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{"text":"a"}}},{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"file:///x"}}]`)
+	// The upstream's own error, read from the answer as it passed.
+	post(sid, `{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"nosuch","arguments":{}}}`)
 	// A large body (over what the fast path holds) goes through net/http.
 	big := strings.Repeat("z", 2<<20)
 	_, out = post(sid, `{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{"text":"`+big+`"}}}`)
@@ -220,6 +262,9 @@ func TestAuditURLServer(t *testing.T) {
 	b2 := findLine(lines, "name", "file:///x")
 	require.EqualValues(t, 2, b2["batch_index"], "%v", b2)
 	require.Equal(t, "resources/read", b2["method"])
+	nosuch := findLine(lines, "name", "nosuch")
+	require.Equal(t, "error", nosuch["outcome"], "%v", nosuch)
+	require.NotZero(t, nosuch["code"], "%v", nosuch)
 	var large map[string]any
 	for _, line := range lines {
 		if line["id"] == 8.0 {

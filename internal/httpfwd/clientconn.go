@@ -45,6 +45,7 @@ type connState struct {
 	// of the exchange in progress (for Exchange.Finished).
 	written int64
 	status  int
+	tap     func([]byte) // Exchange.Tap of the exchange in progress
 	// stall watches the writes of a forwarded answer (see StallBudget);
 	// cutWrite, made once, is what it calls to cut one.
 	stall    StallWatch
@@ -323,6 +324,9 @@ func (w *clientWriter) Write(p []byte) (int, error) {
 	cs.stall.Begin()
 	n, err := cs.c.Write(p)
 	cs.written += int64(n)
+	if cs.tap != nil && n > 0 {
+		cs.tap(p[:n])
+	}
 	cut := cs.stall.End()
 	switch {
 	case err == nil:

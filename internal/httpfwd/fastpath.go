@@ -81,6 +81,10 @@ type Exchange struct {
 	// Finished, if set, is told how the exchange ended (for an access
 	// log), before Done.
 	Finished func(Result)
+	// Tap, if set, is shown every byte written to the client for a
+	// forwarded exchange (its answer in wire form, head and framing
+	// included), after it was written; it must not keep p.
+	Tap func(p []byte)
 }
 
 // Result is how an exchange ended.
@@ -162,6 +166,10 @@ func (p *FastPath) serve(cs *connState, head *Head) bool {
 	}
 	if x.Done != nil {
 		defer x.Done()
+	}
+	if x.Tap != nil {
+		cs.tap = x.Tap
+		defer func() { cs.tap = nil }()
 	}
 	if x.Finished != nil {
 		before := cs.written
