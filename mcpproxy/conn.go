@@ -63,6 +63,20 @@ func (h *Handler) newFastPath() *httpfwd.FastPath {
 // (answered on the connection by the bridge's ServeHTTP), counted in
 // flight unless it is a GET stream; after Drain it refuses it.
 func (h *Handler) route(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
+	if h.audit != nil && head.ContentLength > httpfwd.MaxHeldBody {
+		// The fast path would stream the body past the audit: net/http's
+		// path keeps it (up to audit.MaxBody).
+		return nil
+	}
+	x := h.routeAdmitted(head, out)
+	if x != nil && h.audit != nil {
+		h.auditExchange(head, x)
+	}
+	return x
+}
+
+// routeAdmitted is route without the audit's hooks.
+func (h *Handler) routeAdmitted(head *httpfwd.Head, out []byte) *httpfwd.Exchange {
 	name, ok := fastServer(head)
 	if !ok || h.isClosed() {
 		return nil

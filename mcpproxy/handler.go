@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mcptun/mcptun/internal/audit"
 	"github.com/mcptun/mcptun/internal/httpfwd"
 	"github.com/mcptun/mcptun/internal/ratelimit"
 )
@@ -163,6 +164,10 @@ type Options struct {
 	// configured headers (its credentials) anywhere else. An exchange
 	// whose upstream resolves outside gets 502 and a logged reason.
 	UpstreamNetworks []netip.Prefix
+	// Audit, if set, gets a line for every JSON-RPC message of every
+	// exchange the handler serves, refusals included (see audit.go). The
+	// caller owns it (and closes it after Close).
+	Audit *audit.Log
 }
 
 const (
@@ -198,6 +203,11 @@ type Handler struct {
 	wg     sync.WaitGroup // per-session goroutines (stdout, stderr, reaper)
 	// release is the pending releaseMemorySoon, if any.
 	release *time.Timer
+
+	// The audit trail (audit.go); nil: off. auditMax bounds the request
+	// body it keeps (audit.MaxBody).
+	audit    *audit.Log
+	auditMax int
 }
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -226,7 +236,7 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = defaultWriteTimeout
 	}
-	h := &Handler{log: opts.Logger, opts: opts, inflight: httpfwd.NewInflight()}
+	h := &Handler{log: opts.Logger, opts: opts, inflight: httpfwd.NewInflight(), audit: opts.Audit, auditMax: audit.MaxBody}
 	h.leave = h.inflight.Leave
 	if len(servers) == 0 {
 		return nil, errors.New("mcpproxy: no servers configured")
@@ -325,6 +335,10 @@ func isHopByHop(k string) bool {
 
 // ServeHTTP routes /{server}/mcp to the server's handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.audit != nil && !auditing(r) {
+		h.auditServe(w, r)
+		return
+	}
 	name, rest, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
 	tab := h.table()
 	srv := tab.servers[name]

@@ -204,11 +204,17 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 	if rt.adm.replica != "" {
 		req.PrefixField, req.Prefix = sessionHeader, []byte(rt.adm.replica+".")
 	}
+	acc, finished, peek := h.fastAccess(&rt)
 	return &httpfwd.Exchange{
-		Fwd: fwd,
-		Req: req,
+		Fwd:      fwd,
+		Req:      req,
+		Finished: finished,
+		PeekBody: peek,
 		Failed: func(err error) (int, string, []byte) {
 			status, reason, msg := h.forwardFailed(rt.adm.client.Name, rt.agent, rt.server, err)
+			if acc != nil {
+				acc.reason = reason
+			}
 			header := "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
 			if status == http.StatusServiceUnavailable {
 				header += "Retry-After: " + unavailableRetryAfter + "\r\n"

@@ -91,7 +91,7 @@ func newConnFixture(t *testing.T, agentHandler http.Handler) *connFixture {
 // on a listener of its own, handing the rest to net/http — until the test
 // ends (then h is closed too), and returns the listener's address and the
 // fast path's server. serve, if set, stands in for h.ServeConn.
-func startFront(t *testing.T, h *Handler, serve httpfwd.ServeConnFunc) (string, *httpfwd.ConnServer) {
+func startFront(t testing.TB, h *Handler, serve httpfwd.ServeConnFunc) (string, *httpfwd.ConnServer) {
 	t.Helper()
 	if serve == nil {
 		serve = h.ServeConn

@@ -239,6 +239,8 @@ type Handler struct {
 	guard    *authguard.Guard
 	stallN   int
 	oauth    *oauthVerifier // nil: no OAuth clients
+	// transports says an agent's tunnel transport, for the access line.
+	transports AgentTransports
 
 	mu       sync.Mutex
 	perAgent map[string]*perAgent // so one agent's reconnect drops only its streams
@@ -262,6 +264,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 	}
 	h.leave = h.inflight.Leave
 	h.draining, _ = cfg.Agents.(DrainingAgents)
+	h.transports, _ = cfg.Agents.(AgentTransports)
 	h.replicas, _ = cfg.Agents.(ReplicaAgents)
 	if h.stallN <= 0 {
 		h.stallN = DefaultMaxStalledPerAgent
@@ -315,6 +318,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// forwarded one per write, see stallWriter); net/http's server would
 	// otherwise keep a deadline left from an earlier exchange.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.limits.WriteTimeout))
+	if r.URL.Path != "/healthz" && h.accessEnabled(r.Context()) {
+		h.serveAccess(w, r)
+		return
+	}
 	h.mux.ServeHTTP(w, r)
 }
 
@@ -402,9 +409,17 @@ func (h *Handler) serveMCP(w http.ResponseWriter, r *http.Request) {
 		if ref.header != "" {
 			w.Header().Set(ref.header, ref.value)
 		}
+		if ref.status != http.StatusUnauthorized && ref.reason != "auth_throttled" && h.accessEnabled(r.Context()) {
+			// Who was refused, for the access line (admit names a
+			// client it authenticated before refusing).
+			if ref.client != "" {
+				noteAccess(w, ref.client, "")
+			}
+		}
 		writeError(w, ref.status, ref.reason, ref.msg)
 		return
 	}
+	noteAccess(w, adm.client.Name, "")
 	h.forward(w, r, adm, agent, server)
 }
 
@@ -416,7 +431,8 @@ type refusal struct {
 	logLevel      slog.Level
 	logMsg        string
 	logArgs       []any
-	wrongToken    bool // a bearer token was sent and matches no client
+	wrongToken    bool   // a bearer token was sent and matches no client
+	client        string // the authenticated client refused after authentication, for the access line
 }
 
 // admission is an exchange admit lets through: the client, and with
@@ -433,7 +449,17 @@ var sessionGone = &refusal{status: http.StatusNotFound, reason: "session_not_fou
 // admit decides whether a client's exchange with agent/server goes
 // through, from the source address and the headers that decide it: the
 // client, or why not. It only looks (serveMCP counts refusals).
-func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, server, sid string) (admission, *refusal) {
+func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, server, sid string) (_ admission, ref *refusal) {
+	var client *client
+	defer func() {
+		// A refusal after authentication names the client (for the
+		// access line); shared refusals are copied, not changed.
+		if ref != nil && client != nil {
+			named := *ref
+			named.client = client.Name
+			ref = &named
+		}
+	}()
 	if h.inflight.Draining() {
 		return admission{}, relayDraining
 	}
@@ -452,7 +478,7 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 			header: "Retry-After", value: ratelimit.RetryAfter(wait)}
 	}
 	auth := h.auth.Load()
-	client, ref := h.authenticate(auth, authorization, agent, server)
+	client, ref = h.authenticate(auth, authorization, agent, server)
 	if ref != nil {
 		return admission{}, ref
 	}

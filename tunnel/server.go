@@ -1350,6 +1350,28 @@ func (s *Server) Offers(agent, server string) (online, offered bool) {
 	return online, false
 }
 
+// Transport reports the transport of an agent's tunnel (its oldest
+// replica's; "" when it is not connected), without copying its status:
+// the relay's access line asks on every exchange.
+func (s *Server) Transport(agent string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.agents[agent]
+	if !ok {
+		return ""
+	}
+	var best *agentSession
+	for _, a := range r.byTag {
+		if best == nil || a.status.ConnectedAt.Before(best.status.ConnectedAt) {
+			best = a
+		}
+	}
+	if best == nil {
+		return ""
+	}
+	return best.status.Transport
+}
+
 // Agents reports every connected agent, sorted by name.
 func (s *Server) Agents() []AgentStatus {
 	s.mu.Lock()

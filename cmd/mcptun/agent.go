@@ -12,8 +12,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mcptun/mcptun/internal/audit"
 	"github.com/mcptun/mcptun/internal/config"
 	"github.com/mcptun/mcptun/internal/httpfwd"
+	"github.com/mcptun/mcptun/internal/logging"
 	"github.com/mcptun/mcptun/mcpproxy"
 	"github.com/mcptun/mcptun/tunnel"
 )
@@ -55,10 +57,13 @@ command after -- (named by --server, or after the command), and/or
 			if err != nil {
 				return err
 			}
-			log, level, err := newLogger(cmd, cfg.Log)
+			log, level, err := newLeveledLogger(cmd, cfg.Log)
 			if err != nil {
 				return err
 			}
+			// SIGUSR1: debug, SIGUSR2: the configured level, while the
+			// role runs (its drain included).
+			defer logging.WatchSignals(context.Background(), level, log)()
 			logWarnings(log, cfg.Warnings)
 			// The first signal ends ctx and starts the drain; the agent
 			// itself runs on until the drain is over.
@@ -108,6 +113,8 @@ type runningAgent struct {
 	serve   *httpfwd.ConnServer
 	http    *http.Server
 	debug   *debugServer
+	audit   *audit.Log // nil: off
+	log     *slog.Logger
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 }
@@ -120,7 +127,12 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 		return nil, err
 	}
 	servers, offered := agentServers(cfg)
+	trail, err := openAudit(cfg, log)
+	if err != nil {
+		return nil, err
+	}
 	handler, err := mcpproxy.NewHandler(servers, mcpproxy.Options{
+		Audit:       trail,
 		Logger:      log.With("component", "mcp"),
 		IdleTimeout: cfg.IdleTimeout,
 		// The relay sends every exchange with Host: <agent name>.
@@ -129,6 +141,7 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 		UpstreamNetworks: cfg.UpstreamPrefixes,
 	})
 	if err != nil {
+		closeAudit(trail, log)
 		return nil, err
 	}
 	relays, err := tunnel.NewMulti(tunnel.MultiConfig{
@@ -149,9 +162,10 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 	})
 	if err != nil {
 		_ = handler.Close()
+		closeAudit(trail, log)
 		return nil, err
 	}
-	ra := &runningAgent{Relays: relays, handler: handler}
+	ra := &runningAgent{Relays: relays, handler: handler, audit: trail, log: log}
 	runCtx, cancel := context.WithCancel(ctx)
 	ra.cancel = cancel
 	// Exchanges for url: servers are answered on the streams themselves;
@@ -250,5 +264,7 @@ func (ra *runningAgent) close(flush time.Duration) error {
 	_ = ra.Relays.Listener().Close()
 	ra.debug.Close()
 	ra.wg.Wait()
+	// Last: the exchanges cut above wrote their lines.
+	closeAudit(ra.audit, ra.log)
 	return err
 }

@@ -52,20 +52,20 @@ func newRootCmd() *cobra.Command {
 		newKeyCmd(),
 		newExampleServerCmd(),
 		newVersionCmd(),
+		newAuditCmd(),
 	)
 	return root
 }
 
-// newLogger builds the role's logger on stderr from its config, honouring
-// --log-level. A reload changes the level through the LevelVar.
-func newLogger(cmd *cobra.Command, lc config.Log) (*slog.Logger, *slog.LevelVar, error) {
+// newLeveledLogger builds the role's logger on stderr from its config,
+// honouring --log-level, with the level a running role can change
+// (logging.WatchSignals; an admin endpoint may call Level.SetText).
+func newLeveledLogger(cmd *cobra.Command, lc config.Log) (*slog.Logger, *logging.Level, error) {
 	level := lc.Level
 	if l, _ := cmd.Flags().GetString("log-level"); l != "" {
 		level = l
 	}
-	lv := new(slog.LevelVar)
-	log, err := logging.NewLeveled(cmd.ErrOrStderr(), lv, level, lc.Format)
-	return log, lv, err
+	return logging.NewLeveled(cmd.ErrOrStderr(), level, lc.Format)
 }
 
 func newVersionCmd() *cobra.Command {

@@ -19,6 +19,7 @@ import (
 	"github.com/mcptun/mcptun/internal/agentkey"
 	"github.com/mcptun/mcptun/internal/config"
 	"github.com/mcptun/mcptun/internal/httpfwd"
+	"github.com/mcptun/mcptun/internal/logging"
 	"github.com/mcptun/mcptun/relay"
 	"github.com/mcptun/mcptun/tunnel"
 )
@@ -39,10 +40,13 @@ func newRelayCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log, level, err := newLogger(cmd, cfg.Log)
+			log, level, err := newLeveledLogger(cmd, cfg.Log)
 			if err != nil {
 				return err
 			}
+			// SIGUSR1: debug, SIGUSR2: the configured level, while the
+			// role runs (its drain included).
+			defer logging.WatchSignals(context.Background(), level, log)()
 			logWarnings(log, cfg.Warnings)
 			ctx := cmd.Context()
 			tlsCert, httpCert, err := loadRelayCerts(path, cfg)
@@ -106,6 +110,9 @@ func (a tunnelAgents) Dial(ctx context.Context, agent string) (net.Conn, error) 
 }
 
 func (a tunnelAgents) AgentDraining(agent string) bool { return a.srv.AgentDraining(agent) }
+
+// AgentTransport is for the relay's access line.
+func (a tunnelAgents) AgentTransport(agent string) string { return a.srv.Transport(agent) }
 
 func (a tunnelAgents) PickReplica(agent, server, tag string) (string, relay.ReplicaRoute) {
 	tag, route := a.srv.Route(agent, server, tag)

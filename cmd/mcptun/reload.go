@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mcptun/mcptun/internal/config"
+	"github.com/mcptun/mcptun/internal/logging"
 	"github.com/mcptun/mcptun/mcpproxy"
 )
 
@@ -166,7 +167,7 @@ func sameCert(a, b *tls.Certificate) bool {
 
 // logLevelPart applies log.level live; --log-level, when given, wins over
 // the file as it does at start.
-func logLevelPart[C any](cmd *cobra.Command, lv *slog.LevelVar, level func(*C) string) reloadPart[C] {
+func logLevelPart[C any](cmd *cobra.Command, lv *logging.Level, level func(*C) string) reloadPart[C] {
 	return reloadPart[C]{
 		keys: []string{"log.level"},
 		prepare: func(old, new *C) (func() (string, error), error) {
@@ -178,7 +179,7 @@ func logLevelPart[C any](cmd *cobra.Command, lv *slog.LevelVar, level func(*C) s
 				return nil, fmt.Errorf("log.level: %w", err)
 			}
 			return func() (string, error) {
-				lv.Set(next)
+				lv.SetConfigured(next)
 				return fmt.Sprintf("log.level %s→%s", level(old), level(new)), nil
 			}, nil
 		},
@@ -292,7 +293,7 @@ func fileSum(path string) []byte {
 // reloadParts are what a reload changes in a running relay: who may use it
 // (clients, agents: their sessions go on unless their credential is gone)
 // and the log level. Other keys need a restart (see reloader).
-func (rr *runningRelay) reloadParts(cmd *cobra.Command, lv *slog.LevelVar, path string, log *slog.Logger) []reloadPart[config.Relay] {
+func (rr *runningRelay) reloadParts(cmd *cobra.Command, lv *logging.Level, path string, log *slog.Logger) []reloadPart[config.Relay] {
 	return []reloadPart[config.Relay]{
 		{
 			// Certificates are read again on every reload: renewal
@@ -367,7 +368,7 @@ func (rr *runningRelay) reloadParts(cmd *cobra.Command, lv *slog.LevelVar, path 
 // (those that did not change keep their sessions; the relays are told the
 // new offers) and the log level. Other keys, the relay connection among
 // them, need a restart.
-func (ra *runningAgent) reloadParts(cmd *cobra.Command, lv *slog.LevelVar, log *slog.Logger) []reloadPart[config.Agent] {
+func (ra *runningAgent) reloadParts(cmd *cobra.Command, lv *logging.Level, log *slog.Logger) []reloadPart[config.Agent] {
 	return []reloadPart[config.Agent]{
 		{
 			keys: []string{"servers"},

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mcptun/mcptun/internal/config"
+	"github.com/mcptun/mcptun/internal/logging"
 )
 
 type reloadCall struct{ trigger, content string }
@@ -132,8 +133,8 @@ func TestLogLevelPart(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		lv := new(slog.LevelVar)
-		_ = lv.UnmarshalText([]byte(map[string]string{"": "info", "warn": "warn"}[tc.flag]))
+		start, _ := logging.ParseLevel(map[string]string{"": "info", "warn": "warn"}[tc.flag])
+		lv := logging.NewLevel(start)
 		p := logLevelPart(cmd, lv, func(c *cfg) string { return c.level })
 		commit, err := p.prepare(&cfg{"info"}, &cfg{"debug"})
 		if err != nil {
@@ -144,8 +145,8 @@ func TestLogLevelPart(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if lv.Level() != tc.want {
-			t.Errorf("--log-level %q: level %v after reload, want %v", tc.flag, lv.Level(), tc.want)
+		if lv.Get() != tc.want || lv.Configured() != tc.want {
+			t.Errorf("--log-level %q: level %v (configured %v) after reload, want %v", tc.flag, lv.Get(), lv.Configured(), tc.want)
 		}
 	}
 }

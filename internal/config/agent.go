@@ -37,6 +37,8 @@ type Agent struct {
 	UpstreamPrefixes []netip.Prefix `mapstructure:"-"`
 	Log              Log            `mapstructure:"log"`
 	Debug            Debug          `mapstructure:"debug"`
+	// Audit is the audit trail (off unless audit.file is set).
+	Audit Audit `mapstructure:"audit"`
 	// ShutdownGrace is how long an agent told to stop (SIGTERM, SIGINT)
 	// lets the exchanges in flight finish before it cuts them, stops its
 	// stdio servers and exits.
@@ -270,6 +272,7 @@ func (c *Agent) validate(p *problems, path string) {
 		}
 	}
 	c.Log.validate(p)
+	c.Audit.validate(p, path)
 	if c.Debug.PprofListen != "" {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
 	}

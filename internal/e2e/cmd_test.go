@@ -51,6 +51,9 @@ func TestCLIExitCodes(t *testing.T) {
 		{[]string{"bench", "--url", "http://127.0.0.1:1/mcp", "--sessions", "-1"}, "", 1, "mcptun: bench: --sessions"},
 		{[]string{"bench", "--url", "http://127.0.0.1:1/mcp", "--duration", "1s"}, "", 1, "mcptun: bench: initialize"},
 		{[]string{"demo", "--bogus"}, "", 1, "mcptun: unknown flag: --bogus"},
+		{[]string{"audit", "verify"}, "", 1, "mcptun: requires at least 1 arg(s)"},
+		{[]string{"audit", "verify", missing}, "", 1, "mcptun: audit verify: audit: open " + missing + ": no such file or directory"},
+		{[]string{"audit", "verify", badYAML}, "", 1, "mcptun: audit verify: NOT INTACT: " + badYAML + ":1: no \"hash\" at its end"},
 		{[]string{"--log-level", "chatty", "relay", "--config", relayYAML}, "", 1, "chatty"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -41,6 +41,11 @@ type connState struct {
 	body                      progressBody
 	outw                      clientWriter
 	wdeadline                 bool
+	// written counts the bytes written to c; status is the answer status
+	// of the exchange in progress (for Exchange.Finished).
+	written int64
+	status  int
+	tap     func([]byte) // Exchange.Tap of the exchange in progress
 	// stall watches the writes of a forwarded answer (see StallBudget);
 	// cutWrite, made once, is what it calls to cut one.
 	stall    StallWatch
@@ -318,6 +323,10 @@ func (w *clientWriter) Write(p []byte) (int, error) {
 	}
 	cs.stall.Begin()
 	n, err := cs.c.Write(p)
+	cs.written += int64(n)
+	if cs.tap != nil && n > 0 {
+		cs.tap(p[:n])
+	}
 	cut := cs.stall.End()
 	switch {
 	case err == nil:

@@ -74,6 +74,28 @@ type Exchange struct {
 	// Stalls, if set, bounds the answers of Fwd's upstream whose clients
 	// read nothing at once (see FastPath.StallAfter).
 	Stalls *StallBudget
+	// PeekBody, if set, is shown a forwarded request's body when it was
+	// read into memory whole (a small one), before it goes upstream; it
+	// must not keep it.
+	PeekBody func(body []byte)
+	// Finished, if set, is told how the exchange ended (for an access
+	// log), before Done.
+	Finished func(Result)
+	// Tap, if set, is shown every byte written to the client for a
+	// forwarded exchange (its answer in wire form, head and framing
+	// included), after it was written; it must not keep p.
+	Tap func(p []byte)
+}
+
+// Result is how an exchange ended.
+type Result struct {
+	// Status is the answer's HTTP status: the upstream's, or that of the
+	// error answer the fast path gave; 0 if none was sent (the client
+	// left, the answer was cut before its head).
+	Status int
+	// BytesIn is the request body's declared length; BytesOut counts the
+	// bytes written to the client, head included.
+	BytesIn, BytesOut int64
 }
 
 var outHeadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
@@ -145,6 +167,17 @@ func (p *FastPath) serve(cs *connState, head *Head) bool {
 	if x.Done != nil {
 		defer x.Done()
 	}
+	if x.Tap != nil {
+		cs.tap = x.Tap
+		defer func() { cs.tap = nil }()
+	}
+	if x.Finished != nil {
+		before := cs.written
+		cs.status = 0
+		defer func() {
+			x.Finished(Result{Status: cs.status, BytesIn: max(head.ContentLength, 0), BytesOut: cs.written - before})
+		}()
+	}
 	if cap(x.Req.Head) <= 64<<10 {
 		*out = x.Req.Head[:0]
 	}
@@ -174,6 +207,9 @@ func (p *FastPath) forward(cs *connState, head *Head, x *Exchange) bool {
 		return false
 	}
 	cs.releaseBody = release
+	if x.PeekBody != nil && x.Req.Body != nil {
+		x.PeekBody(x.Req.Body)
+	}
 	if cs.shedFn == nil {
 		cs.shedFn = cs.shed
 	}
@@ -184,6 +220,7 @@ func (p *FastPath) forward(cs *connState, head *Head, x *Exchange) bool {
 		defer cs.stall.Watch(nil, 0, nil)
 	}
 	err = x.Fwd.ForwardRaw(ctx, &cs.outw, &x.Req)
+	cs.status = x.Req.Status
 	gone := cs.endExchange()
 	var ue *UpstreamError
 	switch {
@@ -207,6 +244,7 @@ func (p *FastPath) forward(cs *connState, head *Head, x *Exchange) bool {
 		return false
 	}
 	status, header, body := x.Failed(err)
+	cs.status = status
 	werr := WriteAnswer(&cs.outw, status, header, body)
 	// With a body left partly unread the connection's state is unknown.
 	cs.linger = werr == nil && !x.Req.BodyRead()
@@ -261,5 +299,6 @@ func (p *FastPath) bodyFailed(cs *connState, err error) {
 	} else {
 		body = p.BadRequest(msg)
 	}
+	cs.status = http.StatusRequestTimeout
 	_ = WriteAnswer(&cs.outw, http.StatusRequestTimeout, "Content-Type: application/json\r\nConnection: close\r\n", body)
 }

@@ -45,6 +45,9 @@ type RawRequest struct {
 	// the agent replica that made it).
 	PrefixField string
 	Prefix      []byte
+	// Status is the upstream's final answer status, once ForwardRaw read
+	// it.
+	Status int
 
 	streamed *countingReader // set by ReadBody for a body read while sending
 }
@@ -105,6 +108,7 @@ func (f *Forwarder) ForwardRaw(ctx context.Context, w io.Writer, req *RawRequest
 		stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(aLongTimeAgo) })
 		code, err := f.roundTripRaw(ctx, c, req, head)
 		if err == nil {
+			req.Status = code
 			if req.OnHead != nil {
 				req.OnHead(req, code, head)
 			}

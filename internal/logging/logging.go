@@ -25,20 +25,3 @@ func New(w io.Writer, level, format string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("logging: format %q: want text or json", format)
 	}
 }
-
-// NewLeveled is New with a level that can change while the logger is in
-// use (a configuration reload sets it): lv's level is set from level.
-func NewLeveled(w io.Writer, lv *slog.LevelVar, level, format string) (*slog.Logger, error) {
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("logging: level %q: %w", level, err)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch strings.ToLower(format) {
-	case "", "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	default:
-		return nil, fmt.Errorf("logging: format %q: want text or json", format)
-	}
-}
