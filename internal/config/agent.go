@@ -31,6 +31,7 @@ type Agent struct {
 	UpstreamPrefixes []netip.Prefix `mapstructure:"-"`
 	Log              Log            `mapstructure:"log"`
 	Debug            Debug          `mapstructure:"debug"`
+	Admin            Admin          `mapstructure:"admin"`
 	// ShutdownGrace is how long an agent told to stop (SIGTERM, SIGINT)
 	// lets the exchanges in flight finish before it cuts them, stops its
 	// stdio servers and exits.
@@ -122,7 +123,7 @@ const DefaultIdleTimeout = 2 * time.Minute
 // reading the token from token_file.
 func LoadAgent(path string) (*Agent, error) {
 	var c Agent
-	if err := load(path, &c, "relay.token"); err != nil {
+	if err := load(path, &c, "relay.token", "admin.token"); err != nil {
 		return nil, err
 	}
 	if err := restoreEnvCase(path, &c); err != nil {
@@ -250,6 +251,7 @@ func (c *Agent) validate(p *problems, path string) {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
 	}
 	checkShutdownGrace(p, &c.ShutdownGrace)
+	c.Admin.validate(p, path)
 }
 
 // DefaultResolveInterval is relay.resolve_interval's default.
