@@ -358,6 +358,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, nil, codeInternal, "mcpproxy: shutting down")
 		return
 	}
+	h.countRequest(name)
 	if r.Method == http.MethodGet {
 		if h.inflight.Draining() {
 			h.refuseDraining(w)

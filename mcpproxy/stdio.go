@@ -53,6 +53,8 @@ type stdioServer struct {
 	// peakBuffered is the largest replay buffer (bytes) a session of the
 	// server has had: what the bound promises, observable.
 	peakBuffered atomic.Int64
+
+	stats serverStats // see stats.go
 }
 
 // noteBuffered records a session's replay buffer size.

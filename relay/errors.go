@@ -24,6 +24,7 @@ type errorExtra struct {
 // writeError answers with a JSON-RPC shaped error body so that MCP clients,
 // which expect JSON-RPC, show the message.
 func writeError(w http.ResponseWriter, status int, reason, message string) {
+	noteReason(w, reason)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)

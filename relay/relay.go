@@ -161,6 +161,8 @@ type Config struct {
 	// DefaultMaxStalledPerAgent); a client that would be one more is cut
 	// at once (see httpfwd.StallBudget).
 	MaxStalledPerAgent int
+	// Observer, if set, is told of every exchange (metrics).
+	Observer Observer
 }
 
 // DefaultMaxStalledPerAgent keeps what stalled clients hold of an agent's
@@ -231,6 +233,7 @@ type Handler struct {
 	cutLog   *logging.Limit // clients cut for a timeout
 	guard    *authguard.Guard
 	stallN   int
+	obs      Observer // nil: nobody observes
 
 	mu       sync.Mutex
 	perAgent map[string]*perAgent // so one agent's reconnect drops only its streams
@@ -252,6 +255,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		cutLog:   logging.NewLimit(logging.LimitRate, logging.LimitBurst),
 		guard:    cfg.AuthGuard,
 		stallN:   cfg.MaxStalledPerAgent,
+		obs:      cfg.Observer,
 	}
 	h.leave = h.inflight.Leave
 	h.draining, _ = cfg.Agents.(DrainingAgents)
@@ -387,6 +391,9 @@ func (h *Handler) serveMCP(w http.ResponseWriter, r *http.Request) {
 		}
 		if ref.header != "" {
 			w.Header().Set(ref.header, ref.value)
+		}
+		if h.obs != nil {
+			h.observedRefusal(agent, server, mcpMethod(r.Method, nil), ref)
 		}
 		writeError(w, ref.status, ref.reason, ref.msg)
 		return

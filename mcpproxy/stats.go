@@ -1,0 +1,105 @@
+package mcpproxy
+
+import (
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// serverStats counts what one server saw, for metrics and the status API;
+// the request path only adds to atomics.
+type serverStats struct {
+	requests       atomic.Uint64 // exchanges routed to the server
+	upstreamErrors atomic.Uint64 // exchanges the upstream failed (url servers)
+
+	mu      sync.Mutex
+	lastErr string
+	lastAt  time.Time
+}
+
+func (s *serverStats) failed(msg string) {
+	s.upstreamErrors.Add(1)
+	s.mu.Lock()
+	s.lastErr, s.lastAt = msg, time.Now()
+	s.mu.Unlock()
+}
+
+// statsOf returns the counters of a server handler.
+func statsOf(srv http.Handler) *serverStats {
+	switch s := srv.(type) {
+	case *httpServer:
+		return &s.stats
+	case *stdioServer:
+		return &s.stats
+	}
+	return nil
+}
+
+// countRequest counts an exchange for the server named name, if any.
+func (h *Handler) countRequest(name string) {
+	if s := statsOf(h.servers[name]); s != nil {
+		s.requests.Add(1)
+	}
+}
+
+// ServerStats is a snapshot of one server, for metrics and status pages.
+type ServerStats struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"` // "stdio" or "http"
+	// Requests counts the HTTP exchanges routed to the server (refusals
+	// by the agent's limits included).
+	Requests uint64 `json:"requests"`
+	// UpstreamErrors counts exchanges a url server failed (it could not
+	// be reached, or broke off).
+	UpstreamErrors uint64 `json:"upstream_errors"`
+	// Sessions are the MCP sessions open (stdio: with a child each);
+	// Children the child processes running, the stateless era's shared
+	// one included; Calls the JSON-RPC requests in flight to them.
+	Sessions int `json:"sessions"`
+	Children int `json:"children"`
+	Calls    int `json:"calls"`
+	// LastError is the most recent failure, if any.
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+}
+
+// Stats reports every server, in configuration order, stdio servers
+// first.
+func (h *Handler) Stats() []ServerStats {
+	out := make([]ServerStats, 0, len(h.stdio)+len(h.proxies))
+	for _, s := range h.stdio {
+		st := s.stats.snapshot(s.cfg.Name, "stdio")
+		s.mu.Lock()
+		st.Sessions, st.Children = len(s.sessions), len(s.live)
+		s.mu.Unlock()
+		s.callMu.Lock()
+		st.Calls = s.calls
+		s.callMu.Unlock()
+		out = append(out, st)
+	}
+	for _, p := range h.proxies {
+		st := p.stats.snapshot(p.name, "http")
+		st.Sessions = p.sessions.count()
+		out = append(out, st)
+	}
+	return out
+}
+
+func (s *serverStats) snapshot(name, kind string) ServerStats {
+	st := ServerStats{Name: name, Kind: kind, Requests: s.requests.Load(), UpstreamErrors: s.upstreamErrors.Load()}
+	s.mu.Lock()
+	st.LastError, st.LastErrorAt = s.lastErr, s.lastAt
+	s.mu.Unlock()
+	return st
+}
+
+// count is the number of upstream sessions the agent knows the owner of.
+func (u *urlSessions) count() int {
+	if u == nil {
+		return 0
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.m)
+}
