@@ -188,6 +188,8 @@ type Client struct {
 	mu      sync.Mutex
 	cur     *clientSession
 	changed chan struct{} // closed and replaced whenever cur changes
+
+	stats clientStats // see stats.go
 }
 
 // NewClient checks cfg and returns a Client; nothing is dialed until Run.
@@ -315,6 +317,9 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		if err == nil && cfg.Transport == TransportAuto {
 			quicFailed = cs.Transport() == TransportTCPYamux
+		}
+		if err == nil {
+			c.noteSession(cs)
 		}
 		if ctx.Err() != nil {
 			if cs != nil {
