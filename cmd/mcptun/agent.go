@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mcptun/mcptun/internal/admin"
 	"github.com/mcptun/mcptun/internal/config"
 	"github.com/mcptun/mcptun/internal/httpfwd"
 	"github.com/mcptun/mcptun/mcpproxy"
@@ -56,6 +57,7 @@ type runningAgent struct {
 	serve   *httpfwd.ConnServer
 	http    *http.Server
 	debug   *debugServer
+	admin   *admin.Server
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 }
@@ -138,6 +140,19 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 			return nil, err
 		}
 	}
+	reg := newRegistry()
+	registerAgentGauges(reg, ra)
+	urls := map[string]string{}
+	for _, s := range cfg.Servers {
+		if s.URL != "" {
+			urls[s.Name] = s.URL
+		}
+	}
+	ra.admin, err = startAdmin(cfg.Admin, reg, &agentAdmin{name: cfg.Name, ra: ra, urls: urls, started: time.Now()}, log)
+	if err != nil {
+		_ = ra.Close()
+		return nil, err
+	}
 	log.Info("agent started", "name", cfg.Name, "relays", cfg.Relay.Address, "servers", len(servers))
 	return ra, nil
 }
@@ -188,6 +203,7 @@ func (ra *runningAgent) close(flush time.Duration) error {
 	ra.cancel()
 	_ = ra.Relays.Listener().Close()
 	ra.debug.Close()
+	ra.admin.Close()
 	ra.wg.Wait()
 	return err
 }

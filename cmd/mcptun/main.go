@@ -48,6 +48,7 @@ func newRootCmd() *cobra.Command {
 		newTokenCmd(),
 		newExampleServerCmd(),
 		newVersionCmd(),
+		newStatusCmd(),
 	)
 	return root
 }
