@@ -1,0 +1,296 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/mark3labs/mcp-go/mcp"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mcptun/mcptun/internal/admin"
+	"github.com/mcptun/mcptun/internal/conformance"
+)
+
+const adminToken = "admin-secret-0123456789"
+
+var adminStarted = regexp.MustCompile(`msg="admin listener started".* url=(http://\S+)/`)
+
+// deployAdmin starts a relay whose admin listener wants adminToken and an
+// agent whose admin listener is open (loopback), with the stdio fixture
+// "notes"; it returns the two admin base URLs once the agent is online.
+func deployAdmin(t *testing.T) (d *deployment, relayAdmin, agentAdmin string) {
+	t.Helper()
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "admin.token"), []byte(adminToken+"\n"), 0o600))
+	d = &deployment{dir: dir}
+	d.relayYAML = writeRelayConfig(t, dir, relayOpts{extra: "admin: {listen: \"127.0.0.1:0\", token_file: admin.token}\n"})
+	d.startRelay(t)
+	relayAdmin = d.relay.waitLine(t, adminStarted, 10*time.Second)[1]
+	d.writeAgentConfig(t, agentOpts{transport: "quic", extra: "admin: {listen: \"127.0.0.1:0\"}\n"})
+	d.startAgent(t)
+	agentAdmin = d.agent.waitLine(t, adminStarted, 20*time.Second)[1]
+	d.waitOnline(t, "notes")
+	return d, relayAdmin, agentAdmin
+}
+
+func adminGet(t *testing.T, url, token string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	require.NoError(t, err)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(b)
+}
+
+// statusJSON runs `mcptun status --json` against an admin listener.
+func statusJSON(t *testing.T, adminURL, tokenFile string) admin.Status {
+	t.Helper()
+	args := []string{"status", "--admin", adminURL, "--json"}
+	if tokenFile != "" {
+		args = append(args, "--token-file", tokenFile)
+	}
+	out, err := exec.Command(mcptunBin, args...).Output()
+	require.NoError(t, err, "mcptun %s", strings.Join(args, " "))
+	var st admin.Status
+	require.NoError(t, json.Unmarshal(out, &st), "%s", out)
+	return st
+}
+
+func findServer(st admin.Status, agent, name string) *admin.ServerStatus {
+	for i := range st.Servers {
+		if st.Servers[i].Agent == agent && st.Servers[i].Name == name {
+			return &st.Servers[i]
+		}
+	}
+	return nil
+}
+
+// metricValue returns the value of the sample of name whose labels
+// include every one of labels ("k=\"v\""), or -1.
+func metricValue(text, name string, labels ...string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && strings.Contains(line, l)
+		}
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err == nil {
+			return v
+		}
+	}
+	return -1
+}
+
+// TestAdminStatusAndMetrics: `mcptun status --json` and /metrics of both
+// roles reflect a call, a refusal and the agent going away; the admin
+// token is enforced on the data and never asked for by /healthz.
+func TestAdminStatusAndMetrics(t *testing.T) {
+	d, relayAdmin, agentAdmin := deployAdmin(t)
+	tokenFile := filepath.Join(d.dir, "admin.token")
+
+	// Probes: open, cheap. Data: the token.
+	code, _ := adminGet(t, relayAdmin+"/healthz", "")
+	require.Equal(t, http.StatusOK, code)
+	code, _ = adminGet(t, relayAdmin+"/readyz", "")
+	require.Equal(t, http.StatusOK, code)
+	for _, p := range []string{"/metrics", "/api/status"} {
+		code, _ = adminGet(t, relayAdmin+p, "")
+		require.Equal(t, http.StatusUnauthorized, code, p)
+		code, _ = adminGet(t, relayAdmin+p, "wrong-"+adminToken)
+		require.Equal(t, http.StatusUnauthorized, code, p)
+	}
+	out, err := exec.Command(mcptunBin, "status", "--admin", relayAdmin).CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "wants the admin token: give --token-file")
+	require.Eventually(t, func() bool { c, _ := adminGet(t, agentAdmin+"/readyz", ""); return c == http.StatusOK },
+		10*time.Second, 50*time.Millisecond, "agent ready once its tunnel is up")
+
+	before := statusJSON(t, relayAdmin, tokenFile)
+	var n0 uint64
+	if s := findServer(before, "dc1", "notes"); s != nil {
+		n0 = s.Requests
+	}
+
+	// A call.
+	c, _ := newClient(t, d.relayURL+"/dc1/notes/mcp", clientToken)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req := mcp.CallToolRequest{}
+	req.Params.Name = "echo"
+	req.Params.Arguments = map[string]any{"message": "hi"}
+	_, err = c.CallTool(ctx, req)
+	require.NoError(t, err)
+	// A refusal: a wrong token.
+	bad, err := http.NewRequest(http.MethodPost, d.relayURL+"/dc1/notes/mcp", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`))
+	require.NoError(t, err)
+	bad.Header.Set("Authorization", "Bearer not-a-token")
+	resp, err := http.DefaultClient.Do(bad)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+
+	st := statusJSON(t, relayAdmin, tokenFile)
+	require.Equal(t, "relay", st.Role)
+	require.True(t, st.Ready)
+	require.Len(t, st.Agents, 1)
+	require.Equal(t, "dc1", st.Agents[0].Name)
+	require.Equal(t, "quic", st.Agents[0].Transport)
+	require.Contains(t, st.Agents[0].Servers, "notes")
+	srv := findServer(st, "dc1", "notes")
+	require.NotNil(t, srv, "%+v", st.Servers)
+	require.GreaterOrEqual(t, srv.Requests, n0+3, "initialize, initialized, tools/call and the refusal")
+	require.NotEmpty(t, st.Errors)
+	require.Equal(t, "unauthorized", st.Errors[0].Reason)
+	require.Equal(t, http.StatusUnauthorized, st.Errors[0].Status)
+
+	_, m := adminGet(t, relayAdmin+"/metrics", adminToken)
+	require.Equal(t, 1.0, metricValue(m, "mcptun_relay_requests_total", `agent="dc1"`, `server="notes"`, `method="tools/call"`, `code="200"`, `reason=""`), m)
+	require.GreaterOrEqual(t, metricValue(m, "mcptun_relay_requests_total", `agent="dc1"`, `method="tools/list"`, `code="401"`, `reason="unauthorized"`), -1.0)
+	require.GreaterOrEqual(t, metricValue(m, "mcptun_relay_requests_total", `agent="dc1"`, `code="401"`, `reason="unauthorized"`), 1.0, m)
+	require.GreaterOrEqual(t, metricValue(m, "mcptun_relay_auth_failures_total", `kind="client"`), 1.0, m)
+	require.Equal(t, 1.0, metricValue(m, "mcptun_relay_agents_connected"), m)
+	require.Equal(t, 1.0, metricValue(m, "mcptun_relay_tunnels", `transport="quic"`), m)
+	require.Greater(t, metricValue(m, "mcptun_relay_tunnel_rtt_seconds", `agent="dc1"`), 0.0, m)
+	require.GreaterOrEqual(t, metricValue(m, "mcptun_relay_request_duration_seconds_count", `agent="dc1"`, `method="tools/call"`), 1.0, m)
+
+	// The agent's side of the same call.
+	ast := statusJSON(t, agentAdmin, "")
+	require.Equal(t, "agent", ast.Role)
+	require.Equal(t, "dc1", ast.Name)
+	require.Len(t, ast.Tunnels, 1)
+	require.Equal(t, "up", ast.Tunnels[0].State)
+	require.Equal(t, "quic", ast.Tunnels[0].Transport)
+	notes := findServer(ast, "", "notes")
+	require.NotNil(t, notes)
+	require.Equal(t, "stdio", notes.Kind)
+	require.GreaterOrEqual(t, notes.Requests, uint64(3))
+	require.Equal(t, 1, notes.Children, "the client's session has its child")
+	_, am := adminGet(t, agentAdmin+"/metrics", "")
+	require.Equal(t, 1.0, metricValue(am, "mcptun_agent_stdio_children", `server="notes"`), am)
+	require.Equal(t, 1.0, metricValue(am, "mcptun_agent_tunnels_up"), am)
+	require.Contains(t, am, "go_goroutines", "runtime collectors")
+
+	// The human table.
+	out, err = exec.Command(mcptunBin, "status", "--admin", relayAdmin, "--token-file", tokenFile).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Regexp(t, `(?m)^dc1\s+1\s+quic\s`, string(out))
+	require.Regexp(t, `(?m)^dc1/notes\s+\d+\s+\d+`, string(out))
+
+	// The agent goes away.
+	_ = c.Close()
+	d.agent.stop(t)
+	require.Eventually(t, func() bool {
+		_, m := adminGet(t, relayAdmin+"/metrics", adminToken)
+		return metricValue(m, "mcptun_relay_agents_connected") == 0 &&
+			metricValue(m, "mcptun_relay_agent_replicas", `agent="dc1"`) == 0
+	}, 15*time.Second, 50*time.Millisecond)
+	st = statusJSON(t, relayAdmin, tokenFile)
+	require.Empty(t, st.Agents)
+	code, _ = adminGet(t, relayAdmin+"/readyz", "")
+	require.Equal(t, http.StatusOK, code, "the relay stays ready without agents")
+	resp, err = http.Post(d.relayURL+"/dc1/notes/mcp", "application/json", strings.NewReader(`{}`))
+	require.NoError(t, err)
+	resp.Body.Close()
+	_, m = adminGet(t, relayAdmin+"/metrics", adminToken)
+	require.GreaterOrEqual(t, metricValue(m, "mcptun_relay_requests_total", `agent="dc1"`, `server=""`, `code="401"`), 1.0,
+		"a refusal for an agent offline: server not vouched for by an agent, so no label: %s", m)
+}
+
+// TestAdminNonLoopbackNeedsToken: an admin listener beyond loopback
+// without admin.token_file is a config error naming file, key and reason.
+func TestAdminNonLoopbackNeedsToken(t *testing.T) {
+	dir := t.TempDir()
+	p := writeRelayConfig(t, dir, relayOpts{extra: "admin: {listen: \"0.0.0.0:0\"}\n"})
+	out, err := exec.Command(mcptunBin, "check", "--relay", p).CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), fmt.Sprintf("config %s: admin.token_file: required: admin.listen \"0.0.0.0:0\" is not a loopback address", p))
+}
+
+// chromiumPath finds Debian's chromium, or skips (fails with
+// MCPTUN_REQUIRE_TOOLS=1).
+func chromiumPath(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv(conformance.EnvRequireTools) == "1" {
+		t.Fatalf("%s=1 but chromium is not installed (apt-get install chromium; .ci/install-tools.sh does it)", conformance.EnvRequireTools)
+	}
+	t.Skip("skipping: chromium is not installed (apt-get install chromium)")
+	return ""
+}
+
+// TestStatusPageInBrowser: the status page, in a real headless browser,
+// shows the agent and its server, and the server's request count goes up
+// after an MCP call.
+func TestStatusPageInBrowser(t *testing.T) {
+	chrome := chromiumPath(t)
+	d, relayAdmin, _ := deployAdmin(t)
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chrome), chromedp.NoSandbox,
+		chromedp.Flag("disable-gpu", true), chromedp.UserDataDir(t.TempDir()))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	bctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	// The first Run starts the browser and must not carry a timeout (it
+	// would end the browser); the rest do.
+	_, err := chromedp.Run(bctx, chromedp.Navigate(relayAdmin+"/#token="+adminToken))
+	require.NoError(t, err)
+	ctx, cancelT := context.WithTimeout(bctx, 30*time.Second)
+	defer cancelT()
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.WaitVisible(`tr[data-agent="dc1"]`),
+		chromedp.WaitVisible(`tr[data-server="dc1/notes"]`),
+	))
+	agentRow, err := chromedp.Run(ctx, chromedp.Text(`tr[data-agent="dc1"]`))
+	require.NoError(t, err)
+	require.Contains(t, agentRow, "notes")
+	require.Contains(t, agentRow, "quic")
+	url, err := chromedp.Run(ctx, chromedp.Location())
+	require.NoError(t, err)
+	require.NotContains(t, url, adminToken, "the page takes the token off the address bar")
+
+	count := func() int {
+		s, err := chromedp.Run(ctx, chromedp.Text(`tr[data-server="dc1/notes"] td[data-requests]`))
+		require.NoError(t, err)
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		require.NoError(t, err, "%q", s)
+		return n
+	}
+	n0 := count()
+	c, _ := newClient(t, d.relayURL+"/dc1/notes/mcp", clientToken)
+	req := mcp.CallToolRequest{}
+	req.Params.Name = "echo"
+	req.Params.Arguments = map[string]any{"message": "hi"}
+	_, err = c.CallTool(ctx, req)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return count() >= n0+3 }, 10*time.Second, 100*time.Millisecond,
+		"the page refreshes itself and shows initialize, initialized and the call")
+}
