@@ -28,6 +28,7 @@ type Relay struct {
 type seriesKey struct {
 	agent, server, method, reason string
 	code                          int
+	timed                         bool // has a duration: resolve the histogram
 }
 
 type serverKey struct{ agent, server string }
@@ -82,8 +83,11 @@ func (m *Relay) seriesFor(k seriesKey) *series {
 	}
 	s := &series{
 		requests: m.requests.WithLabelValues(k.agent, k.server, k.method, strconv.Itoa(k.code), k.reason),
-		duration: m.duration.WithLabelValues(k.agent, k.server, k.method),
 		srv:      m.figures(k.agent, k.server),
+	}
+	if k.timed {
+		// Only then: a refusal's label set gets no empty histogram.
+		s.duration = m.duration.WithLabelValues(k.agent, k.server, k.method)
 	}
 	got, _ := m.series.LoadOrStore(k, s)
 	return got.(*series)
@@ -91,12 +95,13 @@ func (m *Relay) seriesFor(k seriesKey) *series {
 
 // Exchange implements relay.Observer.
 func (m *Relay) Exchange(agent, server, method string, status int, reason string, took time.Duration) {
-	s := m.seriesFor(seriesKey{agent: agent, server: server, method: method, reason: reason, code: status})
+	timed := took > 0 && method != "stream"
+	s := m.seriesFor(seriesKey{agent: agent, server: server, method: method, reason: reason, code: status, timed: timed})
 	s.requests.Inc()
 	if agent != "" && server != "" {
 		s.srv.Requests.Add(1)
 	}
-	if took > 0 && method != "stream" {
+	if timed {
 		s.duration.Observe(took.Seconds())
 	}
 	if status >= 400 || status == 0 {
