@@ -2,12 +2,12 @@ package relay
 
 import (
 	"bufio"
-	"syscall"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"syscall"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
