@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -126,6 +128,9 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 	out, err := exec.Command(mcptunBin, "status", "--admin", relayAdmin).CombinedOutput()
 	require.Error(t, err)
 	require.Contains(t, string(out), "wants the admin token: give --token-file")
+	out, err = exec.Command(mcptunBin, "status", "--admin", "http://"+d.tunnelAddr+"0").CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "cannot reach the admin listener (is admin.listen set, and is this its address?)")
 	require.Eventually(t, func() bool { c, _ := adminGet(t, agentAdmin+"/readyz", ""); return c == http.StatusOK },
 		10*time.Second, 50*time.Millisecond, "agent ready once its tunnel is up")
 
@@ -153,6 +158,17 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 
+	// Names a client makes up never become label values.
+	for path, want := range map[string]int{"/made-up-agent/notes/mcp": http.StatusForbidden, "/dc1/made-up-server/mcp": http.StatusNotFound} {
+		r, err := http.NewRequest(http.MethodPost, d.relayURL+path, strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"ping"}`))
+		require.NoError(t, err)
+		r.Header.Set("Authorization", "Bearer "+clientToken)
+		resp, err := http.DefaultClient.Do(r)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, want, resp.StatusCode, path)
+	}
+
 	st := statusJSON(t, relayAdmin, tokenFile)
 	require.Equal(t, "relay", st.Role)
 	require.True(t, st.Ready)
@@ -177,6 +193,9 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 	require.GreaterOrEqual(t, metricValue(m, "mcptun_relay_requests_total", `agent="dc1"`, `method="tools/list"`, `code="401"`, `reason="unauthorized"`), -1.0)
 	require.GreaterOrEqual(t, metricValue(m, "mcptun_relay_requests_total", `agent="dc1"`, `code="401"`, `reason="unauthorized"`), 1.0, m)
 	require.GreaterOrEqual(t, metricValue(m, "mcptun_relay_auth_failures_total", `kind="client"`), 1.0, m)
+	require.Equal(t, 1.0, metricValue(m, "mcptun_relay_requests_total", `agent=""`, `server=""`, `code="403"`, `reason="forbidden"`), m)
+	require.Equal(t, 1.0, metricValue(m, "mcptun_relay_requests_total", `agent="dc1"`, `server=""`, `code="404"`, `reason="unknown_server"`), m)
+	require.NotContains(t, m, "made-up")
 	require.Equal(t, 1.0, metricValue(m, "mcptun_relay_agents_connected"), m)
 	require.Equal(t, 1.0, metricValue(m, "mcptun_relay_tunnels", `transport="quic"`), m)
 	require.Greater(t, metricValue(m, "mcptun_relay_tunnel_rtt_seconds", `agent="dc1"`), 0.0, m)
@@ -298,4 +317,79 @@ func TestStatusPageInBrowser(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return count() >= n0+3 }, 10*time.Second, 100*time.Millisecond,
 		"the page refreshes itself and shows initialize, initialized and the call")
+}
+
+// TestAdminReadyzWhileDraining: a relay told to stop is not ready while it
+// finishes a call in flight; an agent with no tunnel up is not ready.
+func TestAdminReadyzWhileDraining(t *testing.T) {
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if r.Method != http.MethodPost {
+			w.WriteHeader(http.StatusMethodNotAllowed)
+			return
+		}
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":1,"result":{}}`)
+	}))
+	t.Cleanup(func() {
+		up.CloseClientConnections()
+		up.Close()
+	})
+	d := &deployment{dir: t.TempDir()}
+	d.relayYAML = writeRelayConfig(t, d.dir, relayOpts{extra: "admin: {listen: \"127.0.0.1:0\"}\n"})
+	d.startRelay(t)
+	relayAdmin := d.relay.waitLine(t, adminStarted, 10*time.Second)[1]
+	d.writeAgentConfig(t, agentOpts{transport: "quic", servers: fmt.Sprintf("  - {name: wiki, url: %q}\n", up.URL+"/mcp"),
+		extra: "admin: {listen: \"127.0.0.1:0\"}\n"})
+	d.startAgent(t)
+	agentAdmin := d.agent.waitLine(t, adminStarted, 20*time.Second)[1]
+	d.waitOnline(t, "wiki")
+
+	done := make(chan int, 1)
+	go func() {
+		r, _ := http.NewRequest(http.MethodPost, d.relayURL+"/dc1/wiki/mcp", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"tools/call"}`))
+		r.Header.Set("Authorization", "Bearer "+clientToken)
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("Accept", "application/json, text/event-stream")
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			done <- 0
+			return
+		}
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call did not reach the upstream")
+	}
+	code, _ := adminGet(t, relayAdmin+"/readyz", "")
+	require.Equal(t, http.StatusOK, code)
+	require.NoError(t, d.relay.cmd.Process.Signal(syscall.SIGTERM))
+	require.Eventually(t, func() bool {
+		code, body := adminGet(t, relayAdmin+"/readyz", "")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "not ready: draining")
+	}, 10*time.Second, 20*time.Millisecond)
+	code, _ = adminGet(t, relayAdmin+"/healthz", "")
+	require.Equal(t, http.StatusOK, code, "alive while it drains")
+	close(release)
+	select {
+	case c := <-done:
+		require.Equal(t, http.StatusOK, c, "the call in flight finished")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call in flight did not finish")
+	}
+	<-d.relay.done
+	require.Eventually(t, func() bool {
+		code, body := adminGet(t, agentAdmin+"/readyz", "")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "no tunnel to a relay is up")
+	}, 15*time.Second, 20*time.Millisecond)
 }
