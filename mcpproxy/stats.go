@@ -1,6 +1,7 @@
 package mcpproxy
 
 import (
+	"fmt"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,17 @@ func (s *serverStats) failed(msg string) {
 	s.mu.Lock()
 	s.lastErr, s.lastAt = msg, time.Now()
 	s.mu.Unlock()
+}
+
+// noteExit records a child that ended on its own (not stopped by the
+// agent: its session had not ended) as the server's last error.
+func (srv *stdioServer) noteExit(s *session, werr error) {
+	s.mu.Lock()
+	ended := s.ended
+	s.mu.Unlock()
+	if !ended {
+		srv.stats.failed(fmt.Sprintf("server process ended on its own (%s)", exitReason(werr)))
+	}
 }
 
 // statsOf returns the counters of a server handler.
@@ -51,7 +63,8 @@ type ServerStats struct {
 	// by the agent's limits included).
 	Requests uint64 `json:"requests"`
 	// UpstreamErrors counts exchanges a url server failed (it could not
-	// be reached, or broke off).
+	// be reached, or broke off), and a stdio server's processes that
+	// could not start or ended on their own.
 	UpstreamErrors uint64 `json:"upstream_errors"`
 	// Sessions are the MCP sessions open (stdio: with a child each);
 	// Children the child processes running, the stateless era's shared

@@ -57,7 +57,10 @@ type ClientConfig struct {
 	// It only affects QUIC; over TCP streams are always yamux streams.
 	Mux     string
 	Servers []OfferedServer
-	Logger  *slog.Logger
+	// Software names the agent's build in its hello ("mcptun v1.4.0"),
+	// shown in the relay's status.
+	Software string
+	Logger   *slog.Logger
 	// QUICTimeout is how long "auto" waits for QUIC before trying TCP
 	// (default 3 s).
 	QUICTimeout time.Duration
@@ -100,7 +103,7 @@ func (cfg ClientConfig) normalize() (ClientConfig, error) {
 	if cfg.TLSConfig == nil {
 		return fail("TLSConfig is required (see ClientTLS)")
 	}
-	h := hello{Agent: cfg.Name, Token: cfg.Token, Servers: cfg.Servers}
+	h := hello{Agent: cfg.Name, Token: cfg.Token, Servers: cfg.Servers, Software: cfg.Software}
 	if err := h.validate(); err != nil {
 		return fail("%v", err)
 	}
@@ -796,7 +799,7 @@ func exchangeHello(hctx context.Context, sess Session, cfg *ClientConfig) (Strea
 	if dl, ok := hctx.Deadline(); ok {
 		ctl.SetDeadline(dl)
 	}
-	h := hello{Type: typeHello, Version: ProtocolVersion, Agent: cfg.Name, Token: cfg.Token, Servers: cfg.Servers}
+	h := hello{Type: typeHello, Version: ProtocolVersion, Agent: cfg.Name, Token: cfg.Token, Servers: cfg.Servers, Software: cfg.Software}
 	if err := writeFrame(ctl, h); err != nil {
 		return ctl, answer{}, err
 	}

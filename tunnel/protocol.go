@@ -123,6 +123,9 @@ type hello struct {
 	Agent   string          `json:"agent"`
 	Token   string          `json:"token"`
 	Servers []OfferedServer `json:"servers"`
+	// Software is the agent's build ("mcptun v1.4.0"), for status pages;
+	// older agents send none.
+	Software string `json:"software,omitempty"`
 }
 
 // LogValue keeps the token out of logs whatever logs a hello.
@@ -236,6 +239,9 @@ func (h *hello) validate() error {
 	}
 	if len(h.Token) > maxTokenLen {
 		return fmt.Errorf("token longer than %d bytes", maxTokenLen)
+	}
+	if !validSoftware(h.Software) {
+		return fmt.Errorf("software %q: at most %d printable ASCII characters", truncate(h.Software, 64), maxSoftwareLen)
 	}
 	if len(h.Servers) > maxServers {
 		return fmt.Errorf("%d servers offered, at most %d allowed", len(h.Servers), maxServers)

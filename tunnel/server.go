@@ -116,6 +116,8 @@ type AgentStatus struct {
 	// Draining: the agent said it is shutting down (see Server.Draining).
 	Draining bool            `json:"draining"`
 	Replicas []ReplicaStatus `json:"replicas"`
+	// Software is the agent's build, as its hello said ("" if it did not).
+	Software string `json:"software,omitempty"`
 }
 
 // ReplicaStatus describes one connected replica of an agent: one agent
@@ -130,11 +132,13 @@ type ReplicaStatus struct {
 	// Draining: the replica said it is shutting down; it gets no new
 	// sessions or stateless requests, only those of its sessions.
 	Draining bool `json:"draining"`
+
+	Software string `json:"software,omitempty"` // as in AgentStatus
 }
 
 func (a *agentSession) replicaStatus() ReplicaStatus {
 	return ReplicaStatus{Tag: a.tag, Servers: slices.Clone(a.status.Servers), Transport: a.status.Transport,
-		Remote: a.status.Remote, ConnectedAt: a.status.ConnectedAt, Draining: a.draining.Load()}
+		Remote: a.status.Remote, ConnectedAt: a.status.ConnectedAt, Draining: a.draining.Load(), Software: a.status.Software}
 }
 
 // Server is the relay end: it accepts agent sessions and opens streams to
@@ -650,6 +654,7 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 			Transport:   sess.Transport(),
 			Remote:      remote,
 			ConnectedAt: time.Now(),
+			Software:    h.Software,
 		},
 		sess:      sess,
 		ctl:       ctl,
@@ -1149,7 +1154,7 @@ func (r *agentReplicas) status(name string) AgentStatus {
 	if len(st.Replicas) > 0 {
 		first := st.Replicas[0]
 		st.Servers = slices.Clone(first.Servers)
-		st.Transport, st.Remote, st.ConnectedAt = first.Transport, first.Remote, first.ConnectedAt
+		st.Transport, st.Remote, st.ConnectedAt, st.Software = first.Transport, first.Remote, first.ConnectedAt, first.Software
 	}
 	return st
 }

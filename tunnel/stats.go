@@ -7,6 +7,22 @@ import (
 	"time"
 )
 
+// maxSoftwareLen bounds hello.Software.
+const maxSoftwareLen = 64
+
+// validSoftware accepts what a status page may show as it is.
+func validSoftware(s string) bool {
+	if len(s) > maxSoftwareLen {
+		return false
+	}
+	for i := range len(s) {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
 // SessionStats describes a tunnel session's path, for metrics.
 type SessionStats struct {
 	// RTT is QUIC's smoothed round-trip time, or the last yamux ping's

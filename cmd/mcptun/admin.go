@@ -92,7 +92,7 @@ func (a *relayAdmin) Status() *admin.Status {
 	for _, ag := range a.rr.Tunnel.Agents() {
 		as := admin.AgentStatus{Name: ag.Name, Replicas: len(ag.Replicas), Transport: ag.Transport, Remote: ag.Remote,
 			ConnectedAt: ag.ConnectedAt, Draining: ag.Draining, RTTSeconds: rtts[ag.Name].Seconds(), Protocol: tunnel.ProtocolVersion,
-			Servers: []string{}}
+			Version: ag.Software, Servers: []string{}}
 		for _, s := range ag.Servers {
 			as.Servers = append(as.Servers, s.Name)
 		}

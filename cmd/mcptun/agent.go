@@ -101,6 +101,7 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 			Transport: cfg.Relay.Transport,
 			Mux:       cfg.Relay.Mux,
 			Servers:   offered,
+			Software:  "mcptun " + version,
 			Logger:    log.With("component", "tunnel"),
 		},
 		Addresses:       cfg.Relay.Address,

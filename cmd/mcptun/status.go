@@ -102,7 +102,7 @@ func printStatus(out io.Writer, st *admin.Status) error {
 		return fmt.Sprintf("%.1fms", s*1000)
 	}
 	if st.Role == "relay" {
-		fmt.Fprintf(w, "\nAGENT\tREPLICAS\tTRANSPORT\tRTT\tCONNECTED SINCE\tSERVERS\n")
+		fmt.Fprintf(w, "\nAGENT\tREPLICAS\tVERSION\tTRANSPORT\tRTT\tCONNECTED SINCE\tSERVERS\n")
 		if len(st.Agents) == 0 {
 			fmt.Fprintf(w, "(no agent connected)\n")
 		}
@@ -111,7 +111,11 @@ func printStatus(out io.Writer, st *admin.Status) error {
 			if a.Draining {
 				n += " (draining)"
 			}
-			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", n, a.Replicas, a.Transport, ms(a.RTTSeconds),
+			v := strings.TrimPrefix(a.Version, "mcptun ")
+			if v == "" {
+				v = "-"
+			}
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", n, a.Replicas, v, a.Transport, ms(a.RTTSeconds),
 				a.ConnectedAt.Format(time.RFC3339), strings.Join(a.Servers, ","))
 		}
 	}

@@ -33,8 +33,10 @@ type AgentStatus struct {
 	ConnectedAt time.Time `json:"connected_at"`
 	Draining    bool      `json:"draining,omitempty"`
 	Servers     []string  `json:"servers"`
-	// Protocol is the tunnel protocol version the agent speaks.
-	Protocol int `json:"protocol"`
+	// Protocol is the tunnel protocol version the agent speaks; Version
+	// its build, as it says ("" from agents too old to say).
+	Protocol int    `json:"protocol"`
+	Version  string `json:"version,omitempty"`
 }
 
 // ServerStatus is one MCP server's figures.

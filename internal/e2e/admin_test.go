@@ -175,6 +175,7 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 	require.Len(t, st.Agents, 1)
 	require.Equal(t, "dc1", st.Agents[0].Name)
 	require.Equal(t, "quic", st.Agents[0].Transport)
+	require.True(t, strings.HasPrefix(st.Agents[0].Version, "mcptun "), "the agent tells its build: %q", st.Agents[0].Version)
 	require.Contains(t, st.Agents[0].Servers, "notes")
 	srv := findServer(st, "dc1", "notes")
 	require.NotNil(t, srv, "%+v", st.Servers)
@@ -221,7 +222,7 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 	// The human table.
 	out, err = exec.Command(mcptunBin, "status", "--admin", relayAdmin, "--token-file", tokenFile).CombinedOutput()
 	require.NoError(t, err, "%s", out)
-	require.Regexp(t, `(?m)^dc1\s+1\s+quic\s`, string(out))
+	require.Regexp(t, `(?m)^dc1\s+1\s+\S+\s+quic\s`, string(out))
 	require.Regexp(t, `(?m)^dc1/notes\s+\d+\s+\d+`, string(out))
 
 	// The agent goes away.
