@@ -1,7 +1,6 @@
 package mcpproxy
 
 import (
-	"fmt"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -26,24 +25,13 @@ func (s *serverStats) failed(msg string) {
 	s.mu.Unlock()
 }
 
-// noteExit records a child that ended on its own (not stopped by the
-// agent: its session had not ended) as the server's last error.
-func (srv *stdioServer) noteExit(s *session, werr error) {
-	s.mu.Lock()
-	ended := s.ended
-	s.mu.Unlock()
-	if !ended {
-		srv.stats.failed(fmt.Sprintf("server process ended on its own (%s)", exitReason(werr)))
-	}
-}
-
 // statsOf returns the counters of a server handler.
 func statsOf(srv http.Handler) *serverStats {
 	switch s := srv.(type) {
 	case *httpServer:
 		return &s.stats
 	case *stdioServer:
-		return &s.stats
+		return s.counters()
 	}
 	return nil
 }
@@ -82,14 +70,7 @@ type ServerStats struct {
 func (h *Handler) Stats() []ServerStats {
 	out := make([]ServerStats, 0, len(h.stdio)+len(h.proxies))
 	for _, s := range h.stdio {
-		st := s.stats.snapshot(s.cfg.Name, "stdio")
-		s.mu.Lock()
-		st.Sessions, st.Children = len(s.sessions), len(s.live)
-		s.mu.Unlock()
-		s.callMu.Lock()
-		st.Calls = s.calls
-		s.callMu.Unlock()
-		out = append(out, st)
+		out = append(out, s.snapshot())
 	}
 	for _, p := range h.proxies {
 		st := p.stats.snapshot(p.name, "http")

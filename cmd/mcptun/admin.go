@@ -125,7 +125,7 @@ func registerRelayGauges(reg *prometheus.Registry, rr *runningRelay, known []str
 			return out
 		}
 	}
-	guardStats := func(client bool, v func(*authguard.Stats) uint64) func() []metrics.Sample {
+	guardStats := func(v func(*authguard.Stats) uint64) func() []metrics.Sample {
 		return func() []metrics.Sample {
 			return []metrics.Sample{
 				{Value: float64(v(h.AuthGuard().Stats())), Labels: []string{"client"}},
@@ -169,9 +169,9 @@ func registerRelayGauges(reg *prometheus.Registry, rr *runningRelay, known []str
 		metrics.NewFunc("mcptun_relay_requests_in_flight", "Forwarded exchanges in progress (GET streams aside).", gauge, nil,
 			metrics.One(func() float64 { return float64(h.InFlight()) })),
 		metrics.NewFunc("mcptun_relay_auth_failures_total", "Failed authentications: wrong bearer tokens (kind=client), refused agent handshakes (kind=agent).", counter,
-			[]string{"kind"}, guardStats(true, func(s *authguard.Stats) uint64 { return s.Failures.Load() })),
+			[]string{"kind"}, guardStats(func(s *authguard.Stats) uint64 { return s.Failures.Load() })),
 		metrics.NewFunc("mcptun_relay_auth_throttled_total", "Attempts refused because their source address failed too often.", counter,
-			[]string{"kind"}, guardStats(true, func(s *authguard.Stats) uint64 { return s.Throttled.Load() })),
+			[]string{"kind"}, guardStats(func(s *authguard.Stats) uint64 { return s.Throttled.Load() })),
 		metrics.NewFunc("mcptun_relay_client_connections_open", "Client connections open.", gauge, nil,
 			metrics.One(func() float64 { return float64(rr.fast.Open()) })),
 		metrics.NewFunc("mcptun_relay_client_connections_refused_total", "Client connections refused at http.max_connections.", counter, nil,
