@@ -303,13 +303,22 @@ type activityConn struct {
 	net.Conn
 	start time.Time    // carries the monotonic clock reading
 	last  atomic.Int64 // nanoseconds after start of the last read with data
+	// Bytes read and written, for metrics (see stats.go).
+	in, out atomic.Uint64
 }
 
 func (c *activityConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.last.Store(int64(time.Since(c.start)))
+		c.in.Add(uint64(n))
 	}
+	return n, err
+}
+
+func (c *activityConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.out.Add(uint64(n))
 	return n, err
 }
 

@@ -30,7 +30,8 @@ type SessionStats struct {
 	// while, so the figure may be old); 0 when none is known yet.
 	RTT time.Duration
 	// BytesSent and BytesReceived count the QUIC connection's bytes
-	// (retransmissions included); 0 over TCP, where yamux does not count.
+	// (retransmissions included), or over TCP yamux's bytes on the TLS
+	// connection (its framing included, TLS's own overhead not).
 	BytesSent, BytesReceived uint64
 }
 
@@ -43,7 +44,7 @@ func sessionStats(s Session) SessionStats {
 		cs := s.conn.ConnectionStats()
 		return SessionStats{RTT: cs.SmoothedRTT, BytesSent: cs.BytesSent, BytesReceived: cs.BytesReceived}
 	case *yamuxSession:
-		st := SessionStats{RTT: time.Duration(s.rtt.Load())}
+		st := SessionStats{RTT: time.Duration(s.rtt.Load()), BytesSent: s.conn.out.Load(), BytesReceived: s.conn.in.Load()}
 		if s.quic != nil {
 			cs := s.quic.ConnectionStats()
 			st.RTT, st.BytesSent, st.BytesReceived = cs.SmoothedRTT, cs.BytesSent, cs.BytesReceived
