@@ -276,7 +276,7 @@ func chromiumPath(t *testing.T) string {
 // after an MCP call.
 func TestStatusPageInBrowser(t *testing.T) {
 	chrome := chromiumPath(t)
-	d, relayAdmin, _ := deployAdmin(t)
+	d, relayAdmin, agentAdmin := deployAdmin(t)
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chrome), chromedp.NoSandbox,
 		chromedp.Flag("disable-gpu", true), chromedp.UserDataDir(t.TempDir()))
@@ -318,6 +318,21 @@ func TestStatusPageInBrowser(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return count() >= n0+3 }, 10*time.Second, 100*time.Millisecond,
 		"the page refreshes itself and shows initialize, initialized and the call")
+
+	// The agent's page: its tunnel, and the child the client's session
+	// runs.
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Navigate(agentAdmin+"/"),
+		chromedp.WaitVisible(`tr[data-relay]`),
+		chromedp.WaitVisible(`tr[data-server="notes"]`),
+	))
+	tunnelRow, err := chromedp.Run(ctx, chromedp.Text(`tr[data-relay]`))
+	require.NoError(t, err)
+	require.Contains(t, tunnelRow, "up")
+	require.Contains(t, tunnelRow, "quic")
+	serverRow, err := chromedp.Run(ctx, chromedp.Text(`tr[data-server="notes"]`))
+	require.NoError(t, err)
+	require.Contains(t, serverRow, "notes (stdio)")
 }
 
 // TestAdminReadyzWhileDraining: a relay told to stop is not ready while it
