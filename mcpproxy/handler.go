@@ -384,6 +384,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // refuseOverLimit answers an exchange for a server over its rate limit.
 func (h *Handler) refuseOverLimit(w http.ResponseWriter, name string, wait time.Duration) {
+	if s := statsOf(h.servers[name]); s != nil {
+		s.refused(reasonRateLimited)
+	}
 	h.log.Debug("server over its rate limit", "server", name)
 	w.Header().Set("Retry-After", ratelimit.RetryAfter(wait))
 	writeErrorData(w, http.StatusTooManyRequests, nil, codeRateLimited,

@@ -12,6 +12,7 @@ import (
 type serverStats struct {
 	requests       atomic.Uint64 // exchanges routed to the server
 	upstreamErrors atomic.Uint64 // exchanges the upstream failed (url servers)
+	refusals       [len(LimitReasons)]atomic.Uint64
 
 	mu      sync.Mutex
 	lastErr string
@@ -23,6 +24,22 @@ func (s *serverStats) failed(msg string) {
 	s.mu.Lock()
 	s.lastErr, s.lastAt = msg, time.Now()
 	s.mu.Unlock()
+}
+
+// LimitReasons are the reasons the agent refuses an exchange for one of
+// its limits, counted per server (ServerStats.Refusals).
+// (Spelled out: the stdio limits' constants exist only where stdio
+// servers run; TestLimitReasons keeps them in step.)
+var LimitReasons = [...]string{reasonRateLimited, "session_limit", "client_session_limit",
+	"concurrency_limit", "client_concurrency_limit"}
+
+func (s *serverStats) refused(reason string) {
+	for i, r := range LimitReasons {
+		if r == reason {
+			s.refusals[i].Add(1)
+			return
+		}
+	}
 }
 
 // statsOf returns the counters of a server handler.
@@ -60,6 +77,9 @@ type ServerStats struct {
 	Sessions int `json:"sessions"`
 	Children int `json:"children"`
 	Calls    int `json:"calls"`
+	// Refusals counts the exchanges refused for a limit, by reason
+	// (LimitReasons).
+	Refusals map[string]uint64 `json:"refusals,omitempty"`
 	// LastError is the most recent failure, if any.
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
@@ -82,6 +102,14 @@ func (h *Handler) Stats() []ServerStats {
 
 func (s *serverStats) snapshot(name, kind string) ServerStats {
 	st := ServerStats{Name: name, Kind: kind, Requests: s.requests.Load(), UpstreamErrors: s.upstreamErrors.Load()}
+	for i, r := range LimitReasons {
+		if n := s.refusals[i].Load(); n > 0 {
+			if st.Refusals == nil {
+				st.Refusals = map[string]uint64{}
+			}
+			st.Refusals[r] = n
+		}
+	}
 	s.mu.Lock()
 	st.LastError, st.LastErrorAt = s.lastErr, s.lastAt
 	s.mu.Unlock()

@@ -72,3 +72,31 @@ func TestStatsURLServer(t *testing.T) {
 	require.EqualValues(t, 2, st.UpstreamErrors)
 	require.NotEmpty(t, st.LastError)
 }
+
+// TestLimitReasons: LimitReasons spells the limits' reasons as they do.
+func TestLimitReasons(t *testing.T) {
+	require.Equal(t, [...]string{reasonRateLimited, reasonSessionLimit, reasonClientSessionLimit,
+		reasonConcurrencyLimit, reasonClientConcurrencyLimit}, LimitReasons)
+}
+
+// TestStatsRefusals: a server's rate limit refusals count, on both paths.
+func TestStatsRefusals(t *testing.T) {
+	b := newBridge(t, Options{}, ServerConfig{Name: "up", URL: "http://127.0.0.1:1/mcp", Rate: 0.001, Burst: 1})
+	for range 3 {
+		resp, err := b.srv.Client().Post(b.srv.URL+"/up/mcp", "application/json", nil)
+		require.NoError(t, err)
+		resp.Body.Close()
+	}
+	st := statsOfServer(t, b.h, "up")
+	require.Equal(t, map[string]uint64{reasonRateLimited: 2}, st.Refusals)
+}
+
+// TestStatsLimitRefusals: a stdio server's own limits count by reason.
+func TestStatsLimitRefusals(t *testing.T) {
+	b := newBridgeLimits(t, Options{}, Limits{Sessions: 1})
+	b.initializeAs(t, "alice")
+	resp := b.do(t, http.MethodPost, "", initBody, as("bob")...)
+	body := readBody(t, resp)
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, body)
+	require.Equal(t, map[string]uint64{reasonSessionLimit: 1}, statsOfServer(t, b.h, "ts").Refusals)
+}

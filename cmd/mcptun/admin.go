@@ -244,7 +244,7 @@ func (a *agentAdmin) Status() *admin.Status {
 	}
 	for _, s := range a.ra.handler.Stats() {
 		ss := admin.ServerStatus{Name: s.Name, Kind: s.Kind, Requests: s.Requests, Errors: s.UpstreamErrors,
-			Sessions: s.Sessions, Children: s.Children, Calls: s.Calls, LastError: s.LastError,
+			Sessions: s.Sessions, Children: s.Children, Calls: s.Calls, LastError: s.LastError, Refusals: s.Refusals,
 			RatePerSecond: a.rates.rate(s.Name, s.Requests, now)}
 		if u, ok := a.urls[s.Name]; ok {
 			ss.Upstream = probeUpstream(u)
@@ -320,6 +320,16 @@ func registerAgentGauges(reg *prometheus.Registry, ra *runningAgent) {
 			perTunnel(func(t tunnel.TunnelStats) float64 { return float64(t.BytesReceived) })),
 		metrics.NewFunc("mcptun_agent_requests_total", "HTTP exchanges routed to a server.", counter, sk,
 			perServer(func(s mcpproxy.ServerStats) float64 { return float64(s.Requests) })),
+		metrics.NewFunc("mcptun_agent_refusals_total", "Exchanges the agent refused for one of a server's limits, by reason (rate_limited, session_limit, client_session_limit, concurrency_limit, client_concurrency_limit).", counter,
+			[]string{"server", "kind", "reason"}, func() []metrics.Sample {
+				var out []metrics.Sample
+				for _, s := range ra.handler.Stats() {
+					for _, r := range mcpproxy.LimitReasons {
+						out = append(out, metrics.Sample{Value: float64(s.Refusals[r]), Labels: []string{s.Name, s.Kind, r}})
+					}
+				}
+				return out
+			}),
 		metrics.NewFunc("mcptun_agent_upstream_errors_total", "Exchanges a url server failed (unreachable, or broke off).", counter, sk,
 			perServer(func(s mcpproxy.ServerStats) float64 { return float64(s.UpstreamErrors) })),
 		metrics.NewFunc("mcptun_agent_sessions", "MCP sessions open, by server.", gauge, sk,

@@ -55,6 +55,8 @@ type ServerStatus struct {
 	Children      int     `json:"children"`          // agent, stdio servers
 	Calls         int     `json:"calls,omitempty"`   // agent: requests in flight
 	LastError     string  `json:"last_error,omitempty"`
+	// Refusals, at the agent: exchanges refused for a limit, by reason.
+	Refusals map[string]uint64 `json:"refusals,omitempty"`
 	// Upstream, for a url server at the agent: "reachable", or why not.
 	Upstream string `json:"upstream,omitempty"`
 }
