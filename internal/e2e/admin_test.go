@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/stretchr/testify/require"
 
@@ -218,6 +219,12 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 	require.Equal(t, 1.0, metricValue(am, "mcptun_agent_stdio_children", `server="notes"`), am)
 	require.Equal(t, 1.0, metricValue(am, "mcptun_agent_tunnels_up"), am)
 	require.Contains(t, am, "go_goroutines", "runtime collectors")
+	// Both roles' metrics follow Prometheus' naming conventions.
+	for role, text := range map[string]string{"relay": m, "agent": am} {
+		problems, err := promlint.New(strings.NewReader(text)).Lint()
+		require.NoError(t, err, role)
+		require.Empty(t, problems, "%s: promlint", role)
+	}
 
 	// The human table.
 	out, err = exec.Command(mcptunBin, "status", "--admin", relayAdmin, "--token-file", tokenFile).CombinedOutput()
