@@ -91,6 +91,9 @@ type route struct {
 	agent, server string
 	method        []byte
 	counted       bool // in h.inflight: Exchange.Done counts it out
+	// obs is the exchange's observation (with Handler.obs), here so
+	// that it costs no allocation of its own.
+	obs observedExchange
 }
 
 // fastRoute admits an exchange the fast path takes, or reports false: then
@@ -201,7 +204,8 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 		if string(rt.method) != http.MethodPost {
 			m = mcpMethod(string(rt.method), nil)
 		}
-		o = h.observe(rt.agent, rt.server, m)
+		o = &rt.obs
+		h.observeInto(o, rt.agent, rt.server, m)
 		leave := done
 		done = func() {
 			if leave != nil {

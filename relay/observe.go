@@ -107,11 +107,17 @@ type observedExchange struct {
 }
 
 func (h *Handler) observe(agent, server, method string) *observedExchange {
-	o := &observedExchange{h: h, agent: agent, server: server, method: method, start: time.Now()}
+	o := new(observedExchange)
+	h.observeInto(o, agent, server, method)
+	return o
+}
+
+// observeInto starts observing into o (memory the exchange has anyway).
+func (h *Handler) observeInto(o *observedExchange, agent, server, method string) {
+	*o = observedExchange{h: h, agent: agent, server: server, method: method, start: time.Now()}
 	if method == "stream" {
 		h.obs.StreamOpened(agent, server)
 	}
-	return o
 }
 
 // onHead learns the status, and the method from the body held whole (the

@@ -20,8 +20,11 @@ type Relay struct {
 	duration *prometheus.HistogramVec
 	streams  *prometheus.GaugeVec
 
-	series  sync.Map // seriesKey → *series
-	servers sync.Map // serverKey → *ServerFigures
+	// A map with a lock, not a sync.Map: a struct key put in an
+	// interface would cost an allocation per exchange.
+	mu      sync.RWMutex
+	series  map[seriesKey]*series
+	servers sync.Map // serverKey → *ServerFigures (looked up once per series)
 	errors  Ring
 }
 
@@ -50,6 +53,7 @@ type ServerFigures struct {
 // NewRelay registers the relay's request metrics on reg.
 func NewRelay(reg prometheus.Registerer) *Relay {
 	m := &Relay{
+		series: make(map[seriesKey]*series),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mcptun_relay_requests_total",
 			Help: "Client exchanges the relay answered, by agent, server, MCP method, HTTP status code and reason (the relay's own refusals and failures; empty for answers from the agent). Agent and server are empty when the client named ones the relay does not know.",
@@ -78,10 +82,18 @@ func (m *Relay) figures(agent, server string) *ServerFigures {
 }
 
 func (m *Relay) seriesFor(k seriesKey) *series {
-	if s, ok := m.series.Load(k); ok {
-		return s.(*series)
+	m.mu.RLock()
+	s, ok := m.series[k]
+	m.mu.RUnlock()
+	if ok {
+		return s
 	}
-	s := &series{
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s, ok := m.series[k]; ok {
+		return s
+	}
+	s = &series{
 		requests: m.requests.WithLabelValues(k.agent, k.server, k.method, strconv.Itoa(k.code), k.reason),
 		srv:      m.figures(k.agent, k.server),
 	}
@@ -89,8 +101,8 @@ func (m *Relay) seriesFor(k seriesKey) *series {
 		// Only then: a refusal's label set gets no empty histogram.
 		s.duration = m.duration.WithLabelValues(k.agent, k.server, k.method)
 	}
-	got, _ := m.series.LoadOrStore(k, s)
-	return got.(*series)
+	m.series[k] = s
+	return s
 }
 
 // Exchange implements relay.Observer.
