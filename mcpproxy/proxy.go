@@ -42,6 +42,8 @@ type httpServer struct {
 	// sessionAnswer as a func value made once.
 	sessions        *urlSessions
 	onSessionAnswer func(*httpfwd.RawRequest, int, *httpfwd.Head)
+
+	stats serverStats // see stats.go
 }
 
 func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
@@ -202,6 +204,7 @@ func (p *httpServer) errorHandler(w http.ResponseWriter, r *http.Request, err er
 		return
 	}
 	status, code, reason, msg := p.failed(r.Method, err)
+	p.stats.failed(msg)
 	writeErrorData(w, status, nil, code, msg, map[string]string{"reason": reason})
 }
 

@@ -181,6 +181,7 @@ func (s *session) run() {
 	}
 	s.proc.stdout.Close()
 	s.proc.stderr.Close()
+	s.srv.noteExit(s, werr)
 	s.end(fmt.Errorf("server process ended (%s)", exitReason(werr)))
 	s.log.Info("server process reaped", "pid", s.proc.pgid, "status", exitReason(werr))
 	s.releaseIfOver()

@@ -57,6 +57,8 @@ type stdioServer struct {
 	// peakBuffered is the largest replay buffer (bytes) a session of the
 	// server has had: what the bound promises, observable.
 	peakBuffered atomic.Int64
+
+	stats serverStats // see stats.go
 }
 
 // noteBuffered records a session's replay buffer size.
@@ -381,6 +383,7 @@ func (srv *stdioServer) startError(w http.ResponseWriter, id []byte, err error) 
 		writeError(w, http.StatusServiceUnavailable, id, codeInternal, "mcpproxy: shutting down")
 	default:
 		srv.log.Error("cannot start server process", "err", err)
+		srv.stats.failed("cannot start the server process: " + err.Error())
 		writeError(w, http.StatusBadGateway, id, codeServerGone,
 			fmt.Sprintf("mcpproxy: cannot start the process of server %q (see the agent's log)", srv.cfg.Name))
 	}

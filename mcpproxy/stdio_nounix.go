@@ -22,3 +22,7 @@ func (*stdioServer) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (*stdioServer) closeAll() {}
+
+func (*stdioServer) counters() *serverStats { return nil }
+
+func (*stdioServer) snapshot() ServerStats { return ServerStats{Kind: "stdio"} }

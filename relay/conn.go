@@ -91,6 +91,9 @@ type route struct {
 	agent, server string
 	method        []byte
 	counted       bool // in h.inflight: Exchange.Done counts it out
+	// obs is the exchange's observation (with Handler.obs), here so
+	// that it costs no allocation of its own.
+	obs observedExchange
 }
 
 // fastRoute admits an exchange the fast path takes, or reports false: then
@@ -195,12 +198,31 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 	if rt.counted {
 		done = h.leave
 	}
+	var o *observedExchange
+	if h.obs != nil {
+		m := ""
+		if string(rt.method) != http.MethodPost {
+			m = mcpMethod(string(rt.method), nil)
+		}
+		o = &rt.obs
+		h.observeInto(o, rt.agent, rt.server, m)
+		leave := done
+		done = func() {
+			if leave != nil {
+				leave()
+			}
+			o.done()
+		}
+	}
 	// The closures below hold rt for as long as the exchange lasts; the
 	// method points into the head, whose memory a parked exchange gives
 	// back (httpfwd.RawRequest.OnPark).
 	rt.method = nil
 	fwd, stalls := h.agentPath(rt.agent, rt.adm.replica)
 	req := httpfwd.RawRequest{Head: b}
+	if o != nil {
+		req.OnHead = o.onHead
+	}
 	if rt.adm.replica != "" {
 		req.PrefixField, req.Prefix = sessionHeader, []byte(rt.adm.replica+".")
 	}
@@ -214,6 +236,9 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 			status, reason, msg := h.forwardFailed(rt.adm.client.Name, rt.agent, rt.server, err)
 			if acc != nil {
 				acc.reason = reason
+			}
+			if o != nil {
+				o.status, o.reason = status, reason
 			}
 			header := "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
 			if status == http.StatusServiceUnavailable {

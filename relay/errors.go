@@ -25,6 +25,7 @@ type errorExtra struct {
 // which expect JSON-RPC, show the message.
 func writeError(w http.ResponseWriter, status int, reason, message string) {
 	noteAccess(w, "", reason)
+	noteReason(w, reason)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)

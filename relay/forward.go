@@ -21,6 +21,11 @@ var dropHeaders = []string{"Authorization", "Cookie", ClientHeader}
 // forward sends the exchange to the agent over a pooled tunnel stream.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, adm admission, agent, server string) {
 	client := adm.client.Name
+	if h.obs != nil {
+		o := h.observe(agent, server, mcpMethod(r.Method, nil))
+		w = &observeWriter{ResponseWriter: w, o: o}
+		defer o.done()
+	}
 	if r.Method != http.MethodGet {
 		if !h.inflight.Enter() {
 			w.Header().Set("Retry-After", relayDraining.value)

@@ -167,6 +167,8 @@ type Config struct {
 	// OAuth, if set, also admits clients with JWT access tokens (see
 	// OAuth); nil: bearer tokens only.
 	OAuth *OAuth
+	// Observer, if set, is told of every exchange (metrics).
+	Observer Observer
 }
 
 // DefaultMaxStalledPerAgent keeps what stalled clients hold of an agent's
@@ -241,6 +243,7 @@ type Handler struct {
 	oauth    *oauthVerifier // nil: no OAuth clients
 	// transports says an agent's tunnel transport, for the access line.
 	transports AgentTransports
+	obs        Observer // nil: nobody observes
 
 	mu       sync.Mutex
 	perAgent map[string]*perAgent // so one agent's reconnect drops only its streams
@@ -261,6 +264,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		cutLog:   logging.NewLimit(logging.LimitRate, logging.LimitBurst),
 		guard:    cfg.AuthGuard,
 		stallN:   cfg.MaxStalledPerAgent,
+		obs:      cfg.Observer,
 	}
 	h.leave = h.inflight.Leave
 	h.draining, _ = cfg.Agents.(DrainingAgents)
@@ -415,6 +419,9 @@ func (h *Handler) serveMCP(w http.ResponseWriter, r *http.Request) {
 			if ref.client != "" {
 				noteAccess(w, ref.client, "")
 			}
+		}
+		if h.obs != nil {
+			h.observedRefusal(agent, server, mcpMethod(r.Method, nil), ref)
 		}
 		writeError(w, ref.status, ref.reason, ref.msg)
 		return

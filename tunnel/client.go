@@ -68,7 +68,10 @@ type ClientConfig struct {
 	// It only affects QUIC; over TCP streams are always yamux streams.
 	Mux     string
 	Servers []OfferedServer
-	Logger  *slog.Logger
+	// Software names the agent's build in its hello ("mcptun v1.4.0"),
+	// shown in the relay's status.
+	Software string
+	Logger   *slog.Logger
 	// QUICTimeout is how long "auto" waits for QUIC before trying TCP
 	// (default 3 s).
 	QUICTimeout time.Duration
@@ -227,7 +230,7 @@ func (cfg *ClientConfig) credentialSecret() ([]byte, error) {
 
 // hello is the agent's hello before any per-session signature.
 func (cfg *ClientConfig) hello() hello {
-	h := hello{Type: typeHello, Version: ProtocolVersion, Agent: cfg.Name, Token: cfg.Token, Servers: cfg.servers()}
+	h := hello{Type: typeHello, Version: ProtocolVersion, Agent: cfg.Name, Token: cfg.Token, Servers: cfg.servers(), Software: cfg.Software}
 	switch {
 	case cfg.Key != nil:
 		h.Auth = AuthEd25519
@@ -267,6 +270,8 @@ type Client struct {
 	mu      sync.Mutex
 	cur     *clientSession
 	changed chan struct{} // closed and replaced whenever cur changes
+
+	stats clientStats // see stats.go
 }
 
 // NewClient checks cfg and returns a Client; nothing is dialed until Run.
@@ -399,6 +404,9 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		if err == nil && cfg.Transport == TransportAuto {
 			quicFailed = cs.Transport() == TransportTCPYamux
+		}
+		if err == nil {
+			c.noteSession(cs)
 		}
 		if ctx.Err() != nil {
 			if cs != nil {

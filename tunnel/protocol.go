@@ -155,6 +155,9 @@ type hello struct {
 	// signature of authTranscript for this TLS session (base64 in JSON).
 	PublicKey []byte `json:"public_key,omitempty"`
 	Signature []byte `json:"signature,omitempty"`
+	// Software is the agent's build ("mcptun v1.4.0"), for status pages;
+	// older agents send none.
+	Software string `json:"software,omitempty"`
 }
 
 // authKind is h.Auth with the default filled in.
@@ -279,6 +282,9 @@ func (h *hello) validate() error {
 	}
 	if err := h.validateCredential(); err != nil {
 		return err
+	}
+	if !validSoftware(h.Software) {
+		return fmt.Errorf("software %q: at most %d printable ASCII characters", truncate(h.Software, 64), maxSoftwareLen)
 	}
 	return validateServers(h.Servers)
 }

@@ -156,6 +156,8 @@ type AgentStatus struct {
 	// Draining: the agent said it is shutting down (see Server.Draining).
 	Draining bool            `json:"draining"`
 	Replicas []ReplicaStatus `json:"replicas"`
+	// Software is the agent's build, as its hello said ("" if it did not).
+	Software string `json:"software,omitempty"`
 }
 
 // ReplicaStatus describes one connected replica of an agent: one agent
@@ -173,11 +175,13 @@ type ReplicaStatus struct {
 	// Auth is how the replica proved its identity: AuthToken, AuthEd25519
 	// or AuthCertificate.
 	Auth string `json:"auth"`
+
+	Software string `json:"software,omitempty"` // as in AgentStatus
 }
 
 func (a *agentSession) replicaStatus() ReplicaStatus {
 	return ReplicaStatus{Tag: a.tag, Servers: slices.Clone(a.status.Servers), Transport: a.status.Transport,
-		Remote: a.status.Remote, ConnectedAt: a.status.ConnectedAt, Draining: a.draining.Load(), Auth: a.auth}
+		Remote: a.status.Remote, ConnectedAt: a.status.ConnectedAt, Draining: a.draining.Load(), Auth: a.auth, Software: a.status.Software}
 }
 
 // Server is the relay end: it accepts agent sessions and opens streams to
@@ -741,6 +745,7 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 			Transport:   sess.Transport(),
 			Remote:      remote,
 			ConnectedAt: time.Now(),
+			Software:    h.Software,
 		},
 		sess:      sess,
 		ctl:       ctl,
@@ -1318,7 +1323,7 @@ func (r *agentReplicas) status(name string) AgentStatus {
 	if len(st.Replicas) > 0 {
 		first := st.Replicas[0]
 		st.Servers = slices.Clone(first.Servers)
-		st.Transport, st.Remote, st.ConnectedAt = first.Transport, first.Remote, first.ConnectedAt
+		st.Transport, st.Remote, st.ConnectedAt, st.Software = first.Transport, first.Remote, first.ConnectedAt, first.Software
 	}
 	return st
 }

@@ -180,6 +180,7 @@ type yamuxSession struct {
 
 	wg     sync.WaitGroup // the watchdog and its ping
 	silent atomic.Bool    // the watchdog ended the session
+	rtt    atomic.Int64   // the last ping's round trip (ns), see stats.go
 }
 
 // newYamux starts yamux over conn as the client (the agent) or the server
@@ -284,7 +285,9 @@ func (s *yamuxSession) watch() {
 					defer s.wg.Done()
 					// Returns on the answer, yamux's write timeout or the
 					// session's end; the answer's bytes are what counts.
-					_, _ = s.mux.Ping()
+					if rtt, err := s.mux.Ping(); err == nil {
+						s.rtt.Store(int64(rtt))
+					}
 					<-pinging
 				}()
 			default:
@@ -300,13 +303,22 @@ type activityConn struct {
 	net.Conn
 	start time.Time    // carries the monotonic clock reading
 	last  atomic.Int64 // nanoseconds after start of the last read with data
+	// Bytes read and written, for metrics (see stats.go).
+	in, out atomic.Uint64
 }
 
 func (c *activityConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.last.Store(int64(time.Since(c.start)))
+		c.in.Add(uint64(n))
 	}
+	return n, err
+}
+
+func (c *activityConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.out.Add(uint64(n))
 	return n, err
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mcptun/mcptun/internal/admin"
 	"github.com/mcptun/mcptun/internal/audit"
 	"github.com/mcptun/mcptun/internal/config"
 	"github.com/mcptun/mcptun/internal/httpfwd"
@@ -115,6 +116,7 @@ type runningAgent struct {
 	debug   *debugServer
 	audit   *audit.Log // nil: off
 	log     *slog.Logger
+	admin   *admin.Server
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 }
@@ -154,6 +156,7 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 			Transport:   cfg.Relay.Transport,
 			Mux:         cfg.Relay.Mux,
 			Servers:     offered,
+			Software:    "mcptun " + version,
 			Logger:      log.With("component", "tunnel"),
 		},
 		Addresses:       cfg.Relay.Address,
@@ -193,6 +196,19 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 			_ = ra.Close()
 			return nil, err
 		}
+	}
+	reg := newRegistry()
+	registerAgentGauges(reg, ra)
+	urls := map[string]string{}
+	for _, s := range cfg.Servers {
+		if s.URL != "" {
+			urls[s.Name] = s.URL
+		}
+	}
+	ra.admin, err = startAdmin(cfg.Admin, reg, &agentAdmin{name: cfg.Name, ra: ra, urls: urls, started: time.Now()}, log)
+	if err != nil {
+		_ = ra.Close()
+		return nil, err
 	}
 	log.Info("agent started", "name", cfg.Name, "relays", cfg.Relay.Address, "servers", len(servers))
 	return ra, nil
@@ -263,6 +279,7 @@ func (ra *runningAgent) close(flush time.Duration) error {
 	ra.cancel()
 	_ = ra.Relays.Listener().Close()
 	ra.debug.Close()
+	ra.admin.Close()
 	ra.wg.Wait()
 	// Last: the exchanges cut above wrote their lines.
 	closeAudit(ra.audit, ra.log)

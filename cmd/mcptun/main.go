@@ -53,6 +53,7 @@ func newRootCmd() *cobra.Command {
 		newExampleServerCmd(),
 		newVersionCmd(),
 		newAuditCmd(),
+		newStatusCmd(),
 	)
 	return root
 }

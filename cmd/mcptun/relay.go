@@ -16,10 +16,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mcptun/mcptun/internal/admin"
 	"github.com/mcptun/mcptun/internal/agentkey"
+	"github.com/mcptun/mcptun/internal/authguard"
 	"github.com/mcptun/mcptun/internal/config"
 	"github.com/mcptun/mcptun/internal/httpfwd"
 	"github.com/mcptun/mcptun/internal/logging"
+	"github.com/mcptun/mcptun/internal/metrics"
 	"github.com/mcptun/mcptun/relay"
 	"github.com/mcptun/mcptun/tunnel"
 )
@@ -85,6 +88,7 @@ type runningRelay struct {
 	fast  *httpfwd.ConnServer
 	http  *http.Server
 	debug *debugServer
+	admin *admin.Server
 	wg    sync.WaitGroup
 
 	tunnelCert, httpCert atomic.Pointer[tls.Certificate] // served now; see startRelay
@@ -143,6 +147,9 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	// (see reloadParts); new handshakes get the new one.
 	rr.tunnelCert.Store(&tunnelCert)
 	rr.httpCert.Store(httpCert)
+	reg := newRegistry()
+	relayMetrics := metrics.NewRelay(reg)
+	agentGuard := authguard.New(authguard.Config{What: "agent handshake", Logger: log.With("component", "tunnel")})
 	// The tunnel reports agents going away before the front exists; the
 	// front is set right after, and an agent cannot have connected yet.
 	var front struct {
@@ -155,6 +162,7 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 		Agents:      creds,
 		DisableQUIC: cfg.Tunnel.DisableQUIC,
 		Logger:      log.With("component", "tunnel"),
+		AuthGuard:   agentGuard,
 		OnAgentChange: func(name string, up bool) {
 			front.Lock()
 			h := front.h
@@ -184,7 +192,8 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 			BodyTimeout:   cfg.HTTP.BodyTimeout,
 			WriteTimeout:  cfg.HTTP.WriteTimeout,
 		},
-		OAuth: relayOAuth(&cfg.OAuth),
+		OAuth:    relayOAuth(&cfg.OAuth),
+		Observer: relayMetrics,
 	})
 	if err != nil {
 		_ = ts.Close()
@@ -231,6 +240,12 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 			_ = rr.Close()
 			return nil, err
 		}
+	}
+	registerRelayGauges(reg, rr, known, agentGuard)
+	rr.admin, err = startAdmin(cfg.Admin, reg, &relayAdmin{rr: rr, m: relayMetrics, started: time.Now()}, log)
+	if err != nil {
+		_ = rr.Close()
+		return nil, err
 	}
 	log.Info("relay started", "tunnel", ts.Addr(), "http", rr.HTTPURL, "agents", len(creds), "clients", len(clients))
 	return rr, nil
@@ -323,6 +338,7 @@ func (rr *runningRelay) Close() error {
 		_ = rr.http.Close()
 	}
 	rr.debug.Close()
+	rr.admin.Close()
 	rr.wg.Wait()
 	return err
 }

@@ -39,6 +39,7 @@ type Agent struct {
 	Debug            Debug          `mapstructure:"debug"`
 	// Audit is the audit trail (off unless audit.file is set).
 	Audit Audit `mapstructure:"audit"`
+	Admin Admin `mapstructure:"admin"`
 	// ShutdownGrace is how long an agent told to stop (SIGTERM, SIGINT)
 	// lets the exchanges in flight finish before it cuts them, stops its
 	// stdio servers and exits.
@@ -141,7 +142,7 @@ const DefaultIdleTimeout = 2 * time.Minute
 // reading the token from token_file.
 func LoadAgent(path string) (*Agent, error) {
 	var c Agent
-	if err := load(path, &c, "relay.token"); err != nil {
+	if err := load(path, &c, "relay.token", "admin.token"); err != nil {
 		return nil, err
 	}
 	if err := restoreEnvCase(path, &c); err != nil {
@@ -277,6 +278,7 @@ func (c *Agent) validate(p *problems, path string) {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
 	}
 	checkShutdownGrace(p, &c.ShutdownGrace)
+	c.Admin.validate(p, path)
 }
 
 // validateCredential checks that the agent has exactly one credential — a

@@ -18,6 +18,7 @@ type Relay struct {
 	OAuth   RelayOAuth    `mapstructure:"oauth"` // JWT access tokens too (see RelayOAuth)
 	Log     Log           `mapstructure:"log"`
 	Debug   Debug         `mapstructure:"debug"`
+	Admin   Admin         `mapstructure:"admin"`
 	// ShutdownGrace is how long a relay told to stop (SIGTERM, SIGINT)
 	// lets the exchanges in flight finish before it cuts them and exits.
 	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
@@ -129,7 +130,7 @@ type Debug struct {
 // LoadRelay reads and validates a relay configuration file.
 func LoadRelay(path string) (*Relay, error) {
 	var c Relay
-	if err := load(path, &c); err != nil {
+	if err := load(path, &c, "admin.token"); err != nil {
 		return nil, err
 	}
 	p := &problems{file: path}
@@ -207,6 +208,7 @@ func (c *Relay) validate(p *problems, path string) {
 		checkHostPort(p, "debug.pprof_listen", c.Debug.PprofListen)
 	}
 	checkShutdownGrace(p, &c.ShutdownGrace)
+	c.Admin.validate(p, path)
 }
 
 // checkTokenHashes validates an agent's token_sha256: one hash (a single
