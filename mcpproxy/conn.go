@@ -94,6 +94,17 @@ func (h *Handler) routeServer(name []byte, head *httpfwd.Head, out []byte) *http
 	limit := h.limits[string(name)]
 	switch srv := h.servers[string(name)].(type) {
 	case *httpServer:
+		if srv.policy != nil || headNarrowed(head) {
+			// The policy's path reads the body whole: the bridge's way
+			// (or net/http's, for what the fast path cannot answer).
+			if !servable(head) {
+				return nil
+			}
+			if wait, ok := limit.Take(); !ok {
+				return h.overLimit(string(name), wait)
+			}
+			return &httpfwd.Exchange{Serve: srv.serveFast}
+		}
 		if limit != nil {
 			// A refusal is answered on the connection, which takes only
 			// bodies it can read whole.

@@ -49,6 +49,9 @@ type ServerConfig struct {
 	// Limits bound the sessions and requests of a Command server, in all
 	// and per client; zero fields take their defaults.
 	Limits Limits
+	// Policy says which tools, prompts and resources clients may use, and
+	// limits and pins tools (policy.go). The zero value allows everything.
+	Policy Policy
 }
 
 // Limits bound what one stdio (Command) server takes from the agent, and
@@ -162,6 +165,9 @@ type Options struct {
 	// configured headers (its credentials) anywhere else. An exchange
 	// whose upstream resolves outside gets 502 and a logged reason.
 	UpstreamNetworks []netip.Prefix
+	// PinFile is where servers with Policy.Pin keep their tools' pins
+	// (pins.go). Required when one does.
+	PinFile string
 }
 
 const (
@@ -185,6 +191,7 @@ type Handler struct {
 	servers map[string]http.Handler
 	limits  map[string]*ratelimit.Limiter // by server; absent: no limit
 	guard   *originGuard
+	pins    *pinStore         // nil unless a server pins its tools
 	fast    *httpfwd.FastPath // see conn.go
 	stdio   []*stdioServer
 	proxies []*httpServer
@@ -242,6 +249,14 @@ func NewHandler(servers []ServerConfig, opts Options) (*Handler, error) {
 		if err := validate(sc); err != nil {
 			return nil, fmt.Errorf("mcpproxy: servers[%d] (%q): %w", i, sc.Name, err)
 		}
+		if sc.Policy.Pin && h.pins == nil {
+			if opts.PinFile == "" {
+				return nil, fmt.Errorf("mcpproxy: servers[%d] (%q): pin needs Options.PinFile", i, sc.Name)
+			}
+			if h.pins, err = newPinStore(opts.PinFile, h.log); err != nil {
+				return nil, fmt.Errorf("mcpproxy: %w", err)
+			}
+		}
 		if _, dup := h.servers[sc.Name]; dup {
 			return nil, fmt.Errorf("mcpproxy: servers[%d]: duplicate server name %q", i, sc.Name)
 		}
@@ -272,6 +287,9 @@ func validate(sc ServerConfig) error {
 		return fmt.Errorf("invalid name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", sc.Name)
 	}
 	if err := sc.Limits.validate(); err != nil {
+		return err
+	}
+	if err := sc.Policy.validate(); err != nil {
 		return err
 	}
 	if sc.Limits != (Limits{}) && sc.URL != "" {

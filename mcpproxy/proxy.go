@@ -42,6 +42,11 @@ type httpServer struct {
 	// sessionAnswer as a func value made once.
 	sessions        *urlSessions
 	onSessionAnswer func(*httpfwd.RawRequest, int, *httpfwd.Head)
+
+	// policy is the server's Policy (nil: none); maxBody bounds what its
+	// path holds in memory (Options.MaxMessageBytes).
+	policy  *policy
+	maxBody int64
 }
 
 func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
@@ -55,6 +60,8 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 		target:   target,
 		headers:  make(http.Header, len(sc.Headers)),
 		sessions: newURLSessions(),
+		policy:   newPolicy(sc.Name, sc.Policy, h.pins, h.log),
+		maxBody:  h.opts.MaxMessageBytes,
 	}
 	p.onSessionAnswer = p.sessionAnswer
 	for k, v := range sc.Headers {
@@ -113,6 +120,12 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 const upstreamIdleTimeout = 4 * time.Second
 
 func (p *httpServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.serve(w, r)
+}
+
+// serve is ServeHTTP: session ownership, then the exchange forwarded,
+// under the server's policy if it has one.
+func (p *httpServer) serve(w http.ResponseWriter, r *http.Request) {
 	if sids := r.Header.Values(headerSession); len(sids) > 1 {
 		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: more than one Mcp-Session-Id header")
 		return
@@ -127,7 +140,15 @@ func (p *httpServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		sw.unknown = state == sessionUnknown
 	}
-	w = sw
+	if v, ok := p.policyExchange(r.Header); ok {
+		p.servePolicy(sw, r, v)
+		return
+	}
+	p.forward(sw, r)
+}
+
+// forward sends the exchange upstream and answers with what comes back.
+func (p *httpServer) forward(w http.ResponseWriter, r *http.Request) {
 	err := p.fwd.Forward(w, r, p.requestFor(r))
 	if err == nil {
 		return

@@ -46,6 +46,7 @@ func newRootCmd() *cobra.Command {
 		newBenchCmd(),
 		newCheckCmd(),
 		newTokenCmd(),
+		newToolsCmd(),
 		newExampleServerCmd(),
 		newVersionCmd(),
 	)
