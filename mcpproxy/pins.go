@@ -79,10 +79,10 @@ type pinStore struct {
 	dirty bool
 }
 
+// fileStamp tells whether the pin file changed: its identity (every
+// write renames a new file over it), modification time and size.
 type fileStamp struct {
-	mod  time.Time
-	size int64
-	ok   bool
+	fi fs.FileInfo
 }
 
 func stampOf(path string) fileStamp {
@@ -90,7 +90,14 @@ func stampOf(path string) fileStamp {
 	if err != nil {
 		return fileStamp{}
 	}
-	return fileStamp{mod: fi.ModTime(), size: fi.Size(), ok: true}
+	return fileStamp{fi: fi}
+}
+
+func (a fileStamp) same(b fileStamp) bool {
+	if a.fi == nil || b.fi == nil {
+		return a.fi == nil && b.fi == nil
+	}
+	return os.SameFile(a.fi, b.fi) && a.fi.ModTime().Equal(b.fi.ModTime()) && a.fi.Size() == b.fi.Size()
 }
 
 func newPinStore(path string, log *slog.Logger) (*pinStore, error) {
@@ -154,7 +161,7 @@ func WritePinFile(path string, f PinFile) error {
 // reloadLocked re-reads the file if it changed since it was last read.
 func (s *pinStore) reloadLocked() {
 	st := stampOf(s.path)
-	if st == s.stamp {
+	if st.same(s.stamp) {
 		return
 	}
 	f, err := ReadPinFile(s.path)
