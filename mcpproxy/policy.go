@@ -331,7 +331,13 @@ func listKey(k ListKind) (list, name string, kind TargetKind) {
 // is.
 func (v view) filterList(msg []byte, k ListKind) []byte {
 	m, err := Peek(msg)
-	if err != nil || m.Kind != KindResponse || msg[m.resultSpan.start] != '{' {
+	if err != nil {
+		// What the agent cannot read (a member twice, say) a client might
+		// read its own way: it does not pass.
+		return errorBody(nil, codeInternal, "mcpproxy: the server sent a message the agent's policy cannot read; withheld: "+err.Error(),
+			map[string]string{"reason": reasonPolicyAmbiguous})
+	}
+	if m.Kind != KindResponse || msg[m.resultSpan.start] != '{' {
 		return msg
 	}
 	kinds := []ListKind{k}
