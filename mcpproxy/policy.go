@@ -144,10 +144,12 @@ func EncodeNarrow(globs []string) string {
 }
 
 // view is a policy as one request sees it: the agent's own, narrowed by
-// the relay's tool globs for the client (nil narrow: none).
+// the relay's tool globs for the client. Each NarrowHeader line is a set
+// of globs, and a tool must match one glob of every line: a second line,
+// whoever added it, can only narrow further.
 type view struct {
 	p      *policy
-	narrow []string
+	narrow [][]string
 	// narrowed is set when NarrowHeader was present: an empty or broken
 	// one allows no tool.
 	narrowed bool
@@ -161,13 +163,15 @@ func viewFor(p *policy, h http.Header) (v view, ok bool) {
 	if len(vals) > 0 {
 		v.narrowed = true
 		for _, val := range vals {
+			var line []string
 			for _, part := range strings.Split(val, ",") {
 				g, err := url.QueryUnescape(strings.TrimSpace(part))
 				if err != nil || glob.Check(g) != nil {
 					continue // an unreadable glob allows nothing
 				}
-				v.narrow = append(v.narrow, g)
+				line = append(line, g)
 			}
+			v.narrow = append(v.narrow, line)
 		}
 	}
 	return v, p != nil || v.narrowed
@@ -211,8 +215,10 @@ func (v view) toolAllowed(name string) (ok, byRelay bool) {
 	if v.p != nil && !v.p.Tools.allows(name) {
 		return false, false
 	}
-	if v.narrowed && !glob.MatchAny(v.narrow, name) {
-		return false, true
+	for _, line := range v.narrow {
+		if !glob.MatchAny(line, name) {
+			return false, true
+		}
 	}
 	return true, false
 }

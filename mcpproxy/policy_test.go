@@ -440,3 +440,83 @@ func TestPinning(t *testing.T) {
 	_, err = ApprovePin(pinFile, "wiki", "search")
 	require.ErrorContains(t, err, "no change waiting")
 }
+
+// TestPolicyPromptsResources: prompts and resources (and resource
+// templates, by their uriTemplate text) are filtered and refused like
+// tools; completion/complete for a denied prompt is refused too.
+func TestPolicyPromptsResources(t *testing.T) {
+	p := newPolicy("s", Policy{
+		Prompts:   Rules{Allow: []string{"greet*"}},
+		Resources: Rules{Deny: []string{"file:///secret/*"}},
+	}, nil, slog.New(slog.DiscardHandler))
+	v := view{p: p}
+	for _, tc := range []struct {
+		body, reason string
+	}{
+		{`{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"admin"}}`, "prompt_denied"},
+		{`{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"greeting"}}`, ""},
+		{`{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///secret/key"}}`, "resource_denied"},
+		{`{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"file:///secret/key"}}`, "resource_denied"},
+		{`{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///docs/a"}}`, ""},
+		{`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"admin"},"argument":{"name":"a","value":""}}}`, "prompt_denied"},
+		{`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"file:///secret/{x}"},"argument":{"name":"x","value":""}}}`, "resource_denied"},
+		{`{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{}}`, "policy_unreadable"},
+		{`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}`, ""}, // tools are not governed here
+	} {
+		m, err := Peek([]byte(tc.body))
+		require.NoError(t, err)
+		tg, terr := TargetOf([]byte(tc.body), &m)
+		ref := v.decide(tg, terr)
+		if tc.reason == "" {
+			require.Nil(t, ref, tc.body)
+			continue
+		}
+		require.NotNil(t, ref, tc.body)
+		require.Equal(t, tc.reason, ref.reason, tc.body)
+	}
+	for _, tc := range []struct {
+		kind     ListKind
+		msg, out string
+	}{
+		{ListPrompts, `{"jsonrpc":"2.0","id":1,"result":{"prompts":[{"name":"admin"},{"name":"greeting"}],"nextCursor":"x"}}`,
+			`{"jsonrpc":"2.0","id":1,"result":{"prompts":[{"name":"greeting"}],"nextCursor":"x"}}`},
+		{ListResources, `{"jsonrpc":"2.0","id":1,"result":{"resources":[{"uri":"file:///secret/a","name":"a"}, {"uri":"file:///docs/b","name":"b"}]}}`,
+			`{"jsonrpc":"2.0","id":1,"result":{"resources":[{"uri":"file:///docs/b","name":"b"}]}}`},
+		{ListTemplates, `{"jsonrpc":"2.0","id":1,"result":{"resourceTemplates":[{"uriTemplate":"file:///secret/{x}"},{"uriTemplate":"file:///docs/{x}"}]}}`,
+			`{"jsonrpc":"2.0","id":1,"result":{"resourceTemplates":[{"uriTemplate":"file:///docs/{x}"}]}}`},
+		// Nothing to leave out: byte for byte.
+		{ListPrompts, `{"jsonrpc":"2.0","id":1,"result":{ "prompts" : [ {"name":"greet"} ] }}`,
+			`{"jsonrpc":"2.0","id":1,"result":{ "prompts" : [ {"name":"greet"} ] }}`},
+		// An entry whose name is ambiguous is left out.
+		{ListPrompts, `{"jsonrpc":"2.0","id":1,"result":{"prompts":[{"name":"greet","name":"admin"},{"name":"greet2"}]}}`,
+			`{"jsonrpc":"2.0","id":1,"result":{"prompts":[{"name":"greet2"}]}}`},
+	} {
+		require.Equal(t, tc.out, string(v.filterList([]byte(tc.msg), tc.kind)))
+	}
+}
+
+// TestNarrowHeader: the relay's tool globs narrow; a second header line
+// (a client's copy an older relay let through) only narrows further; an
+// empty or unreadable one allows no tool.
+func TestNarrowHeader(t *testing.T) {
+	for _, tc := range []struct {
+		lines []string
+		tool  string
+		ok    bool
+	}{
+		{[]string{EncodeNarrow([]string{"search_*", "a,b"})}, "search_x", true},
+		{[]string{EncodeNarrow([]string{"search_*", "a,b"})}, "a,b", true},
+		{[]string{EncodeNarrow([]string{"search_*", "a,b"})}, "a", false},
+		{[]string{"search_*", "*"}, "read", false},
+		{[]string{"*", "search_*"}, "read", false},
+		{[]string{""}, "read", false},
+		{[]string{"%zz"}, "read", false},
+	} {
+		v, ok := viewFor(nil, http.Header{NarrowHeader: tc.lines})
+		require.True(t, ok)
+		got, _ := v.toolAllowed(tc.tool)
+		require.Equal(t, tc.ok, got, "%q %q", tc.lines, tc.tool)
+	}
+	_, ok := viewFor(nil, http.Header{})
+	require.False(t, ok, "no policy, no header: nothing to enforce")
+}
