@@ -202,7 +202,9 @@ func TestToolPolicy(t *testing.T) {
 		// A client's own X-Mcptun-Tools does not reach the agent.
 		r := rawDoHeader(t, d.relayURL+"/dc1/notes/mcp", narrowToken, "X-Mcptun-Tools", "*")
 		require.Equal(t, http.StatusOK, r.StatusCode, r.Body)
-		var list struct{ Result struct{ Tools []struct{ Name string } } }
+		var list struct {
+			Result struct{ Tools []struct{ Name string } }
+		}
 		require.NoError(t, json.Unmarshal([]byte(r.Body), &list), r.Body)
 		require.Len(t, list.Result.Tools, 1, r.Body)
 		require.Equal(t, mcptest.ToolEcho, list.Result.Tools[0].Name)
