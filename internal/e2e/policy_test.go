@@ -199,15 +199,15 @@ func TestToolPolicy(t *testing.T) {
 		_, err = callTool(ctx, c, mcptest.ToolRecordNonce, map[string]any{"nonce": "n4"})
 		require.ErrorContains(t, err, "denied by the agent's tool policy", "the relay cannot widen")
 		noNonce(t)
-		// A client's own X-Mcptun-Tools does not reach the agent.
-		r := rawDoHeader(t, d.relayURL+"/dc1/notes/mcp", narrowToken, "X-Mcptun-Tools", "*")
+		// A client's own X-Mcptun-Tools does not reach the agent: the
+		// relay sends only its own (here none, ci's patterns name no tools).
+		r := rawDoHeader(t, d.relayURL+"/dc1/notes/mcp", clientToken, "X-Mcptun-Tools", "echo")
 		require.Equal(t, http.StatusOK, r.StatusCode, r.Body)
 		var list struct {
 			Result struct{ Tools []struct{ Name string } }
 		}
 		require.NoError(t, json.Unmarshal([]byte(r.Body), &list), r.Body)
-		require.Len(t, list.Result.Tools, 1, r.Body)
-		require.Equal(t, mcptest.ToolEcho, list.Result.Tools[0].Name)
+		require.Greater(t, len(list.Result.Tools), 1, r.Body)
 	})
 }
 
