@@ -86,6 +86,13 @@ func (u *policyUpstream) answer(m rpcMsg) string {
 }
 
 func (u *policyUpstream) serve(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet {
+		// A resumed stream replaying a list answer the agent did not see
+		// the request of.
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprintf(w, "id: 1\ndata: %s\n\n", u.answer(rpcMsg{ID: json.RawMessage(`99`), Method: "tools/list"}))
+		return
+	}
 	body, _ := io.ReadAll(r.Body)
 	var out string
 	if strings.HasPrefix(strings.TrimSpace(string(body)), "[") {
@@ -308,6 +315,21 @@ func TestPolicyURLServer(t *testing.T) {
 		require.Equal(t, 200, resp.StatusCode)
 		require.Contains(t, body, "tool_denied")
 		require.Equal(t, []string{"read"}, up.called())
+		// The rest only notifications: the server's 202 becomes the
+		// refused members' answers.
+		resp, body = b.post(t, "wiki", `[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"drop_table"}},
+			{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}]`)
+		require.Equal(t, 200, resp.StatusCode, body)
+		require.Contains(t, body, "tool_denied")
+		require.True(t, strings.HasPrefix(body, "["), body)
+	})
+	t.Run("GET stream", func(t *testing.T) {
+		b.url = b.srv.URL + "/wiki/mcp"
+		resp := b.do(t, http.MethodGet, "", "")
+		body := readBody(t, resp)
+		ds := sseData(t, body)
+		require.Len(t, ds, 1, body)
+		require.Equal(t, []string{"search_docs"}, toolNames(decodeAnswer(t, ds[0])), "drop_table left out by shape")
 	})
 	t.Run("narrowed by the relay", func(t *testing.T) {
 		for server, want := range map[string][]string{"wiki": nil, "open": {"drop_table"}} {
