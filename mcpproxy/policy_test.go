@@ -340,6 +340,7 @@ func TestPolicyURLServer(t *testing.T) {
 			// allows no search_docs, wiki's policy no drop_table.
 			require.Equal(t, want, toolNames(a), server)
 			resp, body = b.post(t, server, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_docs"}}`, NarrowHeader, "read")
+			require.Equal(t, 200, resp.StatusCode)
 			require.Contains(t, body, "tool_denied")
 			require.Contains(t, body, "relay")
 		}
