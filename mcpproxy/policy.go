@@ -149,6 +149,7 @@ func EncodeNarrow(globs []string) string {
 // whoever added it, can only narrow further.
 type view struct {
 	p      *policy
+	server string
 	narrow [][]string
 	// narrowed is set when NarrowHeader was present: an empty or broken
 	// one allows no tool.
@@ -157,8 +158,8 @@ type view struct {
 
 // viewFor returns the view of request headers h. With neither a policy
 // nor a narrowing header there is nothing to enforce: ok is false.
-func viewFor(p *policy, h http.Header) (v view, ok bool) {
-	v.p = p
+func viewFor(server string, p *policy, h http.Header) (v view, ok bool) {
+	v.p, v.server = p, server
 	vals := h.Values(NarrowHeader)
 	if len(vals) > 0 {
 		v.narrowed = true
@@ -246,10 +247,7 @@ func (v view) decide(t Target, err error) *refusal {
 		return &refusal{status: http.StatusBadRequest, code: codeInvalidRequest, reason: reasonPolicyAmbiguous,
 			msg: fmt.Sprintf("mcpproxy: %s refused: the agent's policy cannot read what it names: %v", t.Method, err)}
 	}
-	server := ""
-	if v.p != nil {
-		server = v.p.server
-	}
+	server := v.server
 	switch t.Kind {
 	case TargetTool:
 		ok, byRelay := v.toolAllowed(t.Name)
@@ -435,7 +433,7 @@ func (srv *stdioServer) applyPolicy(w http.ResponseWriter, r *http.Request, m *M
 	if m.Kind != KindRequest {
 		return nil, false
 	}
-	v, ok := viewFor(srv.policy, r.Header)
+	v, ok := viewFor(srv.cfg.Name, srv.policy, r.Header)
 	if !ok {
 		return nil, false
 	}

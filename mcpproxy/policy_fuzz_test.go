@@ -65,7 +65,7 @@ func FuzzFilterList(f *testing.F) {
 		f.Add([]byte(s), uint8(0))
 	}
 	f.Fuzz(func(t *testing.T, msg []byte, kind uint8) {
-		v := view{p: fuzzPolicy}
+		v := view{p: fuzzPolicy, server: "s"}
 		out := v.filterList(msg, ListKind(kind%5))
 		if validJSON(msg) && !validJSON(out) {
 			t.Fatalf("valid input %q became invalid %q", msg, out)
@@ -88,7 +88,7 @@ func FuzzListWriterSSE(f *testing.F) {
 		run := func(step int) string {
 			rec := httptest.NewRecorder()
 			rec.Header().Set("Content-Type", "text/event-stream")
-			lw := &listWriter{w: rec, v: view{p: fuzzPolicy}, lists: map[string]ListKind{"1": ListTools}, max: 1 << 20}
+			lw := &listWriter{w: rec, v: view{p: fuzzPolicy, server: "s"}, lists: map[string]ListKind{"1": ListTools}, max: 1 << 20}
 			lw.WriteHeader(200)
 			for i := 0; i < len(stream); i += step {
 				if _, err := lw.Write(stream[i:min(i+step, len(stream))]); err != nil {

@@ -342,7 +342,7 @@ func TestPolicyURLServer(t *testing.T) {
 			resp, body = b.post(t, server, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_docs"}}`, NarrowHeader, "read")
 			require.Equal(t, 200, resp.StatusCode)
 			require.Contains(t, body, "tool_denied")
-			require.Contains(t, body, "relay")
+			require.Contains(t, body, `tool \"search_docs\" of server \"`+server+`\" is outside the tools the relay allows`)
 		}
 		resp, body := b.post(t, "wiki", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"drop_table"}}`, NarrowHeader, "drop_*")
 		require.Equal(t, 200, resp.StatusCode)
@@ -472,7 +472,7 @@ func TestPolicyPromptsResources(t *testing.T) {
 		Prompts:   Rules{Allow: []string{"greet*"}},
 		Resources: Rules{Deny: []string{"file:///secret/*"}},
 	}, nil, slog.New(slog.DiscardHandler))
-	v := view{p: p}
+	v := view{p: p, server: "s"}
 	for _, tc := range []struct {
 		body, reason string
 	}{
@@ -535,11 +535,60 @@ func TestNarrowHeader(t *testing.T) {
 		{[]string{""}, "read", false},
 		{[]string{"%zz"}, "read", false},
 	} {
-		v, ok := viewFor(nil, http.Header{NarrowHeader: tc.lines})
+		v, ok := viewFor("s", nil, http.Header{NarrowHeader: tc.lines})
 		require.True(t, ok)
 		got, _ := v.toolAllowed(tc.tool)
 		require.Equal(t, tc.ok, got, "%q %q", tc.lines, tc.tool)
 	}
-	_, ok := viewFor(nil, http.Header{})
+	_, ok := viewFor("s", nil, http.Header{})
 	require.False(t, ok, "no policy, no header: nothing to enforce")
+}
+
+// TestCanonicalTool: reordered keys and spacing do not change a tool's
+// hash; each pinned field does, and is named; unpinned fields (title,
+// _meta) do not.
+func TestCanonicalTool(t *testing.T) {
+	base, baseFields, err := canonicalTool([]byte(`{"name":"s","description":"d","inputSchema":{"type":"object","properties":{"a":{"type":"string"},"b":{"type":"number"}}}}`))
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		def     string
+		changed []string
+	}{
+		{`{"inputSchema":{"properties":{"b":{"type":"number"},"a":{"type":"string"}},"type":"object"}, "description":"d","name":"s","title":"T","_meta":{"x":1}}`, nil},
+		{`{"name":"s","description":"d ","inputSchema":{"type":"object","properties":{"a":{"type":"string"},"b":{"type":"number"}}}}`, []string{"description"}},
+		{`{"name":"s","description":"d","inputSchema":{"type":"object","properties":{"a":{"type":"string"}}}}`, []string{"inputSchema"}},
+		{`{"name":"s","description":"d","inputSchema":{"type":"object","properties":{"a":{"type":"string"},"b":{"type":"number"}}},"annotations":{"destructiveHint":true}}`, []string{"annotations"}},
+		{`{"name":"s","inputSchema":{"type":"object","properties":{"a":{"type":"string"},"b":{"type":"number"}}},"outputSchema":{}}`, []string{"description", "outputSchema"}},
+	} {
+		sum, fields, err := canonicalTool([]byte(tc.def))
+		require.NoError(t, err)
+		require.Equal(t, tc.changed == nil, sum == base, tc.def)
+		require.Equal(t, tc.changed, changedFields(baseFields, fields), tc.def)
+	}
+}
+
+// TestPinFileEditedByHand: the store re-reads the file when it changes,
+// so an operator's edit (or ApprovePin) takes effect at once; an
+// unreadable file keeps the pins read before.
+func TestPinFileEditedByHand(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pins.json")
+	s, err := newPinStore(path, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	require.True(t, s.observe("wiki", "search", []byte(`{"name":"search","description":"a"}`)))
+	s.flush()
+	require.False(t, s.observe("wiki", "search", []byte(`{"name":"search","description":"b"}`)))
+	s.flush()
+	require.True(t, s.changed("wiki", "search"))
+
+	f, err := ReadPinFile(path)
+	require.NoError(t, err)
+	pin := f.Servers["wiki"]["search"]
+	require.NotNil(t, pin.Pending)
+	pin.SHA256, pin.Pending = pin.Pending.SHA256, nil
+	require.NoError(t, WritePinFile(path, f))
+	require.False(t, s.changed("wiki", "search"), "the hand edit is picked up")
+
+	require.NoError(t, os.WriteFile(path, []byte("{not json"), 0o600))
+	require.False(t, s.changed("wiki", "search"), "an unreadable file changes nothing")
+	require.False(t, s.observe("wiki", "search", []byte(`{"name":"search","description":"c"}`)), "and unpins nothing")
 }

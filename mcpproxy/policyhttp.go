@@ -33,7 +33,7 @@ import (
 
 // policyExchange reports whether an exchange for p goes the policy's way.
 func (p *httpServer) policyExchange(h http.Header) (view, bool) {
-	return viewFor(p.policy, h)
+	return viewFor(p.name, p.policy, h)
 }
 
 // headNarrowed reports a fast-path head carrying NarrowHeader.
