@@ -97,11 +97,9 @@ func (h *Handler) routeServer(name []byte, head *httpfwd.Head, out []byte) *http
 		if srv.policy != nil || headNarrowed(head) {
 			// The policy's path reads the body whole: the bridge's way
 			// (or net/http's, for what the fast path cannot answer).
+			// It takes from the rate limit itself (httpServer.admit).
 			if !servable(head) {
 				return nil
-			}
-			if wait, ok := limit.Take(); !ok {
-				return h.overLimit(string(name), wait)
 			}
 			return &httpfwd.Exchange{Serve: srv.serveFast}
 		}

@@ -389,8 +389,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer h.inflight.Leave()
 	}
 	// A stdio server's bridge takes from the allowance itself, once it
-	// has nothing to refuse the exchange for (stdioServer.admit).
-	if _, bridged := srv.(*stdioServer); !bridged {
+	// has nothing to refuse the exchange for (stdioServer.admit), and so
+	// does a URL server's policy path (httpServer.admit).
+	if !ownsLimit(srv, r.Header) {
 		if wait, ok := h.limits[name].Take(); !ok {
 			h.refuseOverLimit(w, name, wait)
 			return

@@ -592,3 +592,31 @@ func TestPinFileEditedByHand(t *testing.T) {
 	require.False(t, s.changed("wiki", "search"), "an unreadable file changes nothing")
 	require.False(t, s.observe("wiki", "search", []byte(`{"name":"search","description":"c"}`)), "and unpins nothing")
 }
+
+// TestPolicyRefusalTakesNoAllowance: a call the policy refuses takes
+// nothing from the server's rate_limit, on either server kind.
+func TestPolicyRefusalTakesNoAllowance(t *testing.T) {
+	up := newPolicyUpstream(t, "search", "drop")
+	pol := Policy{Tools: Rules{Deny: []string{"drop", "exit"}}}
+	b, _ := policyBridge(t, Options{},
+		ServerConfig{Name: "wiki", URL: up.URL + "/mcp", Rate: 0.001, Burst: 1, Policy: pol},
+		ServerConfig{Name: "ts", Command: []string{testServerBin}, Rate: 0.001, Burst: 3, Policy: pol})
+	for range 3 {
+		resp, body := b.post(t, "wiki", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"drop"}}`)
+		require.Equal(t, 200, resp.StatusCode, body)
+		require.Contains(t, body, "tool_denied")
+	}
+	resp, body := b.post(t, "wiki", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search"}}`)
+	require.Equal(t, 200, resp.StatusCode, body)
+	require.Contains(t, body, "ran search")
+	resp, body = b.post(t, "wiki", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search"}}`)
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode, body)
+	require.Contains(t, body, `"rate_limited"`)
+
+	b.url = b.srv.URL + "/ts/mcp"
+	sid := b.initialize(t) // initialize and initialized take two of three
+	for range 3 {
+		require.Contains(t, b.call(t, sid, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"exit"}}`), "tool_denied")
+	}
+	require.Contains(t, b.call(t, sid, `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"last"}}}`), "last")
+}

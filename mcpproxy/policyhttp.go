@@ -36,6 +36,30 @@ func (p *httpServer) policyExchange(h http.Header) (view, bool) {
 	return viewFor(p.name, p.policy, h)
 }
 
+// ownsLimit reports a server that takes its exchanges from its rate
+// limit itself, once it has nothing else to refuse them for: the stdio
+// bridge, and a URL server on its policy's path.
+func ownsLimit(srv http.Handler, h http.Header) bool {
+	switch s := srv.(type) {
+	case *stdioServer:
+		return true
+	case *httpServer:
+		_, ok := s.policyExchange(h)
+		return ok
+	}
+	return false
+}
+
+// admit takes the exchange from the server's rate limit (see ownsLimit);
+// false means it answered 429.
+func (p *httpServer) admit(w http.ResponseWriter) bool {
+	wait, ok := p.h.limits[p.name].Take()
+	if !ok {
+		p.h.refuseOverLimit(w, p.name, wait)
+	}
+	return ok
+}
+
 // headNarrowed reports a fast-path head carrying NarrowHeader.
 func headNarrowed(head *httpfwd.Head) bool {
 	_, ok := head.Get(NarrowHeader)
@@ -61,7 +85,9 @@ func (p *httpServer) servePolicy(w http.ResponseWriter, r *http.Request, v view)
 			defer lw.finish()
 			w = lw
 		}
-		p.forward(w, r)
+		if p.admit(w) {
+			p.forward(w, r)
+		}
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.maxBody))
@@ -134,6 +160,12 @@ func (p *httpServer) servePolicy(w http.ResponseWriter, r *http.Request, v view)
 			lists[string(m.ID)] = t.List
 		}
 		kept = append(kept, el)
+	}
+	if len(errs) == 0 || len(kept) > 0 {
+		// Something goes to the server: it counts against its limit.
+		if !p.admit(w) {
+			return
+		}
 	}
 	if len(errs) > 0 {
 		if len(kept) == 0 {

@@ -47,6 +47,7 @@ type httpServer struct {
 	// path holds in memory (Options.MaxMessageBytes).
 	policy  *policy
 	maxBody int64
+	h       *Handler
 }
 
 func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
@@ -62,6 +63,7 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 		sessions: newURLSessions(),
 		policy:   newPolicy(sc.Name, sc.Policy, h.pins, h.log),
 		maxBody:  h.opts.MaxMessageBytes,
+		h:        h,
 	}
 	p.onSessionAnswer = p.sessionAnswer
 	for k, v := range sc.Headers {
