@@ -94,16 +94,13 @@ func (h *Handler) routeServer(name []byte, head *httpfwd.Head, out []byte) *http
 	limit := h.limits[string(name)]
 	switch srv := h.servers[string(name)].(type) {
 	case *httpServer:
-		if srv.policy != nil || headNarrowed(head) {
-			// The policy's path reads the body whole: the bridge's way
-			// (or net/http's, for what the fast path cannot answer).
-			// It takes from the rate limit itself (httpServer.admit).
-			if !servable(head) {
-				return nil
-			}
-			return &httpfwd.Exchange{Serve: srv.serveFast}
+		policed := srv.policy != nil || headNarrowed(head)
+		if policed && !servable(head) {
+			// The policy reads bodies whole: one the fast path does not
+			// hold goes to net/http's path.
+			return nil
 		}
-		if limit != nil {
+		if limit != nil && !policed {
 			// A refusal is answered on the connection, which takes only
 			// bodies it can read whole.
 			if head.ContentLength > httpfwd.MaxHeldBody {
@@ -121,9 +118,16 @@ func (h *Handler) routeServer(name []byte, head *httpfwd.Head, out []byte) *http
 		if x, handOff := srv.checkSession(head, method, &req); x != nil || handOff {
 			return x
 		}
+		var inspect func(*httpfwd.Head, []byte) *httpfwd.Exchange
+		if policed {
+			// The policy sees the body first (and takes from the rate
+			// limit what it lets through: httpServer.inspect).
+			inspect = srv.onInspect
+		}
 		return &httpfwd.Exchange{
-			Fwd: srv.fwd,
-			Req: req,
+			Inspect: inspect,
+			Fwd:     srv.fwd,
+			Req:     req,
 			Failed: func(err error) (int, string, []byte) {
 				status, code, reason, msg := srv.failed(method, err)
 				return status, "Content-Type: application/json\r\nCache-Control: no-store\r\n",

@@ -292,6 +292,16 @@ func (v view) decide(t Target, err error) *refusal {
 	return nil
 }
 
+// rated reports whether a tool_rate_limits entry counts tool's calls.
+func (p *policy) rated(tool string) bool {
+	for _, tr := range p.ToolRates {
+		if glob.Match(tr.Tool, tool) {
+			return true
+		}
+	}
+	return false
+}
+
 // governs reports whether the view has rules for kind: a request that
 // names nothing readable is refused only where a name would be checked.
 func (v view) governs(kind TargetKind) bool {

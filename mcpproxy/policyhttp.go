@@ -66,6 +66,95 @@ func headNarrowed(head *httpfwd.Head) bool {
 	return ok
 }
 
+// inspect decides, on the fast path, whether an exchange the policy
+// governs can be forwarded as it is: a single message that is no list
+// request and names nothing the policy refuses, limits or must check
+// further, with Mcp-Method and Mcp-Name (if any) agreeing with it. Those
+// go on untouched (nil, once they took from the server's rate limit);
+// everything else takes the policy's full path (serveFast), which decides
+// and answers. It never takes from a tool's rate limit: that is the full
+// path's to do.
+func (p *httpServer) inspect(head *httpfwd.Head, body []byte) *httpfwd.Exchange {
+	var narrow http.Header
+	for _, f := range head.Fields {
+		if httpfwd.EqualFold(head.Name(f), NarrowHeader) {
+			if narrow == nil {
+				narrow = http.Header{}
+			}
+			narrow[NarrowHeader] = append(narrow[NarrowHeader], string(head.Value(f)))
+		}
+	}
+	v, _ := viewFor(p.name, p.policy, narrow)
+	m, _, _, _ := head.RequestLine()
+	switch string(m) {
+	case http.MethodPost:
+		if !p.passes(head, body, v) {
+			return p.full
+		}
+	case http.MethodGet:
+		if v.filtersLists() {
+			return p.full
+		}
+	}
+	if wait, ok := p.h.limits[p.name].Take(); !ok {
+		return p.h.overLimit(p.name, wait)
+	}
+	return nil
+}
+
+// passes reports whether a POST body can go on without the policy's full
+// path (see inspect).
+func (p *httpServer) passes(head *httpfwd.Head, body []byte, v view) bool {
+	msg, err := Peek(body)
+	if err != nil {
+		return false // a batch, or what the full path refuses
+	}
+	hm, nm := headerValues(head, "Mcp-Method")
+	hn, nn := headerValues(head, "Mcp-Name")
+	if nm > 1 || nn > 1 || nm == 1 && string(hm) != msg.Method {
+		return false
+	}
+	if msg.Kind != KindRequest {
+		return nn == 0
+	}
+	t, terr := TargetOf(body, &msg)
+	if terr != nil || t.List != ListNone && v.filtersLists() {
+		return false
+	}
+	if nn == 1 {
+		name, ok := decodeHeaderValue(string(hn))
+		if !ok || t.Kind == TargetNone || name != t.Name {
+			return false
+		}
+	}
+	switch t.Kind {
+	case TargetTool:
+		if ok, _ := v.toolAllowed(t.Name); !ok {
+			return false
+		}
+		if v.p != nil && (v.p.pins != nil && v.p.pins.changed(p.name, t.Name) || len(v.p.ToolRates) > 0 && v.p.rated(t.Name)) {
+			return false
+		}
+	case TargetPrompt, TargetResource:
+		return v.allows(t.Kind, t.Name)
+	}
+	return true
+}
+
+// headerValues returns the first value of the header lines named name and
+// how many there are.
+func headerValues(head *httpfwd.Head, name string) (first []byte, n int) {
+	for _, f := range head.Fields {
+		if httpfwd.EqualFold(head.Name(f), name) {
+			if n == 0 {
+				first = head.Value(f)
+			}
+			n++
+		}
+	}
+	return first, n
+}
+
 // serveFast answers an exchange of a URL server with a policy on the fast
 // path: the bridge's way, a request built from the head.
 func (p *httpServer) serveFast(ctx context.Context, w http.ResponseWriter, head *httpfwd.Head, body []byte) {

@@ -48,6 +48,10 @@ type httpServer struct {
 	policy  *policy
 	maxBody int64
 	h       *Handler
+	// onInspect is inspect as a func value made once, and full the
+	// exchange it hands what the policy must look at closer.
+	onInspect func(*httpfwd.Head, []byte) *httpfwd.Exchange
+	full      *httpfwd.Exchange
 }
 
 func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
@@ -66,6 +70,8 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 		h:        h,
 	}
 	p.onSessionAnswer = p.sessionAnswer
+	p.onInspect = p.inspect
+	p.full = &httpfwd.Exchange{Serve: p.serveFast}
 	for k, v := range sc.Headers {
 		p.headers.Set(k, v)
 	}

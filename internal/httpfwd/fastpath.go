@@ -74,6 +74,11 @@ type Exchange struct {
 	// Stalls, if set, bounds the answers of Fwd's upstream whose clients
 	// read nothing at once (see FastPath.StallAfter).
 	Stalls *StallBudget
+	// Inspect, if set, sees the whole body of a forwarded exchange (Route
+	// takes such an exchange only with a body of at most MaxHeldBody)
+	// before it goes out, and may answer it instead: an exchange with
+	// Serve, which then gets the body that was read. nil forwards it.
+	Inspect func(head *Head, body []byte) *Exchange
 }
 
 var outHeadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
@@ -174,6 +179,11 @@ func (p *FastPath) forward(cs *connState, head *Head, x *Exchange) bool {
 		return false
 	}
 	cs.releaseBody = release
+	if x.Inspect != nil && n <= MaxHeldBody {
+		if alt := x.Inspect(head, x.Req.Body); alt != nil {
+			return serveBody(cs, head, alt, x.Req.Body, p.Logger)
+		}
+	}
 	if cs.shedFn == nil {
 		cs.shedFn = cs.shed
 	}
