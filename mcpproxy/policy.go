@@ -368,7 +368,7 @@ func (v view) filterList(msg []byte, k ListKind) []byte {
 		if err != nil {
 			// An ambiguous result (a list member twice): the client might
 			// read either copy; it gets an empty list rather than a guess.
-			return v.emptyResult(msg, &m)
+			return v.unreadableResult(&m)
 		}
 		lv, ok := res.get(list)
 		if !ok || msg[lv.start] != '[' {
@@ -423,8 +423,9 @@ func (v view) keepEntry(msg []byte, el span, nameKey string, kind TargetKind) bo
 	return true
 }
 
-// emptyResult answers a list result it cannot read safely with an error.
-func (v view) emptyResult(msg []byte, m *Message) []byte {
+// unreadableResult replaces a list result it cannot read safely with an
+// error.
+func (v view) unreadableResult(m *Message) []byte {
 	return errorBody(m.ID, codeInternal, "mcpproxy: the server's list result is ambiguous (a member appears twice); the agent's policy withheld it",
 		map[string]string{"reason": reasonPolicyAmbiguous})
 }
