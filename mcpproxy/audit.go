@@ -39,6 +39,9 @@ var refusalReasons = map[string]bool{
 	reasonRateLimited: true, reasonUnavailable: true, reasonAgentDraining: true, reasonNotImplemented: true,
 	// The stdio bridge's limits (limits.go, unix only).
 	"session_limit": true, "client_session_limit": true, "concurrency_limit": true, "client_concurrency_limit": true,
+	// Tool policy (policy.go).
+	reasonToolDenied: true, reasonPromptDenied: true, reasonResourceDenied: true, reasonToolChanged: true,
+	reasonToolRateLimited: true, reasonPolicyAmbiguous: true,
 }
 
 // answerKeep bounds what of an answer (a JSON body, one SSE event) is

@@ -399,3 +399,46 @@ func cpuTime() time.Duration {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// TestAuditPolicyRefusals: a call the tool policy refuses is recorded as
+// refused, with the policy's reason, on a url: server (the fast path's
+// Inspect takes it off the forwarding path) and on a stdio server.
+func TestAuditPolicyRefusals(t *testing.T) {
+	l, path := openAudit(t, false)
+	up := newUpstream(t)
+	deny := Policy{Tools: Rules{Deny: []string{"echo"}}}
+	b := newBridge(t, Options{Audit: l}, ServerConfig{Name: "up", URL: up.srv.URL + "/mcp", Policy: deny})
+	post := func(server, sid, body string) (*http.Response, string) {
+		req, _ := http.NewRequest(http.MethodPost, b.srv.URL+"/"+server+"/mcp", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set(ClientHeader, "carol")
+		if sid != "" {
+			req.Header.Set("Mcp-Session-Id", sid)
+		}
+		resp, err := b.srv.Client().Do(req)
+		require.NoError(t, err)
+		out, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, string(out)
+	}
+	resp, _ := post("up", "", initBody)
+	sid := resp.Header.Get("Mcp-Session-Id")
+	require.NotEmpty(t, sid)
+	_, out := post("up", sid, `{"jsonrpc":"2.0","id":31,"method":"tools/call","params":{"name":"echo","arguments":{"text":"no"}}}`)
+	require.Contains(t, out, reasonToolDenied)
+	require.NoError(t, b.h.Close())
+
+	lines := auditLines(t, l, path)
+	var refused map[string]any
+	for _, line := range lines {
+		if line["id"] == 31.0 {
+			refused = line
+		}
+	}
+	require.NotNil(t, refused, "no audit line for the refused call: %v", lines)
+	require.Equal(t, "refused", refused["outcome"], "%v", refused)
+	require.Equal(t, reasonToolDenied, refused["reason"], "%v", refused)
+	require.Equal(t, "echo", refused["name"], "%v", refused)
+	require.Equal(t, "carol", refused["client"], "%v", refused)
+}

@@ -30,8 +30,12 @@ func (h *Handler) auditExchange(head *httpfwd.Head, x *httpfwd.Exchange) {
 			info.session = string(head.Value(f))
 		}
 	}
-	if serve := x.Serve; serve != nil {
-		x.Serve = func(ctx context.Context, w http.ResponseWriter, head *httpfwd.Head, body []byte) {
+	// An exchange served here (a refusal, a policy's rewriting path) is
+	// recorded from its ResponseWriter.
+	servedHere := false
+	audited := func(serve func(context.Context, http.ResponseWriter, *httpfwd.Head, []byte)) func(context.Context, http.ResponseWriter, *httpfwd.Head, []byte) {
+		return func(ctx context.Context, w http.ResponseWriter, head *httpfwd.Head, body []byte) {
+			servedHere = true
 			aw := &auditWriter{ResponseWriter: w, rc: http.NewResponseController(w)}
 			serve(ctx, aw, head, body)
 			info.bytesIn, info.answerSession = int64(len(body)), aw.Header().Get(headerSession)
@@ -40,7 +44,24 @@ func (h *Handler) auditExchange(head *httpfwd.Head, x *httpfwd.Exchange) {
 			}
 			h.record(info, aw)
 		}
+	}
+	if x.Serve != nil {
+		x.Serve = audited(x.Serve)
 		return
+	}
+	if inspect := x.Inspect; inspect != nil {
+		// A policy may take the exchange off the forwarding path (to
+		// refuse it, or to rewrite a list): that one is recorded as
+		// served, not by the hooks below, which then never run.
+		x.Inspect = func(head *httpfwd.Head, body []byte) *httpfwd.Exchange {
+			alt := inspect(head, body)
+			if alt == nil || alt.Serve == nil {
+				return alt
+			}
+			a := *alt // alt may be shared by every exchange of its server
+			a.Serve = audited(alt.Serve)
+			return &a
+		}
 	}
 	aw := &auditWriter{}
 	tap := &wireTap{aw: aw}
@@ -57,6 +78,9 @@ func (h *Handler) auditExchange(head *httpfwd.Head, x *httpfwd.Exchange) {
 	}
 	x.Tap = tap.write
 	x.Finished = func(res httpfwd.Result) {
+		if servedHere {
+			return // recorded by audited
+		}
 		if aw.status == 0 {
 			aw.status = res.Status
 		}

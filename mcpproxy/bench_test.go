@@ -41,7 +41,13 @@ func BenchmarkPeek(b *testing.B) {
 // connection) and behind net/http's server (how it was served before).
 // Run: go test -run '^$' -bench StdioBridge ./mcpproxy
 func BenchmarkStdioBridge(b *testing.B) {
-	h, err := NewHandler([]ServerConfig{{Name: "ts", Command: []string{testServerBin}}}, Options{})
+	for _, pc := range benchPolicies {
+		b.Run(pc.name, func(b *testing.B) { benchStdioBridge(b, pc.policy) })
+	}
+}
+
+func benchStdioBridge(b *testing.B, pol Policy) {
+	h, err := NewHandler([]ServerConfig{{Name: "ts", Command: []string{testServerBin}, Policy: pol}}, Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -106,7 +112,24 @@ func BenchmarkURLServer(b *testing.B) {
 		_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hello"}]}}`)
 	}))
 	defer up.Close()
-	h, err := NewHandler([]ServerConfig{{Name: "up", URL: up.URL + "/mcp"}}, Options{})
+	for _, pc := range benchPolicies {
+		b.Run(pc.name, func(b *testing.B) { benchURLServer(b, up.URL, pc.policy) })
+	}
+}
+
+// benchPolicies are the policies the bridge benchmarks run with: none
+// (the path every server without a policy takes) and a typical one.
+var benchPolicies = []struct {
+	name   string
+	policy Policy
+}{
+	{"no-policy", Policy{}},
+	{"policy", Policy{Tools: Rules{Allow: []string{"echo", "search_*"}, Deny: []string{"search_admin*"}},
+		ToolRates: []ToolRate{{Tool: "search_*", Rate: 100, Burst: 10}}}},
+}
+
+func benchURLServer(b *testing.B, upURL string, pol Policy) {
+	h, err := NewHandler([]ServerConfig{{Name: "up", URL: upURL + "/mcp", Policy: pol}}, Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -116,7 +116,13 @@ func (h *Handler) routeServer(name []byte, head *httpfwd.Head, out []byte) *http
 	limit := tab.limits[string(name)]
 	switch srv := tab.servers[string(name)].(type) {
 	case *httpServer:
-		if limit != nil {
+		policed := srv.policy != nil || headNarrowed(head)
+		if policed && !servable(head) {
+			// The policy reads bodies whole: one the fast path does not
+			// hold goes to net/http's path.
+			return nil
+		}
+		if limit != nil && !policed {
 			// A refusal is answered on the connection, which takes only
 			// bodies it can read whole.
 			if head.ContentLength > httpfwd.MaxHeldBody {
@@ -134,9 +140,16 @@ func (h *Handler) routeServer(name []byte, head *httpfwd.Head, out []byte) *http
 		if x, handOff := srv.checkSession(head, method, &req); x != nil || handOff {
 			return x
 		}
+		var inspect func(*httpfwd.Head, []byte) *httpfwd.Exchange
+		if policed {
+			// The policy sees the body first (and takes from the rate
+			// limit what it lets through: httpServer.inspect).
+			inspect = srv.onInspect
+		}
 		return &httpfwd.Exchange{
-			Fwd: srv.fwd,
-			Req: req,
+			Inspect: inspect,
+			Fwd:     srv.fwd,
+			Req:     req,
 			Failed: func(err error) (int, string, []byte) {
 				status, code, reason, msg := srv.failed(method, err)
 				srv.stats.failed(msg)

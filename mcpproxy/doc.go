@@ -143,6 +143,17 @@
 // to another, and a request of the child is refused with -32601. GET and
 // DELETE are 405.
 //
+// # Policy
+//
+// A server's Policy (tools, prompts and resources allowed and denied by
+// glob, per-tool rate limits, tool pinning) and the relay's narrowing
+// (NarrowHeader) are enforced here, on both server kinds and in both eras:
+// list results are filtered, requests naming what is not allowed are
+// answered by the agent and never reach the server (policy.go; for URL
+// servers policyhttp.go, for pins pins.go). A server without a policy
+// takes exactly the paths described above; Target (target.go) is what a
+// request acts on, as the policy reads it.
+//
 // # Origin and Host
 //
 // The stdio bridge refuses (403) a request whose Origin is present and

@@ -51,6 +51,9 @@ type ServerConfig struct {
 	// Limits bound the sessions and requests of a Command server, in all
 	// and per client; zero fields take their defaults.
 	Limits Limits
+	// Policy says which tools, prompts and resources clients may use, and
+	// limits and pins tools (policy.go). The zero value allows everything.
+	Policy Policy
 }
 
 // Limits bound what one stdio (Command) server takes from the agent, and
@@ -168,6 +171,9 @@ type Options struct {
 	// exchange the handler serves, refusals included (see audit.go). The
 	// caller owns it (and closes it after Close).
 	Audit *audit.Log
+	// PinFile is where servers with Policy.Pin keep their tools' pins
+	// (pins.go). Required when one does.
+	PinFile string
 }
 
 const (
@@ -192,6 +198,7 @@ type Handler struct {
 	// finds its server with one atomic load and no lock (see reload.go).
 	tab   atomic.Pointer[serverTable]
 	guard *originGuard
+	pins  *pinStore         // nil unless a server pins its tools
 	fast  *httpfwd.FastPath // see conn.go
 	// inflight counts the exchanges in progress, GET streams aside (they
 	// never end by themselves), so a draining agent knows when it is done.
@@ -260,6 +267,9 @@ func validate(sc ServerConfig) error {
 		return fmt.Errorf("invalid name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", sc.Name)
 	}
 	if err := sc.Limits.validate(); err != nil {
+		return err
+	}
+	if err := sc.Policy.validate(); err != nil {
 		return err
 	}
 	if sc.Limits != (Limits{}) && sc.URL != "" {
@@ -365,8 +375,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer h.inflight.Leave()
 	}
 	// A stdio server's bridge takes from the allowance itself, once it
-	// has nothing to refuse the exchange for (stdioServer.admit).
-	if _, bridged := srv.(*stdioServer); !bridged {
+	// has nothing to refuse the exchange for (stdioServer.admit), and so
+	// does a URL server's policy path (httpServer.admit).
+	if !ownsLimit(srv, r.Header) {
 		if wait, ok := tab.limits[name].Take(); !ok {
 			h.refuseOverLimit(w, name, tab.limits[name], wait)
 			return

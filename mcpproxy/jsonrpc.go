@@ -80,6 +80,7 @@ type Message struct {
 	tokenSpan  span
 	subSpan    span
 	resultSpan span // the result of a response
+	paramsSpan span // params of a request or notification (end 0: none)
 }
 
 // Peek classifies data as a JSON-RPC message and extracts the fields an
@@ -138,6 +139,7 @@ func Peek(data []byte) (Message, error) {
 			m.Kind = KindRequest
 		}
 		if pv, ok := top.get("params"); ok {
+			m.paramsSpan = pv
 			if c := data[pv.start]; c != '{' && c != '[' {
 				return m, fmt.Errorf(`%w: "params" must be an object or an array`, ErrInvalidMessage)
 			}

@@ -44,6 +44,15 @@ type httpServer struct {
 	onSessionAnswer func(*httpfwd.RawRequest, int, *httpfwd.Head)
 
 	stats serverStats // see stats.go
+	// policy is the server's Policy (nil: none); maxBody bounds what its
+	// path holds in memory (Options.MaxMessageBytes).
+	policy  *policy
+	maxBody int64
+	h       *Handler
+	// onInspect is inspect as a func value made once, and full the
+	// exchange it hands what the policy must look at closer.
+	onInspect func(*httpfwd.Head, []byte) *httpfwd.Exchange
+	full      *httpfwd.Exchange
 }
 
 func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
@@ -57,8 +66,13 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 		target:   target,
 		headers:  make(http.Header, len(sc.Headers)),
 		sessions: newURLSessions(),
+		policy:   newPolicy(sc.Name, sc.Policy, h.pins, h.log),
+		maxBody:  h.opts.MaxMessageBytes,
+		h:        h,
 	}
 	p.onSessionAnswer = p.sessionAnswer
+	p.onInspect = p.inspect
+	p.full = &httpfwd.Exchange{Serve: p.serveFast}
 	for k, v := range sc.Headers {
 		p.headers.Set(k, v)
 	}
@@ -115,6 +129,12 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 const upstreamIdleTimeout = 4 * time.Second
 
 func (p *httpServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.serve(w, r)
+}
+
+// serve is ServeHTTP: session ownership, then the exchange forwarded,
+// under the server's policy if it has one.
+func (p *httpServer) serve(w http.ResponseWriter, r *http.Request) {
 	if sids := r.Header.Values(headerSession); len(sids) > 1 {
 		writeError(w, http.StatusBadRequest, nil, codeInvalidRequest, "mcpproxy: more than one Mcp-Session-Id header")
 		return
@@ -129,7 +149,15 @@ func (p *httpServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		sw.unknown = state == sessionUnknown
 	}
-	w = sw
+	if v, ok := p.policyExchange(r.Header); ok {
+		p.servePolicy(sw, r, v)
+		return
+	}
+	p.forward(sw, r)
+}
+
+// forward sends the exchange upstream and answers with what comes back.
+func (p *httpServer) forward(w http.ResponseWriter, r *http.Request) {
 	err := p.fwd.Forward(w, r, p.requestFor(r))
 	if err == nil {
 		return

@@ -44,6 +44,18 @@ func (h *Handler) newServerTable(servers []ServerConfig, old *serverTable) (*ser
 		if _, dup := t.servers[sc.Name]; dup {
 			return nil, ch, fmt.Errorf("mcpproxy: servers[%d]: duplicate server name %q", i, sc.Name)
 		}
+		if sc.Policy.Pin && h.pins == nil {
+			// Made once, by the first table that pins: every later
+			// table's servers share it (and the file it keeps).
+			if h.opts.PinFile == "" {
+				return nil, ch, fmt.Errorf("mcpproxy: servers[%d] (%q): pin needs Options.PinFile", i, sc.Name)
+			}
+			pins, err := newPinStore(h.opts.PinFile, h.log)
+			if err != nil {
+				return nil, ch, fmt.Errorf("mcpproxy: %w", err)
+			}
+			h.pins = pins
+		}
 		if old != nil {
 			if prev, ok := old.cfgs[sc.Name]; ok && reflect.DeepEqual(prev, sc) {
 				t.cfgs[sc.Name] = prev

@@ -85,6 +85,8 @@ type call struct {
 	// listen marks a subscriptions/listen request: its notifications name
 	// it by id in _meta, and so does its result.
 	listen bool
+	// filter, if set, rewrites the response: a list under a policy.
+	filter *listFilter
 }
 
 // stream is one SSE stream: a POST's answer stream or the standalone GET
@@ -312,6 +314,12 @@ var errDuplicateID = errors.New("a request with this id is already in flight in 
 // small integer ids, so an id no float64 holds (or one that another
 // client used) comes back exactly as the client sent it.
 func (s *session) startCall(m *Message, body []byte, client string) (*call, []byte, error) {
+	return s.startCallFiltered(m, body, client, nil)
+}
+
+// startCallFiltered is startCall for a request whose response lf
+// rewrites (nil: none).
+func (s *session) startCallFiltered(m *Message, body []byte, client string, lf *listFilter) (*call, []byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {
@@ -324,7 +332,7 @@ func (s *session) startCall(m *Message, body []byte, client string) (*call, []by
 		return nil, nil, err
 	}
 	s.nextID++
-	c := &call{clientID: m.ID, ourID: strconv.FormatInt(s.nextID, 10), listen: m.Method == "subscriptions/listen", client: client}
+	c := &call{clientID: m.ID, ourID: strconv.FormatInt(s.nextID, 10), listen: m.Method == "subscriptions/listen", client: client, filter: lf}
 	c.stream = s.newStreamLocked()
 	c.stream.call = c
 	c.stream.attached = true
@@ -828,7 +836,11 @@ func (s *session) fromChild(line []byte) {
 				edits = append(edits, e)
 			}
 		}
-		s.finishLocked(c, &event{data: rewrite(line, edits...), isError: m.Kind == KindError, code: m.ErrorCode})
+		data := rewrite(line, edits...)
+		if c.filter != nil && m.Kind == KindResponse {
+			data = c.filter.v.filterList(data, c.filter.kind)
+		}
+		s.finishLocked(c, &event{data: data, isError: m.Kind == KindError, code: m.ErrorCode})
 		return
 	case KindNotification:
 		if m.Method == "notifications/progress" && m.ProgressToken != nil {

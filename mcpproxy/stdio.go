@@ -38,6 +38,8 @@ type stdioServer struct {
 	lim Limits // with defaults
 	// limit is the server's rate limit (nil: none).
 	limit *ratelimit.Limiter
+	// policy is the server's Policy (nil: none).
+	policy *policy
 
 	mu       sync.Mutex
 	closed   bool
@@ -83,6 +85,7 @@ func newStdioServer(h *Handler, sc ServerConfig) *stdioServer {
 		live:        make(map[*session]struct{}),
 		perClient:   make(map[string]int),
 		clientCalls: make(map[string]int),
+		policy:      newPolicy(sc.Name, sc.Policy, h.pins, h.log),
 	}
 }
 
@@ -315,8 +318,13 @@ func (srv *stdioServer) post(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	sid := r.Header.Get(headerSession)
-	if r.Header.Get(headerVersion) == statelessVersion || (sid == "" && m.Method == "server/discover") {
-		srv.postStateless(w, r, &m, body)
+	stateless := r.Header.Get(headerVersion) == statelessVersion || (sid == "" && m.Method == "server/discover")
+	lf, refused := srv.applyPolicy(w, r, &m, body, stateless)
+	if refused {
+		return
+	}
+	if stateless {
+		srv.postStateless(w, r, &m, body, lf)
 		return
 	}
 	if sid == "" {
@@ -341,7 +349,7 @@ func (srv *stdioServer) post(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if m.Kind == KindRequest {
-		srv.serveCall(w, r, s, &m, body, false)
+		srv.serveCall(w, r, s, &m, body, false, lf)
 		return
 	}
 	line, err := s.clientLine(&m, body)
@@ -364,7 +372,7 @@ func (srv *stdioServer) initialize(w http.ResponseWriter, r *http.Request, m *Me
 	}
 	s.enter()
 	defer s.leave()
-	if !srv.serveCall(w, r, s, m, body, true) {
+	if !srv.serveCall(w, r, s, m, body, true, nil) {
 		// Nobody holds the session id: the child would only wait for the
 		// idle timeout.
 		s.end(errInitFail)
@@ -393,8 +401,8 @@ func (srv *stdioServer) startError(w http.ResponseWriter, id []byte, err error) 
 // plain JSON if that is the first message for it, else an SSE stream of
 // everything for it up to the response. For initialize it reports whether
 // the session id went to the client.
-func (srv *stdioServer) serveCall(w http.ResponseWriter, r *http.Request, s *session, m *Message, body []byte, init bool) (handedOut bool) {
-	c, line, err := s.startCall(m, body, clientOf(r))
+func (srv *stdioServer) serveCall(w http.ResponseWriter, r *http.Request, s *session, m *Message, body []byte, init bool, lf *listFilter) (handedOut bool) {
+	c, line, err := s.startCallFiltered(m, body, clientOf(r), lf)
 	le, limited := asLimit(err)
 	switch {
 	case limited:
@@ -450,7 +458,7 @@ func (srv *stdioServer) serveCall(w http.ResponseWriter, r *http.Request, s *ses
 // postStateless serves a POST of the 2026-07-28 era: no session, the
 // server's shared child, and the request headers checked against the body
 // as the child cannot see them.
-func (srv *stdioServer) postStateless(w http.ResponseWriter, r *http.Request, m *Message, body []byte) {
+func (srv *stdioServer) postStateless(w http.ResponseWriter, r *http.Request, m *Message, body []byte, lf *listFilter) {
 	id := requestID(m)
 	if r.Header.Get(headerLastID) != "" {
 		writeError(w, http.StatusBadRequest, id, codeHeaderMismatch,
@@ -513,7 +521,7 @@ func (srv *stdioServer) postStateless(w http.ResponseWriter, r *http.Request, m 
 		w.WriteHeader(http.StatusAccepted)
 		return
 	}
-	c, line, err := s.startCall(m, body, clientOf(r))
+	c, line, err := s.startCallFiltered(m, body, clientOf(r), lf)
 	if le, ok := asLimit(err); ok {
 		srv.refused(le)
 		writeLimit(w, id, le)

@@ -194,6 +194,11 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 	b = append(b, ClientHeader+": "...)
 	b = append(b, rt.adm.client.Name...)
 	b = append(b, "\r\n"...)
+	if rt.adm.tools != "" {
+		b = append(b, ToolsHeader+": "...)
+		b = append(b, rt.adm.tools...)
+		b = append(b, "\r\n"...)
+	}
 	var done func()
 	if rt.counted {
 		done = h.leave

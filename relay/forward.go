@@ -16,7 +16,7 @@ import (
 
 // dropHeaders are client headers that never cross the tunnel: client
 // credentials stay at the relay, and the client cannot forge who it is.
-var dropHeaders = []string{"Authorization", "Cookie", ClientHeader}
+var dropHeaders = []string{"Authorization", "Cookie", ClientHeader, ToolsHeader}
 
 // forward sends the exchange to the agent over a pooled tunnel stream.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, adm admission, agent, server string) {
@@ -48,6 +48,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, adm admission,
 	defer tw.watch.Stop()
 	w = tw
 	set := http.Header{ClientHeader: {client}}
+	if adm.tools != "" {
+		set[ToolsHeader] = []string{adm.tools}
+	}
 	if adm.replica != "" {
 		if adm.sid != "" {
 			set[sessionHeader] = []string{adm.sid}

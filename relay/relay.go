@@ -127,7 +127,7 @@ func splitSessionID(id string) (tag, inner string, ok bool) {
 type Client struct {
 	Name        string
 	TokenSHA256 [32]byte
-	Allow       []string // "agent/server" patterns, "*" matches a segment
+	Allow       []string // "agent/server" or "agent/server/tool-glob" patterns, "*" matches a segment
 	// Rate, if > 0, limits the client to this many exchanges per second
 	// (POST, GET and DELETE alike; an SSE stream counts once, when it
 	// opens), with bursts of up to Burst (at least 1). Over it the relay
@@ -140,6 +140,8 @@ type Client struct {
 type client struct {
 	Client
 	limiter *ratelimit.Limiter
+	// narrows says some allow pattern names tools.
+	narrows bool
 }
 
 // Config configures a Handler.
@@ -445,7 +447,10 @@ type refusal struct {
 // admission is an exchange admit lets through: the client, and with
 // replicas the replica it goes to and the session id the agent knows.
 type admission struct {
-	client  *client
+	client *client
+	// tools is the ToolsHeader value ("" none: the client may use every
+	// tool the agent allows).
+	tools   string
 	replica string // "" without ReplicaAgents
 	sid     string // the Mcp-Session-Id to send on, its tag taken off
 }
@@ -509,6 +514,9 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 			msg: fmt.Sprintf("agent %q offers no server named %q", agent, server)}
 	}
 	adm := admission{client: client, sid: sid}
+	if client.narrows {
+		adm.tools = client.narrowTools(agent, server)
+	}
 	if h.replicas != nil {
 		var want string
 		if t, inner, ok := splitSessionID(sid); ok {
@@ -604,11 +612,38 @@ func (h *Handler) authenticate(t *authTable, auth, agent, server string) (*clien
 func (c *Client) allowed(agent, server string) bool {
 	for _, p := range c.Allow {
 		pa, ps, _ := strings.Cut(p, "/")
+		ps, _, _ = strings.Cut(ps, "/")
 		if (pa == "*" || pa == agent) && (ps == "*" || ps == server) {
 			return true
 		}
 	}
 	return false
+}
+
+// ToolsHeader carries to the agent the tool globs a client's allow
+// patterns grant it on a server ("dc1/wiki/search_*"), when every pattern
+// that covers the server names tools (mcpproxy.NarrowHeader). The agent
+// intersects them with its own policy: the relay can narrow what the agent
+// allows, never widen it. A client's own copy is removed.
+const ToolsHeader = "X-Mcptun-Tools"
+
+// narrowTools returns the ToolsHeader value for agent/server: the tool
+// globs of the patterns that cover it, comma-separated and each
+// query-escaped, or "" when one of them covers the whole server.
+func (c *Client) narrowTools(agent, server string) string {
+	var globs []string
+	for _, p := range c.Allow {
+		pa, rest, _ := strings.Cut(p, "/")
+		ps, tools, narrowed := strings.Cut(rest, "/")
+		if pa != "*" && pa != agent || ps != "*" && ps != server {
+			continue
+		}
+		if !narrowed {
+			return ""
+		}
+		globs = append(globs, url.QueryEscape(tools))
+	}
+	return strings.Join(globs, ",")
 }
 
 // originAllowed guards against DNS rebinding: a browser always sends Origin,

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/mcptun/mcptun/internal/ratelimit"
 )
@@ -34,7 +35,11 @@ func newAuthTable(known []string, clients []Client, old *authTable) (*authTable,
 		} else {
 			lim = ratelimit.New(c.Rate, c.Burst)
 		}
-		t.clients = append(t.clients, client{Client: c, limiter: lim})
+		narrows := false
+		for _, p := range c.Allow {
+			narrows = narrows || strings.Count(p, "/") >= 2
+		}
+		t.clients = append(t.clients, client{Client: c, limiter: lim, narrows: narrows})
 	}
 	return t, nil
 }

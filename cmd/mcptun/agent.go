@@ -141,6 +141,7 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 		AllowedHosts:     []string{cfg.Name},
 		AllowedOrigins:   cfg.AllowedOrigins,
 		UpstreamNetworks: cfg.UpstreamPrefixes,
+		PinFile:          cfg.PinFile,
 	})
 	if err != nil {
 		closeAudit(trail, log)
@@ -223,7 +224,8 @@ func agentServers(cfg *config.Agent) ([]mcpproxy.ServerConfig, []tunnel.OfferedS
 		servers[i] = mcpproxy.ServerConfig{Name: s.Name, Command: s.Command, Env: s.Env, Dir: s.Dir, URL: s.URL, Headers: s.Headers,
 			Rate: s.RateLimit.RequestsPerSecond, Burst: s.RateLimit.Burst,
 			Limits: mcpproxy.Limits{Sessions: s.Limits.Sessions, SessionsPerClient: s.Limits.SessionsPerClient,
-				ConcurrentRequests: s.Limits.ConcurrentRequests, ConcurrentRequestsPerClient: s.Limits.ConcurrentRequestsPerClient}}
+				ConcurrentRequests: s.Limits.ConcurrentRequests, ConcurrentRequestsPerClient: s.Limits.ConcurrentRequestsPerClient},
+			Policy: serverPolicy(s)}
 		kind := "http"
 		if len(s.Command) > 0 {
 			kind = "stdio"

@@ -50,6 +50,7 @@ func newRootCmd() *cobra.Command {
 		newInitCmd(),
 		newTokenCmd(),
 		newKeyCmd(),
+		newToolsCmd(),
 		newExampleServerCmd(),
 		newVersionCmd(),
 		newAuditCmd(),

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mcptun/mcptun/internal/glob"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/mcptun/mcptun/internal/agentkey"
@@ -44,6 +45,9 @@ type Agent struct {
 	// lets the exchanges in flight finish before it cuts them, stops its
 	// stdio servers and exits.
 	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+	// PinFile keeps the pins of servers with pin: true (default
+	// agent.pins.json next to the config file).
+	PinFile string `mapstructure:"pin_file"`
 	// Warnings are problems that do not stop the agent (a world-readable
 	// token file); check prints them and the agent logs them at start.
 	Warnings []*Error `mapstructure:"-"`
@@ -97,6 +101,57 @@ type AgentServer struct {
 	// Limits bound a command server's sessions and requests in flight, in
 	// all and per client (zero: the default, see mcpproxy.Limits).
 	Limits ServerLimits `mapstructure:"limits"`
+	// Tools, Prompts and Resources are the server's policy: globs of the
+	// names (resource URIs) clients may use (see mcpproxy.Policy).
+	Tools     PolicyRules `mapstructure:"tools"`
+	Prompts   PolicyRules `mapstructure:"prompts"`
+	Resources PolicyRules `mapstructure:"resources"`
+	// ToolRateLimits bound the calls of the tools each entry's glob
+	// matches (a list, not a map: viper would lower-case tool names).
+	ToolRateLimits []ToolRateLimit `mapstructure:"tool_rate_limits"`
+	// Pin records each tool's definition on first sight and withholds a
+	// tool whose definition changes until approved (mcptun tools approve).
+	Pin bool `mapstructure:"pin"`
+}
+
+// PolicyRules is servers[].tools, .prompts or .resources: deny wins, no
+// allow allows every name deny does not match.
+type PolicyRules struct {
+	Allow []string `mapstructure:"allow"`
+	Deny  []string `mapstructure:"deny"`
+}
+
+// ToolRateLimit is one entry of servers[].tool_rate_limits.
+type ToolRateLimit struct {
+	Tool              string  `mapstructure:"tool"`
+	RequestsPerSecond float64 `mapstructure:"requests_per_second"`
+	Burst             int     `mapstructure:"burst"`
+}
+
+func (r *PolicyRules) validate(p *problems, key string) {
+	for i, g := range r.Allow {
+		if err := glob.Check(g); err != nil {
+			p.add(fmt.Sprintf("%s.allow[%d]", key, i), "%q: %v", g, err)
+		}
+	}
+	for i, g := range r.Deny {
+		if err := glob.Check(g); err != nil {
+			p.add(fmt.Sprintf("%s.deny[%d]", key, i), "%q: %v", g, err)
+		}
+	}
+}
+
+func (t *ToolRateLimit) validate(p *problems, key string) {
+	if err := glob.Check(t.Tool); err != nil {
+		p.add(key+".tool", "%q: %v", t.Tool, err)
+	}
+	rl := RateLimit{RequestsPerSecond: t.RequestsPerSecond, Burst: t.Burst}
+	if rl.RequestsPerSecond == 0 {
+		p.add(key+".requests_per_second", "required: a number of calls per second > 0")
+		return
+	}
+	rl.validate(p, key)
+	t.Burst = rl.Burst
 }
 
 // ServerLimits is servers[].limits. Zero fields take mcpproxy's defaults
@@ -217,6 +272,15 @@ func (c *Agent) validate(p *problems, path string) {
 		checkNamed(p, key+".name", "server", s.Name, seen)
 		s.RateLimit.validate(p, key+".rate_limit")
 		s.Limits.validate(p, key+".limits", len(s.Command) > 0)
+		s.Tools.validate(p, key+".tools")
+		s.Prompts.validate(p, key+".prompts")
+		s.Resources.validate(p, key+".resources")
+		for j := range s.ToolRateLimits {
+			s.ToolRateLimits[j].validate(p, fmt.Sprintf("%s.tool_rate_limits[%d]", key, j))
+		}
+		if s.Pin && c.PinFile == "" {
+			c.PinFile = "agent.pins.json"
+		}
 		switch {
 		case len(s.Command) > 0 && s.URL != "":
 			p.add(key, "set command (stdio server) or url (HTTP server), not both")
@@ -241,6 +305,7 @@ func (c *Agent) validate(p *problems, path string) {
 			p.add(key, "set command (stdio server) or url (HTTP server)")
 		}
 	}
+	c.PinFile = resolve(path, c.PinFile)
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = DefaultIdleTimeout
 	}

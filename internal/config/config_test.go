@@ -413,3 +413,49 @@ func TestLoadRelayHTTPLimits(t *testing.T) {
 		require.ErrorContains(t, err, "relay.yaml", tc.http)
 	}
 }
+
+func TestLoadAgentPolicy(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "agent.token", "s3cret\n")
+	p := writeFile(t, dir, "agent.yaml", strings.Replace(validAgent, `headers: {Authorization: "Bearer internal"}}`,
+		`tools: {allow: ["Search_*"], deny: ["Search_Admin"]}, prompts: {deny: ["*"]}, resources: {allow: ["file:///docs/*"]},
+    tool_rate_limits: [{tool: "Search_*", requests_per_second: 2.5}], pin: true}`, 1))
+	c, err := LoadAgent(p)
+	require.NoError(t, err)
+	s := c.Servers[1]
+	require.Equal(t, PolicyRules{Allow: []string{"Search_*"}, Deny: []string{"Search_Admin"}}, s.Tools, "tool globs keep their case")
+	require.Equal(t, []string{"*"}, s.Prompts.Deny)
+	require.Equal(t, []string{"file:///docs/*"}, s.Resources.Allow)
+	require.Equal(t, []ToolRateLimit{{Tool: "Search_*", RequestsPerSecond: 2.5, Burst: 3}}, s.ToolRateLimits)
+	require.True(t, s.Pin)
+	require.Equal(t, filepath.Join(dir, "agent.pins.json"), c.PinFile, "next to agent.yaml by default")
+}
+
+func TestLoadAgentPolicyErrors(t *testing.T) {
+	for _, tc := range []struct{ name, server, key, reason string }{
+		{"empty glob", `tools: {deny: [""]}}`, "servers[1].tools.deny[0]", "empty pattern"},
+		{"lone backslash", `prompts: {allow: ["a\\"]}}`, "servers[1].prompts.allow[0]", "lone backslash"},
+		{"rate without rate", `tool_rate_limits: [{tool: "x"}]}`, "servers[1].tool_rate_limits[0].requests_per_second", "required"},
+		{"rate without tool", `tool_rate_limits: [{requests_per_second: 1}]}`, "servers[1].tool_rate_limits[0].tool", "empty pattern"},
+		{"negative burst", `tool_rate_limits: [{tool: x, requests_per_second: 1, burst: -1}]}`, "servers[1].tool_rate_limits[0].burst", "negative"},
+		{"map not list", `tool_rate_limits: {x: {requests_per_second: 1}}}`, "", "tool_rate_limits"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeFile(t, dir, "agent.token", "s3cret\n")
+			p := writeFile(t, dir, "agent.yaml", strings.Replace(validAgent, `headers: {Authorization: "Bearer internal"}}`, tc.server, 1))
+			_, err := LoadAgent(p)
+			require.Error(t, err)
+			require.Contains(t, err.Error(), p)
+			require.Contains(t, err.Error(), tc.key)
+			require.Contains(t, err.Error(), tc.reason)
+		})
+	}
+}
+
+func TestCheckPatternTools(t *testing.T) {
+	require.NoError(t, CheckPattern("dc1/wiki/search_*"))
+	require.NoError(t, CheckPattern("*/*/a/b*"))
+	require.ErrorContains(t, CheckPattern("dc1/wiki/"), "empty pattern")
+	require.ErrorContains(t, CheckPattern("dc1/wi ki/x"), "segment")
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/mcptun/mcptun/internal/agentkey"
+	"github.com/mcptun/mcptun/internal/glob"
 )
 
 // Relay is the relay's configuration (relay.yaml).
@@ -103,7 +104,7 @@ type RelayAgent struct {
 type RelayClient struct {
 	Name        string    `mapstructure:"name"`
 	TokenSHA256 string    `mapstructure:"token_sha256"`
-	Allow       []string  `mapstructure:"allow"` // "agent/server" patterns; "*" matches a whole segment
+	Allow       []string  `mapstructure:"allow"` // "agent/server" or "agent/server/tool-glob" patterns; "*" matches a whole segment
 	RateLimit   RateLimit `mapstructure:"rate_limit"`
 }
 
@@ -349,11 +350,18 @@ func (r *RateLimit) validate(p *problems, key string) {
 	}
 }
 
-// CheckPattern validates an "agent/server" allow pattern.
+// CheckPattern validates an "agent/server" allow pattern, or an
+// "agent/server/tool-glob" one that narrows the server's tools.
 func CheckPattern(pat string) error {
 	agent, server, ok := strings.Cut(pat, "/")
 	if !ok {
 		return fmt.Errorf("pattern %q must be agent/server, e.g. \"dc1/*\" or \"*/wiki\"", pat)
+	}
+	if s, tools, narrowed := strings.Cut(server, "/"); narrowed {
+		server = s
+		if err := glob.Check(tools); err != nil {
+			return fmt.Errorf("pattern %q: tool glob %q: %w", pat, tools, err)
+		}
 	}
 	for _, part := range []string{agent, server} {
 		if part != "*" && !namePattern.MatchString(part) {

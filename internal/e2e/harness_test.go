@@ -214,6 +214,7 @@ type relayOpts struct {
 	agentHashes []string
 	extra       string // top-level YAML lines added to relay.yaml
 	http        string // more keys of the http section, YAML flow style: "write_timeout: 5s"
+	clients     string // more entries of the clients list, each "  - {...}\n"
 }
 
 func writeRelayConfig(t *testing.T, dir string, o relayOpts) string {
@@ -249,8 +250,8 @@ clients:
   - {name: ci, token_sha256: %q, allow: ["dc1/*", "dc2/*"]}
   - {name: scoped, token_sha256: %q, allow: ["*/wiki"]}
   - {name: throttled, token_sha256: %q, allow: ["dc1/*"], rate_limit: {requests_per_second: 0.001, burst: 1}}
-log: {level: debug}
-%s`, o.tunnelListen, o.disableQUIC, httpExtra, dc1Hashes, o.agentHash, sha256Hex(clientToken), sha256Hex(scopedToken), sha256Hex(throttledToken), o.extra)
+%slog: {level: debug}
+%s`, o.tunnelListen, o.disableQUIC, httpExtra, dc1Hashes, o.agentHash, sha256Hex(clientToken), sha256Hex(scopedToken), sha256Hex(throttledToken), o.clients, o.extra)
 	p := filepath.Join(dir, "relay.yaml")
 	require.NoError(t, os.WriteFile(p, []byte(cfg), 0o600))
 	return p

@@ -85,6 +85,11 @@ type Exchange struct {
 	// forwarded exchange (its answer in wire form, head and framing
 	// included), after it was written; it must not keep p.
 	Tap func(p []byte)
+	// Inspect, if set, sees the whole body of a forwarded exchange (Route
+	// takes such an exchange only with a body of at most MaxHeldBody)
+	// before it goes out, and may answer it instead: an exchange with
+	// Serve, which then gets the body that was read. nil forwards it.
+	Inspect func(head *Head, body []byte) *Exchange
 }
 
 // Result is how an exchange ended.
@@ -209,6 +214,11 @@ func (p *FastPath) forward(cs *connState, head *Head, x *Exchange) bool {
 	cs.releaseBody = release
 	if x.PeekBody != nil && x.Req.Body != nil {
 		x.PeekBody(x.Req.Body)
+	}
+	if x.Inspect != nil && n <= MaxHeldBody {
+		if alt := x.Inspect(head, x.Req.Body); alt != nil {
+			return serveBody(cs, head, alt, x.Req.Body, p.Logger)
+		}
 	}
 	if cs.shedFn == nil {
 		cs.shedFn = cs.shed

@@ -53,6 +53,11 @@ func serveLocal(cs *connState, head *Head, x *Exchange, log *slog.Logger) bool {
 		return false
 	}
 	defer release()
+	return serveBody(cs, head, x, x.Req.Body, log)
+}
+
+// serveBody is serveLocal once the body is read.
+func serveBody(cs *connState, head *Head, x *Exchange, body []byte, log *slog.Logger) bool {
 	m, _, _, _ := head.RequestLine()
 	// The writer and its header map are the connection's, reused: a
 	// handler may not use them once it returned.
@@ -64,9 +69,9 @@ func serveLocal(cs *connState, head *Head, x *Exchange, log *slog.Logger) bool {
 	w := &cs.rw
 	*w = responseWriter{c: cs.c, header: cs.header, head: string(m) == http.MethodHead}
 	ctx := cs.beginExchange(nil)
-	completed := runHandler(ctx, x.Serve, w, head, x.Req.Body, log)
+	completed := runHandler(ctx, x.Serve, w, head, body, log)
 	gone := cs.endExchange()
-	err = w.finish(completed)
+	err := w.finish(completed)
 	return completed && err == nil && !gone && !w.closeAfter
 }
 

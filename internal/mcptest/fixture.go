@@ -123,11 +123,31 @@ type ServerOptions struct {
 	// each call ran, and knows which process is running it. Share one
 	// O_APPEND file between processes: each line lands whole.
 	NonceLog io.Writer
+	// PageSize, if > 0, splits tools/list (and the other lists) into pages
+	// of this many entries, with nextCursor.
+	PageSize int
+	// Mutable adds the tools "mutable" (returns MutableText) and
+	// "set_mutable_description" (sets mutable's description to its
+	// "description" argument, for every session of this process): a
+	// server that changes a tool under its clients, for pinning tests.
+	Mutable bool
 }
+
+// Names of the Mutable tools, mutable's first description and its answer.
+const (
+	ToolMutable               = "mutable"
+	ToolSetMutableDescription = "set_mutable_description"
+	MutableDescription        = "Returns a fixed text."
+	MutableText               = "mutable tool ran"
+)
 
 // NewServer returns the fixture server with opts' tools added.
 func NewServer(opts ServerOptions) *server.MCPServer {
-	s := server.NewMCPServer(conformanceServerName, conformanceServerVersion,
+	var extra []server.ServerOption
+	if opts.PageSize > 0 {
+		extra = append(extra, server.WithPaginationLimit(opts.PageSize))
+	}
+	s := server.NewMCPServer(conformanceServerName, conformanceServerVersion, append([]server.ServerOption{
 		server.WithToolCapabilities(true),
 		server.WithResourceCapabilities(true, true),
 		server.WithPromptCapabilities(true),
@@ -138,11 +158,15 @@ func NewServer(opts ServerOptions) *server.MCPServer {
 		server.WithRecovery(),
 		server.WithResourceRecovery(),
 		server.WithInstructions("Test fixture for the MCP conformance suite and mcptun's end-to-end tests."),
+	}, extra...)...,
 	)
 	s.EnableSampling()
 	addTools(s)
 	if opts.NonceLog != nil {
 		addRecordTool(s, &nonceLog{w: opts.NonceLog})
+	}
+	if opts.Mutable {
+		addMutableTools(s)
 	}
 	addResources(s)
 	addPrompts(s)
@@ -643,4 +667,23 @@ func (promptCompletions) CompletePromptArgument(_ context.Context, prompt string
 		}
 	}
 	return &mcp.Completion{Values: values, Total: len(values), HasMore: false}, nil
+}
+
+// addMutableTools adds ToolMutable and ToolSetMutableDescription.
+func addMutableTools(s *server.MCPServer) {
+	run := func(context.Context, mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		return mcp.NewToolResultText(MutableText), nil
+	}
+	s.AddTool(noArgs(ToolMutable, MutableDescription), run)
+	s.AddTool(mcp.NewTool(ToolSetMutableDescription,
+		mcp.WithDescription("Changes the description of the mutable tool."),
+		mcp.WithString("description", mcp.Required())),
+		func(_ context.Context, req mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			d, err := req.RequireString("description")
+			if err != nil {
+				return mcp.NewToolResultError(err.Error()), nil
+			}
+			s.AddTool(noArgs(ToolMutable, d), run)
+			return mcp.NewToolResultText("ok"), nil
+		})
 }

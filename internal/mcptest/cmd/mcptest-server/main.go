@@ -3,6 +3,8 @@
 //	mcptest-server [--stdio]               serve JSON-RPC on stdin/stdout (default)
 //	mcptest-server --http 127.0.0.1:0      serve Streamable HTTP at /mcp
 //	  --nonce-log FILE                     add the record_nonce tool, appending "NONCE PID" per call to FILE
+//	  --page-size N                        split lists into pages of N entries
+//	  --mutable                            add the tools mutable and set_mutable_description
 //
 // With --http the first line on stdout is "listening http://ADDR/mcp", so a
 // test can ask for port 0 and read the bound address. Logs go to stderr. The
@@ -42,6 +44,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	httpAddr := fs.String("http", "", "serve Streamable HTTP on this address, e.g. 127.0.0.1:9000 (port 0 picks one)")
 	verbose := fs.Bool("v", false, "log debug messages to stderr")
 	nonceLog := fs.String("nonce-log", "", "add the record_nonce tool: append each execution's nonce to this file (shared by many processes)")
+	pageSize := fs.Int("page-size", 0, "split lists into pages of this many entries (0: one page)")
+	mutable := fs.Bool("mutable", false, "add the tools mutable and set_mutable_description (pinning tests)")
 	var hosts, origins listFlag
 	fs.Var(&hosts, "allow-host", "also accept this Host header value (repeatable)")
 	fs.Var(&origins, "allow-origin", "also accept this Origin header value (repeatable)")
@@ -63,7 +67,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	var opts mcptest.ServerOptions
+	opts := mcptest.ServerOptions{PageSize: *pageSize, Mutable: *mutable}
 	if *nonceLog != "" {
 		// O_APPEND: the processes sharing the file each write whole lines.
 		f, err := os.OpenFile(*nonceLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
