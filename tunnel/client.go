@@ -73,6 +73,13 @@ type ClientConfig struct {
 	QUICProbeMin, QUICProbeMax time.Duration
 	// Clock drives the backoff and probe waits; default the real clock.
 	Clock Clock
+	// Instance and Conn are sent in the hello (see hello): an agent
+	// process with several tunnels to one relay gives them one Instance
+	// and a Conn each, so they serve side by side instead of replacing
+	// each other. Multi sets them; "" keeps the older behaviour (any new
+	// session with the credential replaces the old one).
+	Instance string
+	Conn     int
 
 	// resetKey is the agent's QUIC stateless reset key, derived from Token.
 	resetKey *quic.StatelessResetKey
@@ -791,7 +798,8 @@ func exchangeHello(hctx context.Context, sess Session, cfg *ClientConfig) (Strea
 	if dl, ok := hctx.Deadline(); ok {
 		ctl.SetDeadline(dl)
 	}
-	h := hello{Type: typeHello, Version: ProtocolVersion, Agent: cfg.Name, Token: cfg.Token, Servers: cfg.Servers}
+	h := hello{Type: typeHello, Version: ProtocolVersion, Agent: cfg.Name, Token: cfg.Token, Servers: cfg.Servers,
+		Instance: cfg.Instance, Conn: cfg.Conn}
 	if err := writeFrame(ctl, h); err != nil {
 		return ctl, answer{}, err
 	}

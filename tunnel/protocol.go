@@ -45,6 +45,9 @@ const (
 const (
 	maxTokenLen = 4096
 	maxServers  = 1000
+	// maxInstanceLen and maxConns bound the hello's instance and conn.
+	maxInstanceLen = 64
+	maxConns       = 1024
 )
 
 // Message types on the control stream.
@@ -123,6 +126,14 @@ type hello struct {
 	Agent   string          `json:"agent"`
 	Token   string          `json:"token"`
 	Servers []OfferedServer `json:"servers"`
+	// Instance is the agent process's random id and Conn the number of
+	// this tunnel among that process's tunnels (absent from older
+	// agents). The relay replaces a session only with one of the same
+	// credential and the same instance and conn, or with one of another
+	// instance (a restarted process): so an agent may hold several
+	// tunnels to one relay (relay.connections behind a load balancer).
+	Instance string `json:"instance,omitempty"`
+	Conn     int    `json:"conn,omitempty"`
 }
 
 // LogValue keeps the token out of logs whatever logs a hello.
@@ -236,6 +247,12 @@ func (h *hello) validate() error {
 	}
 	if len(h.Token) > maxTokenLen {
 		return fmt.Errorf("token longer than %d bytes", maxTokenLen)
+	}
+	if len(h.Instance) > maxInstanceLen {
+		return fmt.Errorf("instance id longer than %d bytes", maxInstanceLen)
+	}
+	if h.Conn < 0 || h.Conn > maxConns {
+		return fmt.Errorf("conn %d out of range 0-%d", h.Conn, maxConns)
 	}
 	if len(h.Servers) > maxServers {
 		return fmt.Errorf("%d servers offered, at most %d allowed", len(h.Servers), maxServers)
