@@ -199,7 +199,7 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 	// method points into the head, whose memory a parked exchange gives
 	// back (httpfwd.RawRequest.OnPark).
 	rt.method = nil
-	fwd, stalls := h.agentPath(rt.agent, rt.adm.replica)
+	fwd, stalls := h.exchangePath(rt.agent, rt.adm)
 	req := httpfwd.RawRequest{Head: b}
 	if rt.adm.replica != "" {
 		req.PrefixField, req.Prefix = sessionHeader, []byte(rt.adm.replica+".")
@@ -208,7 +208,7 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 		Fwd: fwd,
 		Req: req,
 		Failed: func(err error) (int, string, []byte) {
-			status, reason, msg := h.forwardFailed(rt.adm.client.Name, rt.agent, rt.server, err)
+			status, reason, msg := h.failed(rt.adm, rt.agent, rt.server, err)
 			header := "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
 			if status == http.StatusServiceUnavailable {
 				header += "Retry-After: " + unavailableRetryAfter + "\r\n"

@@ -1,0 +1,144 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// noAgents is a relay that holds no tunnel at all.
+type noAgents struct{}
+
+func (noAgents) Offers(agent, server string) (bool, bool) { return false, false }
+func (noAgents) Dial(ctx context.Context, agent string) (net.Conn, error) {
+	return nil, errors.New("no agents here")
+}
+
+// staticPeers is a fleet whose registry says addr holds dc1 (every
+// replica tag in tags, any tag if tags is nil); links are plain TCP (the
+// cluster package authenticates them).
+type staticPeers struct {
+	mu    sync.Mutex
+	addr  string
+	tags  []string
+	dials int
+}
+
+func (p *staticPeers) Lookup(agent, tag string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if agent != "dc1" || p.addr == "" {
+		return nil
+	}
+	if tag != "" && p.tags != nil {
+		found := false
+		for _, t := range p.tags {
+			found = found || t == tag
+		}
+		if !found {
+			return nil
+		}
+	}
+	return []string{p.addr}
+}
+
+func (p *staticPeers) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	p.mu.Lock()
+	p.dials++
+	p.mu.Unlock()
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// A relay without the agent's tunnel forwards to the peer relay holding
+// it: the client it verified reaches the agent (a client's own
+// X-Mcptun-Client does not), the peer routes TAG.ID to its replica and
+// tags new sessions, the answer names the peer in X-Mcptun-Via; nobody
+// holding the agent is agent_offline, a peer that cannot be reached
+// peer_unreachable, and a peer never forwards again (no loops). On the
+// fast path and on net/http's.
+func TestPeerForwarding(t *testing.T) {
+	for _, path := range []struct{ name, extra string }{
+		{"fast", "X-Path: fast"},
+		{"net/http", "Connection: X-Force"},
+	} {
+		t.Run(path.name, func(t *testing.T) {
+			// Relay B holds dc1 (two replicas) and serves its peers; it
+			// knows relay A as a peer too, which must never be used.
+			backToA := &staticPeers{}
+			set, hb, _ := newReplicaHandler(t, func(c *Config) { c.Name = "relay-b"; c.Peers = backToA })
+			peerSrv := httptest.NewServer(hb.PeerHandler())
+			t.Cleanup(peerSrv.Close)
+
+			toB := &staticPeers{addr: peerSrv.Listener.Addr().String(), tags: replicaTags}
+			ha, err := NewHandler(Config{Agents: noAgents{}, KnownAgents: []string{"dc1"}, Name: "relay-a", Peers: toB,
+				Clients: []Client{{Name: "ci", TokenSHA256: hash("ci-token"), Allow: []string{"*/*"}}}})
+			require.NoError(t, err)
+			addrA, _ := startFront(t, ha, nil)
+			backToA.mu.Lock()
+			backToA.addr = addrA // relay A's front: B must not go there
+			backToA.mu.Unlock()
+
+			sids := map[string]string{}
+			for range 2 {
+				r := post(t, addrA, path.extra, "X-Mcptun-Client: forged")
+				require.Equal(t, http.StatusOK, r.StatusCode)
+				require.Equal(t, "relay-b", r.Header.Get(ViaHeader))
+				require.Equal(t, "ci", r.Header.Get("X-Got-Client"), "the client relay A verified, not the one it claimed")
+				tag := r.Header.Get("X-Replica")
+				require.Equal(t, tag+".sess-"+tag[:1], r.Header.Get("Mcp-Session-Id"))
+				sids[tag] = r.Header.Get("Mcp-Session-Id")
+			}
+			require.Len(t, sids, 2, "new sessions spread over the peer's replicas")
+			for tag, sid := range sids {
+				r := post(t, addrA, path.extra, "Mcp-Session-Id: "+sid)
+				require.Equal(t, http.StatusOK, r.StatusCode)
+				require.Equal(t, tag, r.Header.Get("X-Replica"))
+				require.Equal(t, "sess-"+tag[:1], r.Header.Get("X-Got-Session"))
+			}
+			r, body := postBody(t, addrA, path.extra, "Mcp-Session-Id: cccccccc.x")
+			require.Equal(t, http.StatusNotFound, r.StatusCode, "a replica no relay holds, while others are up")
+			require.Contains(t, body, `"reason":"session_not_found"`)
+
+			// B holds dc1 no more but is still listed (a stale entry):
+			// it answers agent_offline itself and never forwards back.
+			backToA.mu.Lock()
+			before := backToA.dials
+			backToA.mu.Unlock()
+			set.mu.Lock()
+			set.gone["aaaaaaaa"], set.gone["bbbbbbbb"] = true, true
+			set.mu.Unlock()
+			r, body = postBody(t, addrA, path.extra)
+			require.Equal(t, http.StatusServiceUnavailable, r.StatusCode)
+			require.Contains(t, body, `"reason":"agent_offline"`)
+			backToA.mu.Lock()
+			require.Equal(t, before, backToA.dials, "the peer forwarded a forwarded exchange")
+			backToA.mu.Unlock()
+
+			// Nobody holds dc1; then the holder cannot be reached.
+			toB.mu.Lock()
+			toB.addr = ""
+			toB.mu.Unlock()
+			r, body = postBody(t, addrA, path.extra)
+			require.Equal(t, http.StatusServiceUnavailable, r.StatusCode)
+			require.Contains(t, body, `"reason":"agent_offline"`)
+			require.Equal(t, "5", r.Header.Get("Retry-After"))
+			dead, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			deadAddr := dead.Addr().String()
+			dead.Close()
+			toB.mu.Lock()
+			toB.addr = deadAddr
+			toB.mu.Unlock()
+			r, body = postBody(t, addrA, path.extra)
+			require.Equal(t, http.StatusServiceUnavailable, r.StatusCode)
+			require.Contains(t, body, `"reason":"peer_unreachable"`)
+		})
+	}
+}
