@@ -469,6 +469,9 @@ func bind(addr string, tcp, udp bool) (net.Listener, net.PacketConn, error) {
 	return nil, nil, lastErr
 }
 
+// ID is the relay process's random instance id (sent in every welcome).
+func (s *Server) ID() string { return s.id }
+
 // Addr is the address the relay listens on, with the actual port.
 func (s *Server) Addr() string { return s.addr }
 
