@@ -50,6 +50,25 @@ func (h *Handler) exchangePath(agent string, adm admission) (*httpfwd.Forwarder,
 	return f, stalls
 }
 
+// peerDownFor is how long a peer whose link would not open is tried only
+// when no other peer holds the agent: about the registry's expiry.
+const peerDownFor = 5 * time.Second
+
+// pickPeer returns the first of peers whose link did not fail lately, or
+// the first if all did.
+func (h *Handler) pickPeer(peers []string) string {
+	now := time.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, p := range peers {
+		if t, ok := h.peerDown[p]; !ok || now.Sub(t) > peerDownFor {
+			delete(h.peerDown, p)
+			return p
+		}
+	}
+	return peers[0]
+}
+
 // failed words a forward that failed before its answer began; a link to
 // a peer relay that would not open is peer_unreachable (nothing was sent,
 // a retry is safe and, once the registry forgets a dead relay, goes
@@ -57,6 +76,9 @@ func (h *Handler) exchangePath(agent string, adm admission) (*httpfwd.Forwarder,
 func (h *Handler) failed(adm admission, agent, server string, err error) (status int, reason, msg string) {
 	var ue *httpfwd.UpstreamError
 	if adm.peer != "" && errors.As(err, &ue) && ue.Op == "dial" && !h.closed.Load() {
+		h.mu.Lock()
+		h.peerDown[adm.peer] = time.Now()
+		h.mu.Unlock()
 		h.cutLog.Log(h.log, slog.LevelWarn, "cannot reach the peer relay holding the agent", "client", adm.client.Name,
 			"agent", agent, "server", server, "peer", adm.peer, "err", err)
 		return http.StatusServiceUnavailable, reasonPeerUnreachable,

@@ -25,6 +25,7 @@ func (noAgents) Dial(ctx context.Context, agent string) (net.Conn, error) {
 // cluster package authenticates them).
 type staticPeers struct {
 	mu    sync.Mutex
+	first string // listed before addr when set
 	addr  string
 	tags  []string
 	dials int
@@ -44,6 +45,9 @@ func (p *staticPeers) Lookup(agent, tag string) []string {
 		if !found {
 			return nil
 		}
+	}
+	if p.first != "" {
+		return []string{p.first, p.addr}
 	}
 	return []string{p.addr}
 }
@@ -139,6 +143,20 @@ func TestPeerForwarding(t *testing.T) {
 			r, body = postBody(t, addrA, path.extra)
 			require.Equal(t, http.StatusServiceUnavailable, r.StatusCode)
 			require.Contains(t, body, `"reason":"peer_unreachable"`)
+
+			// The dead relay listed first (its registry entry has not
+			// expired yet) and a live one holding the agent: the link
+			// that just failed is skipped, the live peer serves.
+			set.mu.Lock()
+			set.gone = map[string]bool{}
+			set.mu.Unlock()
+			toB.mu.Lock()
+			toB.first, toB.addr = deadAddr, peerSrv.Listener.Addr().String()
+			toB.mu.Unlock()
+			for range 3 {
+				r = post(t, addrA, path.extra)
+				require.Equal(t, http.StatusOK, r.StatusCode, "the live peer after the dead one failed")
+			}
 		})
 	}
 }

@@ -248,6 +248,10 @@ type Handler struct {
 	perAgent map[string]*perAgent // so one agent's reconnect drops only its streams
 	// peerFwds are the pooled links to peer relays, by address.
 	peerFwds map[string]*httpfwd.Forwarder
+	// peerDown holds when a link to a peer last failed to open, by
+	// address: the registry keeps a dead relay until its entry expires,
+	// and meanwhile another peer holding the agent is tried first.
+	peerDown map[string]time.Time
 }
 
 // NewHandler returns the relay's HTTP handler.
@@ -269,6 +273,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		peers:    cfg.Peers,
 		name:     cfg.Name,
 		peerFwds: make(map[string]*httpfwd.Forwarder),
+		peerDown: make(map[string]time.Time),
 	}
 	h.leave = h.inflight.Leave
 	h.draining, _ = cfg.Agents.(DrainingAgents)
@@ -525,7 +530,7 @@ func (h *Handler) routeAgent(adm *admission, agent, server string, viaPeers bool
 		if len(peers) == 0 {
 			return false
 		}
-		adm.peer, adm.replica, adm.sid = peers[0], "", clientSID
+		adm.peer, adm.replica, adm.sid = h.pickPeer(peers), "", clientSID
 		return true
 	}
 	online, offered := h.agents.Offers(agent, server)

@@ -43,6 +43,12 @@ func startFleet(ctx context.Context, cc config.RelayCluster, ts *tunnel.Server, 
 	if err != nil {
 		return nil, err
 	}
+	// Listening on port 0 (tests) with the advertised address left to
+	// default: peers dial the port bound.
+	if host, port, err := net.SplitHostPort(cc.Advertise); err == nil && port == "0" {
+		_, bound, _ := net.SplitHostPort(ln.Addr().String())
+		cc.Advertise = net.JoinHostPort(host, bound)
+	}
 	var opts []nats.Option
 	if cc.NATSCredsFile != "" {
 		opts = append(opts, nats.UserCredentials(cc.NATSCredsFile))
