@@ -269,6 +269,11 @@ func (d *Dialer) handshake(ctx context.Context, tc *tls.Conn) error {
 	return nil
 }
 
+// link is an authenticated connection as Accept returns it: not a
+// *tls.Conn to net/http's server, which would otherwise close it for its
+// ALPN protocol ("mcptun-peer/1" is not one of its own).
+type link struct{ net.Conn }
+
 // Listener accepts links from peer relays; Accept returns only
 // authenticated ones.
 type Listener struct {
@@ -394,7 +399,7 @@ func (l *Listener) serve(c net.Conn) {
 	}
 	l.cfg.Logger.Debug("cluster: relay-to-relay link up", "peer", peer, "remote", c.RemoteAddr())
 	select {
-	case l.out <- tc:
+	case l.out <- link{tc}:
 		ok = true
 	case <-l.done:
 	}
