@@ -784,7 +784,7 @@ func handshake(hctx context.Context, sess Session, cfg *ClientConfig, log *slog.
 		return nil, fmt.Errorf("tunnel: handshake with %s: relay answered %q, want welcome or refused", cfg.Address, truncate(a.Type, 32))
 	}
 	ctl.SetDeadline(time.Time{})
-	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), beatDone: make(chan struct{}), relayDraining: make(chan struct{}), relayID: a.Relay}
+	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), beatDone: make(chan struct{}), relayDraining: make(chan struct{}), relayID: a.Relay, fleet: a.Fleet}
 	go cs.readControl() // owned by cs: Close waits for it
 	go cs.heartbeat()   // likewise
 	return cs, nil
@@ -825,6 +825,8 @@ type clientSession struct {
 	// relayID is the relay's instance id from the welcome ("" from older
 	// relays).
 	relayID string
+	// fleet: the welcome said the relay is one of a fleet.
+	fleet bool
 
 	mu    sync.Mutex
 	cause error

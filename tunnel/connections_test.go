@@ -1,8 +1,10 @@
 package tunnel
 
 import (
+	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Several tunnels of one agent process to one relay (relay.connections
@@ -64,26 +66,48 @@ func TestReplicaConnectionsPool(t *testing.T) {
 	}
 }
 
-// relay.connections through one address opens that many tunnels, and
-// they stay up together at one relay (none is stopped as a duplicate).
+// relay.connections through one address opens that many tunnels once
+// the relay says it is one of a fleet, and they stay up together at one
+// relay (none is stopped as a duplicate); a lone relay gets one tunnel.
 func TestMultiConnections(t *testing.T) {
-	ctx := testCtx(t)
-	r := startRelay(t, ServerConfig{})
-	m, lb := startMulti(t, MultiConfig{Client: agentConfig(t, ""), Addresses: []string{r.Addr()}, Connections: 2}, "a:")
-	if err := m.WaitConnected(ctx, 2); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "two connections at the relay", func() bool {
-		st, ok := r.Agent(testAgent)
-		return ok && len(st.Replicas) == 1 && st.Replicas[0].Connections == 2
-	})
-	if n := r.log.count("agent session replaced"); n != 0 {
-		t.Fatalf("the relay replaced the agent's session %d times", n)
-	}
-	if strings.Contains(lb.String(), "two addresses lead to one relay") {
-		t.Fatal("a pooled tunnel was stopped as a duplicate")
-	}
-	if got, err := roundTrip(ctx, r, testAgent, []byte("x")); err != nil || string(got) != "a:x" {
-		t.Fatalf("through the relay: %q, %v", got, err)
+	for _, fleet := range []bool{true, false} {
+		t.Run(map[bool]string{true: "fleet", false: "lone relay"}[fleet], func(t *testing.T) {
+			ctx := testCtx(t)
+			r := startRelay(t, ServerConfig{Fleet: fleet})
+			_, port, _ := net.SplitHostPort(r.Addr())
+			dns := &fakeDNS{}
+			dns.set("relays.test", "127.0.0.1")
+			m, lb := startMulti(t, MultiConfig{Client: agentConfig(t, ""), Addresses: []string{"relays.test:" + port},
+				Connections: 2, Resolver: dns, ResolveInterval: 20 * time.Millisecond}, "a:")
+			if err := m.WaitConnected(ctx, 1); err != nil {
+				t.Fatal(err)
+			}
+			// Several syncs later, the number of tunnels is settled.
+			n := dns.count()
+			waitFor(t, "five more lookups", func() bool { return dns.count() >= n+5 })
+			want := 1
+			if fleet {
+				want = 2
+				if err := m.WaitConnected(ctx, 2); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := len(m.Status()); got != want {
+				t.Fatalf("%d tunnels, want %d: %+v", got, want, m.Status())
+			}
+			waitFor(t, "the connections at the relay", func() bool {
+				st, ok := r.Agent(testAgent)
+				return ok && len(st.Replicas) == 1 && st.Replicas[0].Connections == want
+			})
+			if n := r.log.count("agent session replaced"); n != 0 {
+				t.Fatalf("the relay replaced the agent's session %d times", n)
+			}
+			if strings.Contains(lb.String(), "two addresses lead to one relay") {
+				t.Fatal("a pooled tunnel was stopped as a duplicate")
+			}
+			if got, err := roundTrip(ctx, r, testAgent, []byte("x")); err != nil || string(got) != "a:x" {
+				t.Fatalf("through the relay: %q, %v", got, err)
+			}
+		})
 	}
 }

@@ -55,10 +55,12 @@ type MultiConfig struct {
 	// the agent drains there (default 30 s).
 	RemoveGrace time.Duration
 	// Connections is how many tunnels to open when the whole list comes
-	// to one address (one entry that does not resolve to several): a
-	// load balancer in front of a fleet of relays spreads them, so the
-	// loss of one relay leaves the agent connected (default 1). Tunnels
-	// that land on one relay serve side by side (see ClientConfig.Conn).
+	// to one address (one entry that does not resolve to several) and
+	// the relay reached there says it is one of a fleet (its welcome): a
+	// load balancer in front of the fleet spreads them, so the loss of
+	// one relay leaves the agent connected (default 1). Tunnels that
+	// land on one relay serve side by side (see ClientConfig.Conn). A
+	// lone relay gets one tunnel whatever Connections says.
 	Connections int
 }
 
@@ -74,7 +76,10 @@ type Multi struct {
 	ln       *listener
 	running  atomic.Bool
 
+	kick chan struct{} // wakes Run to sync now
+
 	mu       sync.Mutex
+	fleet    bool                    // a relay said it is one of a fleet
 	nextConn int                     // the next tunnel's ClientConfig.Conn
 	tunnels  map[string]*relayTunnel // by dialed address
 	draining bool
@@ -129,7 +134,7 @@ func NewMulti(cfg MultiConfig) (*Multi, error) {
 	if len(cfg.Addresses) == 0 {
 		return nil, errors.New("tunnel: multi: no relay address")
 	}
-	m := &Multi{cfg: cfg, tunnels: map[string]*relayTunnel{}, changed: make(chan struct{})}
+	m := &Multi{cfg: cfg, tunnels: map[string]*relayTunnel{}, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
 	seen := map[string]bool{}
 	for _, a := range cfg.Addresses {
 		host, port, err := net.SplitHostPort(a)
@@ -287,6 +292,7 @@ func (m *Multi) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-m.cfg.Client.Clock.After(wait):
+		case <-m.kick:
 		}
 	}
 }
@@ -326,7 +332,10 @@ func (m *Multi) sync(ctx context.Context, wg *sync.WaitGroup) (missing bool) {
 			want[i].key = want[i].entry
 		}
 	}
-	if len(want) == 1 && len(kept) == 0 && m.cfg.Connections > 1 {
+	m.mu.Lock()
+	fleet := m.fleet
+	m.mu.Unlock()
+	if len(want) == 1 && len(kept) == 0 && m.cfg.Connections > 1 && fleet {
 		// One address for everything: a load balancer's, most likely.
 		// Open several tunnels through it so that losing one relay
 		// behind it leaves the agent connected through another.
@@ -506,9 +515,9 @@ func (m *Multi) watch(ctx context.Context, t *relayTunnel) {
 	for {
 		c.mu.Lock()
 		up, ch := c.cur != nil, c.changed
-		transport, relayID := "", ""
+		transport, relayID, fleet := "", "", false
 		if up {
-			transport, relayID = c.cur.Transport(), c.cur.relayID
+			transport, relayID, fleet = c.cur.Transport(), c.cur.relayID, c.cur.fleet
 		}
 		c.mu.Unlock()
 		m.mu.Lock()
@@ -522,7 +531,18 @@ func (m *Multi) watch(ctx context.Context, t *relayTunnel) {
 			dups = m.duplicatesLocked(t)
 		}
 		n, total := m.connectedLocked(), len(m.tunnels)
+		newFleet := up && fleet && !m.fleet
+		if newFleet {
+			m.fleet = true
+		}
 		m.mu.Unlock()
+		if newFleet && m.cfg.Connections > 1 {
+			m.log.Info("tunnel: the relay is one of a fleet; opening more tunnels through its address", "relay", t.entry, "connections", m.cfg.Connections)
+			select {
+			case m.kick <- struct{}{}:
+			default:
+			}
+		}
 		for _, o := range dups {
 			m.log.Warn("tunnel: two addresses lead to one relay (a load balancer's?); keeping one tunnel, as two would replace each other",
 				"relay", t.entry, "dial", t.dial, "stopped", o.dial)

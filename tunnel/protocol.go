@@ -156,6 +156,10 @@ type answer struct {
 	// agent that reaches one relay at two addresses (a load balancer's)
 	// sees it and keeps one tunnel, as two would replace each other.
 	Relay string `json:"relay,omitempty"`
+	// Fleet, in a welcome, says the relay is one of a fleet that forwards
+	// to each other (relay.yaml cluster:): an agent with one address for
+	// it (a load balancer's) then opens relay.connections tunnels.
+	Fleet bool `json:"fleet,omitempty"`
 }
 
 // errBadFrame marks a frame whose length prefix is invalid, as opposed to a

@@ -101,6 +101,9 @@ type ServerConfig struct {
 	// AuthGuard throttles and logs refused handshakes per source address
 	// (nil: one with authguard's defaults, logging to Logger).
 	AuthGuard *authguard.Guard
+	// Fleet tells agents, in the welcome, that this relay is one of a
+	// fleet whose relays forward to each other (see MultiConfig.Connections).
+	Fleet bool
 }
 
 // AgentStatus describes a connected agent. With several replicas
@@ -147,6 +150,7 @@ type Server struct {
 	creds     map[string][]replicaCred
 	dummy     [32]byte // compared against for unknown names
 	id        string   // random instance id, sent in the welcome
+	fleet     bool     // sent in the welcome
 	hsTimeout time.Duration
 	onChange  func(string, bool)
 	tcpTLS    *tls.Config
@@ -352,6 +356,7 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		drained:   make(map[string]bool),
 		conns:     make(map[io.Closer]struct{}),
 		guard:     cfg.AuthGuard,
+		fleet:     cfg.Fleet,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -723,7 +728,7 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	// Register before the welcome: once the agent believes it is
 	// connected, Dial must find it.
 	s.register(a)
-	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion, Relay: s.id}); err != nil {
+	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion, Relay: s.id, Fleet: s.fleet}); err != nil {
 		s.log.Debug("tunnel: handshake: send welcome", "agent", h.Agent, "remote", remote, "err", err)
 		s.deregister(a)
 		return

@@ -138,6 +138,7 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 		TLSConfig:   &tls.Config{Certificates: []tls.Certificate{tunnelCert}},
 		Agents:      creds,
 		DisableQUIC: cfg.Tunnel.DisableQUIC,
+		Fleet:       cfg.Cluster.Enabled(),
 		Logger:      log.With("component", "tunnel"),
 		OnAgentChange: func(name string, up bool) {
 			front.Lock()
