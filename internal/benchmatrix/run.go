@@ -356,6 +356,16 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 	}
 	deployPlain(PathPlainQUIC, "quic", "native")
 	deployPlain(PathPlainTCP, "tcp", "native")
+	if slices.Contains(paths, PathForwarded) {
+		fl, err := ws.startFleet(ctx, fx.URL, role{roleServer, pidsOf(fx.Pid())})
+		defer fl.stop(func(p *process) { stopLogged(log, p) })
+		if err != nil {
+			rep.fail("matrix: %s: %v", PathForwarded, err)
+		} else {
+			watched = append(watched, fl.procs...)
+			targets[PathForwarded] = fl.target
+		}
+	}
 	// With a baseline, the matrix and paced sections measure each of
 	// mcptun's paths of both builds in the same interleaved rounds.
 	cellPaths, pacedPaths := o.Paths, o.PacedPaths
