@@ -1,11 +1,14 @@
 package relay
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 
@@ -156,6 +159,62 @@ func TestPeerForwarding(t *testing.T) {
 			for range 3 {
 				r = post(t, addrA, path.extra)
 				require.Equal(t, http.StatusOK, r.StatusCode, "the live peer after the dead one failed")
+			}
+		})
+	}
+}
+
+// A forwarded answer streams: each SSE event reaches the client through
+// both relays before the agent writes the next, on both paths of the
+// client's relay.
+func TestPeerForwardingStreamsSSE(t *testing.T) {
+	for _, path := range []struct{ name, extra string }{
+		{"fast", "X-Path: fast"},
+		{"net/http", "Connection: X-Force"},
+	} {
+		t.Run(path.name, func(t *testing.T) {
+			next := make(chan struct{})
+			b := newConnFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/event-stream")
+				for i := range 3 {
+					fmt.Fprintf(w, "id: %d\ndata: {\"n\":%d}\n\n", i, i)
+					w.(http.Flusher).Flush()
+					select {
+					case <-next:
+					case <-r.Context().Done():
+						return
+					}
+				}
+			}))
+			peerSrv := httptest.NewServer(b.h.PeerHandler())
+			t.Cleanup(peerSrv.Close)
+			ha, err := NewHandler(Config{Agents: noAgents{}, KnownAgents: []string{"dc1"},
+				Peers:   &staticPeers{addr: peerSrv.Listener.Addr().String()},
+				Clients: []Client{{Name: "ci", TokenSHA256: hash("ci-token"), Allow: []string{"*/*"}}}})
+			require.NoError(t, err)
+			addrA, _ := startFront(t, ha, nil)
+
+			c, err := net.Dial("tcp", addrA)
+			require.NoError(t, err)
+			defer c.Close()
+			_, err = fmt.Fprintf(c, "POST /dc1/notes/mcp HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer ci-token\r\n%s\r\nContent-Length: 2\r\n\r\n{}", path.extra)
+			require.NoError(t, err)
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+			body := bufio.NewReader(resp.Body)
+			for i := range 3 {
+				for {
+					line, err := body.ReadString('\n')
+					require.NoError(t, err)
+					if strings.HasPrefix(line, "data:") {
+						require.Equal(t, fmt.Sprintf("data: {\"n\":%d}\n", i), line)
+						break
+					}
+				}
+				next <- struct{}{} // the agent writes the next event only now
 			}
 		})
 	}
