@@ -37,9 +37,16 @@ func (h *Handler) exchangePath(agent string, adm admission) (*httpfwd.Forwarder,
 	if adm.peer == "" {
 		return h.agentPath(agent, adm.replica)
 	}
-	_, stalls := h.agentPath(agent, "")
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	// The agent's budget of clients that read nothing holds here too: a
+	// forwarded answer nobody reads holds a link and the holder's window.
+	pa := h.perAgent[agent]
+	if pa == nil {
+		pa = &perAgent{stalls: httpfwd.NewStallBudget(h.stallN)}
+		h.perAgent[agent] = pa
+	}
+	stalls := pa.stalls
 	f := h.peerFwds[adm.peer]
 	if f == nil {
 		addr := adm.peer
