@@ -82,10 +82,14 @@ func (h *Handler) pickPeer(peers []string) string {
 // elsewhere).
 func (h *Handler) failed(adm admission, agent, server string, err error) (status int, reason, msg string) {
 	var ue *httpfwd.UpstreamError
-	if adm.peer != "" && errors.As(err, &ue) && ue.Op == "dial" && !h.closed.Load() {
+	if adm.peer != "" && errors.As(err, &ue) && !ue.Body && !h.closed.Load() {
+		// The link would not open, or broke under the exchange (the peer
+		// relay died with it): the next exchanges try another peer.
 		h.mu.Lock()
 		h.peerDown[adm.peer] = time.Now()
 		h.mu.Unlock()
+	}
+	if adm.peer != "" && ue != nil && ue.Op == "dial" && !h.closed.Load() {
 		h.cutLog.Log(h.log, slog.LevelWarn, "cannot reach the peer relay holding the agent", "client", adm.client.Name,
 			"agent", agent, "server", server, "peer", adm.peer, "err", err)
 		return http.StatusServiceUnavailable, reasonPeerUnreachable,

@@ -219,3 +219,41 @@ func TestPeerForwardingStreamsSSE(t *testing.T) {
 		})
 	}
 }
+
+// A peer relay that dies under an exchange (its link breaks after the
+// request went out) costs that exchange (502, outcome unknown) and no
+// more: the next ones go to another relay holding the agent, although
+// the registry still lists the dead one first.
+func TestPeerLinkBreaksThenOtherPeer(t *testing.T) {
+	dying, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { dying.Close() })
+	go func() {
+		for {
+			c, err := dying.Accept()
+			if err != nil {
+				return
+			}
+			// Read the request head, then die without an answer.
+			_, _ = bufio.NewReader(c).ReadString('\n')
+			c.Close()
+		}
+	}()
+	_, hb, _ := newReplicaHandler(t, func(c *Config) { c.Name = "relay-b" })
+	peerSrv := httptest.NewServer(hb.PeerHandler())
+	t.Cleanup(peerSrv.Close)
+	peers := &staticPeers{first: dying.Addr().String(), addr: peerSrv.Listener.Addr().String()}
+	ha, err := NewHandler(Config{Agents: noAgents{}, KnownAgents: []string{"dc1"}, Peers: peers,
+		Clients: []Client{{Name: "ci", TokenSHA256: hash("ci-token"), Allow: []string{"*/*"}}}})
+	require.NoError(t, err)
+	addrA, _ := startFront(t, ha, nil)
+
+	r, body := postBody(t, addrA)
+	require.Equal(t, http.StatusBadGateway, r.StatusCode)
+	require.Contains(t, body, `"reason":"upstream_outcome_unknown"`)
+	for range 3 {
+		r = post(t, addrA)
+		require.Equal(t, http.StatusOK, r.StatusCode, "the exchange after the broken link went to the dead relay again")
+		require.Equal(t, "relay-b", r.Header.Get(ViaHeader))
+	}
+}
