@@ -15,7 +15,8 @@
 //	     wrong tokens (auth_throttled), with Retry-After
 //	503  the agent is known but not connected, the agent is shutting down,
 //	     or the relay is (each with Retry-After); the connection cap
-//	     answers 503 too, see TooManyConnections
+//	     answers 503 too, see TooManyConnections; in a fleet (Config.Peers)
+//	     also when the relay holding the agent cannot be reached
 //
 // and when a forward fails (forwardFailed): 400/413 for a body it cannot
 // read, 503 when no stream to the agent opens, 502 when the exchange broke
