@@ -379,7 +379,9 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 			withBaseline := func(ps []string) (out []string) {
 				for _, p := range ps {
 					out = append(out, p)
-					if p != PathDirect && p != PathPlainQUIC && p != PathPlainTCP {
+					// forwarded: a baseline older than the fleet has no
+					// cluster section, so it is measured for this build only.
+					if p != PathDirect && p != PathPlainQUIC && p != PathPlainTCP && p != PathForwarded {
 						out = append(out, p+BaselineSuffix)
 					}
 				}
