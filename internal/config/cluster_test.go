@@ -74,3 +74,16 @@ func TestRelayClusterErrors(t *testing.T) {
 		})
 	}
 }
+
+// In a Kubernetes pod the advertised address comes from the environment
+// (the pod IP), the rest from the file.
+func TestRelayClusterAdvertiseFromEnv(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "cluster.secret", clusterSecret)
+	t.Setenv("MCPTUN_CLUSTER_ADVERTISE", "10.9.9.9:7444")
+	p := writeFile(t, dir, "relay.yaml", strings.ReplaceAll(validRelay, "HASH", hashA)+
+		`cluster: {nats_url: "nats://nats:4222", listen: "0.0.0.0:7444", secret_file: cluster.secret}`+"\n")
+	c, err := LoadRelay(p)
+	require.NoError(t, err)
+	require.Equal(t, "10.9.9.9:7444", c.Cluster.Advertise)
+}
