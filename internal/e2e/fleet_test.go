@@ -411,4 +411,11 @@ log: {level: debug}
 		}
 	}
 	require.Error(t, victim.p.waitExit(t, 10*time.Second), "the victim was killed")
+
+	// A relay told to stop leaves the fleet at once (it does not wait for
+	// its entry to expire), and exits cleanly.
+	leaving, staying := live[0], live[1]
+	require.NoError(t, leaving.p.cmd.Process.Signal(syscall.SIGTERM))
+	staying.p.waitLine(t, regexp.MustCompile(`msg="cluster: relay left the fleet" .*name=`+leaving.name+`\b`), 5*time.Second)
+	require.NoError(t, leaving.p.waitExit(t, 20*time.Second), "%s exit status after SIGTERM", leaving.name)
 }
