@@ -223,7 +223,7 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 	// method points into the head, whose memory a parked exchange gives
 	// back (httpfwd.RawRequest.OnPark).
 	rt.method = nil
-	fwd, stalls := h.agentPath(rt.agent, rt.adm.replica)
+	fwd, stalls := h.exchangePath(rt.agent, rt.adm)
 	req := httpfwd.RawRequest{Head: b}
 	if o != nil {
 		req.OnHead = o.onHead
@@ -238,7 +238,7 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 		Finished: finished,
 		PeekBody: peek,
 		Failed: func(err error) (int, string, []byte) {
-			status, reason, msg := h.forwardFailed(rt.adm.client.Name, rt.agent, rt.server, err)
+			status, reason, msg := h.failed(rt.adm, rt.agent, rt.server, err)
 			if acc != nil {
 				acc.reason = reason
 			}

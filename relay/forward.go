@@ -42,7 +42,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, adm admission,
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &stallBody{ReadCloser: r.Body, rc: rc, timeout: h.limits.BodyTimeout}
 	}
-	fwd, stalls := h.agentPath(agent, adm.replica)
+	fwd, stalls := h.exchangePath(agent, adm)
 	tw := &stallWriter{ResponseWriter: w, rc: rc, timeout: h.limits.WriteTimeout}
 	tw.watch.Watch(stalls, ClientStallAfter, func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
 	defer tw.watch.Stop()
@@ -88,7 +88,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, adm admission,
 		h.cutShort(client, agent, server, err)
 		return
 	}
-	status, reason, msg := h.forwardFailed(client, agent, server, err)
+	status, reason, msg := h.failed(adm, agent, server, err)
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", unavailableRetryAfter)
 	}

@@ -18,7 +18,9 @@
 //	503  the agent is known but not connected, the agent is shutting down,
 //	     or the relay is (each with Retry-After); the connection cap
 //	     answers 503 too, see TooManyConnections; with OAuth, also when
-//	     the authorization server's keys were never had
+//	     the authorization server's keys were never had; in a fleet
+//	     (Config.Peers) also when the relay holding the agent cannot be
+//	     reached
 //
 // and when a forward fails (forwardFailed): 400/413 for a body it cannot
 // read, 503 when no stream to the agent opens, 502 when the exchange broke
@@ -161,6 +163,15 @@ type Config struct {
 	// AuthGuard throttles and logs wrong bearer tokens per source address
 	// (nil: one with authguard's defaults, logging to Logger).
 	AuthGuard *authguard.Guard
+	// Peers, if set, is the relay fleet (relay.yaml cluster:): an
+	// exchange for an agent this relay holds no tunnel to (or not to the
+	// replica a session names) goes to a peer relay that does, over an
+	// authenticated link, with the client this relay verified. Nil: the
+	// relay serves only its own tunnels.
+	Peers Peers
+	// Name is this relay's name in the fleet: the X-Mcptun-Via header of
+	// the answers it serves for a peer.
+	Name string
 	// MaxStalledPerAgent bounds the answers of one agent whose clients have
 	// read nothing for ClientStallAfter, at once (default
 	// DefaultMaxStalledPerAgent); a client that would be one more is cut
@@ -232,6 +243,9 @@ type Handler struct {
 	draining DrainingAgents
 	// replicas routes among an agent's replicas (nil: by name alone).
 	replicas ReplicaAgents
+	// peers is the relay fleet (nil: none); name this relay's name in it.
+	peers Peers
+	name  string
 	// inflight counts the exchanges forwarded, but not GET streams:
 	// those never end by themselves, so a drain does not wait for them
 	// (they end when the relay closes, and clients resume them).
@@ -249,6 +263,12 @@ type Handler struct {
 
 	mu       sync.Mutex
 	perAgent map[string]*perAgent // so one agent's reconnect drops only its streams
+	// peerFwds are the pooled links to peer relays, by address.
+	peerFwds map[string]*httpfwd.Forwarder
+	// peerDown holds when a link to a peer last failed to open, by
+	// address: the registry keeps a dead relay until its entry expires,
+	// and meanwhile another peer holding the agent is tried first.
+	peerDown map[string]time.Time
 }
 
 // NewHandler returns the relay's HTTP handler.
@@ -267,6 +287,10 @@ func NewHandler(cfg Config) (*Handler, error) {
 		guard:    cfg.AuthGuard,
 		stallN:   cfg.MaxStalledPerAgent,
 		obs:      cfg.Observer,
+		peers:    cfg.Peers,
+		name:     cfg.Name,
+		peerFwds: make(map[string]*httpfwd.Forwarder),
+		peerDown: make(map[string]time.Time),
 	}
 	h.leave = h.inflight.Leave
 	h.draining, _ = cfg.Agents.(DrainingAgents)
@@ -377,6 +401,10 @@ func (h *Handler) Close() error {
 		}
 		pa.fwds = nil
 	}
+	for addr, f := range h.peerFwds {
+		fs = append(fs, f)
+		delete(h.peerFwds, addr)
+	}
 	h.mu.Unlock()
 	for _, f := range fs {
 		f.Close()
@@ -453,6 +481,10 @@ type admission struct {
 	tools   string
 	replica string // "" without ReplicaAgents
 	sid     string // the Mcp-Session-Id to send on, its tag taken off
+	// peer, if set, is the address of the peer relay the exchange goes
+	// to (see Config.Peers); replica is then "" and sid as the client
+	// sent it: the peer routes among its own replicas.
+	peer string
 }
 
 var sessionGone = &refusal{status: http.StatusNotFound, reason: "session_not_found",
@@ -503,41 +535,12 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 	if !auth.known[agent] {
 		return admission{}, &refusal{status: http.StatusNotFound, reason: "unknown_agent", msg: fmt.Sprintf("no agent named %q", agent)}
 	}
-	online, offered := h.agents.Offers(agent, server)
-	if !online {
-		return admission{}, &refusal{status: http.StatusServiceUnavailable, reason: "agent_offline",
-			msg:    fmt.Sprintf("agent %q is not connected; try again when it reconnects", agent),
-			header: "Retry-After", value: unavailableRetryAfter}
-	}
-	if !offered {
-		return admission{}, &refusal{status: http.StatusNotFound, reason: "unknown_server",
-			msg: fmt.Sprintf("agent %q offers no server named %q", agent, server)}
-	}
 	adm := admission{client: client, sid: sid}
 	if client.narrows {
 		adm.tools = client.narrowTools(agent, server)
 	}
-	if h.replicas != nil {
-		var want string
-		if t, inner, ok := splitSessionID(sid); ok {
-			want, adm.sid = t, inner
-		}
-		// An id the relay cannot have handed out goes, as it is, to a
-		// replica as new work: that agent answers 404 as for any session
-		// it does not know, in the same words as for another client's.
-		var route ReplicaRoute
-		switch adm.replica, route = h.replicas.PickReplica(agent, server, want); route {
-		case ReplicaOffline:
-			return admission{}, &refusal{status: http.StatusServiceUnavailable, reason: "agent_offline",
-				msg:    fmt.Sprintf("agent %q is not connected; try again when it reconnects", agent),
-				header: "Retry-After", value: unavailableRetryAfter}
-		case ReplicaSessionGone:
-			return admission{}, sessionGone
-		case ReplicaDraining:
-			return admission{}, agentDrainingRefusal(agent)
-		}
-	} else if h.agentDraining(agent) {
-		return admission{}, agentDrainingRefusal(agent)
+	if ref := h.routeAgent(&adm, agent, server, h.peers != nil); ref != nil {
+		return admission{}, ref
 	}
 	// Last: an exchange refused for another reason takes no token.
 	if wait, ok := client.limiter.Take(); !ok {
@@ -549,6 +552,88 @@ func (h *Handler) admit(src netip.Addr, origin, authorization, host, agent, serv
 			logArgs: []any{"client", client.Name, "agent", agent, "server", server}}
 	}
 	return adm, nil
+}
+
+// agentOffline refuses an exchange for an agent nobody holds a tunnel to.
+func agentOffline(agent string) *refusal {
+	return &refusal{status: http.StatusServiceUnavailable, reason: "agent_offline",
+		msg:    fmt.Sprintf("agent %q is not connected; try again when it reconnects", agent),
+		header: "Retry-After", value: unavailableRetryAfter}
+}
+
+// routeAgent decides where an admitted exchange with a known agent goes:
+// to one of the agent's replicas connected here, or (viaPeers) to a peer
+// relay holding the agent when none here can take it. adm.sid is the
+// client's Mcp-Session-Id on the way in.
+func (h *Handler) routeAgent(adm *admission, agent, server string, viaPeers bool) *refusal {
+	clientSID := adm.sid
+	var want string
+	if t, _, ok := splitSessionID(clientSID); ok {
+		want = t
+	}
+	// toPeer sends the exchange on to a relay holding the agent (the
+	// session's replica, if it names one), with the session id as the
+	// client sent it: that relay routes among its own replicas.
+	toPeer := func(tag string) bool {
+		if !viaPeers {
+			return false
+		}
+		peers := h.peers.Lookup(agent, tag)
+		if len(peers) == 0 {
+			return false
+		}
+		adm.peer, adm.replica, adm.sid = h.pickPeer(peers), "", clientSID
+		return true
+	}
+	online, offered := h.agents.Offers(agent, server)
+	if !online {
+		if toPeer(want) {
+			return nil
+		}
+		if want != "" && viaPeers && len(h.peers.Lookup(agent, "")) > 0 {
+			// Other replicas are up at other relays: the session's
+			// replica is gone, as if they were connected here.
+			return sessionGone
+		}
+		return agentOffline(agent)
+	}
+	if !offered {
+		return &refusal{status: http.StatusNotFound, reason: "unknown_server",
+			msg: fmt.Sprintf("agent %q offers no server named %q", agent, server)}
+	}
+	if h.replicas != nil {
+		if _, inner, ok := splitSessionID(clientSID); ok {
+			adm.sid = inner
+		}
+		// An id the relay cannot have handed out goes, as it is, to a
+		// replica as new work: that agent answers 404 as for any session
+		// it does not know, in the same words as for another client's.
+		var route ReplicaRoute
+		switch adm.replica, route = h.replicas.PickReplica(agent, server, want); route {
+		case ReplicaOffline:
+			if toPeer(want) {
+				return nil
+			}
+			return agentOffline(agent)
+		case ReplicaSessionGone:
+			// The session's replica may be connected to another relay.
+			if toPeer(want) {
+				return nil
+			}
+			return sessionGone
+		case ReplicaDraining:
+			if toPeer("") {
+				return nil
+			}
+			return agentDrainingRefusal(agent)
+		}
+	} else if h.agentDraining(agent) {
+		if toPeer("") {
+			return nil
+		}
+		return agentDrainingRefusal(agent)
+	}
+	return nil
 }
 
 // unavailableRetryAfter is the Retry-After of every 503 (an agent offline

@@ -13,8 +13,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/mcptun/mcptun/internal/httpfwd"
 )
 
 // replicaSet is agent dc1 served by two replicas over loopback TCP, each
@@ -62,6 +60,13 @@ func (s *replicaSet) DialReplica(ctx context.Context, agent, replica string) (ne
 }
 
 func newReplicaRelay(t *testing.T) (*replicaSet, string) {
+	set, _, addr := newReplicaHandler(t, nil)
+	return set, addr
+}
+
+// newReplicaHandler is newReplicaRelay with its Handler, whose Config
+// mod may change first.
+func newReplicaHandler(t *testing.T, mod func(*Config)) (*replicaSet, *Handler, string) {
 	t.Helper()
 	set := &replicaSet{addr: map[string]string{}, gone: map[string]bool{}}
 	for _, tag := range replicaTags {
@@ -69,6 +74,8 @@ func newReplicaRelay(t *testing.T) (*replicaSet, string) {
 			_, _ = io.Copy(io.Discard, r.Body)
 			w.Header().Set("X-Replica", tag)
 			w.Header().Set("X-Got-Session", r.Header.Get("Mcp-Session-Id"))
+			w.Header().Set("X-Got-Client", r.Header.Get(ClientHeader))
+			w.Header()["X-Got-Tools"] = r.Header.Values(ToolsHeader)
 			if r.Header.Get("Mcp-Session-Id") == "" {
 				w.Header().Set("Mcp-Session-Id", "sess-"+tag[:1]) // initialize
 			}
@@ -81,34 +88,29 @@ func newReplicaRelay(t *testing.T) (*replicaSet, string) {
 		})
 		set.addr[tag] = srv.Listener.Addr().String()
 	}
-	h, err := NewHandler(Config{
+	cfg := Config{
 		Agents:      set,
 		KnownAgents: []string{"dc1"},
 		Clients:     []Client{{Name: "ci", TokenSHA256: hash("ci-token"), Allow: []string{"*/*"}}},
-	})
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	h, err := NewHandler(cfg)
 	require.NoError(t, err)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	fast := httpfwd.NewConnServer(h.ServeConn, ln.Addr())
-	front := httptest.NewUnstartedServer(h)
-	front.Listener = fast.Handoff()
-	front.Start()
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = fast.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		_ = fast.Close()
-		<-served
-		front.Close()
-		h.Close()
-	})
-	return set, ln.Addr().String()
+	addr, _ := startFront(t, h, nil)
+	return set, h, addr
 }
 
 // post sends one POST on a connection of its own; extra are header lines.
 func post(t *testing.T, addr string, extra ...string) *http.Response {
+	t.Helper()
+	r, _ := postBody(t, addr, extra...)
+	return r
+}
+
+// postBody is post with the answer's body.
+func postBody(t *testing.T, addr string, extra ...string) (*http.Response, string) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
@@ -123,9 +125,9 @@ func post(t *testing.T, addr string, extra ...string) *http.Response {
 	require.NoError(t, err)
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	require.NoError(t, err)
-	_, _ = io.Copy(io.Discard, resp.Body)
+	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	return resp
+	return resp, string(b)
 }
 
 // With replicas the relay spreads new sessions, hands the client

@@ -87,6 +87,13 @@ type ClientConfig struct {
 	QUICProbeMin, QUICProbeMax time.Duration
 	// Clock drives the backoff and probe waits; default the real clock.
 	Clock Clock
+	// Instance and Conn are sent in the hello (see hello): an agent
+	// process with several tunnels to one relay gives them one Instance
+	// and a Conn each, so they serve side by side instead of replacing
+	// each other. Multi sets them; "" keeps the older behaviour (any new
+	// session with the credential replaces the old one).
+	Instance string
+	Conn     int
 
 	// resetKey is the agent's QUIC stateless reset key, derived from its
 	// credential's secret.
@@ -230,7 +237,8 @@ func (cfg *ClientConfig) credentialSecret() ([]byte, error) {
 
 // hello is the agent's hello before any per-session signature.
 func (cfg *ClientConfig) hello() hello {
-	h := hello{Type: typeHello, Version: ProtocolVersion, Agent: cfg.Name, Token: cfg.Token, Servers: cfg.servers(), Software: cfg.Software}
+	h := hello{Type: typeHello, Version: ProtocolVersion, Agent: cfg.Name, Token: cfg.Token, Servers: cfg.servers(), Software: cfg.Software,
+		Instance: cfg.Instance, Conn: cfg.Conn}
 	switch {
 	case cfg.Key != nil:
 		h.Auth = AuthEd25519
@@ -895,7 +903,7 @@ func handshake(hctx context.Context, sess Session, cfg *ClientConfig, log *slog.
 	}
 	ctl.SetDeadline(time.Time{})
 	cs := &clientSession{Session: sess, ctl: ctl, log: log, readerDone: make(chan struct{}), beatDone: make(chan struct{}), relayDraining: make(chan struct{}), relayID: a.Relay,
-		offered: sent, clientURL: a.ClientURL}
+		offered: sent, clientURL: a.ClientURL, fleet: a.Fleet}
 	go cs.readControl() // owned by cs: Close waits for it
 	go cs.heartbeat()   // likewise
 	return cs, nil
@@ -945,6 +953,8 @@ type clientSession struct {
 	relayID string
 	// clientURL is the welcome's ClientURL, as the relay sent it.
 	clientURL string
+	// fleet: the welcome said the relay is one of a fleet.
+	fleet bool
 
 	mu    sync.Mutex
 	cause error

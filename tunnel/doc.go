@@ -60,7 +60,19 @@
 //
 // The welcome's "relay" is the relay process's random instance id (absent
 // from older relays): an agent that reaches one relay at two addresses
-// keeps one tunnel (see Multi).
+// keeps one tunnel (see Multi). A relay of a fleet (relays that forward
+// to each other) adds "fleet":true.
+//
+// The hello may carry "instance", the agent process's random id, and
+// "conn", the tunnel's number within that process (Multi sets both).
+// They make replacement precise: a session replaces those of its
+// credential that have another instance (a restarted process, or a
+// second process sharing the token) or the same instance and conn (the
+// same tunnel reconnecting), and serves beside those of the same
+// instance with another conn: one process's tunnels through a load
+// balancer that land on one relay are a pool there, streams going to
+// each in turn. A hello without them replaces every session of its
+// credential, as before.
 //
 // Instead of a token, an agent may carry an Ed25519 key or a TLS client
 // certificate (ClientConfig.Key, ClientConfig.Certificate), and its hello
@@ -171,7 +183,9 @@
 // # Several relays
 //
 // Multi runs one Client per relay — each entry of a list, and each address
-// a relay's host name resolves to, looked up again periodically — with one
+// a relay's host name resolves to, looked up again periodically; when all
+// that comes to one address and the relay there says it is one of a
+// fleet, MultiConfig.Connections Clients through it — with one
 // Listener for the streams of all of them: sessions live at the agent, so
 // any relay with a tunnel serves any of them. Each Client reconnects on its
 // own; each is verified by its entry's host name, never by the address

@@ -328,7 +328,7 @@ func TestDrainBound(t *testing.T) {
 	startAgent(t, agentConfig(t, r.Addr()), "a:")
 	r.waitEvent(t, "lab up")
 	r.mu.Lock()
-	a := r.agents[testAgent].byTag[ReplicaTag(sha256.Sum256([]byte(testToken)))]
+	a := r.agents[testAgent].byTag[ReplicaTag(sha256.Sum256([]byte(testToken)))].conns[0]
 	r.mu.Unlock()
 	st, err := r.Dial(ctx, testAgent)
 	if err != nil {

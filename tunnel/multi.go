@@ -2,6 +2,8 @@ package tunnel
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,6 +54,14 @@ type MultiConfig struct {
 	// keeps serving the exchanges in flight on it after telling its relay
 	// the agent drains there (default 30 s).
 	RemoveGrace time.Duration
+	// Connections is how many tunnels to open when the whole list comes
+	// to one address (one entry that does not resolve to several) and
+	// the relay reached there says it is one of a fleet (its welcome): a
+	// load balancer in front of the fleet spreads them, so the loss of
+	// one relay leaves the agent connected (default 1). Tunnels that
+	// land on one relay serve side by side (see ClientConfig.Conn). A
+	// lone relay gets one tunnel whatever Connections says.
+	Connections int
 }
 
 // Multi keeps one tunnel (a Client with its own reconnect and backoff) to
@@ -59,13 +69,18 @@ type MultiConfig struct {
 // on one Listener: sessions live at the agent, so any relay with a tunnel
 // serves any session.
 type Multi struct {
-	cfg     MultiConfig
-	log     *slog.Logger
-	entries []multiEntry
-	ln      *listener
-	running atomic.Bool
+	cfg      MultiConfig
+	instance string // this process's id in every hello
+	log      *slog.Logger
+	entries  []multiEntry
+	ln       *listener
+	running  atomic.Bool
+
+	kick chan struct{} // wakes Run to sync now
 
 	mu       sync.Mutex
+	fleet    bool                    // a relay said it is one of a fleet
+	nextConn int                     // the next tunnel's ClientConfig.Conn
 	tunnels  map[string]*relayTunnel // by dialed address
 	draining bool
 	changed  chan struct{} // closed and replaced when a tunnel's state changes
@@ -96,6 +111,9 @@ type relayTunnel struct {
 	// is down.
 	relayID     string
 	duplicateOf string
+	// pooled: one of the relay.connections tunnels through one address;
+	// those may reach one relay, and are never stopped as duplicates.
+	pooled bool
 }
 
 // RelayStatus is one relay's tunnel, for logs and status pages.
@@ -116,7 +134,7 @@ func NewMulti(cfg MultiConfig) (*Multi, error) {
 	if len(cfg.Addresses) == 0 {
 		return nil, errors.New("tunnel: multi: no relay address")
 	}
-	m := &Multi{cfg: cfg, tunnels: map[string]*relayTunnel{}, changed: make(chan struct{})}
+	m := &Multi{cfg: cfg, tunnels: map[string]*relayTunnel{}, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
 	seen := map[string]bool{}
 	for _, a := range cfg.Addresses {
 		host, port, err := net.SplitHostPort(a)
@@ -148,6 +166,17 @@ func NewMulti(cfg MultiConfig) (*Multi, error) {
 	if m.cfg.RemoveGrace <= 0 {
 		m.cfg.RemoveGrace = DefaultRemoveGrace
 	}
+	if m.cfg.Connections <= 0 {
+		m.cfg.Connections = 1
+	}
+	if m.cfg.Connections > maxConns {
+		return nil, fmt.Errorf("tunnel: multi: %d connections, at most %d", m.cfg.Connections, maxConns)
+	}
+	var id [8]byte
+	if _, err := crand.Read(id[:]); err != nil {
+		return nil, fmt.Errorf("tunnel: multi: %w", err)
+	}
+	m.instance = hex.EncodeToString(id[:])
 	m.log = norm.Logger.With("agent", norm.Name)
 	m.ln = newListener(norm.Name)
 	return m, nil
@@ -263,6 +292,7 @@ func (m *Multi) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-m.cfg.Client.Clock.After(wait):
+		case <-m.kick:
 		}
 	}
 }
@@ -271,12 +301,15 @@ func (m *Multi) Run(ctx context.Context) error {
 // reports whether some name has no address yet (its lookup failed and it
 // has no tunnel).
 func (m *Multi) sync(ctx context.Context, wg *sync.WaitGroup) (missing bool) {
-	type target struct{ entry, dial string }
+	type target struct {
+		entry, dial, key string
+		pooled           bool
+	}
 	var want []target
 	kept := map[string]bool{} // entries whose lookup failed: their tunnels stay
 	for _, e := range m.entries {
 		if e.literal {
-			want = append(want, target{e.addr, ""})
+			want = append(want, target{entry: e.addr})
 			continue
 		}
 		ips, err := m.lookup(ctx, e.host)
@@ -289,7 +322,32 @@ func (m *Multi) sync(ctx context.Context, wg *sync.WaitGroup) (missing bool) {
 			continue
 		}
 		for _, ip := range ips {
-			want = append(want, target{e.addr, net.JoinHostPort(ip.String(), e.port)})
+			want = append(want, target{entry: e.addr, dial: net.JoinHostPort(ip.String(), e.port)})
+		}
+	}
+
+	for i := range want {
+		want[i].key = want[i].dial
+		if want[i].key == "" {
+			want[i].key = want[i].entry
+		}
+	}
+	m.mu.Lock()
+	fleet := m.fleet
+	m.mu.Unlock()
+	if len(want) == 1 && len(kept) == 0 && m.cfg.Connections > 1 && fleet {
+		// One address for everything: a load balancer's, most likely.
+		// Open several tunnels through it so that losing one relay
+		// behind it leaves the agent connected through another.
+		one := want[0]
+		one.pooled = true
+		want = want[:0]
+		for i := range m.cfg.Connections {
+			tg := one
+			if i > 0 {
+				tg.key = fmt.Sprintf("%s#%d", one.key, i+1)
+			}
+			want = append(want, tg)
 		}
 	}
 
@@ -297,10 +355,7 @@ func (m *Multi) sync(ctx context.Context, wg *sync.WaitGroup) (missing bool) {
 	defer m.mu.Unlock()
 	wanted := map[string]bool{}
 	for _, tg := range want {
-		key := tg.dial
-		if key == "" {
-			key = tg.entry
-		}
+		key := tg.key
 		if wanted[key] {
 			// Two entries lead to one address: one tunnel, or the two
 			// would replace each other at the relay.
@@ -326,7 +381,7 @@ func (m *Multi) sync(ctx context.Context, wg *sync.WaitGroup) (missing bool) {
 		if m.draining {
 			continue
 		}
-		if err := m.addLocked(ctx, wg, key, tg.entry, tg.dial); err != nil {
+		if err := m.addLocked(ctx, wg, key, tg.entry, tg.dial, tg.pooled); err != nil {
 			m.log.Error("tunnel: cannot add relay", "relay", tg.entry, "dial", tg.dial, "err", err)
 		}
 	}
@@ -386,12 +441,19 @@ func (m *Multi) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
 }
 
 // addLocked starts a tunnel to dial (or to entry itself when dial is "").
-func (m *Multi) addLocked(ctx context.Context, wg *sync.WaitGroup, key, entry, dial string) error {
+func (m *Multi) addLocked(ctx context.Context, wg *sync.WaitGroup, key, entry, dial string, pooled bool) error {
 	cc := m.cfg.Client
 	cc.Address, cc.DialAddress = entry, dial
+	// A number of its own for every tunnel: two that reach one relay
+	// then never replace each other there.
+	cc.Instance, cc.Conn = m.instance, m.nextConn%(maxConns+1)
+	m.nextConn++
 	logger := m.cfg.Client.Logger
 	if dial != "" {
 		logger = logger.With("relay_addr", dial)
+	}
+	if key != dial && key != entry {
+		logger = logger.With("tunnel", key)
 	}
 	cc.Logger = logger
 	c, err := NewClient(cc)
@@ -402,7 +464,7 @@ func (m *Multi) addLocked(ctx context.Context, wg *sync.WaitGroup, key, entry, d
 	// serves.
 	c.ln = m.ln
 	tctx, cancel := context.WithCancel(ctx)
-	t := &relayTunnel{entry: entry, dial: key, client: c, cancel: cancel, done: make(chan struct{}), since: time.Now()}
+	t := &relayTunnel{entry: entry, dial: key, client: c, cancel: cancel, done: make(chan struct{}), since: time.Now(), pooled: pooled}
 	m.tunnels[key] = t
 	m.log.Info("tunnel: relay added", "relay", entry, "dial", key, "relays", len(m.tunnels))
 	wg.Go(func() {
@@ -453,9 +515,9 @@ func (m *Multi) watch(ctx context.Context, t *relayTunnel) {
 	for {
 		c.mu.Lock()
 		up, ch := c.cur != nil, c.changed
-		transport, relayID := "", ""
+		transport, relayID, fleet := "", "", false
 		if up {
-			transport, relayID = c.cur.Transport(), c.cur.relayID
+			transport, relayID, fleet = c.cur.Transport(), c.cur.relayID, c.cur.fleet
 		}
 		c.mu.Unlock()
 		m.mu.Lock()
@@ -469,7 +531,18 @@ func (m *Multi) watch(ctx context.Context, t *relayTunnel) {
 			dups = m.duplicatesLocked(t)
 		}
 		n, total := m.connectedLocked(), len(m.tunnels)
+		newFleet := up && fleet && !m.fleet
+		if newFleet {
+			m.fleet = true
+		}
 		m.mu.Unlock()
+		if newFleet && m.cfg.Connections > 1 {
+			m.log.Info("tunnel: the relay is one of a fleet; opening more tunnels through its address", "relay", t.entry, "connections", m.cfg.Connections)
+			select {
+			case m.kick <- struct{}{}:
+			default:
+			}
+		}
 		for _, o := range dups {
 			m.log.Warn("tunnel: two addresses lead to one relay (a load balancer's?); keeping one tunnel, as two would replace each other",
 				"relay", t.entry, "dial", t.dial, "stopped", o.dial)
@@ -499,12 +572,12 @@ func (m *Multi) watch(ctx context.Context, t *relayTunnel) {
 // returns them. A tunnel already stopped as a duplicate stops no other,
 // so two tunnels that reach one relay at once do not stop each other.
 func (m *Multi) duplicatesLocked(t *relayTunnel) []*relayTunnel {
-	if t.duplicateOf != "" {
+	if t.duplicateOf != "" || t.pooled {
 		return nil
 	}
 	var out []*relayTunnel
 	for _, o := range m.tunnels {
-		if o != t && o.relayID == t.relayID && o.duplicateOf == "" && !o.removing {
+		if o != t && o.relayID == t.relayID && o.duplicateOf == "" && !o.removing && !o.pooled {
 			o.duplicateOf = t.dial
 			o.cancel()
 			out = append(out, o)

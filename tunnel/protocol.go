@@ -46,6 +46,9 @@ const (
 const (
 	maxTokenLen = 4096
 	maxServers  = 1000
+	// maxInstanceLen and maxConns bound the hello's instance and conn.
+	maxInstanceLen = 64
+	maxConns       = 1024
 )
 
 // Message types on the control stream.
@@ -158,6 +161,14 @@ type hello struct {
 	// Software is the agent's build ("mcptun v1.4.0"), for status pages;
 	// older agents send none.
 	Software string `json:"software,omitempty"`
+	// Instance is the agent process's random id and Conn the number of
+	// this tunnel among that process's tunnels (absent from older
+	// agents). The relay replaces a session only with one of the same
+	// credential and the same instance and conn, or with one of another
+	// instance (a restarted process): so an agent may hold several
+	// tunnels to one relay (relay.connections behind a load balancer).
+	Instance string `json:"instance,omitempty"`
+	Conn     int    `json:"conn,omitempty"`
 }
 
 // authKind is h.Auth with the default filled in.
@@ -194,6 +205,10 @@ type answer struct {
 	// unspecified host means the host the agent dialed. Quick expose
 	// prints the client URL from it.
 	ClientURL string `json:"client_url,omitempty"`
+	// Fleet, in a welcome, says the relay is one of a fleet that forwards
+	// to each other (relay.yaml cluster:): an agent with one address for
+	// it (a load balancer's) then opens relay.connections tunnels.
+	Fleet bool `json:"fleet,omitempty"`
 }
 
 // errBadFrame marks a frame whose length prefix is invalid, as opposed to a
@@ -285,6 +300,12 @@ func (h *hello) validate() error {
 	}
 	if !validSoftware(h.Software) {
 		return fmt.Errorf("software %q: at most %d printable ASCII characters", truncate(h.Software, 64), maxSoftwareLen)
+	}
+	if len(h.Instance) > maxInstanceLen {
+		return fmt.Errorf("instance id longer than %d bytes", maxInstanceLen)
+	}
+	if h.Conn < 0 || h.Conn > maxConns {
+		return fmt.Errorf("conn %d out of range 0-%d", h.Conn, maxConns)
 	}
 	return validateServers(h.Servers)
 }

@@ -93,6 +93,11 @@ func TestDecodeHello(t *testing.T) {
 		{"token type", `{"type":"hello","version":1,"agent":"lab","token":5}`, CodeBadHello, "malformed hello"},
 		{"long token", `{"type":"hello","version":1,"agent":"lab","token":"` + strings.Repeat("t", maxTokenLen+1) + `"}`, CodeBadHello, "token longer"},
 		{"server name", `{"type":"hello","version":1,"agent":"lab","token":"t","servers":[{"name":"","kind":"http"}]}`, CodeBadHello, "servers[0]"},
+		{"instance and conn", `{"type":"hello","version":1,"agent":"lab","token":"t","instance":"5f0c","conn":3}`, "", ""},
+		{"long instance", `{"type":"hello","version":1,"agent":"lab","token":"t","instance":"` + strings.Repeat("i", maxInstanceLen+1) + `"}`, CodeBadHello, "instance id longer"},
+		{"negative conn", `{"type":"hello","version":1,"agent":"lab","token":"t","conn":-1}`, CodeBadHello, "conn -1 out of range"},
+		{"huge conn", `{"type":"hello","version":1,"agent":"lab","token":"t","conn":99999}`, CodeBadHello, "conn 99999 out of range"},
+		{"conn not a number", `{"type":"hello","version":1,"agent":"lab","token":"t","conn":"1"}`, CodeBadHello, "malformed hello"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -209,6 +214,7 @@ func FuzzDecodeHello(f *testing.F) {
 	f.Add([]byte(`{"type":"hello","version":1,"agent":"lab","auth":"certificate","servers":[]}`))
 	f.Add([]byte(`{"type":"hello","version":1,"agent":"lab","auth":"certificate","public_key":"","servers":[]}`))
 	f.Add([]byte(`{"type":"hello","version":1,"agent":"lab","auth":"token","token":"t","signature":null}`))
+	f.Add([]byte(`{"type":"hello","version":1,"agent":"lab","token":"t","instance":"5f0c","conn":1}`))
 	f.Add([]byte(`{"type":"refused","code":"bad_hello","message":"\u00e9"}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		checkHello(t, body)

@@ -32,9 +32,9 @@ func (s *Server) SetAgents(agents []AgentCredential) (int, error) {
 	var cut []*agentSession
 	s.mu.Lock()
 	for name, r := range s.agents {
-		for tag, a := range r.byTag {
+		for tag, p := range r.byTag {
 			if !slices.ContainsFunc(creds[name], func(c replicaCred) bool { return c.tag == tag }) {
-				cut = append(cut, a)
+				cut = append(cut, p.conns...)
 			}
 		}
 	}

@@ -160,7 +160,9 @@ func TestSetServersUpdatesRelay(t *testing.T) {
 	// A reconnect's hello carries the new list.
 	r.Server.mu.Lock()
 	for _, rep := range r.Server.agents[testAgent].byTag {
-		rep.sess.Close()
+		for _, a := range rep.conns {
+			a.sess.Close()
+		}
 	}
 	r.Server.mu.Unlock()
 	r.waitEvent(t, testAgent+" down")

@@ -141,6 +141,9 @@ type ServerConfig struct {
 	// AuthGuard throttles and logs refused handshakes per source address
 	// (nil: one with authguard's defaults, logging to Logger).
 	AuthGuard *authguard.Guard
+	// Fleet tells agents, in the welcome, that this relay is one of a
+	// fleet whose relays forward to each other (see MultiConfig.Connections).
+	Fleet bool
 }
 
 // AgentStatus describes a connected agent. With several replicas
@@ -177,6 +180,9 @@ type ReplicaStatus struct {
 	Auth string `json:"auth"`
 
 	Software string `json:"software,omitempty"` // as in AgentStatus
+	// Connections is how many sessions the replica has to this relay
+	// (several when its tunnels through a load balancer land here).
+	Connections int `json:"connections"`
 }
 
 func (a *agentSession) replicaStatus() ReplicaStatus {
@@ -193,6 +199,7 @@ type Server struct {
 	creds     atomic.Pointer[map[string][]replicaCred]
 	dummy     [32]byte // compared against for unknown names
 	id        string   // random instance id, sent in the welcome
+	fleet     bool     // sent in the welcome
 	hsTimeout time.Duration
 	onChange  func(string, bool)
 	tcpTLS    *tls.Config
@@ -226,13 +233,68 @@ type Server struct {
 
 // agentReplicas are the connected replicas of one agent name, by tag.
 type agentReplicas struct {
-	byTag map[string]*agentSession
+	byTag map[string]*replica
 	next  uint // round robin over the replicas for new work
+}
+
+// replica is one agent process (one credential) and its sessions to this
+// relay: one, or several when the agent opens relay.connections tunnels
+// through a load balancer and more than one lands here. The sessions are
+// a pool: streams go to each in turn.
+type replica struct {
+	conns []*agentSession // in the order they connected
+	next  uint
+}
+
+// live reports whether a session of the replica is up.
+func (p *replica) live() bool {
+	for _, a := range p.conns {
+		if a.live() {
+			return true
+		}
+	}
+	return false
+}
+
+// draining reports whether the replica said it is shutting down: one
+// process, so one session saying it is enough.
+func (p *replica) draining() bool {
+	for _, a := range p.conns {
+		if a.draining.Load() {
+			return true
+		}
+	}
+	return false
+}
+
+// offers reports whether a live session of the replica offers server.
+func (p *replica) offers(server string) bool {
+	for _, a := range p.conns {
+		if a.live() && a.offers(server) {
+			return true
+		}
+	}
+	return false
+}
+
+// pick returns the replica's next live session not in tried, in turn.
+func (p *replica) pick(tried []*agentSession) *agentSession {
+	n := uint(len(p.conns))
+	for i := range n {
+		a := p.conns[(p.next+i)%n]
+		if a.live() && !slices.Contains(tried, a) {
+			p.next++
+			return a
+		}
+	}
+	return nil
 }
 
 type agentSession struct {
 	tag          string // ReplicaTag of the credential it authenticated with
 	auth         string // the credential's kind
+	instance     string // the agent process's id from the hello ("" from older agents)
+	conn         int    // the tunnel's number within that process
 	status       AgentStatus
 	sess         Session
 	ctl          Stream
@@ -341,6 +403,7 @@ func Listen(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		drained:   make(map[string]bool),
 		conns:     make(map[io.Closer]struct{}),
 		guard:     cfg.AuthGuard,
+		fleet:     cfg.Fleet,
 	}
 	s.creds.Store(&creds)
 	if s.log == nil {
@@ -495,6 +558,9 @@ func bind(addr string, tcp, udp bool) (net.Listener, net.PacketConn, error) {
 	}
 	return nil, nil, lastErr
 }
+
+// ID is the relay process's random instance id (sent in every welcome).
+func (s *Server) ID() string { return s.id }
 
 // Addr is the address the relay listens on, with the actual port.
 func (s *Server) Addr() string { return s.addr }
@@ -737,8 +803,10 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	}
 	release()
 	a := &agentSession{
-		tag:  tag,
-		auth: h.authKind(),
+		tag:      tag,
+		auth:     h.authKind(),
+		instance: h.Instance,
+		conn:     h.Conn,
 		status: AgentStatus{
 			Name:        h.Agent,
 			Servers:     h.Servers,
@@ -757,7 +825,7 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	// connected, Dial must find it.
 	s.register(a)
 	clientURL, _ := s.clientURL.Load().(string)
-	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion, Relay: s.id, ClientURL: clientURL}); err != nil {
+	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion, Relay: s.id, ClientURL: clientURL, Fleet: s.fleet}); err != nil {
 		s.log.Debug("tunnel: handshake: send welcome", "agent", h.Agent, "remote", remote, "err", err)
 		s.deregister(a)
 		return
@@ -1013,8 +1081,8 @@ func (s *Server) Drain() {
 	s.mu.Lock()
 	agents := make([]*agentSession, 0, len(s.agents))
 	for _, r := range s.agents {
-		for _, a := range r.byTag {
-			agents = append(agents, a)
+		for _, p := range r.byTag {
+			agents = append(agents, p.conns...)
 		}
 	}
 	s.mu.Unlock()
@@ -1051,8 +1119,8 @@ func (s *Server) AgentDraining(name string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r := s.agents[name]; r != nil {
-		for _, a := range r.byTag {
-			if !a.draining.Load() {
+		for _, p := range r.byTag {
+			if !p.draining() {
 				return false
 			}
 		}
@@ -1081,17 +1149,32 @@ func (s *Server) register(a *agentSession) {
 	s.mu.Lock()
 	r := s.agents[name]
 	if r == nil {
-		r = &agentReplicas{byTag: make(map[string]*agentSession)}
+		r = &agentReplicas{byTag: make(map[string]*replica)}
 		s.agents[name] = r
 	}
 	// Only a session with the same credential is replaced: another one
-	// is another replica, and serves beside it.
-	old := r.byTag[a.tag]
-	r.byTag[a.tag] = a
+	// is another replica, and serves beside it. Of that credential's
+	// sessions, the same agent process's other tunnels (same instance,
+	// another conn) stay: they are its pool here.
+	p := r.byTag[a.tag]
+	if p == nil {
+		p = &replica{}
+		r.byTag[a.tag] = p
+	}
+	var olds []*agentSession
+	keep := make([]*agentSession, 0, len(p.conns)+1)
+	for _, o := range p.conns {
+		if a.instance != "" && o.instance == a.instance && o.conn != a.conn {
+			keep = append(keep, o)
+		} else {
+			olds = append(olds, o)
+		}
+	}
+	p.conns = append(keep, a)
 	replicas := len(r.byTag)
 	delete(s.drained, name)
 	s.mu.Unlock()
-	if old != nil {
+	for _, old := range olds {
 		// From the same host this is the agent itself: a reconnect the
 		// relay had not noticed yet, or a move back to QUIC. From another
 		// host, two agent processes probably share a token.
@@ -1123,10 +1206,22 @@ func (s *Server) deregister(a *agentSession) {
 	name := a.status.Name
 	s.mu.Lock()
 	r := s.agents[name]
-	current := r != nil && r.byTag[a.tag] == a
+	current := false
+	var p *replica
+	if r != nil {
+		p = r.byTag[a.tag]
+	}
+	if p != nil {
+		if i := slices.Index(p.conns, a); i >= 0 {
+			current = true
+			p.conns = slices.Delete(p.conns, i, i+1)
+		}
+	}
 	up := false
 	if current {
-		delete(r.byTag, a.tag)
+		if len(p.conns) == 0 {
+			delete(r.byTag, a.tag)
+		}
 		up = len(r.byTag) > 0
 		if !up {
 			delete(s.agents, name)
@@ -1171,11 +1266,11 @@ func (s *Server) Route(agent, server, tag string) (string, Route) {
 		return "", RouteOffline
 	}
 	if tag != "" {
-		if a := r.byTag[tag]; a != nil && a.live() {
+		if p := r.byTag[tag]; p != nil && p.live() {
 			return tag, RouteOK
 		}
-		for _, a := range r.byTag {
-			if a.live() {
+		for _, p := range r.byTag {
+			if p.live() {
 				return "", RouteSessionGone
 			}
 		}
@@ -1184,8 +1279,8 @@ func (s *Server) Route(agent, server, tag string) (string, Route) {
 	// Round robin over the tags in a stable order: few replicas, and no
 	// state to keep in step with the map.
 	tags := make([]string, 0, len(r.byTag))
-	for t, a := range r.byTag {
-		if a.live() && a.offers(server) {
+	for t, p := range r.byTag {
+		if p.offers(server) {
 			tags = append(tags, t)
 		}
 	}
@@ -1194,7 +1289,7 @@ func (s *Server) Route(agent, server, tag string) (string, Route) {
 	}
 	slices.Sort(tags)
 	for i := range len(tags) {
-		if t := tags[(r.next+uint(i))%uint(len(tags))]; !r.byTag[t].draining.Load() {
+		if t := tags[(r.next+uint(i))%uint(len(tags))]; !r.byTag[t].draining() {
 			r.next++
 			return t, RouteOK
 		}
@@ -1239,7 +1334,7 @@ func (s *Server) Dial(ctx context.Context, agent string) (Stream, error) {
 		// A draining replica only if every one drains: as before
 		// replicas, the relay's front decides what a draining agent gets.
 		for i := range len(tags) {
-			if t := tags[(r.next+uint(i))%uint(len(tags))]; !r.byTag[t].draining.Load() {
+			if t := tags[(r.next+uint(i))%uint(len(tags))]; !r.byTag[t].draining() {
 				tag = t
 				break
 			}
@@ -1257,22 +1352,25 @@ func (s *Server) Dial(ctx context.Context, agent string) (Stream, error) {
 // (see Route). The error wraps ErrAgentOffline when that replica has no
 // session or its session just ended.
 func (s *Server) DialReplica(ctx context.Context, agent, tag string) (Stream, error) {
-	var a, draining *agentSession
+	var a *agentSession
+	var tried []*agentSession
 	for {
 		s.mu.Lock()
 		a = nil
 		if r := s.agents[agent]; r != nil {
-			a = r.byTag[tag]
+			if p := r.byTag[tag]; p != nil {
+				a = p.pick(tried)
+			}
 		}
 		s.mu.Unlock()
-		if a == nil || a == draining {
+		if a == nil {
 			return nil, fmt.Errorf("tunnel: dial agent %q: %w", agent, ErrAgentOffline)
 		}
 		if a.startStream() {
 			break
 		}
 		// Replaced after we looked it up: the registry has the newer one.
-		draining = a
+		tried = append(tried, a)
 	}
 	st, err := a.sess.OpenStream(ctx)
 	if err != nil {
@@ -1309,8 +1407,13 @@ func (s *Server) Agent(name string) (AgentStatus, bool) {
 // status sums up the replicas (see AgentStatus); s.mu is held.
 func (r *agentReplicas) status(name string) AgentStatus {
 	st := AgentStatus{Name: name, Draining: true}
-	for _, a := range r.byTag {
-		rs := a.replicaStatus()
+	for _, p := range r.byTag {
+		if len(p.conns) == 0 {
+			continue
+		}
+		rs := p.conns[0].replicaStatus()
+		rs.Connections = len(p.conns)
+		rs.Draining = p.draining()
 		st.Replicas = append(st.Replicas, rs)
 		st.Draining = st.Draining && rs.Draining
 	}
@@ -1338,18 +1441,20 @@ func (s *Server) Offers(agent, server string) (online, offered bool) {
 	if !ok {
 		return false, false
 	}
-	for _, a := range r.byTag {
-		select {
-		case <-a.sess.Done():
-			// Dead but not yet deregistered: the relay asks right after
-			// an exchange failed, and must hear "offline", as Dial would
-			// say.
-			continue
-		default:
-		}
-		online = true
-		if a.offers(server) {
-			return true, true
+	for _, p := range r.byTag {
+		for _, a := range p.conns {
+			select {
+			case <-a.sess.Done():
+				// Dead but not yet deregistered: the relay asks right
+				// after an exchange failed, and must hear "offline", as
+				// Dial would say.
+				continue
+			default:
+			}
+			online = true
+			if a.offers(server) {
+				return true, true
+			}
 		}
 	}
 	return online, false
@@ -1366,9 +1471,11 @@ func (s *Server) Transport(agent string) string {
 		return ""
 	}
 	var best *agentSession
-	for _, a := range r.byTag {
-		if best == nil || a.status.ConnectedAt.Before(best.status.ConnectedAt) {
-			best = a
+	for _, p := range r.byTag {
+		for _, a := range p.conns {
+			if best == nil || a.status.ConnectedAt.Before(best.status.ConnectedAt) {
+				best = a
+			}
 		}
 	}
 	if best == nil {

@@ -69,9 +69,13 @@ func (s *Server) Stats() []ReplicaStats {
 	var out []ReplicaStats
 	sessions := make([]Session, 0, len(s.agents))
 	for name, r := range s.agents {
-		for tag, a := range r.byTag {
-			out = append(out, ReplicaStats{Agent: name, Tag: tag, Transport: a.status.Transport})
-			sessions = append(sessions, a.sess)
+		for tag, p := range r.byTag {
+			// One row per session: a replica holds several when its
+			// tunnels through a load balancer land here.
+			for _, a := range p.conns {
+				out = append(out, ReplicaStats{Agent: name, Tag: tag, Transport: a.status.Transport})
+				sessions = append(sessions, a.sess)
+			}
 		}
 	}
 	s.mu.Unlock()

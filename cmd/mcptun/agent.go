@@ -163,6 +163,7 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 		Addresses:       cfg.Relay.Address,
 		ResolveInterval: cfg.Relay.ResolveInterval,
 		RemoveGrace:     cfg.ShutdownGrace,
+		Connections:     cfg.Relay.Connections,
 	})
 	if err != nil {
 		_ = handler.Close()

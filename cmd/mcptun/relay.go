@@ -85,6 +85,7 @@ type runningRelay struct {
 	HTTPURL string // base URL of the HTTP front, e.g. http://127.0.0.1:8080
 
 	ln    net.Listener // the HTTP front's
+	fleet *fleetNode   // nil without cluster:
 	fast  *httpfwd.ConnServer
 	http  *http.Server
 	debug *debugServer
@@ -154,19 +155,24 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	// front is set right after, and an agent cannot have connected yet.
 	var front struct {
 		sync.Mutex
-		h *relay.Handler
+		h     *relay.Handler
+		fleet *fleetNode
 	}
 	ts, err := tunnel.Listen(ctx, tunnel.ServerConfig{
 		Listen:      cfg.Tunnel.Listen,
 		TLSConfig:   &tls.Config{GetCertificate: rr.getTunnelCert},
 		Agents:      creds,
 		DisableQUIC: cfg.Tunnel.DisableQUIC,
+		Fleet:       cfg.Cluster.Enabled(),
 		Logger:      log.With("component", "tunnel"),
 		AuthGuard:   agentGuard,
 		OnAgentChange: func(name string, up bool) {
 			front.Lock()
-			h := front.h
+			h, fleet := front.h, front.fleet
 			front.Unlock()
+			if fleet != nil {
+				fleet.changed()
+			}
 			// Down: the pooled streams are dead. Up: a newer session may
 			// have replaced one (an agent moving back to QUIC), and pooled
 			// streams of the old one would keep new exchanges on it and
@@ -180,7 +186,21 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 		return nil, fmt.Errorf("relay: tunnel listen: %w", err)
 	}
 	rr.Tunnel = ts
+	var peers relay.Peers
+	if cfg.Cluster.Enabled() {
+		rr.fleet, err = startFleet(ctx, cfg.Cluster, ts, log)
+		if err != nil {
+			_ = ts.Close()
+			return nil, fmt.Errorf("relay: cluster: %w", err)
+		}
+		peers = rr.fleet
+		front.Lock()
+		front.fleet = rr.fleet
+		front.Unlock()
+	}
 	h, err := relay.NewHandler(relay.Config{
+		Peers:          peers,
+		Name:           cfg.Cluster.Name,
 		Agents:         tunnelAgents{ts},
 		KnownAgents:    known,
 		Clients:        clients,
@@ -196,6 +216,7 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 		Observer: relayMetrics,
 	})
 	if err != nil {
+		_ = rr.fleet.Close(ctx)
 		_ = ts.Close()
 		return nil, err
 	}
@@ -203,9 +224,13 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 	front.h = h
 	front.Unlock()
 	rr.Handler = h
+	if rr.fleet != nil {
+		rr.fleet.serve(h, cfg.HTTP)
+	}
 
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
+		_ = rr.fleet.Close(ctx)
 		_ = ts.Close()
 		return nil, fmt.Errorf("relay: http listen: %w", err)
 	}
@@ -247,7 +272,11 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 		_ = rr.Close()
 		return nil, err
 	}
-	log.Info("relay started", "tunnel", ts.Addr(), "http", rr.HTTPURL, "agents", len(creds), "clients", len(clients))
+	attrs := []any{"tunnel", ts.Addr(), "http", rr.HTTPURL, "agents", len(creds), "clients", len(clients)}
+	if rr.fleet != nil {
+		attrs = append(attrs, "relay", ts.ID(), "name", cfg.Cluster.Name, "cluster", rr.fleet.ln.Addr().String())
+	}
+	log.Info("relay started", attrs...)
 	return rr, nil
 }
 
@@ -311,6 +340,9 @@ func (rr *runningRelay) Shutdown(grace context.Context, log *slog.Logger) error 
 	start := time.Now()
 	rr.Handler.Drain()
 	rr.Tunnel.Drain()
+	if rr.fleet != nil {
+		rr.fleet.leave()
+	}
 	// Stop accepting; connections already open are answered 503 (and
 	// closed) if they send another request.
 	_ = rr.ln.Close()
@@ -333,6 +365,9 @@ func (rr *runningRelay) Close() error {
 	// What is left are answers being written: give them a moment.
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
+	if ferr := rr.fleet.Close(ctx); ferr != nil && err == nil {
+		err = ferr
+	}
 	_ = rr.fast.Shutdown(ctx)
 	if err := rr.http.Shutdown(ctx); err != nil {
 		_ = rr.http.Close()

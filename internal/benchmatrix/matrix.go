@@ -332,8 +332,11 @@ func validatePaths(paths []string) error {
 		for _, q := range AllPaths {
 			known = known || p == q
 		}
+		for _, q := range ExtraPaths {
+			known = known || p == q
+		}
 		if !known {
-			return fmt.Errorf("benchmatrix: unknown path %q (known: %v)", p, AllPaths)
+			return fmt.Errorf("benchmatrix: unknown path %q (known: %v and %v)", p, AllPaths, ExtraPaths)
 		}
 	}
 	return nil

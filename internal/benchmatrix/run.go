@@ -356,6 +356,16 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 	}
 	deployPlain(PathPlainQUIC, "quic", "native")
 	deployPlain(PathPlainTCP, "tcp", "native")
+	if slices.Contains(paths, PathForwarded) {
+		fl, err := ws.startFleet(ctx, fx.URL, role{roleServer, pidsOf(fx.Pid())})
+		defer fl.stop(func(p *process) { stopLogged(log, p) })
+		if err != nil {
+			rep.fail("matrix: %s: %v", PathForwarded, err)
+		} else {
+			watched = append(watched, fl.procs...)
+			targets[PathForwarded] = fl.target
+		}
+	}
 	// With a baseline, the matrix and paced sections measure each of
 	// mcptun's paths of both builds in the same interleaved rounds.
 	cellPaths, pacedPaths := o.Paths, o.PacedPaths
@@ -369,7 +379,9 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 			withBaseline := func(ps []string) (out []string) {
 				for _, p := range ps {
 					out = append(out, p)
-					if p != PathDirect && p != PathPlainQUIC && p != PathPlainTCP {
+					// forwarded: a baseline older than the fleet has no
+					// cluster section, so it is measured for this build only.
+					if p != PathDirect && p != PathPlainQUIC && p != PathPlainTCP && p != PathForwarded {
 						out = append(out, p+BaselineSuffix)
 					}
 				}

@@ -63,6 +63,12 @@ type AgentRelay struct {
 	// ResolveInterval is how often the names in Address are looked up
 	// again, so relays added to or removed from DNS are followed.
 	ResolveInterval time.Duration `mapstructure:"resolve_interval"`
+	// Connections is how many tunnels the agent opens when relay.address
+	// comes to one address (one host:port that does not resolve to
+	// several): a load balancer in front of a fleet of relays spreads
+	// them, so one relay's loss leaves the agent connected. Default
+	// DefaultRelayConnections; unused with several addresses.
+	Connections int `mapstructure:"connections"`
 	// Token is the agent's credential. It may come only from the
 	// environment (MCPTUN_RELAY_TOKEN); in a file use token_file.
 	Token     string `mapstructure:"token"`
@@ -230,6 +236,12 @@ func ValidateAgent(c *Agent, what string) error {
 func (c *Agent) validate(p *problems, path string) {
 	checkName(p, "name", c.Name)
 	checkRelayAddresses(p, c.Relay.Address)
+	switch {
+	case c.Relay.Connections == 0:
+		c.Relay.Connections = DefaultRelayConnections
+	case c.Relay.Connections < 1 || c.Relay.Connections > MaxRelayConnections:
+		p.add("relay.connections", "must be between 1 and %d, not %d (0 or unset: %d)", MaxRelayConnections, c.Relay.Connections, DefaultRelayConnections)
+	}
 	switch {
 	case c.Relay.ResolveInterval == 0:
 		c.Relay.ResolveInterval = DefaultResolveInterval
@@ -429,6 +441,13 @@ func (r *AgentRelay) loadCertificate(p *problems, path string) {
 	}
 	r.Certificate = &cert
 }
+
+// DefaultRelayConnections is relay.connections' default, and
+// MaxRelayConnections its largest value.
+const (
+	DefaultRelayConnections = 2
+	MaxRelayConnections     = 16
+)
 
 // DefaultResolveInterval is relay.resolve_interval's default.
 const DefaultResolveInterval = 30 * time.Second

@@ -308,6 +308,8 @@ func TestLoadAgentErrors(t *testing.T) {
 			"relay.address[2]", "listed twice (also relay.address[0])"},
 		{"relay address a map", strings.Replace(validAgent, `address: "127.0.0.1:7443"`, `address: {a: b}`, 1), "", "address"},
 		{"resolve interval too short", strings.Replace(validAgent, "transport: auto", "resolve_interval: 10ms", 1), "relay.resolve_interval", "at least 1s"},
+		{"connections negative", strings.Replace(validAgent, "transport: auto", "connections: -1", 1), "relay.connections", "between 1 and 16, not -1"},
+		{"connections too many", strings.Replace(validAgent, "transport: auto", "connections: 100", 1), "relay.connections", "between 1 and 16, not 100"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,6 +3,8 @@ package config
 import (
 	"fmt"
 	"math"
+	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -20,6 +22,9 @@ type Relay struct {
 	Log     Log           `mapstructure:"log"`
 	Debug   Debug         `mapstructure:"debug"`
 	Admin   Admin         `mapstructure:"admin"`
+	// Cluster joins the relay to a fleet behind one load balancer; unset,
+	// nothing of it runs and no NATS is needed.
+	Cluster RelayCluster `mapstructure:"cluster"`
 	// ShutdownGrace is how long a relay told to stop (SIGTERM, SIGINT)
 	// lets the exchanges in flight finish before it cuts them and exits.
 	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
@@ -77,6 +82,96 @@ const (
 	DefaultBodyTimeout     = 30 * time.Second
 	DefaultWriteTimeout    = 30 * time.Second
 )
+
+// RelayCluster is relay.yaml's cluster section: the relays of a fleet
+// share, through NATS, which of them holds a tunnel to which agent, and
+// forward to each other the exchanges for agents they hold no tunnel to.
+type RelayCluster struct {
+	// Name names the relay in logs and in the X-Mcptun-Via header of the
+	// answers it serves for its peers (default: the host name).
+	Name string `mapstructure:"name"`
+	// NATSURL is the NATS server, nats://host:4222 (tls:// for TLS; a
+	// comma-separated list for a NATS cluster). Required.
+	NATSURL string `mapstructure:"nats_url"`
+	// NATSCredsFile is a NATS credentials (.creds) file; NATSCAFile a CA
+	// to verify a NATS server with TLS.
+	NATSCredsFile string `mapstructure:"nats_creds_file"`
+	NATSCAFile    string `mapstructure:"nats_ca_file"`
+	// Listen is where the relay accepts links from its peers (host:port);
+	// Advertise the host:port they dial (default Listen, which then must
+	// name a host, not 0.0.0.0).
+	Listen    string `mapstructure:"listen"`
+	Advertise string `mapstructure:"advertise"`
+	// SecretFile holds the secret every relay of the fleet shares (at
+	// least 32 bytes, e.g. `openssl rand -hex 32`): it authenticates the
+	// relay-to-relay links and signs the registry's announcements.
+	SecretFile string `mapstructure:"secret_file"`
+	// Secret is SecretFile's content, read by LoadRelay.
+	Secret []byte `mapstructure:"-"`
+}
+
+// Enabled reports whether the section is set at all.
+func (c *RelayCluster) Enabled() bool {
+	return c.NATSURL != "" || c.Listen != "" || c.Advertise != "" || c.SecretFile != "" ||
+		c.NATSCredsFile != "" || c.NATSCAFile != "" || c.Name != ""
+}
+
+// MinClusterSecret is the shortest cluster secret accepted, in bytes.
+const MinClusterSecret = 32
+
+func (c *RelayCluster) validate(p *problems, path string) {
+	if !c.Enabled() {
+		return
+	}
+	if c.NATSURL == "" {
+		p.add("cluster.nats_url", "required with a cluster section: the NATS server the relays share (nats://host:4222)")
+	} else {
+		for _, u := range strings.Split(c.NATSURL, ",") {
+			scheme, rest, ok := strings.Cut(strings.TrimSpace(u), "://")
+			if !ok || rest == "" || (scheme != "nats" && scheme != "tls") {
+				p.add("cluster.nats_url", "%q is not a NATS URL: want nats://host:port or tls://host:port", strings.TrimSpace(u))
+				break
+			}
+		}
+	}
+	checkHostPort(p, "cluster.listen", c.Listen)
+	if c.Advertise == "" && c.Listen != "" {
+		if host, _, err := net.SplitHostPort(c.Listen); err == nil {
+			if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+				p.add("cluster.advertise", "required when cluster.listen (%s) names no host: the host:port the other relays dial (the pod IP, say)", c.Listen)
+			} else {
+				c.Advertise = c.Listen
+			}
+		}
+	} else if c.Advertise != "" {
+		checkHostPort(p, "cluster.advertise", c.Advertise)
+		if host, port, err := net.SplitHostPort(c.Advertise); err == nil {
+			if ip := net.ParseIP(host); host == "" || port == "0" || (ip != nil && ip.IsUnspecified()) {
+				p.add("cluster.advertise", "%q cannot be dialed: name a host and a port", c.Advertise)
+			}
+		}
+	}
+	if c.Name == "" {
+		c.Name, _ = os.Hostname()
+	} else {
+		checkName(p, "cluster.name", c.Name)
+	}
+	if c.SecretFile == "" {
+		p.add("cluster.secret_file", "required with a cluster section: a file with the secret the relays share (at least %d bytes; make one with: openssl rand -hex 32)", MinClusterSecret)
+	} else {
+		c.SecretFile = resolve(path, c.SecretFile)
+		checkSecretMode(p, "cluster.secret_file", c.SecretFile)
+		if s := readSecret(p, "cluster.secret_file", c.SecretFile); s != "" {
+			if len(s) < MinClusterSecret {
+				p.add("cluster.secret_file", "secret of %d bytes is too short: at least %d (make one with: openssl rand -hex 32)", len(s), MinClusterSecret)
+			}
+			c.Secret = []byte(s)
+		}
+	}
+	c.NATSCredsFile = resolve(path, c.NATSCredsFile)
+	checkSecretMode(p, "cluster.nats_creds_file", c.NATSCredsFile)
+	c.NATSCAFile = resolve(path, c.NATSCAFile)
+}
 
 // RelayAgent is an agent allowed to connect.
 type RelayAgent struct {
@@ -210,6 +305,7 @@ func (c *Relay) validate(p *problems, path string) {
 	}
 	checkShutdownGrace(p, &c.ShutdownGrace)
 	c.Admin.validate(p, path)
+	c.Cluster.validate(p, path)
 }
 
 // checkTokenHashes validates an agent's token_sha256: one hash (a single

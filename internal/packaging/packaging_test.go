@@ -176,11 +176,6 @@ func keyExists(role, key string) bool {
 	return false
 }
 
-// pending are sections other slices add (admin, fleet); until their code
-// is in, an example that sets them is loaded without them. Once the
-// loader knows a section, it is checked like every other key.
-var pending = map[string][]string{"relay": {"admin", "cluster"}, "agent": {"admin"}}
-
 // loadEmbedded validates a relay.yaml or agent.yaml embedded in a manifest
 // with the real loader: every *_file it names is made in a temporary
 // directory (a token file holds token), the rest is as written.
@@ -188,12 +183,6 @@ func loadEmbedded(t *testing.T, role, text, token string) {
 	t.Helper()
 	var doc map[string]any
 	require.NoError(t, yaml.Unmarshal([]byte(text), &doc))
-	for _, sec := range pending[role] {
-		if _, ok := doc[sec]; ok && !keyExists(role, sec) {
-			t.Logf("%s.yaml: section %s not known on this branch yet; loaded without it", role, sec)
-			delete(doc, sec)
-		}
-	}
 	dir := t.TempDir()
 	var fix func(v any)
 	fix = func(v any) {
@@ -202,7 +191,9 @@ func loadEmbedded(t *testing.T, role, text, token string) {
 			for k, sub := range v {
 				if s, ok := sub.(string); ok && strings.HasSuffix(k, "_file") {
 					p := filepath.Join(dir, strings.ReplaceAll(strings.Trim(s, "/"), "/", "_"))
-					content := "x\n"
+					// Long enough for every kind of secret (cluster
+					// secrets need 32 bytes).
+					content := strings.Repeat("0123456789abcdef", 4) + "\n"
 					if k == "token_file" && token != "" {
 						content = token + "\n"
 					}
@@ -296,6 +287,11 @@ func TestKubernetesManifests(t *testing.T) {
 	require.NotNil(t, cm)
 	relayYAML, _ := get(cm, "data", "relay.yaml").(string)
 	require.NotEmpty(t, relayYAML)
+	// cluster.advertise comes from the pod's environment (its IP), as the
+	// Deployment sets it.
+	require.Contains(t, fmt.Sprint(get(byKind["Deployment/mcptun-relay"], "spec", "template", "spec", "containers", 0, "env")),
+		"MCPTUN_CLUSTER_ADVERTISE", "the relay Deployment must set cluster.advertise from the pod IP")
+	t.Setenv("MCPTUN_CLUSTER_ADVERTISE", "10.0.0.5:7444")
 	loadEmbedded(t, "relay", relayYAML, "")
 	var relayDoc map[string]any
 	require.NoError(t, yaml.Unmarshal([]byte(relayYAML), &relayDoc))
@@ -325,8 +321,7 @@ func TestKubernetesManifests(t *testing.T) {
 			continue
 		}
 		key := strings.ToLower(strings.Replace(strings.TrimPrefix(name, "MCPTUN_"), "_", ".", 1))
-		sec := strings.Split(key, ".")[0]
-		require.True(t, keyExists("relay", key) || slices.Contains(pending["relay"], sec), "env %s: no key %s", name, key)
+		require.True(t, keyExists("relay", key), "env %s: no key %s", name, key)
 	}
 
 	svc := byKind["Service/mcptun-relay"]
@@ -362,6 +357,11 @@ func TestComposeFile(t *testing.T) {
 	}
 	relayYAML := get(d, "configs", "relay_yaml", "content").(string)
 	agentYAML := get(d, "configs", "agent_yaml", "content").(string)
+	// Each relay service names the address the others dial it at.
+	for _, s := range []string{"relay1", "relay2", "relay3"} {
+		require.Equal(t, s+":7444", get(d, "services", s, "environment", "MCPTUN_CLUSTER_ADVERTISE"), "service %s", s)
+	}
+	t.Setenv("MCPTUN_CLUSTER_ADVERTISE", "relay1:7444")
 	loadEmbedded(t, "relay", relayYAML, "")
 	var relayDoc, agentDoc map[string]any
 	require.NoError(t, yaml.Unmarshal([]byte(relayYAML), &relayDoc))

@@ -102,7 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (o benchmatrix.Options, jsonPat
 		sessions   = fs.String("sessions", "1,16,64", "comma-separated session counts of the matrix")
 		paths      = fs.String("paths", strings.Join(benchmatrix.AllPaths, ","), "comma-separated paths of the matrix")
 		sections   = fs.String("sections", "matrix,paced,large,idle", "comma-separated sections to run: "+strings.Join(benchmatrix.AllSections, ","))
-		pacedPaths = fs.String("paced-paths", "direct,quic,stdio,plain-quic,plain-tcp", "comma-separated paths of the paced section")
+		pacedPaths = fs.String("paced-paths", "direct,quic,stdio,plain-quic,plain-tcp,forwarded", "comma-separated paths of the paced section")
 		largePaths = fs.String("large-paths", "direct,quic,tcp,quic-yamux", "comma-separated paths of the large-result rows")
 		largeBytes = fs.String("large-bytes", "16MiB", "size of the large tool result")
 		lossyBulk  = fs.String("lossy-bulk", "32MiB", "size of the bulk transfer beside the small calls")
