@@ -15,6 +15,7 @@ import (
 	"github.com/mcptun/mcptun/internal/admin"
 	"github.com/mcptun/mcptun/internal/authguard"
 	"github.com/mcptun/mcptun/internal/config"
+	"github.com/mcptun/mcptun/internal/logging"
 	"github.com/mcptun/mcptun/internal/metrics"
 	"github.com/mcptun/mcptun/mcpproxy"
 	"github.com/mcptun/mcptun/tunnel"
@@ -198,11 +199,16 @@ func registerRelayGauges(reg *prometheus.Registry, rr *runningRelay, known []str
 }
 
 // startAdmin starts a role's admin listener if admin.listen is set.
-func startAdmin(cfg config.Admin, reg *prometheus.Registry, src admin.Source, log *slog.Logger) (*admin.Server, error) {
+// level (nil: none, e.g. the demo) is what /api/loglevel changes.
+func startAdmin(cfg config.Admin, reg *prometheus.Registry, src admin.Source, level *logging.Level, log *slog.Logger) (*admin.Server, error) {
 	if cfg.Listen == "" {
 		return nil, nil
 	}
-	return admin.Start(admin.Config{Listen: cfg.Listen, Token: cfg.Token, Registry: reg, Source: src, Logger: log.With("component", "admin")})
+	ac := admin.Config{Listen: cfg.Listen, Token: cfg.Token, Registry: reg, Source: src, Logger: log.With("component", "admin")}
+	if level != nil {
+		ac.Level = level
+	}
+	return admin.Start(ac)
 }
 
 // agentAdmin is the agent's admin.Source.

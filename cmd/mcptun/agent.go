@@ -69,7 +69,7 @@ command after -- (named by --server, or after the command), and/or
 			// The first signal ends ctx and starts the drain; the agent
 			// itself runs on until the drain is over.
 			ctx := cmd.Context()
-			ra, err := startAgent(context.WithoutCancel(ctx), cfg, log)
+			ra, err := startAgent(context.WithoutCancel(ctx), cfg, level, log)
 			if err != nil {
 				return err
 			}
@@ -121,7 +121,7 @@ type runningAgent struct {
 	wg      sync.WaitGroup
 }
 
-func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runningAgent, error) {
+func startAgent(ctx context.Context, cfg *config.Agent, level *logging.Level, log *slog.Logger) (*runningAgent, error) {
 	// An empty server name: each relay is verified by the host of its
 	// own relay.address entry (see tunnel.MultiConfig).
 	tlsConf, err := tunnel.ClientTLS(cfg.Relay.ServerName, cfg.Relay.CAFile, cfg.Relay.PinSHA256)
@@ -207,7 +207,7 @@ func startAgent(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*runn
 			urls[s.Name] = s.URL
 		}
 	}
-	ra.admin, err = startAdmin(cfg.Admin, reg, &agentAdmin{name: cfg.Name, ra: ra, urls: urls, started: time.Now()}, log)
+	ra.admin, err = startAdmin(cfg.Admin, reg, &agentAdmin{name: cfg.Name, ra: ra, urls: urls, started: time.Now()}, level, log)
 	if err != nil {
 		_ = ra.Close()
 		return nil, err

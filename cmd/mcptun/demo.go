@@ -83,7 +83,7 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, o demoOptions) error
 		Agents:  []config.RelayAgent{{Name: "demo", TokenSHA256: []string{tokenHash(agentToken)}}},
 		Clients: []config.RelayClient{{Name: "demo", TokenSHA256: tokenHash(o.token), Allow: []string{"demo/*"}}},
 	}
-	rr, err := startRelay(ctx, rcfg, cert, nil, log.With("role", "relay"))
+	rr, err := startRelay(ctx, rcfg, cert, nil, nil, log.With("role", "relay"))
 	if err != nil {
 		return fmt.Errorf("demo: %w (is the port busy? try --listen 127.0.0.1:0)", err)
 	}
@@ -120,7 +120,7 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, o demoOptions) error
 		},
 		IdleTimeout: 10 * time.Minute,
 	}
-	ra, err := startAgent(ctx, acfg, log.With("role", "agent"))
+	ra, err := startAgent(ctx, acfg, nil, log.With("role", "agent"))
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}

@@ -58,7 +58,7 @@ func newRelayCmd() *cobra.Command {
 			}
 			// The first signal ends ctx and starts the drain; the relay
 			// itself runs on until the drain is over.
-			rr, err := startRelay(context.WithoutCancel(ctx), cfg, tlsCert, httpCert, log)
+			rr, err := startRelay(context.WithoutCancel(ctx), cfg, tlsCert, httpCert, level, log)
 			if err != nil {
 				return err
 			}
@@ -136,7 +136,7 @@ func (a tunnelAgents) DialReplica(ctx context.Context, agent, replica string) (n
 	return a.srv.DialReplica(ctx, agent, replica)
 }
 
-func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certificate, httpCert *tls.Certificate, log *slog.Logger) (*runningRelay, error) {
+func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certificate, httpCert *tls.Certificate, level *logging.Level, log *slog.Logger) (*runningRelay, error) {
 	cfg.HTTP.SetLimitDefaults() // a config made in code (demo) was not validated
 	creds, known, clients, err := relayAuth(cfg)
 	if err != nil {
@@ -267,7 +267,7 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 		}
 	}
 	registerRelayGauges(reg, rr, known, agentGuard)
-	rr.admin, err = startAdmin(cfg.Admin, reg, &relayAdmin{rr: rr, m: relayMetrics, started: time.Now()}, log)
+	rr.admin, err = startAdmin(cfg.Admin, reg, &relayAdmin{rr: rr, m: relayMetrics, started: time.Now()}, level, log)
 	if err != nil {
 		_ = rr.Close()
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -40,6 +41,19 @@ type Config struct {
 	Registry *prometheus.Registry
 	Source   Source
 	Logger   *slog.Logger
+	// Level, if set, is the role's log level, which /api/loglevel reads
+	// and changes (as SIGUSR1/SIGUSR2 do).
+	Level Level
+}
+
+// Level is a log level an operator may change while the role runs
+// (logging.Level).
+type Level interface {
+	Get() slog.Level
+	Configured() slog.Level
+	// SetText sets the level by name ("debug", "info", "warn", "error";
+	// "reset" for the configured one) and returns the level in force.
+	SetText(name string) (slog.Level, error)
 }
 
 //go:embed page
@@ -90,6 +104,29 @@ func Handler(cfg Config) http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(cfg.Source.Status())
 	})))
+	if cfg.Level != nil {
+		mux.Handle("GET /api/loglevel", authed(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			writeLevel(w, cfg.Level)
+		})))
+		// PUT /api/loglevel?level=debug (or a body of just the name):
+		// the token guards it like the data endpoints.
+		mux.Handle("PUT /api/loglevel", authed(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			name := r.URL.Query().Get("level")
+			if name == "" {
+				b, _ := io.ReadAll(io.LimitReader(r.Body, 64))
+				name = strings.TrimSpace(string(b))
+			}
+			before := cfg.Level.Get()
+			if _, err := cfg.Level.SetText(name); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			if cfg.Logger != nil {
+				cfg.Logger.Warn("log level changed", "level", levelName(cfg.Level.Get()), "was", levelName(before), "by", "/api/loglevel")
+			}
+			writeLevel(w, cfg.Level)
+		})))
+	}
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		b, _ := page.ReadFile("page/index.html")
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -154,3 +191,11 @@ func (s *Server) Close() {
 	}
 	s.wg.Wait()
 }
+
+func writeLevel(w http.ResponseWriter, l Level) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(map[string]string{"level": levelName(l.Get()), "configured": levelName(l.Configured())})
+}
+
+func levelName(l slog.Level) string { return strings.ToLower(l.String()) }

@@ -3,6 +3,7 @@ package admin
 import (
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mcptun/mcptun/internal/logging"
 )
 
 type fakeSource struct {
@@ -119,4 +122,46 @@ func TestAdminListenError(t *testing.T) {
 	defer s.Close()
 	_, err = Start(Config{Listen: s.Addr(), Registry: prometheus.NewRegistry(), Source: &fakeSource{}})
 	require.ErrorContains(t, err, "admin: listen on "+s.Addr())
+}
+
+// TestAdminLogLevel: /api/loglevel reads and sets the role's level, only
+// with the token; a bad name changes nothing.
+func TestAdminLogLevel(t *testing.T) {
+	lv := logging.NewLevel(slog.LevelInfo)
+	s, err := Start(Config{Listen: "127.0.0.1:0", Token: "s3cret", Registry: prometheus.NewRegistry(), Source: &fakeSource{}, Level: lv})
+	require.NoError(t, err)
+	defer s.Close()
+	url := "http://" + s.Addr() + "/api/loglevel"
+	put := func(query, auth string) (int, string) {
+		req, err := http.NewRequest(http.MethodPut, url+query, nil)
+		require.NoError(t, err)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, _, body := get(t, url, "")
+	require.Equal(t, 401, code, body)
+	code, _, body = get(t, url, "Bearer s3cret")
+	require.Equal(t, 200, code, body)
+	require.JSONEq(t, `{"level":"info","configured":"info"}`, body)
+
+	code, body = put("?level=debug", "")
+	require.Equal(t, 401, code, body)
+	require.Equal(t, slog.LevelInfo, lv.Get(), "changed without the token")
+	code, body = put("?level=debug", "Bearer s3cret")
+	require.Equal(t, 200, code, body)
+	require.JSONEq(t, `{"level":"debug","configured":"info"}`, body)
+	require.Equal(t, slog.LevelDebug, lv.Get())
+	code, body = put("?level=loud", "Bearer s3cret")
+	require.Equal(t, 400, code, body)
+	require.Contains(t, body, `"loud"`)
+	require.Equal(t, slog.LevelDebug, lv.Get())
+	code, body = put("?level=reset", "Bearer s3cret")
+	require.Equal(t, 200, code, body)
+	require.Equal(t, slog.LevelInfo, lv.Get())
 }
