@@ -2,9 +2,11 @@ package mcpproxy
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -566,4 +568,38 @@ func clip(b []byte, n int) string {
 		return string(b)
 	}
 	return string(b[:n]) + fmt.Sprintf("…(%d bytes)", len(b))
+}
+
+// requestID is the id to answer m's errors with: its own for a request.
+func requestID(m *Message) []byte {
+	if m.Kind == KindRequest {
+		return m.ID
+	}
+	return nil
+}
+
+// statelessErrorStatus is the HTTP status 2026-07-28 gives a JSON-RPC error
+// answered as plain JSON.
+func statelessErrorStatus(code int) int {
+	switch code {
+	case codeMethodNotFound:
+		return http.StatusNotFound
+	case codeHeaderMismatch, -32021, codeUnsupportedVersion, codeInvalidRequest, -32602, codeParse:
+		return http.StatusBadRequest
+	}
+	return http.StatusOK
+}
+
+// decodeHeaderValue undoes the =?base64?...?= wrapping of Mcp-Name values
+// that are not plain ASCII.
+func decodeHeaderValue(v string) (string, bool) {
+	inner, ok := strings.CutPrefix(v, "=?base64?")
+	if !ok {
+		return v, true
+	}
+	if inner, ok = strings.CutSuffix(inner, "?="); !ok {
+		return v, true
+	}
+	b, err := base64.StdEncoding.DecodeString(inner)
+	return string(b), err == nil
 }

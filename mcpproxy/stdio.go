@@ -4,14 +4,12 @@ package mcpproxy
 
 import (
 	"bytes"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -245,14 +243,6 @@ func checkVersion(w http.ResponseWriter, r *http.Request) bool {
 		fmt.Sprintf("mcpproxy: unsupported %s %q", headerVersion, v),
 		map[string]any{"supported": supportedVersions, "requested": v})
 	return false
-}
-
-// requestID is the id to answer m's errors with: its own for a request.
-func requestID(m *Message) []byte {
-	if m.Kind == KindRequest {
-		return m.ID
-	}
-	return nil
 }
 
 func (srv *stdioServer) post(w http.ResponseWriter, r *http.Request) {
@@ -562,32 +552,6 @@ func (srv *stdioServer) postStateless(w http.ResponseWriter, r *http.Request, m 
 	sw := srv.startSSE(w, r, st, st.primed)
 	defer sw.finish()
 	s.pump(r.Context(), sw, st, st.primed)
-}
-
-// statelessErrorStatus is the HTTP status 2026-07-28 gives a JSON-RPC error
-// answered as plain JSON.
-func statelessErrorStatus(code int) int {
-	switch code {
-	case codeMethodNotFound:
-		return http.StatusNotFound
-	case codeHeaderMismatch, -32021, codeUnsupportedVersion, codeInvalidRequest, -32602, codeParse:
-		return http.StatusBadRequest
-	}
-	return http.StatusOK
-}
-
-// decodeHeaderValue undoes the =?base64?...?= wrapping of Mcp-Name values
-// that are not plain ASCII.
-func decodeHeaderValue(v string) (string, bool) {
-	inner, ok := strings.CutPrefix(v, "=?base64?")
-	if !ok {
-		return v, true
-	}
-	if inner, ok = strings.CutSuffix(inner, "?="); !ok {
-		return v, true
-	}
-	b, err := base64.StdEncoding.DecodeString(inner)
-	return string(b), err == nil
 }
 
 // rejectStateless answers a GET or DELETE of the stateless era, which has

@@ -5,6 +5,8 @@ package mcpproxy
 import (
 	"errors"
 	"net/http"
+
+	"github.com/mcptun/mcptun/internal/ratelimit"
 )
 
 // Stdio servers need process groups and signals; elsewhere NewHandler
@@ -13,7 +15,11 @@ func stdioSupported() error {
 	return errors.New("stdio (Command) servers need a Unix system")
 }
 
-type stdioServer struct{}
+// stdioServer is never made here (NewHandler refuses Command servers);
+// it has the fields portable code sets.
+type stdioServer struct {
+	limit *ratelimit.Limiter
+}
 
 func newStdioServer(*Handler, ServerConfig) *stdioServer { return &stdioServer{} }
 
