@@ -178,11 +178,14 @@ func TestSecretFileModes(t *testing.T) {
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			err := cmd.Run()
 			require.Equal(t, tc.wantCode, exitCode(err), "check: %s%s", stdout.String(), stderr.String())
+			// check reports on stdout ("ok:", "warning:", "problem:"
+			// lines) and ends with its verdict on stderr.
+			report := stdout.String() + stderr.String()
 			for _, l := range tc.wantLines {
-				require.Contains(t, stderr.String(), l)
+				require.Contains(t, report, l)
 			}
 			if tc.wantCode == 0 {
-				require.Contains(t, stderr.String(), "warning: config ")
+				require.Contains(t, stdout.String(), "warning: config ")
 				require.Contains(t, stdout.String(), ": ok")
 				// At start: logged, and the role runs.
 				p := startProc(t, "relay", nil, mcptunBin, tc.start...)

@@ -38,9 +38,9 @@ func TestCLIExitCodes(t *testing.T) {
 		{[]string{"relay", "--config", missing}, "", 1, "mcptun: config " + missing + ": open " + missing + ": no such file or directory"},
 		{[]string{"agent", "--config", missing}, "", 1, "mcptun: config " + missing + ": open " + missing + ": no such file or directory"},
 		{[]string{"check"}, "", 1, "mcptun: check: give --relay FILE and/or --agent FILE"},
-		{[]string{"check", "--relay", missing}, "", 1, "mcptun: config " + missing + ": open"},
-		{[]string{"check", "--relay", badYAML}, "", 1, "mcptun: config " + badYAML + ": invalid YAML"},
-		{[]string{"check", "--agent", badYAML}, "", 1, "mcptun: config " + badYAML + ": invalid YAML"},
+		{[]string{"check", "--relay", missing}, "", 1, "problem: config " + missing + ": open"},
+		{[]string{"check", "--relay", badYAML}, "", 1, "problem: config " + badYAML + ": invalid YAML"},
+		{[]string{"check", "--agent", badYAML}, "", 1, "problem: config " + badYAML + ": invalid YAML"},
 		{[]string{"check", "--relay", relayYAML}, "", 0, relayYAML + ": ok"},
 		// Both files: the bad one fails the command, naming itself.
 		{[]string{"check", "--relay", relayYAML, "--agent", badYAML}, "", 1, badYAML + ": invalid YAML"},
