@@ -35,13 +35,21 @@ func newAuthTable(known []string, clients []Client, old *authTable) (*authTable,
 		} else {
 			lim = ratelimit.New(c.Rate, c.Burst)
 		}
-		narrows := false
-		for _, p := range c.Allow {
-			narrows = narrows || strings.Count(p, "/") >= 2
-		}
-		t.clients = append(t.clients, client{Client: c, limiter: lim, narrows: narrows})
+		t.clients = append(t.clients, client{Client: c, limiter: lim, narrows: namesTools(c.Allow)})
 	}
 	return t, nil
+}
+
+// namesTools reports whether some allow pattern names tools
+// ("agent/server/tool-glob"): then the client's exchanges carry
+// ToolsHeader. Token and OAuth clients alike.
+func namesTools(allow []string) bool {
+	for _, p := range allow {
+		if strings.Count(p, "/") >= 2 {
+			return true
+		}
+	}
+	return false
 }
 
 // client is the configured client named name, or nil.
