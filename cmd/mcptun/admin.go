@@ -209,7 +209,6 @@ func startAdmin(cfg config.Admin, reg *prometheus.Registry, src admin.Source, lo
 type agentAdmin struct {
 	name    string
 	ra      *runningAgent
-	urls    map[string]string // url servers: name → URL, for the reachability probe
 	started time.Time
 	rates   rates
 }
@@ -242,20 +241,26 @@ func (a *agentAdmin) Status() *admin.Status {
 		st.Tunnels = append(st.Tunnels, admin.TunnelStatus{Relay: t.Address, Dial: t.Dial, State: state, Transport: t.Transport,
 			RTTSeconds: t.RTT.Seconds(), Since: t.Since, Reconnects: t.Reconnects, Fallbacks: t.Fallbacks})
 	}
+	a.serverStatus(st, now)
+	slices.SortFunc(st.Errors, func(x, y admin.Event) int { return y.At.Compare(x.At) })
+	return st
+}
+
+// serverStatus adds the agent's servers, as served now (a reload may
+// have changed them, their URLs among them), to st.
+func (a *agentAdmin) serverStatus(st *admin.Status, now time.Time) {
 	for _, s := range a.ra.handler.Stats() {
 		ss := admin.ServerStatus{Name: s.Name, Kind: s.Kind, Requests: s.Requests, Errors: s.UpstreamErrors,
 			Sessions: s.Sessions, Children: s.Children, Calls: s.Calls, LastError: s.LastError, Refusals: s.Refusals,
 			RatePerSecond: a.rates.rate(s.Name, s.Requests, now)}
-		if u, ok := a.urls[s.Name]; ok {
-			ss.Upstream = probeUpstream(u)
+		if s.URL != "" {
+			ss.Upstream = probeUpstream(s.URL)
 		}
 		st.Servers = append(st.Servers, ss)
 		if s.LastError != "" {
 			st.Errors = append(st.Errors, admin.Event{At: s.LastErrorAt, Server: s.Name, Message: s.LastError})
 		}
 	}
-	slices.SortFunc(st.Errors, func(x, y admin.Event) int { return y.At.Compare(x.At) })
-	return st
 }
 
 // probeUpstream says whether a url server answers HTTP at all (any
