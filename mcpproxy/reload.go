@@ -155,6 +155,25 @@ func (h *Handler) SetServers(servers []ServerConfig) (ServerChanges, error) {
 	return ch, nil
 }
 
+// CheckSetServers reports what SetServers would refuse in servers,
+// without starting or changing anything: CheckServers, and a server
+// that pins when the handler was made without Options.PinFile (the pin
+// file is not reloaded: that takes a restart).
+func (h *Handler) CheckSetServers(servers []ServerConfig) error {
+	if err := CheckServers(servers); err != nil {
+		return err
+	}
+	if h.opts.PinFile != "" {
+		return nil
+	}
+	for i, sc := range servers {
+		if sc.Policy.Pin {
+			return fmt.Errorf("mcpproxy: servers[%d] (%q): pin: true needs a pin file, and the agent started without one (no server pinned then): restart the agent to pin", i, sc.Name)
+		}
+	}
+	return nil
+}
+
 // CheckServers reports what NewHandler or SetServers would refuse in
 // servers, without starting or changing anything.
 func CheckServers(servers []ServerConfig) error {

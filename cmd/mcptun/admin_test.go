@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mcptun/mcptun/internal/admin"
+	"github.com/mcptun/mcptun/internal/config"
 	"github.com/mcptun/mcptun/mcpproxy"
 )
 
@@ -44,4 +46,24 @@ func TestAgentStatusFollowsReload(t *testing.T) {
 	_, err = h.SetServers([]mcpproxy.ServerConfig{{Name: "wiki", URL: live.URL + "/mcp"}, {Name: "docs", URL: live.URL + "/docs"}})
 	require.NoError(t, err)
 	require.Equal(t, map[string]string{"wiki": "reachable", "docs": "reachable"}, upstream())
+}
+
+// TestReloadPinWithoutPinFile: a reload that pins a server of an agent
+// started without a pin file (no server pinned then) is refused as a
+// whole when it is prepared, naming the server: it used to pass the check
+// and fail when applied, after other parts had changed.
+func TestReloadPinWithoutPinFile(t *testing.T) {
+	h, err := mcpproxy.NewHandler([]mcpproxy.ServerConfig{{Name: "wiki", URL: "http://127.0.0.1:1/mcp"}}, mcpproxy.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h.Close() })
+	ra := &runningAgent{handler: h}
+	parts := ra.reloadParts(nil, nil, slog.New(slog.DiscardHandler))
+	old := &config.Agent{Servers: []config.AgentServer{{Name: "wiki", URL: "http://127.0.0.1:1/mcp"}}}
+	next := &config.Agent{PinFile: "agent.pins.json", Servers: []config.AgentServer{{Name: "wiki", URL: "http://127.0.0.1:1/mcp", Pin: true}}}
+	require.True(t, config.KeyIn("servers", parts[0].keys...))
+	commit, err := parts[0].prepare(old, next)
+	require.Error(t, err, "prepared a change that cannot be applied")
+	require.Nil(t, commit)
+	require.Contains(t, err.Error(), `"wiki"`)
+	require.Contains(t, err.Error(), "pin")
 }
