@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -66,4 +69,20 @@ func TestReloadPinWithoutPinFile(t *testing.T) {
 	require.Nil(t, commit)
 	require.Contains(t, err.Error(), `"wiki"`)
 	require.Contains(t, err.Error(), "pin")
+}
+
+// TestProbeChildEnv: check --probe starts a stdio server with the
+// environment the agent would give it (PATH and the like, then the
+// server's env:), not the whole environment of the shell it runs in,
+// which may hold the agent's own credential (MCPTUN_RELAY_TOKEN).
+func TestProbeChildEnv(t *testing.T) {
+	t.Setenv("MCPTUN_RELAY_TOKEN", "agent-secret")
+	out := filepath.Join(t.TempDir(), "env.txt")
+	_, err := listTools(context.Background(), config.AgentServer{Name: "envdump",
+		Command: []string{"/bin/sh", "-c", `env > "$OUT"`}, Env: map[string]string{"OUT": out}}, 10*time.Second)
+	require.Error(t, err, "the script is no MCP server")
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.Contains(t, string(b), "OUT="+out)
+	require.NotContains(t, string(b), "agent-secret", "the probe gave the child the agent's credential")
 }
