@@ -359,9 +359,25 @@ func TestPeerForwardingBoundedLabels(t *testing.T) {
 				}
 				return n == 4
 			}, 5*time.Second, 10*time.Millisecond)
+			// A GET stream through the peer opens and closes under the
+			// label the peer vouched for.
+			c, err := net.Dial("tcp", addrA)
+			require.NoError(t, err)
+			_, err = fmt.Fprintf(c, "GET /dc1/notes/mcp HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer ci-token\r\n%s\r\n\r\n", path.extra)
+			require.NoError(t, err)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			require.NoError(t, err)
+			resp.Body.Close()
+			c.Close()
+			require.Eventually(t, func() bool {
+				obs.mu.Lock()
+				defer obs.mu.Unlock()
+				return obs.servers["notes"] == 2
+			}, 5*time.Second, 10*time.Millisecond)
 			obs.mu.Lock()
 			defer obs.mu.Unlock()
-			require.Equal(t, map[string]int{"notes": 1, "": 3}, obs.servers, "server labels at the forwarding relay")
+			require.Equal(t, map[string]int{"notes": 2, "": 3}, obs.servers, "server labels at the forwarding relay")
+			require.Equal(t, map[string]int{"notes": 0}, obs.open, "streams opened and closed under one label")
 		})
 	}
 }
