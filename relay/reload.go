@@ -2,6 +2,7 @@ package relay
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/mcptun/mcptun/internal/ratelimit"
@@ -63,6 +64,18 @@ func (t *authTable) client(name string) *client {
 		}
 	}
 	return nil
+}
+
+// KnownAgents lists the agent names configured now (after any reload),
+// sorted: the per-agent metrics' label values.
+func (h *Handler) KnownAgents() []string {
+	known := h.auth.Load().known
+	out := make([]string, 0, len(known))
+	for a := range known {
+		out = append(out, a)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Reconfigure replaces the configured agent names and clients (a reload of

@@ -113,7 +113,9 @@ func (a *relayAdmin) Status() *admin.Status {
 }
 
 // registerRelayGauges adds the relay's scrape-time metrics to reg.
-func registerRelayGauges(reg *prometheus.Registry, rr *runningRelay, known []string, agentGuard *authguard.Guard) {
+// Per-agent series follow the agents configured now (a reload adds and
+// removes them).
+func registerRelayGauges(reg *prometheus.Registry, rr *runningRelay, agentGuard *authguard.Guard) {
 	ts, h := rr.Tunnel, rr.Handler
 	gauge, counter := prometheus.GaugeValue, prometheus.CounterValue
 	perReplica := func(v func(tunnel.ReplicaStats) float64) func() []metrics.Sample {
@@ -142,8 +144,8 @@ func registerRelayGauges(reg *prometheus.Registry, rr *runningRelay, known []str
 				for _, a := range ts.Agents() {
 					n[a.Name] = len(a.Replicas)
 				}
-				out := make([]metrics.Sample, 0, len(known))
-				for _, a := range known {
+				var out []metrics.Sample
+				for _, a := range h.KnownAgents() {
 					out = append(out, metrics.Sample{Value: float64(n[a]), Labels: []string{a}})
 				}
 				return out
@@ -178,8 +180,8 @@ func registerRelayGauges(reg *prometheus.Registry, rr *runningRelay, known []str
 			metrics.One(func() float64 { return float64(rr.fast.Stats().Refused.Load()) })),
 		metrics.NewFunc("mcptun_relay_stalled_clients", "Clients of an agent that read nothing of their answer now.", gauge, []string{"agent"},
 			func() []metrics.Sample {
-				out := make([]metrics.Sample, 0, len(known))
-				for _, a := range known {
+				var out []metrics.Sample
+				for _, a := range h.KnownAgents() {
 					n, _ := h.StalledClients(a)
 					out = append(out, metrics.Sample{Value: float64(n), Labels: []string{a}})
 				}
@@ -187,8 +189,8 @@ func registerRelayGauges(reg *prometheus.Registry, rr *runningRelay, known []str
 			}),
 		metrics.NewFunc("mcptun_relay_stalled_clients_cut_total", "Clients cut because their agent's budget of stalled clients was spent.", counter, []string{"agent"},
 			func() []metrics.Sample {
-				out := make([]metrics.Sample, 0, len(known))
-				for _, a := range known {
+				var out []metrics.Sample
+				for _, a := range h.KnownAgents() {
 					_, n := h.StalledClients(a)
 					out = append(out, metrics.Sample{Value: float64(n), Labels: []string{a}})
 				}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/mcptun/mcptun/internal/admin"
 	"github.com/mcptun/mcptun/internal/config"
+	"github.com/mcptun/mcptun/internal/devcert"
 	"github.com/mcptun/mcptun/mcpproxy"
 )
 
@@ -85,4 +87,52 @@ func TestProbeChildEnv(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(b), "OUT="+out)
 	require.NotContains(t, string(b), "agent-secret", "the probe gave the child the agent's credential")
+}
+
+// TestRelayGaugesFollowReload: the per-agent gauges list the agents the
+// relay is configured with now. They listed those it started with: an
+// agent a reload added had no series (its replicas, its stalled
+// clients), one it removed kept its series.
+func TestRelayGaugesFollowReload(t *testing.T) {
+	cert, _, err := devcert.Certificate("127.0.0.1")
+	require.NoError(t, err)
+	agent := func(name string) config.RelayAgent {
+		return config.RelayAgent{Name: name, TokenSHA256: []string{tokenHash(name + "-token")}}
+	}
+	cfg := &config.Relay{
+		Tunnel:  config.RelayTunnel{Listen: "127.0.0.1:0"},
+		HTTP:    config.RelayHTTP{Listen: "127.0.0.1:0"},
+		Admin:   config.Admin{Listen: "127.0.0.1:0"},
+		Agents:  []config.RelayAgent{agent("dc1")},
+		Clients: []config.RelayClient{{Name: "ci", TokenSHA256: tokenHash("ci-token"), Allow: []string{"*/*"}}},
+	}
+	rr, err := startRelay(context.Background(), cfg, cert, nil, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = rr.Close() })
+
+	next := *cfg
+	next.Agents = []config.RelayAgent{agent("dc2")}
+	parts := rr.reloadParts(nil, nil, "relay.yaml", slog.New(slog.DiscardHandler))
+	require.True(t, config.KeyIn("agents", parts[1].keys...))
+	commit, err := parts[1].prepare(cfg, &next)
+	require.NoError(t, err)
+	_, err = commit()
+	require.NoError(t, err)
+
+	resp, err := http.Get("http://" + rr.admin.Addr() + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	var perAgent []string // the series with an agent label, for a readable failure
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "mcptun_relay_") && strings.Contains(l, "{agent=") {
+			perAgent = append(perAgent, l)
+		}
+	}
+	body := strings.Join(perAgent, "\n")
+	for _, m := range []string{"mcptun_relay_agent_replicas", "mcptun_relay_stalled_clients", "mcptun_relay_stalled_clients_cut_total"} {
+		require.Contains(t, body, m+`{agent="dc2"} 0`, "an agent the reload added")
+		require.NotContains(t, body, m+`{agent="dc1"}`, "an agent the reload removed")
+	}
 }
