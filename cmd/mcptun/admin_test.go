@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -135,4 +136,25 @@ func TestRelayGaugesFollowReload(t *testing.T) {
 		require.Contains(t, body, m+`{agent="dc2"} 0`, "an agent the reload added")
 		require.NotContains(t, body, m+`{agent="dc1"}`, "an agent the reload removed")
 	}
+}
+
+// TestReloadURLOutsideStartedNetworks: upstream_networks takes a restart;
+// a reload that moves it and adds a url: server inside only the new
+// networks is refused when prepared, naming the server: it passed the
+// check and failed when applied.
+func TestReloadURLOutsideStartedNetworks(t *testing.T) {
+	h, err := mcpproxy.NewHandler([]mcpproxy.ServerConfig{{Name: "wiki", URL: "http://10.1.2.3/mcp"}},
+		mcpproxy.Options{UpstreamNetworks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h.Close() })
+	ra := &runningAgent{handler: h}
+	parts := ra.reloadParts(nil, nil, slog.New(slog.DiscardHandler))
+	old := &config.Agent{Servers: []config.AgentServer{{Name: "wiki", URL: "http://10.1.2.3/mcp"}}}
+	next := &config.Agent{UpstreamNetworks: []string{"192.168.0.0/16"},
+		Servers: []config.AgentServer{{Name: "wiki", URL: "http://10.1.2.3/mcp"}, {Name: "docs", URL: "http://192.168.1.5/mcp"}}}
+	commit, err := parts[0].prepare(old, next)
+	require.Error(t, err, "prepared a change that cannot be applied")
+	require.Nil(t, commit)
+	require.Contains(t, err.Error(), `"docs"`)
+	require.Contains(t, err.Error(), "upstream_networks")
 }
