@@ -53,7 +53,12 @@ func (r *rates) rate(key string, n uint64, now time.Time) float64 {
 		return 0
 	}
 	if el := now.Sub(p.at); el >= time.Second {
-		p.r = float64(n-p.n) / el.Seconds()
+		since := n - p.n
+		if n < p.n {
+			// A server a reload replaced counts from 0 again.
+			since = n
+		}
+		p.r = float64(since) / el.Seconds()
 		p.n, p.at = n, now
 		r.prev[key] = p
 	}

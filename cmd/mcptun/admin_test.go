@@ -158,3 +158,23 @@ func TestReloadURLOutsideStartedNetworks(t *testing.T) {
 	require.Contains(t, err.Error(), `"docs"`)
 	require.Contains(t, err.Error(), "upstream_networks")
 }
+
+// TestRatesCounterRestart: a server a reload replaced counts from 0
+// again; its rate is what it counted since, not an unsigned wrap-around
+// (1.8e19 requests per second on the status page).
+func TestRatesCounterRestart(t *testing.T) {
+	var r rates
+	t0 := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		n    uint64
+		at   time.Duration
+		want float64
+	}{
+		{100, 0, 0},
+		{300, 2 * time.Second, 100},
+		{10, 4 * time.Second, 5}, // replaced: counting from 0 again
+		{30, 6 * time.Second, 10},
+	} {
+		require.Equal(t, tc.want, r.rate("dc1/wiki", tc.n, t0.Add(tc.at)), "n=%d at %s", tc.n, tc.at)
+	}
+}
