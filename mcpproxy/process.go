@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -28,29 +26,6 @@ type process struct {
 	mu     sync.Mutex
 	exited bool        // reaped: the group may be gone, signal no more
 	grace  *time.Timer // SIGKILL after KillGrace
-}
-
-// passEnv lists the agent's environment variables a child inherits; all
-// others (the agent's credentials among them) stay with the agent.
-var passEnv = []string{"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TZ", "TMPDIR"}
-
-func childEnv(extra map[string]string) []string {
-	env := make(map[string]string)
-	for _, kv := range os.Environ() {
-		k, v, _ := strings.Cut(kv, "=")
-		if slices.Contains(passEnv, k) || strings.HasPrefix(k, "LC_") {
-			env[k] = v
-		}
-	}
-	for k, v := range extra {
-		env[k] = v
-	}
-	out := make([]string, 0, len(env))
-	for k, v := range env {
-		out = append(out, k+"="+v)
-	}
-	slices.Sort(out)
-	return out
 }
 
 // startProcess starts sc's command with pipes for stdin, stdout and stderr.

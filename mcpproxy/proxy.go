@@ -55,6 +55,17 @@ type httpServer struct {
 	full      *httpfwd.Exchange
 }
 
+// checkUpstreamURL refuses a URL whose host is an address outside
+// Options.UpstreamNetworks (a name is checked when it is dialed).
+func (h *Handler) checkUpstreamURL(target *url.URL, raw string) error {
+	if ip, err := netip.ParseAddr(target.Hostname()); err == nil && len(h.opts.UpstreamNetworks) > 0 {
+		if err := checkUpstreamAddr(netip.AddrPortFrom(ip, 0).String(), h.opts.UpstreamNetworks); err != nil {
+			return fmt.Errorf("URL %q: %w", raw, err)
+		}
+	}
+	return nil
+}
+
 func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 	target, err := url.Parse(sc.URL)
 	if err != nil {
@@ -89,10 +100,8 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 	if target.RawQuery != "" {
 		p.path = append(append(p.path, '?'), target.RawQuery...)
 	}
-	if ip, err := netip.ParseAddr(target.Hostname()); err == nil && len(h.opts.UpstreamNetworks) > 0 {
-		if err := checkUpstreamAddr(netip.AddrPortFrom(ip, 0).String(), h.opts.UpstreamNetworks); err != nil {
-			return nil, fmt.Errorf("URL %q: %w", sc.URL, err)
-		}
+	if err := h.checkUpstreamURL(target, sc.URL); err != nil {
+		return nil, err
 	}
 	addr := target.Host
 	if target.Port() == "" {

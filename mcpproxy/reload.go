@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"reflect"
 	"slices"
 
@@ -153,6 +154,31 @@ func (h *Handler) SetServers(servers []ServerConfig) (ServerChanges, error) {
 		}
 	}
 	return ch, nil
+}
+
+// CheckSetServers reports what SetServers would refuse in servers,
+// without starting or changing anything: CheckServers, a server that
+// pins when the handler was made without Options.PinFile, and a url:
+// server at an address outside the handler's Options.UpstreamNetworks
+// (neither is reloaded: that takes a restart).
+func (h *Handler) CheckSetServers(servers []ServerConfig) error {
+	if err := CheckServers(servers); err != nil {
+		return err
+	}
+	for i, sc := range servers {
+		if sc.Policy.Pin && h.opts.PinFile == "" {
+			return fmt.Errorf("mcpproxy: servers[%d] (%q): pin: true needs a pin file, and the agent started without one (no server pinned then): restart the agent to pin", i, sc.Name)
+		}
+		if sc.URL != "" {
+			// The networks the agent started with hold until a restart.
+			if u, err := url.Parse(sc.URL); err == nil {
+				if err := h.checkUpstreamURL(u, sc.URL); err != nil {
+					return fmt.Errorf("mcpproxy: servers[%d] (%q): %w (upstream_networks as the agent started; a change takes a restart)", i, sc.Name, err)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // CheckServers reports what NewHandler or SetServers would refuse in

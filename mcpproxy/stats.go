@@ -83,6 +83,10 @@ type ServerStats struct {
 	// LastError is the most recent failure, if any.
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	// URL is a url: server's upstream as configured now (a reload may
+	// change it), for a reachability probe; never shown (it may carry
+	// credentials).
+	URL string `json:"-"`
 }
 
 // Stats reports every server, in configuration order, stdio servers
@@ -96,6 +100,7 @@ func (h *Handler) Stats() []ServerStats {
 	for _, p := range tab.proxies {
 		st := p.stats.snapshot(p.name, "http")
 		st.Sessions = p.sessions.count()
+		st.URL = tab.cfgs[p.name].URL
 		out = append(out, st)
 	}
 	return out

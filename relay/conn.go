@@ -210,7 +210,7 @@ func (h *Handler) exchange(head *httpfwd.Head, rt route, b []byte) *httpfwd.Exch
 			m = mcpMethod(string(rt.method), nil)
 		}
 		o = &rt.obs
-		h.observeInto(o, rt.agent, rt.server, m)
+		h.observeInto(o, rt.agent, rt.server, m, rt.adm.peer != "")
 		leave := done
 		done = func() {
 			if leave != nil {

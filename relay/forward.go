@@ -22,7 +22,7 @@ var dropHeaders = []string{"Authorization", "Cookie", ClientHeader, ToolsHeader}
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, adm admission, agent, server string) {
 	client := adm.client.Name
 	if h.obs != nil {
-		o := h.observe(agent, server, mcpMethod(r.Method, nil))
+		o := h.observe(agent, server, mcpMethod(r.Method, nil), adm.peer != "")
 		w = &observeWriter{ResponseWriter: w, o: o}
 		defer o.done()
 	}

@@ -256,7 +256,9 @@ func (v *oauthVerifier) verify(token, agent, server string) (*client, *refusal) 
 // client is the client an accepted token stands for, with its identity's
 // rate limiter.
 func (v *oauthVerifier) client(name string, allow []string) *client {
-	c := &client{Client: Client{Name: name, Allow: allow}}
+	// narrows as for a token client: an OAuth pattern naming tools
+	// narrows the client at the agent too.
+	c := &client{Client: Client{Name: name, Allow: allow}, narrows: namesTools(allow)}
 	if v.limits != nil {
 		c.limiter = v.limits.get(name)
 		c.Rate, c.Burst = v.cfg.Rate, v.cfg.Burst

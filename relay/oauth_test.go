@@ -786,3 +786,31 @@ func TestJWKSOldSetNoWait(t *testing.T) {
 	_, err = j.key("ec2", "ES256")
 	require.NoError(t, err)
 }
+
+// TestOAuthNarrowsTools: an OAuth allow pattern that names tools narrows
+// the client to them at the agent (X-Mcptun-Tools), as a token client's
+// does: without it an OAuth client granted "dc1/notes/search_*" reached
+// every tool of dc1/notes.
+func TestOAuthNarrowsTools(t *testing.T) {
+	f := newOAuthFixture(t, func(o *OAuth) {
+		o.Allow = []string{"dc1/notes/search_*"}
+		o.Rules = []OAuthRule{{Claim: "groups", Value: "ops", Allow: []string{"dc1/notes/read"}}}
+	}, nil)
+	ec := f.idp.keys["ec1"]
+	for _, tc := range []struct {
+		groups []string
+		want   string
+	}{
+		{[]string{"staff"}, "search_%2A"},
+		{[]string{"ops"}, "search_%2A,read"},
+	} {
+		c := validClaims()
+		c["groups"] = tc.groups
+		tok := "Bearer " + sign(t, ec, "ec1", jose.ES256, c)
+		for range 2 { // checked in full, then from the token cache
+			res := f.call(t, "/dc1/notes/mcp", tok)
+			require.Equal(t, 200, res.status, "reason %q", res.reason)
+			require.Equal(t, []string{tc.want}, res.headers[ToolsHeader], "groups %q", tc.groups)
+		}
+	}
+}

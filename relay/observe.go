@@ -12,7 +12,7 @@ import (
 // is called on the request path, so it must be cheap and must not block.
 // Every label it gets is bounded: agent is a configured agent's name or
 // "" (a name from the client that matches none), server is one the agent
-// offers or "", method is one of MCPMethods, and reason a stable reason
+// offers or "" (also for an exchange a peer relay did not route), method is one of MCPMethods, and reason a stable reason
 // code or "" (an answer the agent made).
 type Observer interface {
 	// Exchange is an answered exchange: status is the HTTP status the
@@ -104,28 +104,64 @@ type observedExchange struct {
 	start         time.Time
 	status        int
 	reason        string
+	// vouch is the server a client named for an exchange sent to a peer
+	// relay: this relay does not know what the agent offers, so the
+	// label is "" unless the peer's answer says it routed the exchange
+	// (X-Mcptun-Via, set only once the agent was found to offer the
+	// server); else a client could make up label values.
+	vouch string
+	// opened: StreamOpened was called (a peer's GET stream counts once
+	// its answer's label is known).
+	opened bool
 }
 
-func (h *Handler) observe(agent, server, method string) *observedExchange {
+func (h *Handler) observe(agent, server, method string, peer bool) *observedExchange {
 	o := new(observedExchange)
-	h.observeInto(o, agent, server, method)
+	h.observeInto(o, agent, server, method, peer)
 	return o
 }
 
-// observeInto starts observing into o (memory the exchange has anyway).
-func (h *Handler) observeInto(o *observedExchange, agent, server, method string) {
+// observeInto starts observing into o (memory the exchange has anyway);
+// peer says the exchange goes to a peer relay.
+func (h *Handler) observeInto(o *observedExchange, agent, server, method string, peer bool) {
 	*o = observedExchange{h: h, agent: agent, server: server, method: method, start: time.Now()}
+	if peer {
+		o.server, o.vouch = "", server
+		return
+	}
 	if method == "stream" {
 		h.obs.StreamOpened(agent, server)
+		o.opened = true
+	}
+}
+
+// answered learns, from the head of the answer, whether a peer relay
+// vouched for the server (via: the answer names the relay that routed
+// it).
+func (o *observedExchange) answered(via bool) {
+	if o.vouch == "" {
+		return
+	}
+	if via {
+		o.server = o.vouch
+	}
+	o.vouch = ""
+	if o.method == "stream" {
+		o.h.obs.StreamOpened(o.agent, o.server)
+		o.opened = true
 	}
 }
 
 // onHead learns the status, and the method from the body held whole (the
 // fast path reads a small body before the upstream answers).
-func (o *observedExchange) onHead(req *httpfwd.RawRequest, code int, _ *httpfwd.Head) {
+func (o *observedExchange) onHead(req *httpfwd.RawRequest, code int, head *httpfwd.Head) {
 	o.status = code
 	if o.method == "" {
 		o.method = mcpMethod(http.MethodPost, req.Body)
+	}
+	if o.vouch != "" {
+		_, via := head.Get(ViaHeader)
+		o.answered(via)
 	}
 }
 
@@ -133,7 +169,7 @@ func (o *observedExchange) done() {
 	if o.method == "" {
 		o.method = "unknown"
 	}
-	if o.method == "stream" {
+	if o.opened {
 		o.h.obs.StreamClosed(o.agent, o.server)
 	}
 	o.h.obs.Exchange(o.agent, o.server, o.method, o.status, o.reason, time.Since(o.start))
@@ -150,12 +186,18 @@ func (w *observeWriter) WriteHeader(code int) {
 	if w.o.status == 0 {
 		w.o.status = code
 	}
+	if code >= 200 && w.o.vouch != "" {
+		w.o.answered(w.Header().Get(ViaHeader) != "")
+	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *observeWriter) Write(p []byte) (int, error) {
 	if w.o.status == 0 {
 		w.o.status = http.StatusOK
+	}
+	if w.o.vouch != "" {
+		w.o.answered(w.Header().Get(ViaHeader) != "")
 	}
 	return w.ResponseWriter.Write(p)
 }

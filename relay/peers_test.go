@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -276,5 +277,107 @@ func TestPeerForwardingKeepsNarrowing(t *testing.T) {
 		require.Equal(t, http.StatusOK, r.StatusCode)
 		require.Equal(t, "relay-b", r.Header.Get(ViaHeader))
 		require.Equal(t, []string{"search_%2A"}, r.Header.Values("X-Got-Tools"), "the agent behind the peer must get the narrowing")
+	}
+}
+
+// labelObserver records the agent/server labels an Observer is given.
+type labelObserver struct {
+	mu      sync.Mutex
+	servers map[string]int // server label → exchanges
+	open    map[string]int // server label → streams open
+}
+
+func (o *labelObserver) Exchange(agent, server, method string, status int, reason string, took time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.servers[server]++
+}
+
+func (o *labelObserver) StreamOpened(agent, server string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.open[server]++
+}
+
+func (o *labelObserver) StreamClosed(agent, server string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.open[server]--
+}
+
+// notesOnly is a replicaSet whose agent offers the server notes alone.
+type notesOnly struct{ *replicaSet }
+
+func (s notesOnly) Offers(agent, server string) (bool, bool) {
+	return agent == "dc1", server == "notes"
+}
+
+// A relay forwarding to a peer cannot know which servers the agent
+// offers: a client naming made-up servers must not make new metric
+// series (label values) at it. The server label of a forwarded exchange
+// is the one the peer vouched for (it routed the exchange: X-Mcptun-Via),
+// or "" — on both paths.
+func TestPeerForwardingBoundedLabels(t *testing.T) {
+	for _, path := range []struct{ name, extra string }{
+		{"fast", "X-Path: fast"},
+		{"net/http", "Connection: X-Force"},
+	} {
+		t.Run(path.name, func(t *testing.T) {
+			_, hb, _ := newReplicaHandler(t, func(c *Config) {
+				c.Name, c.Peers, c.Agents = "relay-b", &staticPeers{}, notesOnly{c.Agents.(*replicaSet)}
+			})
+			peerSrv := httptest.NewServer(hb.PeerHandler())
+			t.Cleanup(peerSrv.Close)
+			obs := &labelObserver{servers: map[string]int{}, open: map[string]int{}}
+			toB := &staticPeers{addr: peerSrv.Listener.Addr().String(), tags: replicaTags}
+			ha, err := NewHandler(Config{Agents: noAgents{}, KnownAgents: []string{"dc1"}, Name: "relay-a", Peers: toB,
+				Observer: obs, Clients: []Client{{Name: "ci", TokenSHA256: hash("ci-token"), Allow: []string{"dc1/*"}}}})
+			require.NoError(t, err)
+			addrA, _ := startFront(t, ha, nil)
+
+			r := post(t, addrA, path.extra)
+			require.Equal(t, http.StatusOK, r.StatusCode)
+			for i := range 3 {
+				c, err := net.Dial("tcp", addrA)
+				require.NoError(t, err)
+				body := `{"jsonrpc":"2.0","id":1,"method":"ping"}`
+				_, err = fmt.Fprintf(c, "POST /dc1/made-up-%d/mcp HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer ci-token\r\n"+
+					"Content-Type: application/json\r\n%s\r\nContent-Length: %d\r\n\r\n%s", i, path.extra, len(body), body)
+				require.NoError(t, err)
+				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+				require.NoError(t, err)
+				resp.Body.Close()
+				c.Close()
+				require.Equal(t, http.StatusNotFound, resp.StatusCode, "the peer refuses a server the agent does not offer")
+			}
+			require.Eventually(t, func() bool {
+				obs.mu.Lock()
+				defer obs.mu.Unlock()
+				n := 0
+				for _, v := range obs.servers {
+					n += v
+				}
+				return n == 4
+			}, 5*time.Second, 10*time.Millisecond)
+			// A GET stream through the peer opens and closes under the
+			// label the peer vouched for.
+			c, err := net.Dial("tcp", addrA)
+			require.NoError(t, err)
+			_, err = fmt.Fprintf(c, "GET /dc1/notes/mcp HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer ci-token\r\n%s\r\n\r\n", path.extra)
+			require.NoError(t, err)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			require.NoError(t, err)
+			resp.Body.Close()
+			c.Close()
+			require.Eventually(t, func() bool {
+				obs.mu.Lock()
+				defer obs.mu.Unlock()
+				return obs.servers["notes"] == 2
+			}, 5*time.Second, 10*time.Millisecond)
+			obs.mu.Lock()
+			defer obs.mu.Unlock()
+			require.Equal(t, map[string]int{"notes": 2, "": 3}, obs.servers, "server labels at the forwarding relay")
+			require.Equal(t, map[string]int{"notes": 0}, obs.open, "streams opened and closed under one label")
+		})
 	}
 }

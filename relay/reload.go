@@ -2,6 +2,7 @@ package relay
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/mcptun/mcptun/internal/ratelimit"
@@ -35,13 +36,21 @@ func newAuthTable(known []string, clients []Client, old *authTable) (*authTable,
 		} else {
 			lim = ratelimit.New(c.Rate, c.Burst)
 		}
-		narrows := false
-		for _, p := range c.Allow {
-			narrows = narrows || strings.Count(p, "/") >= 2
-		}
-		t.clients = append(t.clients, client{Client: c, limiter: lim, narrows: narrows})
+		t.clients = append(t.clients, client{Client: c, limiter: lim, narrows: namesTools(c.Allow)})
 	}
 	return t, nil
+}
+
+// namesTools reports whether some allow pattern names tools
+// ("agent/server/tool-glob"): then the client's exchanges carry
+// ToolsHeader. Token and OAuth clients alike.
+func namesTools(allow []string) bool {
+	for _, p := range allow {
+		if strings.Count(p, "/") >= 2 {
+			return true
+		}
+	}
+	return false
 }
 
 // client is the configured client named name, or nil.
@@ -55,6 +64,18 @@ func (t *authTable) client(name string) *client {
 		}
 	}
 	return nil
+}
+
+// KnownAgents lists the agent names configured now (after any reload),
+// sorted: the per-agent metrics' label values.
+func (h *Handler) KnownAgents() []string {
+	known := h.auth.Load().known
+	out := make([]string, 0, len(known))
+	for a := range known {
+		out = append(out, a)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Reconfigure replaces the configured agent names and clients (a reload of

@@ -54,7 +54,12 @@ func (r *rates) rate(key string, n uint64, now time.Time) float64 {
 		return 0
 	}
 	if el := now.Sub(p.at); el >= time.Second {
-		p.r = float64(n-p.n) / el.Seconds()
+		since := n - p.n
+		if n < p.n {
+			// A server a reload replaced counts from 0 again.
+			since = n
+		}
+		p.r = float64(since) / el.Seconds()
 		p.n, p.at = n, now
 		r.prev[key] = p
 	}
@@ -114,7 +119,9 @@ func (a *relayAdmin) Status() *admin.Status {
 }
 
 // registerRelayGauges adds the relay's scrape-time metrics to reg.
-func registerRelayGauges(reg *prometheus.Registry, rr *runningRelay, known []string, agentGuard *authguard.Guard) {
+// Per-agent series follow the agents configured now (a reload adds and
+// removes them).
+func registerRelayGauges(reg *prometheus.Registry, rr *runningRelay, agentGuard *authguard.Guard) {
 	ts, h := rr.Tunnel, rr.Handler
 	gauge, counter := prometheus.GaugeValue, prometheus.CounterValue
 	perReplica := func(v func(tunnel.ReplicaStats) float64) func() []metrics.Sample {
@@ -143,8 +150,8 @@ func registerRelayGauges(reg *prometheus.Registry, rr *runningRelay, known []str
 				for _, a := range ts.Agents() {
 					n[a.Name] = len(a.Replicas)
 				}
-				out := make([]metrics.Sample, 0, len(known))
-				for _, a := range known {
+				var out []metrics.Sample
+				for _, a := range h.KnownAgents() {
 					out = append(out, metrics.Sample{Value: float64(n[a]), Labels: []string{a}})
 				}
 				return out
@@ -179,8 +186,8 @@ func registerRelayGauges(reg *prometheus.Registry, rr *runningRelay, known []str
 			metrics.One(func() float64 { return float64(rr.fast.Stats().Refused.Load()) })),
 		metrics.NewFunc("mcptun_relay_stalled_clients", "Clients of an agent that read nothing of their answer now.", gauge, []string{"agent"},
 			func() []metrics.Sample {
-				out := make([]metrics.Sample, 0, len(known))
-				for _, a := range known {
+				var out []metrics.Sample
+				for _, a := range h.KnownAgents() {
 					n, _ := h.StalledClients(a)
 					out = append(out, metrics.Sample{Value: float64(n), Labels: []string{a}})
 				}
@@ -188,8 +195,8 @@ func registerRelayGauges(reg *prometheus.Registry, rr *runningRelay, known []str
 			}),
 		metrics.NewFunc("mcptun_relay_stalled_clients_cut_total", "Clients cut because their agent's budget of stalled clients was spent.", counter, []string{"agent"},
 			func() []metrics.Sample {
-				out := make([]metrics.Sample, 0, len(known))
-				for _, a := range known {
+				var out []metrics.Sample
+				for _, a := range h.KnownAgents() {
 					_, n := h.StalledClients(a)
 					out = append(out, metrics.Sample{Value: float64(n), Labels: []string{a}})
 				}
@@ -215,7 +222,6 @@ func startAdmin(cfg config.Admin, reg *prometheus.Registry, src admin.Source, le
 type agentAdmin struct {
 	name    string
 	ra      *runningAgent
-	urls    map[string]string // url servers: name → URL, for the reachability probe
 	started time.Time
 	rates   rates
 }
@@ -248,20 +254,26 @@ func (a *agentAdmin) Status() *admin.Status {
 		st.Tunnels = append(st.Tunnels, admin.TunnelStatus{Relay: t.Address, Dial: t.Dial, State: state, Transport: t.Transport,
 			RTTSeconds: t.RTT.Seconds(), Since: t.Since, Reconnects: t.Reconnects, Fallbacks: t.Fallbacks})
 	}
+	a.serverStatus(st, now)
+	slices.SortFunc(st.Errors, func(x, y admin.Event) int { return y.At.Compare(x.At) })
+	return st
+}
+
+// serverStatus adds the agent's servers, as served now (a reload may
+// have changed them, their URLs among them), to st.
+func (a *agentAdmin) serverStatus(st *admin.Status, now time.Time) {
 	for _, s := range a.ra.handler.Stats() {
 		ss := admin.ServerStatus{Name: s.Name, Kind: s.Kind, Requests: s.Requests, Errors: s.UpstreamErrors,
 			Sessions: s.Sessions, Children: s.Children, Calls: s.Calls, LastError: s.LastError, Refusals: s.Refusals,
 			RatePerSecond: a.rates.rate(s.Name, s.Requests, now)}
-		if u, ok := a.urls[s.Name]; ok {
-			ss.Upstream = probeUpstream(u)
+		if s.URL != "" {
+			ss.Upstream = probeUpstream(s.URL)
 		}
 		st.Servers = append(st.Servers, ss)
 		if s.LastError != "" {
 			st.Errors = append(st.Errors, admin.Event{At: s.LastErrorAt, Server: s.Name, Message: s.LastError})
 		}
 	}
-	slices.SortFunc(st.Errors, func(x, y admin.Event) int { return y.At.Compare(x.At) })
-	return st
 }
 
 // probeUpstream says whether a url server answers HTTP at all (any

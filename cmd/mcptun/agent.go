@@ -201,13 +201,7 @@ func startAgent(ctx context.Context, cfg *config.Agent, level *logging.Level, lo
 	}
 	reg := newRegistry()
 	registerAgentGauges(reg, ra)
-	urls := map[string]string{}
-	for _, s := range cfg.Servers {
-		if s.URL != "" {
-			urls[s.Name] = s.URL
-		}
-	}
-	ra.admin, err = startAdmin(cfg.Admin, reg, &agentAdmin{name: cfg.Name, ra: ra, urls: urls, started: time.Now()}, level, log)
+	ra.admin, err = startAdmin(cfg.Admin, reg, &agentAdmin{name: cfg.Name, ra: ra, started: time.Now()}, level, log)
 	if err != nil {
 		_ = ra.Close()
 		return nil, err

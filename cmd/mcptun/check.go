@@ -26,6 +26,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mcptun/mcptun/internal/config"
+	"github.com/mcptun/mcptun/mcpproxy"
 	"github.com/mcptun/mcptun/tunnel"
 )
 
@@ -424,10 +425,8 @@ func listTools(ctx context.Context, s config.AgentServer, timeout time.Duration)
 	var cl *client.Client
 	var stderr *tailBuffer
 	if len(s.Command) > 0 {
-		env := os.Environ()
-		for k, v := range s.Env {
-			env = append(env, k+"="+v)
-		}
+		// As the agent starts it: its own credentials stay out.
+		env := mcpproxy.ChildEnv(s.Env)
 		stderr = &tailBuffer{max: 2048}
 		tr := transport.NewStdioWithOptions(s.Command[0], nil, s.Command[1:],
 			transport.WithCommandFunc(func(ctx context.Context, command string, _ []string, args []string) (*exec.Cmd, error) {

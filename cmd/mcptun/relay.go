@@ -266,7 +266,7 @@ func startRelay(ctx context.Context, cfg *config.Relay, tunnelCert tls.Certifica
 			return nil, err
 		}
 	}
-	registerRelayGauges(reg, rr, known, agentGuard)
+	registerRelayGauges(reg, rr, agentGuard)
 	rr.admin, err = startAdmin(cfg.Admin, reg, &relayAdmin{rr: rr, m: relayMetrics, started: time.Now()}, level, log)
 	if err != nil {
 		_ = rr.Close()

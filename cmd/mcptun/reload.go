@@ -22,7 +22,6 @@ import (
 
 	"github.com/mcptun/mcptun/internal/config"
 	"github.com/mcptun/mcptun/internal/logging"
-	"github.com/mcptun/mcptun/mcpproxy"
 )
 
 // Hot reload (README: Reloading configuration). A role reloads its file on
@@ -374,7 +373,7 @@ func (ra *runningAgent) reloadParts(cmd *cobra.Command, lv *logging.Level, log *
 			keys: []string{"servers"},
 			prepare: func(_, new *config.Agent) (func() (string, error), error) {
 				servers, offered := agentServers(new)
-				if err := mcpproxy.CheckServers(servers); err != nil {
+				if err := ra.handler.CheckSetServers(servers); err != nil {
 					return nil, err
 				}
 				return func() (string, error) {
