@@ -286,9 +286,19 @@ type Listener struct {
 	once sync.Once
 	fail *logging.Limit
 
+	// slots bounds the links in handshake: the port is reachable by
+	// whatever reaches the relays, and a connection that never speaks
+	// must not cost a goroutine and a TLS state each without limit.
+	slots chan struct{}
+
 	mu    sync.Mutex
 	conns map[net.Conn]struct{} // in handshake
 }
+
+// MaxPendingHandshakes bounds the relay-to-relay links a Listener
+// authenticates at once; a connection beyond it is closed at once (peers
+// dial again, with a fresh link, on their next exchange).
+const MaxPendingHandshakes = 64
 
 // Listen binds addr and authenticates peers in goroutines owned by the
 // Listener until Close.
@@ -318,6 +328,7 @@ func Listen(cfg LinkConfig, addr string) (*Listener, error) {
 		done:  make(chan struct{}),
 		fail:  logging.NewLimit(logging.LimitRate, logging.LimitBurst),
 		conns: map[net.Conn]struct{}{},
+		slots: make(chan struct{}, MaxPendingHandshakes),
 	}
 	l.wg.Go(l.acceptLoop)
 	return l, nil
@@ -374,11 +385,26 @@ func (l *Listener) acceptLoop() {
 			}
 			continue
 		}
+		select {
+		case l.slots <- struct{}{}:
+		default:
+			l.fail.Log(l.cfg.Logger, slog.LevelWarn, "cluster: too many relay-to-relay links in handshake; closing one",
+				"remote", c.RemoteAddr(), "max", MaxPendingHandshakes)
+			c.Close()
+			continue
+		}
 		l.mu.Lock()
 		l.conns[c] = struct{}{}
 		l.mu.Unlock()
 		l.wg.Go(func() { l.serve(c) })
 	}
+}
+
+// pending is how many links are in handshake.
+func (l *Listener) pending() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
 }
 
 func (l *Listener) serve(c net.Conn) {
@@ -393,6 +419,7 @@ func (l *Listener) serve(c net.Conn) {
 	}()
 	tc := tls.Server(c, l.tls)
 	peer, err := l.handshake(tc)
+	<-l.slots
 	if err != nil {
 		l.fail.Log(l.cfg.Logger, slog.LevelWarn, "cluster: refused a relay-to-relay link", "remote", c.RemoteAddr(), "err", err)
 		return

@@ -162,3 +162,60 @@ func FuzzReadFrame(f *testing.F) {
 		}
 	})
 }
+
+// TestLinkHandshakesBounded: connections that open the relay-to-relay
+// port and never speak hold at most MaxPendingHandshakes places; those
+// beyond are closed at once, and a real peer links again once they go.
+func TestLinkHandshakesBounded(t *testing.T) {
+	l, llog := startListener(t, testSecret)
+	var idle []net.Conn
+	t.Cleanup(func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	})
+	const extra = 20
+	closed := 0
+	for range MaxPendingHandshakes + extra {
+		c, err := net.Dial("tcp", l.Addr().String())
+		require.NoError(t, err)
+		idle = append(idle, c)
+	}
+	// Those over the bound see their connection end at once; the rest
+	// wait in their handshake (HandshakeTimeout is far longer).
+	ended := make([]bool, len(idle))
+	require.Eventually(t, func() bool {
+		for i, c := range idle {
+			if ended[i] {
+				continue
+			}
+			_ = c.SetReadDeadline(time.Now().Add(time.Millisecond))
+			if _, err := c.Read(make([]byte, 1)); err == io.EOF {
+				ended[i] = true
+				closed++
+			}
+		}
+		return closed >= extra
+	}, 3*time.Second, 20*time.Millisecond)
+	require.Equal(t, extra, closed, "connections beyond the bound are closed at once")
+	require.Equal(t, MaxPendingHandshakes, l.pending())
+	require.LessOrEqual(t, l.pending(), MaxPendingHandshakes)
+	require.Contains(t, llog.String(), "too many relay-to-relay links in handshake")
+
+	for _, c := range idle {
+		c.Close()
+	}
+	require.Eventually(t, func() bool { return l.pending() == 0 }, 5*time.Second, 10*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	good, err := NewDialer(LinkConfig{Relay: "peer", Secret: testSecret})
+	require.NoError(t, err)
+	c, err := good.Dial(ctx, l.Addr().String())
+	require.NoError(t, err)
+	c.Close()
+}
