@@ -68,15 +68,25 @@ func (h *Handler) logAccess(ctx context.Context, a *accessInfo) {
 
 // serveAccess is ServeHTTP with the access line.
 func (h *Handler) serveAccess(w http.ResponseWriter, r *http.Request) {
-	a := &accessInfo{start: time.Now(), path: "http"}
+	h.serveAccessOf(w, r, h.mux, "http")
+}
+
+// serveAccessOf serves r with next and writes its access line, path
+// saying which way it came ("http": a client; "peer": forwarded by
+// another relay of the fleet, whose own line has the client's side).
+func (h *Handler) serveAccessOf(w http.ResponseWriter, r *http.Request, next http.Handler, path string) {
+	a := &accessInfo{start: time.Now(), path: path}
 	aw := &accessWriter{ResponseWriter: w, rc: http.NewResponseController(w), info: a}
 	var body *countingBody
 	if r.Body != nil && r.Body != http.NoBody {
 		body = &countingBody{ReadCloser: r.Body}
 		r.Body = body
 	}
-	h.mux.ServeHTTP(aw, r)
+	next.ServeHTTP(aw, r)
 	a.agent, a.server = r.PathValue("agent"), r.PathValue("server")
+	if path == "peer" && a.server != "" {
+		a.agent = r.Host // a forwarded exchange names its agent as Host
+	}
 	if a.agent == "" {
 		a.server = clip(r.URL.Path, 128)
 	}

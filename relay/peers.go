@@ -113,6 +113,12 @@ func (h *Handler) PeerHandler() http.Handler {
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.limits.WriteTimeout))
+		if h.accessEnabled(r.Context()) {
+			// The relay holding the tunnel logs what it forwarded to
+			// its agent too (path=peer), as the first relay does.
+			h.serveAccessOf(w, r, mux, "peer")
+			return
+		}
 		mux.ServeHTTP(w, r)
 	})
 }
@@ -130,6 +136,7 @@ func (h *Handler) servePeer(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, reasonBadRequest, "a forwarded exchange names one client and at most one session and tool list")
 		return
 	}
+	noteAccess(w, names[0], "")
 	if !h.auth.Load().known[agent] {
 		writeError(w, http.StatusNotFound, "unknown_agent", fmt.Sprintf("no agent named %q", agent))
 		return

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -380,4 +381,40 @@ func TestPeerForwardingBoundedLabels(t *testing.T) {
 			require.Equal(t, map[string]int{"notes": 0}, obs.open, "streams opened and closed under one label")
 		})
 	}
+}
+
+// TestPeerAccessLine: the relay holding the tunnel writes an access line
+// for an exchange a peer forwarded to it (path=peer, the client the peer
+// verified, the agent and server), as the first relay does for its side.
+func TestPeerAccessLine(t *testing.T) {
+	logs := &syncBuf{}
+	_, hb, _ := newReplicaHandler(t, func(c *Config) {
+		c.Name = "relay-b"
+		c.Peers = &staticPeers{}
+		c.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	})
+	peerSrv := httptest.NewServer(hb.PeerHandler())
+	t.Cleanup(peerSrv.Close)
+	toB := &staticPeers{addr: peerSrv.Listener.Addr().String(), tags: replicaTags}
+	ha, err := NewHandler(Config{Agents: noAgents{}, KnownAgents: []string{"dc1"}, Name: "relay-a", Peers: toB,
+		Clients: []Client{{Name: "ci", TokenSHA256: hash("ci-token"), Allow: []string{"*/*"}}}})
+	require.NoError(t, err)
+	addrA, _ := startFront(t, ha, nil)
+	r := post(t, addrA)
+	require.Equal(t, http.StatusOK, r.StatusCode)
+	require.Equal(t, "relay-b", r.Header.Get(ViaHeader))
+	var line map[string]any
+	require.Eventually(t, func() bool {
+		for _, l := range logs.accessLines(t) {
+			if l["path"] == "peer" {
+				line = l
+				return true
+			}
+		}
+		return false
+	}, 5*time.Second, 10*time.Millisecond, "no access line at the holding relay:\n%s", logs.String())
+	require.Equal(t, "ci", line["client"])
+	require.Equal(t, "dc1", line["agent"])
+	require.Equal(t, "notes", line["server"])
+	require.EqualValues(t, 200, line["status"])
 }
