@@ -31,6 +31,9 @@ type httpServer struct {
 	target  *url.URL
 	headers http.Header
 	fwd     *httpfwd.Forwarder
+	// dial opens a connection to the server as fwd does (upstream
+	// networks checked, no proxy), for ProbeUpstream.
+	dial func(context.Context) (net.Conn, error)
 
 	// For the fast path (conn.go), in wire form: the path and query to
 	// send, the configured header lines and their names.
@@ -127,7 +130,25 @@ func newHTTPServer(h *Handler, sc ServerConfig) (*httpServer, error) {
 		dial = func(ctx context.Context) (net.Conn, error) { return tlsDialer.DialContext(ctx, "tcp", addr) }
 	}
 	p.fwd = httpfwd.New(dial, httpfwd.Options{MaxIdle: 256, IdleTimeout: upstreamIdleTimeout})
+	p.dial = dial
 	return p, nil
+}
+
+// ProbeUpstream says whether the url: server named name can be reached:
+// a connection opened (and for https, its TLS handshake done) the way
+// exchanges open theirs — inside Options.UpstreamNetworks, never through
+// a proxy — and closed again; no request is sent. nil for a server that
+// is not a url: one.
+func (h *Handler) ProbeUpstream(ctx context.Context, name string) error {
+	p, ok := h.table().servers[name].(*httpServer)
+	if !ok {
+		return nil
+	}
+	c, err := p.dial(ctx)
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }
 
 // upstreamIdleTimeout drops a pooled connection to a url: server idle this

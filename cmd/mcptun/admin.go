@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"log/slog"
-	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -267,7 +266,7 @@ func (a *agentAdmin) serverStatus(st *admin.Status, now time.Time) {
 			Sessions: s.Sessions, Children: s.Children, Calls: s.Calls, LastError: s.LastError, Refusals: s.Refusals,
 			RatePerSecond: a.rates.rate(s.Name, s.Requests, now)}
 		if s.URL != "" {
-			ss.Upstream = probeUpstream(s.URL)
+			ss.Upstream = a.probeUpstream(s.Name)
 		}
 		st.Servers = append(st.Servers, ss)
 		if s.LastError != "" {
@@ -276,20 +275,14 @@ func (a *agentAdmin) serverStatus(st *admin.Status, now time.Time) {
 	}
 }
 
-// probeUpstream says whether a url server answers HTTP at all (any
-// status counts: it is up), within a second.
-func probeUpstream(u string) string {
+// probeUpstream says whether a url server can be reached, within a
+// second (mcpproxy.Handler.ProbeUpstream: a connection, no request).
+func (a *agentAdmin) probeUpstream(name string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodHead, u, nil)
-	if err != nil {
+	if err := a.ra.handler.ProbeUpstream(ctx, name); err != nil {
 		return "unreachable: " + err.Error()
 	}
-	resp, err := http.DefaultTransport.RoundTrip(req)
-	if err != nil {
-		return "unreachable: " + err.Error()
-	}
-	resp.Body.Close()
 	return "reachable"
 }
 
