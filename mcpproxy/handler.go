@@ -536,6 +536,16 @@ func errorBodyStatus(id []byte, status, code int, msg string, data any) []byte {
 	return append(b, '}')
 }
 
+// writePeekError answers a client message Peek could not read: 400, with
+// JSON-RPC's parse error for bytes that are not JSON.
+func writePeekError(w http.ResponseWriter, err error) {
+	code := codeInvalidRequest
+	if errors.Is(err, ErrParse) {
+		code = codeParse
+	}
+	writeError(w, http.StatusBadRequest, nil, code, "mcpproxy: "+err.Error())
+}
+
 func writeError(w http.ResponseWriter, status int, id []byte, code int, msg string) {
 	writeErrorData(w, status, id, code, msg, nil)
 }

@@ -220,11 +220,7 @@ func (p *httpServer) servePolicy(w http.ResponseWriter, r *http.Request, v view)
 		msg := body[el.start:el.end]
 		m, err := Peek(msg)
 		if err != nil {
-			code := codeInvalidRequest
-			if errors.Is(err, ErrParse) {
-				code = codeParse
-			}
-			writeError(w, http.StatusBadRequest, nil, code, "mcpproxy: "+err.Error())
+			writePeekError(w, err)
 			return
 		}
 		if m.Kind != KindRequest {

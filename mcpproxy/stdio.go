@@ -288,11 +288,7 @@ func (srv *stdioServer) post(w http.ResponseWriter, r *http.Request) {
 	}
 	m, err := Peek(body)
 	if err != nil {
-		code := codeInvalidRequest
-		if errors.Is(err, ErrParse) {
-			code = codeParse
-		}
-		writeError(w, http.StatusBadRequest, nil, code, "mcpproxy: "+err.Error())
+		writePeekError(w, err)
 		return
 	}
 	// The child reads one message per line; in valid JSON a newline is
