@@ -822,10 +822,16 @@ func (s *Server) serveSession(hctx context.Context, sess Session, release func()
 	}
 	a.closeHook = a.streamClosed
 	// Register before the welcome: once the agent believes it is
-	// connected, Dial must find it.
+	// connected, Dial must find it. The control stream is held from
+	// before the agent can be found until the welcome is out, so a
+	// Drain that finds it at once (tellDraining) writes its goaway after
+	// the welcome, never in its place.
+	a.ctlMu.Lock()
 	s.register(a)
 	clientURL, _ := s.clientURL.Load().(string)
-	if err := writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion, Relay: s.id, ClientURL: clientURL, Fleet: s.fleet}); err != nil {
+	err = writeFrame(ctl, answer{Type: typeWelcome, Version: ProtocolVersion, Relay: s.id, ClientURL: clientURL, Fleet: s.fleet})
+	a.ctlMu.Unlock()
+	if err != nil {
 		s.log.Debug("tunnel: handshake: send welcome", "agent", h.Agent, "remote", remote, "err", err)
 		s.deregister(a)
 		return
