@@ -174,19 +174,21 @@ func writeVariants(b *strings.Builder, cells []Cell, bySessions bool) {
 		return Cell{}, false
 	}
 	for _, v := range []struct {
-		suffix, title, before, after string
+		own, suffix, title, before, after string
 		// reversed: the variant is the "before" (the baseline build).
 		reversed bool
 	}{
-		{BaselineSuffix, "This build against the baseline (ratio this ÷ baseline)", "baseline", "this", true},
-		{ControlSuffix, "Control point on against off (ratio on ÷ off)", "off", "on", false},
+		{"", BaselineSuffix, "This build against the baseline (ratio this ÷ baseline)", "baseline", "this", true},
+		{"", ControlSuffix, "Control point on against off (ratio on ÷ off)", "off", "on", false},
+		{ControlSuffix, BaselineSuffix + ControlSuffix, "This build against the baseline, both with the control point on (ratio this ÷ baseline)", "baseline", "this", true},
+		{BaselineSuffix, BaselineSuffix + ControlSuffix, "The baseline build: control point on against off (ratio on ÷ off)", "off", "on", false},
 	} {
 		var rows []string
 		for _, c := range cells {
 			if !hasVariants(c.Path) || strings.HasSuffix(c.Path, BaselineSuffix) || strings.HasSuffix(c.Path, ControlSuffix) {
 				continue
 			}
-			own, ok1 := find(c.Path, c.Sessions)
+			own, ok1 := find(c.Path+v.own, c.Sessions)
 			vc, ok2 := find(c.Path+v.suffix, c.Sessions)
 			if !ok1 || !ok2 || own.RelayAgentUS() < 0 || vc.RelayAgentUS() < 0 {
 				continue

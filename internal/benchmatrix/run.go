@@ -53,12 +53,16 @@ type Options struct {
 	// its metrics on both roles) and measures each of mcptun's paths of
 	// the matrix and paced sections on it too, in the same interleaved
 	// rounds, reported as "<path>+control".
-	Control      bool
-	Rounds       int // each cell measured this many times, rounds interleaved; the median is reported (default 1)
-	Duration     time.Duration
-	Warmup       time.Duration
-	PayloadBytes int    // size of the echo tool's text argument
-	Era          string // protocol era of the load (loadgen.EraSessions by default)
+	Control bool
+	// BaselineControl, with Control and Baseline, also deploys the
+	// baseline build with the control point on ("<path>@baseline+control"):
+	// for a change to the control point's own cost.
+	BaselineControl bool
+	Rounds          int // each cell measured this many times, rounds interleaved; the median is reported (default 1)
+	Duration        time.Duration
+	Warmup          time.Duration
+	PayloadBytes    int    // size of the echo tool's text argument
+	Era             string // protocol era of the load (loadgen.EraSessions by default)
 
 	// The paced section: PacedPaths at PacedRate requests per second
 	// over PacedSessions sessions, Rounds interleaved rounds. A closed
@@ -421,6 +425,9 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 		}
 		if o.Control {
 			variant("control", o.Mcptun, ControlSuffix, true)
+		}
+		if o.Control && o.Baseline != "" && o.BaselineControl {
+			variant("baseline-control", o.Baseline, BaselineSuffix+ControlSuffix, true)
 		}
 	}
 	cellPaths, pacedPaths := withVariants(o.Paths, suffixes...), withVariants(o.PacedPaths, suffixes...)
