@@ -317,3 +317,42 @@ func FuzzCanonical(f *testing.F) {
 		}
 	})
 }
+
+// The writer holds a line a moment to batch it with the next ones; a full
+// queue and Close end the hold at once, so a hold never stalls Records
+// or shutdown, and every line is written.
+func TestHoldCutShort(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		queue int
+		lines int
+	}{
+		{"close", 0, 3},
+		{"full queue", 4, 50},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.log")
+			l, err := Open(Config{File: path, Agent: "dc1", Queue: tc.queue, Hold: time.Hour})
+			require.NoError(t, err)
+			done := make(chan error, 1)
+			go func() {
+				for i := range tc.lines {
+					if err := l.Record(rec(i)); err != nil {
+						done <- err
+						return
+					}
+				}
+				done <- l.Close()
+			}()
+			select {
+			case err := <-done:
+				require.NoError(t, err)
+			case <-time.After(20 * time.Second):
+				t.Fatal("Records or Close waited out the writer's hold")
+			}
+			s, err := Verify(path)
+			require.NoError(t, err)
+			require.Equal(t, tc.lines, s.Lines)
+		})
+	}
+}

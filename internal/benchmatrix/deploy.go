@@ -39,7 +39,19 @@ type workspace struct {
 	// and the plain tunnel's (Options.GOMAXPROCS).
 	tunnelEnv []string
 	seq       int // numbers log files so restarts do not overwrite them
+	// control turns on the customer's control point in the configs this
+	// workspace writes (Options.Control): a tool policy on every server
+	// and the audit trail at the agent, the admin listener on both roles.
+	control bool
 }
+
+// Control-mode settings (Options.Control). The policy allows every tool
+// the fixture has but still names a deny glob, so each call is matched
+// against both lists as a real deployment's would be.
+const (
+	controlToolPolicy = `{allow: ["*"], deny: ["admin_*"]}`
+	controlAdmin      = `{listen: "127.0.0.1:0"}`
+)
 
 func newWorkspace(dir, mcptun, fixture string, certHosts ...string) (*workspace, error) {
 	var err error
@@ -143,6 +155,22 @@ func (a agentSpec) wantTransport() string {
 	}
 }
 
+// relayConfig is relay.yaml for agents, tunnel on tunnelListen.
+func (w *workspace) relayConfig(tunnelListen string, agents []agentSpec) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "tunnel: {listen: %q, cert_file: relay.crt, key_file: relay.key}\n", tunnelListen)
+	b.WriteString("http: {listen: \"127.0.0.1:0\"}\nagents:\n")
+	for _, a := range agents {
+		fmt.Fprintf(&b, "  - {name: %q, token_sha256: %q}\n", a.Name, sha256Hex(a.token))
+	}
+	fmt.Fprintf(&b, "clients:\n  - {name: bench, token_sha256: %q, allow: [\"*/*\"]}\n", sha256Hex(w.clientToken))
+	b.WriteString("log: {level: info}\ndebug: {pprof_listen: \"127.0.0.1:0\"}\n")
+	if w.control {
+		b.WriteString("admin: " + controlAdmin + "\n")
+	}
+	return b.String()
+}
+
 type relayProc struct {
 	*process
 	HTTPURL    string
@@ -153,16 +181,8 @@ type relayProc struct {
 // startRelay writes relay.yaml for agents and starts the relay with its
 // tunnel on tunnelListen and its HTTP front on a loopback port.
 func (w *workspace) startRelay(ctx context.Context, tunnelListen string, agents []agentSpec) (*relayProc, error) {
-	var b strings.Builder
-	fmt.Fprintf(&b, "tunnel: {listen: %q, cert_file: relay.crt, key_file: relay.key}\n", tunnelListen)
-	b.WriteString("http: {listen: \"127.0.0.1:0\"}\nagents:\n")
-	for _, a := range agents {
-		fmt.Fprintf(&b, "  - {name: %q, token_sha256: %q}\n", a.Name, sha256Hex(a.token))
-	}
-	fmt.Fprintf(&b, "clients:\n  - {name: bench, token_sha256: %q, allow: [\"*/*\"]}\n", sha256Hex(w.clientToken))
-	b.WriteString("log: {level: info}\ndebug: {pprof_listen: \"127.0.0.1:0\"}\n")
 	cfg := filepath.Join(w.dir, "relay.yaml")
-	if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(w.relayConfig(tunnelListen, agents)), 0o600); err != nil {
 		return nil, fmt.Errorf("relay config: %w", err)
 	}
 	p, err := startProcessEnv("relay", w.logPath("relay"), w.tunnelEnv, w.mcptun, "relay", "--config", cfg)
@@ -196,16 +216,8 @@ func (w *workspace) startAgent(ctx context.Context, r *relayProc, relayAddr stri
 	if err := os.WriteFile(tokFile, []byte(spec.token+"\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("agent token: %w", err)
 	}
-	cfg := fmt.Sprintf(`name: %q
-relay: {address: %q, token_file: %q, ca_file: relay.crt, transport: %s, mux: %s}
-servers:
-  - {name: %s, url: %q}
-  - {name: %s, command: [%q, "--stdio"]}
-log: {level: info}
-debug: {pprof_listen: "127.0.0.1:0"}
-`, spec.Name, relayAddr, tokFile, spec.Transport, spec.Mux, serverHTTP, httpURL, serverStdio, w.fixture)
 	cfgPath := filepath.Join(w.dir, "agent-"+spec.Name+".yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(w.agentConfig(spec, relayAddr, tokFile, httpURL)), 0o600); err != nil {
 		return nil, fmt.Errorf("agent config: %w", err)
 	}
 	bin, args := wrap(netns, w.mcptun, "agent", "--config", cfgPath)
@@ -232,6 +244,27 @@ debug: {pprof_listen: "127.0.0.1:0"}
 		return fail(err)
 	}
 	return a, nil
+}
+
+// agentConfig is agent.yaml for spec: the HTTP fixture at httpURL and a
+// stdio fixture, the relay at relayAddr.
+func (w *workspace) agentConfig(spec agentSpec, relayAddr, tokFile, httpURL string) string {
+	policy := ""
+	if w.control {
+		policy = ", tools: " + controlToolPolicy
+	}
+	cfg := fmt.Sprintf(`name: %q
+relay: {address: %q, token_file: %q, ca_file: relay.crt, transport: %s, mux: %s}
+servers:
+  - {name: %s, url: %q%s}
+  - {name: %s, command: [%q, "--stdio"]%s}
+log: {level: info}
+debug: {pprof_listen: "127.0.0.1:0"}
+`, spec.Name, relayAddr, tokFile, spec.Transport, spec.Mux, serverHTTP, httpURL, policy, serverStdio, w.fixture, policy)
+	if w.control {
+		cfg += fmt.Sprintf("audit: {file: %q}\nadmin: %s\n", filepath.Join(w.dir, "audit-"+spec.Name+".log"), controlAdmin)
+	}
+	return cfg
 }
 
 // waitRouted polls url until the relay stops answering 503 (agent offline).

@@ -55,7 +55,7 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		r.writeLossy(b)
 	}
 	if len(r.Targets) > 0 {
-		b.WriteString("### Targets (issue 4)\n\n| target | measured | met |\n|---|---|---|\n")
+		b.WriteString("### Targets (issues 4 and 13)\n\n| target | measured | met |\n|---|---|---|\n")
 		for _, t := range r.Targets {
 			met := "not measured"
 			if t.Met != nil {
@@ -86,6 +86,9 @@ func (r *Report) writeMatrix(b *strings.Builder) {
 	}
 	if s.Baseline != "" {
 		rounds += fmt.Sprintf(" Paths ending in `%s` are served by %s, deployed beside this build and measured in the same rounds.", BaselineSuffix, s.Baseline)
+	}
+	if s.Control {
+		rounds += " " + controlNote
 	}
 	fmt.Fprintf(b, "Closed-loop `tools/call echo` (%d-byte text), protocol %s, %s measured after %s warm-up per cell.%s "+
 		"%s. CPU per request: %s; relay+agent gives the rounds' range in brackets. Ratios are to `direct` at the same session count; Δp50 is the latency the path adds.\n\n",
@@ -151,14 +154,98 @@ func (r *Report) writeMatrix(b *strings.Builder) {
 		fmt.Fprintf(b, "; ⚠ marks cells above %d%%, whose figures are less reliable", noisyOtherPct)
 	}
 	b.WriteString(".\n\n")
+	writeVariants(b, r.Cells, true)
+}
+
+// controlNote says what the +control paths are.
+const controlNote = "Paths ending in `" + ControlSuffix + "` are this build with the control point on: every server has a tool policy " +
+	"(`tools: " + controlToolPolicy + "`, so each call is matched and allowed), the agent writes its audit trail, and both roles run their admin listener."
+
+// writeVariants writes, for each variant of mcptun's paths in cells (the
+// baseline build, the control mode), its figures beside the path's own
+// and their ratio: the A/B a run with --baseline or --control is made for.
+func writeVariants(b *strings.Builder, cells []Cell, bySessions bool) {
+	find := func(path string, n int) (Cell, bool) {
+		for _, c := range cells {
+			if c.Path == path && c.Sessions == n && c.Error == "" && c.WindowSeconds > 0 {
+				return c, true
+			}
+		}
+		return Cell{}, false
+	}
+	for _, v := range []struct {
+		own, suffix, title, before, after string
+		// reversed: the variant is the "before" (the baseline build).
+		reversed bool
+	}{
+		{"", BaselineSuffix, "This build against the baseline (ratio this ÷ baseline)", "baseline", "this", true},
+		{"", ControlSuffix, "Control point on against off (ratio on ÷ off)", "off", "on", false},
+		{ControlSuffix, BaselineSuffix + ControlSuffix, "This build against the baseline, both with the control point on (ratio this ÷ baseline)", "baseline", "this", true},
+		{BaselineSuffix, BaselineSuffix + ControlSuffix, "The baseline build: control point on against off (ratio on ÷ off)", "off", "on", false},
+	} {
+		var rows []string
+		for _, c := range cells {
+			if !hasVariants(c.Path) || strings.HasSuffix(c.Path, BaselineSuffix) || strings.HasSuffix(c.Path, ControlSuffix) {
+				continue
+			}
+			own, ok1 := find(c.Path+v.own, c.Sessions)
+			vc, ok2 := find(c.Path+v.suffix, c.Sessions)
+			if !ok1 || !ok2 || own.RelayAgentUS() < 0 || vc.RelayAgentUS() < 0 {
+				continue
+			}
+			before, after := own, vc
+			if v.reversed {
+				before, after = vc, own
+			}
+			ratio := func(role string) string {
+				x, y := before.CPUPerRequest[role], after.CPUPerRequest[role]
+				if x <= 0 {
+					return ""
+				}
+				return fmt.Sprintf("%.2f×", y/x)
+			}
+			sum := func(c Cell) string {
+				s := fmt.Sprintf("%.1f", c.RelayAgentUS())
+				if r := c.RelayAgentRounds; len(r) > 1 {
+					s += fmt.Sprintf(" (%.0f–%.0f)", r[0], r[len(r)-1])
+				}
+				return s
+			}
+			row := "| "
+			if bySessions {
+				row += fmt.Sprintf("%d | ", c.Sessions)
+			}
+			row += fmt.Sprintf("%s | %s | %s | **%.2f×** | %s | %s | %s | %s |\n", c.Path, sum(before), sum(after),
+				after.RelayAgentUS()/before.RelayAgentUS(), ratio(roleRelay), ratio(roleAgent), fmtLatency(before.Load.P50), fmtLatency(after.Load.P50))
+			rows = append(rows, row)
+		}
+		if len(rows) == 0 {
+			continue
+		}
+		fmt.Fprintf(b, "%s, relay+agent µs/req with the rounds' range:\n\n", v.title)
+		head, sep := "| ", "|"
+		if bySessions {
+			head, sep = "| sessions | ", "|---:|"
+		}
+		fmt.Fprintf(b, "%spath | %s | %s | relay+agent | relay | agent | p50 %s | p50 %s |\n", head, v.before, v.after, v.before, v.after)
+		b.WriteString(sep + "---|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, row := range rows {
+			b.WriteString(row)
+		}
+		b.WriteString("\n")
+	}
 }
 
 func (r *Report) writePaced(b *strings.Builder) {
 	b.WriteString("### At one request rate\n\n")
 	fmt.Fprintf(b, "Every path offered the same paced load: %s req/s over %d sessions (`tools/call echo`, latency counted from when each request was due), %s measured after %s warm-up, median of %d interleaved rounds. "+
 		"In the closed loop above a slower path also runs at a lower rate, where every wake-up of every process serves fewer requests; here the CPU per request of two paths compares like with like. "+
-		"Ratios are to `plain-quic`, the plain tunnel on the same transport.\n\n",
+		"Ratios are to `plain-quic`, the plain tunnel on the same transport.",
 		fmtCount(r.Setup.PacedRate), r.Paced[0].Sessions, r.Setup.Duration, r.Setup.Warmup, max(r.Setup.Rounds, 1))
+	if r.Setup.Control {
+		b.WriteString(" " + controlNote)
+	}
+	b.WriteString("\n\n")
 	b.WriteString("| path | req/s | p50 | p99 | errors | relay µs/req | agent µs/req | relay+agent µs/req | server µs/req | other load |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	ref, haveRef := r.pacedCell(PathPlainQUIC)
@@ -193,6 +280,7 @@ func (r *Report) writePaced(b *strings.Builder) {
 			fmtLatency(c.Load.P50), fmtLatency(c.Load.P99), fmtErrors(c), cpu(roleRelay), cpu(roleAgent), sum, cpu(roleServer), other)
 	}
 	b.WriteString("\n")
+	writeVariants(b, r.Paced, false)
 }
 
 // fmtErrors is a cell's error count, and its error if it has one.
@@ -349,7 +437,8 @@ func check(name string, met bool, format string, args ...any) TargetCheck {
 	return TargetCheck{Name: name, Measured: fmt.Sprintf(format, args...), Met: &met}
 }
 
-// checkTargets compares the run with the performance targets of issue 4.
+// checkTargets compares the run with the performance targets of issue 4
+// (and issue 13's budget for the control point).
 // It reports; nothing asserts.
 func checkTargets(r *Report) []TargetCheck {
 	var out []TargetCheck
@@ -411,6 +500,21 @@ func checkTargets(r *Report) []TargetCheck {
 			out = append(out, check(fmt.Sprintf("CPU per request, relay+agent, quic ≤ plain QUIC tunnel's, both at %s req/s", fmtCount(r.Setup.PacedRate)),
 				v <= w, "%.1f vs %.1f µs (%.2f×)", v, w, v/w))
 		}
+	}
+	// Issue 13: the control point costs at most 10% of relay+agent CPU
+	// per request, at one rate.
+	for _, c := range r.Paced {
+		if !hasVariants(c.Path) || strings.HasSuffix(c.Path, BaselineSuffix) || strings.HasSuffix(c.Path, ControlSuffix) {
+			continue
+		}
+		off, ok1 := r.pacedCell(c.Path)
+		on, ok2 := r.pacedCell(c.Path + ControlSuffix)
+		if !ok1 || !ok2 || off.RelayAgentUS() <= 0 || on.RelayAgentUS() < 0 {
+			continue
+		}
+		v, w := on.RelayAgentUS(), off.RelayAgentUS()
+		out = append(out, check(fmt.Sprintf("CPU per request, relay+agent, %s: policy and audit on ≤ 1.1× off, both at %s req/s", c.Path, fmtCount(r.Setup.PacedRate)),
+			v <= 1.1*w, "%.1f vs %.1f µs (%.2f×)", v, w, v/w))
 	}
 	var parts []string
 	bridgeOK, bridgeSeen := true, false

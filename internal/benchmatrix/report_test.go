@@ -259,3 +259,47 @@ func TestMedianCell(t *testing.T) {
 		t.Errorf("no clean round: %q", bad.Error)
 	}
 }
+
+// A run with --control and --baseline prints each variant beside its path
+// with the ratio, and judges the control point's cost at one rate.
+func TestVariantsPaced(t *testing.T) {
+	r := sampleReport()
+	r.Setup.PacedRate, r.Setup.Control, r.Setup.Baseline = 1500, true, "old/mcptun"
+	us := time.Microsecond
+	paced := func(path string, relay, agent float64, p50 time.Duration) Cell {
+		return Cell{Path: path, Sessions: 16, WindowSeconds: 5, RelayAgentRounds: []float64{relay + agent - 10, relay + agent + 10},
+			Load:          loadgen.Result{Requests: 7500, OfferedRPS: 1500, RPS: 1500, P50: p50},
+			CPUPerRequest: map[string]float64{roleRelay: relay, roleAgent: agent, roleServer: 150}}
+	}
+	r.Paced = []Cell{
+		paced(PathQUIC, 100, 100, 1200*us), paced(PathQUIC+BaselineSuffix, 100, 90, 1100*us), paced(PathQUIC+ControlSuffix, 100, 125, 1300*us),
+		paced(PathStdio, 100, 100, 1500*us), paced(PathStdio+ControlSuffix, 105, 105, 1600*us),
+		{Path: PathTCP, Sessions: 16, Error: "not deployed"}, paced(PathTCP+ControlSuffix, 100, 100, time.Millisecond),
+	}
+	got := map[string]TargetCheck{}
+	for _, c := range checkTargets(r) {
+		got[c.Name] = c
+	}
+	c, ok := got["CPU per request, relay+agent, quic: policy and audit on ≤ 1.1× off, both at 1,500 req/s"]
+	require.True(t, ok, "%v", got)
+	assert.False(t, *c.Met)
+	assert.Equal(t, "225.0 vs 200.0 µs (1.12×)", c.Measured)
+	c, ok = got["CPU per request, relay+agent, stdio: policy and audit on ≤ 1.1× off, both at 1,500 req/s"]
+	require.True(t, ok, "%v", got)
+	assert.True(t, *c.Met)
+	for name := range got {
+		assert.NotContains(t, name, "tcp:", "no figure with the control point off")
+	}
+
+	var md bytes.Buffer
+	require.NoError(t, r.WriteMarkdown(&md))
+	out := md.String()
+	assert.Contains(t, out, "This build against the baseline (ratio this ÷ baseline)")
+	assert.Contains(t, out, "| path | baseline | this | relay+agent | relay | agent | p50 baseline | p50 this |")
+	assert.Contains(t, out, "| quic | 190.0 (180–200) | 200.0 (190–210) | **1.05×** | 1.00× | 1.11× | 1.10 ms | 1.20 ms |")
+	assert.Contains(t, out, "Control point on against off (ratio on ÷ off)")
+	assert.Contains(t, out, "| quic | 200.0 (190–210) | 225.0 (215–235) | **1.12×** | 1.00× | 1.25× | 1.20 ms | 1.30 ms |")
+	assert.Contains(t, out, "| stdio | 200.0 (190–210) | 210.0 (200–220) | **1.05×** | 1.05× | 1.05× | 1.50 ms | 1.60 ms |")
+	assert.NotContains(t, out, "| tcp | 200.0", "no row without both figures")
+	assert.Contains(t, out, "Paths ending in `+control` are this build with the control point on")
+}

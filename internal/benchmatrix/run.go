@@ -46,12 +46,23 @@ type Options struct {
 	// Baseline, if set, is another mcptun binary (an older build, say):
 	// its tunnel paths are deployed beside ours and measured in the same
 	// interleaved rounds, reported as "<path>@baseline".
-	Baseline     string
-	Rounds       int // each cell measured this many times, rounds interleaved; the median is reported (default 1)
-	Duration     time.Duration
-	Warmup       time.Duration
-	PayloadBytes int    // size of the echo tool's text argument
-	Era          string // protocol era of the load (loadgen.EraSessions by default)
+	Baseline string
+	// Control, if set, deploys a second relay and set of agents of this
+	// build with the customer's control point on (a tool policy on every
+	// server and the audit trail at the agent, the admin listener with
+	// its metrics on both roles) and measures each of mcptun's paths of
+	// the matrix and paced sections on it too, in the same interleaved
+	// rounds, reported as "<path>+control".
+	Control bool
+	// BaselineControl, with Control and Baseline, also deploys the
+	// baseline build with the control point on ("<path>@baseline+control"):
+	// for a change to the control point's own cost.
+	BaselineControl bool
+	Rounds          int // each cell measured this many times, rounds interleaved; the median is reported (default 1)
+	Duration        time.Duration
+	Warmup          time.Duration
+	PayloadBytes    int    // size of the echo tool's text argument
+	Era             string // protocol era of the load (loadgen.EraSessions by default)
 
 	// The paced section: PacedPaths at PacedRate requests per second
 	// over PacedSessions sessions, Rounds interleaved rounds. A closed
@@ -108,6 +119,7 @@ type Setup struct {
 	Paths        []string      `json:"paths,omitempty"`
 	Rounds       int           `json:"rounds,omitempty"`
 	Baseline     string        `json:"baseline,omitempty"`
+	Control      bool          `json:"control,omitempty"`
 	Duration     time.Duration `json:"duration_ns,omitempty"`
 	Warmup       time.Duration `json:"warmup_ns,omitempty"`
 	PayloadBytes int           `json:"payload_bytes,omitempty"`
@@ -140,7 +152,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		Started: time.Now(),
 		Machine: readMachine(hostProc),
 		Setup: Setup{
-			Sections: o.Sections, Sessions: o.Sessions, Paths: o.Paths, Rounds: o.Rounds, Baseline: o.Baseline,
+			Sections: o.Sections, Sessions: o.Sessions, Paths: o.Paths, Rounds: o.Rounds, Baseline: o.Baseline, Control: o.Control,
 			Duration: o.Duration, Warmup: o.Warmup, PayloadBytes: o.PayloadBytes, Era: o.Era, PacedRate: o.PacedRate, GOMAXPROCS: o.GOMAXPROCS,
 			Generator: "loadgen.Run inside the benchmatrix process; relay, agent and fixture are separate processes",
 			CPUSource: "sum of /proc/PID/task/*/schedstat run time (ns) over the measured phase only; /proc/PID/stat utime+stime if threads exited",
@@ -254,6 +266,32 @@ func (o *Options) tunnelEnv() []string {
 // BaselineSuffix marks the paths served by Options.Baseline.
 const BaselineSuffix = "@baseline"
 
+// ControlSuffix marks the paths served with the control point on
+// (Options.Control).
+const ControlSuffix = "+control"
+
+// hasVariants says whether path is one of mcptun's own tunnel paths, which
+// the baseline build and the control mode deploy again: not the fixture,
+// not the plain tunnel, not forwarded (a baseline older than the fleet has
+// no cluster section; the fleet deployment has no control mode).
+func hasVariants(path string) bool {
+	return path != PathDirect && path != PathPlainQUIC && path != PathPlainTCP && path != PathForwarded
+}
+
+// withVariants lists paths, each of mcptun's own followed by its variants
+// with the given suffixes.
+func withVariants(paths []string, suffixes ...string) (out []string) {
+	for _, p := range paths {
+		out = append(out, p)
+		if hasVariants(p) {
+			for _, s := range suffixes {
+				out = append(out, p+s)
+			}
+		}
+	}
+	return out
+}
+
 // runTunnels deploys fixture, relay and one agent per tunnel variant and
 // runs the matrix and the large-result rows against them.
 func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
@@ -366,30 +404,33 @@ func runTunnels(ctx context.Context, log *slog.Logger, o Options, rep *Report) {
 			targets[PathForwarded] = fl.target
 		}
 	}
-	// With a baseline, the matrix and paced sections measure each of
-	// mcptun's paths of both builds in the same interleaved rounds.
-	cellPaths, pacedPaths := o.Paths, o.PacedPaths
-	if o.Baseline != "" && (slices.Contains(o.Sections, SectionMatrix) || slices.Contains(o.Sections, SectionPaced)) {
-		bws, err := newWorkspace(filepath.Join(o.OutDir, "matrix-baseline"), o.Baseline, o.Fixture)
+	// With a baseline (or the control mode), the matrix and paced sections
+	// measure each of mcptun's paths of both builds (both modes) in the
+	// same interleaved rounds.
+	var suffixes []string
+	variant := func(name, bin, suffix string, control bool) {
+		vws, err := newWorkspace(filepath.Join(o.OutDir, "matrix-"+name), bin, o.Fixture)
 		if err != nil {
-			rep.fail("matrix: baseline: %v", err)
-		} else {
-			bws.tunnelEnv = o.tunnelEnv()
-			deploy(bws, BaselineSuffix)
-			withBaseline := func(ps []string) (out []string) {
-				for _, p := range ps {
-					out = append(out, p)
-					// forwarded: a baseline older than the fleet has no
-					// cluster section, so it is measured for this build only.
-					if p != PathDirect && p != PathPlainQUIC && p != PathPlainTCP && p != PathForwarded {
-						out = append(out, p+BaselineSuffix)
-					}
-				}
-				return out
-			}
-			cellPaths, pacedPaths = withBaseline(o.Paths), withBaseline(o.PacedPaths)
+			rep.fail("matrix: %s: %v", name, err)
+			return
+		}
+		vws.tunnelEnv = o.tunnelEnv()
+		vws.control = control
+		deploy(vws, suffix)
+		suffixes = append(suffixes, suffix)
+	}
+	if slices.Contains(o.Sections, SectionMatrix) || slices.Contains(o.Sections, SectionPaced) {
+		if o.Baseline != "" {
+			variant("baseline", o.Baseline, BaselineSuffix, false)
+		}
+		if o.Control {
+			variant("control", o.Mcptun, ControlSuffix, true)
+		}
+		if o.Control && o.Baseline != "" && o.BaselineControl {
+			variant("baseline-control", o.Baseline, BaselineSuffix+ControlSuffix, true)
 		}
 	}
+	cellPaths, pacedPaths := withVariants(o.Paths, suffixes...), withVariants(o.PacedPaths, suffixes...)
 
 	// A relay or agent that dies during the run invalidates its figures.
 	// Deferred after the stops, so it runs before them.

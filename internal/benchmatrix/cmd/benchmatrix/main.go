@@ -112,6 +112,8 @@ func parseFlags(args []string, stderr io.Writer) (o benchmatrix.Options, jsonPat
 	)
 	fs.StringVar(&o.Mcptun, "mcptun", "bin/mcptun", "mcptun binary")
 	fs.StringVar(&o.Baseline, "baseline", "", "another mcptun binary (an older build) to measure beside this one in the same interleaved rounds; its paths are reported as <path>@baseline")
+	fs.BoolVar(&o.Control, "control", false, "also measure each of mcptun's paths with the agent's tool policy and audit trail and both roles' admin listener on, in the same interleaved rounds; reported as <path>+control")
+	fs.BoolVar(&o.BaselineControl, "baseline-control", false, "with --control and --baseline, also measure the baseline build with the control point on (<path>@baseline+control)")
 	fs.StringVar(&o.Fixture, "fixture", "bin/mcptest-server", "mcptest-server binary")
 	fs.StringVar(&o.OutDir, "out", "bin/bench", "directory for the report, configs and process logs")
 	fs.StringVar(&jsonPath, "json", "", "JSON report file (default OUT/bench.json)")
