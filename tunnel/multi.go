@@ -80,7 +80,7 @@ type Multi struct {
 
 	mu       sync.Mutex
 	fleet    bool                    // a relay said it is one of a fleet
-	nextConn int                     // the next tunnel's ClientConfig.Conn
+	nextConn int                     // pooled tunnels opened so far (their ClientConfig.Conn)
 	tunnels  map[string]*relayTunnel // by dialed address
 	draining bool
 	changed  chan struct{} // closed and replaced when a tunnel's state changes
@@ -444,10 +444,18 @@ func (m *Multi) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
 func (m *Multi) addLocked(ctx context.Context, wg *sync.WaitGroup, key, entry, dial string, pooled bool) error {
 	cc := m.cfg.Client
 	cc.Address, cc.DialAddress = entry, dial
-	// A number of its own for every tunnel: two that reach one relay
-	// then never replace each other there.
-	cc.Instance, cc.Conn = m.instance, m.nextConn%(maxConns+1)
-	m.nextConn++
+	// A pooled tunnel (relay.connections) has a number of its own, so
+	// those that land on one relay serve there side by side. The tunnels
+	// of listed addresses share number 0: two of them that reach one
+	// relay replace each other there, so the relay sends new exchanges
+	// to the newer while the agent stops the older as a duplicate
+	// (duplicatesLocked); side by side, the relay would go on choosing
+	// the one being stopped.
+	cc.Instance = m.instance
+	if pooled {
+		m.nextConn++
+		cc.Conn = 1 + (m.nextConn-1)%maxConns
+	}
 	logger := m.cfg.Client.Logger
 	if dial != "" {
 		logger = logger.With("relay_addr", dial)

@@ -425,6 +425,11 @@ func TestMultiOneRelayTwoAddresses(t *testing.T) {
 	// Both lead to the restarted relay: whichever connects second
 	// replaces the other's session there (once), and that one stops.
 	waitFor(t, "one tunnel kept again", oneKept)
+	// Replaced, not pooled beside it: the relay must not go on choosing
+	// the session the agent is stopping.
+	if got := r2.log.count("agent session replaced"); got != 1 {
+		t.Fatalf("the restarted relay replaced the agent's session %d times, want 1 (two listed addresses are not a pool)", got)
+	}
 	if got, err := roundTrip(ctx, r2, testAgent, []byte("y")); err != nil || string(got) != "a:y" {
 		t.Fatalf("through the restarted relay: %q, %v", got, err)
 	}
