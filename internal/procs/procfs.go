@@ -55,8 +55,8 @@ func ParseStat(b []byte) (Stat, error) {
 	if len(f) < 18 {
 		return st, fmt.Errorf("stat: %d fields after comm, want at least 18", len(f))
 	}
-	if len(f[0]) != 1 {
-		return st, fmt.Errorf("stat: state %q is not one character", f[0])
+	if len(f[0]) != 1 || !('A' <= f[0][0] && f[0][0] <= 'Z' || 'a' <= f[0][0] && f[0][0] <= 'z') {
+		return st, fmt.Errorf("stat: state %q is not one letter", f[0])
 	}
 	st.State = f[0][0]
 	var err error
