@@ -240,8 +240,10 @@ log: {level: debug}
 // is appended to the config as it is.
 func (e *advEnv) startAgent(t *testing.T, name, token, relay, servers, extra string) *proc {
 	t.Helper()
-	dir := filepath.Join(e.dir, "agent-"+name+"-"+strings.ReplaceAll(t.Name(), "/", "_"))
-	require.NoError(t, os.MkdirAll(dir, 0o700))
+	// A directory of its own for every agent started: agents reload
+	// their config when its file changes, so two must never share one.
+	dir, err := os.MkdirTemp(e.dir, "agent-"+name+"-"+strings.ReplaceAll(t.Name(), "/", "_")+"-")
+	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "agent.token"), []byte(token+"\n"), 0o600))
 	relay = strings.TrimSuffix(relay, "}") + ", token_file: agent.token}"
 	cfg := fmt.Sprintf("name: %s\nrelay: %s\nservers:\n%s%slog: {level: debug}\n", name, relay, servers, extra)
