@@ -80,6 +80,10 @@ func (h *Handler) serveAccessOf(w http.ResponseWriter, r *http.Request, next htt
 	var body *countingBody
 	if r.Body != nil && r.Body != http.NoBody {
 		body = &countingBody{ReadCloser: r.Body}
+		// On a copy: net/http's own request keeps its body, whose type
+		// (an Expect: 100-continue reader) decides whether a connection
+		// with an unread body may carry another request.
+		r = r.WithContext(r.Context())
 		r.Body = body
 	}
 	next.ServeHTTP(aw, r)
